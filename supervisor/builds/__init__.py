@@ -1,0 +1,142 @@
+"""From a source to a versioned artifact: fetch (git) or hash (folder), then run the build.
+
+An :class:`Artifact` is a folder the replicas run in plus its version,
+``REVISION12-BUILDHASH8``. A git source builds in a fresh worktree per commit, so a build never
+disturbs the folder the running version uses; a successful build of a version is remembered
+(``STATE_DIR/sources/NAME/built/VERSION``) and not repeated. A local folder builds in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import logs, procs
+from ..environ import replica_env
+from ..model import ServiceSpec
+from ..sources import SourceError
+from ..sources.git import GitSource
+from ..sources.path import content_hash
+
+#: How many of the build's last output lines a build-failed report carries.
+TAIL_LINES = 10
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A ready-to-run version: ``workdir`` (absolute) and ``version``."""
+
+    workdir: Path
+    version: str
+    revision: str
+
+
+class PrepareError(Exception):
+    """Fetching or building failed. ``stage`` is ``"fetch"`` or ``"build"``; ``tail`` holds the
+    build's last output lines (bytes decoded with replacement)."""
+
+    def __init__(self, stage: str, message: str, version: str | None = None, tail: list[str] | None = None):
+        super().__init__(message)
+        self.stage = stage
+        self.version = version
+        self.tail = tail or []
+
+
+def make_version(revision: str, spec: ServiceSpec) -> str:
+    return f"{revision[:12]}-{spec.build_hash[:8]}"
+
+
+def source_root(state_dir: Path, service: str) -> Path:
+    return state_dir / "sources" / service
+
+
+class Preparer:
+    """Turns a ServiceSpec into an Artifact. Git and hashing run in threads; builds run as
+    process groups through the supervisor's reaper (so a shutdown can stop them)."""
+
+    def __init__(self, state_dir: Path, reaper: procs.Reaper | None, keep_versions: int = 3):
+        self.state_dir = state_dir
+        self.reaper = reaper
+        self.keep_versions = keep_versions
+        self.builds: dict[str, procs.ProcessHandle] = {}
+
+    async def resolve(self, spec: ServiceSpec) -> tuple[Path, str]:
+        """Fetch/hash the source: (folder to build and run in, revision). Raises PrepareError."""
+        source = spec.source
+        if source.kind == "git":
+            git_source = GitSource(source, source_root(self.state_dir, spec.name))
+            try:
+                commit = await asyncio.to_thread(git_source.fetch)
+                workdir = await asyncio.to_thread(git_source.checkout, commit)
+            except SourceError as exc:
+                raise PrepareError("fetch", str(exc)) from None
+            return workdir, commit
+        assert source.path is not None
+        if not source.path.is_dir():
+            raise PrepareError("fetch", f"source folder {source.path} does not exist")
+        revision = await asyncio.to_thread(content_hash, source.path, [self.state_dir])
+        return source.path, revision
+
+    async def prepare(self, spec: ServiceSpec, protect: set[str] = frozenset()) -> Artifact:  # type: ignore[assignment]
+        """Fetch and build ``spec``; raises PrepareError. ``protect``: versions to keep on disk."""
+        workdir, revision = await self.resolve(spec)
+        version = make_version(revision, spec)
+        marker = source_root(self.state_dir, spec.name) / "built" / version
+        if spec.build and not (spec.source.kind == "git" and marker.exists()):
+            await self.build(spec, workdir, version)
+            if spec.source.kind == "git":
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+        if spec.source.kind == "git":
+            keep = {v.split("-")[0] for v in protect} | {revision[:12]}
+            git_source = GitSource(spec.source, source_root(self.state_dir, spec.name))
+            await asyncio.to_thread(git_source.prune, self.keep_versions, keep)
+        return Artifact(workdir=workdir, version=version, revision=revision)
+
+    async def build(self, spec: ServiceSpec, workdir: Path, version: str) -> None:
+        """Run the build argv in ``workdir``, output appended to the service log."""
+        assert spec.build
+        path = logs.log_path(self.state_dir, spec.name)
+        logs.append_note(path, f"build {version}: {' '.join(spec.build)}")
+        offset = path.stat().st_size
+        fd = logs.open_log(path)
+        env = replica_env(spec.name, spec.environment, 0)
+        env.pop("REPLICA", None)
+        cwd = workdir / spec.cwd if (workdir / spec.cwd).is_dir() else workdir
+        try:
+            if self.reaper is None:
+                raise PrepareError("build", "no process reaper")
+            handle = procs.spawn(self.reaper, spec.build, env=env, cwd=cwd, output=fd)
+        except procs.SpawnError as exc:
+            raise PrepareError("build", str(exc), version) from None
+        finally:
+            os.close(fd)
+        self.builds[spec.name] = handle
+        try:
+            exit = await asyncio.shield(handle.exited)
+        except asyncio.CancelledError:
+            await procs.stop(handle, spec.stop_signal, 5.0, self.reaper)
+            raise
+        finally:
+            self.builds.pop(spec.name, None)
+        if self.reaper is not None:
+            self.reaper.untrack_group(handle.pgid)
+        if not exit.success:
+            tail = _tail(path, offset)
+            logs.append_note(path, f"build {version} failed: {exit}")
+            raise PrepareError("build", f"build failed ({exit})", version, tail)
+        logs.append_note(path, f"build {version} succeeded")
+
+
+def _tail(path: Path, offset: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return []
+    lines = [l.decode("utf-8", "replace") for l in data.splitlines() if l.strip()]
+    lines = [l for l in lines if not l.startswith("[supervise ")]
+    return lines[-TAIL_LINES:]

@@ -1,0 +1,206 @@
+"""``supervise``: the command line. Maps every error to an exit code in one place.
+
+Exit codes: 0 success; 1 runtime error (e.g. no supervisor running, state dir locked);
+2 bad usage or an invalid config file; 3 ``status``: something asked about is not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__, config, logs
+from .config import ConfigError
+from .events import Event, EventType, Notifier
+from .model import Desired, Observed
+from .plan import plan as make_plan
+
+log = logging.getLogger("supervise")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    """A failure to report in one line; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", type=Path, default=None,
+                        help="config file (default: $SUPERVISE_CONFIG or ./services.toml)")
+    parser = argparse.ArgumentParser(
+        prog="supervise", parents=[common],
+        description="Converge this machine to services.toml and keep it there.")
+    parser.add_argument("--version", action="version", version=f"supervise {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also log debug messages")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.add_parser("run", parents=[common], help="run in the foreground (the default verb)")
+    sub.add_parser("check", parents=[common], help="validate the config; exit 2 listing every error")
+    sub.add_parser("plan", parents=[common], help="print what a run would do now, one action a line")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    path = args.config or config.default_config_path()
+    try:
+        if args.verb == "check":
+            return cmd_check(path)
+        if args.verb == "plan":
+            return cmd_plan(path)
+        return cmd_run(path)
+    except ConfigError as exc:
+        for diagnostic in exc.diagnostics:
+            print(diagnostic, file=sys.stderr)
+        return EXIT_USAGE
+    except CliError as exc:
+        print(f"supervise: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C outside the loop
+        return 130
+
+
+def cmd_check(path: Path) -> int:
+    desired = config.load(path)
+    count = len(desired.services)
+    print(f"{path}: ok ({count} service{'s' if count != 1 else ''})")
+    return EXIT_OK
+
+
+def cmd_plan(path: Path) -> int:
+    desired = config.load(path)
+    the_plan = make_plan(desired, Observed.empty())
+    for line in the_plan.lines():
+        print(line)
+    if not the_plan:
+        print("nothing to do")
+    return EXIT_OK
+
+
+def cmd_run(path: Path) -> int:
+    desired = config.load(path)
+    return asyncio.run(_run(path, desired))
+
+
+async def _run(path: Path, desired: Desired) -> int:
+    from .reconciler import Reconciler
+
+    loop = asyncio.get_running_loop()
+    notifier = Notifier()
+    notifier.add_listener(print_event)
+    reconciler = Reconciler(desired, notifier)
+    await reconciler.start()
+    tail = logs.ConsoleTail(logs.log_dir(desired.settings.state_dir))
+    tail.start()
+    for name in desired.services:
+        tail.add(name, logs.log_path(desired.settings.state_dir, name))
+    notifier.add_listener(lambda event: event.type is EventType.CREATE and event.service and
+                          tail.add(event.service, logs.log_path(desired.settings.state_dir, event.service)))
+
+    last_error: list[str] = [""]
+
+    def load() -> Desired | None:
+        try:
+            new = config.load(path)
+        except ConfigError as exc:
+            text = str(exc)
+            if text != last_error[0]:
+                log.error("config not applied, the last good one stays in force:\n%s", text)
+                notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[str(d) for d in exc.diagnostics])
+            last_error[0] = text
+            return None
+        last_error[0] = ""
+        if new.settings.state_dir != desired.settings.state_dir:
+            log.warning("state_dir changes take effect at the next start")
+        return new
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reconciler.request)
+
+    log.info("supervise %s: %d services from %s (state in %s)", __version__, len(desired.services),
+             path, desired.settings.state_dir)
+    runner = asyncio.create_task(reconciler.run(load))
+    reconciler.request()
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
+    log.info("stopping every service")
+    runner.cancel()
+    try:
+        await runner
+    except asyncio.CancelledError:
+        pass
+    except Exception:  # pragma: no cover - reported, then we still stop everything
+        log.exception("reconciler failed")
+    await reconciler.shutdown()
+    tail.stop()
+    notifier.close()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return EXIT_OK
+
+
+def print_event(event: Event) -> None:
+    """One readable log line per life-cycle event (JSON is what ``supervise events`` gives)."""
+    data = event.data
+    who = event.service or ""
+    if "replica" in data:
+        who = f"{who}[{data['replica']}]"
+    detail = []
+    for key in ("pid", "exit", "delay", "reason", "error"):
+        if data.get(key) not in (None, ""):
+            detail.append(f"{key} {data[key]}" if key in ("pid", "delay") else str(data[key]))
+    if event.version:
+        detail.append(f"version {event.version}")
+    level = logging.ERROR if event.type in (EventType.BUILD_FAILED, EventType.FETCH_FAILED, EventType.FAILED,
+                                            EventType.START_FAILED) else logging.INFO
+    if event.type is EventType.CONFIG_ERROR:
+        return
+    log.log(level, "%s %s%s", event.type.value, who, (": " + ", ".join(detail)) if detail else "")
+    for line in data.get("tail", []) or []:
+        log.log(level, "    %s", line)
+
+
+class _Formatter(logging.Formatter):
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def __init__(self, journal: bool, colour: bool):
+        super().__init__()
+        self.journal = journal
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if self.journal:
+            return "\n".join(f"<{self.PRIORITY.get(record.levelno, 6)}>{line}" for line in message.splitlines())
+        prefix = "supervise |"
+        if self.colour:
+            colour = "31" if record.levelno >= logging.ERROR else "33" if record.levelno >= logging.WARNING else "1"
+            prefix = f"\x1b[{colour}m{prefix}\x1b[0m"
+        return "\n".join(f"{prefix} {line}" for line in message.splitlines())
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Our own messages on stderr; syslog priority prefixes under journald (sd-daemon(3))."""
+    journal = bool(os.environ.get("JOURNAL_STREAM")) and not sys.stderr.isatty()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(journal, logs.use_colour(sys.stderr)))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False

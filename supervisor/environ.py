@@ -1,0 +1,50 @@
+"""A replica's environment and ``${VAR}`` substitution in commands.
+
+Precedence, lowest first: the supervisor's own environment < ``[env]`` < ``env_file`` < the
+service's ``env`` < ``REPLICA`` (and ``SUPERVISE_SERVICE``). ``${VAR}``, ``${VAR:-default}``
+and ``$$`` (a literal ``$``) follow docker compose's interpolation rules; an unset variable
+becomes the empty string.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Mapping
+
+_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\})")
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Replace ``${VAR}``/``${VAR:-default}``/``$$`` in ``text`` from ``env``."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        if not value and default is not None:
+            return default
+        return value or ""
+
+    return _VAR.sub(substitute, text)
+
+
+def replica_env(service: str, environment: Mapping[str, str], replica: int,
+                base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The full environment of replica ``replica`` (values in ``environment`` expanded)."""
+    env = dict(os.environ if base is None else base)
+    env["REPLICA"] = str(replica)
+    env["SUPERVISE_SERVICE"] = service
+    for key, value in environment.items():
+        env[key] = expand(value, env)
+    env["REPLICA"] = str(replica)
+    return env
+
+
+def command_argv(command: tuple[str, ...], shell: bool, env: Mapping[str, str]) -> list[str]:
+    """The argv to exec: ``${VAR}`` expanded per argument, or ``/bin/sh -c SCRIPT`` when
+    ``shell`` (then the shell does its own expansion and ours is not applied)."""
+    if shell:
+        return ["/bin/sh", "-c", command[0]]
+    return [expand(arg, env) for arg in command]

@@ -1,0 +1,122 @@
+"""Events: every create/update/delete and life-cycle change, as data users can stream.
+
+``create``, ``update`` and ``delete`` are the original runtime's notifier types; the
+life-cycle types (``started``, ``exited``, ``ready``, ``build-failed``, ...) go beyond it.
+An :class:`Event` serialises to one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class EventType(str, enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    FETCHED = "fetched"
+    FETCH_FAILED = "fetch-failed"
+    BUILDING = "building"
+    BUILT = "built"
+    BUILD_FAILED = "build-failed"
+    STARTED = "started"
+    START_FAILED = "start-failed"
+    READY = "ready"
+    EXITED = "exited"
+    RESTARTING = "restarting"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    RELOADED = "reloaded"
+    CONFIG_ERROR = "config-error"
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.value
+
+
+@dataclass(frozen=True)
+class Event:
+    """``{type, timestamp, service, version, ...}``; ``timestamp`` is seconds since the epoch.
+
+    ``data`` holds the type's own fields (``replica``, ``pid``, ``exit``, ``reason``, ...),
+    flattened into the JSON object. Never put environment values here: they may be secrets.
+    """
+
+    type: EventType
+    service: str | None = None
+    version: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    timestamp: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type.value, "timestamp": self.timestamp, "service": self.service,
+                "version": self.version, **self.data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=str, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Event":
+        raw = dict(raw)
+        return cls(type=EventType(raw.pop("type")), service=raw.pop("service", None),
+                   version=raw.pop("version", None), timestamp=raw.pop("timestamp", time.time()),
+                   data=raw)
+
+
+class Notifier:
+    """An in-process event bus: ``notify(event)`` fans out to subscribers; ``close()`` ends them.
+
+    Subscribers are plain callables (called in the notifying thread's loop) or asyncio queues
+    from :meth:`subscribe`. A slow queue subscriber loses nothing but is bounded: past
+    ``maxsize`` events the oldest are dropped and a ``dropped`` count is attached to the next.
+    """
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Event], None]] = []
+        self._queues: list[asyncio.Queue[Event | None]] = []
+        self.closed = False
+
+    def add_listener(self, callback: Callable[[Event], None]) -> None:
+        self._callbacks.append(callback)
+
+    def subscribe(self, maxsize: int = 10000) -> asyncio.Queue[Event | None]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self._queues.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Event | None]) -> None:
+        if queue in self._queues:
+            self._queues.remove(queue)
+
+    def notify(self, event: Event) -> None:
+        if self.closed:
+            return
+        for callback in list(self._callbacks):
+            callback(event)
+        for queue in list(self._queues):
+            if queue.full():
+                try:
+                    queue.get_nowait()
+                except asyncio.QueueEmpty:  # pragma: no cover
+                    pass
+            queue.put_nowait(event)
+
+    def emit(self, type: EventType, service: str | None = None, version: str | None = None, **data: Any) -> Event:
+        event = Event(type=type, service=service, version=version, data=data)
+        self.notify(event)
+        return event
+
+    def close(self) -> None:
+        self.closed = True
+        for queue in self._queues:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
+        self._queues.clear()
+        self._callbacks.clear()

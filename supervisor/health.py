@@ -1,0 +1,80 @@
+"""Readiness and liveness probes: ``tcp``, ``http``, ``exec`` (Kubernetes probe semantics).
+
+A probe passes when a TCP connect succeeds, an HTTP GET answers 200-399, or a command exits 0,
+each within ``timeout`` seconds. Probes run on the event loop; none blocks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from .environ import expand
+
+
+async def probe(check: Mapping[str, object], env: Mapping[str, str]) -> bool:
+    """Run ``check`` (a validated ``ready``/``live`` table) once; True if it passed."""
+    timeout = float(check.get("timeout", 1.0))  # type: ignore[arg-type]
+    kind = check["kind"]
+    try:
+        if kind == "tcp":
+            return await asyncio.wait_for(_tcp(expand(str(check["tcp"]), env)), timeout)
+        if kind == "http":
+            return await asyncio.wait_for(_http(expand(str(check["http"]), env)), timeout)
+        if kind == "exec":
+            argv = [expand(a, env) for a in check["exec"]]  # type: ignore[union-attr]
+            return await _exec(argv, env, timeout)
+    except (asyncio.TimeoutError, OSError, ValueError):
+        return False
+    return False
+
+
+def _split_host_port(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def _tcp(target: str) -> bool:
+    host, port = _split_host_port(target)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
+
+
+async def _http(url: str) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    reader, writer = await asyncio.open_connection(parts.hostname or "127.0.0.1", port,
+                                                   ssl=parts.scheme == "https" or None)
+    try:
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        host = parts.netloc.rsplit("@", 1)[-1]
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: supervise\r\n\r\n".encode())
+        await writer.drain()
+        status = await reader.readline()
+        fields = status.split()
+        return len(fields) >= 2 and fields[1].isdigit() and 200 <= int(fields[1]) < 400
+    finally:
+        writer.close()
+
+
+async def _exec(argv: list[str], env: Mapping[str, str], timeout: float) -> bool:
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)  # same process group as us: our reaper leaves it alone
+    try:
+        return await asyncio.wait_for(process.wait(), timeout) == 0
+    except asyncio.TimeoutError:
+        try:
+            process.kill()
+        except ProcessLookupError:
+            pass
+        await process.wait()
+        return False

@@ -1,0 +1,269 @@
+"""Frozen data shapes shared by every layer: desired state, observed state, phases.
+
+Nothing here does I/O. ``config`` builds a :class:`Desired` from ``services.toml``; the
+runtime reports an :class:`Observed`; ``plan`` diffs the two.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+
+class Phase(str, enum.Enum):
+    """Life-cycle phase of a service or a replica (DESIGN.md vocabulary)."""
+
+    PENDING = "pending"
+    FETCHING = "fetching"
+    BUILDING = "building"
+    BUILD_FAILED = "build-failed"
+    STARTING = "starting"
+    RUNNING = "running"
+    READY = "ready"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    EXITED = "exited"
+    FAILED = "failed"
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.value
+
+
+class RestartPolicy(str, enum.Enum):
+    """When an exited replica is started again (systemd ``Restart=``, docker ``restart``)."""
+
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+class Condition(str, enum.Enum):
+    """What a dependent waits for before it starts (docker compose ``depends_on.condition``)."""
+
+    STARTED = "started"
+    READY = "ready"
+    COMPLETED = "completed"
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """``depends_on`` entry: wait for ``service`` to reach ``condition``.
+
+    ``restart`` (compose's ``depends_on.restart``) makes a restart of the dependency cascade to
+    the dependent; without it a dependency's restart leaves the dependent alone.
+    """
+
+    service: str
+    condition: Condition = Condition.STARTED
+    restart: bool = False
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a service's code lives: a local folder (``path``) or a git repository.
+
+    ``path`` is absolute for a local source. For git, ``url`` is what ``git clone`` takes
+    (a relative local path is resolved against the config folder), ``ref`` a branch, tag or
+    commit, and ``poll`` the seconds between remote checks (None: the global default).
+    """
+
+    kind: str  # "path" | "git"
+    path: Path | None = None
+    url: str | None = None
+    ref: str = "HEAD"
+    poll: float | None = None
+
+    def describe(self) -> str:
+        if self.kind == "git":
+            return f"git {self.url}@{self.ref}"
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential restart delay in seconds: ``initial * 2**n`` capped at ``max``, jittered.
+
+    The delay resets to ``initial`` once a replica has stayed up for ``reset`` seconds
+    (default: ``max``), like Kubernetes' CrashLoopBackOff which resets after 10 minutes up.
+    """
+
+    initial: float = 1.0
+    max: float = 60.0
+    reset: float | None = None
+
+    @property
+    def reset_after(self) -> float:
+        return self.reset if self.reset is not None else max(self.max, 10.0)
+
+
+@dataclass(frozen=True)
+class StartLimit:
+    """At most ``burst`` starts within ``interval`` seconds, then phase ``failed``.
+
+    Same rule as systemd's ``StartLimitBurst=`` / ``StartLimitIntervalSec=``.
+    """
+
+    burst: int = 10
+    interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One ``[services.NAME]`` entry, validated, with defaults filled in.
+
+    ``command`` is an argv tuple, or a one-element tuple holding the script when ``shell``.
+    ``environment`` is ``[env]`` < ``env_file`` < the service's ``env`` already merged (the
+    supervisor's own process environment and ``REPLICA`` are added at start). Durations are
+    seconds, ``stop_signal`` a signal number.
+    """
+
+    name: str
+    command: tuple[str, ...]
+    source: SourceSpec
+    build: tuple[str, ...] | None = None
+    cwd: str = "."
+    environment: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    env_file: Path | None = None
+    replicas: int = 1
+    restart: RestartPolicy = RestartPolicy.ALWAYS
+    backoff: Backoff = Backoff()
+    start_limit: StartLimit = StartLimit()
+    stop_signal: int = 15
+    stop_timeout: float = 10.0
+    depends_on: tuple[Dependency, ...] = ()
+    shell: bool = False
+    ready: Mapping[str, object] | None = None
+    live: Mapping[str, object] | None = None
+    update: str = "recreate"
+    watch: tuple[str, ...] = ()
+    user: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ServiceSpec):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self))
+
+    __hash__ = None  # type: ignore[assignment]  # holds mappings
+
+    def changed_fields(self, other: "ServiceSpec") -> tuple[str, ...]:
+        """Names of the fields whose values differ between ``self`` and ``other``."""
+        return tuple(f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name))
+
+    @property
+    def build_hash(self) -> str:
+        """12 hex digits identifying the build step (argv), part of every version."""
+        data = json.dumps(list(self.build) if self.build else None)
+        return hashlib.sha256(data.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The ``[supervise]`` table. ``poll`` is seconds; ``state_dir`` absolute."""
+
+    state_dir: Path
+    runtime: str = "local"
+    poll: float = 60.0
+    keep_versions: int = 3
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The whole desired state: what the config file says, in file order."""
+
+    settings: Settings
+    services: Mapping[str, ServiceSpec]
+    path: Path | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Desired):
+            return NotImplemented
+        return (self.settings, dict(self.services), self.path) == (
+            other.settings, dict(other.services), other.path)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a process ended: ``code`` for a normal exit, ``signal`` when killed by one.
+
+    ``str()`` gives ``"exit 3"`` or ``"signal 9"`` (``SIGKILL``), kept distinct as systemd does
+    (``code=exited, status=3`` vs ``code=killed, signal=KILL``).
+    """
+
+    code: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> "Exit":
+        import os
+
+        if os.WIFSIGNALED(status):
+            return cls(signal=os.WTERMSIG(status))
+        return cls(code=os.WEXITSTATUS(status))
+
+    @property
+    def success(self) -> bool:
+        return self.code == 0
+
+    def __str__(self) -> str:
+        if self.signal is not None:
+            import signal as _signal
+
+            try:
+                name = _signal.Signals(self.signal).name
+            except ValueError:
+                name = "?"
+            return f"signal {self.signal} ({name})"
+        if self.code is None:
+            return "unknown"
+        return f"exit {self.code}"
+
+
+@dataclass(frozen=True)
+class ReplicaObserved:
+    """What the runtime sees of one replica. ``pid`` is None when no process runs."""
+
+    index: int
+    phase: Phase
+    pid: int | None = None
+    version: str | None = None
+    restarts: int = 0
+    last_exit: Exit | None = None
+    started_at: float | None = None  # wall clock seconds since the epoch
+
+
+@dataclass(frozen=True)
+class ServiceObserved:
+    """What runs for one service.
+
+    ``spec`` is the spec the replicas were started with (None: never started). ``held`` is a
+    user stop that outlives reloads; ``failed`` means the start limit was hit and nothing starts
+    until the spec changes or a user restarts it. ``revision`` is the newest known source
+    revision (git commit or folder hash), which may be newer than what runs.
+    """
+
+    name: str
+    spec: ServiceSpec | None
+    replicas: Mapping[int, ReplicaObserved] = field(default_factory=dict)
+    version: str | None = None
+    held: bool = False
+    failed: bool = False
+    build_failed: bool = False
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The observed state of every service the runtime knows about."""
+
+    services: Mapping[str, ServiceObserved] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> "Observed":
+        return cls({})

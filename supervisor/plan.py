@@ -1,0 +1,212 @@
+"""The pure diff: ``plan(desired, observed) -> Plan``. No I/O, no clock, no processes.
+
+The rules (DESIGN.md, "Behaviour users rely on"):
+
+- a service in the file and not running is fetched, built and started; one running and no
+  longer in the file is stopped (dependents first);
+- a change to what a process is made of (command, env, cwd, source, build, shell, user)
+  restarts that service alone; a change to how it is supervised (restart policy, backoff,
+  start limit, stop signal/timeout, checks, dependencies) is applied in place, no restart;
+- ``replicas`` scales: missing indices start, indices >= the new count stop, others untouched;
+- a restart cascades to a dependent only where the dependent asks for it
+  (``depends_on = { db = { condition = "started", restart = true } }``, compose's rule);
+- a newer source revision (from the git poller or a watched folder) rebuilds and replaces;
+- a service held by a user stop, or failed on its start limit with an unchanged spec, is left
+  alone (systemd: ``failed`` until ``reset-failed`` or a changed unit).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from .model import Desired, Observed, ServiceObserved, ServiceSpec
+
+#: Fields whose change means new processes. Everything else is applied to the running ones.
+RESTART_FIELDS = ("command", "source", "build", "cwd", "environment", "shell", "user")
+#: Fields whose change also needs a new fetch and build before the restart.
+REBUILD_FIELDS = ("source", "build")
+
+
+class ActionKind(str, enum.Enum):
+    FETCH = "fetch"
+    BUILD = "build"
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    UPDATE = "update"  # apply supervision settings in place, nothing restarts
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.value
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step: ``kind`` on ``service`` (``replica`` index, or None for the whole service)."""
+
+    kind: ActionKind
+    service: str
+    replica: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        target = self.service if self.replica is None else f"{self.service}[{self.replica}]"
+        return f"{self.kind.value} {target}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An ordered tuple of actions. Empty means desired and observed state agree."""
+
+    actions: tuple[Action, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.actions)
+
+    def __iter__(self):
+        return iter(self.actions)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def for_service(self, name: str) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.service == name)
+
+    def services(self) -> tuple[str, ...]:
+        """Service names in the order the plan first touches them."""
+        return tuple(dict.fromkeys(a.service for a in self.actions))
+
+    def lines(self) -> list[str]:
+        return [str(a) for a in self.actions]
+
+
+def dependency_order(specs: Mapping[str, ServiceSpec]) -> list[str]:
+    """Names with every dependency before its dependents, otherwise in file order.
+
+    Dependencies on names not in ``specs`` are ignored; config validation rejects cycles, and
+    any left are broken in file order rather than raising.
+    """
+    done: dict[str, None] = {}
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done or name in visiting:
+            return
+        visiting.add(name)
+        for dep in specs[name].depends_on:
+            if dep.service in specs:
+                visit(dep.service)
+        visiting.discard(name)
+        done[name] = None
+
+    for name in specs:
+        visit(name)
+    return list(done)
+
+
+def plan(desired: Desired, observed: Observed, revisions: Mapping[str, str] | None = None) -> Plan:
+    """Diff ``desired`` against ``observed``: the actions that converge the machine.
+
+    ``revisions`` maps a service name to the newest known revision of its source (git commit
+    or folder hash); a service whose running revision differs is rebuilt and replaced.
+    """
+    revisions = revisions or {}
+    actions: list[Action] = []
+    specs = desired.services
+
+    # Removed services stop first, dependents before their dependencies.
+    removed = {name: obs.spec for name, obs in observed.services.items() if name not in specs and obs.spec}
+    for name in reversed(dependency_order(removed)):
+        for index in sorted(observed.services[name].replicas, reverse=True):
+            actions.append(Action(ActionKind.STOP, name, index, "removed from config"))
+
+    restarting: dict[str, str] = {}
+    for name in dependency_order(specs):
+        spec = specs[name]
+        obs = observed.services.get(name)
+        cascade = next((d.service for d in spec.depends_on if d.restart and d.service in restarting), None)
+        actions.extend(_plan_service(spec, obs, revisions.get(name), cascade, restarting))
+    return Plan(tuple(actions))
+
+
+def _plan_service(
+    spec: ServiceSpec,
+    obs: ServiceObserved | None,
+    revision: str | None,
+    cascade: str | None,
+    restarting: dict[str, str],
+) -> list[Action]:
+    name = spec.name
+    if obs is None or obs.spec is None:
+        if spec.replicas == 0:
+            return []
+        return _deploy(spec, "new service", range(spec.replicas), ActionKind.START)
+    if obs.held:
+        return []  # a user stop holds until a user start
+    changed = spec.changed_fields(obs.spec)
+    running_revision = obs_revision(obs)
+    new_revision = revision is not None and running_revision is not None and revision != running_revision
+    if (obs.failed or obs.build_failed) and not changed and not new_revision and cascade is None:
+        return []  # waits for a change of the file or the source, or a user restart
+
+    rebuild = [f for f in changed if f in REBUILD_FIELDS]
+    restart = [f for f in changed if f in RESTART_FIELDS]
+    if restart:
+        reason = _changed_reason(restart, obs.spec, spec)
+    elif new_revision:
+        reason = f"new revision {running_revision[:8]} -> {revision[:8]}"  # type: ignore[index]
+    elif cascade:
+        reason = f"dependency {cascade} restarts"
+    elif obs.failed or obs.build_failed:
+        reason = _changed_reason(changed, obs.spec, spec) + " after failure"
+    else:
+        reason = ""
+
+    actions: list[Action] = []
+    running = sorted(obs.replicas)
+    keep = [i for i in running if i < spec.replicas]
+    for index in reversed([i for i in running if i >= spec.replicas]):
+        actions.append(Action(ActionKind.STOP, name, index, f"replicas {len(running)} -> {spec.replicas}"))
+    missing = [i for i in range(spec.replicas) if i not in obs.replicas]
+
+    if rebuild or new_revision or obs.build_failed:
+        actions.extend(_deploy(spec, reason, [], ActionKind.START))
+    if reason:
+        actions.extend(Action(ActionKind.RESTART, name, i, reason) for i in keep)
+        restarting[name] = reason
+    elif changed and changed != ("replicas",):
+        settings = [f for f in changed if f != "replicas"]
+        actions.append(Action(ActionKind.UPDATE, name, None, _changed_reason(settings, obs.spec, spec, "applied in place")))
+    if missing:
+        why = reason or (f"replicas {len(running)} -> {spec.replicas}" if "replicas" in changed else "not running")
+        actions.extend(Action(ActionKind.START, name, i, why) for i in missing)
+    return actions
+
+
+def obs_revision(obs: ServiceObserved) -> str | None:
+    """The source revision part of the running version (``REVISION-BUILDHASH``)."""
+    return obs.version.rsplit("-", 1)[0] if obs.version else None
+
+
+def _deploy(spec: ServiceSpec, reason: str, indices: Iterable[int], kind: ActionKind) -> list[Action]:
+    actions: list[Action] = []
+    if spec.source.kind == "git":
+        actions.append(Action(ActionKind.FETCH, spec.name, None, reason))
+    if spec.build:
+        actions.append(Action(ActionKind.BUILD, spec.name, None, reason))
+    actions.extend(Action(kind, spec.name, i, reason) for i in indices)
+    return actions
+
+
+def _changed_reason(fields: Iterable[str], old: ServiceSpec, new: ServiceSpec, verb: str = "changed") -> str:
+    """``"command, env (PORT) changed"``: env names only, never values (they may be secrets)."""
+    parts = []
+    for field in fields:
+        if field == "environment":
+            keys = sorted(k for k in set(old.environment) | set(new.environment)
+                          if old.environment.get(k) != new.environment.get(k))
+            parts.append(f"env ({', '.join(keys)})")
+        else:
+            parts.append(field)
+    return f"{', '.join(parts)} {verb}"

@@ -1,0 +1,360 @@
+"""Process groups on Linux: spawn, notice exits by event, stop with no survivors.
+
+- Every process we start leads its own session and process group (``setsid``), so a stop can
+  signal the whole group and a terminal's Ctrl-C reaches the supervisor, not the services.
+- Exits are noticed from SIGCHLD, delivered through the event loop (``add_signal_handler``
+  writes to a wake-up fd; no thread polls). On each SIGCHLD the :class:`Reaper` calls
+  ``waitid(P_PGID, pgid, WNOHANG)`` for each group it tracks: that reaps our children and any
+  orphaned grandchildren of theirs (we are a child subreaper, ``PR_SET_CHILD_SUBREAPER``), but
+  never touches other children of this process, such as git commands run by GitPython.
+- Processes we did not start (adopted after a supervisor restart) are watched with a pidfd.
+- A stop sends the stop signal to the group, waits ``stop_timeout`` seconds, then SIGKILLs the
+  group and every descendant seen before the stop (that catches ``setsid`` escapees), and
+  waits until none of them remains. Where a cgroup v2 hierarchy lets us, each process group also
+  gets a cgroup and ``cgroup.kill`` ends whatever is left in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import psutil
+
+from . import cgroups
+from .model import Exit
+
+log = logging.getLogger("supervise")
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process (prctl(2)); False if refused."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+@dataclass
+class ProcessHandle:
+    """A started (or adopted) process group leader.
+
+    ``create_time`` is psutil's (seconds since the epoch) and, with ``pid``, identifies the
+    process across pid reuse. ``exited`` resolves with the :class:`Exit` when the leader ends.
+    """
+
+    pid: int
+    pgid: int
+    create_time: float
+    exited: asyncio.Future[Exit]
+    adopted: bool = False
+    cgroup: Path | None = None
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+    @property
+    def running(self) -> bool:
+        return not self.exited.done()
+
+
+class SpawnError(Exception):
+    """The command could not be started at all (missing executable, bad cwd, permissions)."""
+
+
+class Reaper:
+    """Delivers exits of the process groups we track to their futures, from SIGCHLD.
+
+    Must be created inside a running event loop on the main thread (signal handlers).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.groups: dict[int, set[int]] = {}  # pgid -> pids we still wait for there
+        self.waiters: dict[int, asyncio.Future[Exit]] = {}
+        self.own_pgid = os.getpgid(0)
+        self.subreaper = become_subreaper()
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+
+    def close(self) -> None:
+        try:
+            self.loop.remove_signal_handler(signal.SIGCHLD)
+        except (RuntimeError, ValueError):
+            pass
+
+    def track(self, pid: int, pgid: int) -> asyncio.Future[Exit]:
+        future: asyncio.Future[Exit] = self.loop.create_future()
+        self.waiters[pid] = future
+        self.groups.setdefault(pgid, set()).add(pid)
+        return future
+
+    def untrack_group(self, pgid: int) -> None:
+        self.groups.pop(pgid, None)
+
+    def reap(self) -> None:
+        """Reap every exited process in the tracked groups, and stray orphans. Never blocks."""
+        for pgid in list(self.groups):
+            while True:
+                try:
+                    result = os.waitid(os.P_PGID, pgid, os.WEXITED | os.WNOHANG)
+                except ChildProcessError:
+                    break  # no child of ours left in this group
+                except InterruptedError:
+                    continue
+                if result is None:
+                    break
+                self._deliver(result.si_pid, _exit_from_waitid(result))
+        self._reap_strays()
+
+    def _deliver(self, pid: int, exit: Exit) -> None:
+        future = self.waiters.pop(pid, None)
+        if future is not None and not future.done():
+            future.set_result(exit)
+
+    def _reap_strays(self) -> None:
+        """Reap zombies re-parented to us that left their group (setsid) — not git's children."""
+        if not self.subreaper:
+            return
+        for pid in _children_of(os.getpid()):
+            if pid in self.waiters:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as stat:
+                    fields_ = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            state, pgid = fields_[0], int(fields_[2])
+            if state == b"Z" and pgid != self.own_pgid and pgid not in self.groups:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+
+def _exit_from_waitid(result: os.waitid_result) -> Exit:
+    if result.si_code == os.CLD_EXITED:
+        return Exit(code=result.si_status)
+    return Exit(signal=result.si_status)
+
+
+def _children_of(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return children
+
+
+def spawn(
+    reaper: Reaper,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str],
+    output: int,
+    user: str | None = None,
+    cgroup_parent: Path | None = None,
+    cgroup_name: str | None = None,
+) -> ProcessHandle:
+    """Start ``argv`` as the leader of a new session, stdout+stderr to the fd ``output``.
+
+    ``argv[0]`` is looked up on ``env["PATH"]``. stdin is /dev/null. Raises SpawnError when the
+    executable or ``cwd`` is missing or not permitted.
+    """
+    try:
+        proc = subprocess.Popen(
+            list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=output,
+            stderr=output, start_new_session=True, close_fds=True, user=user, restore_signals=True,
+        )
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise SpawnError(_spawn_message(argv, cwd, exc)) from None
+    group = None
+    if cgroup_parent is not None and cgroup_name:
+        # Moved right after exec (no preexec_fn: unsafe with threads); anything it forks in
+        # the first instant is still caught by the process group and the descendant snapshot.
+        group = cgroups.create(cgroup_parent, cgroup_name)
+        if group is not None and not cgroups.move(group, proc.pid):
+            cgroups.remove(group)
+            group = None
+    future = reaper.track(proc.pid, proc.pid)
+    # The reaper owns the exit status from now on; keep Popen from ever waiting on the pid.
+    proc.returncode = 0
+    try:
+        create_time = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        create_time = 0.0
+    return ProcessHandle(pid=proc.pid, pgid=proc.pid, create_time=create_time, exited=future, cgroup=group)
+
+
+def _spawn_message(argv: Sequence[str], cwd: str | os.PathLike[str], exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        if not Path(cwd).is_dir():
+            return f"working directory {cwd} does not exist"
+        return f"command not found: {argv[0]}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {argv[0]}"
+    return f"cannot start {argv[0]}: {exc}"
+
+
+def adopt(loop: asyncio.AbstractEventLoop, pid: int, create_time: float) -> ProcessHandle | None:
+    """Watch a running process we did not start (a supervisor restart), by pidfd.
+
+    Returns None when ``pid`` is gone or is another process now (``create_time`` differs by
+    more than 10 ms: the pid was reused). Its exit status cannot be known (not our child);
+    the Exit then has neither code nor signal.
+    """
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - create_time) > 0.01 or process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        pgid = os.getpgid(pid)
+        pidfd = os.pidfd_open(pid)
+    except (psutil.Error, OSError):
+        return None
+    future: asyncio.Future[Exit] = loop.create_future()
+
+    def on_exit() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        if not future.done():
+            future.set_result(Exit())
+
+    loop.add_reader(pidfd, on_exit)
+    return ProcessHandle(pid=pid, pgid=pgid, create_time=create_time, exited=future, adopted=True,
+                         cgroup=cgroups.of_pid(pid))
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every live descendant of ``pid`` (psutil, recursive), empty when it is gone."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process is in process group ``pgid`` (``kill(-pgid, 0)``)."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def signal_group(handle: ProcessHandle, sig: int) -> None:
+    """Send ``sig`` to the whole process group of ``handle``; a gone group is not an error."""
+    try:
+        os.killpg(handle.pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError as exc:  # pragma: no cover - only with foreign processes
+        log.warning("cannot signal process group %d: %s", handle.pgid, exc)
+
+
+async def stop(handle: ProcessHandle, sig: int, timeout: float, reaper: Reaper | None) -> Exit:
+    """Stop the group of ``handle``: ``sig``, wait ``timeout`` s, then SIGKILL; no survivors.
+
+    ``sig`` goes to the process group and to every descendant seen before the stop (some may
+    have left the group with ``setsid``). Returns the leader's Exit (a SIGKILL shows as
+    ``signal 9``). Returns once the group, those descendants and the cgroup (if any) are empty;
+    processes that survive SIGKILL for 5 s (uninterruptible sleep) are logged and left.
+    """
+    snapshot = descendants(handle.pid)
+    signal_group(handle, sig)
+    for process in snapshot:
+        try:
+            if os.getpgid(process.pid) != handle.pgid:
+                process.send_signal(sig)
+        except (psutil.Error, OSError):
+            pass
+    if sig not in (signal.SIGKILL, signal.SIGCONT):
+        signal_group(handle, signal.SIGCONT)  # a stopped (SIGSTOP'ed) group cannot act on it
+    if not await _wait_empty(handle, snapshot, reaper, timeout):
+        _kill_everything(handle, snapshot)
+        if not await _wait_empty(handle, snapshot, reaper, 5.0):
+            left = [p.pid for p in snapshot if p.is_running()]
+            log.error("processes of group %d survived SIGKILL: %s", handle.pgid, left)
+    if not handle.exited.done():  # the leader was killed: its SIGCHLD may still be queued
+        try:
+            await asyncio.wait_for(asyncio.shield(handle.exited), 1.0)
+        except asyncio.TimeoutError:
+            pass
+    if reaper is not None:
+        reaper.untrack_group(handle.pgid)
+    if handle.cgroup is not None:
+        cgroups.remove(handle.cgroup)
+    return handle.exited.result() if handle.exited.done() else Exit(signal=signal.SIGKILL)
+
+
+async def _wait_empty(handle: ProcessHandle, snapshot: list[psutil.Process], reaper: Reaper | None,
+                      timeout: float) -> bool:
+    """Wait up to ``timeout`` s until nothing of the group is left; True if so.
+
+    The leader's exit wakes us by SIGCHLD; the rest of the group is checked with short,
+    growing sleeps (2 ms to 50 ms), only while a stop is under way.
+    """
+    deadline = time.monotonic() + timeout
+    if not handle.exited.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(handle.exited), timeout)
+        except asyncio.TimeoutError:
+            pass
+    delay = 0.002
+    while True:
+        if reaper is not None:
+            reaper.reap()
+        if not _anything_left(handle, snapshot):
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.05)
+
+
+def _kill_everything(handle: ProcessHandle, snapshot: list[psutil.Process]) -> None:
+    if handle.cgroup is not None:
+        cgroups.kill(handle.cgroup)
+    signal_group(handle, signal.SIGKILL)
+    for process in snapshot:
+        try:
+            process.kill()  # psutil checks create_time: a reused pid is not killed
+        except psutil.Error:
+            pass
+
+
+def _anything_left(handle: ProcessHandle, snapshot: list[psutil.Process]) -> bool:
+    if group_alive(handle.pgid):
+        return True
+    if handle.cgroup is not None and cgroups.populated(handle.cgroup):
+        return True
+    for process in snapshot:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))

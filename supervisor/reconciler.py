@@ -1,0 +1,205 @@
+"""observe -> plan -> execute. The reconciler knows nothing about why it was woken.
+
+Level-triggered, like controller-runtime: every wake-up re-reads the desired state (the file)
+and the observed state (the controllers), computes :func:`~supervisor.plan.plan` and applies
+it. Wake-ups that arrive while a pass runs are coalesced into one more pass.
+
+Execution order of a plan: removed services stop (dependents first); every fetch and build
+runs concurrently (never touching running replicas); then process actions run one dependency
+level at a time, the services of a level concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+from typing import Callable, Mapping
+
+from . import cgroups, logs, procs
+from .builds import Artifact, PrepareError, Preparer
+from .events import EventType, Notifier
+from .model import Desired, Observed, ServiceSpec
+from .plan import ActionKind, Plan, dependency_order, plan
+from .service import ServiceController
+
+log = logging.getLogger("supervise")
+
+#: Builds and fetches that may run at once (the machines we target have few cores).
+PREPARE_CONCURRENCY = 4
+
+
+def dependency_levels(specs: Mapping[str, ServiceSpec]) -> list[list[str]]:
+    """Services grouped by depth: level 0 depends on nothing, level n on levels < n."""
+    depth: dict[str, int] = {}
+    for name in dependency_order(specs):
+        deps = [depth[d.service] for d in specs[name].depends_on if d.service in depth]
+        depth[name] = 1 + max(deps) if deps else 0
+    levels: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for name, level in depth.items():
+        levels[level].append(name)
+    return levels
+
+
+class Reconciler:
+    """Converges the local machine to a Desired state and keeps it there."""
+
+    def __init__(self, desired: Desired, notifier: Notifier | None = None,
+                 on_change: Callable[[], None] | None = None):
+        self.desired = desired
+        self.settings = desired.settings
+        self.state_dir = desired.settings.state_dir
+        self.notifier = notifier or Notifier()
+        self.on_change = on_change or (lambda: None)
+        self.controllers: dict[str, ServiceController] = {}
+        self.revisions: dict[str, str] = {}
+        self.reaper: procs.Reaper | None = None
+        self.preparer: Preparer | None = None
+        self.cgroup_parent: Path | None = None
+        self.lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self.stopping = False
+
+    async def start(self) -> None:
+        """Set up the reaper (SIGCHLD), the state dir and, where possible, a cgroup."""
+        loop = asyncio.get_running_loop()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        logs.log_dir(self.state_dir).mkdir(exist_ok=True, mode=0o700)
+        self.reaper = procs.Reaper(loop)
+        tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
+        self.cgroup_parent = cgroups.make_parent(f"supervise-{tag}")
+        self.preparer = Preparer(self.state_dir, self.reaper, self.settings.keep_versions)
+
+    def observe(self) -> Observed:
+        return Observed({name: c.observe() for name, c in self.controllers.items()})
+
+    def plan(self, desired: Desired | None = None) -> Plan:
+        return plan(desired or self.desired, self.observe(), self.revisions)
+
+    async def apply(self, desired: Desired) -> Plan:
+        """Apply one plan for ``desired``; returns it. Serialised: one pass at a time."""
+        async with self.lock:
+            if self.stopping:
+                return Plan()
+            self.desired = desired
+            the_plan = self.plan(desired)
+            for action in the_plan:
+                log.info("plan: %s", action)
+            await self._execute(desired, the_plan)
+            return the_plan
+
+    async def _execute(self, desired: Desired, the_plan: Plan) -> None:
+        specs = desired.services
+        # 1. removed services, dependents first
+        removed = {n: self.controllers[n].spec for n in the_plan.services() if n not in specs and n in self.controllers}
+        for level in reversed(dependency_levels(removed)):
+            await asyncio.gather(*(self._remove(name) for name in level))
+        # 2. fetch and build, concurrently, beside whatever runs
+        to_prepare = [n for n in the_plan.services() if n in specs and any(
+            a.kind in (ActionKind.FETCH, ActionKind.BUILD) for a in the_plan.for_service(n))]
+        for name in the_plan.services():
+            if name in specs and name not in self.controllers:
+                self.controllers[name] = self._controller(specs[name])
+                self.notifier.emit(EventType.CREATE, name, None, source=specs[name].source.describe())
+            elif name in specs and the_plan.for_service(name):
+                self.notifier.emit(EventType.UPDATE, name, self.controllers[name].artifact.version
+                                   if self.controllers[name].artifact else None,
+                                   reason="; ".join(sorted({a.reason for a in the_plan.for_service(name)})))
+        semaphore = asyncio.Semaphore(PREPARE_CONCURRENCY)
+        artifacts: dict[str, Artifact | None] = {}
+
+        async def prepare(name: str) -> None:
+            async with semaphore:
+                artifacts[name] = await self._prepare(specs[name])
+
+        await asyncio.gather(*(prepare(n) for n in to_prepare))
+        # 3. processes, one dependency level at a time
+        for level in dependency_levels(specs):
+            await asyncio.gather(*(self._run_actions(specs[n], the_plan, artifacts) for n in level
+                                   if the_plan.for_service(n)))
+        self.on_change()
+
+    def _controller(self, spec: ServiceSpec) -> ServiceController:
+        assert self.reaper is not None
+        return ServiceController(spec, state_dir=self.state_dir, reaper=self.reaper, notifier=self.notifier,
+                                 lookup=self.controllers.get, changed=self.on_change,
+                                 cgroup_parent=self.cgroup_parent)
+
+    async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
+        assert self.preparer is not None
+        controller = self.controllers[spec.name]
+        protect = {r.launch.artifact.version for r in controller.replicas.values()}
+        try:
+            artifact = await self.preparer.prepare(spec, protect)
+        except PrepareError as exc:
+            kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
+            log.error("%s: %s%s", spec.name, exc, "".join(f"\n    {line}" for line in exc.tail))
+            self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
+            controller.mark_build_failed(spec)
+            return None
+        if spec.build:
+            self.notifier.emit(EventType.BUILT, spec.name, artifact.version)
+        self.revisions[spec.name] = artifact.revision
+        return artifact
+
+    async def _run_actions(self, spec: ServiceSpec, the_plan: Plan, artifacts: Mapping[str, Artifact | None]) -> None:
+        name = spec.name
+        controller = self.controllers[name]
+        actions = the_plan.for_service(name)
+        needs_artifact = any(a.kind in (ActionKind.FETCH, ActionKind.BUILD) for a in actions)
+        if needs_artifact:
+            artifact = artifacts.get(name)
+            if artifact is None:
+                return  # fetch or build failed: what runs keeps running
+        else:
+            artifact = controller.artifact
+        for action in actions:
+            if action.kind is ActionKind.UPDATE:
+                controller.apply_settings(spec)
+            elif action.kind is ActionKind.STOP and action.replica is not None:
+                await controller.stop_replica(action.replica, action.reason, remove=True)
+        starts = [a for a in actions if a.kind in (ActionKind.START, ActionKind.RESTART)]
+        if starts and artifact is None:
+            artifact = await self._prepare(spec)
+            if artifact is None:
+                return
+        await asyncio.gather(*(
+            (controller.restart_replica if a.kind is ActionKind.RESTART else controller.start_replica)(
+                a.replica, spec, artifact, a.reason)  # type: ignore[arg-type]
+            for a in starts))
+
+    async def _remove(self, name: str) -> None:
+        controller = self.controllers[name]
+        await controller.stop_all("removed from config")
+        del self.controllers[name]
+        self.revisions.pop(name, None)
+        self.notifier.emit(EventType.DELETE, name, controller.artifact.version if controller.artifact else None)
+
+    async def shutdown(self) -> None:
+        """Stop every service, dependents before their dependencies, and any build."""
+        self.stopping = True
+        async with self.lock:
+            specs = {n: c.spec for n, c in self.controllers.items()}
+            for level in reversed(dependency_levels(specs)):
+                await asyncio.gather(*(self.controllers[n].stop_all("supervisor stopping") for n in level))
+        if self.reaper is not None:
+            self.reaper.close()
+        if self.cgroup_parent is not None:
+            cgroups.remove(self.cgroup_parent)
+
+    def request(self) -> None:
+        """Ask for a reconcile pass soon (thread-unsafe: call on the loop)."""
+        self.wake.set()
+
+    async def run(self, load: Callable[[], Desired | None]) -> None:
+        """Reconcile on every wake-up until shutdown. ``load`` returns the desired state, or
+        None when the file is currently invalid (the last good state then stays in force)."""
+        while not self.stopping:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.stopping:
+                break
+            desired = load()
+            if desired is not None:
+                await self.apply(desired)

@@ -1,0 +1,417 @@
+"""One service's replicas on the local machine: start, watch, restart with backoff, stop.
+
+A :class:`ServiceController` owns the replicas of one service. Exits arrive as futures from the
+reaper (SIGCHLD) or a pidfd; nothing here polls a process. Each replica keeps the launch (spec
+and artifact) it was started with, so an automatic restart brings back the same version and
+command even when the file has changed since; supervision settings (restart policy, backoff,
+start limit, stop signal and timeout) are read from the newest spec, so they apply in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import health, logs, procs
+from .backoff import BackoffState, StartLimiter
+from .builds import Artifact
+from .environ import command_argv, replica_env
+from .events import EventType, Notifier
+from .model import Condition, Exit, Phase, ReplicaObserved, RestartPolicy, ServiceObserved, ServiceSpec
+
+log = logging.getLogger("supervise")
+
+#: Phases in which a replica counts as up.
+UP = (Phase.RUNNING, Phase.READY)
+
+
+@dataclass
+class Launch:
+    """What a replica process is made of: the spec and artifact it was started from."""
+
+    spec: ServiceSpec
+    artifact: Artifact
+
+
+@dataclass
+class Replica:
+    index: int
+    launch: Launch
+    phase: Phase = Phase.PENDING
+    handle: procs.ProcessHandle | None = None
+    restarts: int = 0
+    last_exit: Exit | None = None
+    started_at: float | None = None
+    backoff: BackoffState | None = None
+    limiter: StartLimiter | None = None
+    timer: asyncio.TimerHandle | None = None
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    stopping: bool = False
+    ready: bool = False
+    message: str = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.handle.pid if self.handle is not None and self.handle.running else None
+
+
+class ServiceController:
+    """Runs the replicas of one service. All methods run on the event loop thread.
+
+    ``lookup`` finds another service's controller (for ``depends_on``); ``changed`` is called
+    after every phase change (the reconciler uses it to re-check dependents).
+    """
+
+    def __init__(self, spec: ServiceSpec, *, state_dir: Path, reaper: procs.Reaper, notifier: Notifier,
+                 lookup: Callable[[str], "ServiceController | None"], changed: Callable[[], None],
+                 cgroup_parent: Path | None = None):
+        self.spec = spec
+        self.name = spec.name
+        self.state_dir = state_dir
+        self.reaper = reaper
+        self.notifier = notifier
+        self.lookup = lookup
+        self.changed = changed
+        self.cgroup_parent = cgroup_parent
+        self.replicas: dict[int, Replica] = {}
+        self.artifact: Artifact | None = None
+        self.build_failed = False
+        self.held = False
+        self.phase_changed = asyncio.Event()
+        self.log_path = logs.log_path(state_dir, spec.name)
+
+    # -- observation -----------------------------------------------------------------------
+
+    def observe(self) -> ServiceObserved:
+        """This service as the planner sees it."""
+        replicas = {
+            i: ReplicaObserved(index=i, phase=r.phase, pid=r.pid, version=r.launch.artifact.version,
+                               restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at)
+            for i, r in self.replicas.items()
+        }
+        failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
+        return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
+                               version=self.artifact.version if self.artifact else None,
+                               held=self.held, failed=failed, build_failed=self.build_failed)
+
+    @property
+    def phase(self) -> Phase:
+        """The service's phase: the least advanced of its replicas'."""
+        if self.build_failed and not self.replicas:
+            return Phase.BUILD_FAILED
+        if not self.replicas:
+            return Phase.STOPPED
+        order = (Phase.FAILED, Phase.BACKOFF, Phase.PENDING, Phase.STARTING, Phase.STOPPING,
+                 Phase.EXITED, Phase.STOPPED, Phase.RUNNING, Phase.READY)
+        phases = {r.phase for r in self.replicas.values()}
+        return next(p for p in order if p in phases)
+
+    def reached(self, condition: Condition) -> bool | None:
+        """True when every replica meets ``condition``; None when it never will (failed,
+        build failed, held, or a ``completed`` one exited non-zero); False otherwise."""
+        replicas = [self.replicas.get(i) for i in range(self.spec.replicas)]
+        if self.build_failed and not any(r and r.handle for r in replicas):
+            return None
+        if self.held:
+            return None
+        if any(r is not None and r.phase is Phase.FAILED for r in replicas):
+            return None
+        if any(r is None for r in replicas):
+            return False
+        if condition is Condition.COMPLETED:
+            for r in replicas:
+                if r.phase is Phase.EXITED and r.last_exit and not r.last_exit.success:
+                    return None
+            return all(r.phase is Phase.EXITED and r.last_exit and r.last_exit.success for r in replicas)  # type: ignore[union-attr]
+        if condition is Condition.READY:
+            return all(r.ready and r.phase in UP for r in replicas)  # type: ignore[union-attr]
+        return all(r.phase in UP or (r.phase is Phase.EXITED and r.started_at) for r in replicas)  # type: ignore[union-attr]
+
+    # -- changes from the plan -------------------------------------------------------------
+
+    def apply_settings(self, spec: ServiceSpec) -> None:
+        """Take a new spec whose changes need no restart (policy, backoff, limits, signals)."""
+        if spec.start_limit != self.spec.start_limit or spec.backoff != self.spec.backoff:
+            for replica in self.replicas.values():
+                replica.limiter = StartLimiter(spec.start_limit)
+                replica.backoff = BackoffState(spec.backoff)
+        self.spec = spec
+
+    def mark_build_failed(self, spec: ServiceSpec) -> None:
+        self.spec = spec
+        self.build_failed = True
+        self.changed()
+
+    async def start_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
+        """Start replica ``index`` of ``spec``/``artifact``; an old process there is stopped first.
+
+        Returns once the process is spawned, or, when ``depends_on`` is not yet met, at once:
+        the replica then waits in phase ``pending`` and starts when its dependencies allow.
+        """
+        self.spec = spec
+        self.artifact = artifact
+        self.build_failed = False
+        old = self.replicas.get(index)
+        if old is not None and (old.handle is not None or old.tasks):
+            await self.stop_replica(index, reason)
+        replica = Replica(index=index, launch=Launch(spec, artifact), backoff=BackoffState(spec.backoff),
+                          limiter=StartLimiter(spec.start_limit))
+        if old is not None:
+            replica.restarts = old.restarts
+            replica.last_exit = old.last_exit
+            self._cancel_timer(old)
+        self.replicas[index] = replica
+        if spec.depends_on and not self._dependencies_met(replica):
+            self._set_phase(replica, Phase.PENDING)
+            self._task(replica, self._start_after_dependencies(replica, reason))
+            return
+        replica.limiter.allow(time.monotonic())  # type: ignore[union-attr]
+        self._spawn(replica, reason)
+
+    async def restart_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
+        """Replace replica ``index`` with a new process of ``spec``/``artifact`` (recreate:
+        the old one is fully stopped before the new one starts, so two never run at once)."""
+        old = self.replicas.get(index)
+        if old is not None:
+            old_version = old.launch.artifact.version
+            if old_version != artifact.version:
+                reason = f"{reason} ({old_version} -> {artifact.version})"
+            self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index, reason=reason)
+            await self.stop_replica(index, reason, remove=False)
+            old.restarts += 1
+        await self.start_replica(index, spec, artifact, reason)
+
+    async def stop_replica(self, index: int, reason: str, remove: bool = False) -> Exit | None:
+        """Stop replica ``index``: stop signal, ``stop_timeout``, SIGKILL to the group."""
+        replica = self.replicas.get(index)
+        if replica is None:
+            return None
+        self._cancel_timer(replica)
+        for task in list(replica.tasks):
+            task.cancel()
+        exit = None
+        handle = replica.handle
+        if handle is not None and (handle.running or procs.group_alive(handle.pgid)):
+            replica.stopping = True
+            self._set_phase(replica, Phase.STOPPING)
+            version = replica.launch.artifact.version
+            self.notifier.emit(EventType.STOPPING, self.name, version, replica=index, pid=handle.pid, reason=reason)
+            logs.append_note(self.log_path, f"stopping {self.name}[{index}] pid {handle.pid}: {reason}")
+            exit = await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
+            replica.last_exit = exit
+            replica.stopping = False
+            self.notifier.emit(EventType.STOPPED, self.name, version, replica=index, pid=handle.pid, exit=str(exit))
+            logs.append_note(self.log_path, f"stopped {self.name}[{index}] pid {handle.pid}: {exit}")
+        replica.handle = None
+        self._set_phase(replica, Phase.STOPPED)
+        if remove:
+            self.replicas.pop(index, None)
+            self.changed()
+        return exit
+
+    async def stop_all(self, reason: str) -> None:
+        await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _dependencies_met(self, replica: Replica) -> bool:
+        """Check ``depends_on``; sets ``replica.message`` to what is still awaited."""
+        waiting = []
+        for dep in replica.launch.spec.depends_on:
+            other = self.lookup(dep.service)
+            state = other.reached(dep.condition) if other is not None else None
+            if state is None:
+                waiting.append(f"{dep.service} ({dep.condition.value}; it cannot get there now)")
+            elif not state:
+                waiting.append(f"{dep.service} ({dep.condition.value})")
+        replica.message = "waiting for " + ", ".join(waiting) if waiting else ""
+        return not waiting
+
+    async def _start_after_dependencies(self, replica: Replica, reason: str) -> None:
+        """Wait (woken by the dependencies' phase changes, no polling) and then start."""
+        while not self._dependencies_met(replica):
+            waits = []
+            for dep in replica.launch.spec.depends_on:
+                other = self.lookup(dep.service)
+                if other is not None:
+                    other.phase_changed.clear()
+                    waits.append(asyncio.ensure_future(other.phase_changed.wait()))
+            if not waits:  # a dependency removed from the file: nothing will wake us
+                return
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        if self.replicas.get(replica.index) is replica and replica.phase is Phase.PENDING:
+            replica.limiter.allow(time.monotonic())  # type: ignore[union-attr]
+            self._spawn(replica, reason)
+
+    def _spawn(self, replica: Replica, reason: str) -> None:
+        spec, artifact = replica.launch.spec, replica.launch.artifact
+        env = replica_env(self.name, spec.environment, replica.index)
+        env["SUPERVISE_VERSION"] = artifact.version
+        argv = command_argv(spec.command, spec.shell, env)
+        cwd = artifact.workdir / spec.cwd
+        self._set_phase(replica, Phase.STARTING)
+        fd = logs.open_log(self.log_path)
+        try:
+            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=fd, user=spec.user,
+                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}")
+        except procs.SpawnError as exc:
+            replica.handle = None
+            replica.message = str(exc)
+            logs.append_note(self.log_path, f"cannot start {self.name}[{replica.index}]: {exc}")
+            self.notifier.emit(EventType.START_FAILED, self.name, artifact.version, replica=replica.index, error=str(exc))
+            self._after_exit(replica, Exit(code=127), uptime=0.0)
+            return
+        finally:
+            os_close(fd)
+        replica.handle = handle
+        replica.started_at = time.time()
+        replica.ready = spec.ready is None
+        replica.message = ""
+        self._set_phase(replica, Phase.RUNNING)
+        logs.append_note(self.log_path, f"started {self.name}[{replica.index}] pid {handle.pid} version {artifact.version}: {reason}")
+        self.notifier.emit(EventType.STARTED, self.name, artifact.version, replica=replica.index, pid=handle.pid, reason=reason)
+        self._task(replica, self._watch(replica, handle))
+        if spec.ready is not None:
+            self._task(replica, self._readiness(replica, handle, env))
+        if spec.live is not None:
+            self._task(replica, self._liveness(replica, handle, env))
+
+    def adopt(self, index: int, handle: procs.ProcessHandle, spec: ServiceSpec, artifact: Artifact,
+              started_at: float | None, restarts: int) -> None:
+        """Take over a replica that survived a supervisor restart (watched by pidfd)."""
+        self.spec = spec
+        self.artifact = artifact
+        replica = Replica(index=index, launch=Launch(spec, artifact), backoff=BackoffState(spec.backoff),
+                          limiter=StartLimiter(spec.start_limit), handle=handle, started_at=started_at,
+                          restarts=restarts, ready=spec.ready is None)
+        self.replicas[index] = replica
+        self._set_phase(replica, Phase.RUNNING)
+        self._task(replica, self._watch(replica, handle))
+        env = replica_env(self.name, spec.environment, index)
+        if spec.ready is not None:
+            self._task(replica, self._readiness(replica, handle, env))
+        if spec.live is not None:
+            self._task(replica, self._liveness(replica, handle, env))
+
+    def _task(self, replica: Replica, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        replica.tasks.add(task)
+        task.add_done_callback(replica.tasks.discard)
+
+    async def _watch(self, replica: Replica, handle: procs.ProcessHandle) -> None:
+        exit = await asyncio.shield(handle.exited)
+        if replica.handle is not handle or replica.stopping or self.replicas.get(replica.index) is not replica:
+            return
+        uptime = time.monotonic() - handle.started_monotonic
+        version = replica.launch.artifact.version
+        replica.last_exit = exit
+        logs.append_note(self.log_path, f"{self.name}[{replica.index}] pid {handle.pid} exited: {exit}")
+        self.notifier.emit(EventType.EXITED, self.name, version, replica=replica.index, pid=handle.pid, exit=str(exit),
+                           code=exit.code, signal=exit.signal, uptime=round(uptime, 3))
+        # Whatever the leader left in its group goes too (systemd KillMode=control-group).
+        if procs.group_alive(handle.pgid):
+            replica.stopping = True
+            await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
+            replica.stopping = False
+        else:
+            self.reaper.untrack_group(handle.pgid)
+            if handle.cgroup is not None:
+                procs.cgroups.remove(handle.cgroup)
+        if replica.handle is not handle:
+            return
+        replica.handle = None
+        self._after_exit(replica, exit, uptime)
+
+    def _after_exit(self, replica: Replica, exit: Exit, uptime: float) -> None:
+        policy = self.spec.restart
+        version = replica.launch.artifact.version
+        if policy is RestartPolicy.NEVER or (policy is RestartPolicy.ON_FAILURE and exit.success):
+            self._set_phase(replica, Phase.EXITED)
+            return
+        assert replica.backoff is not None and replica.limiter is not None
+        delay = replica.backoff.next_delay(uptime)
+        if not replica.limiter.allow(time.monotonic() + delay):
+            limit = self.spec.start_limit
+            replica.message = f"start limit hit: {limit.burst} starts in {limit.interval:g}s"
+            self._set_phase(replica, Phase.FAILED)
+            logs.append_note(self.log_path, f"{self.name}[{replica.index}] failed: {replica.message}")
+            self.notifier.emit(EventType.FAILED, self.name, version, replica=replica.index, reason=replica.message)
+            return
+        replica.restarts += 1
+        replica.message = f"restart in {delay:.2f}s after {exit}"
+        self._set_phase(replica, Phase.BACKOFF)
+        self.notifier.emit(EventType.BACKOFF, self.name, version, replica=replica.index, delay=round(delay, 3),
+                           exit=str(exit))
+        loop = asyncio.get_running_loop()
+        replica.timer = loop.call_later(delay, self._restart_after_backoff, replica)
+
+    def _restart_after_backoff(self, replica: Replica) -> None:
+        replica.timer = None
+        if self.replicas.get(replica.index) is not replica or replica.phase is not Phase.BACKOFF:
+            return
+        self._spawn(replica, f"restart {replica.restarts} after {replica.last_exit}")
+
+    async def _readiness(self, replica: Replica, handle: procs.ProcessHandle, env: dict[str, str]) -> None:
+        check = replica.launch.spec.ready
+        assert check is not None
+        await asyncio.sleep(float(check["start_period"]))  # type: ignore[arg-type]
+        while handle.running and replica.handle is handle:
+            if await health.probe(check, env):
+                if replica.handle is handle and handle.running:
+                    replica.ready = True
+                    self._set_phase(replica, Phase.READY)
+                    self.notifier.emit(EventType.READY, self.name, replica.launch.artifact.version,
+                                       replica=replica.index, pid=handle.pid)
+                return
+            await asyncio.sleep(float(check["interval"]))  # type: ignore[arg-type]
+
+    async def _liveness(self, replica: Replica, handle: procs.ProcessHandle, env: dict[str, str]) -> None:
+        check = replica.launch.spec.live
+        assert check is not None
+        await asyncio.sleep(float(check["start_period"]))  # type: ignore[arg-type]
+        failures = 0
+        while handle.running and replica.handle is handle:
+            await asyncio.sleep(float(check["interval"]))  # type: ignore[arg-type]
+            if await health.probe(check, env):
+                failures = 0
+                continue
+            failures += 1
+            if failures >= int(check["retries"]):  # type: ignore[arg-type]
+                reason = f"liveness check failed {failures} times"
+                logs.append_note(self.log_path, f"{self.name}[{replica.index}] {reason}; restarting")
+                self.notifier.emit(EventType.RESTARTING, self.name, replica.launch.artifact.version,
+                                   replica=replica.index, reason=reason)
+                # the watcher sees the exit and restarts it as for a crash
+                await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
+                return
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _set_phase(self, replica: Replica, phase: Phase) -> None:
+        if replica.phase is phase:
+            return
+        replica.phase = phase
+        self.phase_changed.set()
+        self.changed()
+
+    @staticmethod
+    def _cancel_timer(replica: Replica) -> None:
+        if replica.timer is not None:
+            replica.timer.cancel()
+            replica.timer = None
+
+
+def os_close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
