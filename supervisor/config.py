@@ -493,7 +493,7 @@ class _Validator:
         if kind == "exec":
             check["exec"] = self.argv(keys + ("exec",), target)
         elif kind == "tcp":
-            if not isinstance(target, str) or not re.match(r"^\[?[^\s\]]*\]?:\d+$", target):
+            if not isinstance(target, str) or not re.match(r"^\[?[^\s\]]*\]?:(\d+|\$\{[A-Za-z_][A-Za-z0-9_]*(:?-[^}]*)?\})$", target):
                 self.error(keys + ("tcp",), f'"tcp" must be "host:port", got {target!r}')
             check["tcp"] = target
         else:

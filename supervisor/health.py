@@ -13,8 +13,11 @@ from urllib.parse import urlsplit
 from .environ import expand
 
 
-async def probe(check: Mapping[str, object], env: Mapping[str, str]) -> bool:
-    """Run ``check`` (a validated ``ready``/``live`` table) once; True if it passed."""
+async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | None = None) -> bool:
+    """Run ``check`` (a validated ``ready``/``live`` table) once; True if it passed.
+
+    ``exec`` checks run in ``cwd`` (the replica's working directory) with the replica's env.
+    """
     timeout = float(check.get("timeout", 1.0))  # type: ignore[arg-type]
     kind = check["kind"]
     try:
@@ -24,7 +27,7 @@ async def probe(check: Mapping[str, object], env: Mapping[str, str]) -> bool:
             return await asyncio.wait_for(_http(expand(str(check["http"]), env)), timeout)
         if kind == "exec":
             argv = [expand(a, env) for a in check["exec"]]  # type: ignore[union-attr]
-            return await _exec(argv, env, timeout)
+            return await _exec(argv, env, timeout, cwd)
     except (asyncio.TimeoutError, OSError, ValueError):
         return False
     return False
@@ -65,9 +68,9 @@ async def _http(url: str) -> bool:
         writer.close()
 
 
-async def _exec(argv: list[str], env: Mapping[str, str], timeout: float) -> bool:
+async def _exec(argv: list[str], env: Mapping[str, str], timeout: float, cwd: str | None) -> bool:
     process = await asyncio.create_subprocess_exec(
-        *argv, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        *argv, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)  # same process group as us: our reaper leaves it alone
     try:
         return await asyncio.wait_for(process.wait(), timeout) == 0

@@ -40,6 +40,9 @@ def open_log(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
 
+NOTE_PREFIX = b"[supervise "
+
+
 def append_note(path: Path, text: str) -> None:
     """Append a supervisor note (``[supervise] text``) to a service log, one write(2)."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -122,7 +125,8 @@ class ConsoleTail:
     def _print(self, followed: "_Followed", lines: list[bytes]) -> None:
         name = followed.name.ljust(self.width)
         prefix = f"\x1b[{followed.colour}m{name} |\x1b[0m " if self.colour else f"{name} | "
-        out = "".join(prefix + line.decode("utf-8", "replace") + "\n" for line in lines)
+        out = "".join(prefix + line.decode("utf-8", "replace") + "\n" for line in lines
+                      if not line.startswith(NOTE_PREFIX))  # our notes are on stderr already
         try:
             self.stream.write(out)
             self.stream.flush()

@@ -146,7 +146,8 @@ def _plan_service(
         return []  # a user stop holds until a user start
     changed = spec.changed_fields(obs.spec)
     running_revision = obs_revision(obs)
-    new_revision = revision is not None and running_revision is not None and revision != running_revision
+    new_revision = (revision is not None and running_revision is not None
+                    and revision[:len(running_revision)] != running_revision)
     if (obs.failed or obs.build_failed) and not changed and not new_revision and cascade is None:
         return []  # waits for a change of the file or the source, or a user restart
 

@@ -365,7 +365,7 @@ class ServiceController:
         assert check is not None
         await asyncio.sleep(float(check["start_period"]))  # type: ignore[arg-type]
         while handle.running and replica.handle is handle:
-            if await health.probe(check, env):
+            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd)):
                 if replica.handle is handle and handle.running:
                     replica.ready = True
                     self._set_phase(replica, Phase.READY)
@@ -381,7 +381,7 @@ class ServiceController:
         failures = 0
         while handle.running and replica.handle is handle:
             await asyncio.sleep(float(check["interval"]))  # type: ignore[arg-type]
-            if await health.probe(check, env):
+            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd)):
                 failures = 0
                 continue
             failures += 1

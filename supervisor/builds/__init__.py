@@ -104,7 +104,7 @@ class Preparer:
         fd = logs.open_log(path)
         env = replica_env(spec.name, spec.environment, 0)
         env.pop("REPLICA", None)
-        cwd = workdir / spec.cwd if (workdir / spec.cwd).is_dir() else workdir
+        cwd = workdir  # builds run at the top of the checkout (or the local folder)
         try:
             if self.reaper is None:
                 raise PrepareError("build", "no process reaper")
@@ -121,7 +121,9 @@ class Preparer:
             raise
         finally:
             self.builds.pop(spec.name, None)
-        if self.reaper is not None:
+        if procs.group_alive(handle.pgid):  # background processes a build left behind
+            await procs.stop(handle, spec.stop_signal, 5.0, self.reaper)
+        elif self.reaper is not None:
             self.reaper.untrack_group(handle.pgid)
         if not exit.success:
             tail = _tail(path, offset)

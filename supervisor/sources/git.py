@@ -11,10 +11,12 @@ unreachable remote is an error, not a hang.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import git
 
@@ -42,7 +44,17 @@ class GitSource:
         self.root = root
         self.versions = root / "versions"
 
-    def _repo(self) -> git.Repo:
+    @contextlib.contextmanager
+    def _repo(self) -> Iterator[git.Repo]:
+        """The bare repository, closed after use (GitPython keeps ``git cat-file`` helpers
+        running per Repo object until it is closed)."""
+        repo = self._open()
+        try:
+            yield repo
+        finally:
+            repo.close()
+
+    def _open(self) -> git.Repo:
         path = self.root / "repo.git"
         try:
             if path.exists():
@@ -64,7 +76,8 @@ class GitSource:
         if _SHA.match(ref):
             return ref
         try:
-            out = self._repo().git.ls_remote(self.url, ref, kill_after_timeout=GIT_TIMEOUT)
+            with self._repo() as repo:
+                out = repo.git.ls_remote(self.url, ref, kill_after_timeout=GIT_TIMEOUT)
         except git.GitCommandError as exc:
             raise SourceError(f"cannot reach {redact(self.url)}: {_stderr(exc)}") from None
         candidates = {}
@@ -78,8 +91,10 @@ class GitSource:
 
     def fetch(self) -> str:
         """Fetch ``ref`` and return its full commit id. Raises SourceError."""
-        repo = self._repo()
-        ref = self.spec.ref
+        with self._repo() as repo:
+            return self._fetch(repo, self.spec.ref)
+
+    def _fetch(self, repo: git.Repo, ref: str) -> str:
         try:
             repo.git.fetch("--force", "--no-tags", "--", self.url, ref, kill_after_timeout=GIT_TIMEOUT)
             return repo.git.rev_parse("FETCH_HEAD^{commit}")
@@ -98,15 +113,15 @@ class GitSource:
         path = self.versions / commit[:12]
         if (path / ".git").exists():
             return path
-        repo = self._repo()
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
         self.versions.mkdir(parents=True, exist_ok=True)
-        try:
-            repo.git.worktree("prune")
-            repo.git.worktree("add", "--detach", "--force", str(path), commit, kill_after_timeout=GIT_TIMEOUT)
-        except git.GitCommandError as exc:
-            raise SourceError(f"cannot check out {commit[:12]}: {_stderr(exc)}") from None
+        with self._repo() as repo:
+            try:
+                repo.git.worktree("prune")
+                repo.git.worktree("add", "--detach", "--force", str(path), commit, kill_after_timeout=GIT_TIMEOUT)
+            except git.GitCommandError as exc:
+                raise SourceError(f"cannot check out {commit[:12]}: {_stderr(exc)}") from None
         return path
 
     def prune(self, keep: int, protect: set[str]) -> list[str]:
@@ -122,10 +137,11 @@ class GitSource:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)
         if removed:
-            try:
-                self._repo().git.worktree("prune")
-            except git.GitCommandError:
-                pass
+            with self._repo() as repo:
+                try:
+                    repo.git.worktree("prune")
+                except git.GitCommandError:
+                    pass
         return removed
 
 

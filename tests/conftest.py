@@ -1,0 +1,85 @@
+"""Shared test helpers: bounded waits and the leak check every test passes through.
+
+Each test runs with ``SUPERVISE_TEST_MARK`` set to a fresh value in the environment; every
+process a test starts (a supervisor, its services, their children) inherits it. After the test,
+any process still carrying the mark is a leak: the test fails, and the leak is killed by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import psutil
+import pytest
+
+T = TypeVar("T")
+MARK = "SUPERVISE_TEST_MARK"
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> T:
+    """Poll ``predicate`` until it returns a truthy value (returned), or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def marked_processes(mark: str) -> list[psutil.Process]:
+    found = []
+    me = os.getpid()
+    for process in psutil.process_iter(["pid"]):
+        if process.pid == me:
+            continue
+        try:
+            if process.environ().get(MARK) == mark and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def leak_check(monkeypatch: pytest.MonkeyPatch):
+    """Fail a test that leaves any process it started running."""
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv(MARK, mark)
+    yield mark
+    try:
+        left = wait_until(lambda: not marked_processes(mark), timeout=5.0, interval=0.05,
+                          message="the test's processes to end") and []
+    except AssertionError:
+        left = marked_processes(mark)
+    if left:
+        details = []
+        for process in left:
+            try:
+                details.append(f"{process.pid} {' '.join(process.cmdline())}")
+                process.kill()
+            except psutil.Error:
+                pass
+        pytest.fail("processes leaked by this test (killed now):\n  " + "\n  ".join(details))
+
+
+@pytest.fixture
+def until():
+    """The bounded-wait helper, as a fixture."""
+    return wait_until
+
+
+PYTHON = sys.executable
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

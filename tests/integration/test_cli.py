@@ -1,0 +1,106 @@
+"""The `supervise` command as a user runs it: a real process, real signals, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from conftest import wait_until, write
+
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def supervise(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "supervisor", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_check_reports_every_mistake_located(tmp_path):
+    path = write(tmp_path / "services.toml", """
+[services.api]
+comand = ["x"]
+replicas = "two"
+stop_signal = "SIGTREM"
+stop_timeout = "10 parsecs"
+depends_on = ["db"]
+""")
+    result = supervise("check", "--config", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 6, lines  # five mistakes, and the command is missing
+    assert lines[0] == f'{path}:2:1: services.api: missing required key "command"'
+    assert f'{path}:3:1: services.api: unknown key "comand" (did you mean "command"?)' in lines
+    assert any(":5:1:" in l and 'did you mean "SIGTERM"' in l for l in lines)
+
+
+def test_check_ok_and_plan_from_nothing(tmp_path):
+    path = write(tmp_path / "services.toml", f'[services.a]\ncommand = ["{PY}", "-V"]\nreplicas = 2\n')
+    result = supervise("check", "--config", str(path))
+    assert result.returncode == 0 and "ok (1 service)" in result.stdout
+    result = supervise("plan", "--config", str(path))
+    assert result.stdout.splitlines() == ["start a[0]: new service", "start a[1]: new service"]
+
+
+def test_config_defaults_to_env_then_cwd(tmp_path):
+    write(tmp_path / "services.toml", f'[services.a]\ncommand = ["{PY}", "-V"]\n')
+    assert supervise("check", cwd=tmp_path).returncode == 0
+    other = write(tmp_path / "other" / "x.toml", "[services.b]\n")
+    env = {**os.environ, "SUPERVISE_CONFIG": str(other)}
+    result = subprocess.run([PY, "-m", "supervisor", "check"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "x.toml" in result.stderr
+
+
+def test_run_serves_http_and_ctrl_c_leaves_nothing(tmp_path):
+    port = free_port()
+    write(tmp_path / "web" / "index.html", "hello from the test\n")
+    path = write(tmp_path / "services.toml", f"""
+[services.web]
+source = "./web"
+command = ["{PY}", "-m", "http.server", "--bind", "127.0.0.1", "${{PORT}}"]
+env = {{ PORT = "{port}" }}
+ready = {{ tcp = "127.0.0.1:${{PORT}}", interval = "100ms" }}
+
+[services.helper]
+command = ["sh", "-c", "sleep 300 & sleep 300"]
+replicas = 2
+depends_on = {{ web = "ready" }}
+""")
+    out = open(tmp_path / "out.txt", "w")
+    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "started helper[1]" in (tmp_path / "out.txt").read_text(), timeout=20,
+                   message="helper[1] to start")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5).read()
+        assert body == b"hello from the test\n"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 5  # web, 2 x (sh + 2 sleeps)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+        text = (tmp_path / "out.txt").read_text()
+        assert "web      | " in text  # the service's output, prefixed
+        assert "\x1b[" not in text  # not a terminal: no colour
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+
+
+def test_run_with_a_bad_file_exits_2_and_starts_nothing(tmp_path):
+    path = write(tmp_path / "services.toml", "[services.a\ncommand = 1\n")
+    result = supervise("--config", str(path))
+    assert result.returncode == 2
+    assert "services.toml:1:" in result.stderr and "TOML syntax error" in result.stderr

@@ -1,0 +1,152 @@
+"""Applying a changed file touches exactly what changed, with real processes."""
+
+from __future__ import annotations
+
+from harness import PY, Stack, run
+
+SLEEP = f'["{PY}", "-c", "import time; time.sleep(300)"]'
+
+
+def two_services(api_env: str = "1", replicas: int = 1, restart: str = "always", extra: str = "") -> str:
+    return f"""
+# a comment
+[services.db]
+command = {SLEEP}
+
+[services.api]
+command = {SLEEP}
+env = {{ FLAG = "{api_env}" }}
+replicas = {replicas}
+restart = "{restart}"
+{extra}
+"""
+
+
+def test_env_change_restarts_that_service_alone(tmp_path):
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(two_services())
+            db, api = await stack.until(lambda: (stack.pid("db"), stack.pid("api")) if stack.pid("db") and stack.pid("api") else None)
+            plan = await stack.apply(two_services(api_env="2"))
+            assert [str(a) for a in plan] == ["restart api[0]: env (FLAG) changed"]
+            new_api = await stack.until(lambda: stack.pid("api") not in (None, api) and stack.pid("api"))
+            assert stack.pid("db") == db and new_api != api
+            # the restart says why, in the log and the event stream
+            assert "env (FLAG) changed" in stack.log("api")
+            assert any(e.data.get("reason", "").startswith("env (FLAG) changed") for e in stack.of_type("restarting", "api"))
+
+    run(body())
+
+
+def test_reformatting_and_comments_change_nothing(tmp_path):
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(two_services())
+            pids = await stack.until(lambda: (stack.pid("db"), stack.pid("api")) if stack.pid("db") and stack.pid("api") else None)
+            reordered = f"""
+[services.api]   # moved first, with comments
+restart = "always"
+replicas = 1
+env = {{ FLAG = "1" }}
+command = {SLEEP}
+
+[services.db]
+command   =   {SLEEP}
+"""
+            plan = await stack.apply(reordered)
+            assert list(plan) == []
+            assert (stack.pid("db"), stack.pid("api")) == pids
+
+    run(body())
+
+
+def test_policy_change_applies_without_restart(tmp_path):
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(two_services())
+            api = await stack.until(lambda: stack.pid("api"))
+            plan = await stack.apply(two_services(restart="on-failure", extra='stop_timeout = "3s"'))
+            assert [a.kind.value for a in plan] == ["update"]
+            assert stack.pid("api") == api
+            assert stack.r.controllers["api"].spec.stop_timeout == 3.0
+
+    run(body())
+
+
+def test_replicas_scale_without_touching_the_others(tmp_path):
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(two_services(replicas=2))
+            first = await stack.until(lambda: (stack.pid("api", 0), stack.pid("api", 1)) if stack.pid("api", 1) and stack.pid("api", 0) else None)
+            await stack.apply(two_services(replicas=3))
+            await stack.until(lambda: stack.pid("api", 2))
+            assert (stack.pid("api", 0), stack.pid("api", 1)) == first
+            await stack.apply(two_services(replicas=1))
+            assert stack.pid("api", 0) == first[0]
+            assert set(stack.r.controllers["api"].replicas) == {0}
+
+    run(body())
+
+
+def test_replica_gets_its_index_and_merged_env(tmp_path):
+    (tmp_path / ".env").write_text('FROM_FILE="file value"\nOVERRIDDEN=file\n')
+    code = "import os; print('env', os.environ['REPLICA'], os.environ['GLOBAL'], os.environ['FROM_FILE'], os.environ['OVERRIDDEN'], flush=True); import time; time.sleep(300)"
+    text = f"""
+[env]
+GLOBAL = "g"
+OVERRIDDEN = "global"
+[services.e]
+command = ["{PY}", "-c", "{code}"]
+env_file = ".env"
+env = {{ OVERRIDDEN = "service" }}
+replicas = 2
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            await stack.until(lambda: stack.log("e").count("env ") >= 2)
+            lines = sorted(l for l in stack.log("e").splitlines() if l.startswith("env "))
+            assert lines == ["env 0 g file value service", "env 1 g file value service"]
+
+    run(body())
+
+
+def test_added_service_starts_and_removed_one_stops(tmp_path):
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(two_services())
+            db = await stack.until(lambda: stack.pid("db"))
+            api = stack.pid("api")
+            only_db = f"[services.db]\ncommand = {SLEEP}\n[services.cache]\ncommand = {SLEEP}\n"
+            plan = await stack.apply(only_db)
+            assert sorted(str(a) for a in plan) == ["start cache[0]: new service", "stop api[0]: removed from config"]
+            await stack.until(lambda: stack.pid("cache"))
+            assert "api" not in stack.r.controllers and stack.pid("db") == db
+            import psutil
+            assert not psutil.pid_exists(api) or psutil.Process(api).status() == psutil.STATUS_ZOMBIE
+            assert [e.type.value for e in stack.events if e.service == "api"][-1] == "delete"
+
+    run(body())
+
+
+def test_dependency_gates_start_until_ready(tmp_path):
+    code = "import socket,time; time.sleep(0.3); s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); open('port','w').write(str(s.getsockname()[1])); time.sleep(300)"
+    text = f"""
+[services.db]
+command = ["{PY}", "-c", "{code}"]
+ready = {{ exec = ["{PY}", "-c", "import os,sys; sys.exit(0 if os.path.exists('port') else 1)"], interval = "50ms" }}
+[services.api]
+command = {SLEEP}
+depends_on = {{ db = "ready" }}
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            await stack.until(lambda: stack.pid("api"))
+            ready = stack.of_type("ready", "db")[0]
+            started = stack.of_type("started", "api")[0]
+            assert ready.timestamp <= started.timestamp
+
+    run(body())

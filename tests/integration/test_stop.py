@@ -1,0 +1,117 @@
+"""Stops leave nothing behind: forking wrappers, TERM-ignoring children, setsid escapees."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+
+from harness import PY, Stack, run
+
+SERVICE = """
+[services.svc]
+command = {command}
+shell = {shell}
+stop_timeout = "{timeout}"
+"""
+
+
+def config(command: str, shell: bool = False, timeout: str = "2s") -> str:
+    return SERVICE.format(command=command, shell="true" if shell else "false", timeout=timeout)
+
+
+def alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def test_forking_wrapper_that_never_execs_leaves_no_descendant(tmp_path):
+    # A shell wrapper that starts background children and waits: the classic orphan maker.
+    script = "sleep 300 & sleep 300 & (sleep 300 &) ; wait"
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(config(repr(script).replace("'", '"'), shell=True))
+            pid = await stack.until(lambda: stack.pid("svc"))
+            kids = await stack.until(lambda: [p.pid for p in psutil.Process(pid).children(recursive=True)]
+                                     if len(psutil.Process(pid).children(recursive=True)) >= 2 else None)
+            await stack.r.controllers["svc"].stop_all("test")
+            assert alive([pid] + kids) == []
+
+    run(body())
+
+
+def test_child_ignoring_sigterm_is_killed_at_the_timeout(tmp_path):
+    code = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(300)"
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(config(f'["{PY}", "-c", "{code}"]', timeout="500ms"))
+            await stack.until(lambda: "up" in stack.log("svc").splitlines())
+            pid = stack.pid("svc")
+            started = time.monotonic()
+            exit = await stack.r.controllers["svc"].stop_replica(0, "test", remove=True)
+            elapsed = time.monotonic() - started
+            assert exit is not None and exit.signal == 9, exit
+            assert 0.45 <= elapsed < 3.0, elapsed
+            assert alive([pid]) == []
+
+    run(body())
+
+
+def test_setsid_escapee_is_stopped_too(tmp_path):
+    # The child starts a grandchild in a new session (a new process group): killpg misses it.
+    code = ("import os,subprocess,sys,time; "
+            "p=subprocess.Popen(['sleep','300'], start_new_session=True); "
+            "print('child', p.pid, flush=True); time.sleep(300)")
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(config(f'["{PY}", "-c", "{code}"]'))
+            await stack.until(lambda: "child " in stack.log("svc"))
+            grandchild = int(stack.log("svc").split("child ")[1].split()[0])
+            assert psutil.Process(grandchild).status() != psutil.STATUS_ZOMBIE
+            await stack.r.controllers["svc"].stop_all("test")
+            await stack.until(lambda: not alive([grandchild]), message="the escapee to go")
+
+    run(body())
+
+
+def test_graceful_exit_reports_code_and_leaves_group_empty(tmp_path):
+    code = "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(3)); print('up', flush=True); time.sleep(300)"
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(config(f'["{PY}", "-c", "{code}"]'))
+            await stack.until(lambda: "up" in stack.log("svc").splitlines())
+            exit = await stack.r.controllers["svc"].stop_replica(0, "test", remove=True)
+            assert str(exit) == "exit 3"
+
+    run(body())
+
+
+def test_shutdown_stops_dependents_first(tmp_path):
+    text = f"""
+[services.db]
+command = ["{PY}", "-c", "import time; time.sleep(300)"]
+[services.api]
+command = ["{PY}", "-c", "import time; time.sleep(300)"]
+depends_on = ["db"]
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            await stack.until(lambda: stack.pid("db") and stack.pid("api"))
+            await stack.r.shutdown()
+            stack.reconciler = None
+            stopped = [e.service for e in stack.events if e.type.value == "stopped"]
+            assert stopped == ["api", "db"]
+
+    run(body())
