@@ -8,6 +8,7 @@ compiler error: ``services.toml:12:5: services.api: unknown key "comand" (did yo
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import shlex
@@ -97,9 +98,15 @@ def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
     path = Path(path)
     try:
         document = tomlkit.parse(text)
-    except tomlkit.exceptions.ParseError as exc:
+    except tomlkit.exceptions.TOMLKitError as exc:
+        # ParseError's col is a 0-based offset; KeyAlreadyPresent (a key repeated in one
+        # table) carries no position at all, so find the repeated key ourselves.
+        if isinstance(exc, tomlkit.exceptions.ParseError):
+            line, col = exc.line, exc.col + 1
+        else:
+            line, col = _Locator(text).duplicate()
         message = str(exc).split(" at line ")[0]
-        raise ConfigError([Diagnostic(str(path), exc.line, exc.col, f"TOML syntax error: {message}")]) from None
+        raise ConfigError([Diagnostic(str(path), line, col, f"TOML syntax error: {message}")]) from None
     return _Validator(document.unwrap(), _Locator(text), path).run()
 
 
@@ -134,9 +141,31 @@ class _Locator:
                 full = table + self._split(key.group(2))
                 self.entries.append((full, number, len(key.group(1)) + 1, line, key.end()))
 
-    @staticmethod
-    def _split(dotted: str) -> tuple[str, ...]:
-        return tuple(part.strip().strip("\"'") for part in dotted.split("."))
+    _PART = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^.\"'\s]+")
+
+    @classmethod
+    def _split(cls, dotted: str) -> tuple[str, ...]:
+        """Dotted key -> parts; quoted parts may hold dots (``services."a.b"``) and escapes."""
+        parts = []
+        for part in cls._PART.findall(dotted):
+            if part.startswith('"'):
+                try:
+                    part = json.loads(part)
+                except ValueError:
+                    part = part[1:-1]
+            elif part.startswith("'"):
+                part = part[1:-1]
+            parts.append(part)
+        return tuple(parts)
+
+    def duplicate(self) -> tuple[int, int]:
+        """(line, column) of the first key path defined a second time, or (0, 0)."""
+        seen: set[tuple[str, ...]] = set()
+        for path, line, col, _text, _start in self.entries:
+            if path in seen:
+                return line, col
+            seen.add(path)
+        return 0, 0
 
     def find(self, keys: tuple[str, ...]) -> tuple[int, int]:
         """1-based (line, column) of ``keys``, or of its closest located ancestor; (0, 0)."""
@@ -152,6 +181,10 @@ class _Locator:
                 match = inner.search(text, value_start)
                 if match:
                     return line, match.start() + 1 + len(match.group(0)) - len(match.group(0).lstrip("{, \t"))
+        if not best[0]:  # only defined through sub-tables, e.g. ``[service.api]`` for "service"
+            for path, line, col, _text, _start in self.entries:
+                if path[: len(keys)] == keys:
+                    return line, col
         return best[1], best[2]
 
 
@@ -540,7 +573,9 @@ class _Validator:
             restart = False
             if isinstance(how, dict):
                 self.unknown_keys(keys + (dep,), how, ("condition", "restart"))
-                restart = bool(how.get("restart", False))
+                restart = self.expect(keys + (dep, "restart"), how.get("restart", False), bool, "true or false")
+                if restart is None:
+                    continue
                 how = how.get("condition", "started")
             if how not in conditions:
                 self.error(keys + (dep,), f'dependency condition must be one of {", ".join(conditions)}, got {how!r}{suggest(str(how), conditions)}')

@@ -6,6 +6,7 @@ and systemd.time(7): ``ms``, ``s``, ``m``, ``h``, ``d`` (``us`` too).
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -21,6 +22,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like \"10s\", got a boolean")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):  # TOML has nan and inf
+            raise ValueError(f"duration must be a finite number of seconds, got {value}")
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value}")
         return float(value)

@@ -53,6 +53,29 @@ def append_note(path: Path, text: str) -> None:
         os.close(fd)
 
 
+def last_lines(path: Path, count: int, chunk: int = 65536) -> list[bytes]:
+    """The last ``count`` complete lines of ``path`` (read backwards, so large logs are cheap);
+    our own ``[supervise ...]`` notes included. Empty when the file does not exist."""
+    if count <= 0:
+        return []
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            data = b""
+            position = end
+            while position > 0 and data.count(b"\n") <= count:
+                step = min(chunk, position)
+                position -= step
+                f.seek(position)
+                data = f.read(step) + data
+    except OSError:
+        return []
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines[-count:]
+
+
 def use_colour(stream: IO[str]) -> bool:
     """Colour only on a terminal and without ``NO_COLOR`` (https://no-color.org)."""
     return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
@@ -74,6 +97,7 @@ class ConsoleTail:
         self.lock = threading.Lock()
         self.width = 8
         self.observer: Observer | None = None
+        self.notes = False  # our own notes go to stderr in the foreground; `logs` shows them
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -126,7 +150,7 @@ class ConsoleTail:
         name = followed.name.ljust(self.width)
         prefix = f"\x1b[{followed.colour}m{name} |\x1b[0m " if self.colour else f"{name} | "
         out = "".join(prefix + line.decode("utf-8", "replace") + "\n" for line in lines
-                      if not line.startswith(NOTE_PREFIX))  # our notes are on stderr already
+                      if self.notes or not line.startswith(NOTE_PREFIX))
         try:
             self.stream.write(out)
             self.stream.flush()

@@ -217,6 +217,37 @@ class ServiceController:
     async def stop_all(self, reason: str) -> None:
         await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
 
+    # -- user verbs (supervise start/stop/restart) ------------------------------------------
+
+    async def hold(self, reason: str) -> None:
+        """A user stop: stop every replica and hold the service until :meth:`release`
+        (survives reloads of the file, like ``systemctl stop`` survives ``daemon-reload``)."""
+        self.held = True
+        await asyncio.gather(*(self.stop_replica(i, reason) for i in sorted(self.replicas)))
+        self.changed()
+
+    def release(self) -> None:
+        """A user start: drop the hold and forget replicas that do not run (stopped, exited,
+        failed), so the next plan starts them afresh with a clean start limit."""
+        self.held = False
+        self.build_failed = False
+        for index, replica in list(self.replicas.items()):
+            if replica.handle is None and replica.phase is not Phase.PENDING and replica.timer is None:
+                del self.replicas[index]
+            elif replica.phase is Phase.BACKOFF:
+                self._cancel_timer(replica)
+                del self.replicas[index]
+        self.changed()
+
+    async def user_restart(self) -> None:
+        """A user restart: running replicas are replaced now, the others start on the next
+        plan. Neither counts towards the start limit (a fresh limiter per replica)."""
+        running = [i for i, r in self.replicas.items() if r.handle is not None and r.handle.running]
+        self.release()
+        if self.artifact is not None:
+            await asyncio.gather(*(self.restart_replica(i, self.spec, self.artifact, "restarted by user")
+                                   for i in running))
+
     # -- processes -------------------------------------------------------------------------
 
     def _dependencies_met(self, replica: Replica) -> bool:
