@@ -76,6 +76,7 @@ class Daemon:
         self.lock = StateLock(self.state_dir)
         self.stop_event: asyncio.Event | None = None
         self.last_error = ""
+        self.reloads = 0  # reloads asked for by saves and SIGHUP
         self.started = time.time()
         self.file_watcher: FileWatcher | None = None
         self.source_watcher: SourceWatcher | None = None
@@ -121,7 +122,9 @@ class Daemon:
     # -- wake-ups --------------------------------------------------------------------------
 
     def on_file_saved(self) -> None:
-        log.info("%s changed: reloading", self.path.name)
+        self.reloads += 1
+        log.info("%s saved: reloading", self.path.name)
+        self.notifier.emit(EventType.RELOADED, None, None, trigger="save")
         self.reconciler.request()
 
     def on_source_edited(self, name: str) -> None:
@@ -316,7 +319,9 @@ class Daemon:
         return 0
 
     def on_sighup(self) -> None:
+        self.reloads += 1
         log.info("SIGHUP: reloading %s", self.path.name)
+        self.notifier.emit(EventType.RELOADED, None, None, trigger="SIGHUP")
         self.reconciler.request()
 
 

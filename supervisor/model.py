@@ -245,8 +245,8 @@ class ServiceObserved:
 
     ``spec`` is the spec the replicas were started with (None: never started). ``held`` is a
     user stop that outlives reloads; ``failed`` means the start limit was hit and nothing starts
-    until the spec changes or a user restarts it. ``revision`` is the newest known source
-    revision (git commit or folder hash), which may be newer than what runs.
+    until the spec changes or a user restarts it. ``build_failed`` says the last fetch or build
+    failed, for ``failed_revision``; that revision is not tried again until something changes.
     """
 
     name: str
@@ -256,6 +256,7 @@ class ServiceObserved:
     held: bool = False
     failed: bool = False
     build_failed: bool = False
+    failed_revision: str | None = None  # the source revision whose fetch or build failed
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,8 @@ def _plan_service(
     changed = spec.changed_fields(obs.spec)
     running_revision = obs_revision(obs)
     new_revision = (revision is not None and running_revision is not None
-                    and revision[:len(running_revision)] != running_revision)
+                    and not _same_revision(revision, running_revision)
+                    and not (obs.build_failed and _same_revision(revision, obs.failed_revision)))
     if (obs.failed or obs.build_failed) and not changed and not new_revision and cascade is None:
         return []  # waits for a change of the file or the source, or a user restart
 
@@ -183,6 +184,14 @@ def _plan_service(
         why = reason or (f"replicas {len(running)} -> {spec.replicas}" if "replicas" in changed else "not running")
         actions.extend(Action(ActionKind.START, name, i, why) for i in missing)
     return actions
+
+
+def _same_revision(a: str | None, b: str | None) -> bool:
+    """Revisions are equal when one is a prefix of the other (versions carry 12 digits)."""
+    if not a or not b:
+        return False
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
 
 
 def obs_revision(obs: ServiceObserved) -> str | None:

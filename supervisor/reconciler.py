@@ -136,7 +136,8 @@ class Reconciler:
             kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
             log.error("%s: %s%s", spec.name, exc, "".join(f"\n    {line}" for line in exc.tail))
             self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
-            controller.mark_build_failed(spec)
+            tried = exc.version.rsplit("-", 1)[0] if exc.version else self.revisions.get(spec.name)
+            controller.mark_build_failed(spec, tried)
             return None
         if spec.build:
             self.notifier.emit(EventType.BUILT, spec.name, artifact.version)

@@ -81,6 +81,7 @@ class ServiceController:
         self.replicas: dict[int, Replica] = {}
         self.artifact: Artifact | None = None
         self.build_failed = False
+        self.failed_revision: str | None = None
         self.held = False
         self.phase_changed = asyncio.Event()
         self.log_path = logs.log_path(state_dir, spec.name)
@@ -97,7 +98,8 @@ class ServiceController:
         failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
                                version=self.artifact.version if self.artifact else None,
-                               held=self.held, failed=failed, build_failed=self.build_failed)
+                               held=self.held, failed=failed, build_failed=self.build_failed,
+                               failed_revision=self.failed_revision)
 
     @property
     def phase(self) -> Phase:
@@ -142,9 +144,11 @@ class ServiceController:
                 replica.backoff = BackoffState(spec.backoff)
         self.spec = spec
 
-    def mark_build_failed(self, spec: ServiceSpec) -> None:
+    def mark_build_failed(self, spec: ServiceSpec, revision: str | None) -> None:
+        """The fetch or build of ``spec`` at ``revision`` failed; running replicas stay."""
         self.spec = spec
         self.build_failed = True
+        self.failed_revision = revision
         self.changed()
 
     async def start_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
