@@ -22,12 +22,13 @@ import tomlkit
 import tomlkit.exceptions
 from dotenv import dotenv_values
 
-from .durations import parse_duration
+from .durations import parse_duration, parse_size
 from .model import (
     Backoff,
     Condition,
     Dependency,
     Desired,
+    LogPolicy,
     RestartPolicy,
     ServiceSpec,
     Settings,
@@ -39,12 +40,13 @@ from .model import (
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 TOP_KEYS = ("supervise", "env", "services")
-SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions")
+SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log")
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
-    "watch", "shell", "user",
+    "watch", "shell", "user", "log",
 )
+LOG_KEYS = ("max_size", "backups", "timestamps")
 RUNTIMES = ("local", "kubernetes")
 CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
@@ -195,6 +197,7 @@ class _Validator:
         self.path = path
         self.base = path.resolve().parent if str(path) else Path.cwd()
         self.diagnostics: list[Diagnostic] = []
+        self.default_log = LogPolicy()
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -306,7 +309,9 @@ class _Validator:
                 self.error(keys + ("keep_versions",), '"keep_versions" must be at least 1')
             elif value is not None:
                 keep = value
-        return Settings(state_dir=state_dir, runtime=runtime, poll=poll, keep_versions=keep)
+        log = self.log_policy(keys + ("log",), table["log"], LogPolicy()) if "log" in table else LogPolicy()
+        self.default_log = log
+        return Settings(state_dir=state_dir, runtime=runtime, poll=poll, keep_versions=keep, log=log)
 
     def service(self, name: str, table: Any, global_env: dict[str, str]) -> ServiceSpec | None:
         keys = ("services", name)
@@ -410,6 +415,10 @@ class _Validator:
         if "user" in table:
             user = self.expect(get("user"), table["user"], str, "a user name")
 
+        log = self.default_log
+        if "log" in table:
+            log = self.log_policy(get("log"), table["log"], self.default_log)
+
         if len(self.diagnostics) > errors_before or command is None or source is None:
             return None
         return ServiceSpec(
@@ -417,7 +426,7 @@ class _Validator:
             environment=MappingProxyType(env), env_file=env_file, replicas=replicas,
             restart=restart, backoff=backoff, start_limit=start_limit, stop_signal=stop_signal,
             stop_timeout=stop_timeout, depends_on=(), shell=shell, ready=ready, live=live,
-            update=update, watch=watch, user=user,
+            update=update, watch=watch, user=user, log=log,
         )
 
     def source(self, keys: tuple[str, ...], value: Any) -> SourceSpec | None:
@@ -462,6 +471,32 @@ class _Validator:
             self.error(keys, f'source folder "{value}" does not exist ({path})')
             return None
         return SourceSpec(kind="path", path=path)
+
+    def log_policy(self, keys: tuple[str, ...], value: Any, default: LogPolicy) -> LogPolicy:
+        if not isinstance(value, dict):
+            self.error(keys, f'"log" must be a table {{ max_size = "10MiB", backups = 5, timestamps = false }}, got {_type_name(value)}')
+            return default
+        self.unknown_keys(keys, value, LOG_KEYS)
+        max_bytes, backups, timestamps = default.max_bytes, default.backups, default.timestamps
+        if "max_size" in value:
+            try:
+                max_bytes = parse_size(value["max_size"])
+            except ValueError as exc:
+                self.error(keys + ("max_size",), f'"max_size": {exc}')
+            else:
+                if max_bytes < 1024:
+                    self.error(keys + ("max_size",), '"max_size" must be at least 1KiB')
+        if "backups" in value:
+            got = self.expect(keys + ("backups",), value["backups"], int, "a whole number")
+            if got is not None and not 0 <= got <= 1000:
+                self.error(keys + ("backups",), '"backups" must be between 0 and 1000')
+            elif got is not None:
+                backups = got
+        if "timestamps" in value:
+            got = self.expect(keys + ("timestamps",), value["timestamps"], bool, "true or false")
+            if got is not None:
+                timestamps = got
+        return LogPolicy(max_bytes=max_bytes, backups=backups, timestamps=timestamps)
 
     def backoff(self, keys: tuple[str, ...], value: Any) -> Backoff:
         if not isinstance(value, dict):

@@ -72,7 +72,8 @@ class Daemon:
         self.state_dir = desired.settings.state_dir
         self.console = console
         self.notifier = Notifier()
-        self.reconciler = Reconciler(desired, self.notifier)
+        self.console_out = logs.Console() if console else None
+        self.reconciler = Reconciler(desired, self.notifier, console=self.console_out)
         self.lock = StateLock(self.state_dir)
         self.stop_event: asyncio.Event | None = None
         self.last_error = ""
@@ -81,7 +82,6 @@ class Daemon:
         self.file_watcher: FileWatcher | None = None
         self.source_watcher: SourceWatcher | None = None
         self.poller: GitPoller | None = None
-        self.tail: logs.ConsoleTail | None = None
         self.control: ControlServer | None = None
 
     # -- loading ---------------------------------------------------------------------------
@@ -115,9 +115,8 @@ class Daemon:
             self.source_watcher.set_services(desired.services.values())
         if self.poller is not None:
             self.poller.set_services(desired.services.values())
-        if self.tail is not None:
-            for name in desired.services:
-                self.tail.add(name, logs.log_path(self.state_dir, name))
+        for name, spec in desired.services.items():
+            self.reconciler.logs.sink(name, spec.log)
 
     # -- wake-ups --------------------------------------------------------------------------
 
@@ -275,9 +274,6 @@ class Daemon:
     async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
         self.notifier.add_listener(print_event)
         await self.reconciler.start()
-        if self.console:
-            self.tail = logs.ConsoleTail(logs.log_dir(self.state_dir))
-            self.tail.start()
         self.control = ControlServer(socket_path(self.state_dir), self.handlers())
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
@@ -295,6 +291,9 @@ class Daemon:
 
         log.info("supervise %s: %d services from %s (state in %s, pid %d)", __version__,
                  len(self.desired.services), self.path, self.state_dir, os.getpid())
+        adopted = await self.reconciler.adopt(self.desired)
+        if adopted:
+            log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
         runner = asyncio.create_task(self.reconciler.run(self.load))
         self.reconciler.request()
         stopper = asyncio.create_task(self.stop_event.wait())
@@ -310,8 +309,8 @@ class Daemon:
         self.poller.stop()
         await self.reconciler.shutdown()
         await self.control.close()
-        if self.tail is not None:
-            self.tail.stop()
+        if self.console_out is not None:
+            self.console_out.close()
         self.notifier.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -25,6 +25,7 @@ class EventType(str, enum.Enum):
     BUILT = "built"
     BUILD_FAILED = "build-failed"
     STARTED = "started"
+    ADOPTED = "adopted"
     START_FAILED = "start-failed"
     READY = "ready"
     EXITED = "exited"

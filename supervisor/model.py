@@ -114,6 +114,17 @@ class StartLimit:
 
 
 @dataclass(frozen=True)
+class LogPolicy:
+    """Rotation of one service log: past ``max_bytes`` the file becomes ``NAME.log.1`` (older
+    ones shift up to ``backups``; 0 backups truncates). ``timestamps`` prefixes each line with
+    the time it was read (ISO 8601, milliseconds, local time)."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 5
+    timestamps: bool = False
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """One ``[services.NAME]`` entry, validated, with defaults filled in.
 
@@ -143,6 +154,7 @@ class ServiceSpec:
     update: str = "recreate"
     watch: tuple[str, ...] = ()
     user: str | None = None
+    log: LogPolicy = LogPolicy()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServiceSpec):
@@ -170,6 +182,7 @@ class Settings:
     runtime: str = "local"
     poll: float = 60.0
     keep_versions: int = 3
+    log: LogPolicy = LogPolicy()
 
 
 @dataclass(frozen=True)
@@ -237,6 +250,7 @@ class ReplicaObserved:
     restarts: int = 0
     last_exit: Exit | None = None
     started_at: float | None = None  # wall clock seconds since the epoch
+    stale: bool = False  # adopted after a supervisor restart, started from another config
 
 
 @dataclass(frozen=True)

@@ -174,9 +174,14 @@ def _plan_service(
 
     if rebuild or new_revision or obs.build_failed:
         actions.extend(_deploy(spec, reason, [], ActionKind.START))
+    stale = [i for i in keep if obs.replicas[i].stale]
     if reason:
         actions.extend(Action(ActionKind.RESTART, name, i, reason) for i in keep)
         restarting[name] = reason
+    elif stale:
+        why = "adopted, but started from another config"
+        actions.extend(Action(ActionKind.RESTART, name, i, why) for i in stale)
+        restarting[name] = why
     elif changed and changed != ("replicas",):
         settings = [f for f in changed if f != "replicas"]
         actions.append(Action(ActionKind.UPDATE, name, None, _changed_reason(settings, obs.spec, spec, "applied in place")))

@@ -26,7 +26,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import psutil
 
@@ -62,6 +62,8 @@ class ProcessHandle:
     adopted: bool = False
     cgroup: Path | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
+    fifo: Path | None = None  # where its output goes (logs.make_fifo)
+    pump: Any = None  # the logs.Pump reading that FIFO
 
     @property
     def running(self) -> bool:

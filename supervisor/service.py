@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import health, logs, procs
+from . import health, logs, procs, state
 from .backoff import BackoffState, StartLimiter
 from .builds import Artifact
 from .environ import command_argv, replica_env
@@ -54,6 +54,7 @@ class Replica:
     stopping: bool = False
     ready: bool = False
     message: str = ""
+    stale: bool = False  # adopted, started from another config: the next plan replaces it
 
     @property
     def pid(self) -> int | None:
@@ -69,7 +70,7 @@ class ServiceController:
 
     def __init__(self, spec: ServiceSpec, *, state_dir: Path, reaper: procs.Reaper, notifier: Notifier,
                  lookup: Callable[[str], "ServiceController | None"], changed: Callable[[], None],
-                 cgroup_parent: Path | None = None):
+                 sink: logs.LogSink, cgroup_parent: Path | None = None):
         self.spec = spec
         self.name = spec.name
         self.state_dir = state_dir
@@ -83,8 +84,9 @@ class ServiceController:
         self.build_failed = False
         self.failed_revision: str | None = None
         self.held = False
+        self._persist_pending = False
         self.phase_changed = asyncio.Event()
-        self.log_path = logs.log_path(state_dir, spec.name)
+        self.sink = sink
 
     # -- observation -----------------------------------------------------------------------
 
@@ -92,7 +94,8 @@ class ServiceController:
         """This service as the planner sees it."""
         replicas = {
             i: ReplicaObserved(index=i, phase=r.phase, pid=r.pid, version=r.launch.artifact.version,
-                               restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at)
+                               restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at,
+                               stale=r.stale)
             for i, r in self.replicas.items()
         }
         failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
@@ -143,6 +146,7 @@ class ServiceController:
                 replica.limiter = StartLimiter(spec.start_limit)
                 replica.backoff = BackoffState(spec.backoff)
         self.spec = spec
+        self.sink.policy = spec.log
 
     def mark_build_failed(self, spec: ServiceSpec, revision: str | None) -> None:
         """The fetch or build of ``spec`` at ``revision`` failed; running replicas stay."""
@@ -205,12 +209,13 @@ class ServiceController:
             self._set_phase(replica, Phase.STOPPING)
             version = replica.launch.artifact.version
             self.notifier.emit(EventType.STOPPING, self.name, version, replica=index, pid=handle.pid, reason=reason)
-            logs.append_note(self.log_path, f"stopping {self.name}[{index}] pid {handle.pid}: {reason}")
+            self.sink.note(f"stopping {self.name}[{index}] pid {handle.pid}: {reason}")
             exit = await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
+            await _drain(handle)
             replica.last_exit = exit
             replica.stopping = False
             self.notifier.emit(EventType.STOPPED, self.name, version, replica=index, pid=handle.pid, exit=str(exit))
-            logs.append_note(self.log_path, f"stopped {self.name}[{index}] pid {handle.pid}: {exit}")
+            self.sink.note(f"stopped {self.name}[{index}] pid {handle.pid}: {exit}")
         replica.handle = None
         self._set_phase(replica, Phase.STOPPED)
         if remove:
@@ -229,12 +234,14 @@ class ServiceController:
         self.held = True
         await asyncio.gather(*(self.stop_replica(i, reason) for i in sorted(self.replicas)))
         self.changed()
+        self.persist()
 
     def release(self) -> None:
         """A user start: drop the hold and forget replicas that do not run (stopped, exited,
         failed), so the next plan starts them afresh with a clean start limit."""
         self.held = False
         self.build_failed = False
+        self.persist()
         for index, replica in list(self.replicas.items()):
             if replica.handle is None and replica.phase is not Phase.PENDING and replica.timer is None:
                 del self.replicas[index]
@@ -294,25 +301,29 @@ class ServiceController:
         argv = command_argv(spec.command, spec.shell, env)
         cwd = artifact.workdir / spec.cwd
         self._set_phase(replica, Phase.STARTING)
-        fd = logs.open_log(self.log_path)
+        fifo, read_fd, child_fd = logs.make_fifo(self.state_dir, self.name, replica.index)
         try:
-            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=fd, user=spec.user,
+            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=child_fd, user=spec.user,
                                  cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}")
         except procs.SpawnError as exc:
+            os.close(read_fd)
+            os.unlink(fifo)
             replica.handle = None
             replica.message = str(exc)
-            logs.append_note(self.log_path, f"cannot start {self.name}[{replica.index}]: {exc}")
+            self.sink.note(f"cannot start {self.name}[{replica.index}]: {exc}")
             self.notifier.emit(EventType.START_FAILED, self.name, artifact.version, replica=replica.index, error=str(exc))
             self._after_exit(replica, Exit(code=127), uptime=0.0)
             return
         finally:
-            os_close(fd)
+            os.close(child_fd)
+        handle.fifo = fifo
+        handle.pump = logs.Pump(asyncio.get_running_loop(), read_fd, self.sink, on_eof=lambda: _unlink(fifo))
         replica.handle = handle
         replica.started_at = time.time()
         replica.ready = spec.ready is None
         replica.message = ""
         self._set_phase(replica, Phase.RUNNING)
-        logs.append_note(self.log_path, f"started {self.name}[{replica.index}] pid {handle.pid} version {artifact.version}: {reason}")
+        self.sink.note(f"started {self.name}[{replica.index}] pid {handle.pid} version {artifact.version}: {reason}")
         self.notifier.emit(EventType.STARTED, self.name, artifact.version, replica=replica.index, pid=handle.pid, reason=reason)
         self._task(replica, self._watch(replica, handle))
         if spec.ready is not None:
@@ -321,14 +332,23 @@ class ServiceController:
             self._task(replica, self._liveness(replica, handle, env))
 
     def adopt(self, index: int, handle: procs.ProcessHandle, spec: ServiceSpec, artifact: Artifact,
-              started_at: float | None, restarts: int) -> None:
-        """Take over a replica that survived a supervisor restart (watched by pidfd)."""
+              started_at: float | None, restarts: int, stale: bool) -> None:
+        """Take over a replica that survived a supervisor restart (watched by pidfd, its
+        FIFO drained by a new pump). ``stale``: it was started from another config, and the
+        next plan replaces it."""
         self.spec = spec
         self.artifact = artifact
         replica = Replica(index=index, launch=Launch(spec, artifact), backoff=BackoffState(spec.backoff),
                           limiter=StartLimiter(spec.start_limit), handle=handle, started_at=started_at,
-                          restarts=restarts, ready=spec.ready is None)
+                          restarts=restarts, ready=spec.ready is None, stale=stale)
         self.replicas[index] = replica
+        if handle.fifo is not None:
+            fd = logs.reopen_fifo(handle.fifo)
+            if fd is not None:
+                fifo = handle.fifo
+                handle.pump = logs.Pump(asyncio.get_running_loop(), fd, self.sink, on_eof=lambda: _unlink(fifo))
+        self.sink.note(f"adopted {self.name}[{index}] pid {handle.pid} version {artifact.version}")
+        self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
         self._set_phase(replica, Phase.RUNNING)
         self._task(replica, self._watch(replica, handle))
         env = replica_env(self.name, spec.environment, index)
@@ -349,7 +369,7 @@ class ServiceController:
         uptime = time.monotonic() - handle.started_monotonic
         version = replica.launch.artifact.version
         replica.last_exit = exit
-        logs.append_note(self.log_path, f"{self.name}[{replica.index}] pid {handle.pid} exited: {exit}")
+        self.sink.note(f"{self.name}[{replica.index}] pid {handle.pid} exited: {exit}")
         self.notifier.emit(EventType.EXITED, self.name, version, replica=replica.index, pid=handle.pid, exit=str(exit),
                            code=exit.code, signal=exit.signal, uptime=round(uptime, 3))
         # Whatever the leader left in its group goes too (systemd KillMode=control-group).
@@ -378,7 +398,7 @@ class ServiceController:
             limit = self.spec.start_limit
             replica.message = f"start limit hit: {limit.burst} starts in {limit.interval:g}s"
             self._set_phase(replica, Phase.FAILED)
-            logs.append_note(self.log_path, f"{self.name}[{replica.index}] failed: {replica.message}")
+            self.sink.note(f"{self.name}[{replica.index}] failed: {replica.message}")
             self.notifier.emit(EventType.FAILED, self.name, version, replica=replica.index, reason=replica.message)
             return
         replica.restarts += 1
@@ -422,7 +442,7 @@ class ServiceController:
             failures += 1
             if failures >= int(check["retries"]):  # type: ignore[arg-type]
                 reason = f"liveness check failed {failures} times"
-                logs.append_note(self.log_path, f"{self.name}[{replica.index}] {reason}; restarting")
+                self.sink.note(f"{self.name}[{replica.index}] {reason}; restarting")
                 self.notifier.emit(EventType.RESTARTING, self.name, replica.launch.artifact.version,
                                    replica=replica.index, reason=reason)
                 # the watcher sees the exit and restarts it as for a crash
@@ -437,6 +457,35 @@ class ServiceController:
         replica.phase = phase
         self.phase_changed.set()
         self.changed()
+        self.persist()
+
+    def persist(self) -> None:
+        """Write this service's state file soon (coalesced: once per loop iteration)."""
+        if self._persist_pending:
+            return
+        self._persist_pending = True
+        asyncio.get_running_loop().call_soon(self._persist_now)
+
+    def _persist_now(self) -> None:
+        self._persist_pending = False
+        replicas = {}
+        for index, replica in self.replicas.items():
+            handle = replica.handle
+            if handle is None or not handle.running:
+                continue
+            artifact = replica.launch.artifact
+            replicas[str(index)] = {
+                "pid": handle.pid, "pgid": handle.pgid, "create_time": handle.create_time,
+                "version": artifact.version, "revision": artifact.revision, "workdir": str(artifact.workdir),
+                "fifo": str(handle.fifo) if handle.fifo else None, "started_at": replica.started_at,
+                "restarts": replica.restarts, "cgroup": str(handle.cgroup) if handle.cgroup else None,
+                "fingerprint": state.fingerprint(replica.launch.spec),
+            }
+        state.save(self.state_dir, self.name, {
+            "service": self.name, "held": self.held, "replicas": replicas,
+            "command": list(self.spec.command), "stop_signal": self.spec.stop_signal,
+            "stop_timeout": self.spec.stop_timeout,
+        })
 
     @staticmethod
     def _cancel_timer(replica: Replica) -> None:
@@ -445,8 +494,19 @@ class ServiceController:
             replica.timer = None
 
 
-def os_close(fd: int) -> None:
+async def _drain(handle: procs.ProcessHandle, timeout: float = 2.0) -> None:
+    """Wait until the output of a stopped process is all in its log (the pump's end of file)."""
+    pump = handle.pump
+    if pump is None:
+        return
     try:
-        os.close(fd)
+        await asyncio.wait_for(asyncio.shield(pump.done), timeout)
+    except asyncio.TimeoutError:
+        pump.close()
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
     except OSError:
         pass
