@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, logs
+from . import __version__, config, logs, procs
 from .config import ConfigError
 from .control import lock_path, socket_path
 from .control.server import ControlServer, send
@@ -273,6 +273,11 @@ class Daemon:
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
         self.notifier.add_listener(print_event)
+        soft, _hard = procs.raise_fd_limit()
+        needed = 2 * sum(s.replicas for s in self.desired.services.values()) + 64
+        if needed > soft:
+            log.warning("%d services need about %d file descriptors, but the limit is %d; raise "
+                        "LimitNOFILE= (or ulimit -Hn) or some will not start", len(self.desired.services), needed, soft)
         await self.reconciler.start()
         self.control = ControlServer(socket_path(self.state_dir), self.handlers())
         await self.control.start()

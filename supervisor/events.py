@@ -34,6 +34,7 @@ class EventType(str, enum.Enum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+    ROLLED_BACK = "rolled-back"
     RELOADED = "reloaded"
     CONFIG_ERROR = "config-error"
 

@@ -156,17 +156,32 @@ class LogSink:
             lines = data.split(b"\n")
             tail = lines.pop()
             data = b"".join(stamp + line + b"\n" for line in lines) + (stamp + tail if tail else b"")
-        fd = self._file()
-        if self.size and self.size + len(data) > self.policy.max_bytes and data.endswith(b"\n"):
-            self._rotate()
-            fd = self._file()
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        self.size += len(data)
+        limit = self.policy.max_bytes
+        rest = memoryview(data)
+        while rest:
+            if self.size and self.size + len(rest) > limit:
+                # the part that fits, up to its last whole line; none fits: rotate first
+                room = limit - self.size
+                cut = bytes(rest[:room]).rfind(b"\n") + 1 if room > 0 else 0
+                if cut == 0:
+                    self._rotate()
+                    continue
+                piece, rest = rest[:cut], rest[cut:]
+            elif len(rest) > limit:
+                cut = bytes(rest[:limit]).rfind(b"\n") + 1 or len(rest)
+                piece, rest = rest[:cut], rest[cut:]
+            else:
+                piece, rest = rest, rest[len(rest):]
+            self._append(piece)
         if self.console is not None:
             self.console.lines(self.name, data)
+
+    def _append(self, data: memoryview) -> None:
+        fd = self._file()
+        while data:
+            written = os.write(fd, data)
+            data = data[written:]
+            self.size += written
 
     def note(self, text: str) -> None:
         """A supervisor note in the log: ``[supervise TIME] text``."""
@@ -178,6 +193,7 @@ class LogSink:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        self.size = 0
         backups = self.policy.backups
         if backups <= 0:
             os.truncate(self.path, 0)

@@ -175,7 +175,7 @@ class Reconciler:
         assert self.reaper is not None
         return ServiceController(spec, state_dir=self.state_dir, reaper=self.reaper, notifier=self.notifier,
                                  lookup=self.controllers.get, changed=self.on_change,
-                                 sink=self.logs.sink(spec.name), cgroup_parent=self.cgroup_parent)
+                                 sink=self.logs.sink(spec.name, spec.log), cgroup_parent=self.cgroup_parent)
 
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
         assert self.preparer is not None

@@ -10,6 +10,7 @@ start limit, stop signal and timeout) are read from the newest spec, so they app
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -28,6 +29,21 @@ log = logging.getLogger("supervise")
 
 #: Phases in which a replica counts as up.
 UP = (Phase.RUNNING, Phase.READY)
+#: Crashes of a new version, before it has proven itself, that roll it back.
+ROLLBACK_CRASHES = 3
+#: Seconds a new version without a ready check must stay up to count as good.
+PROBATION = 10.0
+#: Seconds a start-first replacement without a ready check must stay up before the old stops.
+START_FIRST_GRACE = 1.0
+
+
+def _ready_deadline(spec: ServiceSpec) -> float:
+    """Seconds a new replica gets to pass its ready check: the start period, then ``retries``
+    probes (interval + timeout each), then 2 s of slack."""
+    check = spec.ready or {}
+    retries = max(int(check.get("retries", 3)), 1)  # type: ignore[call-overload]
+    return (float(check.get("start_period", 0.0)) + retries  # type: ignore[arg-type]
+            * (float(check.get("interval", 1.0)) + float(check.get("timeout", 1.0))) + 2.0)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -55,6 +71,9 @@ class Replica:
     ready: bool = False
     message: str = ""
     stale: bool = False  # adopted, started from another config: the next plan replaces it
+    previous: Launch | None = None  # the last good launch, while this new one is on probation
+    probation_crashes: int = 0
+    probation_timer: asyncio.TimerHandle | None = None
 
     @property
     def pid(self) -> int | None:
@@ -85,6 +104,7 @@ class ServiceController:
         self.failed_revision: str | None = None
         self.held = False
         self._persist_pending = False
+        self._tasks: set[asyncio.Task] = set()
         self.phase_changed = asyncio.Event()
         self.sink = sink
 
@@ -164,6 +184,7 @@ class ServiceController:
         self.spec = spec
         self.artifact = artifact
         self.build_failed = False
+        self.sink.policy = spec.log
         old = self.replicas.get(index)
         if old is not None and (old.handle is not None or old.tasks):
             await self.stop_replica(index, reason)
@@ -182,26 +203,55 @@ class ServiceController:
         self._spawn(replica, reason)
 
     async def restart_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
-        """Replace replica ``index`` with a new process of ``spec``/``artifact`` (recreate:
-        the old one is fully stopped before the new one starts, so two never run at once)."""
+        """Replace replica ``index`` with a new process of ``spec``/``artifact``.
+
+        ``update = "recreate"``: the old process is fully stopped before the new one starts,
+        so two never run at once. ``"start-first"``: the new one starts beside the old, and the
+        old stops only once the new one is ready (or, without a ready check, has stayed up
+        :data:`START_FIRST_GRACE` seconds). Either way a new version that crash-loops or never
+        becomes ready is rolled back to the last good one (see :meth:`_rollback`).
+        """
         old = self.replicas.get(index)
+        previous = None
         if old is not None:
-            old_version = old.launch.artifact.version
-            if old_version != artifact.version:
-                reason = f"{reason} ({old_version} -> {artifact.version})"
+            healthy = old.handle is not None and old.handle.running and old.phase in UP
+            new_launch = (old.launch.artifact.version != artifact.version
+                          or state.fingerprint(old.launch.spec) != state.fingerprint(spec))
+            if healthy and new_launch:
+                previous = old.launch
+            if old.launch.artifact.version != artifact.version:
+                reason = f"{reason} ({old.launch.artifact.version} -> {artifact.version})"
+            if spec.update == "start-first" and healthy:
+                await self._start_first(old, spec, artifact, reason)
+                return
             self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index, reason=reason)
             await self.stop_replica(index, reason, remove=False)
             old.restarts += 1
         await self.start_replica(index, spec, artifact, reason)
+        new = self.replicas.get(index)
+        if new is not None and previous is not None:
+            new.previous = previous
+            self._arm_probation(new)
 
     async def stop_replica(self, index: int, reason: str, remove: bool = False) -> Exit | None:
         """Stop replica ``index``: stop signal, ``stop_timeout``, SIGKILL to the group."""
         replica = self.replicas.get(index)
         if replica is None:
             return None
+        exit = await self._stop_process(replica, reason)
+        if remove and self.replicas.get(index) is replica:
+            self.replicas.pop(index, None)
+            self.changed()
+            self.persist()
+        return exit
+
+    async def _stop_process(self, replica: Replica, reason: str) -> Exit | None:
+        """Stop ``replica``'s process (in the dict or not) and wait until its output is in."""
+        index = replica.index
         self._cancel_timer(replica)
         for task in list(replica.tasks):
-            task.cancel()
+            if task is not asyncio.current_task():
+                task.cancel()
         exit = None
         handle = replica.handle
         if handle is not None and (handle.running or procs.group_alive(handle.pgid)):
@@ -218,10 +268,117 @@ class ServiceController:
             self.sink.note(f"stopped {self.name}[{index}] pid {handle.pid}: {exit}")
         replica.handle = None
         self._set_phase(replica, Phase.STOPPED)
-        if remove:
-            self.replicas.pop(index, None)
-            self.changed()
         return exit
+
+    # -- safe updates: start-first and rollback ---------------------------------------------
+
+    async def _start_first(self, old: Replica, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
+        index = old.index
+        candidate = Replica(index=index, launch=Launch(spec, artifact), backoff=BackoffState(spec.backoff),
+                            limiter=StartLimiter(spec.start_limit), restarts=old.restarts + 1)
+        self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index,
+                           reason=f"{reason}; start-first")
+        candidate.limiter.allow(time.monotonic())  # type: ignore[union-attr]
+        self._spawn(candidate, f"{reason}; start-first")
+        ok, why = await self._proves_good(candidate)
+        if self.replicas.get(index) is not old:  # a stop or another change came meanwhile
+            await self._stop_process(candidate, "superseded")
+            return
+        if not ok:
+            await self._stop_process(candidate, f"new version {why}")
+            self._mark_rolled_back(index, artifact, old.launch.artifact, why)
+            return
+        self.replicas[index] = candidate
+        self.spec, self.artifact = spec, artifact
+        self.changed()
+        await self._stop_process(old, f"replaced by {artifact.version} (start-first)")
+        self.persist()
+
+    async def _proves_good(self, replica: Replica) -> tuple[bool, str]:
+        """Wait until ``replica`` is ready (or, with no ready check, up for the grace period).
+        (False, why) if it exits first or the deadline passes."""
+        spec = replica.launch.spec
+        handle = replica.handle
+        if handle is None:
+            return False, f"could not start: {replica.message}"
+        deadline = time.monotonic() + (_ready_deadline(spec) if spec.ready else START_FIRST_GRACE)
+        while True:
+            if spec.ready is not None and replica.ready:
+                return True, ""
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if spec.ready is None:
+                    return True, ""
+                return False, f"never became ready within {_ready_deadline(spec):g}s"
+            self.phase_changed.clear()
+            waiter = asyncio.ensure_future(self.phase_changed.wait())
+            done, _ = await asyncio.wait([waiter, asyncio.shield(handle.exited)], timeout=remaining,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if handle.exited.done():
+                return False, f"exited during start-up ({handle.exited.result()})"
+
+    def _arm_probation(self, replica: Replica) -> None:
+        """A new version is on probation until ready (or up for :data:`PROBATION` s)."""
+        spec = replica.launch.spec
+        delay = _ready_deadline(spec) if spec.ready else PROBATION
+        replica.probation_timer = asyncio.get_running_loop().call_later(delay, self._probation_over, replica)
+
+    def _probation_over(self, replica: Replica) -> None:
+        replica.probation_timer = None
+        if replica.previous is None or self.replicas.get(replica.index) is not replica:
+            return
+        spec = replica.launch.spec
+        if spec.ready is not None and not replica.ready:
+            self._rollback(replica, f"never became ready within {_ready_deadline(spec):g}s")
+        elif replica.phase in UP:
+            replica.previous = None  # proven
+        else:
+            self._rollback(replica, f"not running {PROBATION:g}s after the update ({replica.phase.value})")
+
+    def _probation_passed(self, replica: Replica) -> None:
+        replica.previous = None
+        if replica.probation_timer is not None:
+            replica.probation_timer.cancel()
+            replica.probation_timer = None
+
+    def _rollback(self, replica: Replica, why: str) -> None:
+        """Put the last good launch back in place of ``replica``'s new one."""
+        target = replica.previous
+        if target is None:
+            return
+        replica.previous = None
+        if replica.probation_timer is not None:
+            replica.probation_timer.cancel()
+            replica.probation_timer = None
+        self._mark_rolled_back(replica.index, replica.launch.artifact, target.artifact, why)
+
+        async def put_back() -> None:
+            await self._stop_process(replica, f"rolling back: {why}")
+            if self.replicas.get(replica.index) is not replica:
+                return
+            back = Replica(index=replica.index, launch=target, backoff=BackoffState(self.spec.backoff),
+                           limiter=StartLimiter(self.spec.start_limit), restarts=replica.restarts + 1)
+            self.replicas[replica.index] = back
+            self.artifact = target.artifact
+            back.limiter.allow(time.monotonic())  # type: ignore[union-attr]
+            self._spawn(back, f"rolled back to {target.artifact.version}")
+
+        self._background(put_back())
+
+    def _mark_rolled_back(self, index: int, bad: Artifact, good: Artifact, why: str) -> None:
+        self.build_failed = True  # "the newest version could not be deployed": not retried
+        self.failed_revision = bad.revision
+        message = f"rolled back {bad.version} -> {good.version}: {why}"
+        self.sink.note(f"{self.name}[{index}] {message}")
+        self.notifier.emit(EventType.ROLLED_BACK, self.name, good.version, replica=index, reason=why,
+                           bad_version=bad.version)
+        self.changed()
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop_all(self, reason: str) -> None:
         await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
@@ -301,18 +458,19 @@ class ServiceController:
         argv = command_argv(spec.command, spec.shell, env)
         cwd = artifact.workdir / spec.cwd
         self._set_phase(replica, Phase.STARTING)
-        fifo, read_fd, child_fd = logs.make_fifo(self.state_dir, self.name, replica.index)
+        try:
+            fifo, read_fd, child_fd = logs.make_fifo(self.state_dir, self.name, replica.index)
+        except OSError as exc:
+            message = procs.too_many_files() if exc.errno in (errno.EMFILE, errno.ENFILE) else f"cannot make output FIFO: {exc}"
+            self._start_failed(replica, artifact.version, message)
+            return
         try:
             handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=child_fd, user=spec.user,
-                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}")
+                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}.{os.urandom(4).hex()}")
         except procs.SpawnError as exc:
             os.close(read_fd)
             os.unlink(fifo)
-            replica.handle = None
-            replica.message = str(exc)
-            self.sink.note(f"cannot start {self.name}[{replica.index}]: {exc}")
-            self.notifier.emit(EventType.START_FAILED, self.name, artifact.version, replica=replica.index, error=str(exc))
-            self._after_exit(replica, Exit(code=127), uptime=0.0)
+            self._start_failed(replica, artifact.version, str(exc))
             return
         finally:
             os.close(child_fd)
@@ -330,6 +488,13 @@ class ServiceController:
             self._task(replica, self._readiness(replica, handle, env))
         if spec.live is not None:
             self._task(replica, self._liveness(replica, handle, env))
+
+    def _start_failed(self, replica: Replica, version: str, message: str) -> None:
+        replica.handle = None
+        replica.message = message
+        self.sink.note(f"cannot start {self.name}[{replica.index}]: {message}")
+        self.notifier.emit(EventType.START_FAILED, self.name, version, replica=replica.index, error=message)
+        self._after_exit(replica, Exit(code=127), uptime=0.0)
 
     def adopt(self, index: int, handle: procs.ProcessHandle, spec: ServiceSpec, artifact: Artifact,
               started_at: float | None, restarts: int, stale: bool) -> None:
@@ -392,6 +557,11 @@ class ServiceController:
         if policy is RestartPolicy.NEVER or (policy is RestartPolicy.ON_FAILURE and exit.success):
             self._set_phase(replica, Phase.EXITED)
             return
+        if replica.previous is not None:
+            replica.probation_crashes += 1
+            if replica.probation_crashes >= ROLLBACK_CRASHES:
+                self._rollback(replica, f"crashed {replica.probation_crashes} times ({exit})")
+                return
         assert replica.backoff is not None and replica.limiter is not None
         delay = replica.backoff.next_delay(uptime)
         if not replica.limiter.allow(time.monotonic() + delay):
@@ -423,6 +593,8 @@ class ServiceController:
             if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd)):
                 if replica.handle is handle and handle.running:
                     replica.ready = True
+                    if replica.previous is not None:
+                        self._probation_passed(replica)
                     self._set_phase(replica, Phase.READY)
                     self.notifier.emit(EventType.READY, self.name, replica.launch.artifact.version,
                                        replica=replica.index, pid=handle.pid)
