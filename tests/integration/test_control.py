@@ -111,11 +111,15 @@ def test_events_stream_json_lines(daemon, tmp_path):
     out = open(log, "w")
     stream = subprocess.Popen([PY, "-m", "supervisor", "events", "--config", str(path)], stdout=out)
 
+    def types() -> set[str]:
+        return {json.loads(line)["type"] for line in log.read_text().splitlines()}
+
     def restarted_and_seen() -> bool:
-        # the stream may not be subscribed yet when the first restart happens: try again
+        # the stream may subscribe in the middle of the first restart: restart until a whole
+        # one was seen
         cli("restart", "web", config=path)
         try:
-            return bool(wait_until(lambda: '"started"' in log.read_text(), timeout=2))
+            return bool(wait_until(lambda: {"stopping", "stopped", "started"} <= types(), timeout=2))
         except AssertionError:
             return False
 
@@ -154,13 +158,21 @@ def test_socket_refuses_another_uid(daemon):
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the forked child only
         try:
+            import ctypes
             import socket as _socket
             os.setgid(65534)
             os.setuid(65534)
+            # setuid clears "dumpable", which would hide /proc/self/fd from us: set it back
+            ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
             s = _socket.socket(_socket.AF_UNIX)
             s.connect(f"/proc/self/fd/{folder}/control.sock")
-            s.sendall(b'{"verb":"status"}\n')
+            try:
+                s.sendall(b'{"verb":"status"}\n')
+            except BrokenPipeError:
+                pass  # refused at once: the refusal is already waiting to be read
             os.write(write_, s.makefile("rb").readline())
+        except BaseException as exc:
+            os.write(write_, repr(exc).encode())
         finally:
             os._exit(0)
     os.close(write_)
@@ -170,6 +182,7 @@ def test_socket_refuses_another_uid(daemon):
         answer += chunk
     os.close(read)
     os.waitpid(child, 0)
+    assert answer.startswith(b"{"), answer
     assert json.loads(answer) == {"ok": False, "error": "permission denied for uid 65534"}
 
 
