@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import io
 import os
 import queue
 import sys
@@ -26,7 +27,7 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -126,6 +127,7 @@ class LogSink:
         self.fd: int | None = None
         self.inode: tuple[int, int] | None = None
         self.size = 0
+        self.tees: list[IO[Any]] = []  # more streams for the lines (the Runtime API's output=)
 
     def _open(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -175,6 +177,12 @@ class LogSink:
             self._append(piece)
         if self.console is not None:
             self.console.lines(self.name, data)
+        for tee in self.tees:
+            try:
+                tee.write(data.decode("utf-8", "replace") if isinstance(tee, io.TextIOBase) else data)
+                tee.flush()
+            except (OSError, ValueError, TypeError):
+                pass
 
     def _append(self, data: memoryview) -> None:
         fd = self._file()

@@ -24,6 +24,7 @@ import os
 import resource
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,20 +96,29 @@ class SpawnError(Exception):
 
 
 class Reaper:
-    """Delivers exits of the process groups we track to their futures, from SIGCHLD.
+    """Delivers exits of the process groups we track to their futures.
 
-    Must be created inside a running event loop on the main thread (signal handlers).
+    On the main thread (the daemon) it listens for SIGCHLD and makes this process a child
+    subreaper, so orphaned grandchildren come back to be reaped. Elsewhere (the Runtime
+    library, in a host program's thread) it watches each started process with a pidfd
+    instead, and leaves the host's signal handling and orphans alone.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, use_signals: bool | None = None):
         self.loop = loop
         self.groups: dict[int, set[int]] = {}  # pgid -> pids we still wait for there
         self.waiters: dict[int, asyncio.Future[Exit]] = {}
         self.own_pgid = os.getpgid(0)
-        self.subreaper = become_subreaper()
-        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        if use_signals is None:
+            use_signals = threading.current_thread() is threading.main_thread()
+        self.use_signals = use_signals
+        self.subreaper = become_subreaper() if use_signals else False
+        if use_signals:
+            loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
     def close(self) -> None:
+        if not self.use_signals:
+            return
         try:
             self.loop.remove_signal_handler(signal.SIGCHLD)
         except (RuntimeError, ValueError):
@@ -118,6 +128,19 @@ class Reaper:
         future: asyncio.Future[Exit] = self.loop.create_future()
         self.waiters[pid] = future
         self.groups.setdefault(pgid, set()).add(pid)
+        if not self.use_signals:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:  # already reaped elsewhere: nothing will ever tell us
+                self.reap()
+                return future
+
+            def readable() -> None:
+                self.loop.remove_reader(pidfd)
+                os.close(pidfd)
+                self.reap()
+
+            self.loop.add_reader(pidfd, readable)
         return future
 
     def untrack_group(self, pgid: int) -> None:

@@ -1,0 +1,79 @@
+"""The Runtime library API: a Python program runs a dependency from a git source and follows
+its updates — through the same reconciler as the daemon."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+
+import git
+import psutil
+import pytest
+
+from conftest import wait_until
+from supervisor import Event, LocalRuntime, RuntimeError_, Service
+
+PY = sys.executable
+
+
+def commit_app(repo: git.Repo, text: str) -> str:
+    folder = repo.working_tree_dir
+    with open(os.path.join(folder, "app.py"), "w") as f:
+        f.write(f"import time\nprint('app {text}', flush=True)\ntime.sleep(300)\n")
+    repo.index.add(["app.py"])
+    return repo.index.commit(text).hexsha
+
+
+@pytest.fixture
+def remote(tmp_path):
+    repo = git.Repo.init(tmp_path / "dep.git.work", initial_branch="main")
+    with repo.config_writer() as cfg:
+        cfg.set_value("user", "name", "t").set_value("user", "email", "t@example.invalid")
+    commit_app(repo, "v1")
+    bare = git.Repo.init(tmp_path / "dep.git", bare=True, initial_branch="main")
+    repo.create_remote("origin", str(tmp_path / "dep.git")).push("main:main")
+    yield repo
+    repo.close()
+    bare.close()
+
+
+def test_run_a_git_dependency_and_follow_its_updates(tmp_path, remote):
+    out = io.StringIO()
+    events: list[Event] = []
+    with LocalRuntime(state_dir=tmp_path / "state") as runtime:
+        notifier = runtime.notifier()
+        reader = threading.Thread(target=lambda: events.extend(notifier.notify()), daemon=True)
+        reader.start()
+        dep = Service("dep", source=str(tmp_path / "dep.git"), version="main", metadata={"poll": "200ms"})
+        runtime.create(dep, command=[PY, "app.py"], env={"X": "1"}, output=out)
+        first = wait_until(lambda: runtime.read(service="dep")[0].metadata["pids"], message="dep running")
+        assert wait_until(lambda: "app v1" in out.getvalue())
+        new = commit_app(remote, "v2")
+        remote.remote("origin").push("main:main")
+        wait_until(lambda: runtime.read(service="dep")[0].version.startswith(new[:12])
+                   and runtime.read(service="dep")[0].metadata["pids"] not in ("", first), timeout=15,
+                   message="the new commit running")
+        assert runtime.read(version=new[:12])[0].name == "dep"
+        assert runtime.read(type="job") == []
+        pid = int(runtime.read(service="dep")[0].metadata["pids"])
+        runtime.delete(dep)
+        assert runtime.list() == []
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        notifier.close()
+        reader.join(timeout=5)
+    kinds = [e.type.value for e in events if e.service == "dep"]
+    assert kinds[0] == "create" and "delete" in kinds and kinds.count("started") == 2
+
+
+def test_bad_definitions_raise_the_config_messages(tmp_path):
+    with LocalRuntime(state_dir=tmp_path / "state") as runtime:
+        with pytest.raises(RuntimeError_, match="bad service name"):
+            runtime.create(Service("../escape"), command=["true"])
+        with pytest.raises(RuntimeError_, match='unknown signal "SIGNOPE"'):
+            runtime.create(Service("x", metadata={"stop_signal": "SIGNOPE"}), command=["true"])
+        with pytest.raises(RuntimeError_, match="fetch or build failed"):
+            runtime.create(Service("y", metadata={"build": "false"}), command=["true"])
+        with pytest.raises(RuntimeError_, match="unknown service"):
+            runtime.update(Service("nope"))
