@@ -21,6 +21,7 @@ class EventType(str, enum.Enum):
     DELETE = "delete"
     FETCHED = "fetched"
     FETCH_FAILED = "fetch-failed"
+    FORCE_PUSHED = "force-pushed"
     BUILDING = "building"
     BUILT = "built"
     BUILD_FAILED = "build-failed"

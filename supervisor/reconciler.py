@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import cgroups, logs, procs, state
-from .builds import Artifact, PrepareError, Preparer
+from .builds import Artifact, PrepareError, Preparer, source_root
 from .events import EventType, Notifier
 from .config import NAME_RE
 from .model import Desired, Observed, ServiceSpec, SourceSpec
 from .plan import ActionKind, Plan, dependency_order, plan
 from .service import ServiceController, _unlink
+from .sources.git import GitSource
 
 log = logging.getLogger("supervise")
 
@@ -190,6 +191,14 @@ class Reconciler:
             tried = exc.version.rsplit("-", 1)[0] if exc.version else self.revisions.get(spec.name)
             controller.mark_build_failed(spec, tried)
             return None
+        previous = controller.artifact
+        if spec.source.kind == "git" and previous is not None and previous.revision != artifact.revision:
+            source = GitSource(spec.source, source_root(self.state_dir, spec.name))
+            if not await asyncio.to_thread(source.is_ancestor, previous.revision, artifact.revision):
+                log.warning("%s: %s was force-pushed (%s is not an ancestor of %s); deploying it",
+                            spec.name, spec.source.ref, previous.revision[:12], artifact.revision[:12])
+                self.notifier.emit(EventType.FORCE_PUSHED, spec.name, artifact.version, ref=spec.source.ref,
+                                   previous=previous.revision, revision=artifact.revision)
         if spec.build:
             self.notifier.emit(EventType.BUILT, spec.name, artifact.version)
         self.revisions[spec.name] = artifact.revision

@@ -108,6 +108,16 @@ class GitSource:
         except git.GitCommandError as exc:
             raise SourceError(f"cannot fetch commit {ref} from {redact(self.url)}: {_stderr(exc)}") from None
 
+    def is_ancestor(self, old: str, new: str) -> bool:
+        """True when ``old`` is an ancestor of ``new`` (a fast-forward); False after a force
+        push or when ``old`` is no longer in the repository."""
+        with self._repo() as repo:
+            try:
+                repo.git.merge_base("--is-ancestor", old, new, kill_after_timeout=GIT_TIMEOUT)
+                return True
+            except git.GitCommandError:
+                return False
+
     def checkout(self, commit: str) -> Path:
         """A worktree of ``commit`` at ``versions/COMMIT12`` (reused when it exists)."""
         path = self.versions / commit[:12]

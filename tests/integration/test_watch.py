@@ -297,3 +297,25 @@ watch = ["**/*.py"]
             assert len(d.of_type("started", "local")) == 2
 
     run(body())
+
+
+def test_force_pushed_ref_is_reported_and_deployed(tmp_path):
+    work, bare = make_remote(tmp_path)
+    path = tmp_path / "services.toml"
+    path.write_text(GIT_CONFIG.format(py=PY))
+    write_app(work, "v2", build_ok=True)
+    work.remote("origin").push("main:main")
+
+    async def body():
+        async with DaemonRun(path) as d:
+            old = await d.until(lambda: d.pid("app", 0))
+            work.git.reset("--hard", "HEAD~1")  # rewrite history: drop v2, commit v3 instead
+            rewritten = write_app(work, "v3", build_ok=True)
+            work.remote("origin").push("+main:main")
+            pushed = await d.until(lambda: d.of_type("force-pushed", "app"), timeout=15)
+            assert pushed[0].data["revision"] == rewritten
+            await d.until(lambda: d.pid("app", 0) not in (None, old), timeout=15)
+
+    run(body())
+    work.close()
+    bare.close()
