@@ -7,22 +7,19 @@ Exit codes: 0 success; 1 runtime error (e.g. no supervisor running, state dir lo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, config, logs
+# Only what every verb needs is imported here; the client verbs (status, stop, ...) must answer
+# fast, so asyncio, watchdog and tomlkit are imported inside the verbs that use them.
+from . import __version__, config
 from .config import ConfigError
 from .control.client import Client, ControlError, NotRunning
 from .durations import format_duration
-from .model import Observed
-from .plan import plan as make_plan
 
 log = logging.getLogger("supervise")
 
@@ -101,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def state_dir_of(path: Path) -> Path:
-    return config.load(path).settings.state_dir
+    return config.state_dir_of(path)
 
 
 def cmd_check(path: Path) -> int:
@@ -112,6 +109,9 @@ def cmd_check(path: Path) -> int:
 
 
 def cmd_plan(path: Path) -> int:
+    from .model import Observed
+    from .plan import plan as make_plan
+
     desired = config.load(path)
     try:
         with Client(desired.settings.state_dir) as client:
@@ -128,6 +128,8 @@ def cmd_plan(path: Path) -> int:
 
 
 def cmd_run(path: Path) -> int:
+    import asyncio
+
     from .daemon import AlreadyRunning, Daemon
 
     desired = config.load(path)
@@ -186,6 +188,10 @@ def cmd_logs(path: Path, services: list[str], lines: int, follow: bool) -> int:
     """Print the last ``lines`` lines of each service log, then follow them with -f.
 
     Reads the files directly, so it works whether or not a supervisor is running."""
+    import signal
+    import threading
+
+    from . import logs
     desired = config.load(path)
     state_dir = desired.settings.state_dir
     names = services or list(desired.services)
@@ -238,9 +244,11 @@ class _Formatter(logging.Formatter):
 
 def setup_logging(verbose: bool = False) -> None:
     """Our own messages on stderr; syslog priority prefixes under journald (sd-daemon(3))."""
+    from .term import use_colour
+
     journal = bool(os.environ.get("JOURNAL_STREAM")) and not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(journal, logs.use_colour(sys.stderr)))
+    handler.setFormatter(_Formatter(journal, use_colour(sys.stderr)))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False

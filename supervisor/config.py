@@ -18,10 +18,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable
 
-import tomlkit
-import tomlkit.exceptions
-from dotenv import dotenv_values
-
 from .durations import parse_duration, parse_size
 from .model import (
     Backoff,
@@ -97,6 +93,9 @@ def load(path: str | os.PathLike[str]) -> Desired:
 
 def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
     """Validate config ``text``; ``path`` names it in errors and anchors relative paths."""
+    import tomlkit  # imported here: the CLI's client verbs never need it (see state_dir_of)
+    import tomlkit.exceptions
+
     path = Path(path)
     try:
         document = tomlkit.parse(text)
@@ -110,6 +109,23 @@ def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
         message = str(exc).split(" at line ")[0]
         raise ConfigError([Diagnostic(str(path), line, col, f"TOML syntax error: {message}")]) from None
     return _Validator(document.unwrap(), _Locator(text), path).run()
+
+
+def state_dir_of(path: str | os.PathLike[str]) -> Path:
+    """Only ``[supervise].state_dir`` of the file at ``path``, quickly (stdlib tomllib, no
+    validation): what the CLI's client verbs need to find the control socket. Falls back to a
+    full :func:`load` (and its ConfigError) when the file cannot be read that way."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        value = data.get("supervise", {}).get("state_dir", ".supervise")
+        if isinstance(value, str):
+            return (path.resolve().parent / os.path.expanduser(value)).resolve()
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        pass
+    return load(path).settings.state_dir
 
 
 def suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
@@ -353,6 +369,8 @@ class _Validator:
             if not env_file.is_file():
                 self.error(get("env_file"), f'env_file "{table["env_file"]}" does not exist ({env_file})')
             else:
+                from dotenv import dotenv_values
+
                 try:
                     values = dotenv_values(env_file, interpolate=True)
                 except (OSError, UnicodeDecodeError) as exc:

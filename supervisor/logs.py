@@ -33,6 +33,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from .model import LogPolicy
+from .term import use_colour
 
 COLOURS = (36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96)
 #: Longest piece of a line shown at once on the console; the file keeps the whole line.
@@ -355,11 +356,6 @@ def last_lines(path: Path, count: int, chunk: int = 65536) -> list[bytes]:
     if lines and lines[-1] == b"":
         lines.pop()
     return lines[-count:]
-
-
-def use_colour(stream: IO[str]) -> bool:
-    """Colour only on a terminal and without ``NO_COLOR`` (https://no-color.org)."""
-    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 class ConsoleTail:
