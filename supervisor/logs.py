@@ -17,6 +17,8 @@ between lines, and a log file deleted or moved by hand is noticed (inode check) 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import fcntl
 import io
 import os
@@ -45,6 +47,11 @@ READ_SIZE = 1 << 20
 #: Pipe capacity asked for (Linux caps it at /proc/sys/fs/pipe-max-size, 1 MiB by default).
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
+SPLICE_F_NONBLOCK = 2
+#: Seconds an unfinished line may stay in a FIFO before it is taken out and held in memory.
+PARTIAL_WAIT = 0.2
+#: Seconds between looks at a FIFO whose last line is unfinished.
+PARTIAL_POLL = 0.005
 NOTE_PREFIX = b"[supervise "
 
 
@@ -132,7 +139,9 @@ class LogSink:
 
     def _open(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        # Not O_APPEND: splice(2) refuses append-mode files. We are the file's only writer and
+        # write at self.size explicitly (pwrite / splice with an offset).
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
         st = os.fstat(fd)
         self.fd, self.inode, self.size = fd, (st.st_dev, st.st_ino), st.st_size
         return fd
@@ -150,10 +159,18 @@ class LogSink:
             self.fd = None
         return self._open()
 
-    def write(self, data: bytes) -> None:
-        """Append ``data`` (whole lines, or a piece of an over-long line)."""
+    def write(self, data: bytes, source: int | None = None) -> None:
+        """Append ``data`` (whole lines, or a piece of an over-long line).
+
+        With ``source`` (a pipe fd whose next bytes are exactly ``data``, seen with tee(2)),
+        the bytes are *moved* from the pipe into the file with splice(2): each piece leaves the
+        pipe and lands in the file in one system call, so a supervisor killed at any instant
+        neither loses nor repeats a line. Not with ``timestamps`` (the caller then consumes).
+        """
         if not data:
             return
+        if source is not None and self.policy.timestamps:
+            raise ValueError("splice cannot add timestamps")
         if self.policy.timestamps:
             stamp = _timestamp().encode()
             lines = data.split(b"\n")
@@ -175,7 +192,7 @@ class LogSink:
                 piece, rest = rest[:cut], rest[cut:]
             else:
                 piece, rest = rest, rest[len(rest):]
-            self._append(piece)
+            self._append(piece, source)
         if self.console is not None:
             self.console.lines(self.name, data)
         for tee in self.tees:
@@ -185,10 +202,15 @@ class LogSink:
             except (OSError, ValueError, TypeError):
                 pass
 
-    def _append(self, data: memoryview) -> None:
+    def _append(self, data: memoryview, source: int | None = None) -> None:
         fd = self._file()
         while data:
-            written = os.write(fd, data)
+            if source is None:
+                written = os.pwrite(fd, data, self.size)
+            else:
+                written = os.splice(source, fd, len(data), offset_dst=self.size)
+                if written == 0:  # cannot happen: the bytes were seen in the pipe
+                    raise OSError(errno.EIO, "splice moved nothing")
             data = data[written:]
             self.size += written
 
@@ -243,25 +265,66 @@ class LogRegistry:
             sink.close()
 
 
+_libc = None
+
+
+def _tee(fd_in: int, fd_out: int, length: int) -> int:
+    """tee(2): copy up to ``length`` bytes from pipe ``fd_in`` to pipe ``fd_out`` without
+    consuming them. Raises OSError (EAGAIN when there is nothing to copy yet)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.tee.restype = ctypes.c_ssize_t
+        _libc.tee.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint)
+    copied = _libc.tee(fd_in, fd_out, length, SPLICE_F_NONBLOCK)
+    if copied < 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
+    return copied
+
+
 class Pump:
     """Moves a pipe's output into a sink, whole lines at a time, from the event loop.
+
+    With ``keep_until_written`` (replica FIFOs) the bytes are looked at with tee(2) (a copy,
+    nothing consumed), and whole lines are then *moved* from the FIFO into the log file with
+    splice(2): a supervisor killed at any instant leaves every line either in the log or still
+    in the FIFO for the next one, never both, never neither. (With ``timestamps`` the lines
+    are written first and consumed after: a kill in between repeats a line, never loses it.)
+    Without it (build pipes) it reads plainly.
 
     ``done`` resolves at end of file: every writer (the child and anything it left running with
     the same stdout) has closed it. A last line without a newline is written with one.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: LogSink,
-                 on_eof: Callable[[], None] | None = None):
+                 on_eof: Callable[[], None] | None = None, keep_until_written: bool = False):
         self.loop = loop
         self.fd = fd
         self.sink = sink
         self.on_eof = on_eof
-        self.partial = b""
+        self.partial = b""  # the start of a line, consumed from the pipe, waiting for its end
+        self.unfinished_since: float | None = None
+        self.paused = False
         self.done: asyncio.Future[None] = loop.create_future()
+        self.copy: tuple[int, int] | None = None
+        if keep_until_written:
+            try:
+                self.copy = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                fcntl.fcntl(self.copy[1], F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._readable)
 
     def _readable(self) -> None:
+        if self.copy is not None:
+            try:
+                self._pump_copying()
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN:
+                    self.close()
+            return
         chunks = []
         eof = False
         while True:
@@ -278,29 +341,94 @@ class Pump:
             if len(data) < READ_SIZE:
                 break
         if chunks:
-            buffer = self.partial + b"".join(chunks) if self.partial else b"".join(chunks)
-            cut = buffer.rfind(b"\n") + 1
-            self.sink.write(buffer[:cut])
-            self.partial = buffer[cut:]
-            if len(self.partial) > MAX_PARTIAL:
-                self.sink.write(self.partial)
-                self.partial = b""
+            self._lines(b"".join(chunks))
         if eof:
             self.close()
+
+    def _pump_copying(self) -> None:
+        read_copy, write_copy = self.copy  # type: ignore[misc]
+        for _ in range(16):  # at most 16 MiB per wake-up, then let others run
+            copied = _tee(self.fd, write_copy, READ_SIZE)
+            if copied == 0:  # no data and no writer left: end of file
+                self.close()
+                return
+            data = os.read(read_copy, copied)
+            buffer = self.partial + data
+            cut = buffer.rfind(b"\n") + 1
+            if cut == 0 and len(buffer) <= MAX_PARTIAL:
+                # No whole line yet (a writer may send "37" and "\n" in two writes). Leave it in
+                # the FIFO and look again shortly; only a line still unfinished after
+                # PARTIAL_WAIT s (a prompt, say) is taken out and held here.
+                now = time.monotonic()
+                if self.unfinished_since is None:
+                    self.unfinished_since = now
+                if now - self.unfinished_since < PARTIAL_WAIT:
+                    self._pause(PARTIAL_POLL)
+                    return
+                _consume(self.fd, len(data))
+                self.partial = buffer
+                self.unfinished_since = None
+                continue
+            self.unfinished_since = None
+            cut = cut or len(buffer)
+            if self.partial or self.sink.policy.timestamps:
+                self.sink.write(buffer[:cut])  # first into the log ...
+                _consume(self.fd, cut - len(self.partial))  # ... then out of the FIFO
+            else:
+                self.sink.write(buffer[:cut], source=self.fd)  # moved, pipe -> file, by splice
+            self.partial = b""
+            if cut < len(buffer):  # the start of the next line stays in the FIFO for now
+                break
+            if copied < READ_SIZE:
+                break
+
+    def _pause(self, delay: float) -> None:
+        """Stop reading for ``delay`` s (the pipe stays readable while a line is unfinished)."""
+        if self.paused:
+            return
+        self.paused = True
+        self.loop.remove_reader(self.fd)
+
+        def resume() -> None:
+            self.paused = False
+            if not self.done.done():
+                self.loop.add_reader(self.fd, self._readable)
+                self._readable()
+
+        self.loop.call_later(delay, resume)
+
+    def _lines(self, data: bytes) -> None:
+        buffer = self.partial + data if self.partial else data
+        cut = buffer.rfind(b"\n") + 1
+        self.sink.write(buffer[:cut])
+        self.partial = buffer[cut:]
+        if len(self.partial) > MAX_PARTIAL:
+            self.sink.write(self.partial)
+            self.partial = b""
 
     def close(self) -> None:
         """Stop reading (at end of file, or when the supervisor stops; the FIFO keeps what
         was not read for the next supervisor)."""
         if self.done.done():
             return
-        self.loop.remove_reader(self.fd)
+        if not self.paused:
+            self.loop.remove_reader(self.fd)
         if self.partial:
             self.sink.write(self.partial + b"\n")
             self.partial = b""
         os.close(self.fd)
+        if self.copy is not None:
+            os.close(self.copy[0])
+            os.close(self.copy[1])
         self.done.set_result(None)
         if self.on_eof is not None:
             self.on_eof()
+
+
+def _consume(fd: int, count: int) -> None:
+    """Drop ``count`` bytes from the front of pipe ``fd`` (they are known to be there)."""
+    while count > 0:
+        count -= len(os.read(fd, min(count, READ_SIZE)))
 
 
 def make_fifo(state_dir: Path, name: str, index: int) -> tuple[Path, int, int]:

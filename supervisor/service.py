@@ -475,7 +475,8 @@ class ServiceController:
         finally:
             os.close(child_fd)
         handle.fifo = fifo
-        handle.pump = logs.Pump(asyncio.get_running_loop(), read_fd, self.sink, on_eof=lambda: _unlink(fifo))
+        handle.pump = logs.Pump(asyncio.get_running_loop(), read_fd, self.sink, on_eof=lambda: _unlink(fifo),
+                                keep_until_written=True)
         replica.handle = handle
         replica.started_at = time.time()
         replica.ready = spec.ready is None
@@ -511,7 +512,8 @@ class ServiceController:
             fd = logs.reopen_fifo(handle.fifo)
             if fd is not None:
                 fifo = handle.fifo
-                handle.pump = logs.Pump(asyncio.get_running_loop(), fd, self.sink, on_eof=lambda: _unlink(fifo))
+                handle.pump = logs.Pump(asyncio.get_running_loop(), fd, self.sink, on_eof=lambda: _unlink(fifo),
+                                        keep_until_written=True)
         self.sink.note(f"adopted {self.name}[{index}] pid {handle.pid} version {artifact.version}")
         self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
         self._set_phase(replica, Phase.RUNNING)
