@@ -17,8 +17,10 @@ from typing import Sequence
 
 from . import __version__, config, logs
 from .config import ConfigError
+from .durations import parse_duration
 from .events import Event, EventType, Notifier
 from .model import Desired, Observed
+from .notify import SdNotify, UnitReporter
 from .plan import plan as make_plan
 
 log = logging.getLogger("supervise")
@@ -100,7 +102,9 @@ async def _run(path: Path, desired: Desired) -> int:
     loop = asyncio.get_running_loop()
     notifier = Notifier()
     notifier.add_listener(print_event)
-    reconciler = Reconciler(desired, notifier)
+    unit = systemd_reporter()
+    reconciler = Reconciler(desired, notifier, on_change=unit.changed)
+    unit.attach(reconciler)
     await reconciler.start()
     tail = logs.ConsoleTail(logs.log_dir(desired.settings.state_dir))
     tail.start()
@@ -129,14 +133,16 @@ async def _run(path: Path, desired: Desired) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reconciler.request)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_on_sighup(unit, reconciler, load))
 
     log.info("supervise %s: %d services from %s (state in %s)", __version__, len(desired.services),
              path, desired.settings.state_dir)
     runner = asyncio.create_task(reconciler.run(load))
     reconciler.request()
+    unit.start()
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
+    unit.stopping()
     log.info("stopping every service")
     runner.cancel()
     try:
@@ -145,6 +151,7 @@ async def _run(path: Path, desired: Desired) -> int:
         pass
     except Exception:  # pragma: no cover - reported, then we still stop everything
         log.exception("reconciler failed")
+    await unit.close()  # a reload in progress ends here, before the services stop
     await reconciler.shutdown()
     tail.stop()
     notifier.close()
@@ -152,6 +159,35 @@ async def _run(path: Path, desired: Desired) -> int:
         loop.remove_signal_handler(sig)
     log.info("stopped")
     return EXIT_OK
+
+
+def systemd_reporter() -> UnitReporter:
+    """What ``run`` tells systemd (``Type=notify``; a no-op without ``$NOTIFY_SOCKET``).
+
+    ``$NOTIFY_SOCKET`` and ``$WATCHDOG_*`` are read, then removed so services do not inherit
+    them. ``$SUPERVISE_READY_TIMEOUT`` (a duration, default 60s) bounds the wait for the first
+    convergence before ``READY=1`` is sent anyway.
+    """
+    sd = SdNotify.from_environ(unset=True)
+    raw = os.environ.get("SUPERVISE_READY_TIMEOUT", "").strip()
+    timeout = 60.0
+    if raw:
+        try:
+            timeout = float(raw) if raw.replace(".", "", 1).isdigit() else parse_duration(raw)
+        except ValueError as exc:
+            log.warning("SUPERVISE_READY_TIMEOUT ignored: %s", exc)
+    return UnitReporter(sd, ready_timeout=timeout)
+
+
+def reload_on_sighup(unit: UnitReporter, reconciler, load) -> None:
+    """SIGHUP: re-read the file and apply it, between ``RELOADING=1`` and ``READY=1``. An
+    invalid file is reported by ``load`` (None) and the last good one stays in force."""
+    async def apply() -> None:
+        desired = load()
+        if desired is not None:
+            await reconciler.apply(desired)
+
+    unit.reload(apply)
 
 
 def print_event(event: Event) -> None:
