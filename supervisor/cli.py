@@ -20,7 +20,7 @@ from .config import ConfigError
 from .durations import parse_duration
 from .events import Event, EventType, Notifier
 from .model import Desired, Observed
-from .notify import SdNotify, UnitReporter
+from .notify import SdNotify, UnitReporter, journal_stream
 from .plan import plan as make_plan
 
 log = logging.getLogger("supervise")
@@ -233,8 +233,9 @@ class _Formatter(logging.Formatter):
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Our own messages on stderr; syslog priority prefixes under journald (sd-daemon(3))."""
-    journal = bool(os.environ.get("JOURNAL_STREAM")) and not sys.stderr.isatty()
+    """Our own messages on stderr; syslog priority prefixes under journald (sd-daemon(3)),
+    that is when ``$JOURNAL_STREAM`` names stderr (see :func:`notify.journal_stream`)."""
+    journal = journal_stream(sys.stderr) and not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(journal, logs.use_colour(sys.stderr)))
     log.handlers[:] = [handler]

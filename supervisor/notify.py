@@ -13,12 +13,13 @@ once the first apply has converged, a one-line ``STATUS=`` kept current, ``RELOA
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import socket
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Awaitable, Callable, MutableMapping
+from typing import IO, TYPE_CHECKING, Awaitable, Callable, MutableMapping
 
 from .model import Condition, Phase
 
@@ -112,6 +113,22 @@ class SdNotify:
         except ValueError:
             return None
         return usec / 2_000_000 if usec > 0 else None
+
+
+def journal_stream(stream: IO[str]) -> bool:
+    """True when ``stream`` is connected to journald: ``$JOURNAL_STREAM`` (``DEVICE:INODE``,
+    set by systemd for ``StandardError=journal``) names the file ``stream`` writes to.
+
+    Comparing device and inode, as systemd.exec(5) asks, keeps a child whose stderr was
+    redirected (a service writing to its log file) from believing it talks to the journal.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        info = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
 
 
 def _status_field(text: str) -> str:
