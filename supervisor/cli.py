@@ -49,7 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run in the foreground (the default verb)")
     sub.add_parser("check", parents=[common], help="validate the config; exit 2 listing every error")
     sub.add_parser("plan", parents=[common], help="print what a run would do now, one action a line")
+    add_import_verb(sub)
     return parser
+
+
+def add_import_verb(sub) -> None:
+    """``supervise import FILE [--env ENV_FILE] [--from FORMAT]``."""
+    verb = sub.add_parser("import", help="print a services.toml equivalent to a Procfile or a supervisord.conf")
+    verb.add_argument("file", type=Path, metavar="FILE", help="a Procfile or a supervisord.conf")
+    verb.add_argument("--env", type=Path, metavar="ENV_FILE", default=None,
+                      help="Procfile: the dotenv file for every service (default: .env beside FILE, if any)")
+    verb.add_argument("--from", dest="format", choices=("procfile", "supervisord"), default=None,
+                      help="the format of FILE (default: guessed from its name and contents)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(path)
         if args.verb == "plan":
             return cmd_plan(path)
+        if args.verb == "import":
+            return cmd_import(args.file, args.env, args.format)
         return cmd_run(path)
     except ConfigError as exc:
         for diagnostic in exc.diagnostics:
@@ -88,6 +101,40 @@ def cmd_plan(path: Path) -> int:
         print(line)
     if not the_plan:
         print("nothing to do")
+    return EXIT_OK
+
+
+def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
+    """Print the services.toml equivalent of the Procfile or supervisord.conf at ``path``."""
+    from . import importers
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {exc}", EXIT_USAGE) from None
+    format = format or importers.guess_format(str(path), text)
+    try:
+        if format == "procfile":
+            env = env if env is not None else (path.parent / ".env" if (path.parent / ".env").is_file() else None)
+            env_text = None
+            if env is not None:
+                try:
+                    env_text = env.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise CliError(f"cannot read {env}: {exc}", EXIT_USAGE) from None
+            named = None if env is None else os.path.relpath(env.resolve(), path.resolve().parent)
+            if named is not None and named.startswith(".."):
+                named = str(env.resolve())
+            sys.stdout.write(importers.procfile_to_toml(text, env_text=env_text, env_file=named,
+                                                        source_name=path.name))
+        elif format == "supervisord":
+            if env is not None:
+                raise CliError("--env is for a Procfile; supervisord.conf has environment= lines", EXIT_USAGE)
+            sys.stdout.write(importers.supervisord_to_toml(text, path=str(path)))
+        else:
+            raise CliError(f"cannot tell whether {path} is a Procfile or a supervisord.conf; say --from", EXIT_USAGE)
+    except importers.ImportFailed as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     return EXIT_OK
 
 
