@@ -179,6 +179,7 @@ depends_on = {{ web = "ready" }}
 ExecStart=
 ExecStart={PY} -m supervisor --config {path}
 Environment={UNIT_MARK}={unit_mark} SUPERVISE_TEST_MARK={leak_check} PYTHONDONTWRITEBYTECODE=1
+WatchdogSec=1
 """)
     machine.run("systemctl", "daemon-reload")
 
@@ -190,6 +191,12 @@ Environment={UNIT_MARK}={unit_mark} SUPERVISE_TEST_MARK={leak_check} PYTHONDONTW
     assert state["StatusText"] == "1 running, 1 ready"
     with socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+    # WatchdogSec=1 (drop-in): WATCHDOG=1 every 0.5 s from our loop moves systemd's timestamp;
+    # without pings systemd would abort and restart us after 1 s (checked below).
+    first = machine.show("supervise", "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"]
+    wait_until(lambda: machine.show("supervise", "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"] != first,
+               timeout=3, interval=0.05, message="a watchdog ping to reach systemd")
+    watched_since = time.monotonic()
     running = wait_until(lambda: len(unit_processes(unit_mark)) == 3 and unit_processes(unit_mark),
                          timeout=5, message="supervise, web and worker seen from the host")
     pids = {p.pid: p.create_time() for p in running}
@@ -212,6 +219,10 @@ Environment={UNIT_MARK}={unit_mark} SUPERVISE_TEST_MARK={leak_check} PYTHONDONTW
     wait_until(lambda: machine.show("supervise", "ActiveState", "StatusText") ==
                {"ActiveState": "active", "StatusText": "2 running, 1 ready"}, timeout=10, interval=0.05,
                message="the unit to be active again after the bad reload")
+
+    # More than WatchdogSec after the start, the same supervise still runs: the pings arrived.
+    wait_until(lambda: time.monotonic() - watched_since > 1.2, timeout=2, message="a watchdog period to pass")
+    assert machine.show("supervise", "MainPID", "NRestarts") == {"MainPID": state["MainPID"], "NRestarts": "0"}
 
     # KillMode=mixed: SIGTERM to supervise alone; it stops the services itself.
     assert machine.run("systemctl", "stop", "supervise").returncode == 0
