@@ -152,18 +152,21 @@ def summarize(reconciler: "Reconciler") -> str:
     return ", ".join(f"{counts[p]} {p.value}" for p in Phase if counts[p])
 
 
-def not_up(reconciler: "Reconciler") -> list[str]:
-    """Services of the desired state that are not up yet, as ``"NAME (phase)"``: a service is
-    up when every replica runs, and is ready where the service has a ``ready`` check."""
-    waiting = []
+def not_up(reconciler: "Reconciler") -> tuple[list[str], list[str]]:
+    """Services of the desired state that are not up, as ``"NAME (phase)"``, in two lists:
+    those still on their way, and those that cannot get there now (failed on the start limit,
+    build failed, held), which only a change to the file or a user can help. A service is up
+    when every replica runs, and is ready where the service has a ``ready`` check."""
+    waiting, stuck = [], []
     for name, spec in reconciler.desired.services.items():
         controller = reconciler.controllers.get(name)
         condition = Condition.READY if spec.ready is not None else Condition.STARTED
-        if controller is None:
-            waiting.append(f"{name} (pending)")
-        elif not controller.reached(condition):
-            waiting.append(f"{name} ({controller.phase.value})")
-    return waiting
+        state = controller.reached(condition) if controller is not None else False
+        if state is None:
+            stuck.append(f"{name} ({controller.phase.value})")  # type: ignore[union-attr]
+        elif not state:
+            waiting.append(f"{name} ({controller.phase.value if controller else 'pending'})")
+    return waiting, stuck
 
 
 class UnitReporter:
@@ -213,13 +216,16 @@ class UnitReporter:
             self._pending = asyncio.get_running_loop().call_later(wait, self._send_status)
 
     def reload(self, apply: Callable[[], Awaitable[object]]) -> None:
-        """Run ``apply`` (a reload pass) between ``RELOADING=1`` and ``READY=1``."""
+        """Run ``apply`` (a reload pass) between ``RELOADING=1`` and ``READY=1``. Before the
+        first ``READY=1`` (still starting) nothing is sent: that one will follow anyway."""
         async def reloading() -> None:
-            self.sd.reloading()
+            announce = self.is_ready
+            if announce:
+                self.sd.reloading()
             try:
                 await apply()
             finally:
-                if not self._done:
+                if announce and not self._done:
                     self.sd.ready(self._status_text())
 
         self._spawn(reloading())
@@ -259,12 +265,13 @@ class UnitReporter:
             self.sd.status(text)
 
     def _converged(self) -> bool:
+        """The first apply returned and nothing is still on its way up."""
         reconciler = self.reconciler
-        return reconciler is not None and reconciler.applied > 0 and not not_up(reconciler)
+        return reconciler is not None and reconciler.applied > 0 and not not_up(reconciler)[0]
 
     async def _announce_ready(self) -> None:
-        """READY=1 once the first apply returned and every service is up, or at the timeout
-        (then with a STATUS naming what is not up)."""
+        """READY=1 once the first apply returned and every service is up or cannot get there
+        now, or at the timeout; the STATUS then names what is not up."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ready_timeout
         while not self._converged():
@@ -280,9 +287,12 @@ class UnitReporter:
             return
         self.is_ready = True
         text = self._status_text()
+        waiting, stuck = not_up(self.reconciler) if self.reconciler is not None else ([], [])
         if not self._converged():
-            waiting = not_up(self.reconciler) if self.reconciler is not None else []
-            text = f"{text}; not up after {self.ready_timeout:g}s: {', '.join(waiting) or 'first pass'}"
+            text = f"{text}; not up after {self.ready_timeout:g}s: {', '.join(waiting + stuck) or 'first pass'}"
+        elif stuck:
+            text = f"{text}; not up: {', '.join(stuck)}"
+        if text != self._status_text():
             log.warning("telling systemd we are ready although not everything is up: %s", text)
         self._last_status = text
         self._last_sent = time.monotonic()

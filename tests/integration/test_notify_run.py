@@ -88,9 +88,15 @@ def start(path: Path, listener: NotifyListener, tmp_path: Path, **env: str) -> s
 
 
 def finish(proc: subprocess.Popen) -> None:
+    """Stop a supervisor left running by a failed test: SIGTERM (it stops its services), then
+    SIGKILL if it does not exit in time."""
     if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def test_ready_after_convergence_status_reload_watchdog_and_stopping(tmp_path, listener):
@@ -176,6 +182,28 @@ start_limit = {{ burst = 1000, interval = "1m" }}
         crashes = (tmp_path / ".supervise/logs/crashy.log").read_text().count("exited: exit 3")
         assert crashes >= 5  # many phase changes happened...
         assert len(window) <= 5  # ...but at most ~4 STATUS updates a second reached systemd
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        finish(proc)
+
+
+def test_ready_at_once_when_a_service_cannot_get_up_now(tmp_path, listener):
+    """A build that fails will not fix itself: READY=1 does not wait for the timeout."""
+    path = write(tmp_path / "services.toml", f"""
+[services.ok]
+command = ["{PY}", "-c", "import time; time.sleep(300)"]
+
+[services.broken]
+build = ["{PY}", "-c", "raise SystemExit('no compiler here')"]
+command = ["{PY}", "-c", "import time; time.sleep(300)"]
+""")
+    proc = start(path, listener, tmp_path, SUPERVISE_READY_TIMEOUT="60")
+    try:
+        began = time.monotonic()
+        ready = listener.until("READY", "1", timeout=15)
+        assert time.monotonic() - began < 10
+        assert ready["STATUS"] == "1 build-failed, 1 running; not up: broken (build-failed)"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
