@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__, config, logs
 from .config import ConfigError
@@ -22,6 +22,9 @@ from .events import Event, EventType, Notifier
 from .model import Desired, Observed
 from .notify import SdNotify, UnitReporter, journal_stream
 from .plan import plan as make_plan
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .reconciler import Reconciler
 
 log = logging.getLogger("supervise")
 
@@ -106,34 +109,11 @@ def cmd_plan(path: Path) -> int:
 
 def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
     """Print the services.toml equivalent of the Procfile or supervisord.conf at ``path``."""
-    from . import importers
+    from .importers import ImportFailed, import_file
 
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CliError(f"cannot read {path}: {exc}", EXIT_USAGE) from None
-    format = format or importers.guess_format(str(path), text)
-    try:
-        if format == "procfile":
-            env = env if env is not None else (path.parent / ".env" if (path.parent / ".env").is_file() else None)
-            env_text = None
-            if env is not None:
-                try:
-                    env_text = env.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise CliError(f"cannot read {env}: {exc}", EXIT_USAGE) from None
-            named = None if env is None else os.path.relpath(env.resolve(), path.resolve().parent)
-            if named is not None and named.startswith(".."):
-                named = str(env.resolve())
-            sys.stdout.write(importers.procfile_to_toml(text, env_text=env_text, env_file=named,
-                                                        source_name=path.name))
-        elif format == "supervisord":
-            if env is not None:
-                raise CliError("--env is for a Procfile; supervisord.conf has environment= lines", EXIT_USAGE)
-            sys.stdout.write(importers.supervisord_to_toml(text, path=str(path)))
-        else:
-            raise CliError(f"cannot tell whether {path} is a Procfile or a supervisord.conf; say --from", EXIT_USAGE)
-    except importers.ImportFailed as exc:
+        sys.stdout.write(import_file(path, env=env, format=format))
+    except ImportFailed as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     return EXIT_OK
 
@@ -226,7 +206,7 @@ def systemd_reporter() -> UnitReporter:
     return UnitReporter(sd, ready_timeout=timeout)
 
 
-def reload_on_sighup(unit: UnitReporter, reconciler, load) -> None:
+def reload_on_sighup(unit: UnitReporter, reconciler: "Reconciler", load: Callable[[], Desired | None]) -> None:
     """SIGHUP: re-read the file and apply it, between ``RELOADING=1`` and ``READY=1``. An
     invalid file is reported by ``load`` (None) and the last good one stays in force."""
     async def apply() -> None:

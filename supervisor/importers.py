@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import glob
 import io
+import os
 import re
 import shlex
 import signal
@@ -26,6 +27,39 @@ from .config import NAME_RE
 
 class ImportFailed(Exception):
     """The input cannot be read as the format it claims to be; the message says where."""
+
+
+def import_file(path: Path, *, env: Path | None = None, format: str | None = None) -> str:
+    """services.toml text for the Procfile or supervisord.conf at ``path``.
+
+    ``format`` is ``"procfile"`` or ``"supervisord"`` (None: :func:`guess_format`). For a
+    Procfile, ``env`` is the dotenv file (None: ``.env`` beside it, if any), named relative to
+    the Procfile's folder when inside it. Raises ImportFailed for unreadable files, an unknown
+    format or input that cannot be converted.
+    """
+    text = _read(path)
+    format = format or guess_format(str(path), text)
+    if format == "supervisord":
+        if env is not None:
+            raise ImportFailed("--env is for a Procfile; supervisord.conf has environment= lines")
+        return supervisord_to_toml(text, path=str(path))
+    if format != "procfile":
+        raise ImportFailed(f"cannot tell whether {path} is a Procfile or a supervisord.conf; say --from")
+    if env is None and (path.parent / ".env").is_file():
+        env = path.parent / ".env"
+    if env is None:
+        return procfile_to_toml(text, source_name=path.name)
+    named = os.path.relpath(env.resolve(), path.resolve().parent)
+    if named.startswith(".."):
+        named = str(env.resolve())
+    return procfile_to_toml(text, env_text=_read(env), env_file=named, source_name=path.name)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportFailed(f"cannot read {path}: {exc}") from None
 
 
 # -- shared ---------------------------------------------------------------------------------
