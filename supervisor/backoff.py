@@ -35,7 +35,8 @@ class BackoffState:
         self.attempt += 1
         if self.attempt == 1:
             return 0.0
-        raw = self.spec.initial * 2 ** (self.attempt - 2)
+        # the exponent is capped: 2**1024 does not fit a float, and any max is reached long before
+        raw = self.spec.initial * 2.0 ** min(self.attempt - 2, 1000)
         jittered = raw * (1 + 0.2 * self.rng())
         delay = min(self.spec.max, max(self.last_delay, jittered))
         self.last_delay = delay

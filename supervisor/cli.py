@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Sequence
 
 from . import __version__, config, logs
 from .config import ConfigError
-from .durations import parse_duration
-from .events import Event, EventType, Notifier
-from .model import Desired, Observed
-from .notify import SdNotify, UnitReporter, journal_stream
+from .control.client import Client, ControlError, NotRunning
+from .durations import format_duration
+from .model import Observed
+from .notify import journal_stream
 from .plan import plan as make_plan
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .reconciler import Reconciler
 
 log = logging.getLogger("supervise")
 
@@ -41,8 +40,10 @@ class CliError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", type=Path, default=None,
+    common.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
                         help="config file (default: $SUPERVISE_CONFIG or ./services.toml)")
+    names = argparse.ArgumentParser(add_help=False)
+    names.add_argument("services", nargs="*", metavar="NAME", help="services (default: all)")
     parser = argparse.ArgumentParser(
         prog="supervise", parents=[common],
         description="Converge this machine to services.toml and keep it there.")
@@ -51,7 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.add_parser("run", parents=[common], help="run in the foreground (the default verb)")
     sub.add_parser("check", parents=[common], help="validate the config; exit 2 listing every error")
-    sub.add_parser("plan", parents=[common], help="print what a run would do now, one action a line")
+    sub.add_parser("plan", parents=[common],
+                   help="print what a run would do now (against the running supervisor, if any)")
+    status = sub.add_parser("status", parents=[common, names],
+                            help="table of replicas; exit 3 when one asked about is not running")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    logs_ = sub.add_parser("logs", parents=[common, names], help="print (and follow) service logs")
+    logs_.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs_.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="last N lines of each (default 10)")
+    for verb, text in (("start", "start services a user stopped, or failed ones"),
+                       ("stop", "stop services and hold them stopped until a start"),
+                       ("restart", "restart services (not counted towards the start limit)")):
+        one = sub.add_parser(verb, parents=[common], help=text)
+        one.add_argument("services", nargs="+", metavar="NAME")
+    sub.add_parser("reload", parents=[common], help="re-read the config file and apply it now")
+    events = sub.add_parser("events", parents=[common, names], help="stream events as JSON lines")
+    del events
     add_import_verb(sub)
     return parser
 
@@ -70,15 +86,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    path = args.config or config.default_config_path()
+    path = getattr(args, "config", None) or config.default_config_path()
+    verb = args.verb or "run"
     try:
-        if args.verb == "check":
+        if verb == "check":
             return cmd_check(path)
-        if args.verb == "plan":
+        if verb == "plan":
             return cmd_plan(path)
-        if args.verb == "import":
+        if verb == "run":
+            return cmd_run(path)
+        if verb == "logs":
+            return cmd_logs(path, args.services, args.lines, args.follow)
+        if verb == "import":
             return cmd_import(args.file, args.env, args.format)
-        return cmd_run(path)
+        return cmd_remote(verb, path, args)
     except ConfigError as exc:
         for diagnostic in exc.diagnostics:
             print(diagnostic, file=sys.stderr)
@@ -86,8 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"supervise: {exc}", file=sys.stderr)
         return exc.code
-    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C outside the loop
+    except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `supervise events | head`
+        sys.stderr.close()
+        return EXIT_OK
+
+
+def state_dir_of(path: Path) -> Path:
+    return config.load(path).settings.state_dir
 
 
 def cmd_check(path: Path) -> int:
@@ -99,10 +127,16 @@ def cmd_check(path: Path) -> int:
 
 def cmd_plan(path: Path) -> int:
     desired = config.load(path)
-    the_plan = make_plan(desired, Observed.empty())
-    for line in the_plan.lines():
+    try:
+        with Client(desired.settings.state_dir) as client:
+            lines = client.call("plan")["actions"]
+    except NotRunning:
+        lines = make_plan(desired, Observed.empty()).lines()
+    except ControlError as exc:
+        raise CliError(str(exc)) from None
+    for line in lines:
         print(line)
-    if not the_plan:
+    if not lines:
         print("nothing to do")
     return EXIT_OK
 
@@ -119,123 +153,91 @@ def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
 
 
 def cmd_run(path: Path) -> int:
+    from .daemon import AlreadyRunning, Daemon
+
     desired = config.load(path)
-    return asyncio.run(_run(path, desired))
-
-
-async def _run(path: Path, desired: Desired) -> int:
-    from .reconciler import Reconciler
-
-    loop = asyncio.get_running_loop()
-    notifier = Notifier()
-    notifier.add_listener(print_event)
-    unit = systemd_reporter()
-    reconciler = Reconciler(desired, notifier, on_change=unit.changed)
-    unit.attach(reconciler)
-    await reconciler.start()
-    tail = logs.ConsoleTail(logs.log_dir(desired.settings.state_dir))
-    tail.start()
-    for name in desired.services:
-        tail.add(name, logs.log_path(desired.settings.state_dir, name))
-    notifier.add_listener(lambda event: event.type is EventType.CREATE and event.service and
-                          tail.add(event.service, logs.log_path(desired.settings.state_dir, event.service)))
-
-    last_error: list[str] = [""]
-
-    def load() -> Desired | None:
-        try:
-            new = config.load(path)
-        except ConfigError as exc:
-            text = str(exc)
-            if text != last_error[0]:
-                log.error("config not applied, the last good one stays in force:\n%s", text)
-                notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[str(d) for d in exc.diagnostics])
-            last_error[0] = text
-            return None
-        last_error[0] = ""
-        if new.settings.state_dir != desired.settings.state_dir:
-            log.warning("state_dir changes take effect at the next start")
-        return new
-
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload_on_sighup(unit, reconciler, load))
-
-    log.info("supervise %s: %d services from %s (state in %s)", __version__, len(desired.services),
-             path, desired.settings.state_dir)
-    runner = asyncio.create_task(reconciler.run(load))
-    reconciler.request()
-    unit.start()
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
-    unit.stopping()
-    log.info("stopping every service")
-    runner.cancel()
     try:
-        await runner
-    except asyncio.CancelledError:
-        pass
-    except Exception:  # pragma: no cover - reported, then we still stop everything
-        log.exception("reconciler failed")
-    await unit.close()  # a reload in progress ends here, before the services stop
-    await reconciler.shutdown()
-    tail.stop()
-    notifier.close()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.remove_signal_handler(sig)
-    log.info("stopped")
+        return asyncio.run(Daemon(path, desired).run())
+    except AlreadyRunning as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
+    state_dir = state_dir_of(path)
+    try:
+        with Client(state_dir, timeout=None if verb in ("events", "reload", "restart", "start", "stop") else 30) as client:
+            if verb == "events":
+                for event in client.stream("events", services=args.services):
+                    print(json.dumps(event, separators=(",", ":")), flush=True)
+                return EXIT_OK
+            reply = client.call(verb, services=getattr(args, "services", []))
+    except NotRunning as exc:
+        raise CliError(str(exc)) from None
+    except ControlError as exc:
+        raise CliError(str(exc)) from None
+    if verb == "status":
+        rows = reply["services"]
+        if args.json:
+            print(json.dumps(reply, indent=2))
+        else:
+            print_status(rows)
+        up = all(row["phase"] in ("running", "ready") for row in rows)
+        return EXIT_OK if up else EXIT_NOT_RUNNING
+    if verb == "reload":
+        for line in reply["actions"] or ["nothing to do"]:
+            print(line)
+        return EXIT_OK
+    print_status(reply["services"])
     return EXIT_OK
 
 
-def systemd_reporter() -> UnitReporter:
-    """What ``run`` tells systemd (``Type=notify``; a no-op without ``$NOTIFY_SOCKET``).
-
-    ``$NOTIFY_SOCKET`` and ``$WATCHDOG_*`` are read, then removed so services do not inherit
-    them. ``$SUPERVISE_READY_TIMEOUT`` (a duration, default 60s) bounds the wait for the first
-    convergence before ``READY=1`` is sent anyway.
-    """
-    sd = SdNotify.from_environ(unset=True)
-    raw = os.environ.get("SUPERVISE_READY_TIMEOUT", "").strip()
-    timeout = 60.0
-    if raw:
-        try:
-            timeout = float(raw) if raw.replace(".", "", 1).isdigit() else parse_duration(raw)
-        except ValueError as exc:
-            log.warning("SUPERVISE_READY_TIMEOUT ignored: %s", exc)
-    return UnitReporter(sd, ready_timeout=timeout)
+def print_status(rows: list[dict]) -> None:
+    """The status table: one line per replica."""
+    header = ("SERVICE", "REPLICA", "PHASE", "PID", "VERSION", "UPTIME", "RESTARTS", "LAST EXIT", "READY", "MESSAGE")
+    table = [header]
+    for row in rows:
+        table.append((
+            row["service"], "-" if row["replica"] is None else str(row["replica"]),
+            row["phase"] + (" (held)" if row.get("held") else ""), str(row["pid"] or "-"),
+            row["version"] or "-", format_duration(row["uptime"]) if row["uptime"] is not None else "-",
+            str(row["restarts"]), row["last_exit"] or "-", "yes" if row["ready"] else "no", row.get("message") or "",
+        ))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
 
 
-def reload_on_sighup(unit: UnitReporter, reconciler: "Reconciler", load: Callable[[], Desired | None]) -> None:
-    """SIGHUP: re-read the file and apply it, between ``RELOADING=1`` and ``READY=1``. An
-    invalid file is reported by ``load`` (None) and the last good one stays in force."""
-    async def apply() -> None:
-        desired = load()
-        if desired is not None:
-            await reconciler.apply(desired)
+def cmd_logs(path: Path, services: list[str], lines: int, follow: bool) -> int:
+    """Print the last ``lines`` lines of each service log, then follow them with -f.
 
-    unit.reload(apply)
-
-
-def print_event(event: Event) -> None:
-    """One readable log line per life-cycle event (JSON is what ``supervise events`` gives)."""
-    data = event.data
-    who = event.service or ""
-    if "replica" in data:
-        who = f"{who}[{data['replica']}]"
-    detail = []
-    for key in ("pid", "exit", "delay", "reason", "error"):
-        if data.get(key) not in (None, ""):
-            detail.append(f"{key} {data[key]}" if key in ("pid", "delay") else str(data[key]))
-    if event.version:
-        detail.append(f"version {event.version}")
-    level = logging.ERROR if event.type in (EventType.BUILD_FAILED, EventType.FETCH_FAILED, EventType.FAILED,
-                                            EventType.START_FAILED) else logging.INFO
-    if event.type is EventType.CONFIG_ERROR:
-        return
-    log.log(level, "%s %s%s", event.type.value, who, (": " + ", ".join(detail)) if detail else "")
-    for line in data.get("tail", []) or []:
-        log.log(level, "    %s", line)
+    Reads the files directly, so it works whether or not a supervisor is running."""
+    desired = config.load(path)
+    state_dir = desired.settings.state_dir
+    names = services or list(desired.services)
+    unknown = [n for n in names if n not in desired.services and not logs.log_path(state_dir, n).exists()]
+    if unknown:
+        raise CliError("unknown service: " + ", ".join(unknown))
+    tail = logs.ConsoleTail(logs.log_dir(state_dir), stream=sys.stdout)
+    tail.notes = True
+    tail.width = max([8, *(len(n) for n in names)])
+    for name in names:
+        path_ = logs.log_path(state_dir, name)
+        tail.add(name, path_)
+        followed = tail.files[path_]
+        for line in logs.last_lines(path_, lines):
+            tail._print(followed, [line])
+    if not follow:
+        return EXIT_OK
+    tail.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tail.stop()
+    return EXIT_OK
 
 
 class _Formatter(logging.Formatter):

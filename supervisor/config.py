@@ -8,6 +8,7 @@ compiler error: ``services.toml:12:5: services.api: unknown key "comand" (did yo
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import shlex
@@ -21,12 +22,13 @@ import tomlkit
 import tomlkit.exceptions
 from dotenv import dotenv_values
 
-from .durations import parse_duration
+from .durations import parse_duration, parse_size
 from .model import (
     Backoff,
     Condition,
     Dependency,
     Desired,
+    LogPolicy,
     RestartPolicy,
     ServiceSpec,
     Settings,
@@ -38,12 +40,13 @@ from .model import (
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 TOP_KEYS = ("supervise", "env", "services")
-SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions")
+SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log")
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
-    "watch", "shell", "user",
+    "watch", "shell", "user", "log",
 )
+LOG_KEYS = ("max_size", "backups", "timestamps")
 RUNTIMES = ("local", "kubernetes")
 CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
@@ -97,9 +100,15 @@ def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
     path = Path(path)
     try:
         document = tomlkit.parse(text)
-    except tomlkit.exceptions.ParseError as exc:
+    except tomlkit.exceptions.TOMLKitError as exc:
+        # ParseError's col is a 0-based offset; KeyAlreadyPresent (a key repeated in one
+        # table) carries no position at all, so find the repeated key ourselves.
+        if isinstance(exc, tomlkit.exceptions.ParseError):
+            line, col = exc.line, exc.col + 1
+        else:
+            line, col = _Locator(text).duplicate()
         message = str(exc).split(" at line ")[0]
-        raise ConfigError([Diagnostic(str(path), exc.line, exc.col, f"TOML syntax error: {message}")]) from None
+        raise ConfigError([Diagnostic(str(path), line, col, f"TOML syntax error: {message}")]) from None
     return _Validator(document.unwrap(), _Locator(text), path).run()
 
 
@@ -134,9 +143,31 @@ class _Locator:
                 full = table + self._split(key.group(2))
                 self.entries.append((full, number, len(key.group(1)) + 1, line, key.end()))
 
-    @staticmethod
-    def _split(dotted: str) -> tuple[str, ...]:
-        return tuple(part.strip().strip("\"'") for part in dotted.split("."))
+    _PART = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^.\"'\s]+")
+
+    @classmethod
+    def _split(cls, dotted: str) -> tuple[str, ...]:
+        """Dotted key -> parts; quoted parts may hold dots (``services."a.b"``) and escapes."""
+        parts = []
+        for part in cls._PART.findall(dotted):
+            if part.startswith('"'):
+                try:
+                    part = json.loads(part)
+                except ValueError:
+                    part = part[1:-1]
+            elif part.startswith("'"):
+                part = part[1:-1]
+            parts.append(part)
+        return tuple(parts)
+
+    def duplicate(self) -> tuple[int, int]:
+        """(line, column) of the first key path defined a second time, or (0, 0)."""
+        seen: set[tuple[str, ...]] = set()
+        for path, line, col, _text, _start in self.entries:
+            if path in seen:
+                return line, col
+            seen.add(path)
+        return 0, 0
 
     def find(self, keys: tuple[str, ...]) -> tuple[int, int]:
         """1-based (line, column) of ``keys``, or of its closest located ancestor; (0, 0)."""
@@ -152,6 +183,10 @@ class _Locator:
                 match = inner.search(text, value_start)
                 if match:
                     return line, match.start() + 1 + len(match.group(0)) - len(match.group(0).lstrip("{, \t"))
+        if not best[0]:  # only defined through sub-tables, e.g. ``[service.api]`` for "service"
+            for path, line, col, _text, _start in self.entries:
+                if path[: len(keys)] == keys:
+                    return line, col
         return best[1], best[2]
 
 
@@ -162,6 +197,7 @@ class _Validator:
         self.path = path
         self.base = path.resolve().parent if str(path) else Path.cwd()
         self.diagnostics: list[Diagnostic] = []
+        self.default_log = LogPolicy()
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -273,7 +309,9 @@ class _Validator:
                 self.error(keys + ("keep_versions",), '"keep_versions" must be at least 1')
             elif value is not None:
                 keep = value
-        return Settings(state_dir=state_dir, runtime=runtime, poll=poll, keep_versions=keep)
+        log = self.log_policy(keys + ("log",), table["log"], LogPolicy()) if "log" in table else LogPolicy()
+        self.default_log = log
+        return Settings(state_dir=state_dir, runtime=runtime, poll=poll, keep_versions=keep, log=log)
 
     def service(self, name: str, table: Any, global_env: dict[str, str]) -> ServiceSpec | None:
         keys = ("services", name)
@@ -377,6 +415,10 @@ class _Validator:
         if "user" in table:
             user = self.expect(get("user"), table["user"], str, "a user name")
 
+        log = self.default_log
+        if "log" in table:
+            log = self.log_policy(get("log"), table["log"], self.default_log)
+
         if len(self.diagnostics) > errors_before or command is None or source is None:
             return None
         return ServiceSpec(
@@ -384,7 +426,7 @@ class _Validator:
             environment=MappingProxyType(env), env_file=env_file, replicas=replicas,
             restart=restart, backoff=backoff, start_limit=start_limit, stop_signal=stop_signal,
             stop_timeout=stop_timeout, depends_on=(), shell=shell, ready=ready, live=live,
-            update=update, watch=watch, user=user,
+            update=update, watch=watch, user=user, log=log,
         )
 
     def source(self, keys: tuple[str, ...], value: Any) -> SourceSpec | None:
@@ -429,6 +471,32 @@ class _Validator:
             self.error(keys, f'source folder "{value}" does not exist ({path})')
             return None
         return SourceSpec(kind="path", path=path)
+
+    def log_policy(self, keys: tuple[str, ...], value: Any, default: LogPolicy) -> LogPolicy:
+        if not isinstance(value, dict):
+            self.error(keys, f'"log" must be a table {{ max_size = "10MiB", backups = 5, timestamps = false }}, got {_type_name(value)}')
+            return default
+        self.unknown_keys(keys, value, LOG_KEYS)
+        max_bytes, backups, timestamps = default.max_bytes, default.backups, default.timestamps
+        if "max_size" in value:
+            try:
+                max_bytes = parse_size(value["max_size"])
+            except ValueError as exc:
+                self.error(keys + ("max_size",), f'"max_size": {exc}')
+            else:
+                if max_bytes < 1024:
+                    self.error(keys + ("max_size",), '"max_size" must be at least 1KiB')
+        if "backups" in value:
+            got = self.expect(keys + ("backups",), value["backups"], int, "a whole number")
+            if got is not None and not 0 <= got <= 1000:
+                self.error(keys + ("backups",), '"backups" must be between 0 and 1000')
+            elif got is not None:
+                backups = got
+        if "timestamps" in value:
+            got = self.expect(keys + ("timestamps",), value["timestamps"], bool, "true or false")
+            if got is not None:
+                timestamps = got
+        return LogPolicy(max_bytes=max_bytes, backups=backups, timestamps=timestamps)
 
     def backoff(self, keys: tuple[str, ...], value: Any) -> Backoff:
         if not isinstance(value, dict):
@@ -540,7 +608,9 @@ class _Validator:
             restart = False
             if isinstance(how, dict):
                 self.unknown_keys(keys + (dep,), how, ("condition", "restart"))
-                restart = bool(how.get("restart", False))
+                restart = self.expect(keys + (dep, "restart"), how.get("restart", False), bool, "true or false")
+                if restart is None:
+                    continue
                 how = how.get("condition", "started")
             if how not in conditions:
                 self.error(keys + (dep,), f'dependency condition must be one of {", ".join(conditions)}, got {how!r}{suggest(str(how), conditions)}')

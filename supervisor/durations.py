@@ -6,6 +6,7 @@ and systemd.time(7): ``ms``, ``s``, ``m``, ``h``, ``d`` (``us`` too).
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -21,6 +22,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like \"10s\", got a boolean")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):  # TOML has nan and inf
+            raise ValueError(f"duration must be a finite number of seconds, got {value}")
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value}")
         return float(value)
@@ -52,3 +55,27 @@ def format_duration(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds // 3600}h{seconds % 3600 // 60}m"
     return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``"10MiB"``, ``"500kB"``, ``"1G"`` or a whole number of bytes (IEC and SI
+    units, as systemd.resource-control(5) reads them, except that a bare ``K`` is 1000).
+
+    Raises ValueError for anything else.
+    """
+    if isinstance(value, bool):
+        raise ValueError('expected a size like "10MiB", got a boolean')
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"size must not be negative, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f'expected a size like "10MiB", got {type(value).__name__}')
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f'bad size {value!r}: use a number with a unit B, kB, KiB, MB, MiB, GB or GiB')
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])

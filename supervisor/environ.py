@@ -1,9 +1,9 @@
 """A replica's environment and ``${VAR}`` substitution in commands.
 
 Precedence, lowest first: the supervisor's own environment < ``[env]`` < ``env_file`` < the
-service's ``env`` < ``REPLICA`` (and ``SUPERVISE_SERVICE``). ``${VAR}``, ``${VAR:-default}``
-and ``$$`` (a literal ``$``) follow docker compose's interpolation rules; an unset variable
-becomes the empty string.
+service's ``env`` < ``REPLICA`` (and ``SUPERVISE_SERVICE``). ``${VAR}``, ``${VAR:-default}``,
+``${VAR-default}`` and ``$$`` (a literal ``$``) follow docker compose's interpolation rules; an
+unset variable becomes the empty string.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import re
 from typing import Mapping
 
-_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\})")
+_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)-([^}]*))?\})")
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -21,9 +21,10 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
-        name, default = match.group(1), match.group(2)
+        name, colon, default = match.group(1), match.group(2), match.group(3)
         value = env.get(name)
-        if not value and default is not None:
+        # "${VAR:-d}": d when VAR is unset or empty; "${VAR-d}": d only when VAR is unset
+        if default is not None and (value is None or (colon and not value)):
             return default
         return value or ""
 
@@ -39,6 +40,7 @@ def replica_env(service: str, environment: Mapping[str, str], replica: int,
     for key, value in environment.items():
         env[key] = expand(value, env)
     env["REPLICA"] = str(replica)
+    env["SUPERVISE_SERVICE"] = service
     return env
 
 

@@ -25,6 +25,7 @@ class EventType(str, enum.Enum):
     BUILT = "built"
     BUILD_FAILED = "build-failed"
     STARTED = "started"
+    ADOPTED = "adopted"
     START_FAILED = "start-failed"
     READY = "ready"
     EXITED = "exited"
@@ -33,6 +34,7 @@ class EventType(str, enum.Enum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+    ROLLED_BACK = "rolled-back"
     RELOADED = "reloaded"
     CONFIG_ERROR = "config-error"
 

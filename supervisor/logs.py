@@ -1,32 +1,57 @@
-"""Per-service log files and the prefixed console view of them.
+"""Per-service log files, fed through FIFOs that outlive the supervisor, and the console.
 
-Design: a replica's stdout and stderr are the log file itself, opened ``O_APPEND`` — the child
-writes straight to a file the supervisor does not own. So a child that writes fast never waits
-on us, nothing is lost if the supervisor dies or is slow, and adopted replicas keep logging
-across a supervisor restart. The console view (``NAME | line``) follows the files with inotify
-(watchdog), so it costs nothing while services are quiet.
+Design (issue 5, "nothing lost"): a replica's stdout and stderr are a FIFO in
+``STATE_DIR/run/``, which the child holds open for reading *and* writing (``O_RDWR``). The
+supervisor reads the other end with a :class:`Pump` on its event loop and appends whole lines
+to ``STATE_DIR/logs/NAME.log`` through the service's :class:`LogSink`. Because the child itself
+holds a read end, a supervisor that dies never makes the child's writes fail (no SIGPIPE); the
+kernel keeps up to 1 MiB of output in the FIFO until the next supervisor adopts the replica and
+drains it, so no line is lost across a restart. A child that writes more than that while no
+supervisor runs waits, rather than losing lines. (Output still buffered when a child *exits*
+while no supervisor runs is lost with the pipe: the kernel frees it.)
+
+Owning the file is what makes rotation safe: lines are written whole, rotation happens only
+between lines, and a log file deleted or moved by hand is noticed (inode check) and recreated.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import os
+import queue
 import sys
 import threading
 import time
+import uuid
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from .model import LogPolicy
+
 COLOURS = (36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96)
 #: Longest piece of a line shown at once on the console; the file keeps the whole line.
 MAX_CONSOLE_LINE = 64 * 1024
+#: A line longer than this (bytes) is written out in pieces rather than held in memory.
+MAX_PARTIAL = 16 * 1024 * 1024
+#: Bytes read from a pipe per read(2).
+READ_SIZE = 1 << 20
+#: Pipe capacity asked for (Linux caps it at /proc/sys/fs/pipe-max-size, 1 MiB by default).
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
+NOTE_PREFIX = b"[supervise "
 
 
 def log_dir(state_dir: Path) -> Path:
     return state_dir / "logs"
+
+
+def run_dir(state_dir: Path) -> Path:
+    return state_dir / "run"
 
 
 def log_path(state_dir: Path, service: str) -> Path:
@@ -34,23 +59,294 @@ def log_path(state_dir: Path, service: str) -> Path:
     return log_dir(state_dir) / f"{service}.log"
 
 
-def open_log(path: Path) -> int:
-    """An ``O_APPEND`` write fd for ``path`` (created 0640, folders 0700). Caller closes it."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+class Console:
+    """Prints service lines as ``NAME | line`` on ``stream`` from a thread of its own, so a
+    slow or stuck terminal never stalls the supervisor: past ``limit`` queued batches, console
+    output is dropped (the log files keep everything) and the count is reported."""
+
+    def __init__(self, stream: IO[str] | None = None, colour: bool | None = None, limit: int = 10000):
+        self.stream = stream or sys.stdout
+        self.colour = use_colour(self.stream) if colour is None else colour
+        self.width = 8
+        self.queue: queue.Queue[str | None] = queue.Queue(limit)
+        self.dropped = 0
+        self.thread = threading.Thread(target=self._run, name="console", daemon=True)
+        self.thread.start()
+
+    def prefix(self, name: str) -> str:
+        self.width = max(self.width, len(name))
+        label = name.ljust(self.width)
+        if self.colour:
+            colour = COLOURS[zlib.crc32(name.encode()) % len(COLOURS)]
+            return f"\x1b[{colour}m{label} |\x1b[0m "
+        return f"{label} | "
+
+    def lines(self, name: str, data: bytes) -> None:
+        """Queue complete lines (``data`` ends with a newline) for printing."""
+        prefix = self.prefix(name)
+        text = "".join(prefix + line[:MAX_CONSOLE_LINE].decode("utf-8", "replace").rstrip("\r") + "\n"
+                       for line in data.split(b"\n")[:-1] if not line.startswith(NOTE_PREFIX))
+        if not text:
+            return
+        try:
+            self.queue.put_nowait(text)
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            text = self.queue.get()
+            if text is None:
+                return
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
 
 
-NOTE_PREFIX = b"[supervise "
+class LogSink:
+    """Appends whole lines to one service's log file; rotates; survives the file being moved.
+
+    Not thread-safe: used from the event loop only.
+    """
+
+    def __init__(self, name: str, path: Path, policy: LogPolicy = LogPolicy(), console: Console | None = None):
+        self.name = name
+        self.path = path
+        self.policy = policy
+        self.console = console
+        self.fd: int | None = None
+        self.inode: tuple[int, int] | None = None
+        self.size = 0
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        st = os.fstat(fd)
+        self.fd, self.inode, self.size = fd, (st.st_dev, st.st_ino), st.st_size
+        return fd
+
+    def _file(self) -> int:
+        """The open fd, reopened when the file was deleted or moved away by hand."""
+        if self.fd is not None:
+            try:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self.inode:
+                    return self.fd
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        return self._open()
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` (whole lines, or a piece of an over-long line)."""
+        if not data:
+            return
+        if self.policy.timestamps:
+            stamp = _timestamp().encode()
+            lines = data.split(b"\n")
+            tail = lines.pop()
+            data = b"".join(stamp + line + b"\n" for line in lines) + (stamp + tail if tail else b"")
+        limit = self.policy.max_bytes
+        rest = memoryview(data)
+        while rest:
+            if self.size and self.size + len(rest) > limit:
+                # the part that fits, up to its last whole line; none fits: rotate first
+                room = limit - self.size
+                cut = bytes(rest[:room]).rfind(b"\n") + 1 if room > 0 else 0
+                if cut == 0:
+                    self._rotate()
+                    continue
+                piece, rest = rest[:cut], rest[cut:]
+            elif len(rest) > limit:
+                cut = bytes(rest[:limit]).rfind(b"\n") + 1 or len(rest)
+                piece, rest = rest[:cut], rest[cut:]
+            else:
+                piece, rest = rest, rest[len(rest):]
+            self._append(piece)
+        if self.console is not None:
+            self.console.lines(self.name, data)
+
+    def _append(self, data: memoryview) -> None:
+        fd = self._file()
+        while data:
+            written = os.write(fd, data)
+            data = data[written:]
+            self.size += written
+
+    def note(self, text: str) -> None:
+        """A supervisor note in the log: ``[supervise TIME] text``."""
+        self.write(f"[supervise {time.strftime('%Y-%m-%dT%H:%M:%S')}] {text}\n".encode("utf-8", "replace"))
+
+    def _rotate(self) -> None:
+        """NAME.log -> NAME.log.1 -> ... -> NAME.log.BACKUPS (the oldest dropped), between
+        two lines; with 0 backups the file is truncated instead."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.size = 0
+        backups = self.policy.backups
+        if backups <= 0:
+            os.truncate(self.path, 0)
+            return
+        for index in range(backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        try:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
-def append_note(path: Path, text: str) -> None:
-    """Append a supervisor note (``[supervise] text``) to a service log, one write(2)."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    fd = open_log(path)
+class LogRegistry:
+    """The sinks of one state dir, by service name, created on first use."""
+
+    def __init__(self, state_dir: Path, console: Console | None = None):
+        self.state_dir = state_dir
+        self.console = console
+        self.sinks: dict[str, LogSink] = {}
+
+    def sink(self, name: str, policy: LogPolicy | None = None) -> LogSink:
+        sink = self.sinks.get(name)
+        if sink is None:
+            sink = self.sinks[name] = LogSink(name, log_path(self.state_dir, name), policy or LogPolicy(), self.console)
+        elif policy is not None:
+            sink.policy = policy
+        return sink
+
+    def close(self) -> None:
+        for sink in self.sinks.values():
+            sink.close()
+
+
+class Pump:
+    """Moves a pipe's output into a sink, whole lines at a time, from the event loop.
+
+    ``done`` resolves at end of file: every writer (the child and anything it left running with
+    the same stdout) has closed it. A last line without a newline is written with one.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: LogSink,
+                 on_eof: Callable[[], None] | None = None):
+        self.loop = loop
+        self.fd = fd
+        self.sink = sink
+        self.on_eof = on_eof
+        self.partial = b""
+        self.done: asyncio.Future[None] = loop.create_future()
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        chunks = []
+        eof = False
+        while True:
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+            if len(data) < READ_SIZE:
+                break
+        if chunks:
+            buffer = self.partial + b"".join(chunks) if self.partial else b"".join(chunks)
+            cut = buffer.rfind(b"\n") + 1
+            self.sink.write(buffer[:cut])
+            self.partial = buffer[cut:]
+            if len(self.partial) > MAX_PARTIAL:
+                self.sink.write(self.partial)
+                self.partial = b""
+        if eof:
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading (at end of file, or when the supervisor stops; the FIFO keeps what
+        was not read for the next supervisor)."""
+        if self.done.done():
+            return
+        self.loop.remove_reader(self.fd)
+        if self.partial:
+            self.sink.write(self.partial + b"\n")
+            self.partial = b""
+        os.close(self.fd)
+        self.done.set_result(None)
+        if self.on_eof is not None:
+            self.on_eof()
+
+
+def make_fifo(state_dir: Path, name: str, index: int) -> tuple[Path, int, int]:
+    """A new FIFO for a replica's output: (path, our non-blocking read fd, the child's fd).
+
+    The child's fd is opened ``O_RDWR``, so the child holds a reader itself (see the module
+    doc). Pass it as stdout and stderr, then close it here.
+    """
+    folder = run_dir(state_dir)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo"
+    os.mkfifo(path, 0o600)
+    read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    child_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
-        os.write(fd, f"[supervise {stamp}] {text}\n".encode("utf-8", "replace"))
-    finally:
-        os.close(fd)
+        fcntl.fcntl(read_fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # smaller pipes still work; only the buffer during a supervisor restart shrinks
+    return path, read_fd, child_fd
+
+
+def reopen_fifo(path: Path) -> int | None:
+    """Our read end of an existing FIFO (a replica being adopted), or None if it is gone."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _timestamp() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d} "
+
+
+def last_lines(path: Path, count: int, chunk: int = 65536) -> list[bytes]:
+    """The last ``count`` complete lines of ``path`` (read backwards, so large logs are cheap);
+    our own ``[supervise ...]`` notes included. Empty when the file does not exist."""
+    if count <= 0:
+        return []
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            data = b""
+            position = end
+            while position > 0 and data.count(b"\n") <= count:
+                step = min(chunk, position)
+                position -= step
+                f.seek(position)
+                data = f.read(step) + data
+    except OSError:
+        return []
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines[-count:]
 
 
 def use_colour(stream: IO[str]) -> bool:
@@ -74,6 +370,7 @@ class ConsoleTail:
         self.lock = threading.Lock()
         self.width = 8
         self.observer: Observer | None = None
+        self.notes = False  # our own notes go to stderr in the foreground; `logs` shows them
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -126,7 +423,7 @@ class ConsoleTail:
         name = followed.name.ljust(self.width)
         prefix = f"\x1b[{followed.colour}m{name} |\x1b[0m " if self.colour else f"{name} | "
         out = "".join(prefix + line.decode("utf-8", "replace") + "\n" for line in lines
-                      if not line.startswith(NOTE_PREFIX))  # our notes are on stderr already
+                      if self.notes or not line.startswith(NOTE_PREFIX))
         try:
             self.stream.write(out)
             self.stream.flush()

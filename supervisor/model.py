@@ -114,6 +114,17 @@ class StartLimit:
 
 
 @dataclass(frozen=True)
+class LogPolicy:
+    """Rotation of one service log: past ``max_bytes`` the file becomes ``NAME.log.1`` (older
+    ones shift up to ``backups``; 0 backups truncates). ``timestamps`` prefixes each line with
+    the time it was read (ISO 8601, milliseconds, local time)."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 5
+    timestamps: bool = False
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """One ``[services.NAME]`` entry, validated, with defaults filled in.
 
@@ -143,6 +154,7 @@ class ServiceSpec:
     update: str = "recreate"
     watch: tuple[str, ...] = ()
     user: str | None = None
+    log: LogPolicy = LogPolicy()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServiceSpec):
@@ -170,6 +182,7 @@ class Settings:
     runtime: str = "local"
     poll: float = 60.0
     keep_versions: int = 3
+    log: LogPolicy = LogPolicy()
 
 
 @dataclass(frozen=True)
@@ -237,6 +250,7 @@ class ReplicaObserved:
     restarts: int = 0
     last_exit: Exit | None = None
     started_at: float | None = None  # wall clock seconds since the epoch
+    stale: bool = False  # adopted after a supervisor restart, started from another config
 
 
 @dataclass(frozen=True)
@@ -245,8 +259,8 @@ class ServiceObserved:
 
     ``spec`` is the spec the replicas were started with (None: never started). ``held`` is a
     user stop that outlives reloads; ``failed`` means the start limit was hit and nothing starts
-    until the spec changes or a user restarts it. ``revision`` is the newest known source
-    revision (git commit or folder hash), which may be newer than what runs.
+    until the spec changes or a user restarts it. ``build_failed`` says the last fetch or build
+    failed, for ``failed_revision``; that revision is not tried again until something changes.
     """
 
     name: str
@@ -256,6 +270,7 @@ class ServiceObserved:
     held: bool = False
     failed: bool = False
     build_failed: bool = False
+    failed_revision: str | None = None  # the source revision whose fetch or build failed
 
 
 @dataclass(frozen=True)

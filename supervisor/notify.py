@@ -191,6 +191,22 @@ class UnitReporter:
         self._pending: asyncio.TimerHandle | None = None
         self._done = False
 
+    @classmethod
+    def from_environ(cls) -> "UnitReporter":
+        """The reporter for this process: ``$NOTIFY_SOCKET`` and ``$WATCHDOG_*`` are read, then
+        removed so services do not inherit them. ``$SUPERVISE_READY_TIMEOUT`` (a duration or a
+        number of seconds, default 60) bounds the wait for the first convergence."""
+        from .durations import parse_duration
+
+        raw = os.environ.get("SUPERVISE_READY_TIMEOUT", "").strip()
+        timeout = 60.0
+        if raw:
+            try:
+                timeout = float(raw) if raw.replace(".", "", 1).isdigit() else parse_duration(raw)
+            except ValueError as exc:
+                log.warning("SUPERVISE_READY_TIMEOUT ignored: %s", exc)
+        return cls(SdNotify.from_environ(unset=True), ready_timeout=timeout)
+
     def attach(self, reconciler: "Reconciler") -> None:
         """The reconciler whose controllers are summarised."""
         self.reconciler = reconciler

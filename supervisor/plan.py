@@ -147,7 +147,8 @@ def _plan_service(
     changed = spec.changed_fields(obs.spec)
     running_revision = obs_revision(obs)
     new_revision = (revision is not None and running_revision is not None
-                    and revision[:len(running_revision)] != running_revision)
+                    and not _same_revision(revision, running_revision)
+                    and not (obs.build_failed and _same_revision(revision, obs.failed_revision)))
     if (obs.failed or obs.build_failed) and not changed and not new_revision and cascade is None:
         return []  # waits for a change of the file or the source, or a user restart
 
@@ -173,9 +174,14 @@ def _plan_service(
 
     if rebuild or new_revision or obs.build_failed:
         actions.extend(_deploy(spec, reason, [], ActionKind.START))
+    stale = [i for i in keep if obs.replicas[i].stale]
     if reason:
         actions.extend(Action(ActionKind.RESTART, name, i, reason) for i in keep)
         restarting[name] = reason
+    elif stale:
+        why = "adopted, but started from another config"
+        actions.extend(Action(ActionKind.RESTART, name, i, why) for i in stale)
+        restarting[name] = why
     elif changed and changed != ("replicas",):
         settings = [f for f in changed if f != "replicas"]
         actions.append(Action(ActionKind.UPDATE, name, None, _changed_reason(settings, obs.spec, spec, "applied in place")))
@@ -183,6 +189,14 @@ def _plan_service(
         why = reason or (f"replicas {len(running)} -> {spec.replicas}" if "replicas" in changed else "not running")
         actions.extend(Action(ActionKind.START, name, i, why) for i in missing)
     return actions
+
+
+def _same_revision(a: str | None, b: str | None) -> bool:
+    """Revisions are equal when one is a prefix of the other (versions carry 12 digits)."""
+    if not a or not b:
+        return False
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
 
 
 def obs_revision(obs: ServiceObserved) -> str | None:

@@ -21,12 +21,13 @@ import ctypes
 import errno
 import logging
 import os
+import resource
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import psutil
 
@@ -36,6 +37,25 @@ from .model import Exit
 log = logging.getLogger("supervise")
 
 PR_SET_CHILD_SUBREAPER = 36
+#: The RLIMIT_NOFILE our children get: the limit we were started with, before we raised ours.
+_child_nofile: tuple[int, int] | None = None
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise our soft RLIMIT_NOFILE to the hard limit (each replica costs us 2 fds: its output
+    FIFO and, shared per service, the log file). Children still get the original soft limit,
+    as systemd does (select(2) breaks above 1024). Returns the (soft, hard) now in force."""
+    global _child_nofile
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _child_nofile = (soft, hard)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft, hard
 
 
 def become_subreaper() -> bool:
@@ -62,6 +82,8 @@ class ProcessHandle:
     adopted: bool = False
     cgroup: Path | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
+    fifo: Path | None = None  # where its output goes (logs.make_fifo)
+    pump: Any = None  # the logs.Pump reading that FIFO
 
     @property
     def running(self) -> bool:
@@ -185,6 +207,11 @@ def spawn(
         )
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         raise SpawnError(_spawn_message(argv, cwd, exc)) from None
+    if _child_nofile is not None:
+        try:
+            resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, _child_nofile)
+        except (OSError, ValueError):
+            pass
     group = None
     if cgroup_parent is not None and cgroup_name:
         # Moved right after exec (no preexec_fn: unsafe with threads); anything it forks in
@@ -204,6 +231,8 @@ def spawn(
 
 
 def _spawn_message(argv: Sequence[str], cwd: str | os.PathLike[str], exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        return too_many_files()
     if isinstance(exc, FileNotFoundError):
         if not Path(cwd).is_dir():
             return f"working directory {cwd} does not exist"
@@ -354,6 +383,12 @@ def _anything_left(handle: ProcessHandle, snapshot: list[psutil.Process]) -> boo
         except psutil.Error:
             continue
     return False
+
+
+def too_many_files() -> str:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (f"too many open files (limit {soft}): each replica needs 2; raise the hard limit "
+            "(LimitNOFILE= in the systemd unit, ulimit -Hn)")
 
 
 def errno_name(exc: OSError) -> str:

@@ -17,12 +17,13 @@ import logging
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import cgroups, logs, procs
+from . import cgroups, logs, procs, state
 from .builds import Artifact, PrepareError, Preparer
 from .events import EventType, Notifier
-from .model import Desired, Observed, ServiceSpec
+from .config import NAME_RE
+from .model import Desired, Observed, ServiceSpec, SourceSpec
 from .plan import ActionKind, Plan, dependency_order, plan
-from .service import ServiceController
+from .service import ServiceController, _unlink
 
 log = logging.getLogger("supervise")
 
@@ -46,13 +47,14 @@ class Reconciler:
     """Converges the local machine to a Desired state and keeps it there."""
 
     def __init__(self, desired: Desired, notifier: Notifier | None = None,
-                 on_change: Callable[[], None] | None = None):
+                 on_change: Callable[[], None] | None = None, console: logs.Console | None = None):
         self.desired = desired
         self.settings = desired.settings
         self.state_dir = desired.settings.state_dir
         self.notifier = notifier or Notifier()
         self.on_change = on_change or (lambda: None)
         self.controllers: dict[str, ServiceController] = {}
+        self.logs = logs.LogRegistry(self.state_dir, console)
         self.revisions: dict[str, str] = {}
         self.reaper: procs.Reaper | None = None
         self.preparer: Preparer | None = None
@@ -71,7 +73,56 @@ class Reconciler:
         self.reaper = procs.Reaper(loop)
         tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
         self.cgroup_parent = cgroups.make_parent(f"supervise-{tag}")
-        self.preparer = Preparer(self.state_dir, self.reaper, self.settings.keep_versions)
+        self.preparer = Preparer(self.state_dir, self.reaper, self.logs, self.settings.keep_versions)
+
+    async def adopt(self, desired: Desired) -> int:
+        """Take over replicas that a previous supervisor on this state dir left running.
+
+        Each is verified (pid + create_time) before it is trusted. A replica made from another
+        config is adopted as *stale* and replaced by the first plan; one of a service no longer
+        in the file is adopted to be stopped. Returns how many were adopted.
+        """
+        loop = asyncio.get_running_loop()
+        adopted = 0
+        for name, record in state.load_all(self.state_dir).items():
+            if not NAME_RE.match(name):
+                continue
+            alive = []
+            for key, item in (record.get("replicas") or {}).items():
+                try:
+                    handle = procs.adopt(loop, int(item["pid"]), float(item["create_time"]))
+                except (KeyError, TypeError, ValueError):
+                    handle = None
+                if handle is None:
+                    if item.get("fifo"):
+                        _unlink(Path(item["fifo"]))
+                    continue
+                handle.fifo = Path(item["fifo"]) if item.get("fifo") else None
+                if item.get("cgroup"):
+                    handle.cgroup = Path(item["cgroup"])
+                alive.append((int(key), item, handle))
+            spec = desired.services.get(name)
+            if spec is None and alive:
+                first = alive[0][1]
+                spec = ServiceSpec(name=name, command=tuple(record.get("command") or ["?"]),
+                                   source=SourceSpec(kind="path", path=Path(first["workdir"])),
+                                   stop_signal=int(record.get("stop_signal", 15)),
+                                   stop_timeout=float(record.get("stop_timeout", 10.0)), replicas=0)
+            if spec is None:
+                continue
+            if not alive and not record.get("held"):
+                continue
+            controller = self.controllers.get(name) or self._controller(spec)
+            self.controllers[name] = controller
+            controller.held = bool(record.get("held", False))
+            current = state.fingerprint(spec)
+            for index, item, handle in alive:
+                artifact = Artifact(workdir=Path(item["workdir"]), version=str(item["version"]),
+                                    revision=str(item.get("revision") or item["version"].split("-")[0]))
+                stale = name not in desired.services or item.get("fingerprint") != current
+                controller.adopt(index, handle, spec, artifact, item.get("started_at"), int(item.get("restarts", 0)), stale)
+                adopted += 1
+        return adopted
 
     def observe(self) -> Observed:
         return Observed({name: c.observe() for name, c in self.controllers.items()})
@@ -128,7 +179,7 @@ class Reconciler:
         assert self.reaper is not None
         return ServiceController(spec, state_dir=self.state_dir, reaper=self.reaper, notifier=self.notifier,
                                  lookup=self.controllers.get, changed=self.on_change,
-                                 cgroup_parent=self.cgroup_parent)
+                                 sink=self.logs.sink(spec.name, spec.log), cgroup_parent=self.cgroup_parent)
 
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
         assert self.preparer is not None
@@ -140,7 +191,8 @@ class Reconciler:
             kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
             log.error("%s: %s%s", spec.name, exc, "".join(f"\n    {line}" for line in exc.tail))
             self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
-            controller.mark_build_failed(spec)
+            tried = exc.version.rsplit("-", 1)[0] if exc.version else self.revisions.get(spec.name)
+            controller.mark_build_failed(spec, tried)
             return None
         if spec.build:
             self.notifier.emit(EventType.BUILT, spec.name, artifact.version)
@@ -178,6 +230,8 @@ class Reconciler:
         await controller.stop_all("removed from config")
         del self.controllers[name]
         self.revisions.pop(name, None)
+        await asyncio.sleep(0)  # let a pending state write go first
+        state.remove(self.state_dir, name)
         self.notifier.emit(EventType.DELETE, name, controller.artifact.version if controller.artifact else None)
 
     async def shutdown(self) -> None:
@@ -187,8 +241,11 @@ class Reconciler:
             specs = {n: c.spec for n, c in self.controllers.items()}
             for level in reversed(dependency_levels(specs)):
                 await asyncio.gather(*(self.controllers[n].stop_all("supervisor stopping") for n in level))
+            for controller in self.controllers.values():
+                controller._persist_now()
         if self.reaper is not None:
             self.reaper.close()
+        self.logs.close()
         if self.cgroup_parent is not None:
             cgroups.remove(self.cgroup_parent)
 

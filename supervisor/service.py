@@ -10,6 +10,7 @@ start limit, stop signal and timeout) are read from the newest spec, so they app
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import health, logs, procs
+from . import health, logs, procs, state
 from .backoff import BackoffState, StartLimiter
 from .builds import Artifact
 from .environ import command_argv, replica_env
@@ -28,6 +29,21 @@ log = logging.getLogger("supervise")
 
 #: Phases in which a replica counts as up.
 UP = (Phase.RUNNING, Phase.READY)
+#: Crashes of a new version, before it has proven itself, that roll it back.
+ROLLBACK_CRASHES = 3
+#: Seconds a new version without a ready check must stay up to count as good.
+PROBATION = 10.0
+#: Seconds a start-first replacement without a ready check must stay up before the old stops.
+START_FIRST_GRACE = 1.0
+
+
+def _ready_deadline(spec: ServiceSpec) -> float:
+    """Seconds a new replica gets to pass its ready check: the start period, then ``retries``
+    probes (interval + timeout each), then 2 s of slack."""
+    check = spec.ready or {}
+    retries = max(int(check.get("retries", 3)), 1)  # type: ignore[call-overload]
+    return (float(check.get("start_period", 0.0)) + retries  # type: ignore[arg-type]
+            * (float(check.get("interval", 1.0)) + float(check.get("timeout", 1.0))) + 2.0)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -54,6 +70,10 @@ class Replica:
     stopping: bool = False
     ready: bool = False
     message: str = ""
+    stale: bool = False  # adopted, started from another config: the next plan replaces it
+    previous: Launch | None = None  # the last good launch, while this new one is on probation
+    probation_crashes: int = 0
+    probation_timer: asyncio.TimerHandle | None = None
 
     @property
     def pid(self) -> int | None:
@@ -69,7 +89,7 @@ class ServiceController:
 
     def __init__(self, spec: ServiceSpec, *, state_dir: Path, reaper: procs.Reaper, notifier: Notifier,
                  lookup: Callable[[str], "ServiceController | None"], changed: Callable[[], None],
-                 cgroup_parent: Path | None = None):
+                 sink: logs.LogSink, cgroup_parent: Path | None = None):
         self.spec = spec
         self.name = spec.name
         self.state_dir = state_dir
@@ -81,9 +101,12 @@ class ServiceController:
         self.replicas: dict[int, Replica] = {}
         self.artifact: Artifact | None = None
         self.build_failed = False
+        self.failed_revision: str | None = None
         self.held = False
+        self._persist_pending = False
+        self._tasks: set[asyncio.Task] = set()
         self.phase_changed = asyncio.Event()
-        self.log_path = logs.log_path(state_dir, spec.name)
+        self.sink = sink
 
     # -- observation -----------------------------------------------------------------------
 
@@ -91,13 +114,15 @@ class ServiceController:
         """This service as the planner sees it."""
         replicas = {
             i: ReplicaObserved(index=i, phase=r.phase, pid=r.pid, version=r.launch.artifact.version,
-                               restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at)
+                               restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at,
+                               stale=r.stale)
             for i, r in self.replicas.items()
         }
         failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
                                version=self.artifact.version if self.artifact else None,
-                               held=self.held, failed=failed, build_failed=self.build_failed)
+                               held=self.held, failed=failed, build_failed=self.build_failed,
+                               failed_revision=self.failed_revision)
 
     @property
     def phase(self) -> Phase:
@@ -141,10 +166,13 @@ class ServiceController:
                 replica.limiter = StartLimiter(spec.start_limit)
                 replica.backoff = BackoffState(spec.backoff)
         self.spec = spec
+        self.sink.policy = spec.log
 
-    def mark_build_failed(self, spec: ServiceSpec) -> None:
+    def mark_build_failed(self, spec: ServiceSpec, revision: str | None) -> None:
+        """The fetch or build of ``spec`` at ``revision`` failed; running replicas stay."""
         self.spec = spec
         self.build_failed = True
+        self.failed_revision = revision
         self.changed()
 
     async def start_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
@@ -156,6 +184,7 @@ class ServiceController:
         self.spec = spec
         self.artifact = artifact
         self.build_failed = False
+        self.sink.policy = spec.log
         old = self.replicas.get(index)
         if old is not None and (old.handle is not None or old.tasks):
             await self.stop_replica(index, reason)
@@ -174,26 +203,55 @@ class ServiceController:
         self._spawn(replica, reason)
 
     async def restart_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
-        """Replace replica ``index`` with a new process of ``spec``/``artifact`` (recreate:
-        the old one is fully stopped before the new one starts, so two never run at once)."""
+        """Replace replica ``index`` with a new process of ``spec``/``artifact``.
+
+        ``update = "recreate"``: the old process is fully stopped before the new one starts,
+        so two never run at once. ``"start-first"``: the new one starts beside the old, and the
+        old stops only once the new one is ready (or, without a ready check, has stayed up
+        :data:`START_FIRST_GRACE` seconds). Either way a new version that crash-loops or never
+        becomes ready is rolled back to the last good one (see :meth:`_rollback`).
+        """
         old = self.replicas.get(index)
+        previous = None
         if old is not None:
-            old_version = old.launch.artifact.version
-            if old_version != artifact.version:
-                reason = f"{reason} ({old_version} -> {artifact.version})"
+            healthy = old.handle is not None and old.handle.running and old.phase in UP
+            new_launch = (old.launch.artifact.version != artifact.version
+                          or state.fingerprint(old.launch.spec) != state.fingerprint(spec))
+            if healthy and new_launch:
+                previous = old.launch
+            if old.launch.artifact.version != artifact.version:
+                reason = f"{reason} ({old.launch.artifact.version} -> {artifact.version})"
+            if spec.update == "start-first" and healthy:
+                await self._start_first(old, spec, artifact, reason)
+                return
             self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index, reason=reason)
             await self.stop_replica(index, reason, remove=False)
             old.restarts += 1
         await self.start_replica(index, spec, artifact, reason)
+        new = self.replicas.get(index)
+        if new is not None and previous is not None:
+            new.previous = previous
+            self._arm_probation(new)
 
     async def stop_replica(self, index: int, reason: str, remove: bool = False) -> Exit | None:
         """Stop replica ``index``: stop signal, ``stop_timeout``, SIGKILL to the group."""
         replica = self.replicas.get(index)
         if replica is None:
             return None
+        exit = await self._stop_process(replica, reason)
+        if remove and self.replicas.get(index) is replica:
+            self.replicas.pop(index, None)
+            self.changed()
+            self.persist()
+        return exit
+
+    async def _stop_process(self, replica: Replica, reason: str) -> Exit | None:
+        """Stop ``replica``'s process (in the dict or not) and wait until its output is in."""
+        index = replica.index
         self._cancel_timer(replica)
         for task in list(replica.tasks):
-            task.cancel()
+            if task is not asyncio.current_task():
+                task.cancel()
         exit = None
         handle = replica.handle
         if handle is not None and (handle.running or procs.group_alive(handle.pgid)):
@@ -201,21 +259,162 @@ class ServiceController:
             self._set_phase(replica, Phase.STOPPING)
             version = replica.launch.artifact.version
             self.notifier.emit(EventType.STOPPING, self.name, version, replica=index, pid=handle.pid, reason=reason)
-            logs.append_note(self.log_path, f"stopping {self.name}[{index}] pid {handle.pid}: {reason}")
+            self.sink.note(f"stopping {self.name}[{index}] pid {handle.pid}: {reason}")
             exit = await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
+            await _drain(handle)
             replica.last_exit = exit
             replica.stopping = False
             self.notifier.emit(EventType.STOPPED, self.name, version, replica=index, pid=handle.pid, exit=str(exit))
-            logs.append_note(self.log_path, f"stopped {self.name}[{index}] pid {handle.pid}: {exit}")
+            self.sink.note(f"stopped {self.name}[{index}] pid {handle.pid}: {exit}")
         replica.handle = None
         self._set_phase(replica, Phase.STOPPED)
-        if remove:
-            self.replicas.pop(index, None)
-            self.changed()
         return exit
+
+    # -- safe updates: start-first and rollback ---------------------------------------------
+
+    async def _start_first(self, old: Replica, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
+        index = old.index
+        candidate = Replica(index=index, launch=Launch(spec, artifact), backoff=BackoffState(spec.backoff),
+                            limiter=StartLimiter(spec.start_limit), restarts=old.restarts + 1)
+        self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index,
+                           reason=f"{reason}; start-first")
+        candidate.limiter.allow(time.monotonic())  # type: ignore[union-attr]
+        self._spawn(candidate, f"{reason}; start-first")
+        ok, why = await self._proves_good(candidate)
+        if self.replicas.get(index) is not old:  # a stop or another change came meanwhile
+            await self._stop_process(candidate, "superseded")
+            return
+        if not ok:
+            await self._stop_process(candidate, f"new version {why}")
+            self._mark_rolled_back(index, artifact, old.launch.artifact, why)
+            return
+        self.replicas[index] = candidate
+        self.spec, self.artifact = spec, artifact
+        self.changed()
+        await self._stop_process(old, f"replaced by {artifact.version} (start-first)")
+        self.persist()
+
+    async def _proves_good(self, replica: Replica) -> tuple[bool, str]:
+        """Wait until ``replica`` is ready (or, with no ready check, up for the grace period).
+        (False, why) if it exits first or the deadline passes."""
+        spec = replica.launch.spec
+        handle = replica.handle
+        if handle is None:
+            return False, f"could not start: {replica.message}"
+        deadline = time.monotonic() + (_ready_deadline(spec) if spec.ready else START_FIRST_GRACE)
+        while True:
+            if spec.ready is not None and replica.ready:
+                return True, ""
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if spec.ready is None:
+                    return True, ""
+                return False, f"never became ready within {_ready_deadline(spec):g}s"
+            self.phase_changed.clear()
+            waiter = asyncio.ensure_future(self.phase_changed.wait())
+            done, _ = await asyncio.wait([waiter, asyncio.shield(handle.exited)], timeout=remaining,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if handle.exited.done():
+                return False, f"exited during start-up ({handle.exited.result()})"
+
+    def _arm_probation(self, replica: Replica) -> None:
+        """A new version is on probation until ready (or up for :data:`PROBATION` s)."""
+        spec = replica.launch.spec
+        delay = _ready_deadline(spec) if spec.ready else PROBATION
+        replica.probation_timer = asyncio.get_running_loop().call_later(delay, self._probation_over, replica)
+
+    def _probation_over(self, replica: Replica) -> None:
+        replica.probation_timer = None
+        if replica.previous is None or self.replicas.get(replica.index) is not replica:
+            return
+        spec = replica.launch.spec
+        if spec.ready is not None and not replica.ready:
+            self._rollback(replica, f"never became ready within {_ready_deadline(spec):g}s")
+        elif replica.phase in UP:
+            replica.previous = None  # proven
+        else:
+            self._rollback(replica, f"not running {PROBATION:g}s after the update ({replica.phase.value})")
+
+    def _probation_passed(self, replica: Replica) -> None:
+        replica.previous = None
+        if replica.probation_timer is not None:
+            replica.probation_timer.cancel()
+            replica.probation_timer = None
+
+    def _rollback(self, replica: Replica, why: str) -> None:
+        """Put the last good launch back in place of ``replica``'s new one."""
+        target = replica.previous
+        if target is None:
+            return
+        replica.previous = None
+        if replica.probation_timer is not None:
+            replica.probation_timer.cancel()
+            replica.probation_timer = None
+        self._mark_rolled_back(replica.index, replica.launch.artifact, target.artifact, why)
+
+        async def put_back() -> None:
+            await self._stop_process(replica, f"rolling back: {why}")
+            if self.replicas.get(replica.index) is not replica:
+                return
+            back = Replica(index=replica.index, launch=target, backoff=BackoffState(self.spec.backoff),
+                           limiter=StartLimiter(self.spec.start_limit), restarts=replica.restarts + 1)
+            self.replicas[replica.index] = back
+            self.artifact = target.artifact
+            back.limiter.allow(time.monotonic())  # type: ignore[union-attr]
+            self._spawn(back, f"rolled back to {target.artifact.version}")
+
+        self._background(put_back())
+
+    def _mark_rolled_back(self, index: int, bad: Artifact, good: Artifact, why: str) -> None:
+        self.build_failed = True  # "the newest version could not be deployed": not retried
+        self.failed_revision = bad.revision
+        message = f"rolled back {bad.version} -> {good.version}: {why}"
+        self.sink.note(f"{self.name}[{index}] {message}")
+        self.notifier.emit(EventType.ROLLED_BACK, self.name, good.version, replica=index, reason=why,
+                           bad_version=bad.version)
+        self.changed()
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop_all(self, reason: str) -> None:
         await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
+
+    # -- user verbs (supervise start/stop/restart) ------------------------------------------
+
+    async def hold(self, reason: str) -> None:
+        """A user stop: stop every replica and hold the service until :meth:`release`
+        (survives reloads of the file, like ``systemctl stop`` survives ``daemon-reload``)."""
+        self.held = True
+        await asyncio.gather(*(self.stop_replica(i, reason) for i in sorted(self.replicas)))
+        self.changed()
+        self.persist()
+
+    def release(self) -> None:
+        """A user start: drop the hold and forget replicas that do not run (stopped, exited,
+        failed), so the next plan starts them afresh with a clean start limit."""
+        self.held = False
+        self.build_failed = False
+        self.persist()
+        for index, replica in list(self.replicas.items()):
+            if replica.handle is None and replica.phase is not Phase.PENDING and replica.timer is None:
+                del self.replicas[index]
+            elif replica.phase is Phase.BACKOFF:
+                self._cancel_timer(replica)
+                del self.replicas[index]
+        self.changed()
+
+    async def user_restart(self) -> None:
+        """A user restart: running replicas are replaced now, the others start on the next
+        plan. Neither counts towards the start limit (a fresh limiter per replica)."""
+        running = [i for i, r in self.replicas.items() if r.handle is not None and r.handle.running]
+        self.release()
+        if self.artifact is not None:
+            await asyncio.gather(*(self.restart_replica(i, self.spec, self.artifact, "restarted by user")
+                                   for i in running))
 
     # -- processes -------------------------------------------------------------------------
 
@@ -259,25 +458,30 @@ class ServiceController:
         argv = command_argv(spec.command, spec.shell, env)
         cwd = artifact.workdir / spec.cwd
         self._set_phase(replica, Phase.STARTING)
-        fd = logs.open_log(self.log_path)
         try:
-            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=fd, user=spec.user,
-                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}")
+            fifo, read_fd, child_fd = logs.make_fifo(self.state_dir, self.name, replica.index)
+        except OSError as exc:
+            message = procs.too_many_files() if exc.errno in (errno.EMFILE, errno.ENFILE) else f"cannot make output FIFO: {exc}"
+            self._start_failed(replica, artifact.version, message)
+            return
+        try:
+            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=child_fd, user=spec.user,
+                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}.{os.urandom(4).hex()}")
         except procs.SpawnError as exc:
-            replica.handle = None
-            replica.message = str(exc)
-            logs.append_note(self.log_path, f"cannot start {self.name}[{replica.index}]: {exc}")
-            self.notifier.emit(EventType.START_FAILED, self.name, artifact.version, replica=replica.index, error=str(exc))
-            self._after_exit(replica, Exit(code=127), uptime=0.0)
+            os.close(read_fd)
+            os.unlink(fifo)
+            self._start_failed(replica, artifact.version, str(exc))
             return
         finally:
-            os_close(fd)
+            os.close(child_fd)
+        handle.fifo = fifo
+        handle.pump = logs.Pump(asyncio.get_running_loop(), read_fd, self.sink, on_eof=lambda: _unlink(fifo))
         replica.handle = handle
         replica.started_at = time.time()
         replica.ready = spec.ready is None
         replica.message = ""
         self._set_phase(replica, Phase.RUNNING)
-        logs.append_note(self.log_path, f"started {self.name}[{replica.index}] pid {handle.pid} version {artifact.version}: {reason}")
+        self.sink.note(f"started {self.name}[{replica.index}] pid {handle.pid} version {artifact.version}: {reason}")
         self.notifier.emit(EventType.STARTED, self.name, artifact.version, replica=replica.index, pid=handle.pid, reason=reason)
         self._task(replica, self._watch(replica, handle))
         if spec.ready is not None:
@@ -285,15 +489,31 @@ class ServiceController:
         if spec.live is not None:
             self._task(replica, self._liveness(replica, handle, env))
 
+    def _start_failed(self, replica: Replica, version: str, message: str) -> None:
+        replica.handle = None
+        replica.message = message
+        self.sink.note(f"cannot start {self.name}[{replica.index}]: {message}")
+        self.notifier.emit(EventType.START_FAILED, self.name, version, replica=replica.index, error=message)
+        self._after_exit(replica, Exit(code=127), uptime=0.0)
+
     def adopt(self, index: int, handle: procs.ProcessHandle, spec: ServiceSpec, artifact: Artifact,
-              started_at: float | None, restarts: int) -> None:
-        """Take over a replica that survived a supervisor restart (watched by pidfd)."""
+              started_at: float | None, restarts: int, stale: bool) -> None:
+        """Take over a replica that survived a supervisor restart (watched by pidfd, its
+        FIFO drained by a new pump). ``stale``: it was started from another config, and the
+        next plan replaces it."""
         self.spec = spec
         self.artifact = artifact
         replica = Replica(index=index, launch=Launch(spec, artifact), backoff=BackoffState(spec.backoff),
                           limiter=StartLimiter(spec.start_limit), handle=handle, started_at=started_at,
-                          restarts=restarts, ready=spec.ready is None)
+                          restarts=restarts, ready=spec.ready is None, stale=stale)
         self.replicas[index] = replica
+        if handle.fifo is not None:
+            fd = logs.reopen_fifo(handle.fifo)
+            if fd is not None:
+                fifo = handle.fifo
+                handle.pump = logs.Pump(asyncio.get_running_loop(), fd, self.sink, on_eof=lambda: _unlink(fifo))
+        self.sink.note(f"adopted {self.name}[{index}] pid {handle.pid} version {artifact.version}")
+        self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
         self._set_phase(replica, Phase.RUNNING)
         self._task(replica, self._watch(replica, handle))
         env = replica_env(self.name, spec.environment, index)
@@ -314,7 +534,7 @@ class ServiceController:
         uptime = time.monotonic() - handle.started_monotonic
         version = replica.launch.artifact.version
         replica.last_exit = exit
-        logs.append_note(self.log_path, f"{self.name}[{replica.index}] pid {handle.pid} exited: {exit}")
+        self.sink.note(f"{self.name}[{replica.index}] pid {handle.pid} exited: {exit}")
         self.notifier.emit(EventType.EXITED, self.name, version, replica=replica.index, pid=handle.pid, exit=str(exit),
                            code=exit.code, signal=exit.signal, uptime=round(uptime, 3))
         # Whatever the leader left in its group goes too (systemd KillMode=control-group).
@@ -337,13 +557,18 @@ class ServiceController:
         if policy is RestartPolicy.NEVER or (policy is RestartPolicy.ON_FAILURE and exit.success):
             self._set_phase(replica, Phase.EXITED)
             return
+        if replica.previous is not None:
+            replica.probation_crashes += 1
+            if replica.probation_crashes >= ROLLBACK_CRASHES:
+                self._rollback(replica, f"crashed {replica.probation_crashes} times ({exit})")
+                return
         assert replica.backoff is not None and replica.limiter is not None
         delay = replica.backoff.next_delay(uptime)
         if not replica.limiter.allow(time.monotonic() + delay):
             limit = self.spec.start_limit
             replica.message = f"start limit hit: {limit.burst} starts in {limit.interval:g}s"
             self._set_phase(replica, Phase.FAILED)
-            logs.append_note(self.log_path, f"{self.name}[{replica.index}] failed: {replica.message}")
+            self.sink.note(f"{self.name}[{replica.index}] failed: {replica.message}")
             self.notifier.emit(EventType.FAILED, self.name, version, replica=replica.index, reason=replica.message)
             return
         replica.restarts += 1
@@ -368,6 +593,8 @@ class ServiceController:
             if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd)):
                 if replica.handle is handle and handle.running:
                     replica.ready = True
+                    if replica.previous is not None:
+                        self._probation_passed(replica)
                     self._set_phase(replica, Phase.READY)
                     self.notifier.emit(EventType.READY, self.name, replica.launch.artifact.version,
                                        replica=replica.index, pid=handle.pid)
@@ -387,7 +614,7 @@ class ServiceController:
             failures += 1
             if failures >= int(check["retries"]):  # type: ignore[arg-type]
                 reason = f"liveness check failed {failures} times"
-                logs.append_note(self.log_path, f"{self.name}[{replica.index}] {reason}; restarting")
+                self.sink.note(f"{self.name}[{replica.index}] {reason}; restarting")
                 self.notifier.emit(EventType.RESTARTING, self.name, replica.launch.artifact.version,
                                    replica=replica.index, reason=reason)
                 # the watcher sees the exit and restarts it as for a crash
@@ -402,6 +629,35 @@ class ServiceController:
         replica.phase = phase
         self.phase_changed.set()
         self.changed()
+        self.persist()
+
+    def persist(self) -> None:
+        """Write this service's state file soon (coalesced: once per loop iteration)."""
+        if self._persist_pending:
+            return
+        self._persist_pending = True
+        asyncio.get_running_loop().call_soon(self._persist_now)
+
+    def _persist_now(self) -> None:
+        self._persist_pending = False
+        replicas = {}
+        for index, replica in self.replicas.items():
+            handle = replica.handle
+            if handle is None or not handle.running:
+                continue
+            artifact = replica.launch.artifact
+            replicas[str(index)] = {
+                "pid": handle.pid, "pgid": handle.pgid, "create_time": handle.create_time,
+                "version": artifact.version, "revision": artifact.revision, "workdir": str(artifact.workdir),
+                "fifo": str(handle.fifo) if handle.fifo else None, "started_at": replica.started_at,
+                "restarts": replica.restarts, "cgroup": str(handle.cgroup) if handle.cgroup else None,
+                "fingerprint": state.fingerprint(replica.launch.spec),
+            }
+        state.save(self.state_dir, self.name, {
+            "service": self.name, "held": self.held, "replicas": replicas,
+            "command": list(self.spec.command), "stop_signal": self.spec.stop_signal,
+            "stop_timeout": self.spec.stop_timeout,
+        })
 
     @staticmethod
     def _cancel_timer(replica: Replica) -> None:
@@ -410,8 +666,19 @@ class ServiceController:
             replica.timer = None
 
 
-def os_close(fd: int) -> None:
+async def _drain(handle: procs.ProcessHandle, timeout: float = 2.0) -> None:
+    """Wait until the output of a stopped process is all in its log (the pump's end of file)."""
+    pump = handle.pump
+    if pump is None:
+        return
     try:
-        os.close(fd)
+        await asyncio.wait_for(asyncio.shield(pump.done), timeout)
+    except asyncio.TimeoutError:
+        pump.close()
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
     except OSError:
         pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +57,10 @@ class Preparer:
     """Turns a ServiceSpec into an Artifact. Git and hashing run in threads; builds run as
     process groups through the supervisor's reaper (so a shutdown can stop them)."""
 
-    def __init__(self, state_dir: Path, reaper: procs.Reaper | None, keep_versions: int = 3):
+    def __init__(self, state_dir: Path, reaper: procs.Reaper | None, logs_: logs.LogRegistry,
+                 keep_versions: int = 3):
         self.state_dir = state_dir
+        self.logs = logs_
         self.reaper = reaper
         self.keep_versions = keep_versions
         self.builds: dict[str, procs.ProcessHandle] = {}
@@ -98,26 +101,29 @@ class Preparer:
     async def build(self, spec: ServiceSpec, workdir: Path, version: str) -> None:
         """Run the build argv in ``workdir``, output appended to the service log."""
         assert spec.build
-        path = logs.log_path(self.state_dir, spec.name)
-        logs.append_note(path, f"build {version}: {' '.join(spec.build)}")
-        offset = path.stat().st_size
-        fd = logs.open_log(path)
+        sink = self.logs.sink(spec.name)
+        sink.note(f"build {version}: {' '.join(spec.build)}")
         env = replica_env(spec.name, spec.environment, 0)
         env.pop("REPLICA", None)
         cwd = workdir  # builds run at the top of the checkout (or the local folder)
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        tail = _Tail(sink)
         try:
             if self.reaper is None:
                 raise PrepareError("build", "no process reaper")
-            handle = procs.spawn(self.reaper, spec.build, env=env, cwd=cwd, output=fd)
+            handle = procs.spawn(self.reaper, spec.build, env=env, cwd=cwd, output=write_fd)
         except procs.SpawnError as exc:
+            os.close(read_fd)
             raise PrepareError("build", str(exc), version) from None
         finally:
-            os.close(fd)
+            os.close(write_fd)
+        pump = logs.Pump(asyncio.get_running_loop(), read_fd, tail)
         self.builds[spec.name] = handle
         try:
             exit = await asyncio.shield(handle.exited)
         except asyncio.CancelledError:
             await procs.stop(handle, spec.stop_signal, 5.0, self.reaper)
+            pump.close()
             raise
         finally:
             self.builds.pop(spec.name, None)
@@ -125,20 +131,26 @@ class Preparer:
             await procs.stop(handle, spec.stop_signal, 5.0, self.reaper)
         elif self.reaper is not None:
             self.reaper.untrack_group(handle.pgid)
+        try:
+            await asyncio.wait_for(asyncio.shield(pump.done), 5.0)
+        except asyncio.TimeoutError:  # something still holds the pipe: stop reading it
+            pump.close()
         if not exit.success:
-            tail = _tail(path, offset)
-            logs.append_note(path, f"build {version} failed: {exit}")
-            raise PrepareError("build", f"build failed ({exit})", version, tail)
-        logs.append_note(path, f"build {version} succeeded")
+            sink.note(f"build {version} failed: {exit}")
+            raise PrepareError("build", f"build failed ({exit})", version, tail.last())
+        sink.note(f"build {version} succeeded")
 
 
-def _tail(path: Path, offset: int) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except OSError:
-        return []
-    lines = [l.decode("utf-8", "replace") for l in data.splitlines() if l.strip()]
-    lines = [l for l in lines if not l.startswith("[supervise ")]
-    return lines[-TAIL_LINES:]
+class _Tail:
+    """A sink wrapper that remembers the build's last non-empty output lines."""
+
+    def __init__(self, sink: logs.LogSink):
+        self.sink = sink
+        self.lines: deque[bytes] = deque(maxlen=TAIL_LINES)
+
+    def write(self, data: bytes) -> None:
+        self.sink.write(data)
+        self.lines.extend(line for line in data.split(b"\n") if line.strip())
+
+    def last(self) -> list[str]:
+        return [line.decode("utf-8", "replace") for line in self.lines]

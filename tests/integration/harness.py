@@ -91,3 +91,46 @@ class Stack:
 def run(coro):
     """Run a test coroutine on a fresh loop."""
     return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+class DaemonRun:
+    """``supervise --config PATH`` in-process (real watchers, socket, lock), for tests that need
+    saves and the poller; ``stop()`` is its SIGTERM."""
+
+    def __init__(self, path: Path):
+        from supervisor.daemon import Daemon
+
+        self.path = path
+        self.daemon = Daemon(path, config.load(path), console=False)
+        self.events: list[Event] = []
+        self.daemon.notifier.add_listener(self.events.append)
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "DaemonRun":
+        self.task = asyncio.get_running_loop().create_task(self.daemon.run())
+        await Stack.until(lambda: self.daemon.stop_event is not None and self.daemon.reconciler.controllers
+                          or (self.task.done() and self.task.result()), message="the daemon to start")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            assert self.daemon.stop_event is not None
+            self.daemon.stop_event.set()
+            await asyncio.wait_for(self.task, 30)
+
+    @property
+    def controllers(self):
+        return self.daemon.reconciler.controllers
+
+    def pid(self, service: str, index: int = 0) -> int | None:
+        controller = self.controllers.get(service)
+        replica = controller.replicas.get(index) if controller else None
+        return replica.pid if replica else None
+
+    def of_type(self, kind: str, service: str | None = None) -> list[Event]:
+        return [e for e in self.events if e.type.value == kind and (service is None or e.service == service)]
+
+    until = staticmethod(Stack.until)

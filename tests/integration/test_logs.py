@@ -64,3 +64,54 @@ def test_console_tail_prefixes_lines_and_joins_partial_writes(tmp_path):
     finally:
         tail.stop()
     assert out.getvalue().splitlines() == ["api      | hello", "api      | \ufffdbad"]
+
+
+def test_rotation_keeps_whole_lines_in_order_with_no_loss_or_duplicate(tmp_path):
+    lines = 60_000
+    code = f"import sys; w=sys.stdout.write; [w('%08d\\\\n' % i) for i in range({lines})]; sys.stdout.flush()"
+    text = f"""
+[services.rot]
+command = ["{PY}", "-c", "{code}"]
+restart = "never"
+log = {{ max_size = "64KiB", backups = 200 }}
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            await stack.until(lambda: stack.replica("rot") and stack.replica("rot").phase.value == "exited", timeout=30)
+            folder = stack.r.state_dir / "logs"
+            rotated = sorted(folder.glob("rot.log.*"), key=lambda p: int(p.suffix[1:]), reverse=True)
+            assert len(rotated) >= 5
+            numbers = []
+            for path in [*rotated, folder / "rot.log"]:
+                content = path.read_text()
+                assert content.endswith("\n")  # a file never ends in half a line
+                numbers += [int(l) for l in content.splitlines() if not l.startswith("[supervise")]
+            assert numbers == list(range(lines))
+
+    run(body())
+
+
+def test_log_file_deleted_or_moved_by_hand_is_recreated(tmp_path):
+    code = "import sys,time\\nfor i in range(100000):\\n    print(i, flush=True); time.sleep(0.002)"
+    text = f"""
+[services.moved]
+command = ["{PY}", "-c", "{code}"]
+log = {{ timestamps = true }}
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            log = stack.r.state_dir / "logs" / "moved.log"
+            await stack.until(lambda: log.exists() and log.stat().st_size > 100)
+            log.rename(log.with_name("kept-by-hand.log"))
+            await stack.until(lambda: log.exists() and log.stat().st_size > 100, message="a new log file")
+            log.unlink()
+            await stack.until(lambda: log.exists() and log.stat().st_size > 100, message="recreated again")
+            line = log.read_text().splitlines()[-1]
+            stamp, number = line.rsplit(" ", 1)
+            assert number.isdigit() and stamp[:4].isdigit() and "T" in stamp
+
+    run(body())

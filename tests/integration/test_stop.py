@@ -115,3 +115,32 @@ depends_on = ["db"]
             assert stopped == ["api", "db"]
 
     run(body())
+
+
+def test_many_services_with_a_low_fd_limit_all_start(tmp_path):
+    """400 services under a soft limit of 256 fds: the supervisor raises its own limit (each
+    replica needs 2), and children still get the limit it was started with."""
+    import resource
+    import subprocess
+    import sys
+
+    n = 400
+    path = tmp_path / "services.toml"
+    path.write_text("".join(f'[services.s{i}]\ncommand = ["sleep", "300"]\n' for i in range(n)))
+    out = open(tmp_path / "out.txt", "w")
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "--config", str(path)], stdout=out,
+                            stderr=subprocess.STDOUT, preexec_fn=low_limit)
+    try:
+        from conftest import wait_until
+        children = wait_until(lambda: (lambda c: c if len(c) >= n else None)(psutil.Process(proc.pid).children()),
+                              timeout=60, message=f"{n} services")
+        assert all(c.rlimit(psutil.RLIMIT_NOFILE)[0] == 256 for c in children[:5])
+        assert "too many open files" not in (tmp_path / "out.txt").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        out.close()

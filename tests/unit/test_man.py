@@ -92,7 +92,7 @@ def test_every_config_key_has_an_entry():
     headings = {plain(line[4:]).strip() for line in roff.splitlines() if line.startswith(".SH ")}
     for key in config.TOP_KEYS:
         assert any(h.startswith(f"[{key}") for h in headings), f"no section for [{key}]"
-    for key in config.SUPERVISE_KEYS + config.SERVICE_KEYS + config.CHECK_KEYS:
+    for key in config.SUPERVISE_KEYS + config.SERVICE_KEYS + config.CHECK_KEYS + getattr(config, "LOG_KEYS", ()):
         assert key in tags, f"man/services.toml.5 has no entry for {key!r}"
 
 

@@ -1,0 +1,20 @@
+"""The control plane: an owner-only Unix socket speaking JSON lines.
+
+Protocol (documented in supervise(1)): the client sends one JSON object per line,
+``{"verb": "status", "services": ["api"]}``; the server answers one JSON object per line,
+``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. ``events`` answers ``{"ok": true}``
+and then streams one event object per line until the client hangs up.
+"""
+
+from pathlib import Path
+
+SOCKET_NAME = "control.sock"
+LOCK_NAME = "supervise.lock"
+
+
+def socket_path(state_dir: Path) -> Path:
+    return state_dir / SOCKET_NAME
+
+
+def lock_path(state_dir: Path) -> Path:
+    return state_dir / LOCK_NAME

@@ -1,0 +1,112 @@
+"""Server side of the control socket: owner-only, peer uid checked, JSON lines.
+
+The socket is created 0600 inside the 0700 state dir, and every connection's peer uid is read
+with ``SO_PEERCRED``: only our own uid (and root) may drive the supervisor, even if the file
+modes are loosened by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+log = logging.getLogger("supervise")
+
+Handler = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[dict[str, Any] | None]]
+
+
+def peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+class ControlServer:
+    """Serves ``handlers[verb](request, writer)`` on ``path``. A handler returns the reply
+    object (``ok`` is added), or None when it wrote its own replies (streams)."""
+
+    def __init__(self, path: Path, handlers: dict[str, Handler]):
+        self.path = path
+        self.handlers = handlers
+        self.server: asyncio.AbstractServer | None = None
+        self.allowed = {os.geteuid(), 0}
+        self.clients: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.path.parent, 0o700)
+        try:
+            self.path.unlink()  # stale, from a supervisor that died; we hold the lock
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=1 << 20)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for task in list(self.clients):
+                task.cancel()
+            await asyncio.gather(*self.clients, return_exceptions=True)
+            await self.server.wait_closed()
+            self.server = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.clients.add(task)
+        try:
+            uid = peer_uid(writer)
+            if uid not in self.allowed:
+                log.warning("control: refused a connection from uid %s", uid)
+                await send(writer, {"ok": False, "error": f"permission denied for uid {uid}"})
+                return
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                try:
+                    request = json.loads(line)
+                    verb = request["verb"]
+                    handler = self.handlers[verb]
+                except (ValueError, KeyError, TypeError):
+                    await send(writer, {"ok": False, "error": f"bad request: {line[:200]!r}"})
+                    continue
+                try:
+                    reply = await handler(request, writer)
+                except Exception as exc:  # a bad request must not take the supervisor down
+                    log.exception("control: %s failed", verb)
+                    reply = {"ok": False, "error": f"{verb} failed: {exc}"}
+                if reply is None:
+                    return
+                await send(writer, {"ok": True, **reply})
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if task is not None:
+                self.clients.discard(task)
+            writer.close()
+
+
+async def send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+    writer.write((json.dumps(obj, default=str) + "\n").encode())
+    await writer.drain()

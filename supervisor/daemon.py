@@ -1,0 +1,370 @@
+"""The foreground supervisor: wires the reconciler to its wake-ups, the console and the socket.
+
+Side effects live here: the state-dir lock, signal handlers, watchdog observers, the git
+poller, the control socket. The reconciler in the middle only observes, plans and executes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, config, logs, procs
+from .config import ConfigError
+from .control import lock_path, socket_path
+from .control.server import ControlServer, send
+from .durations import format_duration
+from .events import Event, EventType, Notifier
+from .model import Desired, Phase
+from .notify import UnitReporter
+from .reconciler import Reconciler
+from .builds import source_root
+from .watch import FileWatcher, GitPoller, SourceWatcher
+from .sources.path import content_hash
+
+log = logging.getLogger("supervise")
+
+
+class AlreadyRunning(Exception):
+    """Another supervisor holds the state dir's lock. The message names its pid."""
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``STATE_DIR/supervise.lock`` for the life of the process.
+
+    The kernel drops it when we die, however we die, so a stale lock never blocks a restart.
+    """
+
+    def __init__(self, state_dir: Path):
+        self.path = lock_path(state_dir)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyRunning(f"another supervise (pid {other}) is running on {self.path.parent}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Daemon:
+    """``supervise --config PATH`` in the foreground. :meth:`run` returns the exit code."""
+
+    def __init__(self, path: Path, desired: Desired, console: bool = True):
+        self.path = path
+        self.desired = desired
+        self.state_dir = desired.settings.state_dir
+        self.console = console
+        self.notifier = Notifier()
+        self.console_out = logs.Console() if console else None
+        self.unit = UnitReporter.from_environ()  # sd_notify(3); a no-op outside systemd
+        self.reconciler = Reconciler(desired, self.notifier, on_change=self.unit.changed, console=self.console_out)
+        self.unit.attach(self.reconciler)
+        self.lock = StateLock(self.state_dir)
+        self.stop_event: asyncio.Event | None = None
+        self.last_error = ""
+        self.reloads = 0  # reloads asked for by saves and SIGHUP
+        self.started = time.time()
+        self.file_watcher: FileWatcher | None = None
+        self.source_watcher: SourceWatcher | None = None
+        self.poller: GitPoller | None = None
+        self.control: ControlServer | None = None
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self) -> Desired | None:
+        """The desired state from the file, or None (error reported once) if it is invalid."""
+        try:
+            new = config.load(self.path)
+        except ConfigError as exc:
+            text = str(exc)
+            if text != self.last_error:
+                log.error("config not applied, the last good one stays in force:\n%s", text)
+                self.notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[str(d) for d in exc.diagnostics])
+            self.last_error = text
+            return None
+        if self.last_error:
+            log.info("config is valid again")
+        self.last_error = ""
+        if new.settings.state_dir != self.state_dir:
+            log.warning("state_dir changes take effect at the next start; still using %s", self.state_dir)
+            new = Desired(settings=self.desired.settings, services=new.services, path=new.path)
+        self.desired = new
+        self._watch(new)
+        return new
+
+    def _watch(self, desired: Desired) -> None:
+        if self.file_watcher is not None:
+            env_files = [s.env_file for s in desired.services.values() if s.env_file]
+            self.file_watcher.set_files([self.path, *env_files])
+        if self.source_watcher is not None:
+            self.source_watcher.set_services(desired.services.values())
+        if self.poller is not None:
+            self.poller.set_services(desired.services.values())
+        for name, spec in desired.services.items():
+            self.reconciler.logs.sink(name, spec.log)
+
+    # -- wake-ups --------------------------------------------------------------------------
+
+    def on_file_saved(self) -> None:
+        self.reloads += 1
+        log.info("%s saved: reloading", self.path.name)
+        self.notifier.emit(EventType.RELOADED, None, None, trigger="save")
+        self.reconciler.request()
+
+    def on_source_edited(self, name: str) -> None:
+        spec = self.desired.services.get(name)
+        if spec is None or spec.source.path is None:
+            return
+
+        async def rehash() -> None:
+            revision = await asyncio.to_thread(content_hash, spec.source.path, [self.state_dir])
+            log.info("%s: source edited (%s): rebuilding", name, revision[:12])
+            self.reconciler.revisions[name] = revision
+            self.reconciler.request()
+
+        asyncio.get_running_loop().create_task(rehash())
+
+    def on_new_commit(self, name: str, commit: str) -> None:
+        running = self.reconciler.revisions.get(name)
+        if running and running.startswith(commit[:12]):
+            return
+        log.info("%s: new commit %s", name, commit[:12])
+        self.reconciler.revisions[name] = commit
+        self.reconciler.request()
+
+    def on_poll_error(self, name: str, message: str) -> None:
+        log.warning("%s: %s (retrying; what runs keeps running)", name, message)
+        self.notifier.emit(EventType.FETCH_FAILED, name, None, error=message)
+
+    # -- control verbs ---------------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Any]:
+        return {"ping": self.h_ping, "status": self.h_status, "plan": self.h_plan, "reload": self.h_reload,
+                "start": self.h_start, "stop": self.h_stop, "restart": self.h_restart, "events": self.h_events}
+
+    async def h_ping(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        return {"pid": os.getpid(), "version": __version__, "config": str(self.path)}
+
+    async def h_status(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        names = request.get("services") or []
+        unknown = [n for n in names if n not in self.reconciler.controllers]
+        if unknown:
+            return {"ok": False, "error": "unknown service: " + ", ".join(unknown)}
+        return {"services": self.status_rows(names), "supervisor": {
+            "pid": os.getpid(), "uptime": time.time() - self.started, "config": str(self.path),
+            "config_error": self.last_error or None}}
+
+    def status_rows(self, names: list[str]) -> list[dict[str, Any]]:
+        rows = []
+        now = time.time()
+        for name, controller in self.reconciler.controllers.items():
+            if names and name not in names:
+                continue
+            if not controller.replicas:
+                rows.append({"service": name, "replica": None, "phase": controller.phase.value, "pid": None,
+                             "version": controller.artifact.version if controller.artifact else None,
+                             "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
+                             "held": controller.held, "message": "build failed" if controller.build_failed else ""})
+            for index, replica in sorted(controller.replicas.items()):
+                up = replica.phase in (Phase.RUNNING, Phase.READY) and replica.started_at
+                rows.append({
+                    "service": name, "replica": index, "phase": replica.phase.value, "pid": replica.pid,
+                    "version": replica.launch.artifact.version,
+                    "uptime": round(now - replica.started_at, 3) if up else None,  # type: ignore[operator]
+                    "restarts": replica.restarts,
+                    "last_exit": str(replica.last_exit) if replica.last_exit else None,
+                    "ready": replica.ready and replica.phase in (Phase.RUNNING, Phase.READY),
+                    "held": controller.held, "message": replica.message,
+                })
+        return rows
+
+    async def h_plan(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        try:
+            desired = config.load(self.path)
+        except ConfigError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"actions": self.reconciler.plan(desired).lines()}
+
+    async def h_reload(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        try:
+            config.load(self.path)
+        except ConfigError as exc:
+            self.load()  # reports it the usual way
+            return {"ok": False, "error": str(exc)}
+        desired = self.load()
+        assert desired is not None
+        the_plan = await self.reconciler.apply(desired)
+        return {"actions": the_plan.lines()}
+
+    def _controllers(self, request: dict):
+        names = request.get("services") or []
+        unknown = [n for n in names if n not in self.reconciler.controllers]
+        if unknown:
+            raise KeyError("unknown service: " + ", ".join(unknown))
+        return [self.reconciler.controllers[n] for n in names]
+
+    async def h_start(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        try:
+            controllers = self._controllers(request)
+        except KeyError as exc:
+            return {"ok": False, "error": exc.args[0]}
+        for controller in controllers:
+            controller.release()
+        await self.reconciler.apply(self.desired)
+        return {"services": self.status_rows([c.name for c in controllers])}
+
+    async def h_stop(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        try:
+            controllers = self._controllers(request)
+        except KeyError as exc:
+            return {"ok": False, "error": exc.args[0]}
+        await asyncio.gather(*(c.hold("stopped by user") for c in controllers))
+        return {"services": self.status_rows([c.name for c in controllers])}
+
+    async def h_restart(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        try:
+            controllers = self._controllers(request)
+        except KeyError as exc:
+            return {"ok": False, "error": exc.args[0]}
+        await asyncio.gather(*(c.user_restart() for c in controllers))
+        await self.reconciler.apply(self.desired)
+        return {"services": self.status_rows([c.name for c in controllers])}
+
+    async def h_events(self, request: dict, writer: asyncio.StreamWriter) -> None:
+        names = set(request.get("services") or [])
+        queue = self.notifier.subscribe()
+        try:
+            await send(writer, {"ok": True})
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                if names and event.service not in names:
+                    continue
+                writer.write((event.to_json() + "\n").encode())
+                await writer.drain()
+        finally:
+            self.notifier.unsubscribe(queue)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.lock.acquire()
+        try:
+            return await self._run(loop)
+        finally:
+            self.lock.release()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
+        self.notifier.add_listener(print_event)
+        soft, _hard = procs.raise_fd_limit()
+        needed = 2 * sum(s.replicas for s in self.desired.services.values()) + 64
+        if needed > soft:
+            log.warning("%d services need about %d file descriptors, but the limit is %d; raise "
+                        "LimitNOFILE= (or ulimit -Hn) or some will not start", len(self.desired.services), needed, soft)
+        await self.reconciler.start()
+        self.control = ControlServer(socket_path(self.state_dir), self.handlers())
+        await self.control.start()
+        self.file_watcher = FileWatcher(loop, self.on_file_saved)
+        self.source_watcher = SourceWatcher(loop, self.on_source_edited, self.state_dir)
+        self.poller = GitPoller(lambda name: source_root(self.state_dir, name),
+                                lambda spec: spec.source.poll or self.desired.settings.poll,
+                                lambda name, commit: loop.call_soon(self.on_new_commit, name, commit),
+                                self.on_poll_error)
+        self._watch(self.desired)
+
+        self.stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+
+        log.info("supervise %s: %d services from %s (state in %s, pid %d)", __version__,
+                 len(self.desired.services), self.path, self.state_dir, os.getpid())
+        adopted = await self.reconciler.adopt(self.desired)
+        if adopted:
+            log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
+        runner = asyncio.create_task(self.reconciler.run(self.load))
+        self.reconciler.request()
+        self.unit.start()
+        stopper = asyncio.create_task(self.stop_event.wait())
+        await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if runner.done() and runner.exception():  # pragma: no cover - a bug; still stop cleanly
+            log.error("reconciler failed", exc_info=runner.exception())
+        self.unit.stopping()
+        log.info("stopping every service")
+        runner.cancel()
+        stopper.cancel()
+        await asyncio.gather(runner, stopper, return_exceptions=True)
+        await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
+        self.file_watcher.stop()
+        self.source_watcher.stop()
+        self.poller.stop()
+        await self.reconciler.shutdown()
+        await self.control.close()
+        if self.console_out is not None:
+            self.console_out.close()
+        self.notifier.close()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0
+
+    def on_sighup(self) -> None:
+        self.reloads += 1
+        log.info("SIGHUP: reloading %s", self.path.name)
+        self.notifier.emit(EventType.RELOADED, None, None, trigger="SIGHUP")
+        self.unit.reload(self._reload_pass)
+
+    async def _reload_pass(self) -> None:
+        """One load-and-apply pass for SIGHUP, run between RELOADING=1 and READY=1 (an invalid
+        file is reported by :meth:`load` and changes nothing)."""
+        desired = self.load()
+        if desired is not None:
+            await self.reconciler.apply(desired)
+
+
+def print_event(event: Event) -> None:
+    """One readable log line per life-cycle event (JSON is what ``supervise events`` gives)."""
+    if event.type is EventType.CONFIG_ERROR:
+        return
+    data = event.data
+    who = event.service or ""
+    if "replica" in data:
+        who = f"{who}[{data['replica']}]"
+    detail = []
+    for key in ("pid", "exit", "delay", "reason", "error"):
+        value = data.get(key)
+        if value in (None, ""):
+            continue
+        if key == "delay":
+            detail.append(f"in {format_duration(float(value))}" if value else "at once")
+        elif key == "pid":
+            detail.append(f"pid {value}")
+        else:
+            detail.append(str(value))
+    if event.version:
+        detail.append(f"version {event.version}")
+    bad = (EventType.BUILD_FAILED, EventType.FETCH_FAILED, EventType.FAILED, EventType.START_FAILED)
+    level = logging.ERROR if event.type in bad else logging.INFO
+    log.log(level, "%s %s%s", event.type.value, who, (": " + ", ".join(detail)) if detail else "")
+    for line in data.get("tail", []) or []:
+        log.log(level, "    %s", line)

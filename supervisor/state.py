@@ -1,0 +1,71 @@
+"""What runs, on disk: ``STATE_DIR/state/NAME.json``, so a restarted supervisor adopts it.
+
+Each file records, per replica, the pid with psutil's ``create_time`` (a pid alone is not an
+identity: pids are reused), the process group, the version and folder it runs, its output FIFO
+and restart count; and for the service a fingerprint of what the processes were made of. No
+environment value is written (they may be secrets): the fingerprint is a hash.
+
+Writes are atomic (temporary file + rename), so a supervisor killed mid-write leaves the last
+complete record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .model import ServiceSpec
+from .plan import RESTART_FIELDS
+
+
+def state_dir_of(state_dir: Path) -> Path:
+    return state_dir / "state"
+
+
+def fingerprint(spec: ServiceSpec) -> str:
+    """sha256 over the fields whose change means new processes (plan.RESTART_FIELDS)."""
+    data = {}
+    for name in RESTART_FIELDS:
+        value = getattr(spec, name)
+        if name == "environment":
+            value = sorted(value.items())
+        elif name == "source":
+            value = value.describe()
+        data[name] = value
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save(state_dir: Path, name: str, record: dict[str, Any]) -> None:
+    """Write the record of service ``name`` atomically (0600)."""
+    folder = state_dir_of(state_dir)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{name}.json"
+    tmp = folder / f".{name}.json.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def remove(state_dir: Path, name: str) -> None:
+    try:
+        (state_dir_of(state_dir) / f"{name}.json").unlink()
+    except FileNotFoundError:
+        pass
+
+
+def load_all(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every readable record, by service name; unreadable ones are skipped."""
+    records: dict[str, dict[str, Any]] = {}
+    folder = state_dir_of(state_dir)
+    if not folder.is_dir():
+        return records
+    for path in sorted(folder.glob("*.json")):
+        try:
+            records[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return records

@@ -1,0 +1,278 @@
+"""What wakes the reconciler: file saves (watchdog) and new commits (the git poller).
+
+**Config saves.** Editors save in many ways: in place, truncate-then-write in chunks, write a
+temporary file and rename it over, delete and recreate. We reload when a write is *finished*:
+inotify's ``IN_CLOSE_WRITE`` on the file (a writer that keeps the file open mid-save is never
+read half-way), or a rename onto it, then after a debounce of :data:`DEBOUNCE` seconds of
+quiet. A plain modification with no close (a writer that never closes, or a filesystem without
+close events) is picked up after :data:`QUIET` seconds of quiet. A burst of events is one reload.
+
+**Local sources** with ``watch`` globs: matching edits (state dir and VCS folders ignored) end
+in one rebuild and restart per burst of saves, after :data:`SOURCE_DEBOUNCE` seconds of quiet.
+
+**Git sources** are asked for their ref's commit every ``poll`` seconds (``git ls-remote``,
+nothing fetched). A failure is reported once per distinct message and retried with backoff, up
+to the poll interval; what runs keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from .model import ServiceSpec
+from .sources import SourceError
+from .sources.git import GitSource
+from .sources.path import IGNORED_DIRS
+
+log = logging.getLogger("supervise")
+
+#: Seconds of quiet after a finished save before the reload (one reload per save).
+DEBOUNCE = 0.15
+#: Seconds of quiet after an unfinished write (no close seen) before reloading anyway.
+QUIET = 2.0
+#: Seconds of quiet after edits to a watched local source before it is rebuilt.
+SOURCE_DEBOUNCE = 0.3
+
+
+class Debouncer:
+    """Calls ``callback`` once, ``delay`` seconds after the last :meth:`poke` (on the loop)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]):
+        self.loop = loop
+        self.callback = callback
+        self.timer: asyncio.TimerHandle | None = None
+        self.delay = 0.0
+
+    def poke(self, delay: float) -> None:
+        """Restart the countdown with ``delay`` s; a shorter pending delay is not lengthened
+        by a later, weaker event only if it is the stronger kind (the caller decides)."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.delay = delay
+        self.timer = self.loop.call_later(delay, self._fire)
+
+    def poke_threadsafe(self, delay: float) -> None:
+        self.loop.call_soon_threadsafe(self.poke, delay)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _fire(self) -> None:
+        self.timer = None
+        self.callback()
+
+
+class FileWatcher:
+    """Watches a set of files (the config and its env files) and calls ``on_change`` once per
+    finished save. Paths can be replaced with :meth:`set_files` after each reload."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_change: Callable[[], None]):
+        self.loop = loop
+        self.debouncer = Debouncer(loop, on_change)
+        self.observer = Observer()
+        self.observer.daemon = True
+        self.files: set[Path] = set()
+        self.watched_dirs: dict[Path, object] = {}
+        self.pending_finished = False
+        self.observer.start()
+
+    def set_files(self, files: Iterable[Path]) -> None:
+        self.files = {Path(os.path.abspath(f)) for f in files}
+        wanted = {f.parent for f in self.files}
+        for folder in set(self.watched_dirs) - wanted:
+            self.observer.unschedule(self.watched_dirs.pop(folder))  # type: ignore[arg-type]
+        for folder in wanted - set(self.watched_dirs):
+            if folder.is_dir():
+                self.watched_dirs[folder] = self.observer.schedule(_Handler(self), str(folder), recursive=False)
+
+    def stop(self) -> None:
+        self.debouncer.cancel()
+        self.observer.stop()
+        self.observer.join(timeout=5)
+
+    # called on the watchdog thread
+    def event(self, event: FileSystemEvent) -> None:
+        paths = [event.src_path, getattr(event, "dest_path", "") or ""]
+        hit = [Path(os.fsdecode(p)) for p in paths if p and Path(os.fsdecode(p)) in self.files]
+        if not hit:
+            return
+        kind = event.event_type
+        if kind in ("closed", "moved", "created"):
+            if kind == "moved" and Path(os.fsdecode(event.src_path)) in self.files and not (
+                    getattr(event, "dest_path", "") and Path(os.fsdecode(event.dest_path)) in self.files):
+                return  # the file was moved away: wait for the new one
+            self.loop.call_soon_threadsafe(self._finished)
+        elif kind == "modified":
+            self.loop.call_soon_threadsafe(self._modified)
+        # "deleted": wait for the file to come back (delete-and-recreate saves)
+
+    def _finished(self) -> None:
+        self.pending_finished = True
+        self.debouncer.poke(DEBOUNCE)
+
+    def _modified(self) -> None:
+        # A write is under way: hold any pending reload until the writer has been quiet.
+        self.pending_finished = False
+        self.debouncer.poke(QUIET)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: FileWatcher):
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type == "opened" or event.is_directory:
+            return
+        self.watcher.event(event)
+
+
+def glob_match(relative: str, patterns: Iterable[str]) -> bool:
+    """``relative`` (with ``/``) matches one of the globs; ``**/`` also matches no folder."""
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(relative, pattern):
+            return True
+        while pattern.startswith("**/"):
+            pattern = pattern[3:]
+            if fnmatch.fnmatchcase(relative, pattern):
+                return True
+    return False
+
+
+class SourceWatcher:
+    """Watches local-folder sources that have ``watch`` globs; ``on_change(name)`` is called
+    on the loop once per burst of matching edits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_change: Callable[[str], None], state_dir: Path):
+        self.loop = loop
+        self.on_change = on_change
+        self.state_dir = state_dir.resolve()
+        self.observer = Observer()
+        self.observer.daemon = True
+        self.observer.start()
+        self.watches: dict[str, tuple[Path, tuple[str, ...], object, Debouncer]] = {}
+
+    def set_services(self, specs: Iterable[ServiceSpec]) -> None:
+        wanted = {s.name: s for s in specs if s.watch and s.source.kind == "path" and s.source.path}
+        for name in list(self.watches):
+            root, globs, handle, debouncer = self.watches[name]
+            spec = wanted.get(name)
+            if spec is None or spec.source.path != root or spec.watch != globs:
+                self.observer.unschedule(handle)  # type: ignore[arg-type]
+                debouncer.cancel()
+                del self.watches[name]
+        for name, spec in wanted.items():
+            if name in self.watches:
+                continue
+            root = spec.source.path
+            assert root is not None
+            debouncer = Debouncer(self.loop, lambda name=name: self.on_change(name))
+            handle = self.observer.schedule(_SourceHandler(self, name, root, spec.watch, debouncer), str(root), recursive=True)
+            self.watches[name] = (root, spec.watch, handle, debouncer)
+
+    def stop(self) -> None:
+        for _root, _globs, _handle, debouncer in self.watches.values():
+            debouncer.cancel()
+        self.observer.stop()
+        self.observer.join(timeout=5)
+
+
+class _SourceHandler(FileSystemEventHandler):
+    def __init__(self, watcher: SourceWatcher, name: str, root: Path, globs: tuple[str, ...], debouncer: Debouncer):
+        self.watcher = watcher
+        self.root = root
+        self.globs = globs
+        self.debouncer = debouncer
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
+            return
+        for raw in (event.src_path, getattr(event, "dest_path", "") or ""):
+            if not raw:
+                continue
+            path = Path(os.fsdecode(raw))
+            if path.is_relative_to(self.watcher.state_dir):
+                continue
+            try:
+                relative = path.relative_to(self.root)
+            except ValueError:
+                continue
+            if any(part in IGNORED_DIRS for part in relative.parts[:-1]):
+                continue
+            if glob_match(relative.as_posix(), self.globs):
+                self.debouncer.poke_threadsafe(SOURCE_DEBOUNCE)
+                return
+
+
+class GitPoller:
+    """Polls each git source's remote ref; ``on_revision(name, commit)`` when it moved.
+
+    ``interval(spec)`` gives the poll period in seconds. Errors are reported through
+    ``on_error(name, message)`` once per distinct message, then retried with doubling delays
+    from 1 s up to the poll period.
+    """
+
+    def __init__(self, root_for: Callable[[str], Path], interval: Callable[[ServiceSpec], float],
+                 on_revision: Callable[[str, str], None], on_error: Callable[[str, str], None]):
+        self.root_for = root_for
+        self.interval = interval
+        self.on_revision = on_revision
+        self.on_error = on_error
+        self.tasks: dict[str, tuple[ServiceSpec, asyncio.Task]] = {}
+        self.known: dict[str, str] = {}
+
+    def set_services(self, specs: Iterable[ServiceSpec]) -> None:
+        wanted = {s.name: s for s in specs if s.source.kind == "git"}
+        for name in list(self.tasks):
+            spec, task = self.tasks[name]
+            new = wanted.get(name)
+            if new is None or new.source != spec.source:
+                task.cancel()
+                del self.tasks[name]
+                self.known.pop(name, None)
+        for name, spec in wanted.items():
+            if name not in self.tasks:
+                self.tasks[name] = (spec, asyncio.get_running_loop().create_task(self._poll(spec)))
+
+    def set_known(self, name: str, revision: str) -> None:
+        """Tell the poller which commit is deployed, so only later moves are reported."""
+        self.known[name] = revision
+
+    async def _poll(self, spec: ServiceSpec) -> None:
+        source = GitSource(spec.source, self.root_for(spec.name))
+        last_error = ""
+        retry = 1.0
+        while True:
+            period = self.interval(spec)
+            await asyncio.sleep(period if not last_error else min(retry, period))
+            try:
+                commit = await asyncio.to_thread(source.remote_revision)
+            except SourceError as exc:
+                if str(exc) != last_error:
+                    self.on_error(spec.name, str(exc))
+                last_error = str(exc)
+                retry = min(retry * 2, period)
+                continue
+            except asyncio.CancelledError:
+                raise
+            if last_error:
+                log.info("%s: %s reachable again", spec.name, spec.source.describe())
+            last_error, retry = "", 1.0
+            known = self.known.get(spec.name)
+            if known is None or commit[: len(known)] != known[: len(commit)]:
+                self.known[spec.name] = commit
+                self.on_revision(spec.name, commit)
+
+    def stop(self) -> None:
+        for _spec, task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()

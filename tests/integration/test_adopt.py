@@ -1,0 +1,129 @@
+"""A supervisor killed with SIGKILL and started again adopts what runs: no duplicates, no
+restarts, no lost log line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from conftest import wait_until, write
+
+PY = sys.executable
+COUNTER = "import itertools,time\\nfor i in itertools.count():\\n    print(i, flush=True)\\n    time.sleep(0.002)"
+
+
+def start(path: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=open(out, "a"),
+                            stderr=subprocess.STDOUT)
+
+
+def status(path: Path) -> list[dict]:
+    result = subprocess.run([PY, "-m", "supervisor", "status", "--json", "--config", str(path)],
+                            capture_output=True, text=True, timeout=30)
+    return json.loads(result.stdout)["services"] if result.stdout.startswith("{") else []
+
+
+def running_pids(path: Path, count: int) -> dict[str, int] | None:
+    rows = status(path)
+    pids = {r["service"]: r["pid"] for r in rows if r["phase"] in ("running", "ready") and r["pid"]}
+    return pids if len(pids) == count else None
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigkilled_supervisor_adopts_20_services_with_no_lost_line(tmp_path):
+    n = 20
+    path = write(tmp_path / "services.toml", "".join(
+        f'[services.c{i}]\ncommand = ["{PY}", "-c", "{COUNTER}"]\n' for i in range(n)))
+    out = tmp_path / "out.txt"
+    first = start(path, out)
+    second = None
+    try:
+        pids = wait_until(lambda: running_pids(path, n), timeout=30, message="20 services running")
+        first.kill()  # SIGKILL: no cleanup of any kind
+        first.wait(timeout=10)
+        time.sleep(0.3)  # the services keep writing into their FIFOs meanwhile
+        assert all(psutil.pid_exists(pid) for pid in pids.values())
+        second = start(path, out)
+        again = wait_until(lambda: running_pids(path, n), timeout=30, message="20 services adopted")
+        assert again == pids  # 0 new pids
+        text = out.read_text()
+        assert f"adopted {n} replicas" in text
+        second_half = text.split(f"adopted {n} replicas", 1)[1]
+        assert "started c" not in second_half
+        time.sleep(0.2)
+        stop(second)
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                       for pid in pids.values())
+        for i in range(n):
+            numbers = [int(l) for l in (tmp_path / ".supervise" / "logs" / f"c{i}.log").read_text().splitlines()
+                       if l.isdigit()]
+            assert numbers == list(range(len(numbers))), f"c{i}: lines lost or repeated"
+            assert len(numbers) > 50
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+
+
+def test_adoption_verifies_identity_and_replaces_what_changed(tmp_path):
+    path = write(tmp_path / "services.toml", f"""
+[services.same]
+command = ["{PY}", "-c", "import time; time.sleep(300)"]
+[services.changed]
+command = ["{PY}", "-c", "import time; time.sleep(300)"]
+env = {{ V = "1" }}
+[services.removed]
+command = ["{PY}", "-c", "import time; time.sleep(300)"]
+""")
+    out = tmp_path / "out.txt"
+    first = start(path, out)
+    second = None
+    pids: dict[str, int] = {}
+    try:
+        pids = wait_until(lambda: running_pids(path, 3), timeout=30)
+        first.kill()
+        first.wait(timeout=10)
+        text = path.read_text().replace('V = "1"', 'V = "2"')
+        text = text[: text.index("[services.removed]")]
+        path.write_text(text)
+        # a record whose pid now belongs to another process must not be trusted
+        record_path = tmp_path / ".supervise" / "state" / "same.json"
+        record = json.loads(record_path.read_text())
+        record["replicas"]["0"]["create_time"] -= 1000
+        record_path.write_text(json.dumps(record))
+        os.kill(pids["same"], signal.SIGKILL)  # it is not ours any more as far as the record goes
+        second = start(path, out)
+        now = wait_until(lambda: running_pids(path, 2), timeout=30)
+        assert now["same"] != pids["same"]  # started anew, not "adopted"
+        assert now["changed"] != pids["changed"]  # adopted as stale, then replaced
+        wait_until(lambda: not psutil.pid_exists(pids["removed"]) or
+                   psutil.Process(pids["removed"]).status() == psutil.STATUS_ZOMBIE, message="removed stopped")
+        wait_until(lambda: not psutil.pid_exists(pids["changed"]) or
+                   psutil.Process(pids["changed"]).status() == psutil.STATUS_ZOMBIE, message="old changed stopped")
+        log = out.read_text()
+        assert "adopted, but started from another config" in log
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+        for pid in pids.values():  # the first supervisor's children, should the test fail early
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,188 @@
+"""The control plane as users drive it: a real daemon process, the real CLI, the real socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_until, write
+
+PY = sys.executable
+SLEEP = f'["{PY}", "-c", "import time; time.sleep(300)"]'
+
+
+def cli(*args: str, config: Path, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "supervisor", *args, "--config", str(config)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    path = write(tmp_path / "services.toml", f"""
+[services.web]
+command = {SLEEP}
+replicas = 2
+[services.job]
+command = ["{PY}", "-c", "import sys; print('job ran'); sys.exit(3)"]
+restart = "never"
+""")
+    out = open(tmp_path / "daemon.out", "w")
+    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
+    wait_until(lambda: cli("status", "web", config=path).returncode == 0, timeout=20, message="web running")
+    yield path, proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    out.close()
+
+
+def status(path: Path, *names: str) -> tuple[int, dict]:
+    result = cli("status", "--json", *names, config=path)
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_status_table_json_and_exit_codes(daemon):
+    path, proc = daemon
+    code, reply = status(path, "web")
+    assert code == 0
+    rows = reply["services"]
+    assert [(r["service"], r["replica"], r["phase"]) for r in rows] == [("web", 0, "running"), ("web", 1, "running")]
+    assert all(r["pid"] and r["version"] and r["restarts"] == 0 for r in rows)
+    wait_until(lambda: status(path, "job")[1]["services"][0]["phase"] == "exited")
+    code, reply = status(path, "job")
+    assert code == 3 and reply["services"][0]["last_exit"] == "exit 3"
+    table = cli("status", config=path)
+    assert table.returncode == 3
+    assert table.stdout.splitlines()[0].split()[:4] == ["SERVICE", "REPLICA", "PHASE", "PID"]
+    unknown = cli("status", "nope", config=path)
+    assert unknown.returncode == 1 and "unknown service: nope" in unknown.stderr
+
+
+def test_stop_holds_across_a_reload_and_start_releases(daemon):
+    path, proc = daemon
+    pids = [r["pid"] for r in status(path, "web")[1]["services"]]
+    assert cli("stop", "web", config=path).returncode == 0
+    code, reply = status(path, "web")
+    assert code == 3 and {r["phase"] for r in reply["services"]} == {"stopped"}
+    assert not any(Path(f"/proc/{pid}").exists() and "Z" not in open(f"/proc/{pid}/stat").read().split()[2] for pid in pids)
+    reload = cli("reload", config=path)
+    assert reload.returncode == 0 and reload.stdout.strip() == "nothing to do"
+    assert status(path, "web")[0] == 3
+    assert cli("start", "web", config=path).returncode == 0
+    wait_until(lambda: status(path, "web")[0] == 0)
+
+
+def test_restart_replaces_processes_without_counting_as_crashes(daemon):
+    path, proc = daemon
+    before = [r["pid"] for r in status(path, "web")[1]["services"]]
+    assert cli("restart", "web", config=path).returncode == 0
+    after = wait_until(lambda: (lambda rows: [r["pid"] for r in rows] if all(r["pid"] for r in rows) else None)(
+        status(path, "web")[1]["services"]))
+    assert set(after).isdisjoint(before)
+
+
+def test_plan_against_the_live_state_and_reload(daemon):
+    path, proc = daemon
+    assert cli("plan", config=path).stdout.strip() == "nothing to do"
+    text = path.read_text().replace("replicas = 2", "replicas = 3")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    # write beside, then plan reads the new file without applying it
+    os.replace(tmp, path)
+    plan = cli("plan", config=path).stdout.strip()
+    assert plan in ("start web[2]: replicas 2 -> 3", "nothing to do")  # the save may already be applied
+    wait_until(lambda: len(status(path, "web")[1]["services"]) == 3)
+
+
+def test_events_stream_json_lines(daemon, tmp_path):
+    path, proc = daemon
+    log = tmp_path / "events.jsonl"
+    out = open(log, "w")
+    stream = subprocess.Popen([PY, "-m", "supervisor", "events", "--config", str(path)], stdout=out)
+
+    def restarted_and_seen() -> bool:
+        # the stream may not be subscribed yet when the first restart happens: try again
+        cli("restart", "web", config=path)
+        try:
+            return bool(wait_until(lambda: '"started"' in log.read_text(), timeout=2))
+        except AssertionError:
+            return False
+
+    try:
+        wait_until(restarted_and_seen, timeout=15, interval=0, message="events on the stream")
+        events = [json.loads(line) for line in log.read_text().splitlines()]
+        assert all({"type", "timestamp", "service", "version"} <= set(e) for e in events)
+        assert {"stopping", "stopped", "started"} <= {e["type"] for e in events}
+    finally:
+        stream.terminate()
+        stream.wait(timeout=10)
+        out.close()
+
+
+def test_second_instance_is_refused_and_socket_is_owner_only(daemon):
+    path, proc = daemon
+    second = subprocess.run([PY, "-m", "supervisor", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    assert f"another supervise (pid {proc.pid}) is running" in second.stderr
+    state = path.parent / ".supervise"
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(state / "control.sock").st_mode) == 0o600
+    assert proc.poll() is None  # the first one is untouched
+
+
+def test_socket_refuses_another_uid(daemon):
+    path, proc = daemon
+    if os.geteuid() != 0:
+        pytest.skip("needs root to connect as another uid; the 0600 mode is asserted elsewhere")
+    sock_path = path.parent / ".supervise" / "control.sock"
+    os.chmod(sock_path, 0o666)  # even with the modes opened by hand, SO_PEERCRED refuses
+    os.chmod(sock_path.parent, 0o755)
+    read, write_ = os.pipe()
+    # pytest's tmp folders are 0700: reach the state dir through an fd opened before setuid
+    folder = os.open(sock_path.parent, os.O_PATH)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked child only
+        try:
+            import socket as _socket
+            os.setgid(65534)
+            os.setuid(65534)
+            s = _socket.socket(_socket.AF_UNIX)
+            s.connect(f"/proc/self/fd/{folder}/control.sock")
+            s.sendall(b'{"verb":"status"}\n')
+            os.write(write_, s.makefile("rb").readline())
+        finally:
+            os._exit(0)
+    os.close(write_)
+    os.close(folder)
+    answer = b""
+    while chunk := os.read(read, 4096):
+        answer += chunk
+    os.close(read)
+    os.waitpid(child, 0)
+    assert json.loads(answer) == {"ok": False, "error": "permission denied for uid 65534"}
+
+
+def test_verbs_without_a_supervisor_say_so_and_exit_1(tmp_path):
+    path = write(tmp_path / "services.toml", f"[services.x]\ncommand = {SLEEP}\n")
+    for verb in (["status"], ["stop", "x"], ["reload"], ["events"]):
+        result = cli(*verb, config=path)
+        assert result.returncode == 1, verb
+        assert result.stderr.strip().splitlines() == [f"supervise: no supervisor is running for {tmp_path / '.supervise'}"]
+
+
+def test_logs_tail_and_notes(daemon):
+    path, proc = daemon
+    wait_until(lambda: "job ran" in cli("logs", "-n", "5", "job", config=path).stdout)
+    out = cli("logs", "-n", "1", "job", config=path).stdout.splitlines()
+    assert len(out) == 1 and out[0].startswith("job")
