@@ -64,7 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", parents=[common], help="re-read the config file and apply it now")
     events = sub.add_parser("events", parents=[common, names], help="stream events as JSON lines")
     del events
+    add_import_verb(sub)
     return parser
+
+
+def add_import_verb(sub) -> None:
+    """``supervise import FILE [--env ENV_FILE] [--from FORMAT]``."""
+    verb = sub.add_parser("import", help="print a services.toml equivalent to a Procfile or a supervisord.conf")
+    verb.add_argument("file", type=Path, metavar="FILE", help="a Procfile or a supervisord.conf")
+    verb.add_argument("--env", type=Path, metavar="ENV_FILE", default=None,
+                      help="Procfile: the dotenv file for every service (default: .env beside FILE, if any)")
+    verb.add_argument("--from", dest="format", choices=("procfile", "supervisord"), default=None,
+                      help="the format of FILE (default: guessed from its name and contents)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(path)
         if verb == "logs":
             return cmd_logs(path, args.services, args.lines, args.follow)
+        if verb == "import":
+            return cmd_import(args.file, args.env, args.format)
         return cmd_remote(verb, path, args)
     except ConfigError as exc:
         for diagnostic in exc.diagnostics:
@@ -124,6 +137,17 @@ def cmd_plan(path: Path) -> int:
         print(line)
     if not lines:
         print("nothing to do")
+    return EXIT_OK
+
+
+def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
+    """Print the services.toml equivalent of the Procfile or supervisord.conf at ``path``."""
+    from .importers import ImportFailed, import_file
+
+    try:
+        sys.stdout.write(import_file(path, env=env, format=format))
+    except ImportFailed as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     return EXIT_OK
 
 
@@ -243,10 +267,15 @@ class _Formatter(logging.Formatter):
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Our own messages on stderr; syslog priority prefixes under journald (sd-daemon(3))."""
+    """Our own messages on stderr; syslog priority prefixes under journald (sd-daemon(3)),
+    that is when ``$JOURNAL_STREAM`` names stderr (see :func:`notify.journal_stream`)."""
     from .term import use_colour
 
-    journal = bool(os.environ.get("JOURNAL_STREAM")) and not sys.stderr.isatty()
+    journal = False
+    if os.environ.get("JOURNAL_STREAM"):  # notify imports asyncio: only when it can matter
+        from .notify import journal_stream
+
+        journal = journal_stream(sys.stderr) and not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(journal, use_colour(sys.stderr)))
     log.handlers[:] = [handler]

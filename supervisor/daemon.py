@@ -22,6 +22,7 @@ from .control.server import ControlServer, send
 from .durations import format_duration
 from .events import Event, EventType, Notifier
 from .model import Desired, Phase
+from .notify import UnitReporter
 from .reconciler import Reconciler
 from .builds import source_root
 from .watch import FileWatcher, GitPoller, SourceWatcher
@@ -73,7 +74,9 @@ class Daemon:
         self.console = console
         self.notifier = Notifier()
         self.console_out = logs.Console() if console else None
-        self.reconciler = Reconciler(desired, self.notifier, console=self.console_out)
+        self.unit = UnitReporter.from_environ()  # sd_notify(3); a no-op outside systemd
+        self.reconciler = Reconciler(desired, self.notifier, on_change=self.unit.changed, console=self.console_out)
+        self.unit.attach(self.reconciler)
         self.lock = StateLock(self.state_dir)
         self.stop_event: asyncio.Event | None = None
         self.last_error = ""
@@ -301,14 +304,17 @@ class Daemon:
             log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
         runner = asyncio.create_task(self.reconciler.run(self.load))
         self.reconciler.request()
+        self.unit.start()
         stopper = asyncio.create_task(self.stop_event.wait())
         await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
         if runner.done() and runner.exception():  # pragma: no cover - a bug; still stop cleanly
             log.error("reconciler failed", exc_info=runner.exception())
+        self.unit.stopping()
         log.info("stopping every service")
         runner.cancel()
         stopper.cancel()
         await asyncio.gather(runner, stopper, return_exceptions=True)
+        await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
         self.file_watcher.stop()
         self.source_watcher.stop()
         self.poller.stop()
@@ -326,7 +332,14 @@ class Daemon:
         self.reloads += 1
         log.info("SIGHUP: reloading %s", self.path.name)
         self.notifier.emit(EventType.RELOADED, None, None, trigger="SIGHUP")
-        self.reconciler.request()
+        self.unit.reload(self._reload_pass)
+
+    async def _reload_pass(self) -> None:
+        """One load-and-apply pass for SIGHUP, run between RELOADING=1 and READY=1 (an invalid
+        file is reported by :meth:`load` and changes nothing)."""
+        desired = self.load()
+        if desired is not None:
+            await self.reconciler.apply(desired)
 
 
 def print_event(event: Event) -> None:

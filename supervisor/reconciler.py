@@ -63,6 +63,8 @@ class Reconciler:
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.stopping = False
+        #: Plans applied so far; ``on_change`` is called after each (0: not converged once yet).
+        self.applied = 0
 
     async def start(self) -> None:
         """Set up the reaper (SIGCHLD), the state dir and, where possible, a cgroup."""
@@ -139,6 +141,8 @@ class Reconciler:
             for action in the_plan:
                 log.info("plan: %s", action)
             await self._execute(desired, the_plan)
+            self.applied += 1
+            self.on_change()
             return the_plan
 
     async def _execute(self, desired: Desired, the_plan: Plan) -> None:
