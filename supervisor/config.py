@@ -44,6 +44,8 @@ SERVICE_KEYS = (
 )
 LOG_KEYS = ("max_size", "backups", "timestamps")
 RUNTIMES = ("local", "kubernetes")
+#: Runtimes this version can run; "kubernetes" is part of the file format, not yet built.
+AVAILABLE_RUNTIMES = ("local",)
 CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
 
@@ -316,6 +318,12 @@ class _Validator:
             runtime = table["runtime"]
             if runtime not in RUNTIMES:
                 self.error(keys + ("runtime",), f'"runtime" must be one of {", ".join(RUNTIMES)}, got {runtime!r}{suggest(str(runtime), RUNTIMES)}')
+                runtime = "local"
+            elif runtime not in AVAILABLE_RUNTIMES:
+                # Refused rather than quietly run here: a user asking for a cluster must not
+                # get processes on this machine instead.
+                self.error(keys + ("runtime",), f'runtime "{runtime}" is not available in this version '
+                           f'(available: {", ".join(AVAILABLE_RUNTIMES)})')
                 runtime = "local"
         if "poll" in table:
             poll = self.duration(keys + ("poll",), table["poll"]) or poll

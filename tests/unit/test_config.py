@@ -83,13 +83,20 @@ def test_settings_defaults_and_values(tmp_path):
     desired = config.load(write(tmp_path, """
         [supervise]
         state_dir = "var/state"
-        runtime = "kubernetes"
+        runtime = "local"
         poll = "2m"
         keep_versions = 5
     """))
     assert desired.settings == Settings(state_dir=(tmp_path / "var/state").resolve(),
-                                        runtime="kubernetes", poll=120.0, keep_versions=5)
+                                        runtime="local", poll=120.0, keep_versions=5)
     assert dict(desired.services) == {}
+
+
+def test_kubernetes_runtime_is_refused_not_run_locally(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        config.load(write(tmp_path, '[supervise]\nruntime = "kubernetes"\n'))
+    assert [d.message for d in error.value.diagnostics] == [
+        'runtime "kubernetes" is not available in this version (available: local)']
 
 
 def test_services_keep_file_order(tmp_path):
