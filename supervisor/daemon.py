@@ -81,6 +81,7 @@ class Daemon:
         self.stop_event: asyncio.Event | None = None
         self.last_error = ""
         self.reloads = 0  # reloads asked for by saves and SIGHUP
+        self.detaching = False  # SIGQUIT: leave the services running for the next supervise
         self.started = time.time()
         self.file_watcher: FileWatcher | None = None
         self.source_watcher: SourceWatcher | None = None
@@ -296,6 +297,7 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+        loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
 
         log.info("supervise %s: %d services from %s (state in %s, pid %d)", __version__,
                  len(self.desired.services), self.path, self.state_dir, os.getpid())
@@ -310,7 +312,8 @@ class Daemon:
         if runner.done() and runner.exception():  # pragma: no cover - a bug; still stop cleanly
             log.error("reconciler failed", exc_info=runner.exception())
         self.unit.stopping()
-        log.info("stopping every service")
+        log.info("leaving every service running for the next supervise" if self.detaching
+                 else "stopping every service")
         runner.cancel()
         stopper.cancel()
         await asyncio.gather(runner, stopper, return_exceptions=True)
@@ -318,15 +321,25 @@ class Daemon:
         self.file_watcher.stop()
         self.source_watcher.stop()
         self.poller.stop()
-        await self.reconciler.shutdown()
+        if self.detaching:
+            await self.reconciler.detach()
+        else:
+            await self.reconciler.shutdown()
         await self.control.close()
         if self.console_out is not None:
             self.console_out.close()
         self.notifier.close()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             loop.remove_signal_handler(sig)
-        log.info("stopped")
+        log.info("detached" if self.detaching else "stopped")
         return 0
+
+    def on_sigquit(self) -> None:
+        """SIGQUIT: exit *without* stopping the services, for an in-place upgrade or restart of
+        supervise itself; the next ``supervise`` on this state dir adopts them."""
+        self.detaching = True
+        assert self.stop_event is not None
+        self.stop_event.set()
 
     def on_sighup(self) -> None:
         self.reloads += 1

@@ -425,6 +425,18 @@ class Pump:
             self.on_eof()
 
 
+    def detach(self) -> None:
+        """Stop reading without ending: what is in the FIFO stays for the next supervisor (an
+        unfinished line we already took out is written now, without a newline added)."""
+        if self.done.done():
+            return
+        self.on_eof = None
+        if self.partial:
+            self.sink.write(self.partial)
+            self.partial = b""
+        self.close()
+
+
 def _consume(fd: int, count: int) -> None:
     """Drop ``count`` bytes from the front of pipe ``fd`` (they are known to be there)."""
     while count > 0:

@@ -258,6 +258,18 @@ class Reconciler:
         if self.cgroup_parent is not None:
             cgroups.remove(self.cgroup_parent)
 
+    async def detach(self) -> None:
+        """Let go of every service without stopping it: stop reading their output (the FIFOs
+        keep it), cancel timers and checks, and write the state files a next supervisor
+        adopts from. A replica waiting in backoff has no process; the next supervisor starts it."""
+        self.stopping = True
+        async with self.lock:
+            for controller in self.controllers.values():
+                controller.detach()
+        if self.reaper is not None:
+            self.reaper.close()
+        self.logs.close()
+
     def request(self) -> None:
         """Ask for a reconcile pass soon (thread-unsafe: call on the loop)."""
         self.wake.set()

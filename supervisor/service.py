@@ -383,6 +383,21 @@ class ServiceController:
     async def stop_all(self, reason: str) -> None:
         await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
 
+    def detach(self) -> None:
+        """Stop watching without stopping (see Reconciler.detach); the state file is written
+        now, with every live replica in it."""
+        for task in list(self._tasks):
+            task.cancel()
+        for replica in self.replicas.values():
+            self._cancel_timer(replica)
+            if replica.probation_timer is not None:
+                replica.probation_timer.cancel()
+            for task in list(replica.tasks):
+                task.cancel()
+            if replica.handle is not None and replica.handle.pump is not None:
+                replica.handle.pump.detach()
+        self._persist_now()
+
     # -- user verbs (supervise start/stop/restart) ------------------------------------------
 
     async def hold(self, reason: str) -> None:

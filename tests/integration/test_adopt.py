@@ -127,3 +127,35 @@ command = ["{PY}", "-c", "import time; time.sleep(300)"]
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_sigquit_leaves_services_running_for_an_in_place_upgrade(tmp_path):
+    n = 3
+    path = write(tmp_path / "services.toml", "".join(
+        f'[services.c{i}]\ncommand = ["{PY}", "-c", "{COUNTER}"]\n' for i in range(n)))
+    out = tmp_path / "out.txt"
+    first = start(path, out)
+    second = None
+    pids: dict[str, int] = {}
+    try:
+        pids = wait_until(lambda: running_pids(path, n), timeout=30)
+        first.send_signal(signal.SIGQUIT)
+        assert first.wait(timeout=20) == 0
+        assert "leaving every service running" in out.read_text()
+        assert all(psutil.pid_exists(pid) for pid in pids.values())
+        second = start(path, out)
+        assert wait_until(lambda: running_pids(path, n), timeout=30) == pids
+        stop(second)
+        for i in range(n):
+            numbers = [int(l) for l in (tmp_path / ".supervise" / "logs" / f"c{i}.log").read_text().splitlines()
+                       if l.isdigit()]
+            assert numbers == list(range(len(numbers))), f"c{i}: lines lost or repeated"
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+        for pid in pids.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
