@@ -35,6 +35,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb (the man page test walks it)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
                         help="config file (default: $SUPERVISE_CONFIG or ./services.toml)")
@@ -79,6 +80,7 @@ def add_import_verb(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``supervise`` command: parse ``argv``, run the verb, return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -115,6 +117,7 @@ def state_dir_of(path: Path) -> Path:
 
 
 def cmd_check(path: Path) -> int:
+    """``supervise check``: 0 with a one-line summary, or ConfigError (exit 2)."""
     desired = config.load(path)
     count = len(desired.services)
     print(f"{path}: ok ({count} service{'s' if count != 1 else ''})")
@@ -122,6 +125,7 @@ def cmd_check(path: Path) -> int:
 
 
 def cmd_plan(path: Path) -> int:
+    """``supervise plan``: against the running supervisor if one answers, else from nothing."""
     from .model import Observed
     from .plan import plan as make_plan
 
@@ -152,6 +156,7 @@ def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
 
 
 def cmd_run(path: Path) -> int:
+    """``supervise run``: the foreground supervisor until SIGINT/SIGTERM (SIGQUIT detaches)."""
     import asyncio
 
     from .daemon import AlreadyRunning, Daemon
@@ -164,6 +169,7 @@ def cmd_run(path: Path) -> int:
 
 
 def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
+    """The verbs answered by the running supervisor over its control socket."""
     state_dir = state_dir_of(path)
     try:
         with Client(state_dir, timeout=None if verb in ("events", "reload", "restart", "start", "stop") else 30) as client:

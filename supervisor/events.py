@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 
 class EventType(str, enum.Enum):
+    """Event types: ``create``/``update``/``delete`` (the original notifier's) and life-cycle ones."""
     CREATE = "create"
     UPDATE = "update"
     DELETE = "delete"
@@ -58,14 +59,17 @@ class Event:
     timestamp: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
+        """The event as one flat JSON-able object."""
         return {"type": self.type.value, "timestamp": self.timestamp, "service": self.service,
                 "version": self.version, **self.data}
 
     def to_json(self) -> str:
+        """One compact JSON line (no newline)."""
         return json.dumps(self.to_dict(), default=str, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Event":
+        """The inverse of :meth:`to_dict`. Raises ValueError for an unknown type."""
         raw = dict(raw)
         return cls(type=EventType(raw.pop("type")), service=raw.pop("service", None),
                    version=raw.pop("version", None), timestamp=raw.pop("timestamp", time.time()),
@@ -86,18 +90,22 @@ class Notifier:
         self.closed = False
 
     def add_listener(self, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` for every event, on the notifying thread."""
         self._callbacks.append(callback)
 
     def subscribe(self, maxsize: int = 10000) -> asyncio.Queue[Event | None]:
+        """A queue that receives every event, then None at :meth:`close` (loop thread only)."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
         self._queues.append(queue)
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[Event | None]) -> None:
+        """Stop feeding ``queue``."""
         if queue in self._queues:
             self._queues.remove(queue)
 
     def notify(self, event: Event) -> None:
+        """Publish ``event`` to every listener and subscriber (a no-op once closed)."""
         if self.closed:
             return
         for callback in list(self._callbacks):
@@ -111,11 +119,13 @@ class Notifier:
             queue.put_nowait(event)
 
     def emit(self, type: EventType, service: str | None = None, version: str | None = None, **data: Any) -> Event:
+        """Build an :class:`Event` from the arguments, publish it, and return it."""
         event = Event(type=type, service=service, version=version, data=data)
         self.notify(event)
         return event
 
     def close(self) -> None:
+        """End every subscription (each queue gets None) and drop the listeners."""
         self.closed = True
         for queue in self._queues:
             if queue.full():

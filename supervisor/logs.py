@@ -56,10 +56,12 @@ NOTE_PREFIX = b"[supervise "
 
 
 def log_dir(state_dir: Path) -> Path:
+    """``STATE_DIR/logs``."""
     return state_dir / "logs"
 
 
 def run_dir(state_dir: Path) -> Path:
+    """``STATE_DIR/run``, where the replicas' output FIFOs live."""
     return state_dir / "run"
 
 
@@ -253,6 +255,7 @@ class LogRegistry:
         self.sinks: dict[str, LogSink] = {}
 
     def sink(self, name: str, policy: LogPolicy | None = None) -> LogSink:
+        """The sink of service ``name`` (made on first use); ``policy`` replaces its rotation policy."""
         sink = self.sinks.get(name)
         if sink is None:
             sink = self.sinks[name] = LogSink(name, log_path(self.state_dir, name), policy or LogPolicy(), self.console)

@@ -80,6 +80,7 @@ class SourceSpec:
     poll: float | None = None
 
     def describe(self) -> str:
+        """``git URL@REF`` or the folder, for messages and status."""
         if self.kind == "git":
             return f"git {self.url}@{self.ref}"
         return str(self.path)
@@ -99,6 +100,7 @@ class Backoff:
 
     @property
     def reset_after(self) -> float:
+        """Seconds of uptime after which the backoff starts again from ``initial``."""
         return self.reset if self.reset is not None else max(self.max, 10.0)
 
 
@@ -215,6 +217,7 @@ class Exit:
 
     @classmethod
     def from_wait_status(cls, status: int) -> "Exit":
+        """From a ``waitpid`` status word."""
         import os
 
         if os.WIFSIGNALED(status):
@@ -223,6 +226,7 @@ class Exit:
 
     @property
     def success(self) -> bool:
+        """Exited with code 0."""
         return self.code == 0
 
     def __str__(self) -> str:
@@ -281,4 +285,5 @@ class Observed:
 
     @classmethod
     def empty(cls) -> "Observed":
+        """Nothing runs."""
         return cls({})

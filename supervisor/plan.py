@@ -30,6 +30,7 @@ REBUILD_FIELDS = ("source", "build")
 
 
 class ActionKind(str, enum.Enum):
+    """What an :class:`Action` does; ``update`` applies settings in place, restarting nothing."""
     FETCH = "fetch"
     BUILD = "build"
     START = "start"
@@ -71,6 +72,7 @@ class Plan:
         return len(self.actions)
 
     def for_service(self, name: str) -> tuple[Action, ...]:
+        """The actions on service ``name``, in plan order."""
         return tuple(a for a in self.actions if a.service == name)
 
     def services(self) -> tuple[str, ...]:
@@ -78,6 +80,7 @@ class Plan:
         return tuple(dict.fromkeys(a.service for a in self.actions))
 
     def lines(self) -> list[str]:
+        """``kind target: reason`` per action, as ``supervise plan`` prints them."""
         return [str(a) for a in self.actions]
 
 

@@ -88,6 +88,7 @@ class ProcessHandle:
 
     @property
     def running(self) -> bool:
+        """The leader has not exited yet."""
         return not self.exited.done()
 
 
@@ -125,6 +126,7 @@ class Reaper:
             pass
 
     def track(self, pid: int, pgid: int) -> asyncio.Future[Exit]:
+        """A future for the exit of ``pid`` (leader of group ``pgid``), and reap that group."""
         future: asyncio.Future[Exit] = self.loop.create_future()
         self.waiters[pid] = future
         self.groups.setdefault(pgid, set()).add(pid)
@@ -144,6 +146,7 @@ class Reaper:
         return future
 
     def untrack_group(self, pgid: int) -> None:
+        """Stop reaping group ``pgid`` (it is empty)."""
         self.groups.pop(pgid, None)
 
     def reap(self) -> None:
@@ -409,6 +412,7 @@ def _anything_left(handle: ProcessHandle, snapshot: list[psutil.Process]) -> boo
 
 
 def too_many_files() -> str:
+    """The message for EMFILE, naming the limit and how to raise it."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return (f"too many open files (limit {soft}): each replica needs 2; raise the hard limit "
             "(LimitNOFILE= in the systemd unit, ulimit -Hn)")

@@ -126,9 +126,11 @@ class Reconciler:
         return adopted
 
     def observe(self) -> Observed:
+        """The observed state: every controller's view of its replicas."""
         return Observed({name: c.observe() for name, c in self.controllers.items()})
 
     def plan(self, desired: Desired | None = None) -> Plan:
+        """The plan for ``desired`` (default: the current one) against what runs now; no effect."""
         return plan(desired or self.desired, self.observe(), self.revisions)
 
     async def apply(self, desired: Desired) -> Plan:

@@ -56,6 +56,7 @@ class Launch:
 
 @dataclass
 class Replica:
+    """One replica's bookkeeping: its launch, phase, process handle, restart pacing."""
     index: int
     launch: Launch
     phase: Phase = Phase.PENDING
@@ -381,6 +382,7 @@ class ServiceController:
         task.add_done_callback(self._tasks.discard)
 
     async def stop_all(self, reason: str) -> None:
+        """Stop and forget every replica, concurrently."""
         await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
 
     def detach(self) -> None:

@@ -22,6 +22,7 @@ from .plan import RESTART_FIELDS
 
 
 def state_dir_of(state_dir: Path) -> Path:
+    """``STATE_DIR/state``, where the per-service records live."""
     return state_dir / "state"
 
 
@@ -51,6 +52,7 @@ def save(state_dir: Path, name: str, record: dict[str, Any]) -> None:
 
 
 def remove(state_dir: Path, name: str) -> None:
+    """Forget service ``name``'s record (a missing one is fine)."""
     try:
         (state_dir_of(state_dir) / f"{name}.json").unlink()
     except FileNotFoundError:

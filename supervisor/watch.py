@@ -87,6 +87,7 @@ class FileWatcher:
         self.observer.start()
 
     def set_files(self, files: Iterable[Path]) -> None:
+        """Watch exactly ``files`` from now on (the config and its env files)."""
         self.files = {Path(os.path.abspath(f)) for f in files}
         wanted = {f.parent for f in self.files}
         for folder in set(self.watched_dirs) - wanted:
@@ -162,6 +163,7 @@ class SourceWatcher:
         self.watches: dict[str, tuple[Path, tuple[str, ...], object, Debouncer]] = {}
 
     def set_services(self, specs: Iterable[ServiceSpec]) -> None:
+        """Follow exactly the sources of ``specs`` from now on (unchanged ones keep their state)."""
         wanted = {s.name: s for s in specs if s.watch and s.source.kind == "path" and s.source.path}
         for name in list(self.watches):
             root, globs, handle, debouncer = self.watches[name]

@@ -46,10 +46,12 @@ class PrepareError(Exception):
 
 
 def make_version(revision: str, spec: ServiceSpec) -> str:
+    """``REVISION12-BUILDHASH8``: what a build is of (DESIGN.md, "version")."""
     return f"{revision[:12]}-{spec.build_hash[:8]}"
 
 
 def source_root(state_dir: Path, service: str) -> Path:
+    """``STATE_DIR/sources/NAME``: the bare repository and version worktrees of a git source."""
     return state_dir / "sources" / service
 
 

@@ -13,8 +13,10 @@ LOCK_NAME = "supervise.lock"
 
 
 def socket_path(state_dir: Path) -> Path:
+    """``STATE_DIR/control.sock``."""
     return state_dir / SOCKET_NAME
 
 
 def lock_path(state_dir: Path) -> Path:
+    """``STATE_DIR/supervise.lock`` (flock: one supervisor per state dir)."""
     return state_dir / LOCK_NAME

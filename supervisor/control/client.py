@@ -33,6 +33,7 @@ class Client:
         self.reader = self.sock.makefile("rb")
 
     def close(self) -> None:
+        """Close the connection."""
         self.reader.close()
         self.sock.close()
 
@@ -43,9 +44,11 @@ class Client:
         self.close()
 
     def send(self, verb: str, **args: Any) -> None:
+        """Send one request line ``{"verb": verb, ...args}``."""
         self.sock.sendall((json.dumps({"verb": verb, **args}) + "\n").encode())
 
     def receive(self) -> dict[str, Any]:
+        """Read one reply line. Raises ControlError for ``ok: false`` or a closed connection."""
         line = self.reader.readline()
         if not line:
             raise ControlError("the supervisor closed the connection")

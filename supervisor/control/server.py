@@ -22,6 +22,7 @@ Handler = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[dict[str, A
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    """The uid of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
     sock = writer.get_extra_info("socket")
     if sock is None:
         return None
@@ -42,6 +43,7 @@ class ControlServer:
         self.clients: set[asyncio.Task] = set()
 
     async def start(self) -> None:
+        """Listen on the socket (0600 in a 0700 folder; a stale socket file is replaced)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.path.parent, 0o700)
         try:
@@ -56,6 +58,7 @@ class ControlServer:
         os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
+        """Stop listening, end open connections, remove the socket file."""
         if self.server is not None:
             self.server.close()
             for task in list(self.clients):
@@ -108,5 +111,6 @@ class ControlServer:
 
 
 async def send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+    """Write ``obj`` as one JSON line and wait until it is sent."""
     writer.write((json.dumps(obj, default=str) + "\n").encode())
     await writer.drain()
