@@ -319,3 +319,25 @@ def test_force_pushed_ref_is_reported_and_deployed(tmp_path):
     run(body())
     work.close()
     bare.close()
+
+
+def test_only_the_last_versions_stay_on_disk(tmp_path):
+    work, bare = make_remote(tmp_path)
+    path = tmp_path / "services.toml"
+    path.write_text('[supervise]\nkeep_versions = 2\n' + GIT_CONFIG.format(py=PY).replace("replicas = 2", "replicas = 1"))
+    versions = tmp_path / ".supervise" / "sources" / "app" / "versions"
+
+    async def body():
+        async with DaemonRun(path) as d:
+            await d.until(lambda: d.pid("app"))
+            for n in range(4):
+                commit = write_app(work, f"v{n + 2}", build_ok=True)
+                work.remote("origin").push("main:main")
+                await d.until(lambda: d.controllers["app"].artifact.version.startswith(commit[:12]) and d.pid("app"),
+                              timeout=15, message=f"commit {n + 2} running")
+            kept = sorted(p.name for p in versions.iterdir())
+            assert len(kept) == 2 and commit[:12] in kept
+
+    run(body())
+    work.close()
+    bare.close()
