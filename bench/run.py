@@ -359,7 +359,7 @@ class Supervise(Adapter):
 
     @classmethod
     def missing(cls) -> str | None:
-        if not (SUPERVISE_BIN / "supervise").exists():
+        if not (SUPERVISE_BIN / "supervise").exists() and not any(a.startswith("--supervise-cmd") for a in sys.argv):
             return "bench/.venv-supervise/bin/supervise is missing: run bench/setup.sh"
         return None
 
@@ -575,8 +575,8 @@ class Session:
         env.pop("PYTHONUNBUFFERED", None)  # the log writer must buffer as a normal program does
         self.t_launch = time.monotonic()
         self.adapter.launch(env)
-        if PROFILE_DIR is not None and self.adapter.name == "supervise":
-            self._start_profiler()
+        if PROFILE_DIR is not None and self.adapter.name == "supervise" and CURRENT_SCENARIO != "stop":
+            self._start_profiler()  # the stop scenario records the stop alone (see stop())
         return self
 
     def __exit__(self, *exc) -> None:
@@ -645,6 +645,8 @@ class Session:
         """SIGTERM the supervisor; seconds until no service process is left and until it exited."""
         self.services_now()
         services = dict(self.seen)
+        if PROFILE_DIR is not None and self.adapter.name == "supervise" and self.profiler is None:
+            self._start_profiler()
         t0 = time.monotonic()
         self.adapter.terminate()
         left, t_services = wait_for(lambda: not [p for p, s in services.items() if alive(p, s)], timeout,
@@ -679,6 +681,7 @@ class Session:
 
     # profiling (supervise only, --profile DIR)
     def _start_profiler(self) -> None:
+        """py-spy on the supervisor (not its services) into PROFILE_DIR, raw collapsed stacks."""
         spy = PEERS_BIN / "py-spy"
         out = PROFILE_DIR / f"{CURRENT_SCENARIO}-{self.adapter.name}-{len(self.services)}.txt"
         self.profiler = subprocess.Popen(
@@ -1099,6 +1102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 20)")
     parser.add_argument("--supervise-reload", choices=["auto", "save", "sighup"], default="auto",
                         help="how supervise applies a saved config: auto (detect reload-on-save), save, sighup")
+    parser.add_argument("--supervise-cmd", metavar="CMD",
+                        help="how to run supervise, e.g. '/work/main/.venv/bin/supervise' to compare another "
+                             "checkout (default: bench/.venv-supervise/bin/supervise)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record supervise with py-spy (raw collapsed stacks) into DIR")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (configs, logs)")
@@ -1135,7 +1141,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def factory(name: str, workdir: Path) -> Adapter:
         if name == "supervise":
-            return Supervise(workdir, reload_mode=args.supervise_reload)
+            command = shlex.split(args.supervise_cmd) if args.supervise_cmd else None
+            python = command[0] if command and "python" in os.path.basename(command[0]) else None
+            return Supervise(workdir, command=command, python=python, reload_mode=args.supervise_reload)
         return ADAPTERS[name](workdir)
 
     started = time.strftime("%Y-%m-%d %H:%M")
