@@ -194,6 +194,24 @@ def marked(value: bytes, prefix: bool = False) -> list[tuple[int, int]]:
     return found
 
 
+def thread_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of all threads of ``pid`` (wake-ups, roughly)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.endswith(b"ctxt_switches:", 0, line.index(b":") + 1):
+                        total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total
+
+
 def kill_exact(pid: int, starttime: int, sig: int = signal.SIGKILL) -> None:
     """Signal ``pid`` only if it is still the process that started at ``starttime``."""
     stat = read_stat(pid)
@@ -630,14 +648,14 @@ class Session:
         return {"rss_mb": round(rss / 2**20, 1), "pss_mb": round(pss / 2**20, 1), "own_procs": len(procs)}
 
     def cpu(self) -> tuple[float, int]:
-        """CPU seconds (user+system, children excluded) and context switches of the supervisor."""
+        """CPU seconds (user+system, children excluded) and context switches of the supervisor
+        (every thread's: /proc/PID/status counts the main thread alone)."""
         total, switches = 0.0, 0
         for p in self.own_processes():
             with contextlib.suppress(psutil.Error):
                 t = p.cpu_times()
                 total += t.user + t.system
-                c = p.num_ctx_switches()
-                switches += c.voluntary + c.involuntary
+            switches += thread_switches(p.pid)
         return total, switches
 
     # shutdown
