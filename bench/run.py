@@ -1,0 +1,1248 @@
+#!/usr/bin/env python3
+"""Benchmarks of supervise against supervisord, circus and honcho, side by side.
+
+    bench/setup.sh                                   # once: bench/.venv and bench/.venv-supervise
+    python bench/run.py --scenario cold --n 50       # one scenario
+    python bench/run.py --quick                      # everything, small, in about a minute
+    python bench/run.py                              # the full suite (several minutes)
+
+Each supervisor runs from its own venv's console scripts (the PyPI package ``supervisor`` and
+this project's package share the import name ``supervisor``; neither is imported here). For
+each scenario an adapter writes the supervisor's config for N services into a temp dir, starts
+it in a new session, finds its processes through /proc, and stops it. Every process started is
+marked with ``SUPERVISE_BENCH_MARK`` in its environment and is killed by pid at the end of its
+scenario, on failure, and at exit; no wait is unbounded.
+
+Only the standard library and psutil are used (run with bench/.venv/bin/python; a plain
+``python`` re-runs itself there when psutil is missing).
+
+Output: one JSON line per supervisor and scenario on stdout, then a table of each metric
+relative to the best peer (the best of supervisord, circus and honcho). A full run also
+writes bench/results/run-DATE.jsonl and bench/results/latest.md (the README table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PEERS_BIN = BENCH / ".venv" / "bin"
+SUPERVISE_BIN = BENCH / ".venv-supervise" / "bin"
+RESULTS = BENCH / "results"
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - only outside the venvs
+    if __name__ == "__main__" and (PEERS_BIN / "python").exists() and not os.environ.get("SUPERVISE_BENCH_REEXEC"):
+        os.environ["SUPERVISE_BENCH_REEXEC"] = "1"
+        os.execv(str(PEERS_BIN / "python"), [str(PEERS_BIN / "python"), __file__, *sys.argv[1:]])
+    raise SystemExit("bench/run.py needs psutil: run bench/setup.sh, then bench/.venv/bin/python bench/run.py")
+
+MARK_VAR = "SUPERVISE_BENCH_MARK"
+RUN_ID = uuid.uuid4().hex[:12]
+SLEEP = ("sleep", "1000")
+WRITER_NAME = "bench_writer.py"
+PAD = "x" * 48
+
+
+def note(message: str) -> None:
+    print(f"bench | {message}", file=sys.stderr, flush=True)
+
+
+# -- /proc ----------------------------------------------------------------------------------
+
+def read_stat(pid: int) -> tuple[int, int, bytes] | None:
+    """(ppid, starttime in clock ticks, state letter) of ``pid``, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data.rsplit(b")", 1)[1].split()
+    return int(rest[1]), int(rest[19]), rest[0]
+
+
+def read_argv(pid: int) -> tuple[str, ...]:
+    """The argv of ``pid``; empty for a zombie, a kernel thread or a gone process."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            data = f.read()
+    except OSError:
+        return ()
+    return tuple(part.decode("utf-8", "replace") for part in data.split(b"\0")[:-1]) if data else ()
+
+
+def alive(pid: int, starttime: int) -> bool:
+    """True while the process ``pid`` that started at ``starttime`` runs (zombies are not)."""
+    stat = read_stat(pid)
+    return stat is not None and stat[1] == starttime and stat[2] != b"Z"
+
+
+def is_service(argv: tuple[str, ...]) -> bool:
+    """A service process of the bench: ``sleep ...`` or the log writer (after its exec)."""
+    if not argv:
+        return False
+    return os.path.basename(argv[0]) == "sleep" or any(a.endswith(WRITER_NAME) for a in argv[1:3])
+
+
+class ProcTable:
+    """An incremental view of /proc: each refresh reads the stat of new pids only.
+
+    Bench processes do not re-parent while their supervisor lives, so a ppid read once stays
+    right; the argv is cached once a process is a service (it has exec'd).
+    """
+
+    def __init__(self) -> None:
+        self.stat: dict[int, tuple[int, int, bytes]] = {}
+        self.argvs: dict[tuple[int, int], tuple[str, ...]] = {}
+
+    def refresh(self) -> list[int]:
+        pids = {int(name) for name in os.listdir("/proc") if name.isdigit()}
+        for pid in [p for p in self.stat if p not in pids]:
+            del self.stat[pid]
+        new = []
+        for pid in pids - self.stat.keys():
+            stat = read_stat(pid)
+            if stat is not None:
+                self.stat[pid] = stat
+                new.append(pid)
+        if len(self.argvs) > 4 * len(self.stat) + 100:
+            self.argvs = {k: v for k, v in self.argvs.items() if self.stat.get(k[0], (0, -1))[1] == k[1]}
+        return new
+
+    def argv(self, pid: int) -> tuple[str, ...]:
+        start = self.stat.get(pid, (0, -1, b""))[1]
+        cached = self.argvs.get((pid, start))
+        if cached is not None:
+            return cached
+        argv = read_argv(pid)
+        if is_service(argv):
+            self.argvs[(pid, start)] = argv
+        return argv
+
+    def children_map(self) -> dict[int, list[int]]:
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in self.stat.items():
+            children.setdefault(ppid, []).append(pid)
+        return children
+
+    def classify(self, root: int) -> tuple[dict[int, tuple[str, ...]], list[int]]:
+        """Split the tree under ``root`` into services {pid: argv} and the supervisor's own
+        processes (root, helpers, shell wrappers). A service's own children are not walked."""
+        children = self.children_map()
+        services: dict[int, tuple[str, ...]] = {}
+        own: list[int] = []
+        todo = [root]
+        while todo:
+            pid = todo.pop()
+            if pid != root:
+                argv = self.argv(pid)
+                if is_service(argv):
+                    services[pid] = argv
+                    continue
+            own.append(pid)
+            todo.extend(children.get(pid, ()))
+        return services, own
+
+    def is_under(self, pid: int, root: int) -> bool:
+        seen = 0
+        while pid > 1 and seen < 64:
+            if pid == root:
+                return True
+            pid = self.stat.get(pid, (0, 0, b""))[0]
+            seen += 1
+        return pid == root
+
+
+def marked(value: bytes, prefix: bool = False) -> list[tuple[int, int]]:
+    """(pid, starttime) of every live process whose environment has MARK_VAR=value."""
+    needle = f"{MARK_VAR}=".encode() + value
+    found = []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        for item in env.split(b"\0"):
+            if item == needle or (prefix and item.startswith(needle)):
+                stat = read_stat(int(name))
+                if stat is not None and stat[2] != b"Z":
+                    found.append((int(name), stat[1]))
+                break
+    return found
+
+
+def thread_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of all threads of ``pid`` (wake-ups, roughly)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.endswith(b"ctxt_switches:", 0, line.index(b":") + 1):
+                        total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def kill_exact(pid: int, starttime: int, sig: int = signal.SIGKILL) -> None:
+    """Signal ``pid`` only if it is still the process that started at ``starttime``."""
+    stat = read_stat(pid)
+    if stat is None or stat[1] != starttime:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.005) -> tuple[object, float]:
+    """Poll ``predicate`` until truthy or ``timeout`` s pass: (value, monotonic time it held)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        now = time.monotonic()
+        if value:
+            return value, now
+        if now > deadline:
+            return value, now
+        time.sleep(interval)
+
+
+# -- what was started, for cleanup at exit --------------------------------------------------
+
+class Registry:
+    """Everything this run started; ``cleanup`` kills what is left, by pid, also at exit."""
+
+    def __init__(self) -> None:
+        self.roots: list[subprocess.Popen] = []
+        self.dirs: list[Path] = []
+        self.keep_dirs = False
+
+    def cleanup(self) -> None:
+        for proc in self.roots:
+            if proc.poll() is None:  # still our unreaped child: its pid and group are ours
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+        for pid, start in marked(RUN_ID.encode(), prefix=True):
+            kill_exact(pid, start)
+        if not self.keep_dirs:
+            for folder in self.dirs:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+REGISTRY = Registry()
+atexit.register(REGISTRY.cleanup)
+
+
+def _exit_on_signal(signum, frame):  # pragma: no cover - interactive
+    raise SystemExit(128 + signum)
+
+
+# -- services -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Svc:
+    name: str
+    argv: tuple[str, ...]
+
+
+def sleepers(n: int) -> list[Svc]:
+    return [Svc(f"s{i}", SLEEP) for i in range(n)]
+
+
+WRITER = f'''\
+import os, sys, time
+count, marker = int(sys.argv[1]), sys.argv[2]
+def mark(suffix):
+    with open(marker + suffix + ".tmp", "w") as f:
+        f.write(repr(time.time()))
+    os.rename(marker + suffix + ".tmp", marker + suffix)
+mark(".start")
+write = sys.stdout.write
+for i in range(count):
+    write("L%07d {PAD}\\n" % i)
+sys.stdout.flush()
+mark(".done")
+time.sleep(100000)  # stay up: a restart would write the lines twice
+'''
+
+
+# -- adapters -------------------------------------------------------------------------------
+
+class Adapter:
+    """One supervisor: config for N services, start, stop, and where things are."""
+
+    name = "?"
+    #: scenario -> reason it cannot run there
+    unsupported: dict[str, str] = {}
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir
+        self.conf_dir = workdir / "conf"
+        self.log_dir = workdir / "logs"
+        self.out_dir = workdir / "out"
+        for folder in (self.conf_dir, self.log_dir, self.out_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        self.services: list[Svc] = []
+
+    @classmethod
+    def missing(cls) -> str | None:
+        """Why this supervisor cannot run here (not installed), or None."""
+        return None
+
+    @property
+    def out_path(self) -> Path:
+        return self.out_dir / f"{self.name}.out"
+
+    def configure(self, services: list[Svc]) -> None:
+        self.services = list(services)
+        self.write_config()
+
+    def write_config(self) -> None:
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def launch(self, env: dict[str, str]) -> None:
+        with open(self.out_path, "ab") as out:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         cwd=self.conf_dir, env=env, start_new_session=True)
+        REGISTRY.roots.append(self.proc)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+
+    def log_file(self, service: str) -> Path:
+        return self.log_dir / f"{service}.log"
+
+    def reload(self) -> str:
+        """Make the running supervisor apply the saved config; returns how."""
+        raise NotImplementedError
+
+    def status_command(self) -> list[str] | None:
+        return None
+
+    def cleanup(self) -> None:
+        """Anything besides processes this supervisor leaves behind (after it stopped)."""
+
+
+class Supervise(Adapter):
+    name = "supervise"
+    unsupported = {}
+
+    def __init__(self, workdir: Path, command: list[str] | None = None, python: str | None = None,
+                 reload_mode: str = "auto"):
+        super().__init__(workdir)
+        self.base = command or [str(SUPERVISE_BIN / "supervise")]
+        self.python = python or str(SUPERVISE_BIN / "python")
+        self.reload_mode = reload_mode
+        self.config = self.conf_dir / "services.toml"
+        self.state_dir = self.conf_dir / "state"
+
+    @classmethod
+    def missing(cls) -> str | None:
+        if not (SUPERVISE_BIN / "supervise").exists() and not any(a.startswith("--supervise-cmd") for a in sys.argv):
+            return "bench/.venv-supervise/bin/supervise is missing: run bench/setup.sh"
+        return None
+
+    def write_config(self) -> None:
+        lines = ["[supervise]", f"state_dir = {json.dumps(str(self.state_dir))}", ""]
+        for svc in self.services:
+            lines += [f"[services.{svc.name}]", f"command = {json.dumps(list(svc.argv))}", ""]
+        write_atomic(self.config, "\n".join(lines))
+
+    def command(self) -> list[str]:
+        return [*self.base, "--config", str(self.config)]
+
+    def log_file(self, service: str) -> Path:
+        return self.state_dir / "logs" / f"{service}.log"
+
+    def reloads_on_save(self) -> bool:
+        if self.reload_mode != "auto":
+            return self.reload_mode == "save"
+        probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('supervisor.watch') else 1)"
+        return run_quiet([self.python, "-c", probe]) == 0
+
+    def reload(self) -> str:
+        if self.reloads_on_save():
+            return "on save (watchdog)"
+        os.kill(self.pid, signal.SIGHUP)
+        return "SIGHUP after the save (no reload on save yet)"
+
+    def status_command(self) -> list[str] | None:
+        if not has_verb([*self.base, "--help"], "status"):
+            return None
+        return [*self.base, "status", "--config", str(self.config)]
+
+    def cleanup(self) -> None:
+        remove_supervise_cgroups(self.state_dir)
+
+
+class Supervisord(Adapter):
+    name = "supervisord"
+    unsupported = {}
+
+    @classmethod
+    def missing(cls) -> str | None:
+        return None if (PEERS_BIN / "supervisord").exists() else "bench/.venv/bin/supervisord is missing: run bench/setup.sh"
+
+    @property
+    def config(self) -> Path:
+        return self.conf_dir / "supervisord.conf"
+
+    def write_config(self) -> None:
+        d = self.out_dir
+        lines = [
+            "[supervisord]", "nodaemon = true", f"logfile = {d / 'supervisord.log'}", f"pidfile = {d / 'supervisord.pid'}",
+            f"childlogdir = {self.log_dir}", "",
+            "[unix_http_server]", f"file = {d / 'supervisord.sock'}", "",
+            "[supervisorctl]", f"serverurl = unix://{d / 'supervisord.sock'}", "",
+            "[rpcinterface:supervisor]", "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+        ]
+        for svc in self.services:
+            lines += [f"[program:{svc.name}]", f"command = {shlex.join(svc.argv)}", "autorestart = true",
+                      "redirect_stderr = true", f"stdout_logfile = {self.log_file(svc.name)}",
+                      "stdout_logfile_maxbytes = 0", ""]
+        write_atomic(self.config, "\n".join(lines))
+
+    def command(self) -> list[str]:
+        return [str(PEERS_BIN / "supervisord"), "-n", "-c", str(self.config)]
+
+    def reload(self) -> str:
+        ctl([str(PEERS_BIN / "supervisorctl"), "-c", str(self.config), "update"])
+        return "supervisorctl update"
+
+    def status_command(self) -> list[str] | None:
+        return [str(PEERS_BIN / "supervisorctl"), "-c", str(self.config), "status"]
+
+
+class Circus(Adapter):
+    name = "circus"
+    unsupported = {}
+
+    @classmethod
+    def missing(cls) -> str | None:
+        return None if (PEERS_BIN / "circusd").exists() else "bench/.venv/bin/circusd is missing: run bench/setup.sh"
+
+    @property
+    def config(self) -> Path:
+        return self.conf_dir / "circus.ini"
+
+    @property
+    def endpoint(self) -> str:
+        return f"ipc://{self.out_dir / 'endpoint'}"
+
+    def write_config(self) -> None:
+        d = self.out_dir
+        lines = ["[circus]", f"endpoint = {self.endpoint}", f"pubsub_endpoint = ipc://{d / 'pubsub'}",
+                 "statsd = False", ""]
+        for svc in self.services:
+            log = self.log_file(svc.name)
+            lines += [f"[watcher:{svc.name}]", f"cmd = {shlex.quote(svc.argv[0])}",
+                      f"args = {shlex.join(svc.argv[1:])}", "numprocesses = 1", "copy_env = True",
+                      "stdout_stream.class = FileStream", f"stdout_stream.filename = {log}",
+                      "stderr_stream.class = FileStream", f"stderr_stream.filename = {log}", ""]
+        write_atomic(self.config, "\n".join(lines))
+
+    def command(self) -> list[str]:
+        return [str(PEERS_BIN / "circusd"), str(self.config)]
+
+    def reload(self) -> str:
+        ctl([str(PEERS_BIN / "circusctl"), "--endpoint", self.endpoint, "--timeout", "30", "reloadconfig"])
+        return "circusctl reloadconfig"
+
+    def status_command(self) -> list[str] | None:
+        return [str(PEERS_BIN / "circusctl"), "--endpoint", self.endpoint, "--timeout", "30", "status"]
+
+
+class Honcho(Adapter):
+    name = "honcho"
+    unsupported = {
+        "restart": "honcho stops everything when one process exits; it never restarts",
+        "reload": "honcho has no reload: a Procfile change needs a full restart",
+        "status": "honcho has no status command",
+    }
+
+    @classmethod
+    def missing(cls) -> str | None:
+        return None if (PEERS_BIN / "honcho").exists() else "bench/.venv/bin/honcho is missing: run bench/setup.sh"
+
+    def write_config(self) -> None:
+        text = "".join(f"{svc.name}: {shlex.join(svc.argv)}\n" for svc in self.services)
+        write_atomic(self.conf_dir / "Procfile", text)
+
+    def command(self) -> list[str]:
+        return [str(PEERS_BIN / "honcho"), "--no-colour", "-f", str(self.conf_dir / "Procfile"),
+                "-d", str(self.conf_dir), "start"]
+
+    def log_file(self, service: str) -> Path:
+        return self.out_path  # honcho prints every service's output, prefixed, on its stdout
+
+
+ADAPTERS: dict[str, type[Adapter]] = {a.name: a for a in (Supervise, Supervisord, Circus, Honcho)}
+PEERS = ("supervisord", "circus", "honcho")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_quiet(argv: list[str], timeout: float = 30) -> int:
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=timeout).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return -1
+
+
+_VERBS: dict[tuple[str, ...], str] = {}
+
+
+def has_verb(help_argv: list[str], verb: str) -> bool:
+    key = tuple(help_argv)
+    if key not in _VERBS:
+        try:
+            _VERBS[key] = subprocess.run(help_argv, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            _VERBS[key] = ""
+    return re.search(rf"^\s+{re.escape(verb)}(\s|$)", _VERBS[key], re.M) is not None
+
+
+def ctl(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[-2:])} exited {result.returncode}: {(result.stdout + result.stderr)[-300:]}")
+    return result
+
+
+def remove_supervise_cgroups(state_dir: Path) -> None:
+    """Remove the (empty) cgroups supervise made for this state dir, if it was killed before it
+    could (supervisor/cgroups.py names them supervise-SHA1(state_dir)[:8] under its cgroup)."""
+    import hashlib
+    tag = hashlib.sha1(str(state_dir).encode()).hexdigest()[:8]
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        mount = next(Path(line.split()[1]) for line in mounts if line.split()[2:3] == ["cgroup2"])
+        own = next(line[3:].strip().lstrip("/") for line in Path("/proc/self/cgroup").read_text().splitlines()
+                   if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return
+    parent = mount / own / f"supervise-{tag}"
+    if not parent.is_dir():
+        return
+    for folder, dirs, _ in os.walk(parent, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
+# -- a running supervisor -------------------------------------------------------------------
+
+class Session:
+    """A supervisor started for one scenario; stopping it on exit is bounded and by pid."""
+
+    def __init__(self, adapter: Adapter, services: list[Svc], grace: float | None = None):
+        self.adapter = adapter
+        self.services = services
+        self.grace = stop_timeout(len(services)) if grace is None else grace
+        self.mark = f"{RUN_ID}-{uuid.uuid4().hex[:8]}"
+        self.table = ProcTable()
+        self.seen: dict[int, int] = {}  # every service pid seen -> starttime
+        self.profiler: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Session":
+        self.adapter.configure(self.services)
+        env = {**os.environ, MARK_VAR: self.mark}
+        env.pop("PYTHONUNBUFFERED", None)  # the log writer must buffer as a normal program does
+        self.t_launch = time.monotonic()
+        self.adapter.launch(env)
+        if PROFILE_DIR is not None and self.adapter.name == "supervise" and CURRENT_SCENARIO != "stop":
+            self._start_profiler()  # the stop scenario records the stop alone (see stop())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # observation
+    def services_now(self) -> dict[int, tuple[str, ...]]:
+        self.table.refresh()
+        services, _ = self.table.classify(self.adapter.pid)
+        for pid in services:
+            self.seen.setdefault(pid, self.table.stat[pid][1])
+        return services
+
+    def own_pids(self) -> list[int]:
+        self.table.refresh()
+        return self.table.classify(self.adapter.pid)[1]
+
+    def wait_services(self, count: int, timeout: float, argv: tuple[str, ...] | None = None) -> float:
+        """Seconds from launch until ``count`` service processes (with ``argv``) exist."""
+        def enough() -> bool:
+            self.check_running()
+            services = self.services_now()
+            return sum(1 for a in services.values() if argv is None or a == argv) >= count
+        ok, when = wait_for(enough, timeout, interval=0.005)
+        if not ok:
+            have = len(self.services_now())
+            raise RuntimeError(f"only {have} of {count} services up after {timeout:.0f}s")
+        return when - self.t_launch
+
+    def check_running(self) -> None:
+        proc = self.adapter.proc
+        if proc is not None and proc.poll() is not None:
+            tail = self.adapter.out_path.read_text(errors="replace")[-600:] if self.adapter.out_path.exists() else ""
+            raise RuntimeError(f"{self.adapter.name} exited with {proc.returncode}: {tail}")
+
+    def own_processes(self) -> list[psutil.Process]:
+        procs = []
+        for pid in self.own_pids():
+            with contextlib.suppress(psutil.Error):
+                procs.append(psutil.Process(pid))
+        return procs
+
+    def memory(self) -> dict[str, float]:
+        rss = pss = 0
+        procs = self.own_processes()
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                info = p.memory_full_info()
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
+        return {"rss_mb": round(rss / 2**20, 1), "pss_mb": round(pss / 2**20, 1), "own_procs": len(procs)}
+
+    def cpu(self) -> tuple[float, int]:
+        """CPU seconds (user+system, children excluded) and context switches of the supervisor
+        (every thread's: /proc/PID/status counts the main thread alone)."""
+        total, switches = 0.0, 0
+        for p in self.own_processes():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+            switches += thread_switches(p.pid)
+        return total, switches
+
+    # shutdown
+    def stop(self, timeout: float = 30.0) -> dict[str, float | int | None]:
+        """SIGTERM the supervisor; seconds until no service process is left and until it exited."""
+        self.services_now()
+        services = dict(self.seen)
+        if PROFILE_DIR is not None and self.adapter.name == "supervise" and self.profiler is None:
+            self._start_profiler()
+        t0 = time.monotonic()
+        self.adapter.terminate()
+        left, t_services = wait_for(lambda: not [p for p, s in services.items() if alive(p, s)], timeout,
+                                    interval=0.005)
+        proc = self.adapter.proc
+        _, t_exit = wait_for(lambda: proc is None or proc.poll() is not None, max(0.0, t0 + timeout - time.monotonic()),
+                             interval=0.005)
+        survivors = [p for p, s in services.items() if alive(p, s)]
+        survivors += [p for p, _ in marked(self.mark.encode()) if p not in survivors and p not in services]
+        exited = proc is None or proc.poll() is not None
+        return {"stop_s": round(t_services - t0, 4) if not survivors else None,
+                "exit_s": round(t_exit - t0, 4) if exited else None,
+                "survivors": len(survivors)}
+
+    def shutdown(self) -> None:
+        """Stop gracefully (bounded), then kill whatever is left, by pid."""
+        proc = self.adapter.proc
+        try:
+            if proc is not None and proc.poll() is None:
+                self.stop(timeout=self.grace)
+        finally:
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+            for pid, start in list(self.seen.items()) + marked(self.mark.encode()):
+                kill_exact(pid, start)
+            wait_for(lambda: not marked(self.mark.encode()), 5.0, interval=0.02)
+            self._stop_profiler()
+            self.adapter.cleanup()
+
+    # profiling (supervise only, --profile DIR)
+    def _start_profiler(self) -> None:
+        """py-spy on the supervisor (not its services) into PROFILE_DIR, raw collapsed stacks."""
+        spy = PEERS_BIN / "py-spy"
+        out = PROFILE_DIR / f"{CURRENT_SCENARIO}-{self.adapter.name}-{len(self.services)}.txt"
+        self.profiler = subprocess.Popen(
+            [str(spy), "record", "--pid", str(self.adapter.pid), "--rate", "500", "--format", "raw",
+             "--nonblocking", "--output", str(out)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        REGISTRY.roots.append(self.profiler)
+        time.sleep(0.05)
+
+    def _stop_profiler(self) -> None:
+        if self.profiler is None:
+            return
+        try:  # py-spy writes its file when the target exits; bounded all the same
+            self.profiler.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.profiler.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.profiler.wait(timeout=10)
+        self.profiler = None
+
+
+PROFILE_DIR: Path | None = None
+CURRENT_SCENARIO = ""
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+@dataclass
+class Params:
+    cold_ns: list[int] = field(default_factory=lambda: [50, 200, 500])
+    idle_n: int = 200
+    idle_s: float = 20.0
+    restart_n: int = 200
+    kills: int = 20
+    log_lines: int = 500_000
+    log_repeats: int = 3
+    stop_n: int = 200
+    reload_n: int = 200
+    status_n: int = 200
+    status_runs: int = 5
+    settle: float = 1.5      # restart: supervisord counts a process as running (not crashing) after 1 s
+    grace: float | None = None  # teardown: seconds for a graceful stop before SIGKILL (None: stop_timeout(n))
+    quick: bool = False
+
+    @classmethod
+    def quick_params(cls) -> "Params":
+        return cls(cold_ns=[10], idle_n=10, idle_s=1.5, restart_n=10, kills=2, log_lines=20_000, log_repeats=1, stop_n=10,
+                   reload_n=10, status_n=10, status_runs=2, settle=1.1, grace=1.0, quick=True)
+
+    def with_n(self, n: int) -> "Params":
+        return Params(cold_ns=[n], idle_n=n, idle_s=self.idle_s, restart_n=n, kills=self.kills,
+                      log_lines=self.log_lines, log_repeats=self.log_repeats, stop_n=n, reload_n=n, status_n=n, status_runs=self.status_runs,
+                      settle=self.settle, grace=self.grace, quick=self.quick)
+
+
+def start_timeout(n: int) -> float:
+    return 30.0 + 0.25 * n
+
+
+def stop_timeout(n: int) -> float:
+    return 30.0 + 0.5 * n  # supervisord stops programs one after another
+
+
+#: after all services are up, before measuring (the last starts' bookkeeping)
+SETTLE = 0.3
+
+
+def sc_cold(adapter: Adapter, n: int, p: Params) -> dict:
+    with Session(adapter, sleepers(n), p.grace) as s:
+        start = s.wait_services(n, start_timeout(n))
+        time.sleep(0.3 if p.quick else 1.0)  # let it finish what it does after the last start
+        return {"start_s": round(start, 4), **s.memory()}
+
+
+def sc_idle(adapter: Adapter, n: int, p: Params) -> dict:
+    with Session(adapter, sleepers(n), p.grace) as s:
+        s.wait_services(n, start_timeout(n))
+        time.sleep(0.5 if p.quick else 2.0)
+        cpu0, ctx0 = s.cpu()
+        t0 = time.monotonic()
+        time.sleep(p.idle_s)
+        cpu1, ctx1 = s.cpu()
+        elapsed = time.monotonic() - t0
+        s.check_running()
+        return {"cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 3), "cpu_s": round(cpu1 - cpu0, 3),
+                "ctx_per_s": round((ctx1 - ctx0) / elapsed, 1), "window_s": round(elapsed, 1)}
+
+
+def sc_restart(adapter: Adapter, n: int, p: Params) -> dict:
+    with Session(adapter, sleepers(n), p.grace) as s:
+        s.wait_services(n, start_timeout(n))
+        time.sleep(p.settle)
+        victims = sorted(s.services_now())[: p.kills]
+        latencies = []
+        for victim in victims:
+            known = set(s.services_now())
+            root = adapter.pid
+            pending: set[int] = set()
+            t0 = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+
+            def replaced() -> bool:
+                new = s.table.refresh()
+                pending.update(pid for pid in new if pid not in known)
+                for pid in list(pending):
+                    if pid not in s.table.stat or not s.table.is_under(pid, root):
+                        pending.discard(pid)
+                    elif is_service(s.table.argv(pid)):
+                        return True
+                return False
+            ok, when = wait_for(replaced, 10.0, interval=0.0005)
+            if not ok:
+                s.check_running()
+                raise RuntimeError(f"no new process within 10 s after SIGKILL of pid {victim}")
+            latencies.append(when - t0)
+            time.sleep(0.2)
+        s.services_now()
+        ms = sorted(x * 1000 for x in latencies)
+        return {"p50_ms": round(statistics.median(ms), 2), "p95_ms": round(percentile(ms, 95), 2),
+                "max_ms": round(ms[-1], 2), "kills": len(ms)}
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return sorted_values[int(rank) - 1]
+
+
+def sc_logs(adapter: Adapter, n: int, p: Params) -> dict:
+    """The log writer ``p.log_repeats`` times (a fresh supervisor and log file each); the
+    median run by time is reported, with every run's time and the worst loss of any run."""
+    runs = []
+    for _ in range(max(1, p.log_repeats)):
+        runs.append(logs_once(adapter, p))
+    runs.sort(key=lambda r: r["total_s"])
+    result = dict(runs[(len(runs) - 1) // 2])
+    result["runs_s"] = [r["total_s"] for r in runs]
+    for key in ("missing", "duplicated", "reordered", "damaged"):
+        result[key] = max(r[key] for r in runs)
+    result["complete"] = all(r["complete"] for r in runs)
+    return result
+
+
+def logs_once(adapter: Adapter, p: Params) -> dict:
+    lines = p.log_lines
+    writer = adapter.out_dir / WRITER_NAME
+    writer.write_text(WRITER)
+    marker = adapter.out_dir / "writer"
+    svc = Svc("w", (sys.executable, str(writer), str(lines), str(marker)))
+    log = adapter.log_file(svc.name)
+    for old in (log, adapter.out_path, *(Path(str(marker) + x) for x in (".start", ".done"))):
+        old.unlink(missing_ok=True)
+    last = f"L{lines - 1:07d} {PAD}".encode()
+    timeout = 300.0 if not p.quick else 60.0
+    with Session(adapter, [svc], p.grace) as s:
+        state = {"size": -1, "changed": time.monotonic()}
+
+        def complete() -> bool:
+            s.check_running()
+            try:
+                size = log.stat().st_size
+            except OSError:
+                return False
+            now = time.monotonic()
+            if size != state["size"]:
+                state["size"], state["changed"] = size, now
+                with open(log, "rb") as f:
+                    f.seek(max(0, size - 4096))
+                    if last in f.read():
+                        return True
+            done = Path(str(marker) + ".done").exists()
+            return done and now - state["changed"] > 3.0  # finished writing, nothing more arrives
+        ok, _ = wait_for(complete, timeout, interval=0.005)
+        t_end = time.time() - (time.monotonic() - state["changed"])  # when the file last grew
+        start = float(Path(str(marker) + ".start").read_text()) if Path(str(marker) + ".start").exists() else None
+        done = float(Path(str(marker) + ".done").read_text()) if Path(str(marker) + ".done").exists() else None
+        cpu_s, _ = s.cpu()
+        counts = count_lines(log.read_bytes(), lines)
+        if start is None:
+            raise RuntimeError("the writer never started")
+        total = t_end - start
+        return {"lines": lines, "total_s": round(total, 3), "lines_per_s": round(lines / total) if total > 0 else None,
+                "writer_s": round(done - start, 3) if done else None, "complete": bool(ok), **counts,
+                "supervisor_cpu_s": round(cpu_s, 2)}
+
+
+LINE_RE = re.compile(rb"L(\d{7}) " + PAD.encode() + rb"\r?$", re.M)
+
+
+def count_lines(data: bytes, expected: int) -> dict[str, int]:
+    seqs = [int(m.group(1)) for m in LINE_RE.finditer(data)]
+    unique = len(set(seqs))
+    reordered = sum(1 for a, b in zip(seqs, seqs[1:]) if b < a)
+    damaged = data.count(b"xxxxxxxx\n") + data.count(b"xxxxxxxx\r\n") - len(seqs)
+    return {"missing": expected - unique, "duplicated": len(seqs) - unique, "reordered": reordered,
+            "damaged": max(0, damaged)}
+
+
+def sc_stop(adapter: Adapter, n: int, p: Params) -> dict:
+    with Session(adapter, sleepers(n), p.grace) as s:
+        s.wait_services(n, start_timeout(n))
+        time.sleep(SETTLE)
+        return s.stop(timeout=stop_timeout(n))
+
+
+def sc_reload(adapter: Adapter, n: int, p: Params) -> dict:
+    services = sleepers(n)
+    changed = services[n // 2].name
+    new_argv = ("sleep", "1001")
+    with Session(adapter, services, p.grace) as s:
+        s.wait_services(n, start_timeout(n))
+        time.sleep(p.settle)
+        before = {pid: s.table.stat[pid][1] for pid in s.services_now()}
+        adapter.configure([Svc(x.name, new_argv) if x.name == changed else x for x in services])
+        t0 = time.monotonic()
+        how = adapter.reload()
+        t_ctl = time.monotonic() - t0
+
+        def running_again() -> bool:
+            s.check_running()
+            return any(a == new_argv for a in s.services_now().values())
+        ok, when = wait_for(running_again, 60.0, interval=0.002)
+        if not ok:
+            raise RuntimeError(f"the changed service was not running again 60 s after the save ({how})")
+        time.sleep(0.5)
+        gone = [pid for pid, start in before.items() if not alive(pid, start)]
+        return {"reload_s": round(when - t0, 4), "command_s": round(t_ctl, 4), "restarted": len(gone),
+                "collateral": max(0, len(gone) - 1), "how": how}
+
+
+def sc_status(adapter: Adapter, n: int, p: Params) -> dict:
+    argv = adapter.status_command()
+    if argv is None:
+        return {"skipped": f"`{adapter.name} status` does not exist yet"}
+    with Session(adapter, sleepers(n), p.grace) as s:
+        s.wait_services(n, start_timeout(n))
+        time.sleep(p.settle)
+        times, codes, shown = [], set(), 0
+        for _ in range(p.status_runs):
+            t0 = time.monotonic()
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, MARK_VAR: s.mark})
+            times.append(time.monotonic() - t0)
+            codes.add(result.returncode)
+            shown = sum(1 for svc in s.services if re.search(rf"(^|\W){re.escape(svc.name)}(\W|$)", result.stdout))
+        if shown < n:
+            raise RuntimeError(f"status listed {shown} of {n} services (exit {sorted(codes)})")
+        return {"p50_s": round(statistics.median(times), 4), "first_s": round(times[0], 4),
+                "exit_codes": sorted(codes)}
+
+
+@dataclass
+class Scenario:
+    name: str
+    run: Callable[[Adapter, int, Params], dict]
+    ns: Callable[[Params], list[int]]
+    #: (key, label, ratio?) shown in the tables; every ratio'd metric is lower-is-better
+    metrics: list[tuple[str, str, bool]]
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("cold", sc_cold, lambda p: p.cold_ns,
+             [("start_s", "cold start (s)", True), ("rss_mb", "supervisor RSS (MB)", True),
+              ("pss_mb", "supervisor PSS (MB)", True)]),
+    Scenario("idle", sc_idle, lambda p: [p.idle_n],
+             [("cpu_pct", "idle CPU (%)", True), ("ctx_per_s", "context switches/s", True)]),
+    Scenario("restart", sc_restart, lambda p: [p.restart_n],
+             [("p50_ms", "restart after SIGKILL p50 (ms)", True), ("p95_ms", "restart p95 (ms)", True)]),
+    Scenario("logs", sc_logs, lambda p: [1],
+             [("total_s", "log lines all in file (s)", True), ("lines_per_s", "lines/s", False),
+              ("missing", "lines lost", False), ("reordered", "lines reordered", False)]),
+    Scenario("stop", sc_stop, lambda p: [p.stop_n],
+             [("stop_s", "stop until none left (s)", True), ("exit_s", "supervisor exited (s)", True),
+              ("survivors", "survivors", False)]),
+    Scenario("reload", sc_reload, lambda p: [p.reload_n],
+             [("reload_s", "config save -> changed one running (s)", True), ("collateral", "others restarted", False)]),
+    Scenario("status", sc_status, lambda p: [p.status_n],
+             [("p50_s", "status query p50 (s)", True)]),
+]}
+
+
+def run_one(scenario: Scenario, name: str, n: int, p: Params, factory: Callable[[str, Path], Adapter]) -> dict:
+    """One scenario for one supervisor: a JSON-able record, with ``error``/``skipped`` if so."""
+    global CURRENT_SCENARIO
+    CURRENT_SCENARIO = scenario.name
+    record: dict = {"scenario": scenario.name, "supervisor": name, "n": n}
+    before = cpu_snapshot()
+    cls = ADAPTERS[name]
+    reason = cls.unsupported.get(scenario.name)
+    if reason:
+        record["skipped"] = reason
+        return record
+    workdir = Path(tempfile.mkdtemp(prefix=f"svb-{name[:6]}-"))
+    REGISTRY.dirs.append(workdir)
+    t0 = time.monotonic()
+    try:
+        adapter = factory(name, workdir)
+        record.update(scenario.run(adapter, n, p))
+    except Exception as exc:  # reported in the record; the suite goes on
+        record["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    finally:
+        if not REGISTRY.keep_dirs:
+            shutil.rmtree(workdir, ignore_errors=True)
+    record["wall_s"] = round(time.monotonic() - t0, 2)
+    # CPU used meanwhile by processes that ran before this scenario began (not ours): the
+    # machine is shared, and a busy neighbour on 2 cores skews the numbers
+    after = cpu_snapshot()
+    other = sum(after[k] - v for k, v in before.items() if k in after) / CLK_TCK
+    record["other_cpu_pct"] = round(100 * other / max(record["wall_s"], 0.01), 1)
+    return record
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot() -> dict[tuple[int, int], int]:
+    """(pid, starttime) -> user+system clock ticks of every process but this one."""
+    me = os.getpid()
+    snapshot = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                rest = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        snapshot[(int(name), int(rest[19]))] = int(rest[11]) + int(rest[12])
+    return snapshot
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:.0f}"
+        if value >= 10:
+            return f"{value:.1f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def best_peer(records: list[dict], key: str, lower: bool = True) -> float | None:
+    values = [r[key] for r in records if r["supervisor"] in PEERS and isinstance(r.get(key), (int, float))]
+    if not values:
+        return None
+    return min(values) if lower else max(values)
+
+
+def cell(record: dict, key: str, ratio: bool, best: float | None) -> str:
+    if "skipped" in record:
+        return "n/a"
+    if "error" in record:
+        return "error"
+    value = record.get(key)
+    text = fmt(value)
+    if ratio and isinstance(value, (int, float)) and best:
+        text += f" ({value / best:.2f}x)"
+    return text
+
+
+def table(records: list[dict], names: list[str], markdown: bool = False) -> list[str]:
+    """Rows: scenario metric; columns: supervisors; ``(R x)`` = value / best peer's value."""
+    rows = []
+    by_case: dict[tuple[str, int], dict[str, dict]] = {}
+    for r in records:
+        by_case.setdefault((r["scenario"], r["n"]), {})[r["supervisor"]] = r
+    header = ["scenario", "metric", *names]
+    for (scenario, n), recs in by_case.items():
+        for key, label, ratio in SCENARIOS[scenario].metrics:
+            best = best_peer(list(recs.values()), key) if ratio else None
+            what = f"{scenario} n={n}" if scenario != "logs" else f"logs {recs[next(iter(recs))].get('lines', '')} lines"
+            rows.append([what, label, *(cell(recs[x], key, ratio, best) if x in recs else "" for x in names)])
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(row) + " |" for row in rows]
+        return out
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
+
+
+def targets(records: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(target, supervise, best peer, met/missed/unknown) for the issue's targets."""
+    def get(scenario: str, n: int | None = None) -> list[dict]:
+        recs = [r for r in records if r["scenario"] == scenario and (n is None or r["n"] == n)]
+        if n is None and recs:
+            top = max(r["n"] for r in recs)
+            recs = [r for r in recs if r["n"] == top]
+        return recs
+
+    def sv(recs: list[dict]) -> dict:
+        return next((r for r in recs if r["supervisor"] == "supervise"), {})
+
+    out = []
+
+    def verdict(ok: bool | None) -> str:
+        return "unknown" if ok is None else ("met" if ok else "MISSED")
+
+    cold = get("cold", 500) or get("cold")
+    v, b = sv(cold).get("start_s"), best_peer(cold, "start_s")
+    n = cold[0]["n"] if cold else "?"
+    out.append((f"cold start of {n} <= 1/2 best peer", fmt(v), fmt(b),
+                verdict(None if v is None or b is None else v <= b / 2)))
+    r = get("restart")
+    v = sv(r).get("p50_ms")
+    out.append(("restart after SIGKILL p50 < 50 ms", fmt(v), fmt(best_peer(r, "p50_ms")),
+                verdict(None if v is None else v < 50)))
+    i = get("idle")
+    v, b = sv(i).get("cpu_pct"), best_peer(i, "cpu_pct")
+    out.append(("idle CPU <= best peer", fmt(v), fmt(b), verdict(None if v is None or b is None else v <= b)))
+    lg = get("logs")
+    s = sv(lg)
+    v, b = s.get("lines_per_s"), best_peer(lg, "lines_per_s", lower=False)
+    out.append(("log throughput >= best peer, zero loss", f"{fmt(v)} lines/s, {fmt(s.get('missing'))} lost",
+                f"{fmt(b)} lines/s", verdict(None if v is None or b is None else v >= b and s.get("missing") == 0)))
+    st = get("stop")
+    s = sv(st)
+    v, b = s.get("stop_s"), best_peer(st, "stop_s")
+    out.append(("stop no slower than best peer, zero survivors", f"{fmt(v)} s, {fmt(s.get('survivors'))} left",
+                f"{fmt(b)} s", verdict(None if v is None or b is None else v <= b and s.get("survivors") == 0)))
+    v = sv(cold).get("rss_mb")
+    out.append((f"supervisor RSS at {n} services < 80 MB", fmt(v), fmt(best_peer(cold, "rss_mb")),
+                verdict(None if v is None else v < 80)))
+    return out
+
+
+def markdown_report(records: list[dict], names: list[str], started: str) -> str:
+    lines = [f"Run of {started} on {os.uname().nodename} ({os.cpu_count()} cores, Python "
+             f"{sys.version.split()[0]}); `(Rx)` = value / best peer's value, lower is better.", ""]
+    lines += table(records, names, markdown=True)
+    lines += ["", "| target | supervise | best peer | |", "|---|---|---|---|"]
+    lines += [f"| {t} | {v} | {b} | {ok} |" for t, v, b, ok in targets(records)]
+    notes = [f"- {r['scenario']} n={r['n']} {r['supervisor']}: {r.get('skipped') or r.get('error')}"
+             for r in records if "skipped" in r or "error" in r]
+    busy = [r for r in records if r.get("other_cpu_pct", 0) > 20]
+    if busy:
+        notes.append("- other processes on the machine were busy during: " + ", ".join(
+            f"{r['scenario']} n={r['n']} {r['supervisor']} ({r['other_cpu_pct']:.0f}% of a core)" for r in busy))
+    how = {r["supervisor"]: r["how"] for r in records if r.get("how")}
+    if how:
+        notes.append("- reload via: " + "; ".join(f"{k}: {v}" for k, v in how.items()))
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+# -- command line ---------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    global PROFILE_DIR
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS),
+                        help="run only this scenario (repeatable); default: all")
+    parser.add_argument("--n", type=int, help="number of services (overrides every scenario's N)")
+    parser.add_argument("--quick", action="store_true", help="N=10 and few iterations: everything in about a minute")
+    parser.add_argument("--supervisors", default=",".join(ADAPTERS),
+                        help="comma-separated subset of: " + ", ".join(ADAPTERS))
+    parser.add_argument("--lines", type=int, help="lines the log writer writes (default 500000)")
+    parser.add_argument("--kills", type=int, help="SIGKILLs in the restart scenario (default 20)")
+    parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 20)")
+    parser.add_argument("--supervise-reload", choices=["auto", "save", "sighup"], default="auto",
+                        help="how supervise applies a saved config: auto (detect reload-on-save), save, sighup")
+    parser.add_argument("--supervise-cmd", metavar="CMD",
+                        help="how to run supervise, e.g. '/work/main/.venv/bin/supervise' to compare another "
+                             "checkout (default: bench/.venv-supervise/bin/supervise)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="record supervise with py-spy (raw collapsed stacks) into DIR")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dirs (configs, logs)")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    args = parser.parse_args(argv)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    REGISTRY.keep_dirs = args.keep
+    p = Params.quick_params() if args.quick else Params()
+    if args.n:
+        p = p.with_n(args.n)
+    if args.lines:
+        p.log_lines = args.lines
+    if args.kills:
+        p.kills = args.kills
+    if args.idle_seconds:
+        p.idle_s = args.idle_seconds
+    if args.profile:
+        PROFILE_DIR = args.profile.resolve()
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+
+    names = [x.strip() for x in args.supervisors.split(",") if x.strip()]
+    for name in names:
+        if name not in ADAPTERS:
+            parser.error(f"unknown supervisor {name!r}")
+    available = []
+    for name in names:
+        why = ADAPTERS[name].missing()
+        if why:
+            note(f"skipping {name}: {why}")
+        else:
+            available.append(name)
+
+    def factory(name: str, workdir: Path) -> Adapter:
+        if name == "supervise":
+            command = shlex.split(args.supervise_cmd) if args.supervise_cmd else None
+            python = command[0] if command and "python" in os.path.basename(command[0]) else None
+            return Supervise(workdir, command=command, python=python, reload_mode=args.supervise_reload)
+        return ADAPTERS[name](workdir)
+
+    before = cpu_snapshot()
+    time.sleep(1.0)
+    after = cpu_snapshot()
+    busy = sum(after[k] - v for k, v in before.items() if k in after) / CLK_TCK
+    if busy > 0.2:
+        note(f"other processes use {100 * busy:.0f}% of a core right now: expect noisy numbers "
+             "(every record has other_cpu_pct)")
+    started = time.strftime("%Y-%m-%d %H:%M")
+    records: list[dict] = []
+    for scenario in (SCENARIOS[s] for s in (args.scenario or list(SCENARIOS))):
+        case_records: list[dict] = []
+        for n in scenario.ns(p):
+            for name in available:
+                note(f"{scenario.name} n={n} {name} ...")
+                record = run_one(scenario, name, n, p, factory)
+                print(json.dumps(record), flush=True)
+                case_records.append(record)
+        records += case_records
+        print("\n".join(table(case_records, available)) + "\n", flush=True)
+
+    report = markdown_report(records, available, started)
+    print("targets:")
+    for t, v, b, ok in targets(records):
+        print(f"  {ok:8} {t}: supervise {v}, best peer {b}")
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (RESULTS / f"run-{stamp}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (RESULTS / "latest.md").write_text(report)
+        note(f"wrote {RESULTS / f'run-{stamp}.jsonl'} and {RESULTS / 'latest.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
