@@ -125,3 +125,12 @@ def of_pid(pid: int) -> Path | None:
     except OSError:
         pass
     return None
+
+
+def pids(group: Path) -> list[int]:
+    """The processes in ``group`` (``cgroup.procs``); empty when it cannot be read."""
+    try:
+        with open(group / "cgroup.procs") as f:
+            return [int(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return []

@@ -99,6 +99,10 @@ def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
     import tomlkit.exceptions
 
     path = Path(path)
+    if not text.strip():
+        # An empty file is far more often a save in progress (or `: > file`) than a wish to
+        # stop everything; that wish is written `[services]`.
+        raise ConfigError([Diagnostic(str(path), 1, 1, "the file is empty; to run no service, write [services]")])
     try:
         document = tomlkit.parse(text)
     except tomlkit.exceptions.TOMLKitError as exc:
@@ -125,8 +129,14 @@ def state_dir_of(path: str | os.PathLike[str]) -> Path:
         value = data.get("supervise", {}).get("state_dir", ".supervise")
         if isinstance(value, str):
             return (path.resolve().parent / os.path.expanduser(value)).resolve()
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+    except (OSError, UnicodeDecodeError, AttributeError):
         pass
+    except tomllib.TOMLDecodeError:
+        # The file is broken (a save under way, a typo): exactly when `supervise status` is
+        # wanted. Find state_dir by its line, or use the default.
+        match = re.search(r"(?m)^\s*state_dir\s*=\s*[\"']([^\"'\n]*)[\"']", path.read_text(errors="replace"))
+        value = match.group(1) if match else ".supervise"
+        return (path.resolve().parent / os.path.expanduser(value)).resolve()
     return load(path).settings.state_dir
 
 
@@ -384,7 +394,9 @@ class _Validator:
                 except (OSError, UnicodeDecodeError) as exc:
                     self.error(get("env_file"), f"cannot read env_file: {exc}")
                     values = {}
-                env.update({k: v if v is not None else "" for k, v in values.items()})
+                # python-dotenv has already applied its own ${VAR} rules: escape "$" so that
+                # our expansion of env values leaves these alone (no second expansion).
+                env.update({k: (v or "").replace("$", "$$") for k, v in values.items()})
         if "env" in table:
             env.update(self.env_table(get("env"), table["env"]))
 
@@ -589,6 +601,8 @@ class _Validator:
         elif kind == "tcp":
             if not isinstance(target, str) or not re.match(r"^\[?[^\s\]]*\]?:(\d+|\$\{[A-Za-z_][A-Za-z0-9_]*(:?-[^}]*)?\})$", target):
                 self.error(keys + ("tcp",), f'"tcp" must be "host:port", got {target!r}')
+            elif target.rsplit(":", 1)[1].isdigit() and not 0 < int(target.rsplit(":", 1)[1]) < 65536:
+                self.error(keys + ("tcp",), f'"tcp": port must be 1-65535, got {target.rsplit(":", 1)[1]}')
             check["tcp"] = target
         else:
             if not isinstance(target, str) or not target.startswith(("http://", "https://")):
@@ -596,6 +610,8 @@ class _Validator:
             check["http"] = target
         for key, default in (("interval", 1.0), ("timeout", 1.0), ("start_period", 0.0)):
             check[key] = self.duration(keys + (key,), value[key]) if key in value else default
+            if key in ("interval", "timeout") and check[key] is not None and check[key] < 0.01:
+                self.error(keys + (key,), f'"{key}" must be at least 10ms')
         check["retries"] = 3
         if "retries" in value:
             check["retries"] = self.expect(keys + ("retries",), value["retries"], int, "a whole number") or 3

@@ -309,7 +309,8 @@ class Daemon:
         self.unit.start()
         stopper = asyncio.create_task(self.stop_event.wait())
         await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
-        if runner.done() and runner.exception():  # pragma: no cover - a bug; still stop cleanly
+        failed = runner.done() and not runner.cancelled() and runner.exception() is not None
+        if failed:  # a bug: still stop cleanly, and exit non-zero so systemd restarts us
             log.error("reconciler failed", exc_info=runner.exception())
         self.unit.stopping()
         log.info("leaving every service running for the next supervise" if self.detaching
@@ -332,7 +333,7 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             loop.remove_signal_handler(sig)
         log.info("detached" if self.detaching else "stopped")
-        return 0
+        return 1 if failed else 0
 
     def on_sigquit(self) -> None:
         """SIGQUIT: exit *without* stopping the services, for an in-place upgrade or restart of

@@ -28,7 +28,9 @@ async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | 
         if kind == "exec":
             argv = [expand(a, env) for a in check["exec"]]  # type: ignore[union-attr]
             return await _exec(argv, env, timeout, cwd)
-    except (asyncio.TimeoutError, OSError, ValueError):
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # any failure of a probe is a failed probe, never a crashed checker
         return False
     return False
 

@@ -93,10 +93,13 @@ class Console:
         return f"{label} | "
 
     def lines(self, name: str, data: bytes) -> None:
-        """Queue complete lines (``data`` ends with a newline) for printing."""
+        """Queue the lines of ``data`` for printing (a last piece without newline too)."""
         prefix = self.prefix(name)
+        lines = data.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # the usual case: data ends with a newline
         text = "".join(prefix + line[:MAX_CONSOLE_LINE].decode("utf-8", "replace").rstrip("\r") + "\n"
-                       for line in data.split(b"\n")[:-1] if not line.startswith(NOTE_PREFIX))
+                       for line in lines)
         if not text:
             return
         try:
@@ -138,6 +141,7 @@ class LogSink:
         self.inode: tuple[int, int] | None = None
         self.size = 0
         self.tees: list[IO[Any]] = []  # more streams for the lines (the Runtime API's output=)
+        self.mid_line = False  # the file ends inside a line (output that had no newline yet)
 
     def _open(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -178,10 +182,14 @@ class LogSink:
             lines = data.split(b"\n")
             tail = lines.pop()
             data = b"".join(stamp + line + b"\n" for line in lines) + (stamp + tail if tail else b"")
+            if self.mid_line:  # the first piece continues a line that already has its stamp
+                data = data[len(stamp):]
         limit = self.policy.max_bytes
         rest = memoryview(data)
         while rest:
-            if self.size and self.size + len(rest) > limit:
+            if self.mid_line or (self.size and self.size + len(rest) <= limit):
+                piece, rest = rest, rest[len(rest):]  # never rotate inside a line
+            elif self.size and self.size + len(rest) > limit:
                 # the part that fits, up to its last whole line; none fits: rotate first
                 room = limit - self.size
                 cut = bytes(rest[:room]).rfind(b"\n") + 1 if room > 0 else 0
@@ -195,6 +203,7 @@ class LogSink:
             else:
                 piece, rest = rest, rest[len(rest):]
             self._append(piece, source)
+            self.mid_line = not bytes(piece[-1:]) == b"\n"
         if self.console is not None:
             self.console.lines(self.name, data)
         for tee in self.tees:
@@ -217,8 +226,16 @@ class LogSink:
             self.size += written
 
     def note(self, text: str) -> None:
-        """A supervisor note in the log: ``[supervise TIME] text``."""
-        self.write(f"[supervise {time.strftime('%Y-%m-%dT%H:%M:%S')}] {text}\n".encode("utf-8", "replace"))
+        """A supervisor note in the log file: ``[supervise TIME] text`` (on a line of its own;
+        not echoed to the console, where our own log line says the same)."""
+        line = f"[supervise {time.strftime('%Y-%m-%dT%H:%M:%S')}] {text}\n".encode("utf-8", "replace")
+        if self.mid_line:
+            line = b"\n" + line
+        console, tees, self.console, self.tees = self.console, self.tees, None, []
+        try:
+            self.write(line)
+        finally:
+            self.console, self.tees = console, tees
 
     def _rotate(self) -> None:
         """NAME.log -> NAME.log.1 -> ... -> NAME.log.BACKUPS (the oldest dropped), between
@@ -361,17 +378,16 @@ class Pump:
             if cut == 0 and len(buffer) <= MAX_PARTIAL:
                 # No whole line yet (a writer may send "37" and "\n" in two writes). Leave it in
                 # the FIFO and look again shortly; only a line still unfinished after
-                # PARTIAL_WAIT s (a prompt, say) is taken out and held here.
+                # PARTIAL_WAIT s (a prompt, say) is written out as it is.
                 now = time.monotonic()
                 if self.unfinished_since is None:
                     self.unfinished_since = now
                 if now - self.unfinished_since < PARTIAL_WAIT:
                     self._pause(PARTIAL_POLL)
                     return
-                _consume(self.fd, len(data))
-                self.partial = buffer
-                self.unfinished_since = None
-                continue
+                # still unfinished (a progress bar, a prompt): write what there is; the file
+                # then ends mid-line and the rest of the line follows it
+                cut = len(buffer)
             self.unfinished_since = None
             cut = cut or len(buffer)
             if self.partial or self.sink.policy.timestamps:

@@ -149,9 +149,12 @@ def _plan_service(
         return []  # a user stop holds until a user start
     changed = spec.changed_fields(obs.spec)
     running_revision = obs_revision(obs)
-    new_revision = (revision is not None and running_revision is not None
-                    and not _same_revision(revision, running_revision)
-                    and not (obs.build_failed and _same_revision(revision, obs.failed_revision)))
+    if running_revision is not None:
+        new_revision = (revision is not None and not _same_revision(revision, running_revision)
+                        and not (obs.build_failed and _same_revision(revision, obs.failed_revision)))
+    else:  # never deployed (its first fetch or build failed): any other revision is worth a try
+        new_revision = (revision is not None and obs.build_failed
+                        and not _same_revision(revision, obs.failed_revision))
     if (obs.failed or obs.build_failed) and not changed and not new_revision and cascade is None:
         return []  # waits for a change of the file or the source, or a user restart
 
@@ -160,7 +163,7 @@ def _plan_service(
     if restart:
         reason = _changed_reason(restart, obs.spec, spec)
     elif new_revision:
-        reason = f"new revision {running_revision[:8]} -> {revision[:8]}"  # type: ignore[index]
+        reason = f"new revision {(running_revision or 'none')[:8]} -> {revision[:8]}"  # type: ignore[index]
     elif cascade:
         reason = f"dependency {cascade} restarts"
     elif obs.failed or obs.build_failed:

@@ -84,6 +84,7 @@ class ProcessHandle:
     cgroup: Path | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
     fifo: Path | None = None  # where its output goes (logs.make_fifo)
+    instance: str | None = None  # the value of INSTANCE_VAR in its environment
     pump: Any = None  # the logs.Pump reading that FIFO
 
     @property
@@ -195,6 +196,9 @@ def _exit_from_waitid(result: os.waitid_result) -> Exit:
     return Exit(signal=result.si_status)
 
 
+_HAVE_CHILDREN_FILES = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
 def _children_of(pid: int) -> list[int]:
     children: list[int] = []
     try:
@@ -226,12 +230,17 @@ def spawn(
     ``argv[0]`` is looked up on ``env["PATH"]``. stdin is /dev/null. Raises SpawnError when the
     executable or ``cwd`` is missing or not permitted.
     """
+    identity: dict[str, Any] = {}
+    if user is not None:
+        identity = user_identity(user)
+    instance = os.urandom(6).hex()
+    env = {**env, INSTANCE_VAR: instance}
     try:
         proc = subprocess.Popen(
             list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=output,
-            stderr=output, start_new_session=True, close_fds=True, user=user, restore_signals=True,
+            stderr=output, start_new_session=True, close_fds=True, restore_signals=True, **identity,
         )
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
         raise SpawnError(_spawn_message(argv, cwd, exc)) from None
     if _child_nofile is not None:
         try:
@@ -253,7 +262,27 @@ def spawn(
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:
         create_time = 0.0
-    return ProcessHandle(pid=proc.pid, pgid=proc.pid, create_time=create_time, exited=future, cgroup=group)
+    return ProcessHandle(pid=proc.pid, pgid=proc.pid, create_time=create_time, exited=future, cgroup=group,
+                         instance=instance)
+
+
+def user_identity(user: str) -> dict[str, Any]:
+    """Popen arguments to run as ``user``: its uid, its primary gid and its supplementary
+    groups (as login(1) and systemd's User= do; ``Popen(user=)`` alone keeps our groups).
+    Raises SpawnError for an unknown user or when we may not switch (not root)."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+    except KeyError:
+        raise SpawnError(f"unknown user {user!r}") from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise SpawnError(f"cannot run as {user!r}: supervise is not running as root")
+    try:
+        groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    except OSError:
+        groups = [entry.pw_gid]
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}
 
 
 def _spawn_message(argv: Sequence[str], cwd: str | os.PathLike[str], exc: BaseException) -> str:
@@ -297,11 +326,115 @@ def adopt(loop: asyncio.AbstractEventLoop, pid: int, create_time: float) -> Proc
 
 
 def descendants(pid: int) -> list[psutil.Process]:
-    """Every live descendant of ``pid`` (psutil, recursive), empty when it is gone."""
+    """Every live descendant of ``pid``, empty when it is gone.
+
+    Walks the kernel's ``/proc/PID/task/TID/children`` lists, so the cost grows with the
+    size of the tree, not with the number of processes on the machine (psutil's
+    ``children(recursive=True)`` reads every ``/proc/*/stat``: one full scan per stop).
+    """
+    if not _HAVE_CHILDREN_FILES:
+        try:
+            return psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            return []
+    found: list[psutil.Process] = []
+    todo = _children_of(pid)
+    seen = set()
+    while todo:
+        child = todo.pop()
+        if child in seen:
+            continue
+        seen.add(child)
+        try:
+            found.append(psutil.Process(child))
+        except psutil.Error:
+            continue
+        todo.extend(_children_of(child))
+    return found
+
+
+#: The environment variable that marks every process of one replica process (set at spawn,
+#: inherited by all it starts), so its orphans can be found even without a cgroup.
+INSTANCE_VAR = "SUPERVISE_INSTANCE"
+
+
+def members(handle: ProcessHandle) -> list[psutil.Process]:
+    """Everything that belongs to ``handle``'s replica now: its descendants, the processes in
+    its cgroup, and orphans of it that were re-parented to us (found by :data:`INSTANCE_VAR`)."""
+    found = {p.pid: p for p in descendants(handle.pid)}
+    if handle.cgroup is not None:
+        for pid in cgroups.pids(handle.cgroup):
+            if pid not in found and pid != handle.pid:
+                try:
+                    found[pid] = psutil.Process(pid)
+                except psutil.Error:
+                    pass
+    if handle.instance:
+        for process in stray_children():
+            try:
+                if (process.pid not in found and process.pid != handle.pid
+                        and process.environ().get(INSTANCE_VAR) == handle.instance):
+                    found[process.pid] = process
+            except (psutil.Error, OSError):
+                continue
+    return list(found.values())
+
+
+def stray_children() -> list[psutil.Process]:
+    """Our direct children that came from a service (they carry :data:`INSTANCE_VAR`):
+    replica leaders and builds, and orphans of theirs re-parented to us (we are a subreaper).
+    Callers tell them apart by pid and instance."""
+    out = []
+    for pid in _children_of(os.getpid()):
+        try:
+            process = psutil.Process(pid)
+            if INSTANCE_VAR in process.environ():
+                out.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+async def sweep_orphans(known: set[int], reaper: Reaper | None, timeout: float = 5.0) -> list[int]:
+    """At shutdown: SIGTERM, then after ``timeout`` s SIGKILL, every child of ours that came
+    from a service (it carries :data:`INSTANCE_VAR`) and is not in ``known``. Returns their pids."""
+    victims = []
+    for process in stray_children():
+        try:
+            if process.pid not in known and process.environ().get(INSTANCE_VAR):
+                victims.append(process)
+        except (psutil.Error, OSError):
+            continue
+    for process in victims:
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while victims and time.monotonic() < deadline:
+        for process in victims:
+            try:
+                os.waitpid(process.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        victims = [p for p in victims if _alive(p)]
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    for process in victims:
+        try:
+            process.kill()
+            os.waitpid(process.pid, 0)
+        except (psutil.Error, ChildProcessError):
+            pass
+    return [p.pid for p in victims]
+
+
+def _alive(process: psutil.Process) -> bool:
     try:
-        return psutil.Process(pid).children(recursive=True)
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
-        return []
+        return False
 
 
 def group_alive(pgid: int) -> bool:
@@ -333,7 +466,7 @@ async def stop(handle: ProcessHandle, sig: int, timeout: float, reaper: Reaper |
     ``signal 9``). Returns once the group, those descendants and the cgroup (if any) are empty;
     processes that survive SIGKILL for 5 s (uninterruptible sleep) are logged and left.
     """
-    snapshot = descendants(handle.pid)
+    snapshot = members(handle)
     signal_group(handle, sig)
     for process in snapshot:
         try:

@@ -174,7 +174,7 @@ class Reconciler:
         await asyncio.gather(*(prepare(n) for n in to_prepare))
         # 3. processes, one dependency level at a time
         for level in dependency_levels(specs):
-            await asyncio.gather(*(self._run_actions(specs[n], the_plan, artifacts) for n in level
+            await asyncio.gather(*(self._guarded(specs[n], the_plan, artifacts) for n in level
                                    if the_plan.for_service(n)))
         self.on_change()
 
@@ -209,6 +209,15 @@ class Reconciler:
             self.notifier.emit(EventType.BUILT, spec.name, artifact.version)
         self.revisions[spec.name] = artifact.revision
         return artifact
+
+    async def _guarded(self, spec: ServiceSpec, the_plan: Plan, artifacts: Mapping[str, Artifact | None]) -> None:
+        """Run one service's actions; a bug there is logged and leaves the others alone."""
+        try:
+            await self._run_actions(spec, the_plan, artifacts)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: applying the plan failed; the other services are not affected", spec.name)
 
     async def _run_actions(self, spec: ServiceSpec, the_plan: Plan, artifacts: Mapping[str, Artifact | None]) -> None:
         name = spec.name
@@ -254,6 +263,11 @@ class Reconciler:
                 await asyncio.gather(*(self.controllers[n].stop_all("supervisor stopping") for n in level))
             for controller in self.controllers.values():
                 controller._persist_now()
+            known = set(self.reaper.waiters) if self.reaper is not None else set()
+            left = await procs.sweep_orphans(known, self.reaper)
+            if left:
+                log.warning("stopped %d orphaned process%s left by services: %s", len(left),
+                            "es" if len(left) != 1 else "", " ".join(map(str, left)))
         if self.reaper is not None:
             self.reaper.close()
         self.logs.close()

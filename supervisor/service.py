@@ -168,6 +168,12 @@ class ServiceController:
                 replica.backoff = BackoffState(spec.backoff)
         self.spec = spec
         self.sink.policy = spec.log
+        for replica in self.replicas.values():  # still waiting on dependencies: on the new ones
+            if replica.phase is Phase.PENDING and replica.handle is None:
+                for task in list(replica.tasks):
+                    task.cancel()
+                replica.launch = Launch(spec, replica.launch.artifact)
+                self._task(replica, self._start_after_dependencies(replica, "dependencies changed"))
 
     def mark_build_failed(self, spec: ServiceSpec, revision: str | None) -> None:
         """The fetch or build of ``spec`` at ``revision`` failed; running replicas stay."""
@@ -417,10 +423,10 @@ class ServiceController:
         self.build_failed = False
         self.persist()
         for index, replica in list(self.replicas.items()):
-            if replica.handle is None and replica.phase is not Phase.PENDING and replica.timer is None:
-                del self.replicas[index]
-            elif replica.phase is Phase.BACKOFF:
+            if replica.handle is None:  # stopped, exited, failed, in backoff or pending
                 self._cancel_timer(replica)
+                for task in list(replica.tasks):
+                    task.cancel()
                 del self.replicas[index]
         self.changed()
 
@@ -556,8 +562,9 @@ class ServiceController:
         self.sink.note(f"{self.name}[{replica.index}] pid {handle.pid} exited: {exit}")
         self.notifier.emit(EventType.EXITED, self.name, version, replica=replica.index, pid=handle.pid, exit=str(exit),
                            code=exit.code, signal=exit.signal, uptime=round(uptime, 3))
-        # Whatever the leader left in its group goes too (systemd KillMode=control-group).
-        if procs.group_alive(handle.pgid):
+        # Whatever the leader left behind goes too (systemd KillMode=control-group): its group,
+        # its cgroup, and orphans of it that came back to us.
+        if procs.group_alive(handle.pgid) or procs.members(handle):
             replica.stopping = True
             await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
             replica.stopping = False

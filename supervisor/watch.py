@@ -37,7 +37,7 @@ log = logging.getLogger("supervise")
 #: Seconds of quiet after a finished save before the reload (one reload per save).
 DEBOUNCE = 0.15
 #: Seconds of quiet after an unfinished write (no close seen) before reloading anyway.
-QUIET = 2.0
+QUIET = 10.0
 #: Seconds of quiet after edits to a watched local source before it is rebuilt.
 SOURCE_DEBOUNCE = 0.3
 

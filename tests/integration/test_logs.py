@@ -115,3 +115,20 @@ log = {{ timestamps = true }}
             assert number.isdigit() and stamp[:4].isdigit() and "T" in stamp
 
     run(body())
+
+
+def test_output_without_a_newline_shows_up(tmp_path):
+    code = "import sys,time; sys.stdout.write('progress .'); sys.stdout.flush(); time.sleep(0.5); sys.stdout.write('..done\\\\n'); sys.stdout.flush(); time.sleep(300)"
+    text = f"""
+[services.bar]
+command = ["{PY}", "-c", "{code}"]
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            await stack.until(lambda: "progress ." in stack.log("bar"), timeout=5, message="the unfinished line")
+            assert "done" not in stack.log("bar")
+            await stack.until(lambda: "progress ...done\n" in stack.log("bar"), timeout=5)
+
+    run(body())

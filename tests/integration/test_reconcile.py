@@ -150,3 +150,24 @@ depends_on = {{ db = "ready" }}
             assert ready.timestamp <= started.timestamp
 
     run(body())
+
+
+def test_pending_replica_follows_its_dependencies_being_removed(tmp_path):
+    with_dep = f"""
+[services.db]
+command = {SLEEP}
+ready = {{ tcp = "127.0.0.1:1", interval = "100ms" }}
+[services.app]
+command = {SLEEP}
+depends_on = {{ db = "ready" }}
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(with_dep)
+            await stack.until(lambda: stack.phase("app") is not None and stack.phase("app").value == "pending")
+            assert "waiting for db (ready)" in stack.replica("app").message
+            await stack.apply(with_dep.replace('depends_on = { db = "ready" }', ""))
+            await stack.until(lambda: stack.pid("app"), message="app started once nothing holds it")
+
+    run(body())

@@ -144,3 +144,42 @@ def test_many_services_with_a_low_fd_limit_all_start(tmp_path):
         proc.terminate()
         proc.wait(timeout=60)
         out.close()
+
+
+def test_daemonised_grandchild_of_a_finished_service_is_stopped_too(tmp_path):
+    # The service starts a daemon in a new session and exits: its orphan comes back to us
+    # (subreaper), outside the process group. Nothing of the service may be left.
+    text = """
+[services.svc]
+command = "sleep 0.2; setsid sh -c 'sleep 301 & echo daemon $!; exit 0'; sleep 0.2; exit 0"
+shell = true
+restart = "never"
+stop_timeout = "2s"
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            line = await stack.until(lambda: next((l for l in stack.log("svc").splitlines() if l.startswith("daemon ")), None))
+            daemon = int(line.split()[1])
+            await stack.until(lambda: stack.phase("svc") and stack.phase("svc").value == "exited")
+            await stack.until(lambda: not alive([daemon]), message="the daemonised orphan to be stopped")
+
+    run(body())
+
+
+def test_stop_reaches_a_setsid_orphan_of_a_running_service(tmp_path):
+    code = "setsid sh -c 'sleep 302 & echo daemon $!; exit 0'; sleep 300"
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(config(f'"{code}"', shell=True, timeout="5s"))
+            line = await stack.until(lambda: next((l for l in stack.log("svc").splitlines() if l.startswith("daemon ")), None))
+            daemon = int(line.split()[1])
+            import time
+            started = time.monotonic()
+            await stack.r.controllers["svc"].stop_all("test")
+            assert alive([daemon]) == []
+            assert time.monotonic() - started < 3.0  # it got the stop signal, not a late SIGKILL
+
+    run(body())

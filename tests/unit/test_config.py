@@ -15,6 +15,7 @@ import pytest
 
 from supervisor import config
 from supervisor.config import ConfigError, Diagnostic
+from supervisor.environ import replica_env
 from supervisor.model import (
     Backoff,
     Condition,
@@ -290,6 +291,7 @@ DOTENV = [
     ('DOUBLE="a b # not a comment"', {"DOUBLE": "a b # not a comment"}),
     ("SINGLE='a \"b\" # c'", {"SINGLE": 'a "b" # c'}),
     ("BARE=$NOT_EXPANDED", {"BARE": "$NOT_EXPANDED"}),  # dotenv expands only ${VAR}
+    ("PASS='pa$$word'", {"PASS": "pa$$word"}),  # reaches the process as written: no 2nd expansion
     ("UNSET=${NOR_THIS}", {"UNSET": ""}),
     ("TRAILING=value # a comment", {"TRAILING": "value"}),
     ("# only a comment\n\nAFTER_BLANK=1", {"AFTER_BLANK": "1"}),
@@ -308,7 +310,9 @@ def test_env_file_is_dotenv(tmp_path, monkeypatch, text, expected):
         monkeypatch.delenv(name, raising=False)
     write(tmp_path, text + "\n", "app.env")
     spec = load_service(tmp_path, 'command = "app"\nenv_file = "app.env"')
-    assert dict(spec.environment) == expected
+    # what the process gets: dotenv's expansion only, never a second one of ours
+    env = replica_env("app", spec.environment, 0, base={})
+    assert {k: env[k] for k in spec.environment} == expected
 
 
 # -- depends_on ----------------------------------------------------------------------------
@@ -640,3 +644,17 @@ def test_diagnostics_are_in_file_order(tmp_path):
     """))
     assert [d.line for d in found] == sorted(d.line for d in found)
     assert len(found) == 4
+
+
+def test_empty_file_is_refused_not_applied(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        config.load(write(tmp_path, "  \n"))
+    assert "the file is empty" in str(error.value)
+    assert config.load(write(tmp_path, "[services]\n")).services == {}
+
+
+def test_state_dir_is_found_even_in_a_broken_file(tmp_path):
+    path = write(tmp_path, '[supervise]\nstate_dir = "var/st"\n[services.a\n')
+    assert config.state_dir_of(path) == (tmp_path / "var/st").resolve()
+    path = write(tmp_path, '[services.a\n')
+    assert config.state_dir_of(path) == (tmp_path / ".supervise").resolve()
