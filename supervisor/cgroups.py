@@ -134,3 +134,20 @@ def pids(group: Path) -> list[int]:
             return [int(line) for line in f if line.strip()]
     except (OSError, ValueError):
         return []
+
+
+def remove_empty_children(parent: Path) -> int:
+    """rmdir every child cgroup of ``parent`` that is empty (a busy one refuses); returns how
+    many went."""
+    removed = 0
+    try:
+        children = [p for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return 0
+    for child in children:
+        try:
+            os.rmdir(child)
+            removed += 1
+        except OSError:
+            continue
+    return removed

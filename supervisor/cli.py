@@ -132,7 +132,7 @@ def cmd_plan(path: Path) -> int:
     desired = config.load(path)
     try:
         with Client(desired.settings.state_dir) as client:
-            lines = client.call("plan")["actions"]
+            lines = client.call("plan", config=str(path.resolve()))["actions"]
     except NotRunning:
         lines = make_plan(desired, Observed.empty()).lines()
     except ControlError as exc:
@@ -188,7 +188,9 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
             print(json.dumps(reply, indent=2))
         else:
             print_status(rows)
-        up = all(row["phase"] in ("running", "ready") for row in rows)
+        # a service scaled to zero is as asked when nothing of it runs
+        up = all(row["phase"] in ("running", "ready") or (row.get("desired") == 0 and row["replica"] is None)
+                 for row in rows)
         return EXIT_OK if up else EXIT_NOT_RUNNING
     if verb == "reload":
         for line in reply["actions"] or ["nothing to do"]:

@@ -23,7 +23,7 @@ from .durations import format_duration
 from .events import Event, EventType, Notifier
 from .model import Desired, Phase
 from .notify import UnitReporter
-from .reconciler import Reconciler
+from .reconciler import Reconciler, dependency_levels
 from .builds import source_root
 from .watch import FileWatcher, GitPoller, SourceWatcher
 from .sources.path import content_hash
@@ -180,10 +180,12 @@ class Daemon:
             if names and name not in names:
                 continue
             if not controller.replicas:
+                wanted = controller.spec.replicas
                 rows.append({"service": name, "replica": None, "phase": controller.phase.value, "pid": None,
                              "version": controller.artifact.version if controller.artifact else None,
                              "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
-                             "held": controller.held, "message": "build failed" if controller.build_failed else ""})
+                             "held": controller.held, "desired": wanted,
+                             "message": controller.deploy_message or ("replicas = 0" if not wanted else "")})
             for index, replica in sorted(controller.replicas.items()):
                 up = replica.phase in (Phase.RUNNING, Phase.READY) and replica.started_at
                 rows.append({
@@ -193,13 +195,15 @@ class Daemon:
                     "restarts": replica.restarts,
                     "last_exit": str(replica.last_exit) if replica.last_exit else None,
                     "ready": replica.ready and replica.phase in (Phase.RUNNING, Phase.READY),
-                    "held": controller.held, "message": replica.message,
+                    "held": controller.held, "desired": controller.spec.replicas,
+                    "message": replica.message or controller.deploy_message,
                 })
         return rows
 
     async def h_plan(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        """The plan for ``request["config"]`` (default: our own file) against what runs."""
         try:
-            desired = config.load(self.path)
+            desired = config.load(Path(request.get("config") or self.path))
         except ConfigError as exc:
             return {"ok": False, "error": str(exc)}
         return {"actions": self.reconciler.plan(desired).lines()}
@@ -245,7 +249,15 @@ class Daemon:
             controllers = self._controllers(request)
         except KeyError as exc:
             return {"ok": False, "error": exc.args[0]}
-        await asyncio.gather(*(c.user_restart() for c in controllers))
+        # dependents that asked for it (depends_on ... restart = true) restart too, after
+        names = {c.name for c in controllers}
+        specs = {n: c.spec for n, c in self.reconciler.controllers.items()}
+        for level in dependency_levels(specs):
+            for name in level:
+                if name not in names and any(d.restart and d.service in names for d in specs[name].depends_on):
+                    names.add(name)
+        for level in dependency_levels(specs):
+            await asyncio.gather(*(self.reconciler.controllers[n].user_restart() for n in level if n in names))
         await self.reconciler.apply(self.desired)
         return {"services": self.status_rows([c.name for c in controllers])}
 
@@ -295,7 +307,7 @@ class Daemon:
 
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop_event.set)
+            loop.add_signal_handler(sig, self.on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
 
@@ -334,6 +346,16 @@ class Daemon:
             loop.remove_signal_handler(sig)
         log.info("detached" if self.detaching else "stopped")
         return 1 if failed else 0
+
+    def on_stop_signal(self) -> None:
+        """SIGINT/SIGTERM: stop gracefully; a second one while stopping: SIGKILL everything now
+        (a second Ctrl-C means "I will not wait for stop_timeout")."""
+        assert self.stop_event is not None
+        if not self.stop_event.is_set():
+            self.stop_event.set()
+            return
+        log.warning("second stop signal: SIGKILL to every service now")
+        self.reconciler.kill_all()
 
     def on_sigquit(self) -> None:
         """SIGQUIT: exit *without* stopping the services, for an in-place upgrade or restart of
@@ -379,6 +401,8 @@ def print_event(event: Event) -> None:
         detail.append(f"version {event.version}")
     bad = (EventType.BUILD_FAILED, EventType.FETCH_FAILED, EventType.FAILED, EventType.START_FAILED)
     level = logging.ERROR if event.type in bad else logging.INFO
-    log.log(level, "%s %s%s", event.type.value, who, (": " + ", ".join(detail)) if detail else "")
+    if event.type is EventType.RELOADED:
+        detail = [f"by {data['trigger']}"] if data.get("trigger") else []
+    log.log(level, "%s%s%s", event.type.value, f" {who}" if who else "", (": " + ", ".join(detail)) if detail else "")
     for line in data.get("tail", []) or []:
         log.log(level, "    %s", line)

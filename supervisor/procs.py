@@ -519,6 +519,11 @@ async def _wait_empty(handle: ProcessHandle, snapshot: list[psutil.Process], rea
         delay = min(delay * 2, 0.05)
 
 
+def kill_now(handle: ProcessHandle) -> None:
+    """SIGKILL the group, cgroup and every member of ``handle`` right away."""
+    _kill_everything(handle, members(handle))
+
+
 def _kill_everything(handle: ProcessHandle, snapshot: list[psutil.Process]) -> None:
     if handle.cgroup is not None:
         cgroups.kill(handle.cgroup)

@@ -74,19 +74,29 @@ class Reconciler:
         self.reaper = procs.Reaper(loop)
         tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
         self.cgroup_parent = cgroups.make_parent(f"supervise-{tag}")
+        if self.cgroup_parent is not None:
+            cgroups.remove_empty_children(self.cgroup_parent)  # left by replicas that died unseen
         self.preparer = Preparer(self.state_dir, self.reaper, self.logs, self.settings.keep_versions)
 
-    async def adopt(self, desired: Desired) -> int:
+    async def adopt(self, desired: Desired, only: set[str] | None = None) -> int:
         """Take over replicas that a previous supervisor on this state dir left running.
 
         Each is verified (pid + create_time) before it is trusted. A replica made from another
         config is adopted as *stale* and replaced by the first plan; one of a service no longer
-        in the file is adopted to be stopped. Returns how many were adopted.
+        in the file is adopted to be stopped. ``only``: look at these services alone.
+        Returns how many were adopted.
         """
         loop = asyncio.get_running_loop()
         adopted = 0
+        for name, build in state.load_builds(self.state_dir).items():
+            # a build the previous supervisor left running: stop it before building again there
+            handle = procs.adopt(loop, int(build.get("pid", 0)), float(build.get("create_time", 0)))
+            if handle is not None:
+                log.warning("%s: stopping a build (pid %d) left by the previous supervisor", name, handle.pid)
+                await procs.stop(handle, 15, 5.0, self.reaper)
+            state.remove_build(self.state_dir, name)
         for name, record in state.load_all(self.state_dir).items():
-            if not NAME_RE.match(name):
+            if not NAME_RE.match(name) or (only is not None and name not in only):
                 continue
             alive = []
             for key, item in (record.get("replicas") or {}).items():
@@ -195,7 +205,7 @@ class Reconciler:
             log.error("%s: %s%s", spec.name, exc, "".join(f"\n    {line}" for line in exc.tail))
             self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
             tried = exc.version.rsplit("-", 1)[0] if exc.version else self.revisions.get(spec.name)
-            controller.mark_build_failed(spec, tried)
+            controller.mark_build_failed(spec, tried, f"{exc.stage} failed: {exc}")
             return None
         previous = controller.artifact
         if spec.source.kind == "git" and previous is not None and previous.revision != artifact.revision:
@@ -273,6 +283,17 @@ class Reconciler:
         self.logs.close()
         if self.cgroup_parent is not None:
             cgroups.remove(self.cgroup_parent)
+
+    def kill_all(self) -> None:
+        """SIGKILL every replica's group, cgroup and members at once (stops under way then
+        finish without waiting for their timeouts)."""
+        for controller in self.controllers.values():
+            for replica in controller.replicas.values():
+                if replica.handle is not None:
+                    procs.kill_now(replica.handle)
+        if self.preparer is not None:
+            for handle in self.preparer.builds.values():
+                procs.kill_now(handle)
 
     async def detach(self) -> None:
         """Let go of every service without stopping it: stop reading their output (the FIFOs

@@ -103,6 +103,7 @@ class ServiceController:
         self.artifact: Artifact | None = None
         self.build_failed = False
         self.failed_revision: str | None = None
+        self.deploy_message = ""  # why the newest version is not what runs (failed build, rollback)
         self.held = False
         self._persist_pending = False
         self._tasks: set[asyncio.Task] = set()
@@ -175,11 +176,13 @@ class ServiceController:
                 replica.launch = Launch(spec, replica.launch.artifact)
                 self._task(replica, self._start_after_dependencies(replica, "dependencies changed"))
 
-    def mark_build_failed(self, spec: ServiceSpec, revision: str | None) -> None:
+    def mark_build_failed(self, spec: ServiceSpec, revision: str | None, message: str = "") -> None:
         """The fetch or build of ``spec`` at ``revision`` failed; running replicas stay."""
         self.spec = spec
         self.build_failed = True
         self.failed_revision = revision
+        running = self.artifact.version if self.artifact and self.replicas else None
+        self.deploy_message = f"{message or 'build failed'}" + (f"; still running {running}" if running else "")
         self.changed()
 
     async def start_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
@@ -191,6 +194,7 @@ class ServiceController:
         self.spec = spec
         self.artifact = artifact
         self.build_failed = False
+        self.deploy_message = ""
         self.sink.policy = spec.log
         old = self.replicas.get(index)
         if old is not None and (old.handle is not None or old.tasks):
@@ -377,6 +381,7 @@ class ServiceController:
         self.build_failed = True  # "the newest version could not be deployed": not retried
         self.failed_revision = bad.revision
         message = f"rolled back {bad.version} -> {good.version}: {why}"
+        self.deploy_message = message
         self.sink.note(f"{self.name}[{index}] {message}")
         self.notifier.emit(EventType.ROLLED_BACK, self.name, good.version, replica=index, reason=why,
                            bad_version=bad.version)
@@ -413,6 +418,8 @@ class ServiceController:
         (survives reloads of the file, like ``systemctl stop`` survives ``daemon-reload``)."""
         self.held = True
         await asyncio.gather(*(self.stop_replica(i, reason) for i in sorted(self.replicas)))
+        for replica in self.replicas.values():
+            replica.message = reason
         self.changed()
         self.persist()
 
@@ -580,7 +587,10 @@ class ServiceController:
     def _after_exit(self, replica: Replica, exit: Exit, uptime: float) -> None:
         policy = self.spec.restart
         version = replica.launch.artifact.version
-        if policy is RestartPolicy.NEVER or (policy is RestartPolicy.ON_FAILURE and exit.success):
+        # An adopted process is not our child: its exit status cannot be known. For
+        # on-failure, running a one-shot job (a migration) twice is the worse mistake.
+        unknown = exit.code is None and exit.signal is None
+        if policy is RestartPolicy.NEVER or (policy is RestartPolicy.ON_FAILURE and (exit.success or unknown)):
             self._set_phase(replica, Phase.EXITED)
             return
         if replica.previous is not None:

@@ -71,3 +71,39 @@ def load_all(state_dir: Path) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError):
             continue
     return records
+
+
+def build_record_path(state_dir: Path, name: str) -> Path:
+    """``STATE_DIR/state/builds/NAME.json``: a build under way (pid, pgid, create_time)."""
+    return state_dir_of(state_dir) / "builds" / f"{name}.json"
+
+
+def save_build(state_dir: Path, name: str, record: dict[str, Any]) -> None:
+    """Record that a build of ``name`` runs, so a supervisor killed meanwhile is followed by
+    one that stops it before building again in the same folder."""
+    path = build_record_path(state_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def remove_build(state_dir: Path, name: str) -> None:
+    """Forget the build record of ``name``."""
+    try:
+        build_record_path(state_dir, name).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def load_builds(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every build record left behind, by service name."""
+    folder = state_dir_of(state_dir) / "builds"
+    out: dict[str, dict[str, Any]] = {}
+    if folder.is_dir():
+        for path in folder.glob("*.json"):
+            try:
+                out[path.stem] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+    return out

@@ -9,12 +9,13 @@ disturbs the folder the running version uses; a successful build of a version is
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import logs, procs
+from .. import logs, procs, state
 from ..environ import replica_env
 from ..model import ServiceSpec
 from ..sources import SourceError
@@ -81,6 +82,10 @@ class Preparer:
         assert source.path is not None
         if not source.path.is_dir():
             raise PrepareError("fetch", f"source folder {source.path} does not exist")
+        if not spec.watch:
+            # Without watch globs nothing follows the folder's contents, and hashing a large
+            # folder (often the config's own) costs seconds: name the version by the folder.
+            return source.path, hashlib.sha1(str(source.path).encode()).hexdigest()
         revision = await asyncio.to_thread(content_hash, source.path, [self.state_dir])
         return source.path, revision
 
@@ -121,6 +126,8 @@ class Preparer:
             os.close(write_fd)
         pump = logs.Pump(asyncio.get_running_loop(), read_fd, tail)
         self.builds[spec.name] = handle
+        state.save_build(self.state_dir, spec.name, {"pid": handle.pid, "pgid": handle.pgid,
+                                                     "create_time": handle.create_time, "version": version})
         try:
             exit = await asyncio.shield(handle.exited)
         except asyncio.CancelledError:
@@ -129,6 +136,7 @@ class Preparer:
             raise
         finally:
             self.builds.pop(spec.name, None)
+            state.remove_build(self.state_dir, spec.name)
         if procs.group_alive(handle.pgid):  # background processes a build left behind
             await procs.stop(handle, spec.stop_signal, 5.0, self.reaper)
         elif self.reaper is not None:

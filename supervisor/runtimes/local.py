@@ -27,6 +27,7 @@ from ..builds import source_root
 from ..config import ConfigError
 from ..events import Event, EventType, Notifier as Bus
 from ..model import Desired, RestartPolicy, ServiceSpec, Settings
+from ..daemon import StateLock
 from ..reconciler import Reconciler
 from ..sources import SourceError
 from ..sources.git import GitSource
@@ -54,6 +55,8 @@ class LocalRuntime(Runtime):
         self.poller: GitPoller | None = None
         self._stopped: asyncio.Event | None = None
         self._lock = threading.Lock()
+        self._adoption_checked: set[str] = set()
+        self.lock = StateLock(self.state_dir)
 
     # -- life ------------------------------------------------------------------------------
 
@@ -82,6 +85,7 @@ class LocalRuntime(Runtime):
     async def _main(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
             self._stopped = asyncio.Event()
+            self.lock.acquire()  # one runtime or daemon per state dir, as for the daemon
             self.reconciler = Reconciler(self._desired(), self.bus)
             await self.reconciler.start()
             self.poller = GitPoller(lambda name: source_root(self.state_dir, name),
@@ -89,13 +93,18 @@ class LocalRuntime(Runtime):
                                     self._new_commit, self._poll_error)
         except BaseException as exc:  # reported to start()
             failure.append(exc)
+            self.lock.release()
             ready.set()
             return
         ready.set()
         await self._stopped.wait()
         self.poller.stop()
+        # replicas a previous host left running for services this one never created: stop them too
+        await self.reconciler.adopt(self._desired(), only=None)
+        await self.reconciler.apply(self._desired())
         await self.reconciler.shutdown()
         self.bus.close()
+        self.lock.release()
 
     def stop(self) -> None:
         with self._lock:
@@ -160,6 +169,10 @@ class LocalRuntime(Runtime):
     async def _apply(self) -> None:
         assert self.reconciler is not None and self.poller is not None
         desired = self._desired()
+        new = {n for n in desired.services if n not in self._adoption_checked}
+        if new:  # a previous host of this state dir may have left them running: adopt, not duplicate
+            self._adoption_checked |= new
+            await self.reconciler.adopt(desired, only=new)
         for name, stream in self.outputs.items():
             sink = self.reconciler.logs.sink(name)
             if stream not in sink.tees:

@@ -159,3 +159,37 @@ def test_sigquit_leaves_services_running_for_an_in_place_upgrade(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_build_left_running_by_a_killed_supervisor_is_stopped_first(tmp_path):
+    path = write(tmp_path / "services.toml", f"""
+[services.slow]
+build = ["sleep", "303"]
+command = ["{PY}", "-c", "import time; time.sleep(300)"]
+""")
+    out = tmp_path / "out.txt"
+    record = tmp_path / ".supervise" / "state" / "builds" / "slow.json"
+    first = start(path, out)
+    second = None
+    build_pid = None
+    try:
+        wait_until(lambda: record.exists(), timeout=20, message="the build to start")
+        build_pid = json.loads(record.read_text())["pid"]
+        first.kill()
+        first.wait(timeout=10)
+        assert psutil.pid_exists(build_pid)  # an orphaned build, still running
+        second = start(path, out)
+        wait_until(lambda: not psutil.pid_exists(build_pid) or
+                   psutil.Process(build_pid).status() == psutil.STATUS_ZOMBIE, timeout=20, message="old build stopped")
+        wait_until(lambda: record.exists() and json.loads(record.read_text())["pid"] != build_pid, timeout=20,
+                   message="a new build")
+        assert "stopping a build" in out.read_text()
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+        if build_pid is not None:
+            try:
+                os.killpg(build_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -104,3 +104,29 @@ def test_run_with_a_bad_file_exits_2_and_starts_nothing(tmp_path):
     result = supervise("--config", str(path))
     assert result.returncode == 2
     assert "services.toml:1:" in result.stderr and "TOML syntax error" in result.stderr
+
+
+def test_second_ctrl_c_kills_at_once(tmp_path):
+    path = write(tmp_path / "services.toml", """
+[services.stubborn]
+command = "trap '' TERM INT; echo armed; while true; do sleep 0.1; done"
+shell = true
+stop_timeout = "60s"
+""")
+    out = open(tmp_path / "out.txt", "w")
+    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "armed" in (tmp_path / "out.txt").read_text(), timeout=20)
+        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: "stopping stubborn[0]" in (tmp_path / "out.txt").read_text())
+        import time
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - started < 10
+        assert "second stop signal" in (tmp_path / "out.txt").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()

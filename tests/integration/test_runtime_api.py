@@ -77,3 +77,46 @@ def test_bad_definitions_raise_the_config_messages(tmp_path):
             runtime.create(Service("y", metadata={"build": "false"}), command=["true"])
         with pytest.raises(RuntimeError_, match="unknown service"):
             runtime.update(Service("nope"))
+
+
+HOST = """
+import sys, time
+from supervisor import LocalRuntime, Service
+runtime = LocalRuntime(state_dir=sys.argv[1])
+runtime.start()
+runtime.create(Service("dep", source=sys.argv[2]), command=[sys.executable, "-c", "import time; time.sleep(300)"])
+print("pid", runtime.read(service="dep")[0].metadata["pids"], flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_killed_host_program_leaves_a_replica_the_next_one_adopts(tmp_path):
+    import subprocess
+
+    (tmp_path / "src").mkdir()
+    host = subprocess.Popen([PY, "-c", HOST, str(tmp_path / "state"), str(tmp_path / "src")],
+                            stdout=subprocess.PIPE, text=True)
+    pid = None
+    try:
+        line = host.stdout.readline()
+        pid = int(line.split()[1])
+        host.kill()
+        host.wait(timeout=10)
+        assert psutil.pid_exists(pid)
+        with LocalRuntime(state_dir=tmp_path / "state") as runtime:
+            runtime.create(Service("dep", source=str(tmp_path / "src")),
+                           command=[PY, "-c", "import time; time.sleep(300)"])
+            assert runtime.read(service="dep")[0].metadata["pids"] == str(pid)  # adopted, no duplicate
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+        if pid is not None and psutil.pid_exists(pid):
+            os.kill(pid, 9)
+
+
+def test_a_second_runtime_on_the_same_state_dir_is_refused(tmp_path):
+    with LocalRuntime(state_dir=tmp_path / "state"):
+        with pytest.raises(RuntimeError_, match="another supervise"):
+            LocalRuntime(state_dir=tmp_path / "state").start()
