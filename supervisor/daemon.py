@@ -130,9 +130,15 @@ class Daemon:
         self.notifier.emit(EventType.RELOADED, None, None, trigger="save")
         self.reconciler.request()
 
-    def on_source_edited(self, name: str) -> None:
+    def on_source_edited(self, name: str, last_edit: float) -> None:
         spec = self.desired.services.get(name)
         if spec is None or spec.source.path is None:
+            return
+        preparer = self.reconciler.preparer
+        if preparer is not None and (name in preparer.builds or last_edit <= preparer.last_build_end.get(name, 0.0)):
+            # The last edit came while it was being built: the build's own output (a build
+            # writing into a watched folder). Rebuilding for it would loop forever.
+            log.debug("%s: ignoring edits made while it was being built", name)
             return
 
         async def rehash() -> None:

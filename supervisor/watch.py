@@ -21,6 +21,7 @@ import asyncio
 import fnmatch
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -50,10 +51,11 @@ class Debouncer:
         self.callback = callback
         self.timer: asyncio.TimerHandle | None = None
         self.delay = 0.0
+        self.last_poke = 0.0
 
     def poke(self, delay: float) -> None:
-        """Restart the countdown with ``delay`` s; a shorter pending delay is not lengthened
-        by a later, weaker event only if it is the stronger kind (the caller decides)."""
+        """Restart the countdown with ``delay`` s (``last_poke`` records when, monotonic)."""
+        self.last_poke = time.monotonic()
         if self.timer is not None:
             self.timer.cancel()
         self.delay = delay
@@ -150,10 +152,10 @@ def glob_match(relative: str, patterns: Iterable[str]) -> bool:
 
 
 class SourceWatcher:
-    """Watches local-folder sources that have ``watch`` globs; ``on_change(name)`` is called
-    on the loop once per burst of matching edits."""
+    """Watches local-folder sources that have ``watch`` globs; ``on_change(name, last)`` is
+    called on the loop once per burst of matching edits (``last``: monotonic time of the last)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_change: Callable[[str], None], state_dir: Path):
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_change: Callable[[str, float], None], state_dir: Path):
         self.loop = loop
         self.on_change = on_change
         self.state_dir = state_dir.resolve()
@@ -177,7 +179,7 @@ class SourceWatcher:
                 continue
             root = spec.source.path
             assert root is not None
-            debouncer = Debouncer(self.loop, lambda name=name: self.on_change(name))
+            debouncer = Debouncer(self.loop, lambda name=name: self.on_change(name, self.watches[name][3].last_poke))
             handle = self.observer.schedule(_SourceHandler(self, name, root, spec.watch, debouncer), str(root), recursive=True)
             self.watches[name] = (root, spec.watch, handle, debouncer)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ class Preparer:
         self.reaper = reaper
         self.keep_versions = keep_versions
         self.builds: dict[str, procs.ProcessHandle] = {}
+        self.last_build_end: dict[str, float] = {}  # monotonic seconds, by service
 
     async def resolve(self, spec: ServiceSpec) -> tuple[Path, str]:
         """Fetch/hash the source: (folder to build and run in, revision). Raises PrepareError."""
@@ -136,6 +138,7 @@ class Preparer:
             raise
         finally:
             self.builds.pop(spec.name, None)
+            self.last_build_end[spec.name] = time.monotonic()
             state.remove_build(self.state_dir, spec.name)
         if procs.group_alive(handle.pgid):  # background processes a build left behind
             await procs.stop(handle, spec.stop_signal, 5.0, self.reaper)

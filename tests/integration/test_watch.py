@@ -341,3 +341,28 @@ def test_only_the_last_versions_stay_on_disk(tmp_path):
     run(body())
     work.close()
     bare.close()
+
+
+def test_a_build_writing_into_its_watched_source_does_not_loop(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "app.py").write_text("import time\ntime.sleep(300)\n")
+    path = tmp_path / "services.toml"
+    path.write_text(f"""
+[services.local]
+source = "./src"
+build = ["{PY}", "-c", "import time; open('stamp.txt', 'w').write(str(time.time()))"]
+command = ["{PY}", "app.py"]
+watch = ["**/*"]
+""")
+
+    async def body():
+        async with DaemonRun(path) as d:
+            pid = await d.until(lambda: d.pid("local"))
+            await asyncio.sleep(0.5)  # a person edits after the start, not in the same instant
+            (src / "app.py").write_text("import time\n# an edit\ntime.sleep(300)\n")
+            await d.until(lambda: d.pid("local") not in (None, pid), message="one rebuild")
+            await asyncio.sleep(1.5)  # several debounce windows: no rebuild may follow by itself
+            assert len(d.of_type("built", "local")) == 2
+
+    run(body())
