@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import psutil
 
@@ -358,9 +358,11 @@ def descendants(pid: int) -> list[psutil.Process]:
 INSTANCE_VAR = "SUPERVISE_INSTANCE"
 
 
-def members(handle: ProcessHandle) -> list[psutil.Process]:
+def members(handle: ProcessHandle, known: Collection[int] = ()) -> list[psutil.Process]:
     """Everything that belongs to ``handle``'s replica now: its descendants, the processes in
-    its cgroup, and orphans of it that were re-parented to us (found by :data:`INSTANCE_VAR`)."""
+    its cgroup, and orphans of it that were re-parented to us (found by :data:`INSTANCE_VAR`
+    among our children that are not in ``known``, the leaders we track: a stop of one of 500
+    replicas must not read the environment of the other 499)."""
     found = {p.pid: p for p in descendants(handle.pid)}
     if handle.cgroup is not None:
         for pid in cgroups.pids(handle.cgroup):
@@ -370,7 +372,7 @@ def members(handle: ProcessHandle) -> list[psutil.Process]:
                 except psutil.Error:
                     pass
     if handle.instance:
-        for process in stray_children():
+        for process in stray_children(known):
             try:
                 if (process.pid not in found and process.pid != handle.pid
                         and process.environ().get(INSTANCE_VAR) == handle.instance):
@@ -380,12 +382,13 @@ def members(handle: ProcessHandle) -> list[psutil.Process]:
     return list(found.values())
 
 
-def stray_children() -> list[psutil.Process]:
-    """Our direct children that came from a service (they carry :data:`INSTANCE_VAR`):
-    replica leaders and builds, and orphans of theirs re-parented to us (we are a subreaper).
-    Callers tell them apart by pid and instance."""
+def stray_children(known: Collection[int] = ()) -> list[psutil.Process]:
+    """Our direct children, other than those in ``known``, that came from a service (they
+    carry :data:`INSTANCE_VAR`): orphans re-parented to us (we are a subreaper), builds."""
     out = []
     for pid in _children_of(os.getpid()):
+        if pid in known:
+            continue
         try:
             process = psutil.Process(pid)
             if INSTANCE_VAR in process.environ():
@@ -398,13 +401,7 @@ def stray_children() -> list[psutil.Process]:
 async def sweep_orphans(known: set[int], reaper: Reaper | None, timeout: float = 5.0) -> list[int]:
     """At shutdown: SIGTERM, then after ``timeout`` s SIGKILL, every child of ours that came
     from a service (it carries :data:`INSTANCE_VAR`) and is not in ``known``. Returns their pids."""
-    victims = []
-    for process in stray_children():
-        try:
-            if process.pid not in known and process.environ().get(INSTANCE_VAR):
-                victims.append(process)
-        except (psutil.Error, OSError):
-            continue
+    victims = stray_children(known)
     for process in victims:
         try:
             process.terminate()
@@ -466,7 +463,7 @@ async def stop(handle: ProcessHandle, sig: int, timeout: float, reaper: Reaper |
     ``signal 9``). Returns once the group, those descendants and the cgroup (if any) are empty;
     processes that survive SIGKILL for 5 s (uninterruptible sleep) are logged and left.
     """
-    snapshot = members(handle)
+    snapshot = members(handle, reaper.waiters if reaper is not None else ())
     signal_group(handle, sig)
     for process in snapshot:
         try:
@@ -519,9 +516,9 @@ async def _wait_empty(handle: ProcessHandle, snapshot: list[psutil.Process], rea
         delay = min(delay * 2, 0.05)
 
 
-def kill_now(handle: ProcessHandle) -> None:
+def kill_now(handle: ProcessHandle, known: Collection[int] = ()) -> None:
     """SIGKILL the group, cgroup and every member of ``handle`` right away."""
-    _kill_everything(handle, members(handle))
+    _kill_everything(handle, members(handle, known))
 
 
 def _kill_everything(handle: ProcessHandle, snapshot: list[psutil.Process]) -> None:

@@ -287,13 +287,14 @@ class Reconciler:
     def kill_all(self) -> None:
         """SIGKILL every replica's group, cgroup and members at once (stops under way then
         finish without waiting for their timeouts)."""
+        known = set(self.reaper.waiters) if self.reaper is not None else set()
         for controller in self.controllers.values():
             for replica in controller.replicas.values():
                 if replica.handle is not None:
-                    procs.kill_now(replica.handle)
+                    procs.kill_now(replica.handle, known)
         if self.preparer is not None:
             for handle in self.preparer.builds.values():
-                procs.kill_now(handle)
+                procs.kill_now(handle, known)
 
     async def detach(self) -> None:
         """Let go of every service without stopping it: stop reading their output (the FIFOs

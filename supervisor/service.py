@@ -571,7 +571,7 @@ class ServiceController:
                            code=exit.code, signal=exit.signal, uptime=round(uptime, 3))
         # Whatever the leader left behind goes too (systemd KillMode=control-group): its group,
         # its cgroup, and orphans of it that came back to us.
-        if procs.group_alive(handle.pgid) or procs.members(handle):
+        if procs.group_alive(handle.pgid) or procs.members(handle, self.reaper.waiters):
             replica.stopping = True
             await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
             replica.stopping = False
