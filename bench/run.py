@@ -382,13 +382,17 @@ class Supervise(Adapter):
         return None
 
     def write_config(self) -> None:
-        lines = ["[supervise]", f"state_dir = {json.dumps(str(self.state_dir))}", ""]
+        # No rotation, like the peers' configs here (supervisord's stdout_logfile_maxbytes = 0):
+        # the log scenario reads one file. (Rotation itself is tested in tests/integration.)
+        lines = ["[supervise]", f"state_dir = {json.dumps(str(self.state_dir))}",
+                 'log = { max_size = "64GiB" }', ""]
         for svc in self.services:
             lines += [f"[services.{svc.name}]", f"command = {json.dumps(list(svc.argv))}", ""]
         write_atomic(self.config, "\n".join(lines))
 
     def command(self) -> list[str]:
-        return [*self.base, "--config", str(self.config)]
+        # -q: no echo of service output, like the peers here (their output goes to files only)
+        return [*self.base, "-q", "--config", str(self.config)]
 
     def log_file(self, service: str) -> Path:
         return self.state_dir / "logs" / f"{service}.log"

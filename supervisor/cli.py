@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"supervise {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="also log debug messages")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    sub.add_parser("run", parents=[common], help="run in the foreground (the default verb)")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="do not echo service output (the log files still have it all)")
+    parser._add_container_actions(quiet)  # `supervise -q` works without the verb too
+    sub.add_parser("run", parents=[common, quiet], help="run in the foreground (the default verb)")
     sub.add_parser("check", parents=[common], help="validate the config; exit 2 listing every error")
     sub.add_parser("plan", parents=[common],
                    help="print what a run would do now (against the running supervisor, if any)")
@@ -92,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verb == "plan":
             return cmd_plan(path)
         if verb == "run":
-            return cmd_run(path)
+            return cmd_run(path, quiet=getattr(args, "quiet", False))
         if verb == "logs":
             return cmd_logs(path, args.services, args.lines, args.follow)
         if verb == "import":
@@ -155,7 +159,7 @@ def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
     return EXIT_OK
 
 
-def cmd_run(path: Path) -> int:
+def cmd_run(path: Path, quiet: bool = False) -> int:
     """``supervise run``: the foreground supervisor until SIGINT/SIGTERM (SIGQUIT detaches)."""
     import asyncio
 
@@ -163,7 +167,7 @@ def cmd_run(path: Path) -> int:
 
     desired = config.load(path)
     try:
-        return asyncio.run(Daemon(path, desired).run())
+        return asyncio.run(Daemon(path, desired, console=not quiet).run())
     except AlreadyRunning as exc:
         raise CliError(str(exc)) from None
 

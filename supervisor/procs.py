@@ -85,6 +85,7 @@ class ProcessHandle:
     started_monotonic: float = field(default_factory=time.monotonic)
     fifo: Path | None = None  # where its output goes (logs.make_fifo)
     instance: str | None = None  # the value of INSTANCE_VAR in its environment
+    stop_snapshot: list[psutil.Process] | None = None  # set once begin_stop() has signalled it
     pump: Any = None  # the logs.Pump reading that FIFO
 
     @property
@@ -117,6 +118,10 @@ class Reaper:
         self.subreaper = become_subreaper() if use_signals else False
         if use_signals:
             loop.add_signal_handler(signal.SIGCHLD, self.reap)
+            # Hundreds of children ending at once fill asyncio's wake-up socket; that is fine
+            # (one byte is enough to wake us), so do not print a warning for each signal.
+            fd = signal.set_wakeup_fd(-1)
+            signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
 
     def close(self) -> None:
         if not self.use_signals:
@@ -455,13 +460,12 @@ def signal_group(handle: ProcessHandle, sig: int) -> None:
         log.warning("cannot signal process group %d: %s", handle.pgid, exc)
 
 
-async def stop(handle: ProcessHandle, sig: int, timeout: float, reaper: Reaper | None) -> Exit:
-    """Stop the group of ``handle``: ``sig``, wait ``timeout`` s, then SIGKILL; no survivors.
+def begin_stop(handle: ProcessHandle, sig: int, reaper: Reaper | None) -> list[psutil.Process]:
+    """The first, synchronous half of :func:`stop`: snapshot the members and send ``sig``.
 
-    ``sig`` goes to the process group and to every descendant seen before the stop (some may
-    have left the group with ``setsid``). Returns the leader's Exit (a SIGKILL shows as
-    ``signal 9``). Returns once the group, those descendants and the cgroup (if any) are empty;
-    processes that survive SIGKILL for 5 s (uninterruptible sleep) are logged and left.
+    Called for every replica in one go when many stop together (shutdown), so that the
+    signals all leave at once instead of one per event-loop turn. The snapshot is kept on the
+    handle for the :func:`stop` that follows.
     """
     snapshot = members(handle, reaper.waiters if reaper is not None else ())
     signal_group(handle, sig)
@@ -473,6 +477,21 @@ async def stop(handle: ProcessHandle, sig: int, timeout: float, reaper: Reaper |
             pass
     if sig not in (signal.SIGKILL, signal.SIGCONT):
         signal_group(handle, signal.SIGCONT)  # a stopped (SIGSTOP'ed) group cannot act on it
+    handle.stop_snapshot = snapshot
+    return snapshot
+
+
+async def stop(handle: ProcessHandle, sig: int, timeout: float, reaper: Reaper | None) -> Exit:
+    """Stop the group of ``handle``: ``sig``, wait ``timeout`` s, then SIGKILL; no survivors.
+
+    ``sig`` goes to the process group and to every descendant seen before the stop (some may
+    have left the group with ``setsid``). Returns the leader's Exit (a SIGKILL shows as
+    ``signal 9``). Returns once the group, those descendants and the cgroup (if any) are empty;
+    processes that survive SIGKILL for 5 s (uninterruptible sleep) are logged and left.
+    """
+    snapshot = handle.stop_snapshot
+    if snapshot is None:
+        snapshot = begin_stop(handle, sig, reaper)
     if not await _wait_empty(handle, snapshot, reaper, timeout):
         _kill_everything(handle, snapshot)
         if not await _wait_empty(handle, snapshot, reaper, 5.0):

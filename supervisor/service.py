@@ -394,7 +394,15 @@ class ServiceController:
 
     async def stop_all(self, reason: str) -> None:
         """Stop and forget every replica, concurrently."""
+        self.signal_all()
         await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
+
+    def signal_all(self) -> None:
+        """Send every running replica its stop signal now (the stops that follow wait)."""
+        for replica in self.replicas.values():
+            handle = replica.handle
+            if handle is not None and handle.running and handle.stop_snapshot is None:
+                procs.begin_stop(handle, self.spec.stop_signal, self.reaper)
 
     def detach(self) -> None:
         """Stop watching without stopping (see Reconciler.detach); the state file is written

@@ -130,3 +130,21 @@ stop_timeout = "60s"
             proc.kill()
             proc.wait()
         out.close()
+
+
+def test_quiet_run_keeps_output_in_the_log_only(tmp_path):
+    path = write(tmp_path / "services.toml", '[services.talker]\ncommand = ["sh", "-c", "echo said-it; sleep 300"]\n')
+    out = open(tmp_path / "out.txt", "w")
+    proc = subprocess.Popen([PY, "-m", "supervisor", "-q", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        log = tmp_path / ".supervise" / "logs" / "talker.log"
+        wait_until(lambda: log.exists() and "said-it" in log.read_text(), timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        text = (tmp_path / "out.txt").read_text()
+        assert "started talker[0]" in text and "said-it" not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
