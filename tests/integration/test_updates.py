@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psutil
 
 from harness import PY, Stack, run
@@ -86,5 +88,24 @@ def test_start_first_keeps_the_old_one_when_the_new_one_dies(tmp_path):
             assert stack.pid("app") == old
             assert len(stack.of_type("stopping", "app")) == 0 or all(
                 e.data["pid"] != old for e in stack.of_type("stopping", "app"))
+
+    run(body())
+
+
+def test_live_check_restarts_a_replica_that_stops_answering(tmp_path):
+    live = 'live = { exec = ["test", "-e", "alive"], interval = "50ms", timeout = "200ms", retries = 2 }'
+
+    async def body():
+        (tmp_path / "alive").write_text("")
+        async with Stack(tmp_path) as stack:
+            await stack.apply(service(SLEEP, live))
+            first = await stack.until(lambda: stack.pid("app"))
+            await asyncio.sleep(0.3)  # answering: left alone
+            assert stack.pid("app") == first
+            (tmp_path / "alive").unlink()
+            await stack.until(lambda: stack.of_type("restarting", "app"), message="the liveness restart")
+            assert "liveness check failed 2 times" in stack.of_type("restarting", "app")[0].data["reason"]
+            (tmp_path / "alive").write_text("")
+            await stack.until(lambda: stack.pid("app") not in (None, first))
 
     run(body())
