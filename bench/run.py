@@ -1169,7 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, help="lines the log writer writes (default 500000)")
     parser.add_argument("--kills", type=int, help="SIGKILLs in the restart scenario (default 20)")
     parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 20)")
-    parser.add_argument("--supervise-reload", choices=["auto", "save", "sighup"], default="auto",
+    parser.add_argument("--supervise-reload", choices=["auto", "save", "sighup"], default="save",
                         help="how supervise applies a saved config: auto (detect reload-on-save), save, sighup")
     parser.add_argument("--supervise-cmd", metavar="CMD",
                         help="how to run supervise, e.g. '/work/main/.venv/bin/supervise' to compare another "
