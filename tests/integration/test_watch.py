@@ -157,6 +157,18 @@ def test_env_file_save_restarts_its_service(tmp_path):
 
 # -- git polling ------------------------------------------------------------------------------
 
+@pytest.fixture
+def remote(tmp_path):
+    """A work repository with one commit pushed to a bare ``remote.git``, and services.toml
+    following it (2 replicas, poll 200 ms). Yields (work repo, config path); closes both repos."""
+    work, bare = make_remote(tmp_path)
+    path = tmp_path / "services.toml"
+    path.write_text(GIT_CONFIG.format(py=PY))
+    yield work, path
+    work.close()
+    bare.close()
+
+
 def make_remote(tmp_path):
     work = git.Repo.init(tmp_path / "work", initial_branch="main")
     with work.config_writer() as cfg:
@@ -192,10 +204,8 @@ replicas = 2
 """
 
 
-def test_new_commit_is_built_once_and_replaces_each_replica_once(tmp_path):
-    work, bare = make_remote(tmp_path)
-    path = tmp_path / "services.toml"
-    path.write_text(GIT_CONFIG.format(py=PY))
+def test_new_commit_is_built_once_and_replaces_each_replica_once(tmp_path, remote):
+    work, path = remote
 
     async def body():
         async with DaemonRun(path) as d:
@@ -213,14 +223,10 @@ def test_new_commit_is_built_once_and_replaces_each_replica_once(tmp_path):
             assert any(f"-> {commit[:12]}" in e.data.get("reason", "") for e in d.of_type("restarting", "app"))
 
     run(body())
-    work.close()
-    bare.close()
 
 
-def test_commit_that_breaks_the_build_keeps_the_old_version_serving(tmp_path):
-    work, bare = make_remote(tmp_path)
-    path = tmp_path / "services.toml"
-    path.write_text(GIT_CONFIG.format(py=PY))
+def test_commit_that_breaks_the_build_keeps_the_old_version_serving(tmp_path, remote):
+    work, path = remote
 
     async def body():
         async with DaemonRun(path) as d:
@@ -241,14 +247,10 @@ def test_commit_that_breaks_the_build_keeps_the_old_version_serving(tmp_path):
             assert d.controllers["app"].artifact.version.startswith(fixed[:12])
 
     run(body())
-    work.close()
-    bare.close()
 
 
-def test_unreachable_remote_is_reported_and_what_runs_keeps_running(tmp_path):
-    work, bare = make_remote(tmp_path)
-    path = tmp_path / "services.toml"
-    path.write_text(GIT_CONFIG.format(py=PY))
+def test_unreachable_remote_is_reported_and_what_runs_keeps_running(tmp_path, remote):
+    work, path = remote
 
     async def body():
         async with DaemonRun(path) as d:
@@ -264,23 +266,27 @@ def test_unreachable_remote_is_reported_and_what_runs_keeps_running(tmp_path):
             await d.until(lambda: d.pid("app", 0) not in (None, pid), timeout=15)
 
     run(body())
-    work.close()
-    bare.close()
 
 
-def test_watched_local_source_rebuilds_once_per_burst(tmp_path):
+def local_source(tmp_path, build: str, watch: str):
+    """A local folder ``src`` with app.py and services.toml running it with ``watch`` globs."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "app.py").write_text("import time\ntime.sleep(300)\n")
-    (src / "notes.txt").write_text("not watched\n")
     path = tmp_path / "services.toml"
     path.write_text(f"""
 [services.local]
 source = "./src"
-build = ["{PY}", "-c", "print('built')"]
+build = ["{PY}", "-c", "{build}"]
 command = ["{PY}", "app.py"]
-watch = ["**/*.py"]
+watch = {watch}
 """)
+    return src, path
+
+
+def test_watched_local_source_rebuilds_once_per_burst(tmp_path):
+    src, path = local_source(tmp_path, "print('built')", '["**/*.py"]')
+    (src / "notes.txt").write_text("not watched\n")
 
     async def body():
         async with DaemonRun(path) as d:
@@ -299,10 +305,8 @@ watch = ["**/*.py"]
     run(body())
 
 
-def test_force_pushed_ref_is_reported_and_deployed(tmp_path):
-    work, bare = make_remote(tmp_path)
-    path = tmp_path / "services.toml"
-    path.write_text(GIT_CONFIG.format(py=PY))
+def test_force_pushed_ref_is_reported_and_deployed(tmp_path, remote):
+    work, path = remote
     write_app(work, "v2", build_ok=True)
     work.remote("origin").push("main:main")
 
@@ -317,13 +321,10 @@ def test_force_pushed_ref_is_reported_and_deployed(tmp_path):
             await d.until(lambda: d.pid("app", 0) not in (None, old), timeout=15)
 
     run(body())
-    work.close()
-    bare.close()
 
 
-def test_only_the_last_versions_stay_on_disk(tmp_path):
-    work, bare = make_remote(tmp_path)
-    path = tmp_path / "services.toml"
+def test_only_the_last_versions_stay_on_disk(tmp_path, remote):
+    work, path = remote
     path.write_text('[supervise]\nkeep_versions = 2\n' + GIT_CONFIG.format(py=PY).replace("replicas = 2", "replicas = 1"))
     versions = tmp_path / ".supervise" / "sources" / "app" / "versions"
 
@@ -339,22 +340,10 @@ def test_only_the_last_versions_stay_on_disk(tmp_path):
             assert len(kept) == 2 and commit[:12] in kept
 
     run(body())
-    work.close()
-    bare.close()
 
 
 def test_a_build_writing_into_its_watched_source_does_not_loop(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "app.py").write_text("import time\ntime.sleep(300)\n")
-    path = tmp_path / "services.toml"
-    path.write_text(f"""
-[services.local]
-source = "./src"
-build = ["{PY}", "-c", "import time; open('stamp.txt', 'w').write(str(time.time()))"]
-command = ["{PY}", "app.py"]
-watch = ["**/*"]
-""")
+    src, path = local_source(tmp_path, "import time; open('stamp.txt', 'w').write(str(time.time()))", '["**/*"]')
 
     async def body():
         async with DaemonRun(path) as d:
