@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import wait_until, write
+from conftest import terminate, wait_until, write
 
 PY = sys.executable
 COUNTER = "import itertools,time\\nfor i in itertools.count():\\n    print(i, flush=True)\\n    time.sleep(0.002)"
@@ -36,14 +36,7 @@ def running_pids(path: Path, count: int) -> dict[str, int] | None:
     return pids if len(pids) == count else None
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+stop = terminate
 
 
 def test_sigkilled_supervisor_adopts_20_services_with_no_lost_line(tmp_path):

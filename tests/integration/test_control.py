@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_until, write
+from conftest import terminate, wait_until, write
 
 PY = sys.executable
 SLEEP = f'["{PY}", "-c", "import time; time.sleep(300)"]'
@@ -37,13 +36,7 @@ restart = "never"
     proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
     wait_until(lambda: cli("status", "web", config=path).returncode == 0, timeout=20, message="web running")
     yield path, proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc, timeout=20)
     out.close()
 
 
