@@ -40,7 +40,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
