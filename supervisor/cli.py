@@ -228,10 +228,14 @@ def cmd_logs(path: Path, services: list[str], lines: int, follow: bool) -> int:
     import threading
 
     from . import logs
-    desired = config.load(path)
-    state_dir = desired.settings.state_dir
-    names = services or list(desired.services)
-    unknown = [n for n in names if n not in desired.services and not logs.log_path(state_dir, n).exists()]
+    try:
+        desired = config.load(path)
+        state_dir, known = desired.settings.state_dir, list(desired.services)
+    except ConfigError:  # a broken file must not hide the logs: read what is on disk
+        state_dir = config.state_dir_of(path)
+        known = sorted(p.stem for p in logs.log_dir(state_dir).glob("*.log"))
+    names = services or known
+    unknown = [n for n in names if n not in known and not logs.log_path(state_dir, n).exists()]
     if unknown:
         raise CliError("unknown service: " + ", ".join(unknown))
     tail = logs.ConsoleTail(logs.log_dir(state_dir), stream=sys.stdout)
@@ -290,6 +294,7 @@ def setup_logging(verbose: bool = False) -> None:
         journal = journal_stream(sys.stderr) and not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(journal, use_colour(sys.stderr)))
+    logging.getLogger("watchdog").setLevel(logging.ERROR)  # its shutdown chatter is not ours
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False

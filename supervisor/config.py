@@ -300,6 +300,10 @@ class _Validator:
         self.unknown_keys((), data, TOP_KEYS)
         settings = self.settings(data.get("supervise", {}))
         global_env = self.env_table(("env",), data.get("env", {})) if "env" in data else {}
+        if not data:
+            # Only comments: more likely half a save, or the wrong file, than a wish to stop
+            # everything.
+            self.error((), "the file has nothing but comments; to run no service, write [services]")
         services_table = data.get("services", {})
         services: dict[str, ServiceSpec] = {}
         if not isinstance(services_table, dict):
@@ -607,6 +611,10 @@ class _Validator:
         else:
             if not isinstance(target, str) or not target.startswith(("http://", "https://")):
                 self.error(keys + ("http",), f'"http" must be an http:// or https:// URL, got {target!r}')
+            else:
+                port = re.match(r"^https?://[^/]*:(\d+)(/|$)", target)
+                if port and not 0 < int(port.group(1)) < 65536:
+                    self.error(keys + ("http",), f'"http": port must be 1-65535, got {port.group(1)}')
             check["http"] = target
         for key, default in (("interval", 1.0), ("timeout", 1.0), ("start_period", 0.0)):
             check[key] = self.duration(keys + (key,), value[key]) if key in value else default
@@ -614,7 +622,10 @@ class _Validator:
                 self.error(keys + (key,), f'"{key}" must be at least 10ms')
         check["retries"] = 3
         if "retries" in value:
-            check["retries"] = self.expect(keys + ("retries",), value["retries"], int, "a whole number") or 3
+            retries = self.expect(keys + ("retries",), value["retries"], int, "a whole number")
+            if retries is not None and retries < 1:
+                self.error(keys + ("retries",), '"retries" must be at least 1')
+            check["retries"] = retries if retries and retries >= 1 else 3
         return MappingProxyType(check)  # type: ignore[return-value]
 
     def dependencies(self, tables: dict[str, Any], services: dict[str, ServiceSpec]) -> None:

@@ -7,6 +7,7 @@ poller, the control socket. The reconciler in the middle only observes, plans an
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import logging
 import os
@@ -29,6 +30,11 @@ from .watch import FileWatcher, GitPoller, SourceWatcher
 from .sources.path import content_hash
 
 log = logging.getLogger("supervise")
+
+#: More watch-triggered rebuilds than this within WATCH_STORM_WINDOW seconds stop the
+#: following of that folder's edits (a service writing into its own watched folder loops).
+WATCH_STORM_COUNT = 5
+WATCH_STORM_WINDOW = 60.0
 
 
 class AlreadyRunning(Exception):
@@ -82,6 +88,7 @@ class Daemon:
         self.last_error = ""
         self.reloads = 0  # reloads asked for by saves and SIGHUP
         self.detaching = False  # SIGQUIT: leave the services running for the next supervise
+        self.edit_storms: dict[str, collections.deque[float]] = {}  # watch-triggered rebuild times
         self.started = time.time()
         self.file_watcher: FileWatcher | None = None
         self.source_watcher: SourceWatcher | None = None
@@ -107,6 +114,9 @@ class Daemon:
         if new.settings.state_dir != self.state_dir:
             log.warning("state_dir changes take effect at the next start; still using %s", self.state_dir)
             new = Desired(settings=self.desired.settings, services=new.services, path=new.path)
+        for name, spec in new.services.items():  # a changed service is followed again
+            if self.desired.services.get(name) != spec:
+                self.edit_storms.pop(name, None)
         self.desired = new
         self._watch(new)
         return new
@@ -134,12 +144,22 @@ class Daemon:
         spec = self.desired.services.get(name)
         if spec is None or spec.source.path is None:
             return
+        storm = self.edit_storms.setdefault(name, collections.deque(maxlen=WATCH_STORM_COUNT))
+        if len(storm) == WATCH_STORM_COUNT and time.monotonic() - storm[0] < WATCH_STORM_WINDOW:
+            if storm[-1] != -1.0:
+                log.error("%s: %d rebuilds for edits in %gs: is the service writing into its own watched "
+                          "folder? Ignoring its edits for a while", name,
+                          WATCH_STORM_COUNT, WATCH_STORM_WINDOW)
+                storm.append(-1.0)
+            return
         preparer = self.reconciler.preparer
         if preparer is not None and (name in preparer.builds or last_edit <= preparer.last_build_end.get(name, 0.0)):
             # The last edit came while it was being built: the build's own output (a build
             # writing into a watched folder). Rebuilding for it would loop forever.
             log.debug("%s: ignoring edits made while it was being built", name)
             return
+
+        storm.append(time.monotonic())
 
         async def rehash() -> None:
             revision = await asyncio.to_thread(content_hash, spec.source.path, [self.state_dir])
@@ -262,8 +282,14 @@ class Daemon:
             for name in level:
                 if name not in names and any(d.restart and d.service in names for d in specs[name].depends_on):
                     names.add(name)
+        roots = {c.name for c in controllers}
+        # dependents stop first (deepest first), then the asked-for services restart, then the
+        # plan starts the dependents again, each after its dependencies (compose's order)
+        for level in reversed(dependency_levels(specs)):
+            await asyncio.gather(*(self.reconciler.controllers[n].stop_all("dependency restarts")
+                                   for n in level if n in names - roots))
         for level in dependency_levels(specs):
-            await asyncio.gather(*(self.reconciler.controllers[n].user_restart() for n in level if n in names))
+            await asyncio.gather(*(self.reconciler.controllers[n].user_restart() for n in level if n in roots))
         await self.reconciler.apply(self.desired)
         return {"services": self.status_rows([c.name for c in controllers])}
 
@@ -316,6 +342,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
+        procs.quiet_wakeup_fd()  # each add_signal_handler above turned the warnings back on
 
         log.info("supervise %s: %d services from %s (state in %s, pid %d)", __version__,
                  len(self.desired.services), self.path, self.state_dir, os.getpid())

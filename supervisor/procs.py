@@ -98,6 +98,15 @@ class SpawnError(Exception):
     """The command could not be started at all (missing executable, bad cwd, permissions)."""
 
 
+def quiet_wakeup_fd() -> None:
+    """Hundreds of children ending at once fill asyncio's signal wake-up socket; that is fine
+    (one byte wakes the loop), so keep Python from printing a warning for every signal. Call it
+    after the last ``add_signal_handler`` (each one sets the wake-up fd again)."""
+    fd = signal.set_wakeup_fd(-1)
+    if fd != -1:
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+
+
 class Reaper:
     """Delivers exits of the process groups we track to their futures.
 
@@ -118,10 +127,7 @@ class Reaper:
         self.subreaper = become_subreaper() if use_signals else False
         if use_signals:
             loop.add_signal_handler(signal.SIGCHLD, self.reap)
-            # Hundreds of children ending at once fill asyncio's wake-up socket; that is fine
-            # (one byte is enough to wake us), so do not print a warning for each signal.
-            fd = signal.set_wakeup_fd(-1)
-            signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+            quiet_wakeup_fd()
 
     def close(self) -> None:
         if not self.use_signals:
@@ -376,7 +382,17 @@ def members(handle: ProcessHandle, known: Collection[int] = ()) -> list[psutil.P
                     found[pid] = psutil.Process(pid)
                 except psutil.Error:
                     pass
-    if handle.instance:
+    if handle.instance and handle.adopted:
+        # The supervisor that started it is gone: its orphans went to init, not to us.
+        # Look at every process of ours (rare: only when stopping an adopted replica).
+        for process in psutil.process_iter():
+            try:
+                if (process.pid not in found and process.pid != handle.pid and process.pid != os.getpid()
+                        and process.environ().get(INSTANCE_VAR) == handle.instance):
+                    found[process.pid] = process
+            except (psutil.Error, OSError):
+                continue
+    elif handle.instance:
         for process in stray_children(known):
             try:
                 if (process.pid not in found and process.pid != handle.pid

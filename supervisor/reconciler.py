@@ -109,6 +109,7 @@ class Reconciler:
                         _unlink(Path(item["fifo"]))
                     continue
                 handle.fifo = Path(item["fifo"]) if item.get("fifo") else None
+                handle.instance = item.get("instance")
                 if item.get("cgroup"):
                     handle.cgroup = Path(item["cgroup"])
                 alive.append((int(key), item, handle))

@@ -74,6 +74,7 @@ class Replica:
     stale: bool = False  # adopted, started from another config: the next plan replaces it
     previous: Launch | None = None  # the last good launch, while this new one is on probation
     probation_crashes: int = 0
+    start_error: str = ""  # why the last start failed (unknown user, missing command, ...)
     probation_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -225,11 +226,13 @@ class ServiceController:
         old = self.replicas.get(index)
         previous = None
         if old is not None:
-            healthy = old.handle is not None and old.handle.running and old.phase in UP
             new_launch = (old.launch.artifact.version != artifact.version
                           or state.fingerprint(old.launch.spec) != state.fingerprint(spec))
-            if healthy and new_launch:
-                previous = old.launch
+            if new_launch:
+                # Roll back only to a launch that proved itself (ready, or up PROBATION s);
+                # one still on probation hands on its own last good launch.
+                previous = old.launch if self._proven(old) else old.previous
+            healthy = old.handle is not None and old.handle.running and old.phase in UP
             if old.launch.artifact.version != artifact.version:
                 reason = f"{reason} ({old.launch.artifact.version} -> {artifact.version})"
             if spec.update == "start-first" and healthy:
@@ -329,6 +332,16 @@ class ServiceController:
             if handle.exited.done():
                 return False, f"exited during start-up ({handle.exited.result()})"
 
+    @staticmethod
+    def _proven(replica: Replica) -> bool:
+        """Up now, past probation, and ready if it has a check: a launch worth going back to."""
+        handle = replica.handle
+        if handle is None or not handle.running or replica.phase not in UP or replica.previous is not None:
+            return False
+        if replica.launch.spec.ready is not None:
+            return replica.ready
+        return time.monotonic() - handle.started_monotonic >= PROBATION
+
     def _arm_probation(self, replica: Replica) -> None:
         """A new version is on probation until ready (or up for :data:`PROBATION` s)."""
         spec = replica.launch.spec
@@ -340,18 +353,12 @@ class ServiceController:
         if replica.previous is None or self.replicas.get(replica.index) is not replica:
             return
         spec = replica.launch.spec
-        if spec.ready is not None and not replica.ready:
+        if spec.ready is not None and not (replica.ready and replica.phase in UP):
             self._rollback(replica, f"never became ready within {_ready_deadline(spec):g}s")
         elif replica.phase in UP:
             replica.previous = None  # proven
         else:
             self._rollback(replica, f"not running {PROBATION:g}s after the update ({replica.phase.value})")
-
-    def _probation_passed(self, replica: Replica) -> None:
-        replica.previous = None
-        if replica.probation_timer is not None:
-            replica.probation_timer.cancel()
-            replica.probation_timer = None
 
     def _rollback(self, replica: Replica, why: str) -> None:
         """Put the last good launch back in place of ``replica``'s new one."""
@@ -380,7 +387,10 @@ class ServiceController:
     def _mark_rolled_back(self, index: int, bad: Artifact, good: Artifact, why: str) -> None:
         self.build_failed = True  # "the newest version could not be deployed": not retried
         self.failed_revision = bad.revision
-        message = f"rolled back {bad.version} -> {good.version}: {why}"
+        if bad.version != good.version:
+            message = f"rolled back {bad.version} -> {good.version}: {why}"
+        else:
+            message = f"rolled back to the previous config (same version {good.version}): {why}"
         self.deploy_message = message
         self.sink.note(f"{self.name}[{index}] {message}")
         self.notifier.emit(EventType.ROLLED_BACK, self.name, good.version, replica=index, reason=why,
@@ -516,6 +526,7 @@ class ServiceController:
         handle.pump = logs.Pump(asyncio.get_running_loop(), read_fd, self.sink, on_eof=lambda: _unlink(fifo),
                                 keep_until_written=True)
         replica.handle = handle
+        replica.start_error = ""
         replica.started_at = time.time()
         replica.ready = spec.ready is None
         replica.message = ""
@@ -531,6 +542,7 @@ class ServiceController:
     def _start_failed(self, replica: Replica, version: str, message: str) -> None:
         replica.handle = None
         replica.message = message
+        replica.start_error = message
         self.sink.note(f"cannot start {self.name}[{replica.index}]: {message}")
         self.notifier.emit(EventType.START_FAILED, self.name, version, replica=replica.index, error=message)
         self._after_exit(replica, Exit(code=127), uptime=0.0)
@@ -616,7 +628,8 @@ class ServiceController:
             self.notifier.emit(EventType.FAILED, self.name, version, replica=replica.index, reason=replica.message)
             return
         replica.restarts += 1
-        replica.message = f"restart in {delay:.2f}s after {exit}"
+        cause = f": {replica.start_error}" if replica.start_error else ""
+        replica.message = f"restart in {delay:.2f}s after {exit}{cause}"
         self._set_phase(replica, Phase.BACKOFF)
         self.notifier.emit(EventType.BACKOFF, self.name, version, replica=replica.index, delay=round(delay, 3),
                            exit=str(exit))
@@ -636,9 +649,7 @@ class ServiceController:
         while handle.running and replica.handle is handle:
             if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd)):
                 if replica.handle is handle and handle.running:
-                    replica.ready = True
-                    if replica.previous is not None:
-                        self._probation_passed(replica)
+                    replica.ready = True  # probation still runs its course: ready, then crashing, is bad
                     self._set_phase(replica, Phase.READY)
                     self.notifier.emit(EventType.READY, self.name, replica.launch.artifact.version,
                                        replica=replica.index, pid=handle.pid)
@@ -695,7 +706,7 @@ class ServiceController:
                 "version": artifact.version, "revision": artifact.revision, "workdir": str(artifact.workdir),
                 "fifo": str(handle.fifo) if handle.fifo else None, "started_at": replica.started_at,
                 "restarts": replica.restarts, "cgroup": str(handle.cgroup) if handle.cgroup else None,
-                "fingerprint": state.fingerprint(replica.launch.spec),
+                "fingerprint": state.fingerprint(replica.launch.spec), "instance": handle.instance,
             }
         state.save(self.state_dir, self.name, {
             "service": self.name, "held": self.held, "replicas": replicas,

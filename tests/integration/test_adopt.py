@@ -186,3 +186,33 @@ command = ["{PY}", "-c", "import time; time.sleep(300)"]
                 os.killpg(build_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_orphan_of_an_adopted_replica_is_stopped_too(tmp_path):
+    # After a supervisor restart the orphans of a replica belong to init, not to us.
+    path = write(tmp_path / "services.toml", """
+[services.d]
+command = "setsid sh -c 'sleep 1020 & echo daemon $!; exit 0'; sleep 1021"
+shell = true
+""")
+    out = tmp_path / "out.txt"
+    first = start(path, out)
+    second = None
+    daemon = None
+    try:
+        log = tmp_path / ".supervise" / "logs" / "d.log"
+        line = wait_until(lambda: log.exists() and next((l for l in log.read_text().splitlines()
+                                                          if l.startswith("daemon ")), None), timeout=20)
+        daemon = int(line.split()[1])
+        first.send_signal(signal.SIGQUIT)
+        assert first.wait(timeout=20) == 0
+        second = start(path, out)
+        wait_until(lambda: running_pids(path, 1), timeout=20)
+        stop(second)
+        assert not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == psutil.STATUS_ZOMBIE
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+        if daemon is not None and psutil.pid_exists(daemon):
+            os.kill(daemon, signal.SIGKILL)

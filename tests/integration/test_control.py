@@ -192,3 +192,39 @@ def test_logs_tail_and_notes(daemon):
     wait_until(lambda: "job ran" in cli("logs", "-n", "5", "job", config=path).stdout)
     out = cli("logs", "-n", "1", "job", config=path).stdout.splitlines()
     assert len(out) == 1 and out[0].startswith("job")
+
+
+def test_restart_cascades_to_dependents_that_ask_for_it_in_order(tmp_path):
+    path = write(tmp_path / "services.toml", f"""
+[services.db]
+command = {SLEEP}
+[services.api]
+command = {SLEEP}
+depends_on = {{ db = {{ condition = "started", restart = true }} }}
+[services.other]
+command = {SLEEP}
+depends_on = ["db"]
+""")
+    out = open(tmp_path / "daemon.out", "w")
+    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def pids() -> dict[str, int] | None:
+            result = cli("status", "--json", config=path)
+            if result.returncode != 0:
+                return None
+            rows = json.loads(result.stdout)["services"]
+            return {r["service"]: r["pid"] for r in rows} if len(rows) == 3 and all(r["pid"] for r in rows) else None
+
+        before = wait_until(pids, timeout=20)
+        assert cli("restart", "db", config=path).returncode == 0
+        after = wait_until(pids)
+        assert after["db"] != before["db"] and after["api"] != before["api"]
+        assert after["other"] == before["other"]  # did not ask for it
+        text = (tmp_path / "daemon.out").read_text()
+        events = [line.split("|", 1)[1].split()[0:2] for line in text.splitlines() if line.startswith("supervise |")]
+        order = [e for e in events if e[0] in ("stopping", "started")][-4:]
+        assert order == [
+            ["stopping", "api[0]:"], ["stopping", "db[0]:"], ["started", "db[0]:"], ["started", "api[0]:"]]
+    finally:
+        terminate(proc, timeout=20)
+        out.close()

@@ -21,21 +21,26 @@ backoff = {{ initial = "20ms", max = "100ms" }}
 """
 
 
+READY = 'ready = { exec = ["true"], interval = "50ms" }'
+
+
 def test_crash_looping_new_version_is_rolled_back_to_the_last_good(tmp_path):
     async def body():
         async with Stack(tmp_path) as stack:
-            await stack.apply(service(SLEEP))
-            old = await stack.until(lambda: stack.pid("app"))
-            await stack.apply(service(CRASH))
+            await stack.apply(service(SLEEP, READY))
+            # proven good: ready (without a check: up for PROBATION seconds)
+            old = await stack.until(lambda: stack.replica("app") and stack.replica("app").ready and stack.pid("app"))
+            await stack.apply(service(CRASH, READY))
             rolled = await stack.until(lambda: stack.of_type("rolled-back", "app"), message="a rollback")
             assert "crashed 3 times" in rolled[0].data["reason"]
             back = await stack.until(lambda: stack.pid("app") not in (None, old) and stack.pid("app"))
             replica = stack.replica("app")
             assert "time.sleep(300)" in " ".join(replica.launch.spec.command)
             assert psutil.Process(back).is_running()
+            assert "rolled back to the previous config" in stack.r.controllers["app"].deploy_message
             # the bad config is not retried on every wake-up; the next change is
-            assert list(await stack.apply(service(CRASH))) == []
-            plan = await stack.apply(service(SLEEP, 'env = { V = "2" }'))
+            assert list(await stack.apply(service(CRASH, READY))) == []
+            plan = await stack.apply(service(SLEEP, READY + '\nenv = { V = "2" }'))
             assert [a.kind.value for a in plan] == ["restart"]
 
     run(body())
@@ -107,5 +112,20 @@ def test_live_check_restarts_a_replica_that_stops_answering(tmp_path):
             assert "liveness check failed 2 times" in stack.of_type("restarting", "app")[0].data["reason"]
             (tmp_path / "alive").write_text("")
             await stack.until(lambda: stack.pid("app") not in (None, first))
+
+    run(body())
+
+
+def test_no_rollback_to_a_version_that_never_proved_itself(tmp_path):
+    flaky = f'"{PY}", "-c", "import sys,time; time.sleep(0.3); sys.exit(1)"'
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(service(flaky))
+            await stack.until(lambda: stack.pid("app"))
+            await stack.apply(service(CRASH))  # crashing too, and the old one was never proven
+            await stack.until(lambda: len(stack.of_type("exited", "app")) >= 4, message="crashes of the new one")
+            assert not stack.of_type("rolled-back", "app")
+            assert "sys.exit(1)" in " ".join(stack.replica("app").launch.spec.command)
 
     run(body())
