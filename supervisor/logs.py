@@ -616,7 +616,9 @@ class _Handler(FileSystemEventHandler):
         self.tail = tail
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
+        # poll() opens the file: its own "opened"/"closed_no_write" events must not call it
+        # again, or the tail wakes itself in a loop (watchdog >= 4 reports them).
+        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
             return
         path = Path(os.fsdecode(event.src_path))
         if path in self.tail.files:
