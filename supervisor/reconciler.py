@@ -21,7 +21,7 @@ from . import cgroups, logs, procs, state
 from .builds import Artifact, PrepareError, Preparer, source_root
 from .events import EventType, Notifier
 from .config import NAME_RE
-from .model import Desired, Observed, ServiceSpec, SourceSpec
+from .model import Desired, Observed, Phase, ServiceSpec, SourceSpec
 from .plan import ActionKind, Plan, dependency_order, plan
 from .service import ServiceController, _unlink
 from .sources.git import GitSource
@@ -199,15 +199,19 @@ class Reconciler:
         assert self.preparer is not None
         controller = self.controllers[spec.name]
         protect = {r.launch.artifact.version for r in controller.replicas.values()}
+        controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
+        controller.changed()
         try:
             artifact = await self.preparer.prepare(spec, protect)
         except PrepareError as exc:
+            controller.preparing = None
             kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
             log.error("%s: %s%s", spec.name, exc, "".join(f"\n    {line}" for line in exc.tail))
             self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
             tried = exc.version.rsplit("-", 1)[0] if exc.version else self.revisions.get(spec.name)
             controller.mark_build_failed(spec, tried, f"{exc.stage} failed: {exc}")
             return None
+        controller.preparing = None
         previous = controller.artifact
         if spec.source.kind == "git" and previous is not None and previous.revision != artifact.revision:
             source = GitSource(spec.source, source_root(self.state_dir, spec.name))

@@ -105,6 +105,7 @@ class ServiceController:
         self.build_failed = False
         self.failed_revision: str | None = None
         self.deploy_message = ""  # why the newest version is not what runs (failed build, rollback)
+        self.preparing: Phase | None = None  # FETCHING/BUILDING while a version is prepared
         self.held = False
         self._persist_pending = False
         self._tasks: set[asyncio.Task] = set()
@@ -129,7 +130,10 @@ class ServiceController:
 
     @property
     def phase(self) -> Phase:
-        """The service's phase: the least advanced of its replicas'."""
+        """The service's phase: the least advanced of its replicas' (or, with none yet,
+        ``fetching``/``building`` while its first version is being prepared)."""
+        if self.preparing is not None and not self.replicas:
+            return self.preparing
         if self.build_failed and not self.replicas:
             return Phase.BUILD_FAILED
         if not self.replicas:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from harness import PY, Stack, run
 
 SLEEP = f'["{PY}", "-c", "import time; time.sleep(300)"]'
@@ -169,5 +171,25 @@ depends_on = {{ db = "ready" }}
             assert "waiting for db (ready)" in stack.replica("app").message
             await stack.apply(with_dep.replace('depends_on = { db = "ready" }', ""))
             await stack.until(lambda: stack.pid("app"), message="app started once nothing holds it")
+
+    run(body())
+
+
+def test_phase_is_building_while_the_first_version_is_built(tmp_path):
+    text = f"""
+[services.slow]
+build = ["sh", "-c", "while [ ! -e go ]; do sleep 0.02; done"]
+command = {SLEEP}
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            applying = asyncio.ensure_future(stack.apply(text))
+            await stack.until(lambda: stack.reconciler and "slow" in stack.r.controllers
+                              and stack.r.controllers["slow"].phase.value == "building")
+            (tmp_path / "go").write_text("")
+            await applying
+            await stack.until(lambda: stack.pid("slow"))
+            assert stack.r.controllers["slow"].phase.value == "running"
 
     run(body())
