@@ -88,3 +88,34 @@ def test_missing_executable_is_a_start_failure_not_a_crash_of_the_supervisor(tmp
             assert failures and "command not found: /nonexistent/binary" in failures[0].data["error"]
 
     run(body())
+
+
+def test_unknown_user_fails_that_service_only_and_user_takes_its_groups(tmp_path):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    text = """
+[services.ghost]
+command = ["sleep", "300"]
+user = "no-such-user-here"
+start_limit = {{ burst = 2, interval = "1m" }}
+backoff = {{ initial = "20ms", max = "50ms" }}
+
+[services.who]
+command = ["sh", "-c", "echo ids $(id -u) $(id -g); sleep 300"]
+user = "nobody"
+"""
+
+    async def body():
+        if os.geteuid() != 0:
+            import pytest
+            pytest.skip("switching users needs root")
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            await stack.until(lambda: stack.phase("ghost") is Phase.FAILED)
+            assert "unknown user 'no-such-user-here'" in stack.of_type("start-failed", "ghost")[0].data["error"]
+            line = await stack.until(lambda: next((l for l in stack.log("who").splitlines() if l.startswith("ids ")), None))
+            assert line == f"ids {nobody.pw_uid} {nobody.pw_gid}"
+            assert stack.pid("who")
+
+    run(body())
