@@ -98,8 +98,8 @@ def test_unknown_user_fails_that_service_only_and_user_takes_its_groups(tmp_path
 [services.ghost]
 command = ["sleep", "300"]
 user = "no-such-user-here"
-start_limit = {{ burst = 2, interval = "1m" }}
-backoff = {{ initial = "20ms", max = "50ms" }}
+start_limit = { burst = 2, interval = "1m" }
+backoff = { initial = "20ms", max = "50ms" }
 
 [services.who]
 command = ["sh", "-c", "echo ids $(id -u) $(id -g); sleep 300"]
