@@ -165,7 +165,7 @@ class LogSink:
             self.fd = None
         return self._open()
 
-    def write(self, data: bytes, source: int | None = None) -> None:
+    def write(self, data: bytes, source: int | None = None, label: str | None = None) -> None:
         """Append ``data`` (whole lines, or a piece of an over-long line).
 
         With ``source`` (a pipe fd whose next bytes are exactly ``data``, seen with tee(2)),
@@ -205,7 +205,7 @@ class LogSink:
             self._append(piece, source)
             self.mid_line = not bytes(piece[-1:]) == b"\n"
         if self.console is not None:
-            self.console.lines(self.name, data)
+            self.console.lines(label or self.name, data)
         for tee in self.tees:
             try:
                 tee.write(data.decode("utf-8", "replace") if isinstance(tee, io.TextIOBase) else data)
@@ -318,10 +318,12 @@ class Pump:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: LogSink,
-                 on_eof: Callable[[], None] | None = None, keep_until_written: bool = False):
+                 on_eof: Callable[[], None] | None = None, keep_until_written: bool = False,
+                 label: str | None = None):
         self.loop = loop
         self.fd = fd
         self.sink = sink
+        self.label = label  # the console prefix of this writer (e.g. "api.1")
         self.on_eof = on_eof
         self.partial = b""  # the start of a line, consumed from the pipe, waiting for its end
         self.unfinished_since: float | None = None
@@ -391,10 +393,10 @@ class Pump:
             self.unfinished_since = None
             cut = cut or len(buffer)
             if self.partial or self.sink.policy.timestamps:
-                self.sink.write(buffer[:cut])  # first into the log ...
+                self.sink.write(buffer[:cut], label=self.label)  # first into the log ...
                 _consume(self.fd, cut - len(self.partial))  # ... then out of the FIFO
             else:
-                self.sink.write(buffer[:cut], source=self.fd)  # moved, pipe -> file, by splice
+                self.sink.write(buffer[:cut], source=self.fd, label=self.label)  # moved by splice
             self.partial = b""
             if cut < len(buffer):  # the start of the next line stays in the FIFO for now
                 break

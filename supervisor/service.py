@@ -528,7 +528,7 @@ class ServiceController:
             os.close(child_fd)
         handle.fifo = fifo
         handle.pump = logs.Pump(asyncio.get_running_loop(), read_fd, self.sink, on_eof=lambda: _unlink(fifo),
-                                keep_until_written=True)
+                                keep_until_written=True, label=self._label(replica.index))
         replica.handle = handle
         replica.start_error = ""
         replica.started_at = time.time()
@@ -567,7 +567,7 @@ class ServiceController:
             if fd is not None:
                 fifo = handle.fifo
                 handle.pump = logs.Pump(asyncio.get_running_loop(), fd, self.sink, on_eof=lambda: _unlink(fifo),
-                                        keep_until_written=True)
+                                        keep_until_written=True, label=self._label(index))
         self.sink.note(f"adopted {self.name}[{index}] pid {handle.pid} version {artifact.version}")
         self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
         self._set_phase(replica, Phase.RUNNING)
@@ -577,6 +577,10 @@ class ServiceController:
             self._task(replica, self._readiness(replica, handle, env))
         if spec.live is not None:
             self._task(replica, self._liveness(replica, handle, env))
+
+    def _label(self, index: int) -> str:
+        """Console prefix of a replica: ``NAME`` for a single replica, ``NAME.i`` otherwise."""
+        return self.name if self.spec.replicas <= 1 and index == 0 else f"{self.name}.{index}"
 
     def _task(self, replica: Replica, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
