@@ -108,6 +108,7 @@ class ServiceController:
         self.preparing: Phase | None = None  # FETCHING/BUILDING while a version is prepared
         self.held = False
         self._persist_pending = False
+        self._persisted: dict | None = None  # the record last written
         self._tasks: set[asyncio.Task] = set()
         self.phase_changed = asyncio.Event()
         self.sink = sink
@@ -716,11 +717,15 @@ class ServiceController:
                 "restarts": replica.restarts, "cgroup": str(handle.cgroup) if handle.cgroup else None,
                 "fingerprint": state.fingerprint(replica.launch.spec), "instance": handle.instance,
             }
-        state.save(self.state_dir, self.name, {
+        record = {
             "service": self.name, "held": self.held, "replicas": replicas,
             "command": list(self.spec.command), "stop_signal": self.spec.stop_signal,
             "stop_timeout": self.spec.stop_timeout,
-        })
+        }
+        if record == self._persisted:  # most phase changes (starting -> running) change nothing here
+            return
+        state.save(self.state_dir, self.name, record)
+        self._persisted = record
 
     @staticmethod
     def _cancel_timer(replica: Replica) -> None:
