@@ -101,6 +101,11 @@ class Preparer:
             if spec.source.kind == "git":
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
+        if spec.source.kind == "path" and spec.watch and spec.build:
+            # A watched folder's revision is its content *after* the build: the build's own
+            # output (a stamp, a bundle) then never looks like an edit to rebuild for.
+            revision = await asyncio.to_thread(content_hash, workdir, [self.state_dir])
+            version = make_version(revision, spec)
         if spec.source.kind == "git":
             keep = {v.split("-")[0] for v in protect} | {revision[:12]}
             git_source = GitSource(spec.source, source_root(self.state_dir, spec.name))
