@@ -239,7 +239,6 @@ def cmd_logs(path: Path, services: list[str], lines: int, follow: bool) -> int:
     if unknown:
         raise CliError("unknown service: " + ", ".join(unknown))
     tail = logs.ConsoleTail(logs.log_dir(state_dir), stream=sys.stdout)
-    tail.notes = True
     tail.width = max([8, *(len(n) for n in names)])
     for name in names:
         path_ = logs.log_path(state_dir, name)

@@ -16,7 +16,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import Any
 
 from .durations import parse_duration, parse_size
 from .model import (
@@ -721,5 +721,3 @@ def _type_name(value: Any) -> str:
             return text
     return type(value).__name__
 
-
-Loader = Callable[[Path], Desired]

@@ -20,7 +20,6 @@ class EventType(str, enum.Enum):
     CREATE = "create"
     UPDATE = "update"
     DELETE = "delete"
-    FETCHED = "fetched"
     FETCH_FAILED = "fetch-failed"
     FORCE_PUSHED = "force-pushed"
     BUILDING = "building"

@@ -52,7 +52,6 @@ SPLICE_F_NONBLOCK = 2
 PARTIAL_WAIT = 0.2
 #: Seconds between looks at a FIFO whose last line is unfinished.
 PARTIAL_POLL = 0.005
-NOTE_PREFIX = b"[supervise "
 
 
 def log_dir(state_dir: Path) -> Path:
@@ -108,6 +107,10 @@ class Console:
             self.dropped += 1
 
     def close(self, timeout: float = 5.0) -> None:
+        """Print what is queued and stop the thread; say how many batches were dropped."""
+        if self.dropped:
+            self.queue.put(f"supervise | console: {self.dropped} batches of output not shown "
+                           "(the terminal was too slow); the log files have them\n")
         try:
             self.queue.put(None, timeout=timeout)
         except queue.Full:
@@ -535,7 +538,6 @@ class ConsoleTail:
         self.lock = threading.Lock()
         self.width = 8
         self.observer: Observer | None = None
-        self.notes = False  # our own notes go to stderr in the foreground; `logs` shows them
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -587,8 +589,7 @@ class ConsoleTail:
     def _print(self, followed: "_Followed", lines: list[bytes]) -> None:
         name = followed.name.ljust(self.width)
         prefix = f"\x1b[{followed.colour}m{name} |\x1b[0m " if self.colour else f"{name} | "
-        out = "".join(prefix + line.decode("utf-8", "replace") + "\n" for line in lines
-                      if self.notes or not line.startswith(NOTE_PREFIX))
+        out = "".join(prefix + line.decode("utf-8", "replace") + "\n" for line in lines)
         try:
             self.stream.write(out)
             self.stream.flush()

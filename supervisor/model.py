@@ -215,15 +215,6 @@ class Exit:
     code: int | None = None
     signal: int | None = None
 
-    @classmethod
-    def from_wait_status(cls, status: int) -> "Exit":
-        """From a ``waitpid`` status word."""
-        import os
-
-        if os.WIFSIGNALED(status):
-            return cls(signal=os.WTERMSIG(status))
-        return cls(code=os.WEXITSTATUS(status))
-
     @property
     def success(self) -> bool:
         """Exited with code 0."""

@@ -586,7 +586,3 @@ def too_many_files() -> str:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return (f"too many open files (limit {soft}): each replica needs 2; raise the hard limit "
             "(LimitNOFILE= in the systemd unit, ulimit -Hn)")
-
-
-def errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, str(exc.errno))

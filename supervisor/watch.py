@@ -50,7 +50,6 @@ class Debouncer:
         self.loop = loop
         self.callback = callback
         self.timer: asyncio.TimerHandle | None = None
-        self.delay = 0.0
         self.last_poke = 0.0
 
     def poke(self, delay: float) -> None:
@@ -58,7 +57,6 @@ class Debouncer:
         self.last_poke = time.monotonic()
         if self.timer is not None:
             self.timer.cancel()
-        self.delay = delay
         self.timer = self.loop.call_later(delay, self._fire)
 
     def poke_threadsafe(self, delay: float) -> None:
@@ -85,7 +83,6 @@ class FileWatcher:
         self.observer.daemon = True
         self.files: set[Path] = set()
         self.watched_dirs: dict[Path, object] = {}
-        self.pending_finished = False
         self.observer.start()
 
     def set_files(self, files: Iterable[Path]) -> None:
@@ -120,12 +117,10 @@ class FileWatcher:
         # "deleted": wait for the file to come back (delete-and-recreate saves)
 
     def _finished(self) -> None:
-        self.pending_finished = True
         self.debouncer.poke(DEBOUNCE)
 
     def _modified(self) -> None:
         # A write is under way: hold any pending reload until the writer has been quiet.
-        self.pending_finished = False
         self.debouncer.poke(QUIET)
 
 
@@ -246,10 +241,6 @@ class GitPoller:
         for name, spec in wanted.items():
             if name not in self.tasks:
                 self.tasks[name] = (spec, asyncio.get_running_loop().create_task(self._poll(spec)))
-
-    def set_known(self, name: str, revision: str) -> None:
-        """Tell the poller which commit is deployed, so only later moves are reported."""
-        self.known[name] = revision
 
     async def _poll(self, spec: ServiceSpec) -> None:
         source = GitSource(spec.source, self.root_for(spec.name))

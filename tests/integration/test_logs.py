@@ -58,12 +58,13 @@ def test_console_tail_prefixes_lines_and_joins_partial_writes(tmp_path):
         with open(path, "ab") as f:
             f.write(b"hel")
             f.flush()
-            f.write(b"lo\n\xffbad\n[supervise 2026] a note, shown on stderr instead\n")
+            f.write(b"lo\n\xffbad\n[supervise 2026] a note of ours, shown by `supervise logs` too\n")
             f.flush()
-        wait_until(lambda: "bad" in out.getvalue(), timeout=5)
+        wait_until(lambda: "a note" in out.getvalue(), timeout=5)
     finally:
         tail.stop()
-    assert out.getvalue().splitlines() == ["api      | hello", "api      | \ufffdbad"]
+    assert out.getvalue().splitlines() == ["api      | hello", "api      | \ufffdbad",
+                                           "api      | [supervise 2026] a note of ours, shown by `supervise logs` too"]
 
 
 def test_rotation_keeps_whole_lines_in_order_with_no_loss_or_duplicate(tmp_path):
