@@ -34,17 +34,24 @@ from .model import (
 
 #: A service name becomes a file name (logs, checkouts, state): letters, digits, ``_ . -``.
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+#: ``NAME[:TAG][@DIGEST]``, Docker's reference grammar in short (the engine checks the rest).
+_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$")
+_INDEX_URL = re.compile(r"^(https?|file)://\S+$")
 
 TOP_KEYS = ("supervise", "env", "services")
-SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log")
+SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "docker_host")
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
-    "watch", "shell", "user", "log",
+    "watch", "shell", "user", "log", "runtime", "ports", "volumes",
 )
 LOG_KEYS = ("max_size", "backups", "timestamps")
-RUNTIMES = ("local", "kubernetes")
-#: Runtimes this version can run; "kubernetes" is part of the file format, not yet built.
+SOURCE_KEYS = ("git", "ref", "poll", "path", "pip", "index", "extra_index", "image")
+IMAGE_BUILD_KEYS = ("dockerfile", "context")
+RUNTIMES = ("local", "container", "kubernetes")
+#: Runtimes this version can run; "container" and "kubernetes" are part of the file format
+#: (checked in full), not yet run: the container executor (executors/container.py) waits for
+#: the engine to route services to it.
 AVAILABLE_RUNTIMES = ("local",)
 CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
@@ -349,7 +356,13 @@ class _Validator:
                 keep = value
         log = self.log_policy(keys + ("log",), table["log"], LogPolicy()) if "log" in table else LogPolicy()
         self.default_log = log
-        return Settings(state_dir=state_dir, runtime=runtime, poll=poll, keep_versions=keep, log=log)
+        docker_host = None
+        if "docker_host" in table:
+            docker_host = self.expect(keys + ("docker_host",), table["docker_host"], str,
+                                      'an Engine API address ("unix:///run/podman/podman.sock", "tcp://host:2375")')
+        self.global_runtime = runtime
+        return Settings(state_dir=state_dir, runtime=runtime, poll=poll, keep_versions=keep, log=log,
+                        docker_host=docker_host)
 
     def service(self, name: str, table: Any, global_env: dict[str, str]) -> ServiceSpec | None:
         keys = ("services", name)
@@ -367,8 +380,12 @@ class _Validator:
             shell = bool(self.expect(get("shell"), table["shell"], bool, "true or false"))
 
         command: tuple[str, ...] | None = None
+        source_table = table.get("source")
+        container = (table.get("runtime") == "container" or isinstance(table.get("build"), dict)
+                     or (isinstance(source_table, dict) and "image" in source_table))
         if "command" not in table:
-            self.error(keys, 'missing required key "command"')
+            if not container:  # a container may run its image's CMD
+                self.error(keys, 'missing required key "command"')
         elif shell:
             if isinstance(table["command"], str) and table["command"].strip():
                 command = (table["command"],)
@@ -378,7 +395,12 @@ class _Validator:
             command = self.argv(get("command"), table["command"])
 
         source = self.source(get("source"), table.get("source"))
-        build = self.argv(get("build"), table["build"]) if "build" in table else None
+        build = None
+        if isinstance(table.get("build"), dict):
+            self.image_build(get("build"), table["build"])
+        elif "build" in table:
+            build = self.argv(get("build"), table["build"])
+        self.container(keys, table, source)
 
         cwd = "."
         if "cwd" in table and self.expect(get("cwd"), table["cwd"], str, "a path string") is not None:
@@ -479,13 +501,31 @@ class _Validator:
         if not isinstance(value, dict):
             self.error(keys, f'"source" must be a path string or a table {{ git = "...", ref = "..." }}, got {_type_name(value)}')
             return None
-        self.unknown_keys(keys, value, ("git", "ref", "poll", "path"))
+        self.unknown_keys(keys, value, SOURCE_KEYS)
+        kinds = [k for k in ("git", "path", "pip", "image") if k in value]
+        if len(kinds) > 1:
+            self.error(keys, f'source table takes one of "git", "path", "pip" or "image", got {", ".join(kinds)}')
+            return None
+        if "pip" in value:
+            return self.pip_source(keys, value)
+        if "image" in value:
+            image = self.expect(keys + ("image",), value["image"], str, 'an image reference "NAME[:TAG]"')
+            if image is not None and not _IMAGE_REF.match(image):
+                self.error(keys + ("image",), f'bad image reference {image!r}: use "NAME[:TAG]" or "NAME@sha256:..."')
+                return None
+            misplaced = [k for k in value if k not in ("image",)]
+            for key in misplaced:
+                self.error(keys + (key,), f'"{key}" does not apply to an image source')
+            return SourceSpec(kind="image", image=image) if image and not misplaced else None
+        for key in ("index", "extra_index"):
+            if key in value:
+                self.error(keys + (key,), f'"{key}" applies to a pip source only')
         if "path" in value and "git" not in value:
             if self.expect(keys + ("path",), value["path"], str, "a path string") is None:
                 return None
             return self.local_source(keys + ("path",), value["path"])
         if "git" not in value:
-            self.error(keys, 'source table needs "git" (a repository URL or path) or "path"')
+            self.error(keys, 'source table needs "git" (a repository URL or path), "path", "pip" or "image"')
             return None
         url = self.expect(keys + ("git",), value["git"], str, "a repository URL or path")
         ref = "HEAD"
@@ -506,6 +546,98 @@ class _Validator:
                 return None
             url = str(resolved)
         return SourceSpec(kind="git", url=url, ref=ref, poll=poll)
+
+    # -- packages and containers (issue 13) ------------------------------------------------
+
+    def pip_source(self, keys: tuple[str, ...], value: dict[str, Any]) -> SourceSpec | None:
+        """``{ pip = "REQUIREMENT", index = URL, extra_index = [URL...], poll = "60s" }``."""
+        from .sources.pip import parse_requirement
+
+        for key in ("ref", "path"):
+            if key in value:
+                self.error(keys + (key,), f'"{key}" does not apply to a pip source')
+        requirement = self.expect(keys + ("pip",), value["pip"], str, 'a requirement such as "name>=1.0"')
+        if requirement is not None:
+            try:
+                parse_requirement(requirement)
+            except ValueError as exc:
+                self.error(keys + ("pip",), str(exc))
+                requirement = None
+        index = None
+        if "index" in value:
+            index = self.expect(keys + ("index",), value["index"], str, "an index URL")
+            if index is not None and not _INDEX_URL.match(index):
+                self.error(keys + ("index",), f'bad index URL {index!r}: use http://, https:// or file://')
+                index = None
+        extra: tuple[str, ...] = ()
+        if "extra_index" in value:
+            items = value["extra_index"]
+            if not isinstance(items, list) or not all(isinstance(i, str) and _INDEX_URL.match(i) for i in items):
+                self.error(keys + ("extra_index",), '"extra_index" must be a list of index URLs (http://, https://, file://)')
+            else:
+                extra = tuple(items)
+        poll = self.duration(keys + ("poll",), value["poll"]) if "poll" in value else None
+        if requirement is None:
+            return None
+        return SourceSpec(kind="pip", requirement=requirement, index=index, extra_index=extra, poll=poll)
+
+    def image_build(self, keys: tuple[str, ...], value: dict[str, Any]) -> None:
+        """``build = { dockerfile = "Dockerfile", context = "." }``: both relative to the
+        source folder or checkout, and inside it."""
+        self.unknown_keys(keys, value, IMAGE_BUILD_KEYS)
+        for key, default in (("dockerfile", "Dockerfile"), ("context", ".")):
+            item = value.get(key, default)
+            if self.expect(keys + (key,), item, str, "a relative path string") is None:
+                continue
+            if os.path.isabs(item) or ".." in Path(item).parts:
+                self.error(keys + (key,), f'"{key}" must be a path inside the source, got {item!r}')
+
+    def container(self, keys: tuple[str, ...], table: dict[str, Any], source: SourceSpec | None) -> None:
+        """``runtime``, ``ports``, ``volumes``, and whether the service is a container (an image
+        source or a Dockerfile build implies it). Checked in full, then refused with one located
+        error while containers are not available (AVAILABLE_RUNTIMES)."""
+        from .executors.container import parse_port, parse_volume
+
+        runtime, runtime_key = getattr(self, "global_runtime", "local"), None
+        if "runtime" in table:
+            value = table["runtime"]
+            if value not in RUNTIMES:
+                self.error(keys + ("runtime",), f'"runtime" must be one of {", ".join(RUNTIMES)}, got {value!r}'
+                           f'{suggest(str(value), RUNTIMES)}')
+            else:
+                runtime, runtime_key = value, keys + ("runtime",)
+        implied = None
+        if source is not None and source.kind == "image":
+            implied = keys + ("source", "image")
+        elif isinstance(table.get("build"), dict):
+            implied = keys + ("build",)
+        if implied is not None and runtime_key is not None and runtime != "container":
+            self.error(runtime_key, f'an image source or a Dockerfile build runs as a container: runtime = "{runtime}" contradicts it')
+            return
+        if implied is not None:
+            runtime, runtime_key = "container", implied
+        if source is not None and source.kind == "pip" and runtime == "container":
+            self.error(keys + ("source", "pip"), 'a pip source installs into a venv and runs as a process, not as a container')
+        for key, parse in (("ports", parse_port), ("volumes", lambda text: parse_volume(text, self.base))):
+            if key not in table:
+                continue
+            items = table[key]
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                self.error(keys + (key,), f'"{key}" must be a list of strings')
+                continue
+            for item in items:
+                try:
+                    parse(item)
+                except ValueError as exc:
+                    self.error(keys + (key,), str(exc))
+            if runtime != "container":
+                self.error(keys + (key,), f'"{key}" applies to containers: add runtime = "container" or use an image source')
+        if runtime_key is not None and runtime not in AVAILABLE_RUNTIMES:
+            # Refused rather than run wrongly: this version cannot start containers yet, and a
+            # user asking for a container must not get a process on this machine instead.
+            what = "containers are" if runtime == "container" else f'runtime "{runtime}" is'
+            self.error(runtime_key, f"{what} not available in this version yet (available: "
+                       f'{", ".join(AVAILABLE_RUNTIMES)}): nothing of this service runs')
 
     def local_source(self, keys: tuple[str, ...], value: str) -> SourceSpec | None:
         path = self.relative_path(value)

@@ -17,6 +17,8 @@ The rules (DESIGN.md, "Behaviour users rely on"):
 
 from __future__ import annotations
 
+import re
+
 import enum
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -197,12 +199,24 @@ def _plan_service(
     return actions
 
 
-def _same_revision(a: str | None, b: str | None) -> bool:
-    """Revisions are equal when one is a prefix of the other (versions carry 12 digits)."""
+_HASH = re.compile(r"^[0-9a-f]{12,}$")
+
+
+def same_revision(a: str | None, b: str | None) -> bool:
+    """Revisions are equal when one is a prefix of the other, for hashes (commits and folder
+    hashes: versions carry 12 digits of them); other revisions (package versions: ``1.0``
+    and ``1.0.1``) only when equal."""
     if not a or not b:
+        return False
+    if a == b:
+        return True
+    if not (_HASH.match(a) and _HASH.match(b)):
         return False
     n = min(len(a), len(b))
     return a[:n] == b[:n]
+
+
+_same_revision = same_revision
 
 
 def obs_revision(obs: ServiceObserved) -> str | None:
@@ -212,7 +226,7 @@ def obs_revision(obs: ServiceObserved) -> str | None:
 
 def _deploy(spec: ServiceSpec, reason: str, indices: Iterable[int], kind: ActionKind) -> list[Action]:
     actions: list[Action] = []
-    if spec.source.kind == "git":
+    if spec.source.kind in ("git", "pip"):  # pip: resolve, and install into a new venv
         actions.append(Action(ActionKind.FETCH, spec.name, None, reason))
     if spec.build:
         actions.append(Action(ActionKind.BUILD, spec.name, None, reason))

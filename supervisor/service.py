@@ -21,6 +21,7 @@ from typing import Callable
 from . import health, logs, procs, state
 from .backoff import BackoffState, StartLimiter
 from .builds import Artifact
+from .sources.pip import venv_env
 from .environ import command_argv, replica_env
 from .events import EventType, Notifier
 from .model import Condition, Exit, Phase, ReplicaObserved, RestartPolicy, ServiceObserved, ServiceSpec
@@ -508,6 +509,8 @@ class ServiceController:
         spec, artifact = replica.launch.spec, replica.launch.artifact
         env = replica_env(self.name, spec.environment, replica.index)
         env["SUPERVISE_VERSION"] = artifact.version
+        if spec.source.kind == "pip":  # the version's venv, as `activate` sets it
+            env.update(venv_env(artifact.workdir, env))
         argv = command_argv(spec.command, spec.shell, env)
         cwd = artifact.workdir / spec.cwd
         self._set_phase(replica, Phase.STARTING)

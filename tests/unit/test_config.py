@@ -466,7 +466,7 @@ def test_invalid_service_is_located(tmp_path, text, line, token, message):
 TOP_LEVEL = [
     ('[supervise]\npol = "1m"\n', 2, "pol", 'unknown key "pol" (did you mean "poll"?)'),
     ('[supervise]\nruntime = "kubernets"\n', 2, "runtime",
-     '"runtime" must be one of local, kubernetes, got \'kubernets\' (did you mean "kubernetes"?)'),
+     '"runtime" must be one of local, container, kubernetes, got \'kubernets\' (did you mean "kubernetes"?)'),
     ('[supervise]\npoll = "often"\n', 2, "poll", '"poll": bad duration'),
     ("[supervise]\nkeep_versions = 0\n", 2, "keep_versions", '"keep_versions" must be at least 1'),
     ("[supervise]\nstate_dir = 1\n", 2, "state_dir", '"state_dir" must be a path string, got an integer'),
