@@ -9,6 +9,10 @@ handlers are left alone). Service definitions go through the same validation as
     runtime.start()
     runtime.create(Service("api", source="https://example.org/api.git", version="main",
                            metadata={"build": "make", "poll": "30s"}), command=["./api"])
+
+Other sources go in ``metadata``: ``{"pip": "REQUIREMENT", "index": URL, "extra_index": "URL,URL"}``
+(a package from an index, one venv per version), ``{"image": "NAME:TAG"}`` or ``{"dockerfile":
+"Dockerfile", "context": "."}`` (containers: refused by this version, as in services.toml).
 """
 
 from __future__ import annotations
@@ -190,6 +194,14 @@ class LocalRuntime(Runtime):
             except SourceError as exc:
                 raise RuntimeError_(str(exc)) from None
             self.reconciler.revisions[name] = commit
+        elif spec.source.kind == "pip":
+            from ..sources.pip import PipSource
+
+            try:
+                version = await asyncio.to_thread(PipSource(spec.source, source_root(self.state_dir, name)).latest)
+            except SourceError as exc:
+                raise RuntimeError_(str(exc)) from None
+            self.reconciler.revisions[name] = version
         else:
             from ..sources.path import content_hash
 
@@ -247,7 +259,16 @@ class LocalRuntime(Runtime):
         source = service.source
         is_git = meta.pop("git", "") == "true" or "://" in source or source.endswith(".git") or (
             "@" in source and ":" in source)
-        if source and is_git:
+        if "pip" in meta or "image" in meta:  # a package on an index, or a published image
+            kind = "pip" if "pip" in meta else "image"
+            other_table: dict[str, Any] = {kind: meta.pop(kind)}
+            for key in ("index", "poll"):
+                if key in meta:
+                    other_table[key] = meta.pop(key)
+            if "extra_index" in meta:
+                other_table["extra_index"] = [u for u in meta.pop("extra_index").split(",") if u]
+            table["source"] = other_table
+        elif source and is_git:
             git_table: dict[str, Any] = {"git": source, "ref": service.version or meta.pop("ref", "HEAD")}
             if "poll" in meta:
                 git_table["poll"] = meta.pop("poll")
@@ -259,6 +280,8 @@ class LocalRuntime(Runtime):
         for key in ("build", "cwd", "restart", "stop_timeout", "stop_signal", "update"):
             if key in meta:
                 table[key] = meta.pop(key)
+        if "dockerfile" in meta:  # an image built from the source (a container service)
+            table["build"] = {"dockerfile": meta.pop("dockerfile"), "context": meta.pop("context", ".")}
         if "replicas" in meta:
             table["replicas"] = int(meta.pop("replicas"))
         if type == "job" and "restart" not in table:
