@@ -95,6 +95,16 @@ def podman_engine():
             _unavailable("podman system service did not start: " + (root / "service.log").read_text()[-500:])
         yield url
     finally:
+        if proc.poll() is None:  # every container in this private storage is the tests': remove them
+            try:
+                import docker
+
+                client = docker.DockerClient(base_url=url, timeout=30)
+                for item in client.api.containers(all=True):
+                    client.api.remove_container(item["Id"], force=True)
+                client.close()
+            except Exception:
+                pass
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -103,12 +113,10 @@ def podman_engine():
                 proc.kill()
                 proc.wait()
         log.close()
-        # containers' conmon processes left by a failed test: end them by pid (they carry
-        # our private root in their argv), then drop the storage
+        # conmon processes of containers that could not be removed: end them by pid (they carry
+        # our private root in their argv), then drop the storage (vfs: plain folders). Not
+        # `podman system reset`: that also deletes the machine's shared network definitions.
         _stop_conmons(root)
-        subprocess.run([podman, "--root", str(root / "storage"), "--runroot", str(root / "run"),
-                        "--tmpdir", str(root / "tmp"), "--storage-driver", "vfs", "system", "reset", "--force"],
-                       env=env, capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -8,6 +8,7 @@ Figures (build, start-to-ready, stop) are printed with ``-s`` and kept in ``FIGU
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -138,6 +139,34 @@ def test_exit_is_observed_from_events_with_the_last_lines(engine, base_image, tm
         executor.remove(container_id)
     finally:
         executor.close()
+
+
+def test_on_an_event_loop_lines_then_the_exit_arrive_on_the_loop(engine, base_image, tmp_path):
+    """How the engine will use it: blocking calls in threads, deliveries on its own loop."""
+    async def body():
+        loop = asyncio.get_running_loop()
+        executor = await asyncio.to_thread(ContainerExecutor, tmp_path / "state", engine, None, loop)
+        exited: asyncio.Future = loop.create_future()
+        seen_at_exit: list[str] = []
+
+        def on_exit(container_id: str, code: int) -> None:
+            seen_at_exit.append(read(tmp_path / "job.log"))
+            if not exited.done():
+                exited.set_result((container_id, code))
+
+        try:
+            await asyncio.to_thread(executor.watch_exits, on_exit)
+            script = "i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); done; exit 7"
+            container_id = await asyncio.to_thread(executor.start, ContainerSpec(
+                service="job", replica=0, version="v1", image=base_image["tag"], command=("/bin/sh", "-c", script)),
+                logs.LogSink("job", tmp_path / "job.log"), "job")
+            assert await asyncio.wait_for(exited, 20) == (container_id, 7)
+            assert seen_at_exit[0] == "".join(f"line {i}\n" for i in range(200))  # all in before the exit
+            await asyncio.to_thread(executor.remove, container_id)
+        finally:
+            executor.close()
+
+    asyncio.run(asyncio.wait_for(body(), 60))
 
 
 def test_dockerfile_builds_beside_replaces_and_a_broken_one_keeps_the_old(engine, base_image, tmp_path):
