@@ -214,6 +214,14 @@ def shell_to_argv(command: str) -> list[str]:
     return words[1:] if words[:1] == ["exec"] else words
 
 
+def _variables(command: str) -> set[str]:
+    """The variables a shell command reads: ``$X``, ``${X...}``, and names in ``$((...))``."""
+    names = {a or b for a, b in _ANY_VAR.findall(command)}
+    for arithmetic in re.findall(r"\$\(\((.*?)\)\)", command):
+        names |= set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", arithmetic))
+    return names
+
+
 def guess_format(name: str, text: str) -> str | None:
     """``"procfile"`` or ``"supervisord"`` from a file name and its text; None if unsure."""
     base = Path(name).name.lower()
@@ -299,7 +307,7 @@ def procfile_to_toml(text: str, *, env_text: str | None = None, env_file: str | 
         if name in services:
             raise ImportFailed(f"{source_name}:{number}: process name {raw!r} would be the service name {name!r} "
                                "a second time; rename one of them")
-        missing = sorted({a or b for a, b in _ANY_VAR.findall(command)} & PLATFORM_VARIABLES - known)
+        missing = sorted(_variables(command) & PLATFORM_VARIABLES - known)
         for variable in missing:
             message = (f"{raw}: ${variable} is set only by a platform (Heroku), not by honcho, foreman or "
                        f"supervise: it is empty here unless .env or env sets it")
@@ -1057,13 +1065,18 @@ def _program(reader: _Reader, section: str, raw_name: str, group: str) -> list[t
                 reader.report(section, key, f"{key} = {get(section, key)}: unknown to supervisord too (it "
                               "ignores it)", local)
 
+        for key in ("stdout_logfile", "stderr_logfile", "serverurl"):  # expanded by supervisord: checked
+            if get(section, key) is not None:
+                reader.expand(section, key, get(section, key) or "", names if key != "serverurl" else base,
+                              program_env if key != "serverurl" else None)
+        reader.expand(section, "process_name", process_name, names, program_env)
         service_name = str(name)
         if split:
             service_name = reader.expand(section, "process_name", process_name, names).strip()
         service = _service_name(service_name, local)
         table = tomlkit.table()
         seen: set[str] = set()
-        for note in local:
+        for note in sorted(local, key=_line_of):
             if note not in seen:
                 table.add(tomlkit.comment(clean(note)))
                 seen.add(note)
@@ -1073,6 +1086,12 @@ def _program(reader: _Reader, section: str, raw_name: str, group: str) -> list[t
                 table[key].comment(clean(comment))
         results.append((service, table))
     return results
+
+
+def _line_of(note: str) -> int:
+    """The line a note names (``... FILE:LINE: ...``), for file order; notes without one last."""
+    found = re.search(r":(\d+): ", note)
+    return int(found.group(1)) if found else 1 << 30
 
 
 def _unique(findings: list[Finding]) -> list[Finding]:

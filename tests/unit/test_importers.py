@@ -152,15 +152,16 @@ def test_procfile_bom_and_crlf_read_as_honcho_reads_them(tmp_path):
 
 def test_platform_only_variables_are_reported_not_left_empty(tmp_path):
     findings: list[Finding] = []
-    procfile = "web: ./server --dyno $DYNO --commit ${SOURCE_VERSION}\nworker: ./work --id $DYNO_ID\n"
+    procfile = ("web: ./server --dyno $DYNO --commit ${SOURCE_VERSION}\nworker: ./work --id $DYNO_ID\n"
+                "big: node --max-old-space-size=$((DYNO_RAM / 2)) index.js\n")
     text = procfile_to_toml(procfile, findings=findings, environ={})
     check(text, tmp_path)
     assert [(f.line, f.message.split(":")[0], f.message.split("$")[1].split(" ")[0]) for f in findings] == [
-        (1, "web", "DYNO"), (1, "web", "SOURCE_VERSION")]
+        (1, "web", "DYNO"), (1, "web", "SOURCE_VERSION"), (3, "big", "DYNO_RAM")]
     assert "$DYNO is set only by a platform" in text
     # set by .env (or the environment): nothing to report
     findings.clear()
-    procfile_to_toml(procfile, env_text="DYNO=web.1\nSOURCE_VERSION=abc\n", env_file=".env", findings=findings,
+    procfile_to_toml(procfile, env_text="DYNO=web.1\nSOURCE_VERSION=abc\nDYNO_RAM=512\n", env_file=".env", findings=findings,
                      environ={})
     assert findings == []
 
@@ -429,6 +430,7 @@ REFUSED = [
     ("[program:a/b]\ncommand=x\n", 1, "Invalid name: 'a/b' because of character: '/'"),
     ("[program:a]\ncommand=x %(bogus)s\n", 2, "%(bogus) cannot be expanded"),
     ("[program:a]\ncommand=x\npriority=%(process_num)d\n", 3, "%(process_num) cannot be expanded"),
+    ("[program:a]\ncommand=x\nstdout_logfile=/l/%(nope)s.log\n", 3, "%(nope) cannot be expanded"),
     ("[program:a]\ncommand=x %(program_name)\n", 2, "badly formatted"),
     ("[program:a]\ncommand=x 100%\n", 2, "has a % that is not %(name)s or %%"),
     ("[program:a]\ncommand=x\ndirectory=%(ENV_NOPE_X)s\n", 3, "%(ENV_NOPE_X) cannot be expanded"),
