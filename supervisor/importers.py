@@ -923,6 +923,9 @@ def _program(reader: _Reader, section: str, raw_name: str, group: str) -> list[t
     user = None
     if get(section, "user") is not None:
         user = str(reader.expand(section, "user", get(section, "user") or "", base)).strip()
+        if re.search(r"\$\{[A-Za-z_]", user):
+            raise reader.fail(section, "user", f"{user!r}: supervisord does not expand ${{...}} (no such user); "
+                              "write %(ENV_X)s or the name")
         try:
             import pwd
             pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
@@ -1026,6 +1029,9 @@ def _program(reader: _Reader, section: str, raw_name: str, group: str) -> list[t
             cwd = reader.expand(section, "directory", get(section, "directory") or "", names_here, program_env)
             if "%(" in (get(section, "directory") or ""):
                 local.append("note: cwd is expanded at import (supervise does not expand variables in cwd)")
+            if re.search(r"\$\{[A-Za-z_]", cwd):
+                raise reader.fail(section, "directory", f"{cwd.strip()!r}: supervisord does not expand ${{...}} "
+                                  "(it would chdir to that literal path); write %(ENV_X)s or the path")
             items.append(("cwd", cwd.strip(), None))  # used as written: no $ escaping
             if not cwd.strip().startswith("/"):
                 local.append("note: a relative cwd is relative to this file's folder, not to where supervisord ran")

@@ -439,6 +439,8 @@ REFUSED = [
     ("[program:a]\ncommand=x\nenvironment=JUSTAWORD\n", 3, "Unexpected end of key/value pairs"),
     ('[program:a]\ncommand=a "unclosed\n', 2, "cannot be split into words: No closing quotation"),
     ("[program:a]\ncommand=\n", 2, "command: is empty"),
+    ("[program:a]\ncommand=x\ndirectory=${APP}/x\n", 3, "supervisord does not expand ${...}"),
+    ("[program:a]\ncommand=x\nuser=${APP_USER}\n", 3, "supervisord does not expand ${...}"),
     ("[program:a]\ncommand=x\n[include]\n", 3, "[include]: has no files = line"),
     ("[program:a]\ncommand=x\n[eventlistener:e]\ncommand=m\n", 3, 'requires an "events" line'),
     ("[program:a]\ncommand=x\n[eventlistener:e]\ncommand=m\nevents=NOPE\n", 5, "unknown event type NOPE"),
