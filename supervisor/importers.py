@@ -610,10 +610,17 @@ class _Translation:
 
     def __init__(self) -> None:
         self.runtime: list[str] = []
+        self.now: list[str] = []  # what each placeholder is at import, as supervisord expands it
 
-    def placeholder(self, variable: str) -> str:
+    def placeholder(self, variable: str, now: str) -> str:
         self.runtime.append(variable)
+        self.now.append(now)
         return f"{_PH}{len(self.runtime) - 1}qq"
+
+    def resolve(self, text: str) -> str:
+        """``text`` with each placeholder as it is at import: equal to supervisord's reading
+        exactly when deferring the expansion to run time changes nothing else."""
+        return _PLACEHOLDER.sub(lambda m: self.now[int(m.group(1))], text)
 
     def finish(self, text: str) -> str:
         text = re.sub(r"\$(?=[${]|" + _PH + ")", "$$", text)
@@ -640,7 +647,7 @@ def _translate(reader: _Reader, section: str, key: str, value: str, names: Mappi
         name, spec = match.group(1), match.group(2)
         if name == "process_num" and replica_var and "process_num" in names:
             exact.append(("%" + spec) % names["process_num"])
-            ours.append(translation.placeholder("REPLICA"))
+            ours.append(translation.placeholder("REPLICA", exact[-1]))
         elif name.startswith("ENV_"):
             known = reader.env_value(name[4:], program_env)
             if known is None:
@@ -649,7 +656,7 @@ def _translate(reader: _Reader, section: str, key: str, value: str, names: Mappi
                 known = ""
             exact.append(_format(reader, section, key, spec, known))
             if spec == "s":
-                ours.append(translation.placeholder(name[4:]))
+                ours.append(translation.placeholder(name[4:], exact[-1]))
             else:
                 ours.append(exact[-1])
         elif name in names:
@@ -829,7 +836,7 @@ def _environment(reader: _Reader, section: str, exact: str, ours: str, translati
         translated, _ = _key_value_pairs(ours)
     except ValueError:
         translated = {}
-    if list(translated) != list(pairs):
+    if {k: translation.resolve(v) for k, v in translated.items()} != pairs:
         reader.report(section, "environment", "an %(ENV_X)s value changes how supervisord splits the pairs: "
                       "expanded now, as supervisord would at start here", notes)
         return {k: _escape_dollars(v) for k, v in pairs.items()}
@@ -983,11 +990,12 @@ def _program(reader: _Reader, section: str, raw_name: str, group: str) -> list[t
                               "not start it either)") from None
         if not exact_words:
             raise reader.fail(section, "command", "is empty (supervisord could not start it either)")
-        if len(our_words) == len(exact_words):
+        if [translation.resolve(word) for word in our_words] == exact_words:
             argv = [translation.finish(word) for word in our_words]
         else:
-            reader.report(section, "command", "an %(ENV_X)s value holds spaces or quotes, so supervisord splits "
-                          "it into words: expanded now, as supervisord would at start here", local)
+            reader.report(section, "command", "an %(ENV_X)s value holds spaces or quotes, which supervisord "
+                          "splits into words (supervise would not): expanded now, as supervisord would at start "
+                          "here", local)
             argv = [_escape_dollars(word) for word in exact_words]
         if os.path.basename(exact_words[0]) == "pidproxy":
             if len(argv) >= 3:

@@ -391,7 +391,16 @@ def test_env_value_that_supervisord_splits_into_words_is_expanded_at_import(tmp_
     services = check(supervisord_to_toml(conf, findings=findings, environ={"OPTS": "-v  --color 'x y'"}),
                      tmp_path).services
     assert services["a"].command == ("app", "-v", "--color", "x y", "--end")  # shlex.split, as supervisord
-    assert "supervisord splits it into words" in findings[0].message and findings[0].line == 3
+    assert "which supervisord splits into words" in findings[0].message and findings[0].line == 3
+    findings.clear()  # quotes alone change the word too
+    services = check(supervisord_to_toml(conf, findings=findings, environ={"OPTS": '"-v"'}), tmp_path).services
+    assert services["a"].command == ("app", "-v", "--end") and findings[0].line == 3
+    # an environment= value whose ENV_ value changes how the pairs split is expanded now too
+    conf = "[supervisord]\n[program:a]\ncommand=a\nenvironment=B=1,A=%(ENV_V)s\n"
+    findings.clear()
+    services = check(supervisord_to_toml(conf, findings=findings, environ={"V": "x y"}), tmp_path).services
+    assert dict(services["a"].environment) == {"B": "1", "A": "x"}
+    assert [f.line for f in findings] == [4, 4]  # y dropped, and expanded now
 
 
 @pytest.mark.parametrize("environ, count", [({"WORKERS": "4"}, 4), ({"WORKERS": "1"}, 1)])
