@@ -32,7 +32,7 @@ import tomlkit
 from dotenv import dotenv_values
 from tomlkit.items import Table
 
-from .config import NAME_RE
+from .config import NAME_RE, suggest
 
 
 class ImportFailed(Exception):
@@ -520,8 +520,9 @@ class _Reader:
         try:
             return value % table
         except KeyError as exc:
+            known = ", ".join(sorted(table.known()))
             raise self.fail(section, key, f"%({exc.args[0]}) cannot be expanded (supervisord refuses it); "
-                            f"names here: {', '.join(sorted(table.known()))}, ENV_X for a variable X that is set") from None
+                            f"names here: {known}, ENV_X for a variable X that is set") from None
         except (TypeError, ValueError) as exc:
             raise self.fail(section, key, f"{value!r} is badly formatted for supervisord: {exc} "
                             "(write %% for a literal %)") from None
@@ -731,8 +732,11 @@ def supervisord_to_toml(text: str, *, path: str | None = None, read_include: Inc
     for section in sections:
         if section.startswith("group:"):
             group = _check(reader, section, None, section.split(":", 1)[1], "name")  # type: ignore[arg-type]
-            _check(reader, section, "priority", reader.expand(section, "priority", reader.get(section, "priority", "999") or "", {"here": reader.here(section, "priority"), "host_node_name": platform.node()}), "integer")
-            programs = [p.strip() for p in (reader.get(section, "programs") or "").split(",")] if reader.get(section, "programs") else []
+            names = {"here": reader.here(section, "priority"), "host_node_name": platform.node()}
+            priority = reader.expand(section, "priority", reader.get(section, "priority", "999") or "", names)
+            _check(reader, section, "priority", priority, "integer")
+            listed = reader.expand(section, "programs", reader.get(section, "programs") or "", names)
+            programs = [p.strip() for p in listed.split(",")] if listed else []  # datatypes.list_of_strings
             for program in programs:
                 if f"program:{program}" not in sections and f"fcgi-program:{program}" not in sections:
                     raise reader.fail(section, "programs", f"names unknown program or fcgi-program {program} "
@@ -772,7 +776,6 @@ def supervisord_to_toml(text: str, *, path: str | None = None, read_include: Inc
         else:
             known = ("program:NAME", "group:NAME", "eventlistener:NAME", "fcgi-program:NAME", "rpcinterface:NAME",
                      "supervisord", "include", "unix_http_server", "inet_http_server", "supervisorctl")
-            from .config import suggest
             raise reader.fail(section, None, f"unknown section type{suggest(section, known)}: supervisord would "
                               "skip it silently (a misspelt [program:x] never starts); rename or remove it")
     if not services:
@@ -867,10 +870,12 @@ def _listener_or_fcgi(reader: _Reader, section: str, kind: str, name: str, ignor
     get = reader.get
     names = {"here": reader.here(section, None), "host_node_name": platform.node()}
     if kind == "eventlistener":
-        size = _check(reader, section, "buffer_size", reader.expand(section, "buffer_size", get(section, "buffer_size", "10") or "", names), "integer")
+        raw_size = reader.expand(section, "buffer_size", get(section, "buffer_size", "10") or "", names)
+        size = _check(reader, section, "buffer_size", raw_size, "integer")
         if isinstance(size, int) and size < 1:
             raise reader.fail(section, "buffer_size", f"invalid buffer_size ({size}) (supervisord refuses it)")
-        events = {e.strip().upper() for e in reader.expand(section, "events", get(section, "events", "") or "", names).split(",") if e.strip()}
+        listed = reader.expand(section, "events", get(section, "events", "") or "", names)
+        events = {e.strip().upper() for e in listed.split(",") if e.strip()}
         if not events:
             raise reader.fail(section, None, 'requires an "events" line (supervisord refuses it)')
         for event in sorted(events - _EVENT_TYPES):
