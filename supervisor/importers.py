@@ -842,8 +842,14 @@ def _environment(reader: _Reader, section: str, exact: str, ours: str, translati
     if {k: translation.resolve(v) for k, v in translated.items()} != pairs:
         reader.report(section, "environment", "an %(ENV_X)s value changes how supervisord splits the pairs: "
                       "expanded now, as supervisord would at start here", notes)
-        return {k: _escape_dollars(v) for k, v in pairs.items()}
-    return {k: translation.finish(v) for k, v in translated.items()}
+        result = {k: _escape_dollars(v) for k, v in pairs.items()}
+    else:
+        result = {k: translation.finish(v) for k, v in translated.items()}
+    for key in [k for k in result if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)]:
+        reader.report(section, "environment", f"{key!r} is not a variable name a shell or supervise accepts: "
+                      "dropped", notes)
+        del result[key]
+    return result
 
 
 def _server_section(reader: _Reader, section: str, ignored: list[str]) -> None:

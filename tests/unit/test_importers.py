@@ -571,6 +571,14 @@ colour=blue
     assert any("colour = blue: unknown to supervisord too" in f.message for f in findings)
 
 
+def test_environment_names_supervise_refuses_are_dropped_and_reported(tmp_path):
+    findings: list[Finding] = []
+    text = supervisord_to_toml("[supervisord]\n[program:a]\ncommand=a\nenvironment=A-B=1,OK=2\n",
+                               findings=findings, environ={})
+    assert dict(check(text, tmp_path).services["a"].environment) == {"OK": "2"}
+    assert findings[-1].line == 4 and "'A-B' is not a variable name" in findings[-1].message
+
+
 def test_control_characters_in_supervisord_values_are_escaped(tmp_path):
     findings: list[Finding] = []
     text = supervisord_to_toml("[supervisord]\n[program:a]\ncommand=a\nnote=\x1b[1mbold\x07\n",
