@@ -951,6 +951,8 @@ def _program(reader: _Reader, section: str, raw_name: str, group: str) -> list[t
             reader.report(section, "user", f"user {user} does not exist here: supervisord refuses a user it "
                           "cannot find, and so will supervise where it runs", notes)
     assert isinstance(numprocs, int) and isinstance(start, int)
+    if numprocs > 1000:
+        raise reader.fail(section, "numprocs", f"numprocs = {numprocs}: supervise runs at most 1000 replicas")
     process_name = get(section, "process_name", "%(program_name)s") or ""
     _check(reader, section, "process_name", process_name, "name")
     if numprocs > 1 and "%(process_num)" not in process_name:
@@ -1041,7 +1043,10 @@ def _program(reader: _Reader, section: str, raw_name: str, group: str) -> list[t
                 items.append(("stop_signal", signal.Signals(stopsignal).name, None))  # type: ignore[arg-type]
             except ValueError:
                 reader.report(section, "stopsignal", f"signal {stopsignal} is not one supervise can send", local)
-        if stopwaitsecs != 10:
+        if isinstance(stopwaitsecs, int) and stopwaitsecs < 0:
+            reader.report(section, "stopwaitsecs", f"stopwaitsecs = {stopwaitsecs}: supervisord kills at once; "
+                          "supervise waits the default 10s", local)
+        elif stopwaitsecs != 10:
             items.append(("stop_timeout", f"{stopwaitsecs}s", None))
         if get(section, "directory") is not None:
             names_here = dict(names, here=reader.here(section, "directory"))
