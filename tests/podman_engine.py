@@ -153,7 +153,7 @@ def base_image(podman_engine, tmp_path_factory) -> dict:
 
 
 @pytest.fixture
-def engine(podman_engine, base_image):
+def podman_api(podman_engine, base_image):
     """The engine URL, with a check after the test that none of its containers is left."""
     import docker
 

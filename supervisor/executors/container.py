@@ -348,9 +348,8 @@ class ContainerExecutor:
             pass
         except docker.errors.DockerException as exc:
             raise EngineError(f"cannot inspect image {ref}: {_short(exc)}") from None
-        try:
-            repository, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
-            self.api.pull(repository, tag=tag)
+        try:  # the SDK splits NAME[:TAG|@DIGEST] and pulls "latest" when no tag is named
+            self.client.images.pull(ref)
             return self.api.inspect_image(ref)["Id"]
         except docker.errors.DockerException as exc:
             raise EngineError(f"cannot pull image {ref}: {_short(exc)}") from None

@@ -81,10 +81,10 @@ def figure(name: str, seconds: float) -> None:
     print(f"\nFIGURE {name}: {seconds:.3f}s")
 
 
-def test_image_service_runs_with_env_cwd_user_ports_and_logs(engine, base_image, tmp_path):
+def test_image_service_runs_with_env_cwd_user_ports_and_logs(podman_api, base_image, tmp_path):
     figure("base image build (FROM scratch + busybox)", base_image["seconds"])
     state = tmp_path / "state"
-    executor = ContainerExecutor(state, docker_host=engine)
+    executor = ContainerExecutor(state, docker_host=podman_api)
     exits = Exits()
     executor.watch_exits(exits)
     sink = logs.LogSink("web", tmp_path / "web.log")
@@ -120,8 +120,8 @@ def test_image_service_runs_with_env_cwd_user_ports_and_logs(engine, base_image,
         executor.close()
 
 
-def test_exit_is_observed_from_events_with_the_last_lines(engine, base_image, tmp_path):
-    executor = ContainerExecutor(tmp_path / "state", docker_host=engine)
+def test_exit_is_observed_from_events_with_the_last_lines(podman_api, base_image, tmp_path):
+    executor = ContainerExecutor(tmp_path / "state", docker_host=podman_api)
     exits = Exits()
     executor.watch_exits(exits)
     sink = logs.LogSink("job", tmp_path / "job.log")
@@ -141,11 +141,11 @@ def test_exit_is_observed_from_events_with_the_last_lines(engine, base_image, tm
         executor.close()
 
 
-def test_on_an_event_loop_lines_then_the_exit_arrive_on_the_loop(engine, base_image, tmp_path):
+def test_on_an_event_loop_lines_then_the_exit_arrive_on_the_loop(podman_api, base_image, tmp_path):
     """How the engine will use it: blocking calls in threads, deliveries on its own loop."""
     async def body():
         loop = asyncio.get_running_loop()
-        executor = await asyncio.to_thread(ContainerExecutor, tmp_path / "state", engine, None, loop)
+        executor = await asyncio.to_thread(ContainerExecutor, tmp_path / "state", podman_api, None, loop)
         exited: asyncio.Future = loop.create_future()
         seen_at_exit: list[str] = []
 
@@ -169,8 +169,8 @@ def test_on_an_event_loop_lines_then_the_exit_arrive_on_the_loop(engine, base_im
     asyncio.run(asyncio.wait_for(body(), 60))
 
 
-def test_dockerfile_builds_beside_replaces_and_a_broken_one_keeps_the_old(engine, base_image, tmp_path):
-    executor = ContainerExecutor(tmp_path / "state", docker_host=engine)
+def test_dockerfile_builds_beside_replaces_and_a_broken_one_keeps_the_old(podman_api, base_image, tmp_path):
+    executor = ContainerExecutor(tmp_path / "state", docker_host=podman_api)
     context = tmp_path / "app"
     dockerfile = f'FROM {base_image["tag"]}\nCOPY page.html /www/index.html\nCMD ["/bin/sh", "-c", {json.dumps(SERVER)}]\n'
     write(context / "Dockerfile", dockerfile)
@@ -232,8 +232,8 @@ DRIVER = textwrap.dedent("""
     from pathlib import Path
     from supervisor import logs
     from supervisor.executors.container import ContainerExecutor, ContainerSpec
-    state, engine, image, log_path = sys.argv[1:5]
-    executor = ContainerExecutor(Path(state), docker_host=engine)
+    state, podman_api, image, log_path = sys.argv[1:5]
+    executor = ContainerExecutor(Path(state), docker_host=podman_api)
     sink = logs.LogSink("counter", Path(log_path))
     for item in executor.owned("counter"):        # a second run adopts instead of starting
         if item.status == "running":
@@ -255,10 +255,10 @@ def counted(path: Path, stream: str) -> list[int]:
     return [int(n) for n in re.findall(rf"^{stream} (\d+)$", text, re.M)]
 
 
-def test_kill_9_then_adopt_by_label_no_duplicate_no_lost_line(engine, base_image, tmp_path):
+def test_kill_9_then_adopt_by_label_no_duplicate_no_lost_line(podman_api, base_image, tmp_path):
     state, log_path = tmp_path / "state", tmp_path / "counter.log"
     driver = write(tmp_path / "driver.py", DRIVER)
-    argv = [sys.executable, str(driver), str(state), engine, base_image["tag"], str(log_path)]
+    argv = [sys.executable, str(driver), str(state), podman_api, base_image["tag"], str(log_path)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -270,7 +270,7 @@ def test_kill_9_then_adopt_by_label_no_duplicate_no_lost_line(engine, base_image
         first.kill()
         first.wait()
     lines_before = len(counted(log_path, "out"))
-    executor = ContainerExecutor(state, docker_host=engine)
+    executor = ContainerExecutor(state, docker_host=podman_api)
     try:
         second = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
         try:
@@ -298,9 +298,9 @@ def test_kill_9_then_adopt_by_label_no_duplicate_no_lost_line(engine, base_image
         executor.close()
 
 
-def test_only_our_containers_are_touched(engine, base_image, tmp_path):
-    ours = ContainerExecutor(tmp_path / "ours", docker_host=engine)
-    theirs = ContainerExecutor(tmp_path / "theirs", docker_host=engine)
+def test_only_our_containers_are_touched(podman_api, base_image, tmp_path):
+    ours = ContainerExecutor(tmp_path / "ours", docker_host=podman_api)
+    theirs = ContainerExecutor(tmp_path / "theirs", docker_host=podman_api)
     spec = ContainerSpec(service="same-name", replica=0, version="v1", image=base_image["tag"],
                          command=("/bin/sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"), stop_timeout=5)
     try:
