@@ -25,7 +25,7 @@ from ..model import ServiceSpec
 from ..sources import SourceError
 from ..sources.git import GitSource
 from ..sources.path import content_hash
-from ..sources.pip import PipSource
+from ..sources.pip import PipSource, venv_env
 
 #: How many of the build's last output lines a build-failed report carries.
 TAIL_LINES = 10
@@ -155,6 +155,8 @@ class Preparer:
         sink.note(f"{what} {version}: {' '.join(argv)}")
         env = replica_env(spec.name, spec.environment, 0)
         env.pop("REPLICA", None)
+        if spec.source.kind == "pip" and stage == "build":  # a build step sees the version's venv
+            env.update(venv_env(workdir, env))
         cwd = workdir  # builds run at the top of the checkout (or the local folder)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         tail = _Tail(sink)

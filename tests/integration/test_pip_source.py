@@ -208,7 +208,9 @@ def test_the_library_runs_a_pip_source_and_updates_it(index, tmp_path):
     make_wheel(folder, "1.0")
     port = free_port()
     with LocalRuntime(state_dir=tmp_path / "state") as runtime:
-        hello = Service("hello", metadata={"pip": f"{NAME}>=1.0", "index": url})
+        # the build step runs with the version's venv first on PATH: its python has the package
+        hello = Service("hello", metadata={"pip": f"{NAME}>=1.0", "index": url,
+                                           "build": "python -c 'import sv_hello'"})
         runtime.create(hello, command=["sv-hello"], env={"PORT": str(port)})
         assert runtime.read(service="hello")[0].version.startswith("1.0-")
         assert runtime.read(service="hello")[0].source == f"pip {NAME}>=1.0 from {url}"
