@@ -6,8 +6,9 @@ The operations map one to one onto the engine's executor seam:
 =====================  ==========================================================================
 seam                   here
 =====================  ==========================================================================
-prepare artifact       :meth:`ContainerExecutor.build` (Dockerfile + context, tagged with the
-                       version) or :meth:`ContainerExecutor.ensure_image` (inspect, else pull)
+prepare artifact       :meth:`ContainerExecutor.build_version` (a checkout's Dockerfile +
+                       context, tagged with the version) or
+                       :meth:`ContainerExecutor.ensure_image` (inspect, else pull)
 start replica          :meth:`ContainerExecutor.start` (a :class:`ContainerSpec`)
 stop / signal          :meth:`ContainerExecutor.stop` (stop signal, ``stop_timeout``, SIGKILL,
                        then remove) / :meth:`ContainerExecutor.signal`
@@ -339,6 +340,24 @@ class ContainerExecutor:
             return image_id or self.api.inspect_image(tag)["Id"]
         except docker.errors.DockerException as exc:
             raise ImageBuildError(f"image build produced no image {tag}: {_short(exc)}", list(tail)) from None
+
+    def build_version(self, service: str, version: str, workdir: Path, dockerfile: str = "Dockerfile",
+                      context: str = ".", on_output: Callable[[bytes], None] | None = None) -> str:
+        """Build the image of one version of ``service`` from its checkout (or folder)
+        ``workdir``: ``context`` relative to it, ``dockerfile`` relative to the context (Docker
+        Compose's ``build.context`` / ``build.dockerfile``). Returns the tag,
+        :func:`image_tag`. Both paths must stay inside ``workdir`` (EngineError otherwise);
+        a failed build raises ImageBuildError and leaves every other tag as it was."""
+        root = Path(workdir).resolve()
+        folder = (root / context).resolve()
+        file = (folder / dockerfile).resolve()
+        if not folder.is_relative_to(root) or not file.is_relative_to(folder):
+            raise EngineError(f"{service}: build context {context!r} and dockerfile {dockerfile!r} must stay inside the source")
+        if not file.is_file():
+            raise ImageBuildError(f"{service}: no {dockerfile} in {folder}", [])
+        tag = image_tag(service, version)
+        self.build(folder, str(file.relative_to(folder)), tag, service, on_output)
+        return tag
 
     def ensure_image(self, ref: str) -> str:
         """The id of image ``ref``, pulled first when the engine does not have it. EngineError."""

@@ -23,10 +23,13 @@ import urllib.request
 from pathlib import Path
 
 import docker
+import git
 import pytest
 
 from conftest import wait_until, write
 from supervisor import logs
+from supervisor.model import SourceSpec
+from supervisor.sources.git import GitSource
 from supervisor.executors.container import (
     ContainerExecutor,
     ContainerSpec,
@@ -169,51 +172,69 @@ def test_on_an_event_loop_lines_then_the_exit_arrive_on_the_loop(podman_api, bas
     asyncio.run(asyncio.wait_for(body(), 60))
 
 
-def test_dockerfile_builds_beside_replaces_and_a_broken_one_keeps_the_old(podman_api, base_image, tmp_path):
+def test_a_new_commit_builds_beside_replaces_and_a_broken_dockerfile_keeps_the_old(podman_api, base_image, tmp_path):
+    """git source -> worktree per commit (the real GitSource) -> image per version -> container."""
     executor = ContainerExecutor(tmp_path / "state", docker_host=podman_api)
-    context = tmp_path / "app"
+    work = git.Repo.init(tmp_path / "app", initial_branch="main")
+    with work.config_writer() as cfg:
+        cfg.set_value("user", "name", "t").set_value("user", "email", "t@example.invalid")
     dockerfile = f'FROM {base_image["tag"]}\nCOPY page.html /www/index.html\nCMD ["/bin/sh", "-c", {json.dumps(SERVER)}]\n'
-    write(context / "Dockerfile", dockerfile)
-    write(context / "page.html", "version one\n")
+    source = GitSource(SourceSpec(kind="git", url=str(tmp_path / "app"), ref="main"), tmp_path / "state" / "sources" / "app")
+
+    def commit(page: str, docker: str = dockerfile) -> None:
+        write(tmp_path / "app" / "docker" / "Dockerfile", docker)
+        write(tmp_path / "app" / "docker" / "page.html", page)
+        work.index.add(["docker/Dockerfile", "docker/page.html"])
+        work.index.commit(page.strip())
+
+    def build() -> tuple[str, str]:
+        revision = source.fetch()
+        version = revision[:12]
+        return version, executor.build_version("app", version, source.checkout(revision), "Dockerfile", "docker")
+
     port = free_port()
     sink = logs.LogSink("app", tmp_path / "app.log")
-    output: list[bytes] = []
-    built = []
+    built: list[str] = []
+
+    def spec(version: str, tag: str) -> ContainerSpec:
+        return ContainerSpec(service="app", replica=0, version=version, image=tag,
+                             ports=(f"127.0.0.1:{port}:8080",), stop_timeout=5)
+
     try:
+        commit("version one\n")
         started = time.monotonic()
-        executor.build(context, "Dockerfile", image_tag("app", "v1"), "app", output.append)
-        figure("Dockerfile build (one COPY layer)", time.monotonic() - started)
-        built.append(image_tag("app", "v1"))
-
-        def spec(version: str) -> ContainerSpec:
-            return ContainerSpec(service="app", replica=0, version=version, image=image_tag("app", version),
-                                 ports=(f"127.0.0.1:{port}:8080",), stop_timeout=5)
-
-        old = executor.start(spec("v1"), sink, "app")
+        v1, tag1 = build()
+        figure("Dockerfile build (one COPY layer on the base)", time.monotonic() - started)
+        built.append(tag1)
+        assert tag1 == image_tag("app", v1)
+        old = executor.start(spec(v1, tag1), sink, "app")
         wait_until(lambda: get(f"http://127.0.0.1:{port}/") == "version one\n", timeout=20, message="v1 serving")
 
-        # a new version is built beside the running one: it serves throughout
-        write(context / "page.html", "version two\n")
-        executor.build(context, "Dockerfile", image_tag("app", "v2"), "app")
-        built.append(image_tag("app", "v2"))
-        assert get(f"http://127.0.0.1:{port}/") == "version one\n"
-        executor.stop(old, 5)  # recreate: the host port is the replica's
-        new = executor.start(spec("v2"), sink, "app")
+        # a new commit: its image is built beside the running container, which serves throughout
+        commit("version two\n")
+        v2, tag2 = build()
+        built.append(tag2)
+        assert v2 != v1 and get(f"http://127.0.0.1:{port}/") == "version one\n"
+        executor.stop(old, 5)  # recreate: the host port belongs to the replica
+        new = executor.start(spec(v2, tag2), sink, "app")
         wait_until(lambda: get(f"http://127.0.0.1:{port}/") == "version two\n", timeout=20, message="v2 serving")
-        assert [(o.id, o.version) for o in executor.owned()] == [(new, "v2")]
+        assert [(o.id, o.version) for o in executor.owned()] == [(new, v2)]
 
         # a broken Dockerfile: one clear error with the build's last lines; v2 keeps serving
-        write(context / "Dockerfile", dockerfile.replace("COPY page.html", "COPY missing-file.html"))
+        commit("version three\n", dockerfile.replace("COPY page.html", "COPY missing-file.html"))
         with pytest.raises(ImageBuildError) as failure:
-            executor.build(context, "Dockerfile", image_tag("app", "v3"), "app")
+            build()
         assert "\n" not in str(failure.value) and failure.value.tail
         assert "missing-file.html" in str(failure.value) + " ".join(failure.value.tail)
+        v3 = source.fetch()[:12]
         with pytest.raises(docker.errors.ImageNotFound):
-            executor.api.inspect_image(image_tag("app", "v3"))
+            executor.api.inspect_image(image_tag("app", v3))
         assert get(f"http://127.0.0.1:{port}/") == "version two\n"
+        with pytest.raises(EngineError, match="inside the source"):
+            executor.build_version("app", v3, tmp_path / "app", "Dockerfile", "../..")
 
         # keep_versions: images of versions no longer kept go (the running one stays)
-        assert executor.prune_images("app", keep={image_tag("app", "v2")}) == [image_tag("app", "v1")]
+        assert executor.prune_images("app", keep={tag2}) == [tag1]
         executor.stop(new, 5)
         assert executor.owned() == []
     finally:
@@ -225,12 +246,15 @@ def test_dockerfile_builds_beside_replaces_and_a_broken_one_keeps_the_old(podman
             except docker.errors.DockerException:
                 pass
         executor.close()
+        work.close()
 
 
 DRIVER = textwrap.dedent("""
     import sys, threading
     from pathlib import Path
     from supervisor import logs
+from supervisor.model import SourceSpec
+from supervisor.sources.git import GitSource
     from supervisor.executors.container import ContainerExecutor, ContainerSpec
     state, podman_api, image, log_path = sys.argv[1:5]
     executor = ContainerExecutor(Path(state), docker_host=podman_api)
