@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common, names],
                             help="table of replicas; exit 3 when one asked about is not running")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.add_argument("-w", "--watch", action="store_true", help="the live view of `supervise top`")
+    sub.add_parser("top", parents=[common, names],
+                   help="full-screen live view: replicas, CPU, memory, log tail; keys to start/stop/restart")
     logs_ = sub.add_parser("logs", parents=[common, names], help="print (and follow) service logs")
     logs_.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs_.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="last N lines of each (default 10)")
@@ -101,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_logs(path, args.services, args.lines, args.follow)
         if verb == "import":
             return cmd_import(args.file, args.env, args.format)
+        if verb == "top" or (verb == "status" and args.watch):
+            from . import top
+
+            return top.run(path, args.services)
         return cmd_remote(verb, path, args)
     except ConfigError as exc:
         for diagnostic in exc.diagnostics:
