@@ -79,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", parents=[common, names], help="stream events as JSON lines")
     del events
     add_import_verb(sub)
+    sub.add_parser("init", parents=[common],
+                   help="write a commented starter services.toml (from ./Procfile if there is one)")
+    one_off = sub.add_parser("exec", parents=[common],
+                             help="run a one-off command with a service's environment, folder and user")
+    one_off.add_argument("service", metavar="NAME", help="the service whose environment to use")
+    one_off.add_argument("--replica", type=int, default=0, metavar="N", help="as replica N (default 0): REPLICA=N")
+    one_off.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
+    completion = sub.add_parser("completion", parents=[common],
+                                help="print the shell completion script: bash, zsh or fish")
+    completion.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"), metavar="SHELL",
+                            help="bash, zsh or fish")
+    completion.add_argument("--names", action="store_true",
+                            help="print the service names to complete, one a line (what the scripts call)")
     return parser
 
 
@@ -100,6 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = getattr(args, "config", None) or config.default_config_path()
     verb = args.verb or "run"
     try:
+        if verb not in NO_CONFIG_VERBS and not path.exists():
+            raise CliError(f"{path}: no such file: write a starter one with `supervise init`, "
+                           "or name yours with --config FILE", EXIT_USAGE)
+        if verb == "init":
+            return cmd_init(path)
+        if verb == "completion":
+            return cmd_completion(path, args, parser)
+        if verb == "exec":
+            from .oneoff import ExecError, run as run_one_off, split_argv
+
+            try:
+                replica, argv = split_argv(args.argv, args.replica)
+                return run_one_off(path, args.service, argv, replica)
+            except ExecError as exc:
+                raise CliError(str(exc), exc.code) from None
         if verb == "check":
             return cmd_check(path, args.json)
         if verb == "plan":
@@ -132,6 +160,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `supervise events | head`
         sys.stderr.close()
         return EXIT_OK
+
+
+#: Verbs that work without a config file.
+NO_CONFIG_VERBS = ("import", "init", "completion")
+
+
+def cmd_init(path: Path) -> int:
+    """``supervise init``: write a starter config at ``path`` (never over an existing file)."""
+    from .scaffold import InitError, init
+
+    try:
+        origin = init(path)
+    except InitError as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {path} from {origin}; check it with `supervise check`, start with `supervise`")
+    return EXIT_OK
+
+
+def cmd_completion(path: Path, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``supervise completion bash|zsh|fish`` prints the script; ``--names`` the service names."""
+    from . import completion
+
+    if args.names:
+        for name in completion.service_names(path):
+            print(name)
+        return EXIT_OK
+    if args.shell is None:
+        raise CliError("completion: name a shell: bash, zsh or fish", EXIT_USAGE)
+    sys.stdout.write(completion.script(args.shell, parser))
+    return EXIT_OK
 
 
 def state_dir_of(path: Path) -> Path:
