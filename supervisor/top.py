@@ -137,7 +137,10 @@ def fetch(state_dir: Path, services: list[str], meter: Meter | None = None, orde
     except NotRunning:
         snapshot.error = f"no supervisor is running for {state_dir} (waiting for one)"
         return snapshot
-    except (ControlError, OSError, ValueError) as exc:
+    except ControlError as exc:  # it answered, with an error (e.g. an unknown service name)
+        snapshot.error = f"the supervisor says: {exc}"
+        return snapshot
+    except (OSError, ValueError) as exc:
         snapshot.error = f"no answer from the supervisor: {exc}"
         return snapshot
     snapshot.rows = reply.get("services", [])

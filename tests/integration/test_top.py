@@ -150,5 +150,15 @@ def test_top_in_a_real_terminal(running, tmp_path):
         subprocess.run([tmux, "-L", socket, "send-keys", "q"], check=True)
         wait_until(lambda: subprocess.run([tmux, "-L", socket, "has-session"], capture_output=True).returncode != 0,
                    timeout=15, message="top to quit on q")
+
+        # `status --watch NAME` is the same view, of the named services only
+        subprocess.run([tmux, "-L", socket, "-f", "/dev/null", "new-session", "-d", "-x", "140", "-y", "30",
+                        f"{PY} -m supervisor status --watch web --config {path}"], check=True)
+        wait_until(lambda: " web " in screen() and "3 running" not in screen() and "2 running" in screen(),
+                   timeout=30, message="the watch view of web alone")
+        assert "\n db " not in screen()
+        subprocess.run([tmux, "-L", socket, "send-keys", "q"], check=True)
+        wait_until(lambda: subprocess.run([tmux, "-L", socket, "has-session"], capture_output=True).returncode != 0,
+                   timeout=15, message="the watch view to quit on q")
     finally:
         subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
