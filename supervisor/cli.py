@@ -375,14 +375,8 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
     tail.width = max([8, *(len(n) for n in names)])
     for name in names:
         tail.add(name, logs.log_path(state_dir, name))
-    followed = {f.name: f for f in tail.files.values()}
-    merged = logview.merge(logview.read(n, logs.log_path(state_dir, n), count, since, pattern) for n in names)
-    for line in merged:
-        if args.json:
-            print(line.json())
-        else:
-            logs.ConsoleTail._print(tail, followed[line.service], [line.text.encode()])
-    sys.stdout.flush()
+    for line in logview.merge(logview.read(n, logs.log_path(state_dir, n), count, since, pattern) for n in names):
+        tail.show(line)
     if not args.follow:
         return EXIT_OK
     tail.start()

@@ -137,6 +137,21 @@ class FilteredTail(logs.ConsoleTail):
         self.pattern = pattern
         self.as_json = as_json
 
+    def show(self, line: Line) -> None:
+        """Print one line already read (and filtered) by :func:`read`, of an added service."""
+        if self.as_json:
+            self._write(line.json() + "\n")
+            return
+        followed = next(f for f in self.files.values() if f.name == line.service)
+        super()._print(followed, [line.text.encode("utf-8", "replace")])
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
     def _print(self, followed, lines: list[bytes]) -> None:  # type: ignore[override]
         now = time.time()
         if self.pattern is not None:
@@ -146,10 +161,5 @@ class FilteredTail(logs.ConsoleTail):
         if not self.as_json:
             super()._print(followed, lines)
             return
-        out = "".join(Line(followed.name, line_time(line) or now, line.decode("utf-8", "replace")).json() + "\n"
-                      for line in lines)
-        try:
-            self.stream.write(out)
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
+        self._write("".join(Line(followed.name, line_time(line) or now, line.decode("utf-8", "replace")).json() + "\n"
+                            for line in lines))
