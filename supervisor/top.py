@@ -20,6 +20,7 @@ verb) stays free of Textual; :func:`fetch` and the formatting helpers are plain 
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -127,6 +128,30 @@ class Order:
         return self.levels
 
 
+_BUILD_NOTE = re.compile(rb"^\[supervise (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\] build ")
+
+
+def build_progress(state_dir: Path, service: str, now: float) -> str:
+    """``building 12s: <the build's last output line>``, read from the service's log file
+    (status says only that it builds): the time since the last ``[supervise TIME] build``
+    note, and the last line after it. Empty when no build note is in the last lines."""
+    from . import logs
+
+    lines = logs.last_lines(logs.log_path(state_dir, service), 200)
+    for index in range(len(lines) - 1, -1, -1):
+        match = _BUILD_NOTE.match(lines[index])
+        if match is None:
+            continue
+        try:
+            started = time.mktime(time.strptime(match.group(1).decode(), "%Y-%m-%dT%H:%M:%S"))
+        except ValueError:
+            return ""
+        output = [line for line in lines[index + 1:] if line.strip() and not line.startswith(b"[supervise ")]
+        last = output[-1].decode("utf-8", "replace").strip() if output else "(no output yet)"
+        return f"building {format_duration(max(0.0, now - started))}: {last}"
+    return ""
+
+
 def fetch(state_dir: Path, services: list[str], meter: Meter | None = None, order: Order | None = None,
           timeout: float = 5.0) -> Snapshot:
     """One status request on a fresh connection (so a restarted supervisor is found again)."""
@@ -145,6 +170,9 @@ def fetch(state_dir: Path, services: list[str], meter: Meter | None = None, orde
         return snapshot
     snapshot.rows = reply.get("services", [])
     snapshot.supervisor = reply.get("supervisor")
+    for row in snapshot.rows:
+        if row.get("phase") == "building" and not row.get("message"):
+            row["message"] = build_progress(state_dir, row["service"], snapshot.taken)
     if meter is not None:
         pids = {row["pid"] for row in snapshot.rows if row.get("pid")}
         for row in snapshot.rows:
@@ -154,9 +182,9 @@ def fetch(state_dir: Path, services: list[str], meter: Meter | None = None, orde
     return snapshot
 
 
-def advance(snapshot: Snapshot, meter: Meter | None = None) -> Snapshot:
+def advance(snapshot: Snapshot, meter: Meter | None = None, state_dir: Path | None = None) -> Snapshot:
     """``snapshot`` as it is now without asking the supervisor: uptimes advanced by the time
-    passed, CPU and memory re-read by pid."""
+    passed, CPU and memory re-read by pid, build progress re-read from the log (``state_dir``)."""
     now = time.time()
     passed = now - snapshot.taken
     rows = []
@@ -164,6 +192,8 @@ def advance(snapshot: Snapshot, meter: Meter | None = None) -> Snapshot:
         row = dict(row)
         if row.get("uptime") is not None:
             row["uptime"] += passed
+        if row.get("phase") == "building" and (row.get("message") or "").startswith("building "):
+            row["message"] = build_progress(state_dir, row["service"], now) if state_dir else row["message"]
         if meter is not None and row.get("pid"):
             usage = meter.sample(row["pid"])
             row["cpu"], row["rss"] = usage if usage else (None, None)
@@ -318,7 +348,7 @@ def make_app(path: Path, services: list[str] | None = None, interval: float = IN
                 self.fetched = now
                 snapshot = fetch(self.state_dir, self.names, self.meter, self.order)
             else:
-                snapshot = advance(self.snapshot, self.meter)
+                snapshot = advance(self.snapshot, self.meter, self.state_dir)
             self.call_from_thread(self.show, snapshot)
 
         def show(self, snapshot: Snapshot) -> None:

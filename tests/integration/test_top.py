@@ -115,6 +115,43 @@ def test_pilot_shows_replicas_usage_order_and_log_and_keys_drive_the_supervisor(
     asyncio.run(scenario())
 
 
+def test_pilot_shows_build_progress_from_the_log(tmp_path):
+    """status says only "building": top adds the time since the build began and its last line."""
+    write(tmp_path / "src" / "main.txt", "x")
+    path = write(tmp_path / "services.toml", f"""
+[services.app]
+source = "./src"
+build = ["sh", "-c", "echo compiling step 1; while [ ! -e {tmp_path}/go ]; do sleep 0.05; done; echo done"]
+command = {SLEEP}
+""")
+    proc = start_supervisor(tmp_path, path)
+    from supervisor.top import make_app
+
+    async def scenario() -> None:
+        app = make_app(path, interval=0.2)
+        async with app.run_test(size=(150, 40)) as pilot:
+            async def until(predicate, timeout: float = 30.0, message: str = "condition"):
+                deadline = time.monotonic() + timeout
+                while not predicate():
+                    assert time.monotonic() < deadline, f"timed out waiting for {message}"
+                    await pilot.pause(0.05)
+
+            def message() -> str:
+                rows = app.snapshot.rows
+                return rows[0].get("message") or "" if rows else ""
+
+            await until(lambda: "compiling step 1" in message(), message="the build's last line")
+            assert message().startswith("building ") and app.snapshot.rows[0]["phase"] == "building"
+            (tmp_path / "go").touch()
+            await until(lambda: app.snapshot.rows and app.snapshot.rows[0]["phase"] == "running", message="running")
+            await pilot.press("q")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        terminate(proc, timeout=30)
+
+
 def tmux_ready() -> str:
     tmux = shutil.which("tmux")
     if tmux is None:
