@@ -37,7 +37,9 @@ def split_argv(words: Sequence[str], replica: int) -> tuple[int, list[str]]:
     """``[--replica N] [--] CMD...`` after NAME (argparse's REMAINDER keeps options given after
     NAME): the replica and the command. Raises ExecError for a bad ``--replica``."""
     words = list(words)
-    while words and words[0] != "--" and words[0].startswith("--replica"):
+    while words and words[0] != "--" and words[0].startswith("-"):
+        if not words[0].startswith("--replica"):
+            raise ExecError(f"exec: {words[0]} goes before NAME (after NAME: only --replica N, then -- CMD)", 2)
         option = words.pop(0)
         value = option.split("=", 1)[1] if "=" in option else (words.pop(0) if words else "")
         try:

@@ -135,6 +135,9 @@ replicas = 2
     assert supervise("exec", "app", "--", "no-such-command-x", cwd=tmp_path).returncode == 127
     unknown = supervise("exec", "nope", "--", "true", cwd=tmp_path)
     assert unknown.returncode == 1 and "unknown service: nope" in unknown.stderr
+    misplaced = supervise("exec", "app", "--config", str(path), "--", "true", cwd=tmp_path)
+    assert misplaced.returncode == 2 and "--config goes before NAME" in misplaced.stderr
+    assert supervise("exec", "--config", str(path), "app", "true").returncode == 0  # no --: the rest is CMD
     signalled = supervise("exec", "app", "--", "sh", "-c", "kill -TERM $$", cwd=tmp_path)
     assert signalled.returncode == 128 + 15
 
