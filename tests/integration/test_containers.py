@@ -253,8 +253,6 @@ DRIVER = textwrap.dedent("""
     import sys, threading
     from pathlib import Path
     from supervisor import logs
-from supervisor.model import SourceSpec
-from supervisor.sources.git import GitSource
     from supervisor.executors.container import ContainerExecutor, ContainerSpec
     state, podman_api, image, log_path = sys.argv[1:5]
     executor = ContainerExecutor(Path(state), docker_host=podman_api)
