@@ -17,9 +17,8 @@ The rules (DESIGN.md, "Behaviour users rely on"):
 
 from __future__ import annotations
 
-import re
-
 import enum
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -152,11 +151,11 @@ def _plan_service(
     changed = spec.changed_fields(obs.spec)
     running_revision = obs_revision(obs)
     if running_revision is not None:
-        new_revision = (revision is not None and not _same_revision(revision, running_revision)
-                        and not (obs.build_failed and _same_revision(revision, obs.failed_revision)))
+        new_revision = (revision is not None and not same_revision(revision, running_revision)
+                        and not (obs.build_failed and same_revision(revision, obs.failed_revision)))
     else:  # never deployed (its first fetch or build failed): any other revision is worth a try
         new_revision = (revision is not None and obs.build_failed
-                        and not _same_revision(revision, obs.failed_revision))
+                        and not same_revision(revision, obs.failed_revision))
     if (obs.failed or obs.build_failed) and not changed and not new_revision and cascade is None:
         return []  # waits for a change of the file or the source, or a user restart
 
@@ -214,9 +213,6 @@ def same_revision(a: str | None, b: str | None) -> bool:
         return False
     n = min(len(a), len(b))
     return a[:n] == b[:n]
-
-
-_same_revision = same_revision
 
 
 def obs_revision(obs: ServiceObserved) -> str | None:

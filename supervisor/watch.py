@@ -29,8 +29,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from .model import ServiceSpec
-from .sources import SourceError
 from .plan import same_revision
+from .sources import SourceError
 from .sources.git import GitSource
 from .sources.path import IGNORED_DIRS
 from .sources.pip import PipSource
