@@ -1,6 +1,7 @@
 """``supervise``: the command line. Maps every error to an exit code in one place.
 
-Exit codes: 0 success; 1 runtime error (e.g. no supervisor running, state dir locked);
+Exit codes: 0 success; 1 runtime error (e.g. no supervisor running, state dir locked, no
+answer on the control socket in time, its backlog full: always one line, never a traceback);
 2 bad usage or an invalid config file; 3 ``status``: something asked about is not running.
 """
 
@@ -107,13 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(diagnostic, file=sys.stderr)
         return EXIT_USAGE
     except CliError as exc:
-        print(f"supervise: {exc}", file=sys.stderr)
+        print(f"supervise: {config.escape(str(exc))}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `supervise events | head`
         sys.stderr.close()
         return EXIT_OK
+    except OSError as exc:  # the system refused something (a file, the socket): one line
+        print(f"supervise: {config.escape(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def state_dir_of(path: Path) -> Path:

@@ -204,18 +204,27 @@ def state_dir_of(path: str | os.PathLike[str]) -> Path:
 
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = read_regular_file(path)
+    except (OSError, ValueError):
+        return load(path).settings.state_dir  # raises the located ConfigError
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
         value = data.get("supervise", {}).get("state_dir", ".supervise")
         if isinstance(value, str):
             return (path.resolve().parent / os.path.expanduser(value)).resolve()
-    except (OSError, UnicodeDecodeError, AttributeError):
-        pass
-    except tomllib.TOMLDecodeError:
+    except (OSError, UnicodeDecodeError, AttributeError, ValueError, RecursionError):
+        pass  # tomllib.TOMLDecodeError is a ValueError: handled below
+    try:
+        tomllib.loads(text.decode("utf-8", "replace"))
+    except (tomllib.TOMLDecodeError, RecursionError):
         # The file is broken (a save under way, a typo): exactly when `supervise status` is
         # wanted. Find state_dir by its line, or use the default.
-        match = re.search(r"(?m)^\s*state_dir\s*=\s*[\"']([^\"'\n]*)[\"']", path.read_text(errors="replace"))
+        match = re.search(r"(?m)^\s*state_dir\s*=\s*[\"']([^\"'\n\0]*)[\"']", text.decode(errors="replace"))
         value = match.group(1) if match else ".supervise"
-        return (path.resolve().parent / os.path.expanduser(value)).resolve()
+        try:
+            return (path.resolve().parent / os.path.expanduser(value)).resolve()
+        except (OSError, ValueError, RuntimeError):
+            pass
     return load(path).settings.state_dir
 
 
