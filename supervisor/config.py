@@ -511,6 +511,11 @@ class _Validator:
             if "\0" in value:
                 self.error(keys, f'"{keys[-1] if keys else "value"}" holds a NUL character (\\0), '
                            'which no path, argument or environment value can hold')
+            elif not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeError:  # a lone surrogate (only from parse(), never from a file)
+                    self.error(keys, f'"{keys[-1] if keys else "value"}" is not valid Unicode text')
         elif isinstance(value, dict):
             for key, item in value.items():
                 self.strings(keys + (key,), item)
@@ -892,7 +897,7 @@ class _Validator:
             else:
                 port = re.match(r"^https?://[^/]*:(\d+)(/|$)", target[:300])
                 if port and (len(port.group(1)) > 5 or not 0 < int(port.group(1)) < 65536):
-                    self.error(keys + ("http",), f'"http": port must be 1-65535, got {port.group(1)}')
+                    self.error(keys + ("http",), f'"http": port must be 1-65535, got {_cut(port.group(1), 20)}')
             check["http"] = target
         for key, default in (("interval", 1.0), ("timeout", 1.0), ("start_period", 0.0)):
             check[key] = self.duration(keys + (key,), value[key]) if key in value else default

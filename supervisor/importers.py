@@ -22,7 +22,7 @@ import tomlkit
 from dotenv import dotenv_values
 from tomlkit.items import Table
 
-from .config import NAME_RE
+from .config import NAME_RE, escape
 
 
 class ImportFailed(Exception):
@@ -64,10 +64,16 @@ def _read(path: Path) -> str:
 
 # -- shared ---------------------------------------------------------------------------------
 
+def _comment(text: str):
+    """A TOML comment of ``text``, control and bidi characters escaped (TOML forbids control
+    characters in comments, and the output must pass ``supervise check``)."""
+    return tomlkit.comment(escape(text))
+
+
 def _document(header: Iterable[str]) -> tomlkit.TOMLDocument:
     doc = tomlkit.document()
     for line in header:
-        doc.add(tomlkit.comment(line))
+        doc.add(_comment(line))
     doc.add(tomlkit.nl())
     return doc
 
@@ -204,7 +210,7 @@ def procfile_to_toml(text: str, *, env_text: str | None = None, env_file: str | 
         seen.add(name)
         table = tomlkit.table()
         for note in notes:
-            table.add(tomlkit.comment(note))
+            table.add(_comment(note))
         if needs_shell(command):
             table.add("command", command)
             table.add("shell", True)
@@ -490,10 +496,10 @@ def _program(raw_name: str, values: dict[str, str], here: Path | None) -> tuple[
             notes.append(f"NOT CARRIED OVER: {key} = {values[key].strip()}: unknown to supervise")
 
     for note in notes:
-        table.add(tomlkit.comment(note))
+        table.add(_comment(note))
     for key, value, comment in items:
         table.add(key, value)
         if comment:
-            table[key].comment(comment)
+            table[key].comment(escape(comment))
     return name, table
 
