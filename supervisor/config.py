@@ -112,9 +112,17 @@ def load(path: str | os.PathLike[str]) -> Desired:
     """
     path = Path(path)
     try:
-        text = read_regular_file(path).decode("utf-8")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data = read_regular_file(path)
+    except (OSError, ValueError) as exc:
         raise ConfigError([Diagnostic(str(path), 0, 0, f"cannot read config: {exc}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # located: the line and column of the first bad byte
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+        raise ConfigError([Diagnostic(str(path), line, col, f"the file is not UTF-8 text: {exc.reason} "
+                                      f"(byte 0x{data[exc.start]:02x})")]) from None
     return parse(text, path)
 
 
@@ -278,8 +286,9 @@ class _Locator:
         lines = text.splitlines()
         inside = _string_lines(text)
         for number, line in enumerate(lines, start=1):
-            if number in inside or len(line) > 10_000:
+            if number in inside:
                 continue
+            line = line[:10_000]  # keys and headers start lines; a megabyte value is not looked at
             header = self._HEADER.match(line)
             if header:
                 table = self._split(header.group(1))

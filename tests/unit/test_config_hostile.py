@@ -257,3 +257,12 @@ def test_import_escapes_control_characters_in_comments(tmp_path):
     assert "\x01" not in text and "\x1b" not in text
     desired = config.parse(text, tmp_path / "services.toml")
     assert list(desired.services) == ["web"]
+
+
+def test_a_file_that_is_not_utf8_is_located_at_its_first_bad_byte(tmp_path):
+    path = tmp_path / "services.toml"
+    path.write_bytes(b'[services.api]\ncommand = "caf\xc3\xa9 \xff"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert [str(d) for d in caught.value.diagnostics] == [
+        f"{path}:2:17: the file is not UTF-8 text: invalid start byte (byte 0xff)"]
