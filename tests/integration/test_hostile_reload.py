@@ -141,9 +141,15 @@ def test_a_watched_folder_without_build_deploys_an_edit_once(tmp_path):
             pid = await d.until(lambda: d.pid("app"))
             version = d.controllers["app"].replicas[0].launch.artifact.version
             (src / "app.py").write_text("import time\n# edited\ntime.sleep(300)\n")
-            new = await d.until(lambda: d.pid("app") not in (None, pid) and d.pid("app"), message="restarted")
-            replica = d.controllers["app"].replicas[0]
-            assert replica.launch.artifact.version != version  # the version follows the content
+
+            def deployed():
+                replica = d.controllers["app"].replicas.get(0)
+                if replica and replica.pid not in (None, pid) and replica.launch.artifact.version != version:
+                    return replica
+                return None
+
+            replica = await d.until(deployed, message="the edit deployed: a new pid and a new version")
+            new = replica.pid
             reconciler = d.daemon.reconciler
             assert reconciler.revisions["app"].startswith(replica.launch.artifact.version.split("-")[0])
             for _ in range(3):  # later passes: nothing to do, the pid stays
