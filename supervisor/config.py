@@ -55,6 +55,10 @@ CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
 MAX_GLOBS, GLOB_LENGTH, GLOB_WILDCARDS = 64, 256, 16
 
 
+#: ``${VAR}``, ``${VAR:-default}``: for keys where supervise expands nothing.
+_UNEXPANDED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-[^}]*)?\}")
+
+
 @dataclass(frozen=True)
 class Diagnostic:
     """One located config mistake. ``line``/``col`` are 1-based (0 when unknown)."""
@@ -486,6 +490,14 @@ class _Validator:
                 self.error(keys + (name,), f'env "{name}" must be a string or a number, got {_type_name(item)}')
         return env
 
+    def not_expanded(self, keys: tuple[str, ...], value: str | None) -> None:
+        """An error for ``${VAR}`` in a key whose value is used as written (only ``command``,
+        ``env`` and checks are expanded): caught by ``check`` instead of failing at start."""
+        found = _UNEXPANDED.search(value or "")
+        if found:
+            self.error(keys, f'"{keys[-1]}" is used as written: {found.group(0)} is not expanded here '
+                       "(${VAR} works in command, env and checks)")
+
     def relative_path(self, value: str) -> Path:
         return (self.base / os.path.expanduser(value)).resolve()
 
@@ -628,7 +640,9 @@ class _Validator:
         cwd = "."
         if "cwd" in table and self.expect(get("cwd"), table["cwd"], str, "a path string") is not None:
             cwd = table["cwd"]
+            self.not_expanded(get("cwd"), cwd)
             if (source is not None and source.kind == "path" and source.path is not None and "\0" not in cwd
+                    and not _UNEXPANDED.search(cwd)
                     and build is None and not os.path.isabs(os.path.expanduser(cwd)) and _exists(source.path, folder=True)):
                 # A local folder without a build runs as it is: a relative cwd missing from it
                 # can never run. (A build may make it; a git checkout is not here yet; an
@@ -698,6 +712,7 @@ class _Validator:
         user = None
         if "user" in table:
             user = self.expect(get("user"), table["user"], str, "a user name")
+            self.not_expanded(get("user"), user)
 
         log = self.default_log
         if "log" in table:
