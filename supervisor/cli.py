@@ -1,6 +1,7 @@
 """``supervise``: the command line. Maps every error to an exit code in one place.
 
-Exit codes: 0 success; 1 runtime error (e.g. no supervisor running, state dir locked);
+Exit codes: 0 success; 1 runtime error (e.g. no supervisor running, state dir locked, no
+answer on the control socket in time, its backlog full: always one line, never a traceback);
 2 bad usage or an invalid config file; 3 ``status``: something asked about is not running.
 """
 
@@ -153,13 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "json", False) and verb != "logs":  # valid JSON on stdout, whatever happened
             print(json.dumps({"ok": False, "error": str(exc), **({"services": []} if verb == "status" else {})},
                              indent=2))
-        print(f"supervise: {exc}", file=sys.stderr)
+        print(f"supervise: {config.escape(str(exc))}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `supervise events | head`
         sys.stderr.close()
         return EXIT_OK
+    except OSError as exc:  # the system refused something (a file, the socket): one line
+        print(f"supervise: {config.escape(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 #: Verbs that work without a config file.

@@ -149,14 +149,14 @@ def parse_port(text: str) -> tuple[str, tuple[str, int] | int | None]:
     ("127.0.0.1", 8080))``; ``"80"`` -> ``("80/tcp", None)`` (a port the engine picks).
     Docker's ``-p [IP:][HOST:]CONTAINER[/PROTO]`` syntax, one port a string. Raises ValueError.
     """
-    match = _PORT.match(text.strip())
+    match = _PORT.match(text.strip()) if len(text) <= 64 else None
     if not match:
-        raise ValueError(f'bad port {text!r}: use "HOST:CONTAINER", "IP:HOST:CONTAINER" or "CONTAINER", with an optional "/udp"')
+        raise ValueError(f'bad port {_clip(text)}: use "HOST:CONTAINER", "IP:HOST:CONTAINER" or "CONTAINER", with an optional "/udp"')
     ctr = int(match["ctr"])
     host = int(match["host"]) if match["host"] else None
     for port in (ctr, host):
         if port is not None and not 0 < port < 65536:
-            raise ValueError(f"bad port {text!r}: {port} is not between 1 and 65535")
+            raise ValueError(f"bad port {_clip(text)}: {port} is not between 1 and 65535")
     key = f"{ctr}/{match['proto'] or 'tcp'}"
     if match["ip"]:
         return key, (match["ip"].strip("[]"), host or 0)
@@ -167,18 +167,25 @@ def parse_volume(text: str, base: Path) -> tuple[str, dict[str, str]]:
     """``"./data:/data:ro"`` -> ``("BASE/data", {"bind": "/data", "mode": "ro"})``: Docker's
     ``-v SOURCE:TARGET[:ro|rw]``. A SOURCE starting with ``.`` or ``/`` is a host folder (a
     relative one against ``base``); another SOURCE is a named volume. Raises ValueError."""
+    if "\0" in text:
+        raise ValueError(f"bad volume {_clip(text)}: it holds a NUL character")
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
-        raise ValueError(f'bad volume {text!r}: use "SOURCE:/container/path" or "SOURCE:/container/path:ro"')
+        raise ValueError(f'bad volume {_clip(text)}: use "SOURCE:/container/path" or "SOURCE:/container/path:ro"')
     mode = parts[2] if len(parts) == 3 else "rw"
     if mode not in ("ro", "rw"):
-        raise ValueError(f'bad volume {text!r}: the mode must be "ro" or "rw"')
+        raise ValueError(f'bad volume {_clip(text)}: the mode must be "ro" or "rw"')
     source = parts[0]
     if source.startswith((".", "/", "~")):
         source = str((base / os.path.expanduser(source)).resolve())
     elif not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", source):
-        raise ValueError(f"bad volume {text!r}: {source!r} is neither a path nor a volume name")
+        raise ValueError(f"bad volume {_clip(text)}: {_clip(source)} is neither a path nor a volume name")
     return source, {"bind": parts[1], "mode": mode}
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``repr(text)``, cut to ``limit`` characters (an error message echoes what it refuses)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def exit_of(code: int) -> tuple[int | None, int | None]:

@@ -30,6 +30,8 @@ from ..model import SourceSpec
 
 #: Seconds for resolving a requirement against the index.
 RESOLVE_TIMEOUT = 300.0
+#: The longest requirement accepted, in characters.
+MAX_REQUIREMENT = 1000
 #: The marker of a complete venv.
 COMPLETE = ".supervise-installed"
 #: What a version may look like to become a folder name (PEP 440 normalised versions fit).
@@ -37,14 +39,18 @@ _SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}$")
 
 
 def parse_requirement(text: str) -> Requirement:
-    """A PEP 508 requirement (``name``, ``name>=1.0``, ``name[extra]~=2.1``). A URL
+    """A PEP 508 requirement (``name``, ``name>=1.0``, ``name[extra]~=2.1``), at most
+    :data:`MAX_REQUIREMENT` characters. A URL
     requirement (``name @ https://…``) has no index to poll and is refused. Raises ValueError."""
+    if len(text) > MAX_REQUIREMENT:
+        raise ValueError(f"bad requirement: longer than {MAX_REQUIREMENT} characters")
     try:
         requirement = Requirement(text)
     except InvalidRequirement as exc:
-        raise ValueError(f"bad requirement {text!r}: {str(exc).splitlines()[0]}") from None
+        shown = repr(text) if len(text) <= 60 else repr(text[:60]) + "..."
+        raise ValueError(f"bad requirement {shown}: {str(exc).splitlines()[0]}") from None
     if requirement.url:
-        raise ValueError(f"requirement {text!r} names a URL: give a name and a version range")
+        raise ValueError(f"requirement {requirement.name!r} names a URL: give a name and a version range")
     return requirement
 
 

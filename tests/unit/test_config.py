@@ -177,6 +177,7 @@ VALID = [
 
 @pytest.mark.parametrize(("body", "field", "expected"), VALID, ids=[f"{f}:{b.splitlines()[-1]}" for b, f, _ in VALID])
 def test_valid_values(tmp_path, body, field, expected):
+    (tmp_path / "sub" / "dir").mkdir(parents=True)  # a cwd must exist in a local source
     if "command" not in body:
         body = 'command = ["app"]\n' + body
     value = getattr(load_service(tmp_path, body), field)
