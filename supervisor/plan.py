@@ -215,6 +215,9 @@ def same_revision(a: str | None, b: str | None) -> bool:
     return a[:n] == b[:n]
 
 
+_same_revision = same_revision  # the name the reconciler imports
+
+
 def obs_revision(obs: ServiceObserved) -> str | None:
     """The source revision part of the running version (``REVISION-BUILDHASH``)."""
     return obs.version.rsplit("-", 1)[0] if obs.version else None
