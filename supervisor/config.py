@@ -36,15 +36,16 @@ from .model import (
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 TOP_KEYS = ("supervise", "env", "services")
-SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log")
+SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "kubernetes")
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
-    "watch", "shell", "user", "log",
+    "watch", "shell", "user", "log", "kubernetes",
 )
 LOG_KEYS = ("max_size", "backups", "timestamps")
 RUNTIMES = ("local", "kubernetes")
-#: Runtimes this version can run; "kubernetes" is part of the file format, not yet built.
+#: Runtimes `supervise run` can run. "kubernetes" is checked (`check`) and rendered (`render`,
+#: supervisor.kube), but the daemon has no seam to run it through yet: `run` refuses it.
 AVAILABLE_RUNTIMES = ("local",)
 CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
@@ -79,9 +80,12 @@ def default_config_path() -> Path:
     return Path(os.environ.get("SUPERVISE_CONFIG") or "services.toml")
 
 
-def load(path: str | os.PathLike[str]) -> Desired:
+def load(path: str | os.PathLike[str], *, runtimes: tuple[str, ...] = AVAILABLE_RUNTIMES) -> Desired:
     """Read and validate the config file at ``path``.
 
+    ``runtimes`` are the ``runtime`` values the caller can act on (``check`` and ``render``
+    pass :data:`RUNTIMES`; running defaults to :data:`AVAILABLE_RUNTIMES`, so that a file asking
+    for a cluster is refused rather than run as local processes).
     Raises ConfigError (with every diagnostic) for unreadable files, TOML syntax errors and
     invalid contents.
     """
@@ -90,11 +94,13 @@ def load(path: str | os.PathLike[str]) -> Desired:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Diagnostic(str(path), 0, 0, f"cannot read config: {exc}")]) from None
-    return parse(text, path)
+    return parse(text, path, runtimes=runtimes)
 
 
-def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
-    """Validate config ``text``; ``path`` names it in errors and anchors relative paths."""
+def parse(text: str, path: str | os.PathLike[str] = "services.toml", *,
+          runtimes: tuple[str, ...] = AVAILABLE_RUNTIMES) -> Desired:
+    """Validate config ``text``; ``path`` names it in errors and anchors relative paths;
+    ``runtimes`` as for :func:`load`."""
     import tomlkit  # imported here: the CLI's client verbs never need it (see state_dir_of)
     import tomlkit.exceptions
 
@@ -114,7 +120,7 @@ def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
             line, col = _Locator(text).duplicate()
         message = str(exc).split(" at line ")[0]
         raise ConfigError([Diagnostic(str(path), line, col, f"TOML syntax error: {message}")]) from None
-    return _Validator(document.unwrap(), _Locator(text), path).run()
+    return _Validator(document.unwrap(), _Locator(text), path, runtimes).run()
 
 
 def state_dir_of(path: str | os.PathLike[str]) -> Path:
@@ -219,8 +225,10 @@ class _Locator:
 
 
 class _Validator:
-    def __init__(self, data: dict[str, Any], locator: _Locator, path: Path):
+    def __init__(self, data: dict[str, Any], locator: _Locator, path: Path,
+                 runtimes: tuple[str, ...] = AVAILABLE_RUNTIMES):
         self.data = data
+        self.runtimes = runtimes
         self.locator = locator
         self.path = path
         self.base = path.resolve().parent if str(path) else Path.cwd()
@@ -314,9 +322,15 @@ class _Validator:
             if spec is not None:
                 services[name] = spec
         self.dependencies(services_table, services)
+        kubernetes = None
+        if settings.runtime == "kubernetes" or _mentions_kubernetes(data):
+            from .kube.schema import validate as validate_kubernetes  # its keys, located like ours
+
+            kubernetes = validate_kubernetes(data, self.error)
         if self.diagnostics:
             raise ConfigError(sorted(self.diagnostics, key=lambda d: (d.line, d.col)))
-        return Desired(settings=settings, services=MappingProxyType(services), path=self.path.resolve())
+        return Desired(settings=settings, services=MappingProxyType(services), path=self.path.resolve(),
+                       kubernetes=kubernetes)
 
     def settings(self, table: Any) -> Settings:
         keys = ("supervise",)
@@ -333,11 +347,12 @@ class _Validator:
             if runtime not in RUNTIMES:
                 self.error(keys + ("runtime",), f'"runtime" must be one of {", ".join(RUNTIMES)}, got {runtime!r}{suggest(str(runtime), RUNTIMES)}')
                 runtime = "local"
-            elif runtime not in AVAILABLE_RUNTIMES:
+            elif runtime not in self.runtimes:
                 # Refused rather than quietly run here: a user asking for a cluster must not
                 # get processes on this machine instead.
-                self.error(keys + ("runtime",), f'runtime "{runtime}" is not available in this version '
-                           f'(available: {", ".join(AVAILABLE_RUNTIMES)})')
+                self.error(keys + ("runtime",), f'runtime "{runtime}" cannot be run by this version '
+                           f'(it runs: {", ".join(AVAILABLE_RUNTIMES)}); `supervise check` validates the file '
+                           'and `supervise render` prints its Kubernetes manifests')
                 runtime = "local"
         if "poll" in table:
             poll = self.duration(keys + ("poll",), table["poll"]) or poll
@@ -703,6 +718,14 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
                 state[node] = 2
                 path.pop()
     return None
+
+
+def _mentions_kubernetes(data: dict[str, Any]) -> bool:
+    """Whether the file has a ``kubernetes`` table anywhere (then it is checked on any runtime)."""
+    supervise, services = data.get("supervise"), data.get("services")
+    if isinstance(supervise, dict) and "kubernetes" in supervise:
+        return True
+    return isinstance(services, dict) and any(isinstance(t, dict) and "kubernetes" in t for t in services.values())
 
 
 def _is_local_repository(url: str) -> bool:
