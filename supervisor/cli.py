@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", parents=[common], help="validate the config; exit 2 listing every error")
     sub.add_parser("plan", parents=[common],
                    help="print what a run would do now (against the running supervisor, if any)")
+    render = sub.add_parser("render", parents=[common],
+                            help="print the Kubernetes manifests of the file as YAML (for review or GitOps)")
+    render.add_argument("--tag", metavar="TAG", default=None,
+                        help="image tag of services whose image is pushed to kubernetes.registry (REGISTRY/NAME:TAG)")
     status = sub.add_parser("status", parents=[common, names],
                             help="table of replicas; exit 3 when one asked about is not running")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -93,6 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if verb == "check":
             return cmd_check(path)
+        if verb == "render":
+            from .kube.cli import cmd_render
+
+            return cmd_render(path, args.tag)
+        if verb in ("run", "plan", "status", "logs", "events"):
+            from .kube.cli import runtime_of
+
+            if runtime_of(path) == "kubernetes":  # the cluster answers these, not a local supervisor
+                return cmd_kubernetes(verb, path, args)
         if verb == "plan":
             return cmd_plan(path)
         if verb == "run":
@@ -116,13 +129,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def cmd_kubernetes(verb: str, path: Path, args: argparse.Namespace) -> int:
+    """The verbs of a ``runtime = "kubernetes"`` file (see :mod:`supervisor.kube.cli`)."""
+    from .kube import cli as kube_cli
+
+    if verb == "run":
+        return kube_cli.cmd_run(path, quiet=getattr(args, "quiet", False))
+    if verb == "plan":
+        return kube_cli.cmd_plan(path)
+    if verb == "status":
+        return kube_cli.cmd_status(path, args.services, args.json)
+    if verb == "logs":
+        return kube_cli.cmd_logs(path, args.services, args.lines, args.follow)
+    return kube_cli.cmd_events(path, args.services)
+
+
 def state_dir_of(path: Path) -> Path:
     return config.state_dir_of(path)
 
 
 def cmd_check(path: Path) -> int:
-    """``supervise check``: 0 with a one-line summary, or ConfigError (exit 2)."""
-    desired = config.load(path)
+    """``supervise check``: 0 with a one-line summary, or ConfigError (exit 2). Every runtime
+    of the file format is checked, including ``kubernetes`` and its keys."""
+    desired = config.load(path, runtimes=config.RUNTIMES)
     count = len(desired.services)
     print(f"{path}: ok ({count} service{'s' if count != 1 else ''})")
     return EXIT_OK

@@ -130,7 +130,7 @@ def render_service(spec: ServiceSpec, kube: KubeConfig, version: str | None = No
     image = kube.image(name, version)
     if image is None:
         problems.append(f"services.{name}: has no image for Kubernetes: set kubernetes = {{ image = \"...\" }}"
-                        + (" (or build and push a version to the registry)" if kube.registry else
+                        + (f" (or name the version pushed to {kube.registry}: `supervise render --tag TAG`)" if kube.registry else
                            " or [supervise] kubernetes.registry"))
     security: dict[str, int] = {}
     if spec.user is not None:

@@ -12,7 +12,8 @@ The schema (documented in services.toml(5))::
 
 Every key is optional. ``namespace`` defaults to ``"default"``; ``context`` to the kubeconfig's
 current context; ``progress_deadline`` to 600 s (the Deployment default,
-``progressDeadlineSeconds``). ``users`` maps the user names of ``user = "..."`` to numeric uids
+``progressDeadlineSeconds``); ``interval`` to 5 s between two converge passes of ``supervise
+run``. ``users`` maps the user names of ``user = "..."`` to numeric uids
 (Kubernetes' ``runAsUser`` takes numbers only). A service's image is its ``kubernetes.image``,
 else ``REGISTRY/NAME:VERSION`` once a version is built and pushed.
 
@@ -31,7 +32,7 @@ from typing import Any, Callable, Mapping
 from ..durations import parse_duration
 
 #: Keys of ``[supervise] kubernetes = {...}`` and of a service's ``kubernetes = {...}``.
-SETTINGS_KEYS = ("namespace", "context", "registry", "progress_deadline", "users")
+SETTINGS_KEYS = ("namespace", "context", "registry", "progress_deadline", "users", "interval")
 SERVICE_KEYS = ("image", "ports")
 
 #: RFC 1123 label: what a namespace, a Service name and a container name must be (Kubernetes
@@ -69,6 +70,7 @@ class KubeConfig:
     """``[supervise] kubernetes`` plus every service's ``kubernetes`` table.
 
     ``progress_deadline`` is seconds (a whole number, as ``progressDeadlineSeconds``);
+    ``interval`` seconds between converge passes;
     ``users`` maps user names to uids; ``services`` holds an entry for every service (empty
     :class:`KubeService` where the service has no ``kubernetes`` table).
     """
@@ -77,6 +79,7 @@ class KubeConfig:
     context: str | None = None
     registry: str | None = None
     progress_deadline: int = 600
+    interval: float = 5.0
     users: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     services: Mapping[str, KubeService] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -143,7 +146,7 @@ def validate(data: Mapping[str, Any], error: Error) -> KubeConfig:
             error(keys, 'has no image for Kubernetes: set kubernetes = { image = "..." } here, or '
                         '[supervise] kubernetes.registry to push built images to')
     return KubeConfig(namespace=settings.namespace, context=settings.context, registry=settings.registry,
-                      progress_deadline=settings.progress_deadline, users=settings.users,
+                      progress_deadline=settings.progress_deadline, interval=settings.interval, users=settings.users,
                       services=MappingProxyType(services))
 
 
@@ -176,6 +179,16 @@ def _settings(value: Any, error: Error) -> KubeConfig:
                 error(keys + ("progress_deadline",), '"progress_deadline" must be at least 1s')
             else:
                 result["progress_deadline"] = int(-(-seconds // 1))  # whole seconds, rounded up
+    if "interval" in value:
+        try:
+            seconds = parse_duration(value["interval"])
+        except (ValueError, TypeError) as exc:
+            error(keys + ("interval",), f'"interval": {exc}')
+        else:
+            if seconds < 0.1:
+                error(keys + ("interval",), '"interval" must be at least 100ms')
+            else:
+                result["interval"] = seconds
     if "users" in value:
         users = value["users"]
         if not isinstance(users, dict):
