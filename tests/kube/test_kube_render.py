@@ -203,3 +203,12 @@ def test_yaml_round_trips(tmp_path):
 
     manifests = manifests_to_validate(tmp_path)
     assert list(yaml.safe_load_all(to_yaml(manifests))) == manifests
+
+
+def test_every_kubernetes_key_has_a_man_page_entry():
+    from supervisor.kube import schema
+
+    roff = (Path(__file__).resolve().parents[2] / "man" / "services.toml.5").read_text()
+    section = roff.split(".SH KUBERNETES\n", 1)[1].split("\n.SH ", 1)[0]
+    for key in schema.SETTINGS_KEYS + schema.SERVICE_KEYS:
+        assert f".TP\n.B {key}\n" in section, key
