@@ -163,8 +163,9 @@ class Cluster:
 
         extra = {"tail_lines": tail} if tail is not None else {}
         try:
+            # no read timeout: a quiet pod is not a dead connection
             response = self.core.read_namespaced_pod_log(pod, self.namespace, follow=True, _preload_content=False,
-                                                         _request_timeout=(TIMEOUT[0], None), **extra)
+                                                         **extra)
         except ApiException as exc:
             raise ClusterError(f"{exc.status} {exc.reason}: {_status_message(exc)}") from None
         pending = b""

@@ -37,11 +37,25 @@ class Converger:
     # -- reading ----------------------------------------------------------------------------
 
     def plan(self, desired: Sequence[Mapping[str, Any]]) -> list[policy.Action]:
-        """What a pass would do now, touching nothing (for ``supervise plan``). Raises
+        """What a pass would do now, touching nothing (for ``supervise plan``): each apply is
+        also sent as a server-side dry run (``dryRun=All``), so a conflict with a field manager
+        we cannot see (an object of that name that is not ours) shows as drift. Raises
         :class:`ClusterError` (or :class:`ClusterUnreachable`)."""
+        now = self.clock()
         observed = self.cluster.owned()
-        records = policy.adopt(self.records, desired, observed, self.clock())
-        return policy.decide(desired, observed, records, self.clock())
+        records = policy.adopt(self.records, desired, observed, now)
+        actions = policy.decide(desired, observed, records, now)
+        result = []
+        for action in actions:
+            if action.kind in ("apply", "rollback") and action.manifest is not None:
+                name = action.service or action.target[1]
+                try:
+                    self.cluster.apply(policy.stamped(action.manifest, records.get(name)), dry_run=True)
+                except ApplyConflict as exc:
+                    action = policy.Action("drift", action.target, f"{exc}; not overwritten", service=action.service,
+                                           version=action.version)
+            result.append(action)
+        return result
 
     # -- acting -----------------------------------------------------------------------------
 
@@ -80,10 +94,12 @@ class Converger:
 
     def _act(self, action: policy.Action, now: float) -> None:
         kind, service, version = action.kind, action.service, action.version
+        name = service or action.target[1]
         if kind in ("apply", "rollback"):
             assert action.manifest is not None
-            try:
-                self.cluster.apply(policy.stamped(action.manifest))
+            after = policy.advance(self.records, action, now)
+            try:  # the record after the action rides on the object: a restart keeps it
+                self.cluster.apply(policy.stamped(action.manifest, after.get(name)))
             except ApplyConflict as exc:  # a manager we could not see from managedFields
                 self._report(action, EventType.DRIFT, f"not applied: {exc}")
                 return
@@ -92,7 +108,7 @@ class Converger:
             except ClusterError as exc:
                 self._report(action, EventType.FAILED, f"apply refused: {exc}")
                 return
-            self.records = policy.advance(self.records, action, now)
+            self.records = after
             if kind == "rollback":
                 log.warning("kubernetes: %s %s", action.target[1], action.reason)
                 self.notifier.emit(EventType.ROLLED_BACK, service, version, kind=action.target[0],
@@ -107,7 +123,16 @@ class Converger:
             self.records = policy.advance(self.records, action, now)
             self.notifier.emit(EventType.DELETE, service, version, kind=action.target[0], reason=action.reason)
         elif kind == "available":
-            self.records = policy.advance(self.records, action, now)
+            before = self.records.get(name)
+            after = policy.advance(self.records, action, now)
+            record = after.get(name)
+            if record is not None and record.applied is not None and (before is None or before.good != record.good):
+                try:  # remember the new good spec on the Deployment (metadata only: no rollout)
+                    self.cluster.apply(policy.stamped(record.applied, record))
+                except ApplyConflict as exc:
+                    self._report(action, EventType.DRIFT, f"not applied: {exc}")
+                    return
+            self.records = after
             self._report(action, EventType.READY, action.reason)
         elif kind == "failed":
             self._report(action, EventType.FAILED, action.reason)

@@ -38,6 +38,13 @@ from .render import LABEL_MANAGED_BY, LABEL_NAME, LABEL_VERSION, MANAGED_BY
 
 FIELD_MANAGER = "supervise"
 HASH_ANNOTATION = "supervise/spec-hash"
+#: On a Deployment: the last manifest that became available (JSON), and the spec hash rolled
+#: back from. Kept on the object itself, not on this machine, so that a restarted supervise
+#: rolls back as the one before would have, and nothing of the spec (env values included) is
+#: written anywhere the cluster does not already hold it.
+GOOD_ANNOTATION = "supervise/good-spec"
+FAILED_ANNOTATION = "supervise/failed-hash"
+OUR_ANNOTATIONS = (HASH_ANNOTATION, GOOD_ANNOTATION, FAILED_ANNOTATION)
 #: Seconds past progressDeadlineSeconds after which our own clock calls a rollout failed when
 #: the cluster has not said so (its controller sets the condition within a few seconds).
 GRACE = 10.0
@@ -53,19 +60,42 @@ def key_of(obj: Mapping[str, Any]) -> Key:
 
 
 def spec_hash(manifest: Mapping[str, Any]) -> str:
-    """16 hex digits of the manifest as we would apply it (without the hash annotation)."""
+    """16 hex digits of the manifest as we would apply it (without our own annotations)."""
     clean = json.loads(json.dumps(manifest))
-    clean.get("metadata", {}).get("annotations", {}).pop(HASH_ANNOTATION, None)
-    if not clean.get("metadata", {}).get("annotations", True):
-        clean["metadata"].pop("annotations")
+    annotations = clean.get("metadata", {}).get("annotations")
+    if annotations is not None:
+        for key in OUR_ANNOTATIONS:
+            annotations.pop(key, None)
+        if not annotations:
+            clean["metadata"].pop("annotations")
     return hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def stamped(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``manifest`` carrying its spec hash annotation: what apply sends."""
+def stamped(manifest: Mapping[str, Any], record: "Record | None" = None) -> dict[str, Any]:
+    """A copy of ``manifest`` carrying its spec hash annotation and, for a Deployment, the
+    record's good spec and failed hash: what apply sends (server-side apply removes an
+    annotation we stop sending, so each apply carries all of them)."""
     copy = json.loads(json.dumps(manifest))
-    copy["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = spec_hash(manifest)
+    annotations = copy["metadata"].setdefault("annotations", {})
+    annotations[HASH_ANNOTATION] = spec_hash(manifest)
+    if record is not None and manifest.get("kind") == "Deployment":
+        if record.good is not None:
+            annotations[GOOD_ANNOTATION] = json.dumps(record.good, sort_keys=True, separators=(",", ":"))
+        if record.failed:
+            annotations[FAILED_ANNOTATION] = record.failed
     return copy
+
+
+def remembered(obj: Mapping[str, Any] | None) -> "Record":
+    """The good spec and failed hash an observed Deployment carries (an empty record if none)."""
+    annotations = ((obj or {}).get("metadata", {}).get("annotations") or {})
+    good = None
+    if annotations.get(GOOD_ANNOTATION):
+        try:
+            good = json.loads(annotations[GOOD_ANNOTATION])
+        except ValueError:
+            good = None
+    return Record(good=good, failed=annotations.get(FAILED_ANNOTATION) or None)
 
 
 def applied_hash(obj: Mapping[str, Any] | None) -> str | None:
@@ -257,8 +287,8 @@ def advance(records: Mapping[str, Record], action: Action, now: float) -> dict[s
     if action.target[0] != "Deployment":
         return result
     record = result.get(name, Record())
-    if action.kind == "apply":
-        record = replace(record, applied=action.manifest, applied_at=now, done=False)
+    if action.kind == "apply":  # a new spec: what failed before is forgotten (the file changed)
+        record = replace(record, applied=action.manifest, applied_at=now, done=False, failed=None)
     elif action.kind == "rollback":
         failed = record.applied_hash
         record = replace(record, applied=action.manifest, applied_at=now, done=False, failed=failed)
@@ -279,8 +309,8 @@ def advance(records: Mapping[str, Record], action: Action, now: float) -> dict[s
 def adopt(records: Mapping[str, Record], desired: Sequence[Mapping[str, Any]],
           observed: Sequence[Mapping[str, Any]], now: float) -> dict[str, Record]:
     """Records for Deployments found on the cluster with no record (a restarted supervise):
-    one whose applied hash equals the desired spec counts as applied ``now`` (its deadline
-    starts again; a complete one becomes the good spec on the next :func:`advance`)."""
+    the good spec and failed hash come from the object's annotations; one whose applied hash
+    equals the desired spec counts as applied ``now`` (its deadline starts again)."""
     result = dict(records)
     seen = {key_of(obj): obj for obj in observed}
     for manifest in desired:
@@ -289,8 +319,15 @@ def adopt(records: Mapping[str, Record], desired: Sequence[Mapping[str, Any]],
         if target[0] != "Deployment" or name in result:
             continue
         obj = seen.get(target)
-        if obj is not None and applied_hash(obj) == spec_hash(manifest):
-            result[name] = Record(applied=manifest, applied_at=now)
+        if obj is None:
+            continue
+        record = remembered(obj)
+        current = applied_hash(obj)
+        if current == spec_hash(manifest):
+            record = replace(record, applied=manifest, applied_at=now)
+        elif record.good is not None and current == spec_hash(record.good):
+            record = replace(record, applied=record.good, applied_at=now)
+        result[name] = record
     return result
 
 

@@ -92,6 +92,9 @@ class Backend:
     def deployment(self, name: str) -> dict:
         return self._get(name)
 
+    def names(self, plural: str) -> list[str]:
+        return self.double.names(plural, self.namespace) if self.double else []
+
 
 @pytest.fixture(params=["double", "cluster"])
 def backend(request, tmp_path):
@@ -215,6 +218,42 @@ def test_a_version_that_never_becomes_available_is_rolled_back_and_not_retried(b
     assert [a.kind for a in conv.step(fixed) if a.target[0] == "Deployment"] == ["apply"]
 
 
+def test_a_restarted_supervise_rolls_back_and_holds_as_the_one_before_would(backend, tmp_path):
+    """The good spec and the failed hash ride on the Deployment (annotations), not on this
+    machine: a new Converger with empty records still knows them."""
+    first, events = converger(backend)
+    until_available(first, manifests(tmp_path, backend, "v1"), events, backend)
+    bad = manifests(tmp_path, backend, "v2", broken=True)
+    first.step(bad)
+    backend.expire("api")
+    second, events = converger(backend)  # supervise restarted mid-rollout
+    actions = second.step(bad)
+    assert [(a.kind, a.version) for a in actions] == [("rollback", "v1")]
+    assert backend.deployment("api")["metadata"]["labels"]["app.kubernetes.io/version"] == "v1"
+    until_available(second, bad, events, backend)
+    third, events = converger(backend)  # and again, after the rollback
+    assert [a.kind for a in third.step(bad)] == ["keep", "available"]  # it finds v1 running and good
+    assert [a.kind for a in third.step(bad)] == ["keep"]
+    assert backend.deployment("api")["metadata"]["labels"]["app.kubernetes.io/version"] == "v1"
+
+
+def test_plan_asks_the_server_about_objects_that_are_not_ours(backend, tmp_path):
+    """A Deployment of the same name applied by someone else (no label of ours): only the
+    server knows the conflict; plan's dry run shows it as drift and applies nothing."""
+    from kubernetes import client
+
+    desired = manifests(tmp_path, backend, "v1")
+    theirs = manifests(tmp_path, backend, "v0")[1]
+    theirs["metadata"]["labels"] = {"app": "api"}
+    client.AppsV1Api(backend.api).patch_namespaced_deployment(
+        "api", backend.namespace, theirs, field_manager="helm", _content_type="application/apply-patch+yaml")
+    conv, events = converger(backend)
+    lines = [a.line() for a in conv.plan(desired)]
+    assert lines[0] == "apply Service/api: missing"
+    assert lines[1].startswith('drift Deployment/api: Apply failed with') and 'conflict with "helm"' in lines[1]
+    assert backend.names("services") == [] if backend.double else True  # a dry run stores nothing
+
+
 def test_our_own_clock_rolls_back_when_no_verdict_comes(backend, tmp_path):
     if backend.kind == "cluster":
         pytest.skip("a real controller always gives its verdict; the fallback is for silent ones")
@@ -319,6 +358,8 @@ def test_read_back_status_events_logs_and_the_library_records(backend, tmp_path)
     assert all(r["replica"].startswith("api-") and r["uptime"] is not None for r in rows)
     lines = list(readback.log_lines(backend.cluster, ["api"], tail=1))
     assert [line for _, line in lines] == ["listening", "listening"]
+    pod = rows[0]["replica"]
+    assert list(backend.cluster.follow(pod)) == ["api replica 0 of registry.example/api:v1", "listening"]
     cluster_events = readback.events(backend.cluster.events(), ["api"])
     assert [(e.type.value, e.service, e.data["reason"]) for e in cluster_events] == [("update", "api", "ScalingReplicaSet")]
     [record] = readback.library_services(deployments, backend.cluster.pods())

@@ -177,19 +177,30 @@ def test_advance_records_the_good_and_the_failed_version():
     records = advance(records, Action("apply", ("Deployment", "api"), "new", V2, "api"), 30)
     records = advance(records, Action("rollback", ("Deployment", "api"), "failed", V1, "api"), 100)
     assert records["api"] == Record(applied=V1, applied_at=100, good=V1, failed=policy.spec_hash(V2))
+    fixed = deployment("v3")
+    after = advance(records, Action("apply", ("Deployment", "api"), "new", fixed, "api"), 200)
+    assert after["api"] == Record(applied=fixed, applied_at=200, good=V1)  # the file changed: v2 forgotten
     assert advance(records, Action("delete", ("Deployment", "api"), "gone", service="api"), 110) == {}
     # a Service's actions leave the Deployment's record alone
     assert advance(records, Action("apply", ("Service", "api"), "missing", service(), "api"), 120) == records
 
 
-def test_adopt_after_a_restart_restarts_the_deadline():
+def test_adopt_after_a_restart_restarts_the_deadline_and_reads_what_the_object_remembers():
     records = policy.adopt({}, [V1], [seen(V1, "progressing")], now=500)
     assert records == {"api": Record(applied=V1, applied_at=500)}
-    assert policy.adopt({}, [V2], [seen(V1)], now=500) == {}
+    assert policy.adopt({}, [V2], [seen(V1)], now=500) == {"api": Record()}
+    rolling = policy.stamped(V2, Record(good=V1))
+    rolling["status"] = seen(V2, "failed")["status"]
+    assert policy.adopt({}, [V2], [rolling], now=500) == {"api": Record(applied=V2, applied_at=500, good=V1)}
+    rolled_back = policy.stamped(V1, Record(good=V1, failed=policy.spec_hash(V2)))
+    assert policy.adopt({}, [V2], [rolled_back], now=500) == {
+        "api": Record(applied=V1, applied_at=500, good=V1, failed=policy.spec_hash(V2))}
 
 
-def test_spec_hash_ignores_its_own_annotation():
-    assert policy.spec_hash(policy.stamped(V1)) == policy.spec_hash(V1) != policy.spec_hash(V2)
+def test_spec_hash_ignores_our_own_annotations():
+    record = Record(good=V2, failed="0123456789abcdef")
+    assert policy.spec_hash(policy.stamped(V1, record)) == policy.spec_hash(V1) != policy.spec_hash(V2)
+    assert policy.remembered(policy.stamped(V1, record)) == record
     assert policy.spec_hash(copy.deepcopy(V1)) == policy.spec_hash(V1)
 
 
