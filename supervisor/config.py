@@ -44,8 +44,9 @@ SERVICE_KEYS = (
 )
 LOG_KEYS = ("max_size", "backups", "timestamps")
 RUNTIMES = ("local", "kubernetes")
-#: Runtimes `supervise run` can run. "kubernetes" is checked (`check`) and rendered (`render`,
-#: supervisor.kube), but the daemon has no seam to run it through yet: `run` refuses it.
+#: Runtimes the local supervisor (Daemon, LocalRuntime) runs. A "kubernetes" file is checked
+#: (`check`), rendered (`render`) and run by supervisor.kube's own converge loop (`supervise run`
+#: dispatches there before any Daemon exists); a running local supervisor refuses a reload to it.
 AVAILABLE_RUNTIMES = ("local",)
 CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
@@ -362,9 +363,9 @@ class _Validator:
             elif runtime not in self.runtimes:
                 # Refused rather than quietly run here: a user asking for a cluster must not
                 # get processes on this machine instead.
-                self.error(keys + ("runtime",), f'runtime "{runtime}" cannot be run by this version '
-                           f'(it runs: {", ".join(AVAILABLE_RUNTIMES)}); `supervise check` validates the file '
-                           'and `supervise render` prints its Kubernetes manifests')
+                self.error(keys + ("runtime",), f'runtime "{runtime}" is not run by a local supervisor '
+                           f'(it runs: {", ".join(self.runtimes)}); start `supervise run` anew to converge the '
+                           'cluster, or `supervise render` to print the manifests')
                 runtime = "local"
         if "poll" in table:
             poll = self.duration(keys + ("poll",), table["poll"]) or poll

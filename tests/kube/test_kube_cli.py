@@ -122,3 +122,22 @@ def test_run_converges_the_cluster_until_sigterm(double, tmp_path):
     text = log.read_text()
     assert "create web 1: missing" in text and "update web 1: spec changed" in text
     assert double.names("deployments") == ["web"]  # the cluster's objects outlive the loop
+
+
+def test_events_prints_the_clusters_events_as_json_lines(double, tmp_path):
+    path = write(tmp_path)
+    from supervisor.kube.cli import manifests
+    from supervisor.kube.cluster import Cluster, connect
+    from supervisor.kube.converge import Converger
+
+    Converger(Cluster(connect(), "default")).step(manifests(path)[0])
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "events", "--config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        event = json.loads(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 130
+        proc.stdout.close(), proc.stderr.close()
+    assert (event["type"], event["service"], event["reason"]) == ("update", "web", "ScalingReplicaSet")
+    assert event["object"] == "Deployment/web" and event["message"].startswith("Scaled up replica set web-")

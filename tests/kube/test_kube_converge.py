@@ -251,7 +251,8 @@ def test_plan_asks_the_server_about_objects_that_are_not_ours(backend, tmp_path)
     lines = [a.line() for a in conv.plan(desired)]
     assert lines[0] == "apply Service/api: missing"
     assert lines[1].startswith('drift Deployment/api: Apply failed with') and 'conflict with "helm"' in lines[1]
-    assert backend.names("services") == [] if backend.double else True  # a dry run stores nothing
+    if backend.double:
+        assert backend.names("services") == []  # a dry run stores nothing
 
 
 def test_our_own_clock_rolls_back_when_no_verdict_comes(backend, tmp_path):

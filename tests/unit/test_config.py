@@ -98,8 +98,8 @@ def test_kubernetes_runtime_is_refused_not_run_locally(tmp_path):
     with pytest.raises(ConfigError) as error:
         config.load(path)
     assert [d.message for d in error.value.diagnostics] == [
-        'runtime "kubernetes" cannot be run by this version (it runs: local); `supervise check` validates '
-        'the file and `supervise render` prints its Kubernetes manifests']
+        'runtime "kubernetes" is not run by a local supervisor (it runs: local); start `supervise run` anew '
+        'to converge the cluster, or `supervise render` to print the manifests']
     # check and render accept it
     assert config.load(path, runtimes=config.RUNTIMES).settings.runtime == "kubernetes"
 
