@@ -82,13 +82,17 @@ def _calling(what: str, call, *args, **kwargs):
         raise CliError(f"{what}: {exc}") from None
 
 
-def cmd_plan(path: Path) -> int:
-    """``supervise plan`` against the cluster: one action and its reason a line (drift too)."""
+def cmd_plan(path: Path, as_json: bool = False) -> int:
+    """``supervise plan`` against the cluster: one action and its reason a line (drift too);
+    ``--json``: ``{"ok": true, "against": "cluster", "actions": [line, ...]}``."""
     from .converge import Converger
 
     objects, kube, _ = manifests(path)
     cluster = _cluster(kube)
     actions = _calling("plan", Converger(cluster).plan, objects)
+    if as_json:
+        print(json.dumps({"ok": True, "against": "cluster", "actions": [a.line() for a in actions]}, indent=2))
+        return 0
     for action in actions:
         print(action.line())
     if not actions:

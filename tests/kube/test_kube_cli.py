@@ -90,8 +90,10 @@ def test_plan_status_and_logs_read_the_cluster(double, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and all(line.startswith("web-") and line.endswith(" | listening") for line in out)
     double.edit("deployments", "web", {"spec": {"replicas": 4}})
-    assert cli.main(["plan", "--config", str(path)]) == 0
-    assert "drift Deployment/web: edited outside supervise (kubectl-edit changed spec.replicas)" in capsys.readouterr().out
+    assert cli.main(["plan", "--json", "--config", str(path)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["against"] == "cluster" and plan["actions"] == [
+        "drift Deployment/web: edited outside supervise (kubectl-edit changed spec.replicas); not overwritten"]
 
 
 def test_an_unreachable_cluster_is_one_line(tmp_path, monkeypatch, capsys):
