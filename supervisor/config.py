@@ -42,19 +42,23 @@ _INDEX_URL = re.compile(r"^(https?|file)://\S+$")
 NAME_MAX, PATH_MAX = 255, 4095
 
 TOP_KEYS = ("supervise", "env", "services")
-SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "docker_host")
+SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "kubernetes", "docker_host")
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
-    "watch", "shell", "user", "log", "runtime", "ports", "volumes",
+    "watch", "shell", "user", "log", "kubernetes", "runtime", "ports", "volumes",
 )
 LOG_KEYS = ("max_size", "backups", "timestamps")
 SOURCE_KEYS = ("git", "ref", "poll", "path", "pip", "index", "extra_index", "image")
 IMAGE_BUILD_KEYS = ("dockerfile", "context")
 RUNTIMES = ("local", "container", "kubernetes")
-#: Runtimes this version can run; "container" and "kubernetes" are part of the file format
-#: (checked in full), not yet run: the container executor (executors/container.py) waits for
-#: the engine to route services to it.
+#: Runtimes nothing in this version runs yet: checked in full (their keys too), then refused with
+#: one located error. The container executor (executors/container.py) waits for the engine to
+#: route services to it.
+UNAVAILABLE_RUNTIMES = ("container",)
+#: Runtimes the local supervisor (Daemon, LocalRuntime) runs. A "kubernetes" file is checked
+#: (`check`), rendered (`render`) and run by supervisor.kube's own converge loop (`supervise run`
+#: dispatches there before any Daemon exists); a running local supervisor refuses a reload to it.
 AVAILABLE_RUNTIMES = ("local",)
 CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
@@ -114,9 +118,12 @@ def default_config_path() -> Path:
     return Path(os.environ.get("SUPERVISE_CONFIG") or "services.toml")
 
 
-def load(path: str | os.PathLike[str]) -> Desired:
+def load(path: str | os.PathLike[str], *, runtimes: tuple[str, ...] = AVAILABLE_RUNTIMES) -> Desired:
     """Read and validate the config file at ``path``.
 
+    ``runtimes`` are the ``runtime`` values the caller can act on (``check`` and ``render``
+    pass :data:`RUNTIMES`; running defaults to :data:`AVAILABLE_RUNTIMES`, so that a file asking
+    for a cluster is refused rather than run as local processes).
     Raises ConfigError (with every diagnostic) for unreadable files (also a FIFO, a device or
     a file over :data:`MAX_FILE_BYTES`: never read), TOML syntax errors and invalid contents.
     Nothing else escapes: an unexpected failure is a ConfigError naming the file.
@@ -134,7 +141,7 @@ def load(path: str | os.PathLike[str]) -> Desired:
         col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
         raise ConfigError([Diagnostic(str(path), line, col, f"the file is not UTF-8 text: {exc.reason} "
                                       f"(byte 0x{data[exc.start]:02x})")]) from None
-    return parse(text, path)
+    return parse(text, path, runtimes=runtimes)
 
 
 #: Larger config files are refused unread: tomlkit parses about 300 kB/s, and a reload must
@@ -173,14 +180,16 @@ def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
         os.close(fd)
 
 
-def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
-    """Validate config ``text``; ``path`` names it in errors and anchors relative paths.
+def parse(text: str, path: str | os.PathLike[str] = "services.toml", *,
+          runtimes: tuple[str, ...] = AVAILABLE_RUNTIMES) -> Desired:
+    """Validate config ``text``; ``path`` names it in errors and anchors relative paths;
+    ``runtimes`` as for :func:`load`.
 
     Raises ConfigError and nothing else: a failure the validation did not foresee (a bug) is
     reported as a ConfigError naming the file, so that a bad file can never stop a supervisor.
     """
     try:
-        return _parse(text, Path(path))
+        return _parse(text, Path(path), runtimes)
     except ConfigError:
         raise
     except (Exception, RecursionError) as exc:  # noqa: BLE001 - the last line of defence
@@ -188,7 +197,7 @@ def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
         raise ConfigError([Diagnostic(str(path), 0, 0, message)]) from None
 
 
-def _parse(text: str, path: Path) -> Desired:
+def _parse(text: str, path: Path, runtimes: tuple[str, ...]) -> Desired:
     import tomlkit  # imported here: the CLI's client verbs never need it (see state_dir_of)
     import tomlkit.exceptions
 
@@ -212,7 +221,7 @@ def _parse(text: str, path: Path) -> Desired:
         raise ConfigError([Diagnostic(str(path), line, col, f"TOML syntax error: {message}")]) from None
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a date tomlkit cannot hold
         raise ConfigError([Diagnostic(str(path), 0, 0, f"TOML syntax error: {exc}")]) from None
-    return _Validator(data, _Locator(text), path).run()
+    return _Validator(data, _Locator(text), path, runtimes).run()
 
 
 def state_dir_of(path: str | os.PathLike[str]) -> Path:
@@ -414,8 +423,10 @@ def _string_lines(text: str) -> set[int]:
 
 
 class _Validator:
-    def __init__(self, data: dict[str, Any], locator: _Locator, path: Path):
+    def __init__(self, data: dict[str, Any], locator: _Locator, path: Path,
+                 runtimes: tuple[str, ...] = AVAILABLE_RUNTIMES):
         self.data = data
+        self.runtimes = runtimes
         self.locator = locator
         self.path = path
         self.base = path.resolve().parent if str(path) else Path.cwd()
@@ -573,12 +584,18 @@ class _Validator:
             if spec is not None:
                 services[name] = spec
         self.dependencies(services_table, services)
+        kubernetes = None
+        if settings.runtime == "kubernetes" or _mentions_kubernetes(data):
+            from .kube.schema import validate as validate_kubernetes  # its keys, located like ours
+
+            kubernetes = validate_kubernetes(data, self.error)
         if self.diagnostics:
             found = sorted(self.diagnostics, key=lambda d: (d.line, d.col))
             if self.dropped:
                 found.append(Diagnostic(str(self.path), 0, 0, f"... and {self.dropped} more errors"))
             raise ConfigError(found)
-        return Desired(settings=settings, services=MappingProxyType(services), path=self.path.resolve())
+        return Desired(settings=settings, services=MappingProxyType(services), path=self.path.resolve(),
+                       kubernetes=kubernetes)
 
     def settings(self, table: Any) -> Settings:
         keys = ("supervise",)
@@ -595,11 +612,16 @@ class _Validator:
             if runtime not in RUNTIMES:
                 self.error(keys + ("runtime",), f'"runtime" must be one of {", ".join(RUNTIMES)}, got {_show(runtime)}{self.suggest(str(runtime), RUNTIMES)}')
                 runtime = "local"
-            elif runtime not in AVAILABLE_RUNTIMES:
+            elif runtime in UNAVAILABLE_RUNTIMES:
+                self.error(keys + ("runtime",), "containers are not available in this version yet (runtime "
+                           f'"{runtime}"): nothing runs from this file')
+                runtime = "local"
+            elif runtime not in self.runtimes:
                 # Refused rather than quietly run here: a user asking for a cluster must not
                 # get processes on this machine instead.
-                self.error(keys + ("runtime",), f'runtime "{runtime}" is not available in this version '
-                           f'(available: {", ".join(AVAILABLE_RUNTIMES)})')
+                self.error(keys + ("runtime",), f'runtime "{runtime}" is not run by a local supervisor '
+                           f'(it runs: {", ".join(self.runtimes)}); start `supervise run` anew to converge the '
+                           'cluster, or `supervise render` to print the manifests')
                 runtime = "local"
         if "poll" in table:
             poll = self.duration(keys + ("poll",), table["poll"]) or poll
@@ -882,7 +904,7 @@ class _Validator:
     def container(self, keys: tuple[str, ...], table: dict[str, Any], source: SourceSpec | None) -> None:
         """``runtime``, ``ports``, ``volumes``, and whether the service is a container (an image
         source or a Dockerfile build implies it). Checked in full, then refused with one located
-        error while containers are not available (AVAILABLE_RUNTIMES)."""
+        error while containers are not available (UNAVAILABLE_RUNTIMES)."""
         from .executors.container import parse_port, parse_volume
 
         runtime, runtime_key = getattr(self, "global_runtime", "local"), None
@@ -921,12 +943,15 @@ class _Validator:
                     self.error(keys + (key,), str(exc))
             if runtime != "container":
                 self.error(keys + (key,), f'"{key}" applies to containers: add runtime = "container" or use an image source')
-        if runtime_key is not None and runtime not in AVAILABLE_RUNTIMES:
+        file_runtime = getattr(self, "global_runtime", "local")
+        if runtime_key is not None and runtime in UNAVAILABLE_RUNTIMES:
             # Refused rather than run wrongly: this version cannot start containers yet, and a
             # user asking for a container must not get a process on this machine instead.
-            what = "containers are" if runtime == "container" else f'runtime "{runtime}" is'
-            self.error(runtime_key, f"{what} not available in this version yet (available: "
-                       f'{", ".join(AVAILABLE_RUNTIMES)}): nothing of this service runs')
+            self.error(runtime_key, 'containers are not available in this version yet (runtime "container"): '
+                       "nothing of this service runs")
+        elif runtime_key is not None and runtime != file_runtime:
+            self.error(runtime_key, f'runtime "{runtime}" in a file whose runtime is "{file_runtime}": a file '
+                       "mixing runtimes is not supported yet")
 
     def local_source(self, keys: tuple[str, ...], value: str) -> SourceSpec | None:
         path = self.path_value(keys, value, "source folder")
@@ -1159,6 +1184,14 @@ def _exists(path: Path, folder: bool = False) -> bool:
 def _cut(text: str, limit: int = 120) -> str:
     """``text`` cut to ``limit`` characters, for messages."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _mentions_kubernetes(data: dict[str, Any]) -> bool:
+    """Whether the file has a ``kubernetes`` table anywhere (then it is checked on any runtime)."""
+    supervise, services = data.get("supervise"), data.get("services")
+    if isinstance(supervise, dict) and "kubernetes" in supervise:
+        return True
+    return isinstance(services, dict) and any(isinstance(t, dict) and "kubernetes" in t for t in services.values())
 
 
 def _is_local_repository(url: str) -> bool:

@@ -2,7 +2,7 @@
 
 ``podman system service`` runs once per test session on a socket in a temp dir, with its own
 ``containers.conf`` (runc: crun fails on this machine's hybrid cgroups; lowered default ulimits;
-events in a file) and its own storage root, run root and tmpdir under the same temp dir, so the
+events in a file) and its own storage root, run root, tmpdir and network config folder under the same temp dir, so the
 tests share no state with other users of the machine. It is stopped by pid at the end, and its
 storage removed.
 
@@ -68,7 +68,7 @@ def podman_engine():
     env = {k: v for k, v in os.environ.items() if k != MARK}
     env["CONTAINERS_CONF"] = str(conf)
     argv = [podman, "--root", str(root / "storage"), "--runroot", str(root / "run"), "--tmpdir", str(root / "tmp"),
-            "--storage-driver", "vfs", "system", "service", "--time=0", f"unix://{socket}"]
+            "--network-config-dir", str(root / "net"), "--storage-driver", "vfs", "system", "service", "--time=0", f"unix://{socket}"]
     log = open(root / "service.log", "wb")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)

@@ -94,10 +94,14 @@ def test_settings_defaults_and_values(tmp_path):
 
 
 def test_kubernetes_runtime_is_refused_not_run_locally(tmp_path):
+    path = write(tmp_path, '[supervise]\nruntime = "kubernetes"\n[services]\n')
     with pytest.raises(ConfigError) as error:
-        config.load(write(tmp_path, '[supervise]\nruntime = "kubernetes"\n'))
+        config.load(path)
     assert [d.message for d in error.value.diagnostics] == [
-        'runtime "kubernetes" is not available in this version (available: local)']
+        'runtime "kubernetes" is not run by a local supervisor (it runs: local); start `supervise run` anew '
+        'to converge the cluster, or `supervise render` to print the manifests']
+    # check and render accept it
+    assert config.load(path, runtimes=config.RUNTIMES).settings.runtime == "kubernetes"
 
 
 def test_services_keep_file_order(tmp_path):

@@ -151,3 +151,15 @@ def test_docker_host_setting(tmp_path):
     (tmp_path / "services.toml").write_text('[supervise]\ndocker_host = "unix:///run/podman/podman.sock"\n'
                                             '[services.w]\ncommand = ["x"]\n')
     assert config.load(tmp_path / "services.toml").settings.docker_host == "unix:///run/podman/podman.sock"
+
+
+def test_container_runtime_is_refused_even_where_every_runtime_is_checked(tmp_path):
+    """`check` and `render` accept every runtime they can act on; containers are none of those."""
+    text = '[supervise]\nruntime = "container"\n[services.w]\ncommand = ["x"]\n'
+    with pytest.raises(config.ConfigError) as failure:
+        config.parse(text, tmp_path / "services.toml", runtimes=config.RUNTIMES)
+    [found] = failure.value.diagnostics
+    assert found.line == 2 and "containers are not available" in found.message
+    mixed = '[services.w]\nruntime = "kubernetes"\ncommand = ["x"]\n'
+    with pytest.raises(config.ConfigError, match="mixing runtimes is not supported"):
+        config.parse(mixed, tmp_path / "services.toml", runtimes=config.RUNTIMES)
