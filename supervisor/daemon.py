@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import fcntl
+import hashlib
 import logging
 import os
 import signal
+import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, logs, procs
+from . import __version__, config, logs, procs, safefs
 from .config import ConfigError
-from .control import lock_path, socket_path
+from .control import LOCK_NAME, lock_path, socket_path
 from .control.server import ControlServer, send
 from .durations import format_duration
 from .events import Event, EventType, Notifier
@@ -37,23 +41,78 @@ WATCH_STORM_COUNT = 5
 WATCH_STORM_WINDOW = 60.0
 
 
+#: Seconds between checks that STATE_DIR is still there (one lstat each).
+STATE_DIR_CHECK = 1.0
+
+
+def check_state_dir(state_dir: Path, desired: Desired) -> None:
+    """Refuse (``safefs.UnsafeStateDir``) a STATE_DIR that is not ours, or that lies inside a
+    folder one of the ``user =`` services could write (it could swap the folder for its own)."""
+    safefs.ensure_dir(state_dir)
+    for user in sorted({s.user for s in desired.services.values() if s.user}):
+        safefs.check_not_writable_by(state_dir, user)
+
+
 class AlreadyRunning(Exception):
     """Another supervisor holds the state dir's lock. The message names its pid."""
 
 
 class StateLock:
-    """An exclusive ``flock`` on ``STATE_DIR/supervise.lock`` for the life of the process.
+    """One supervisor per state dir, for the life of the process, held two ways:
 
-    The kernel drops it when we die, however we die, so a stale lock never blocks a restart.
+    - an abstract Unix socket named after the state dir's real path (``@supervise-HASH``): the
+      kernel holds the name while we live and frees it when we die, however we die, and no
+      one can remove it from the file system (a STATE_DIR deleted under a running supervisor
+      must not let a second one start on a new, empty folder of the same name);
+    - an exclusive ``flock`` on ``STATE_DIR/supervise.lock`` (opened ``O_NOFOLLOW`` relative to
+      an fd on the folder, never through a symlink), which also records our pid for the
+      message another supervisor prints.
+
+    Raises :class:`AlreadyRunning`, or ``safefs.UnsafeStateDir`` when the folder is not ours.
     """
 
     def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
         self.path = lock_path(state_dir)
         self.fd: int | None = None
+        self.dir_fd: int | None = None
+        self.anchor: socket.socket | None = None
+
+    def _anchor_name(self) -> bytes:
+        real = os.path.realpath(self.state_dir)
+        return b"\0supervise-" + hashlib.sha256(os.fsencode(real)).hexdigest()[:40].encode()
+
+    def _other_pid(self) -> str:
+        try:
+            return safefs.read_regular(self.state_dir, LOCK_NAME, 64).decode(errors="replace").strip() or "?"
+        except (OSError, safefs.UnsafeStateDir):
+            return "?"
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        safefs.ensure_dir(self.state_dir)
+        anchor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            anchor.bind(self._anchor_name())
+        except OSError as exc:
+            anchor.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise AlreadyRunning(f"another supervise (pid {self._other_pid()}) is running on "
+                                 f"{self.state_dir}") from None
+        self.anchor = anchor
+        try:
+            self._lock_file()
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock_file(self) -> None:
+        self.dir_fd = safefs.open_dir(self.state_dir)
+        fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            os.close(fd)
+            raise safefs.UnsafeStateDir(f"{self.path} is not a plain file of ours; refusing to use it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -62,12 +121,38 @@ class StateLock:
             raise AlreadyRunning(f"another supervise (pid {other}) is running on {self.path.parent}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
-            self.fd = None
+        self.fd = fd
+
+    def gone(self) -> bool:
+        """True when STATE_DIR was removed or replaced since we locked it."""
+        if self.dir_fd is None:
+            return False
+        try:
+            st = os.lstat(self.state_dir)
+        except OSError:
+            return True
+        held = os.fstat(self.dir_fd)
+        return (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino) or held.st_nlink == 0
+
+    def recreate(self) -> None:
+        """Make STATE_DIR and the lock file again after they were removed (we still hold the
+        kernel's name, so no second supervisor could start meanwhile)."""
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+        safefs.ensure_dir(self.state_dir)
+        self._lock_file()
+
+    def release(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self.dir_fd = None
+        if self.anchor is not None:
+            self.anchor.close()
+            self.anchor = None
 
 
 class Daemon:
@@ -94,6 +179,7 @@ class Daemon:
         self.source_watcher: SourceWatcher | None = None
         self.poller: GitPoller | None = None
         self.control: ControlServer | None = None
+        self.state_dir_check: asyncio.TimerHandle | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -313,6 +399,7 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        check_state_dir(self.state_dir, self.desired)
         self.lock.acquire()
         try:
             return await self._run(loop)
@@ -336,6 +423,7 @@ class Daemon:
                                 lambda name, commit: loop.call_soon(self.on_new_commit, name, commit),
                                 self.on_poll_error)
         self._watch(self.desired)
+        self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -364,6 +452,8 @@ class Daemon:
         stopper.cancel()
         await asyncio.gather(runner, stopper, return_exceptions=True)
         await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
+        if self.state_dir_check is not None:
+            self.state_dir_check.cancel()
         self.file_watcher.stop()
         self.source_watcher.stop()
         self.poller.stop()
@@ -379,6 +469,27 @@ class Daemon:
             loop.remove_signal_handler(sig)
         log.info("detached" if self.detaching else "stopped")
         return 1 if failed else 0
+
+    def _check_state_dir(self) -> None:
+        """Every :data:`STATE_DIR_CHECK` s: if STATE_DIR was removed (or replaced) under us,
+        make it again with the lock, the control socket, the logs and the state records, and
+        say so. (The kernel-held lock name keeps a second supervisor out meanwhile.)"""
+        loop = asyncio.get_running_loop()
+        self.state_dir_check = None
+        try:
+            if self.lock.gone() and not self.reconciler.stopping:
+                log.warning("state dir %s was removed or replaced under the running supervisor: recreating "
+                            "its lock, control socket, logs and state records (services keep running)",
+                            self.state_dir)
+                self.lock.recreate()
+                self.reconciler.recreate_state_dir()
+                if self.control is not None:
+                    loop.create_task(self.control.restart())
+                log.warning("state dir %s recreated", self.state_dir)
+        except (OSError, safefs.UnsafeStateDir) as exc:
+            log.error("state dir %s is gone and cannot be recreated: %s (retrying)", self.state_dir, exc)
+        if self.stop_event is None or not self.stop_event.is_set():
+            self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
     def on_stop_signal(self) -> None:
         """SIGINT/SIGTERM: stop gracefully; a second one while stopping: SIGKILL everything now

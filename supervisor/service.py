@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import health, logs, procs, state
+from . import health, logs, procs, safefs, state
 from .backoff import BackoffState, StartLimiter
 from .builds import Artifact
 from .environ import command_argv, replica_env
@@ -506,7 +506,7 @@ class ServiceController:
 
     def _spawn(self, replica: Replica, reason: str) -> None:
         spec, artifact = replica.launch.spec, replica.launch.artifact
-        env = replica_env(self.name, spec.environment, replica.index)
+        env = replica_env(self.name, spec.environment, replica.index, user=spec.user)
         env["SUPERVISE_VERSION"] = artifact.version
         argv = command_argv(spec.command, spec.shell, env)
         cwd = artifact.workdir / spec.cwd
@@ -518,11 +518,19 @@ class ServiceController:
             self._start_failed(replica, artifact.version, message)
             return
         try:
+            if spec.user:
+                safefs.check_not_writable_by(self.state_dir, spec.user)
             handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=child_fd, user=spec.user,
-                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}.{os.urandom(4).hex()}")
+                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}.{os.urandom(4).hex()}",
+                                 tag=procs.state_tag(self.state_dir))
+        except safefs.UnsafeStateDir as exc:
+            os.close(read_fd)
+            _unlink(fifo)
+            self._start_failed(replica, artifact.version, str(exc))
+            return
         except procs.SpawnError as exc:
             os.close(read_fd)
-            os.unlink(fifo)
+            _unlink(fifo)
             self._start_failed(replica, artifact.version, str(exc))
             return
         finally:
@@ -573,7 +581,7 @@ class ServiceController:
         self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
         self._set_phase(replica, Phase.RUNNING)
         self._task(replica, self._watch(replica, handle))
-        env = replica_env(self.name, spec.environment, index)
+        env = replica_env(self.name, spec.environment, index, user=spec.user)
         if spec.ready is not None:
             self._task(replica, self._readiness(replica, handle, env))
         if spec.live is not None:
@@ -656,7 +664,8 @@ class ServiceController:
         assert check is not None
         await asyncio.sleep(float(check["start_period"]))  # type: ignore[arg-type]
         while handle.running and replica.handle is handle:
-            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd)):
+            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd),
+                                  user=replica.launch.spec.user):
                 if replica.handle is handle and handle.running:
                     replica.ready = True  # probation still runs its course: ready, then crashing, is bad
                     self._set_phase(replica, Phase.READY)
@@ -672,7 +681,8 @@ class ServiceController:
         failures = 0
         while handle.running and replica.handle is handle:
             await asyncio.sleep(float(check["interval"]))  # type: ignore[arg-type]
-            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd)):
+            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd),
+                                  user=replica.launch.spec.user):
                 failures = 0
                 continue
             failures += 1

@@ -16,6 +16,8 @@ import struct
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from .. import safefs
+
 log = logging.getLogger("supervise")
 
 Handler = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[dict[str, Any] | None]]
@@ -44,8 +46,7 @@ class ControlServer:
 
     async def start(self) -> None:
         """Listen on the socket (0600 in a 0700 folder; a stale socket file is replaced)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.path.parent, 0o700)
+        safefs.ensure_dir(self.path.parent)
         try:
             self.path.unlink()  # stale, from a supervisor that died; we hold the lock
         except FileNotFoundError:
@@ -56,6 +57,14 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+
+    async def restart(self) -> None:
+        """Listen again on a new socket file (ours was removed with the state dir); open
+        connections stay."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        await self.start()
 
     async def close(self) -> None:
         """Stop listening, end open connections, remove the socket file."""

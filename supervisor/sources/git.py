@@ -21,6 +21,7 @@ from typing import Iterator
 import git
 
 from . import SourceError
+from .. import safefs
 from ..model import SourceSpec
 
 GIT_TIMEOUT = 120.0  # seconds for any one git command
@@ -60,7 +61,7 @@ class GitSource:
             if path.exists():
                 repo = git.Repo(path)
             else:
-                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name)
                 repo = git.Repo.init(path, bare=True)
         except (git.GitError, OSError) as exc:
             raise SourceError(f"cannot open {path}: {exc}") from None
@@ -125,7 +126,7 @@ class GitSource:
             return path
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
-        self.versions.mkdir(parents=True, exist_ok=True)
+        safefs.ensure_dir(self.versions)
         with self._repo() as repo:
             try:
                 repo.git.worktree("prune")
