@@ -108,7 +108,12 @@ class StateLock:
 
     def _lock_file(self) -> None:
         self.dir_fd = safefs.open_dir(self.state_dir)
-        fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
+        try:
+            fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.dir_fd)
+        except OSError as exc:
+            raise safefs.UnsafeStateDir(f"{self.path}: {exc.strerror} (a symlink or another planted file?); "
+                                        "refusing to use it") from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
             os.close(fd)
@@ -167,6 +172,7 @@ class Daemon:
         self.console_out = logs.Console() if console else None
         self.unit = UnitReporter.from_environ()  # sd_notify(3); a no-op outside systemd
         self.reconciler = Reconciler(desired, self.notifier, on_change=self.unit.changed, console=self.console_out)
+        self.reconciler.background_fetches = True  # a slow remote holds its own service only
         self.unit.attach(self.reconciler)
         self.lock = StateLock(self.state_dir)
         self.stop_event: asyncio.Event | None = None
@@ -450,6 +456,7 @@ class Daemon:
                  else "stopping every service")
         runner.cancel()
         stopper.cancel()
+        self.reconciler.cancel_fetches()  # before the pass in progress is awaited
         await asyncio.gather(runner, stopper, return_exceptions=True)
         await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
         if self.state_dir_check is not None:

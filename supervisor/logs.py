@@ -38,6 +38,7 @@ from watchdog.observers import Observer
 
 from . import safefs
 from .model import LogPolicy
+from .redaction import redact
 from .term import use_colour
 
 COLOURS = (36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96)
@@ -319,7 +320,7 @@ class LogSink:
     def note(self, text: str) -> None:
         """A supervisor note in the log file: ``[supervise TIME] text`` (on a line of its own;
         not echoed to the console, where our own log line says the same)."""
-        line = f"[supervise {time.strftime('%Y-%m-%dT%H:%M:%S')}] {text}\n".encode("utf-8", "replace")
+        line = f"[supervise {time.strftime('%Y-%m-%dT%H:%M:%S')}] {redact(text)}\n".encode("utf-8", "replace")
         if self.mid_line:
             line = b"\n" + line
         console, tees, self.console, self.tees = self.console, self.tees, None, []

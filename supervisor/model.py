@@ -14,6 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
+from .redaction import redact
+
 
 class Phase(str, enum.Enum):
     """Life-cycle phase of a service or a replica (DESIGN.md vocabulary)."""
@@ -80,9 +82,10 @@ class SourceSpec:
     poll: float | None = None
 
     def describe(self) -> str:
-        """``git URL@REF`` or the folder, for messages and status."""
+        """``git URL@REF`` or the folder, for messages and status (credentials in the URL
+        redacted: redaction.redact)."""
         if self.kind == "git":
-            return f"git {self.url}@{self.ref}"
+            return f"git {redact(str(self.url))}@{self.ref}"
         return str(self.path)
 
 

@@ -680,3 +680,25 @@ def too_many_files() -> str:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return (f"too many open files (limit {soft}): each replica needs 2; raise the hard limit "
             "(LimitNOFILE= in the systemd unit, ulimit -Hn)")
+
+
+def kill_git_children() -> list[int]:
+    """SIGKILL every ``git`` process that is a direct child of ours (GitPython's commands),
+    with all its descendants (remote helpers, ssh). Returns the pids. Used at shutdown: git's
+    own timeout would otherwise keep us waiting on a remote that never answers."""
+    killed = []
+    for pid in _children_of(os.getpid()):
+        try:
+            process = psutil.Process(pid)
+            if os.path.basename(process.cmdline()[0] if process.cmdline() else "") != "git":
+                continue
+            tree = [process, *descendants(pid)]
+        except (psutil.Error, OSError, IndexError):
+            continue
+        for member in reversed(tree):
+            try:
+                member.kill()
+                killed.append(member.pid)
+            except psutil.Error:
+                pass
+    return killed

@@ -30,6 +30,8 @@ log = logging.getLogger("supervise")
 
 #: Builds and fetches that may run at once (the machines we target have few cores).
 PREPARE_CONCURRENCY = 4
+#: Seconds a pass waits for a git fetch before it goes on without that service.
+FETCH_WAIT = 2.0
 
 
 def dependency_levels(specs: Mapping[str, ServiceSpec]) -> list[list[str]]:
@@ -65,6 +67,10 @@ class Reconciler:
         self.stopping = False
         #: Plans applied so far; ``on_change`` is called after each (0: not converged once yet).
         self.applied = 0
+        #: Git fetches (and the builds after them) run as tasks of their own, not held by a
+        #: pass (the daemon, whose run loop picks their results up; see _prepare_in_background).
+        self.background_fetches = False
+        self.pending: dict[str, tuple[str, asyncio.Task]] = {}
 
     async def start(self) -> None:
         """Set up the reaper (SIGCHLD), the state dir and, where possible, a cgroup."""
@@ -262,6 +268,34 @@ class Reconciler:
                                  lookup=self.controllers.get, changed=self.on_change,
                                  sink=self.logs.sink(spec.name, spec.log), cgroup_parent=self.cgroup_parent)
 
+    async def _prepare_in_background(self, spec: ServiceSpec, protect: set[str]) -> Artifact | None:
+        """For a git source: run the fetch and build as a task of its own, and wait for it at
+        most :data:`FETCH_WAIT` s (not at all when an earlier pass already waited): a remote
+        that never answers then holds this one service in ``fetching``, never the whole pass
+        (other services' starts, restarts and reloads). When the task ends, another pass is
+        asked for, and picks its result up here. Returns None while it runs."""
+        assert self.preparer is not None
+        name = spec.name
+        key = repr((spec.source, spec.build, spec.environment, self.revisions.get(name)))
+        pending = self.pending.get(name)
+        if pending is not None and pending[0] != key:
+            pending[1].cancel()
+            pending = None
+        waited = pending is not None
+        if pending is None:
+            task = asyncio.get_running_loop().create_task(self.preparer.prepare(spec, protect))
+            task.add_done_callback(lambda _t: self.request())
+            pending = self.pending[name] = (key, task)
+        task = pending[1]
+        if not task.done() and not waited:
+            await asyncio.wait([task], timeout=FETCH_WAIT)
+        if not task.done():
+            controller = self.controllers[name]
+            controller.deploy_message = f"waiting for {spec.source.describe()} (the remote is slow to answer)"
+            return None
+        del self.pending[name]
+        return task.result()  # raises PrepareError as the plain call would
+
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
         assert self.preparer is not None
         controller = self.controllers[spec.name]
@@ -269,7 +303,16 @@ class Reconciler:
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
         controller.changed()
         try:
-            artifact = await self.preparer.prepare(spec, protect)
+            if self.background_fetches and spec.source.kind == "git":
+                artifact = await self._prepare_in_background(spec, protect)
+                if artifact is None:
+                    return None
+                controller.deploy_message = ""
+            else:
+                artifact = await self.preparer.prepare(spec, protect)
+        except asyncio.CancelledError:
+            controller.preparing = None
+            raise
         except PrepareError as exc:
             controller.preparing = None
             kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
@@ -336,9 +379,20 @@ class Reconciler:
         state.remove(self.state_dir, name)
         self.notifier.emit(EventType.DELETE, name, controller.artifact.version if controller.artifact else None)
 
+    def cancel_fetches(self) -> None:
+        """Cancel fetches in flight and kill the git processes behind them (a remote that never
+        answers must not hold a stopping supervisor for git's own timeout)."""
+        for _key, task in self.pending.values():
+            task.cancel()
+        self.pending.clear()
+        killed = procs.kill_git_children()
+        if killed:
+            log.info("stopped %d git process%s still waiting for a remote", len(killed), "es" if len(killed) != 1 else "")
+
     async def shutdown(self) -> None:
         """Stop every service, dependents before their dependencies, and any build."""
         self.stopping = True
+        self.cancel_fetches()
         async with self.lock:
             specs = {n: c.spec for n, c in self.controllers.items()}
             for level in reversed(dependency_levels(specs)):
@@ -375,6 +429,7 @@ class Reconciler:
         keep it), cancel timers and checks, and write the state files a next supervisor
         adopts from. A replica waiting in backoff has no process; the next supervisor starts it."""
         self.stopping = True
+        self.cancel_fetches()
         async with self.lock:
             for controller in self.controllers.values():
                 controller.detach()

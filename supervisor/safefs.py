@@ -57,7 +57,8 @@ def check_own_dir(path: Path, st: os.stat_result | None = None) -> None:
         raise UnsafeStateDir(f"state dir {path} belongs to {_describe_owner(st.st_uid)}, not to us "
                              f"({_describe_owner(os.geteuid())}); refusing to use it: remove it or choose another state_dir")
     if st.st_mode & 0o022:
-        raise UnsafeStateDir(f"state dir {path} is writable by {'group' if st.st_mode & 0o020 else 'others'} "
+        who = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if st.st_mode & bit)
+        raise UnsafeStateDir(f"state dir {path} is writable by {who} "
                              f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it: chmod 700 it")
 
 

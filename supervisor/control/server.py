@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from .. import safefs
+from ..redaction import redact_value
 
 log = logging.getLogger("supervise")
 
@@ -121,5 +122,5 @@ class ControlServer:
 
 async def send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     """Write ``obj`` as one JSON line and wait until it is sent."""
-    writer.write((json.dumps(obj, default=str) + "\n").encode())
+    writer.write((json.dumps(redact_value(obj), default=str) + "\n").encode())
     await writer.drain()

@@ -22,17 +22,13 @@ import git
 
 from . import SourceError
 from .. import safefs
+from ..redaction import redact
 from ..model import SourceSpec
 
 GIT_TIMEOUT = 120.0  # seconds for any one git command
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 _ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20"}
-
-
-def redact(text: str) -> str:
-    """Remove ``user:password@`` from URLs in ``text`` (git error messages repeat the URL)."""
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
 
 
 class GitSource:
