@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -115,6 +116,15 @@ class Reconciler:
         known = self.known_instances()
         known_cgroups = {replica.handle.cgroup for c in self.controllers.values() for replica in c.replicas.values()
                          if replica.handle is not None and replica.handle.cgroup is not None}
+        in_use = {replica.handle.fifo.name for c in self.controllers.values() for replica in c.replicas.values()
+                  if replica.handle is not None and replica.handle.fifo is not None}
+        run = logs.run_dir(self.state_dir)
+        try:
+            for entry in os.listdir(run):  # FIFOs of replicas that were never recorded or are gone
+                if entry.endswith(".fifo") and entry not in in_use:
+                    safefs.unlink_in(run, entry)
+        except OSError:
+            pass
         victims = await asyncio.to_thread(procs.unowned, tag, known)
         groups = []
         if self.cgroup_parent is not None:

@@ -1,0 +1,89 @@
+"""Issue 10, High 5: a supervisor SIGKILLed at any instant of its start-up leaves nothing unowned.
+
+Replicas spawned before their state record was written used to be orphaned and then duplicated
+by the next supervisor. Every process a supervisor starts carries an instance mark that names
+its state dir (kept by the kernel in its environment; also its cgroup where there is one):
+the next supervisor adopts what its records prove, and stops every other marked process
+before its first plan.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from conftest import MARK, wait_until, write
+
+PY = sys.executable
+N = 50
+
+
+def start(path: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=open(out, "w"),
+                            stderr=subprocess.STDOUT)
+
+
+def service_processes(mark: str) -> dict[str, list[int]]:
+    """Live processes of this test's services, by service name."""
+    found: dict[str, list[int]] = collections.defaultdict(list)
+    for process in psutil.process_iter():
+        try:
+            env = process.environ()
+            if env.get(MARK) == mark and "SUPERVISE_SERVICE" in env and process.status() != psutil.STATUS_ZOMBIE:
+                found[env["SUPERVISE_SERVICE"]].append(process.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def started_lines(out: Path) -> int:
+    try:
+        return out.read_text(errors="replace").count("started c")
+    except OSError:
+        return 0
+
+
+def test_sigkill_during_start_up_leaves_no_duplicate_and_no_orphan(tmp_path, leak_check):
+    path = write(tmp_path / "services.toml", "".join(
+        f'[services.c{i}]\ncommand = ["/bin/sleep", "300"]\n' for i in range(N)))
+    figures = []
+    # kill points: before the first start, after a few, about half, nearly all (of this run's starts)
+    for round_, kill_after in enumerate((0, 3, 20, 45)):
+        out = tmp_path / f"run{round_}.out"
+        proc = start(path, out)
+        if kill_after:
+            wait_until(lambda: started_lines(out) >= kill_after or proc.poll() is not None, timeout=60,
+                       interval=0.002, message=f"{kill_after} starts")
+        else:
+            wait_until(lambda: "services from" in out.read_text(errors="replace") or proc.poll() is not None,
+                       timeout=60, interval=0.002, message="the supervisor up")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        running = service_processes(leak_check)
+        figures.append((kill_after, started_lines(out), sum(map(len, running.values()))))
+    final_out = tmp_path / "final.out"
+    final = start(path, final_out)
+    try:
+        def converged():
+            running = service_processes(leak_check)
+            return running if len(running) == N and all(len(p) == 1 for p in running.values()) else None
+
+        wait_until(converged, timeout=90, interval=0.1, message="one process per service")
+        # the first plan is applied (status answers all running): nothing more may appear
+        wait_until(lambda: subprocess.run([PY, "-m", "supervisor", "status", "--config", str(path)],
+                                          capture_output=True, timeout=30).returncode == 0, timeout=60)
+        running = service_processes(leak_check)
+        duplicates = sum(len(p) - 1 for p in running.values())
+        assert duplicates == 0 and len(running) == N, (running, figures)
+    finally:
+        final.send_signal(signal.SIGTERM)
+        final.wait(timeout=60)
+    orphans = service_processes(leak_check)
+    print("kill points (after, started, running at kill):", figures, "duplicates 0, orphans", len(orphans))
+    assert not orphans, orphans
