@@ -302,7 +302,7 @@ class Daemon:
                 rows.append({"service": name, "replica": None, "phase": controller.phase.value, "pid": None,
                              "version": controller.artifact.version if controller.artifact else None,
                              "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
-                             "held": controller.held, "desired": wanted,
+                             "held": controller.held, "desired": wanted, "log_error": controller.sink.trouble or None,
                              "message": controller.deploy_message or ("replicas = 0" if not wanted else "")})
             for index, replica in sorted(controller.replicas.items()):
                 up = replica.phase in (Phase.RUNNING, Phase.READY) and replica.started_at
@@ -314,7 +314,8 @@ class Daemon:
                     "last_exit": str(replica.last_exit) if replica.last_exit else None,
                     "ready": replica.ready and replica.phase in (Phase.RUNNING, Phase.READY),
                     "held": controller.held, "desired": controller.spec.replicas,
-                    "message": replica.message or controller.deploy_message,
+                    "message": replica.message or controller.deploy_message or controller.sink.trouble,
+                    "log_error": controller.sink.trouble or None,
                 })
         return rows
 

@@ -109,6 +109,7 @@ class ServiceController:
         self.held = False
         self._persist_pending = False
         self._persisted: dict | None = None  # the record last written
+        self._persist_error = ""
         self._tasks: set[asyncio.Task] = set()
         self.phase_changed = asyncio.Event()
         self.sink = sink
@@ -734,7 +735,17 @@ class ServiceController:
         }
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
-        state.save(self.state_dir, self.name, record)
+        try:
+            state.save(self.state_dir, self.name, record)
+        except OSError as exc:  # disk full, state dir gone: supervision goes on; retried next change
+            if self._persist_error != str(exc):
+                log.error("%s: cannot write its state record (%s); a restarted supervisor may not adopt "
+                          "its replicas until it can", self.name, exc)
+            self._persist_error = str(exc)
+            return
+        if self._persist_error:
+            log.info("%s: state record written again", self.name)
+        self._persist_error = ""
         self._persisted = record
 
     @staticmethod

@@ -87,3 +87,49 @@ def test_sigkill_during_start_up_leaves_no_duplicate_and_no_orphan(tmp_path, lea
     orphans = service_processes(leak_check)
     print("kill points (after, started, running at kill):", figures, "duplicates 0, orphans", len(orphans))
     assert not orphans, orphans
+
+
+def test_state_dir_removed_under_a_running_supervisor_is_recreated_and_not_duplicated(tmp_path, leak_check):
+    """Issue 10, Medium 4: ``rm -rf STATE_DIR`` while it runs. The lock is also a name the
+    kernel holds (it cannot be removed), the folder is recreated with its lock, socket, logs and
+    records, the log says so, and a second supervise is refused instead of duplicating."""
+    import shutil
+
+    n = 5
+    path = write(tmp_path / "services.toml", "".join(
+        f'[services.c{i}]\ncommand = ["/bin/sh", "-c", "while :; do echo tick; sleep 0.05; done"]\n'
+        for i in range(n)))
+    out = tmp_path / "first.out"
+    first = start(path, out)
+    second = None
+    try:
+        status = lambda: subprocess.run([PY, "-m", "supervisor", "status", "--config", str(path)],  # noqa: E731
+                                        capture_output=True, text=True, timeout=30)
+        wait_until(lambda: status().returncode == 0, timeout=30, message="all running")
+        before = service_processes(leak_check)
+        state_dir = tmp_path / ".supervise"
+        for _ in range(2):  # twice: the second removal is noticed as well
+            shutil.rmtree(state_dir)
+            wait_until(lambda: "state dir" in out.read_text() and status().returncode == 0, timeout=20,
+                       message="socket back")
+            assert (state_dir / "supervise.lock").is_file() and (state_dir / "control.sock").exists()
+            wait_until(lambda: all((state_dir / "state" / f"c{i}.json").exists() for i in range(n)),
+                       message="records rewritten")
+            wait_until(lambda: all("tick" in (state_dir / "logs" / f"c{i}.log").read_text(errors="replace")
+                                   for i in range(n) if (state_dir / "logs" / f"c{i}.log").exists())
+                       and all((state_dir / "logs" / f"c{i}.log").exists() for i in range(n)),
+                       message="logs written again")
+        assert "was removed or replaced under the running supervisor" in out.read_text()
+        second = subprocess.run([PY, "-m", "supervisor", "--config", str(path)], capture_output=True, text=True,
+                                timeout=30)
+        assert second.returncode == 1 and "another supervise" in second.stderr, second.stderr
+        shutil.rmtree(state_dir)  # even while the folder is gone, a second one is refused
+        third = subprocess.run([PY, "-m", "supervisor", "--config", str(path)], capture_output=True, text=True,
+                               timeout=30)
+        assert third.returncode == 1 and "another supervise" in third.stderr, third.stderr
+        wait_until(lambda: status().returncode == 0, timeout=20)
+        assert service_processes(leak_check) == before  # same processes, none duplicated or restarted
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    assert not service_processes(leak_check)
