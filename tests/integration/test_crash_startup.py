@@ -10,6 +10,7 @@ before its first plan.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -103,13 +104,43 @@ def test_state_dir_removed_under_a_running_supervisor_is_recreated_and_not_dupli
     first = start(path, out)
     second = None
     try:
-        status = lambda: subprocess.run([PY, "-m", "supervisor", "status", "--config", str(path)],  # noqa: E731
-                                        capture_output=True, text=True, timeout=30)
+        def status() -> subprocess.CompletedProcess:
+            """`supervise status --json`; returncode 0 only when all n services run (before the
+            first plan the table is empty, which status also answers with 0)."""
+            result = subprocess.run([PY, "-m", "supervisor", "status", "--json", "--config", str(path)],
+                                    capture_output=True, text=True, timeout=30)
+            rows = json.loads(result.stdout)["services"] if result.stdout.startswith("{") else []
+            ok = len(rows) == n and all(r["phase"] == "running" for r in rows)
+            return subprocess.CompletedProcess(result.args, 0 if ok else 1, result.stdout, result.stderr)
+
         wait_until(lambda: status().returncode == 0, timeout=30, message="all running")
-        before = service_processes(leak_check)
+        def leaders() -> dict[str, list[int]]:
+            """Per service, its processes that are not descendants of another of its own: the
+            replicas (their `sleep 0.05` children come and go)."""
+            out = {}
+            for name, pids in service_processes(leak_check).items():
+                tops = []
+                for pid in pids:
+                    try:
+                        parents = {p.pid for p in psutil.Process(pid).parents()}
+                    except psutil.Error:
+                        continue
+                    if not parents & set(pids):
+                        tops.append(pid)
+                out[name] = sorted(tops)
+            return out
+
+        def remove(folder: Path, round_: int) -> None:
+            """rm -rf, made atomic for the test: the supervisor writes into it meanwhile."""
+            gone = tmp_path / f"gone{round_}"
+            folder.rename(gone)
+            shutil.rmtree(gone, ignore_errors=True)
+
+        before = leaders()
+        assert len(before) == n and all(len(p) == 1 for p in before.values())
         state_dir = tmp_path / ".supervise"
-        for _ in range(2):  # twice: the second removal is noticed as well
-            shutil.rmtree(state_dir)
+        for round_ in range(2):  # twice: the second removal is noticed as well
+            remove(state_dir, round_)
             wait_until(lambda: "state dir" in out.read_text() and status().returncode == 0, timeout=20,
                        message="socket back")
             assert (state_dir / "supervise.lock").is_file() and (state_dir / "control.sock").exists()
@@ -123,13 +154,52 @@ def test_state_dir_removed_under_a_running_supervisor_is_recreated_and_not_dupli
         second = subprocess.run([PY, "-m", "supervisor", "--config", str(path)], capture_output=True, text=True,
                                 timeout=30)
         assert second.returncode == 1 and "another supervise" in second.stderr, second.stderr
-        shutil.rmtree(state_dir)  # even while the folder is gone, a second one is refused
+        remove(state_dir, 2)  # even while the folder is gone, a second one is refused
         third = subprocess.run([PY, "-m", "supervisor", "--config", str(path)], capture_output=True, text=True,
                                timeout=30)
         assert third.returncode == 1 and "another supervise" in third.stderr, third.stderr
         wait_until(lambda: status().returncode == 0, timeout=20)
-        assert service_processes(leak_check) == before  # same processes, none duplicated or restarted
+        assert leaders() == before  # same processes, none duplicated or restarted
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=60)
     assert not service_processes(leak_check)
+
+
+def test_a_setsid_child_that_clears_its_environment_is_stopped_with_its_service(tmp_path):
+    """Issue 10, Low: such a child is caught by the kernel-kept mark that remains, the cgroup
+    (without cgroup v2 this is the documented limit of services.toml(5))."""
+    import asyncio
+
+    from harness import Stack
+    from supervisor import cgroups
+
+    if cgroups.make_parent("supervise-probe") is None:
+        import pytest
+        pytest.skip("no usable cgroup v2 here: the documented limit applies")
+    cgroups.remove(cgroups.own_path() / "supervise-probe")  # type: ignore[operator]
+    pidfile = tmp_path / "escapee.pid"
+    # (it daemonizes after its start-up, as daemons do: a fork in the very first instant,
+    # before the replica is moved into its cgroup, is the limit documented in services.toml(5))
+    escape = f'sleep 0.2; (setsid env -i /bin/sh -c "echo \\$\\$ > {pidfile}; exec sleep 300" &); exec sleep 300'
+
+    async def main():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(f'[services.a]\ncommand = ["/bin/sh", "-c", \'{escape}\']\n')
+            await stack.until(lambda: pidfile.exists() and pidfile.read_text().strip())
+            escapee = int(pidfile.read_text())
+            process = psutil.Process(escapee)
+            assert "SUPERVISE_INSTANCE" not in process.environ()  # no mark left in its environment
+            leader = stack.pid("a")
+            assert escapee not in {p.pid for p in psutil.Process(leader).children(recursive=True)}  # an orphan
+            await stack.r.controllers["a"].stop_all("test")
+            return escapee
+
+    escapee = asyncio.run(main())
+    try:
+        assert not psutil.pid_exists(escapee) or psutil.Process(escapee).status() == psutil.STATUS_ZOMBIE
+    finally:
+        try:
+            os.kill(escapee, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

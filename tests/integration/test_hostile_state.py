@@ -134,7 +134,12 @@ def test_a_sticky_world_writable_folder_above_is_fine(tmp_path, until):
                  f'[supervise]\nstate_dir = "{shared}/state"\n[services.a]\ncommand = {USER_SLEEP}\nuser = "nobody"\n')
     proc = subprocess.Popen([PY, "-m", "supervisor", "-q", "--config", str(path)], stderr=subprocess.PIPE, text=True)
     try:
-        until(lambda: run_cli(path, "status").returncode == 0, timeout=20, message="a running as nobody")
+        def running_as_nobody():
+            result = run_cli(path, "status", "--json")
+            rows = json.loads(result.stdout)["services"] if result.stdout.startswith("{") else []
+            return rows and rows[0]["phase"] == "running" and psutil.Process(rows[0]["pid"]).uids().real == nobody().pw_uid
+
+        until(running_as_nobody, timeout=20, message="a running as nobody")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
