@@ -683,14 +683,16 @@ def too_many_files() -> str:
 
 
 def kill_git_children() -> list[int]:
-    """SIGKILL every ``git`` process that is a direct child of ours (GitPython's commands),
+    """SIGKILL every ``git`` process that is a direct child of ours and runs for a source
+    (``SUPERVISE_GIT=1`` in its environment: sources.git.GIT_MARK),
     with all its descendants (remote helpers, ssh). Returns the pids. Used at shutdown: git's
     own timeout would otherwise keep us waiting on a remote that never answers."""
     killed = []
     for pid in _children_of(os.getpid()):
         try:
             process = psutil.Process(pid)
-            if os.path.basename(process.cmdline()[0] if process.cmdline() else "") != "git":
+            if os.path.basename(process.cmdline()[0] if process.cmdline() else "") != "git" \
+                    or process.environ().get("SUPERVISE_GIT") != "1":
                 continue
             tree = [process, *descendants(pid)]
         except (psutil.Error, OSError, IndexError):

@@ -35,8 +35,8 @@ def fingerprint(spec: ServiceSpec) -> str:
         value = getattr(spec, name)
         if name == "environment":
             value = sorted(value.items())
-        elif name == "source":
-            value = value.describe()
+        elif name == "source":  # the URL as written (a hash only): a changed token is a change
+            value = f"git {value.url}@{value.ref}" if value.kind == "git" else str(value.path)
         data[name] = value
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 

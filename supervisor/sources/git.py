@@ -27,7 +27,10 @@ from ..model import SourceSpec
 
 GIT_TIMEOUT = 120.0  # seconds for any one git command
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
-_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
+#: GIT_MARK marks our git commands, so a stopping supervisor kills those (procs.kill_git_children)
+#: and never a git process a host program (the library's user) runs itself.
+GIT_MARK = "SUPERVISE_GIT"
+_ENV = {GIT_MARK: "1", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20"}
 
 
