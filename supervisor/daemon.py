@@ -191,9 +191,26 @@ class Daemon:
 
     def load(self) -> Desired | None:
         """The desired state from the file, or None (error reported once) if it is invalid."""
+        return self._accept(self._read())
+
+    async def load_async(self) -> Desired | None:
+        """:meth:`load` with the reading and validation in a thread: a slow file (a large one,
+        one with thousands of mistakes) never holds restarts, the socket or log pumping."""
+        return self._accept(await asyncio.to_thread(self._read))
+
+    def _read(self) -> Desired | ConfigError:
+        """The file's desired state, or the ConfigError saying why not; raises nothing (any
+        failure while loading is a config error naming the file: the last good one stays)."""
         try:
-            new = config.load(self.path)
+            return config.load(self.path)
         except ConfigError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - config.load should not; a bad file never stops us
+            return ConfigError([config.Diagnostic(str(self.path), 0, 0, f"cannot load: {exc!r}"[:300])])
+
+    def _accept(self, new: Desired | ConfigError) -> Desired | None:
+        if isinstance(new, ConfigError):
+            exc = new
             text = str(exc)
             if text != self.last_error:
                 log.error("config not applied, the last good one stays in force:\n%s", text)
@@ -210,7 +227,10 @@ class Daemon:
             if self.desired.services.get(name) != spec:
                 self.edit_storms.pop(name, None)
         self.desired = new
-        self._watch(new)
+        try:
+            self._watch(new)
+        except Exception:  # noqa: BLE001 - e.g. out of inotify watches: run without following
+            log.exception("cannot follow the files and folders of the new config")
         return new
 
     def _watch(self, desired: Desired) -> None:
@@ -322,19 +342,16 @@ class Daemon:
     async def h_plan(self, request: dict, writer: asyncio.StreamWriter) -> dict:
         """The plan for ``request["config"]`` (default: our own file) against what runs."""
         try:
-            desired = config.load(Path(request.get("config") or self.path))
+            desired = await asyncio.to_thread(config.load, Path(request.get("config") or self.path))
         except ConfigError as exc:
             return {"ok": False, "error": str(exc)}
         return {"actions": self.reconciler.plan(desired).lines()}
 
     async def h_reload(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        try:
-            config.load(self.path)
-        except ConfigError as exc:
-            self.load()  # reports it the usual way
-            return {"ok": False, "error": str(exc)}
-        desired = self.load()
-        assert desired is not None
+        new = await asyncio.to_thread(self._read)
+        desired = self._accept(new)  # reports an error the usual way
+        if desired is None:
+            return {"ok": False, "error": str(new)}
         the_plan = await self.reconciler.apply(desired)
         return {"actions": the_plan.lines()}
 
@@ -444,7 +461,7 @@ class Daemon:
         adopted = await self.reconciler.adopt(self.desired)
         if adopted:
             log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
-        runner = asyncio.create_task(self.reconciler.run(self.load))
+        runner = asyncio.create_task(self.reconciler.run(self.load_async))
         self.reconciler.request()
         self.unit.start()
         stopper = asyncio.create_task(self.stop_event.wait())
@@ -525,7 +542,7 @@ class Daemon:
     async def _reload_pass(self) -> None:
         """One load-and-apply pass for SIGHUP, run between RELOADING=1 and READY=1 (an invalid
         file is reported by :meth:`load` and changes nothing)."""
-        desired = self.load()
+        desired = await self.load_async()
         if desired is not None:
             await self.reconciler.apply(desired)
 

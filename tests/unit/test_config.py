@@ -94,10 +94,14 @@ def test_settings_defaults_and_values(tmp_path):
 
 
 def test_kubernetes_runtime_is_refused_not_run_locally(tmp_path):
+    path = write(tmp_path, '[supervise]\nruntime = "kubernetes"\n[services]\n')
     with pytest.raises(ConfigError) as error:
-        config.load(write(tmp_path, '[supervise]\nruntime = "kubernetes"\n'))
+        config.load(path)
     assert [d.message for d in error.value.diagnostics] == [
-        'runtime "kubernetes" is not available in this version (available: local)']
+        'runtime "kubernetes" is not run by a local supervisor (it runs: local); start `supervise run` anew '
+        'to converge the cluster, or `supervise render` to print the manifests']
+    # check and render accept it
+    assert config.load(path, runtimes=config.RUNTIMES).settings.runtime == "kubernetes"
 
 
 def test_services_keep_file_order(tmp_path):
@@ -177,6 +181,7 @@ VALID = [
 
 @pytest.mark.parametrize(("body", "field", "expected"), VALID, ids=[f"{f}:{b.splitlines()[-1]}" for b, f, _ in VALID])
 def test_valid_values(tmp_path, body, field, expected):
+    (tmp_path / "sub" / "dir").mkdir(parents=True)  # a cwd must exist in a local source
     if "command" not in body:
         body = 'command = ["app"]\n' + body
     value = getattr(load_service(tmp_path, body), field)
@@ -386,6 +391,9 @@ INVALID = [
     ('[services.api]\ncommand = "app"\nwatch = "*.py"\n', 3, "watch", '"watch" must be a list of glob strings'),
     ('[services.api]\ncommand = "app"\nuser = 0\n', 3, "user", '"user" must be a user name, got an integer'),
     ('[services.api]\ncommand = "app"\ncwd = 5\n', 3, "cwd", '"cwd" must be a path string, got an integer'),
+    ('[services.api]\ncommand = "app"\ncwd = "${APP}/x"\n', 3, "cwd",
+     '"cwd" is used as written: ${APP} is not expanded here (${VAR} works in command, env and checks)'),
+    ('[services.api]\ncommand = "app"\nuser = "${U:-app}"\n', 3, "user", '${U:-app} is not expanded here'),
     # durations
     ('[services.api]\ncommand = "app"\nstop_timeout = "10 seconds"\n', 3, "stop_timeout", '"stop_timeout": bad duration'),
     ('[services.api]\ncommand = "app"\nstop_timeout = "10"\n', 3, "stop_timeout", '"stop_timeout": bad duration'),
