@@ -49,7 +49,8 @@ def check_state_dir(state_dir: Path, desired: Desired) -> None:
     """Refuse (``safefs.UnsafeStateDir``) a STATE_DIR that is not ours, or that lies inside a
     folder one of the ``user =`` services could write (it could swap the folder for its own)."""
     safefs.ensure_dir(state_dir)
-    for user in sorted({s.user for s in desired.services.values() if s.user}):
+    local = desired.settings.runtime == "local"  # user= of a Kubernetes service is its runAsUser
+    for user in sorted({s.user for s in desired.services.values() if s.user and local}):
         safefs.check_not_writable_by(state_dir, user)
 
 
