@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import fcntl
+import hashlib
 import logging
 import os
 import signal
+import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, logs, procs
+from . import __version__, config, logs, procs, safefs
 from .config import ConfigError
-from .control import lock_path, socket_path
+from .control import LOCK_NAME, lock_path, socket_path
 from .control.server import ControlServer, send
 from .durations import format_duration
 from .events import Event, EventType, Notifier
@@ -37,23 +41,84 @@ WATCH_STORM_COUNT = 5
 WATCH_STORM_WINDOW = 60.0
 
 
+#: Seconds between checks that STATE_DIR is still there (one lstat each).
+STATE_DIR_CHECK = 1.0
+
+
+def check_state_dir(state_dir: Path, desired: Desired) -> None:
+    """Refuse (``safefs.UnsafeStateDir``) a STATE_DIR that is not ours, or that lies inside a
+    folder one of the ``user =`` services could write (it could swap the folder for its own)."""
+    safefs.ensure_dir(state_dir)
+    local = desired.settings.runtime == "local"  # user= of a Kubernetes service is its runAsUser
+    for user in sorted({s.user for s in desired.services.values() if s.user and local}):
+        safefs.check_not_writable_by(state_dir, user)
+
+
 class AlreadyRunning(Exception):
     """Another supervisor holds the state dir's lock. The message names its pid."""
 
 
 class StateLock:
-    """An exclusive ``flock`` on ``STATE_DIR/supervise.lock`` for the life of the process.
+    """One supervisor per state dir, for the life of the process, held two ways:
 
-    The kernel drops it when we die, however we die, so a stale lock never blocks a restart.
+    - an abstract Unix socket named after the state dir's real path (``@supervise-HASH``): the
+      kernel holds the name while we live and frees it when we die, however we die, and no
+      one can remove it from the file system (a STATE_DIR deleted under a running supervisor
+      must not let a second one start on a new, empty folder of the same name);
+    - an exclusive ``flock`` on ``STATE_DIR/supervise.lock`` (opened ``O_NOFOLLOW`` relative to
+      an fd on the folder, never through a symlink), which also records our pid for the
+      message another supervisor prints.
+
+    Raises :class:`AlreadyRunning`, or ``safefs.UnsafeStateDir`` when the folder is not ours.
     """
 
     def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
         self.path = lock_path(state_dir)
         self.fd: int | None = None
+        self.dir_fd: int | None = None
+        self.anchor: socket.socket | None = None
+
+    def _anchor_name(self) -> bytes:
+        real = os.path.realpath(self.state_dir)
+        return b"\0supervise-" + hashlib.sha256(os.fsencode(real)).hexdigest()[:40].encode()
+
+    def _other_pid(self) -> str:
+        try:
+            return safefs.read_regular(self.state_dir, LOCK_NAME, 64).decode(errors="replace").strip() or "?"
+        except (OSError, safefs.UnsafeStateDir):
+            return "?"
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        safefs.ensure_dir(self.state_dir)
+        anchor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            anchor.bind(self._anchor_name())
+        except OSError as exc:
+            anchor.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise AlreadyRunning(f"another supervise (pid {self._other_pid()}) is running on "
+                                 f"{self.state_dir}") from None
+        self.anchor = anchor
+        try:
+            self._lock_file()
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock_file(self) -> None:
+        self.dir_fd = safefs.open_dir(self.state_dir)
+        try:
+            fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.dir_fd)
+        except OSError as exc:
+            raise safefs.UnsafeStateDir(f"{self.path}: {exc.strerror} (a symlink or another planted file?); "
+                                        "refusing to use it") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            os.close(fd)
+            raise safefs.UnsafeStateDir(f"{self.path} is not a plain file of ours; refusing to use it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -62,12 +127,38 @@ class StateLock:
             raise AlreadyRunning(f"another supervise (pid {other}) is running on {self.path.parent}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
-            self.fd = None
+        self.fd = fd
+
+    def gone(self) -> bool:
+        """True when STATE_DIR was removed or replaced since we locked it."""
+        if self.dir_fd is None:
+            return False
+        try:
+            st = os.lstat(self.state_dir)
+        except OSError:
+            return True
+        held = os.fstat(self.dir_fd)
+        return (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino) or held.st_nlink == 0
+
+    def recreate(self) -> None:
+        """Make STATE_DIR and the lock file again after they were removed (we still hold the
+        kernel's name, so no second supervisor could start meanwhile)."""
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+        safefs.ensure_dir(self.state_dir)
+        self._lock_file()
+
+    def release(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self.dir_fd = None
+        if self.anchor is not None:
+            self.anchor.close()
+            self.anchor = None
 
 
 class Daemon:
@@ -82,6 +173,7 @@ class Daemon:
         self.console_out = logs.Console() if console else None
         self.unit = UnitReporter.from_environ()  # sd_notify(3); a no-op outside systemd
         self.reconciler = Reconciler(desired, self.notifier, on_change=self.unit.changed, console=self.console_out)
+        self.reconciler.background_fetches = True  # a slow remote holds its own service only
         self.unit.attach(self.reconciler)
         self.lock = StateLock(self.state_dir)
         self.stop_event: asyncio.Event | None = None
@@ -94,6 +186,7 @@ class Daemon:
         self.source_watcher: SourceWatcher | None = None
         self.poller: GitPoller | None = None
         self.control: ControlServer | None = None
+        self.state_dir_check: asyncio.TimerHandle | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -230,7 +323,7 @@ class Daemon:
                 rows.append({"service": name, "replica": None, "phase": controller.phase.value, "pid": None,
                              "version": controller.artifact.version if controller.artifact else None,
                              "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
-                             "held": controller.held, "desired": wanted,
+                             "held": controller.held, "desired": wanted, "log_error": controller.sink.trouble or None,
                              "message": controller.deploy_message or ("replicas = 0" if not wanted else "")})
             for index, replica in sorted(controller.replicas.items()):
                 up = replica.phase in (Phase.RUNNING, Phase.READY) and replica.started_at
@@ -242,7 +335,8 @@ class Daemon:
                     "last_exit": str(replica.last_exit) if replica.last_exit else None,
                     "ready": replica.ready and replica.phase in (Phase.RUNNING, Phase.READY),
                     "held": controller.held, "desired": controller.spec.replicas,
-                    "message": replica.message or controller.deploy_message,
+                    "message": replica.message or controller.deploy_message or controller.sink.trouble,
+                    "log_error": controller.sink.trouble or None,
                 })
         return rows
 
@@ -330,6 +424,7 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        check_state_dir(self.state_dir, self.desired)
         self.lock.acquire()
         try:
             return await self._run(loop)
@@ -353,6 +448,7 @@ class Daemon:
                                 lambda name, commit: loop.call_soon(self.on_new_commit, name, commit),
                                 self.on_poll_error)
         self._watch(self.desired)
+        self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -379,8 +475,11 @@ class Daemon:
                  else "stopping every service")
         runner.cancel()
         stopper.cancel()
+        self.reconciler.cancel_fetches()  # before the pass in progress is awaited
         await asyncio.gather(runner, stopper, return_exceptions=True)
         await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
+        if self.state_dir_check is not None:
+            self.state_dir_check.cancel()
         self.file_watcher.stop()
         self.source_watcher.stop()
         self.poller.stop()
@@ -396,6 +495,27 @@ class Daemon:
             loop.remove_signal_handler(sig)
         log.info("detached" if self.detaching else "stopped")
         return 1 if failed else 0
+
+    def _check_state_dir(self) -> None:
+        """Every :data:`STATE_DIR_CHECK` s: if STATE_DIR was removed (or replaced) under us,
+        make it again with the lock, the control socket, the logs and the state records, and
+        say so. (The kernel-held lock name keeps a second supervisor out meanwhile.)"""
+        loop = asyncio.get_running_loop()
+        self.state_dir_check = None
+        try:
+            if self.lock.gone() and not self.reconciler.stopping:
+                log.warning("state dir %s was removed or replaced under the running supervisor: recreating "
+                            "its lock, control socket, logs and state records (services keep running)",
+                            self.state_dir)
+                self.lock.recreate()
+                self.reconciler.recreate_state_dir()
+                if self.control is not None:
+                    loop.create_task(self.control.restart())
+                log.warning("state dir %s recreated", self.state_dir)
+        except (OSError, safefs.UnsafeStateDir) as exc:
+            log.error("state dir %s is gone and cannot be recreated: %s (retrying)", self.state_dir, exc)
+        if self.stop_event is None or not self.stop_event.is_set():
+            self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
     def on_stop_signal(self) -> None:
         """SIGINT/SIGTERM: stop gracefully; a second one while stopping: SIGKILL everything now

@@ -15,10 +15,11 @@ import asyncio
 import hashlib
 import inspect
 import logging
+import os
 from pathlib import Path
 from typing import Awaitable, Callable, Mapping
 
-from . import cgroups, logs, procs, state
+from . import cgroups, logs, procs, safefs, state
 from .builds import Artifact, PrepareError, Preparer, source_root
 from .events import EventType, Notifier
 from .config import NAME_RE
@@ -31,6 +32,8 @@ log = logging.getLogger("supervise")
 
 #: Builds and fetches that may run at once (the machines we target have few cores).
 PREPARE_CONCURRENCY = 4
+#: Seconds a pass waits for a git fetch before it goes on without that service.
+FETCH_WAIT = 2.0
 
 
 def dependency_levels(specs: Mapping[str, ServiceSpec]) -> list[list[str]]:
@@ -66,18 +69,77 @@ class Reconciler:
         self.stopping = False
         #: Plans applied so far; ``on_change`` is called after each (0: not converged once yet).
         self.applied = 0
+        #: Git fetches (and the builds after them) run as tasks of their own, not held by a
+        #: pass (the daemon, whose run loop picks their results up; see _prepare_in_background).
+        self.background_fetches = False
+        self.pending: dict[str, tuple[str, asyncio.Task]] = {}
 
     async def start(self) -> None:
         """Set up the reaper (SIGCHLD), the state dir and, where possible, a cgroup."""
         loop = asyncio.get_running_loop()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        logs.log_dir(self.state_dir).mkdir(exist_ok=True, mode=0o700)
+        self.recreate_state_dir()
         self.reaper = procs.Reaper(loop)
         tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
         self.cgroup_parent = cgroups.make_parent(f"supervise-{tag}")
         if self.cgroup_parent is not None:
             cgroups.remove_empty_children(self.cgroup_parent)  # left by replicas that died unseen
         self.preparer = Preparer(self.state_dir, self.reaper, self.logs, self.settings.keep_versions)
+
+    def recreate_state_dir(self) -> None:
+        """Make (or check) STATE_DIR and its folders: each ours and 0700 (safefs). After the
+        folder was removed under us, the state records are written again from memory.
+        Raises safefs.UnsafeStateDir."""
+        safefs.ensure_dir(self.state_dir)
+        for folder in (logs.log_dir(self.state_dir), logs.run_dir(self.state_dir), state.state_dir_of(self.state_dir)):
+            safefs.ensure_dir(folder)
+        for controller in self.controllers.values():
+            controller._persisted = None
+            controller.persist()
+
+    def known_instances(self) -> set[str]:
+        """The instance marks of every process we own now (replicas and builds)."""
+        known = set()
+        for controller in self.controllers.values():
+            for replica in controller.replicas.values():
+                if replica.handle is not None and replica.handle.instance:
+                    known.add(replica.handle.instance)
+        if self.preparer is not None:
+            known.update(h.instance for h in self.preparer.builds.values() if h.instance)
+        return known
+
+    async def sweep_unowned(self) -> int:
+        """Stop every process marked as started from this state dir (its instance mark, kept by
+        the kernel in its environment, or its cgroup under ours) that no record let us adopt:
+        replicas a supervisor killed during start-up spawned before writing their record, and
+        their children. They would otherwise run beside the fresh replicas (duplicates) and
+        outlive a clean stop (orphans). Returns how many processes were stopped."""
+        tag = procs.state_tag(self.state_dir)
+        known = self.known_instances()
+        known_cgroups = {replica.handle.cgroup for c in self.controllers.values() for replica in c.replicas.values()
+                         if replica.handle is not None and replica.handle.cgroup is not None}
+        in_use = {replica.handle.fifo.name for c in self.controllers.values() for replica in c.replicas.values()
+                  if replica.handle is not None and replica.handle.fifo is not None}
+        run = logs.run_dir(self.state_dir)
+        try:
+            for entry in os.listdir(run):  # FIFOs of replicas that were never recorded or are gone
+                if entry.endswith(".fifo") and entry not in in_use:
+                    safefs.unlink_in(run, entry)
+        except OSError:
+            pass
+        victims = await asyncio.to_thread(procs.unowned, tag, known)
+        groups = []
+        if self.cgroup_parent is not None:
+            groups = [g for g in cgroups.children(self.cgroup_parent) if g not in known_cgroups and cgroups.populated(g)]
+        if not victims and not groups:
+            return 0
+        pids = sorted({p.pid for p in victims} | {pid for g in groups for pid in cgroups.pids(g)})
+        log.warning("stopping %d process%s that a previous supervisor started but never recorded "
+                    "(it was killed during start-up): %s", len(pids), "es" if len(pids) != 1 else "",
+                    " ".join(map(str, pids)))
+        await procs.stop_unowned(victims, groups)
+        if self.cgroup_parent is not None:
+            cgroups.remove_empty_children(self.cgroup_parent)
+        return len(pids)
 
     async def adopt(self, desired: Desired, only: set[str] | None = None) -> int:
         """Take over replicas that a previous supervisor on this state dir left running.
@@ -89,9 +151,14 @@ class Reconciler:
         """
         loop = asyncio.get_running_loop()
         adopted = 0
+        tag = procs.state_tag(self.state_dir)
         for name, build in state.load_builds(self.state_dir).items():
             # a build the previous supervisor left running: stop it before building again there
-            handle = procs.adopt(loop, int(build.get("pid", 0)), float(build.get("create_time", 0)))
+            try:
+                handle = procs.adopt(loop, int(build.get("pid", 0)), float(build.get("create_time", 0)),
+                                     instance=str(build.get("instance") or ""), tag=tag)
+            except (TypeError, ValueError, OverflowError):
+                handle = None
             if handle is not None:
                 log.warning("%s: stopping a build (pid %d) left by the previous supervisor", name, handle.pid)
                 await procs.stop(handle, 15, 5.0, self.reaper)
@@ -101,18 +168,32 @@ class Reconciler:
                 continue
             alive = []
             for key, item in (record.get("replicas") or {}).items():
+                # A record is checked before it is trusted: the process must be the one we
+                # started (pid + create_time + our instance mark in its environment), its FIFO
+                # a FIFO of ours in STATE_DIR/run, its cgroup one of ours.
                 try:
-                    handle = procs.adopt(loop, int(item["pid"]), float(item["create_time"]))
-                except (KeyError, TypeError, ValueError):
-                    handle = None
+                    if not isinstance(item, dict):
+                        raise TypeError
+                    fifo = Path(str(item["fifo"])) if item.get("fifo") else None
+                    if fifo is not None and not logs.fifo_is_ours(self.state_dir, fifo):
+                        log.warning("%s[%s]: ignoring a state record whose FIFO %s is not in %s", name, key,
+                                    fifo, logs.run_dir(self.state_dir))
+                        fifo = None
+                    recorded = Path(str(item["cgroup"])) if item.get("cgroup") else None
+                    if recorded is not None and (self.cgroup_parent is None or recorded.parent != self.cgroup_parent):
+                        recorded = None
+                    handle = procs.adopt(loop, int(item["pid"]), float(item["create_time"]),
+                                         instance=str(item.get("instance") or ""), tag=tag, cgroup=recorded)
+                    int(key), Path(str(item["workdir"])), str(item["version"])
+                except (KeyError, TypeError, ValueError, OverflowError):
+                    handle, fifo = None, None
                 if handle is None:
-                    if item.get("fifo"):
-                        _unlink(Path(item["fifo"]))
+                    if fifo is not None:
+                        _unlink(fifo)
                     continue
-                handle.fifo = Path(item["fifo"]) if item.get("fifo") else None
-                handle.instance = item.get("instance")
-                if item.get("cgroup"):
-                    handle.cgroup = Path(item["cgroup"])
+                handle.fifo = fifo
+                if handle.cgroup is not None and (self.cgroup_parent is None or handle.cgroup.parent != self.cgroup_parent):
+                    handle.cgroup = None  # only our own cgroups are ever killed or removed
                 alive.append((int(key), item, handle))
             spec = desired.services.get(name)
             if spec is None and alive:
@@ -135,6 +216,8 @@ class Reconciler:
                 stale = name not in desired.services or item.get("fingerprint") != current
                 controller.adopt(index, handle, spec, artifact, item.get("started_at"), int(item.get("restarts", 0)), stale)
                 adopted += 1
+        if only is None:
+            await self.sweep_unowned()
         return adopted
 
     def observe(self) -> Observed:
@@ -196,6 +279,34 @@ class Reconciler:
                                  lookup=self.controllers.get, changed=self.on_change,
                                  sink=self.logs.sink(spec.name, spec.log), cgroup_parent=self.cgroup_parent)
 
+    async def _prepare_in_background(self, spec: ServiceSpec, protect: set[str]) -> Artifact | None:
+        """For a git source: run the fetch and build as a task of its own, and wait for it at
+        most :data:`FETCH_WAIT` s (not at all when an earlier pass already waited): a remote
+        that never answers then holds this one service in ``fetching``, never the whole pass
+        (other services' starts, restarts and reloads). When the task ends, another pass is
+        asked for, and picks its result up here. Returns None while it runs."""
+        assert self.preparer is not None
+        name = spec.name
+        key = repr((spec.source, spec.build, spec.environment, self.revisions.get(name)))
+        pending = self.pending.get(name)
+        if pending is not None and pending[0] != key:
+            pending[1].cancel()
+            pending = None
+        waited = pending is not None
+        if pending is None:
+            task = asyncio.get_running_loop().create_task(self.preparer.prepare(spec, protect))
+            task.add_done_callback(lambda _t: self.request())
+            pending = self.pending[name] = (key, task)
+        task = pending[1]
+        if not task.done() and not waited:
+            await asyncio.wait([task], timeout=FETCH_WAIT)
+        if not task.done():
+            controller = self.controllers[name]
+            controller.deploy_message = f"waiting for {spec.source.describe()} (the remote is slow to answer)"
+            return None
+        del self.pending[name]
+        return task.result()  # raises PrepareError as the plain call would
+
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
         assert self.preparer is not None
         controller = self.controllers[spec.name]
@@ -203,7 +314,16 @@ class Reconciler:
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
         controller.changed()
         try:
-            artifact = await self.preparer.prepare(spec, protect)
+            if self.background_fetches and spec.source.kind == "git":
+                artifact = await self._prepare_in_background(spec, protect)
+                if artifact is None:
+                    return None
+                controller.deploy_message = ""
+            else:
+                artifact = await self.preparer.prepare(spec, protect)
+        except asyncio.CancelledError:
+            controller.preparing = None
+            raise
         except PrepareError as exc:
             controller.preparing = None
             kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
@@ -276,9 +396,20 @@ class Reconciler:
         state.remove(self.state_dir, name)
         self.notifier.emit(EventType.DELETE, name, controller.artifact.version if controller.artifact else None)
 
+    def cancel_fetches(self) -> None:
+        """Cancel fetches in flight and kill the git processes behind them (a remote that never
+        answers must not hold a stopping supervisor for git's own timeout)."""
+        for _key, task in self.pending.values():
+            task.cancel()
+        self.pending.clear()
+        killed = procs.kill_git_children()
+        if killed:
+            log.info("stopped %d git process%s still waiting for a remote", len(killed), "es" if len(killed) != 1 else "")
+
     async def shutdown(self) -> None:
         """Stop every service, dependents before their dependencies, and any build."""
         self.stopping = True
+        self.cancel_fetches()
         async with self.lock:
             specs = {n: c.spec for n, c in self.controllers.items()}
             for level in reversed(dependency_levels(specs)):
@@ -315,6 +446,7 @@ class Reconciler:
         keep it), cancel timers and checks, and write the state files a next supervisor
         adopts from. A replica waiting in backoff has no process; the next supervisor starts it."""
         self.stopping = True
+        self.cancel_fetches()
         async with self.lock:
             for controller in self.controllers.values():
                 controller.detach()

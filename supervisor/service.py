@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import health, logs, procs, state
+from . import health, logs, procs, safefs, state
 from .backoff import BackoffState, StartLimiter
 from .builds import Artifact
 from .sources.pip import venv_env
@@ -110,6 +110,7 @@ class ServiceController:
         self.held = False
         self._persist_pending = False
         self._persisted: dict | None = None  # the record last written
+        self._persist_error = ""
         self._tasks: set[asyncio.Task] = set()
         self.phase_changed = asyncio.Event()
         self.sink = sink
@@ -507,7 +508,7 @@ class ServiceController:
 
     def _spawn(self, replica: Replica, reason: str) -> None:
         spec, artifact = replica.launch.spec, replica.launch.artifact
-        env = replica_env(self.name, spec.environment, replica.index)
+        env = replica_env(self.name, spec.environment, replica.index, user=spec.user)
         env["SUPERVISE_VERSION"] = artifact.version
         if spec.source.kind == "pip":  # the version's venv, as `activate` sets it
             env.update(venv_env(artifact.workdir, env))
@@ -521,11 +522,19 @@ class ServiceController:
             self._start_failed(replica, artifact.version, message)
             return
         try:
+            if spec.user:
+                safefs.check_not_writable_by(self.state_dir, spec.user)
             handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=child_fd, user=spec.user,
-                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}.{os.urandom(4).hex()}")
+                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}.{os.urandom(4).hex()}",
+                                 tag=procs.state_tag(self.state_dir))
+        except safefs.UnsafeStateDir as exc:
+            os.close(read_fd)
+            _unlink(fifo)
+            self._start_failed(replica, artifact.version, str(exc))
+            return
         except procs.SpawnError as exc:
             os.close(read_fd)
-            os.unlink(fifo)
+            _unlink(fifo)
             self._start_failed(replica, artifact.version, str(exc))
             return
         finally:
@@ -576,7 +585,7 @@ class ServiceController:
         self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
         self._set_phase(replica, Phase.RUNNING)
         self._task(replica, self._watch(replica, handle))
-        env = replica_env(self.name, spec.environment, index)
+        env = replica_env(self.name, spec.environment, index, user=spec.user)
         if spec.ready is not None:
             self._task(replica, self._readiness(replica, handle, env))
         if spec.live is not None:
@@ -659,7 +668,8 @@ class ServiceController:
         assert check is not None
         await asyncio.sleep(float(check["start_period"]))  # type: ignore[arg-type]
         while handle.running and replica.handle is handle:
-            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd)):
+            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd),
+                                  user=replica.launch.spec.user):
                 if replica.handle is handle and handle.running:
                     replica.ready = True  # probation still runs its course: ready, then crashing, is bad
                     self._set_phase(replica, Phase.READY)
@@ -675,7 +685,8 @@ class ServiceController:
         failures = 0
         while handle.running and replica.handle is handle:
             await asyncio.sleep(float(check["interval"]))  # type: ignore[arg-type]
-            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd)):
+            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd),
+                                  user=replica.launch.spec.user):
                 failures = 0
                 continue
             failures += 1
@@ -727,7 +738,17 @@ class ServiceController:
         }
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
-        state.save(self.state_dir, self.name, record)
+        try:
+            state.save(self.state_dir, self.name, record)
+        except OSError as exc:  # disk full, state dir gone: supervision goes on; retried next change
+            if self._persist_error != str(exc):
+                log.error("%s: cannot write its state record (%s); a restarted supervisor may not adopt "
+                          "its replicas until it can", self.name, exc)
+            self._persist_error = str(exc)
+            return
+        if self._persist_error:
+            log.info("%s: state record written again", self.name)
+        self._persist_error = ""
         self._persisted = record
 
     @staticmethod
