@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -60,6 +61,7 @@ MARK_VAR = "SUPERVISE_BENCH_MARK"
 RUN_ID = uuid.uuid4().hex[:12]
 SLEEP = ("sleep", "1000")
 WRITER_NAME = "bench_writer.py"
+RAW_WRITER_NAME = "raw_bench_writer.py"  # ends with WRITER_NAME: is_service() knows it
 PAD = "x" * 48
 
 
@@ -294,6 +296,25 @@ mark(".done")
 time.sleep(100000)  # stay up: a restart would write the lines twice
 '''
 
+#: a writer that is not the bottleneck: every line formatted before the clock starts, then
+#: written in 64 KiB chunks with os.write (what the log path itself costs shows)
+RAW_WRITER = f'''\
+import os, sys, time
+count, marker = int(sys.argv[1]), sys.argv[2]
+def mark(suffix):
+    with open(marker + suffix + ".tmp", "w") as f:
+        f.write(repr(time.time()))
+    os.rename(marker + suffix + ".tmp", marker + suffix)
+data = memoryview("".join(["L%07d {PAD}\\n" % i for i in range(count)]).encode())
+chunks = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+mark(".start")
+for chunk in chunks:
+    while chunk:
+        chunk = chunk[os.write(1, chunk):]
+mark(".done")
+time.sleep(100000)  # stay up: a restart would write the lines twice
+'''
+
 
 # -- adapters -------------------------------------------------------------------------------
 
@@ -303,6 +324,9 @@ class Adapter:
     name = "?"
     #: scenario -> reason it cannot run there
     unsupported: dict[str, str] = {}
+    #: the largest N it runs at (None: any), and why
+    max_n: int | None = None
+    max_n_reason = ""
 
     def __init__(self, workdir: Path):
         self.dir = workdir
@@ -502,6 +526,10 @@ class Honcho(Adapter):
         "reload": "honcho has no reload: a Procfile change needs a full restart",
         "status": "honcho has no status command",
     }
+    # three processes a service (a Python fork, sh, the service): 1.5 GB PSS at 500, several
+    # GB above 1000 on a shared machine; its curve is clear by then
+    max_n = 1000
+    max_n_reason = "not run above 1000 services (3 processes and ~3 MB PSS a service)"
 
     @classmethod
     def missing(cls) -> str | None:
@@ -519,13 +547,119 @@ class Honcho(Adapter):
         return self.out_path  # honcho prints every service's output, prefixed, on its stdout
 
 
-ADAPTERS: dict[str, type[Adapter]] = {a.name: a for a in (Supervise, Supervisord, Circus, Honcho)}
-PEERS = ("supervisord", "circus", "honcho")
+class S6(Adapter):
+    """Debian's s6: ``s6-svscan`` on a scan dir of N service dirs, one ``s6-supervise`` each.
+
+    Each service dir has a ``run`` script (``#!/bin/sh``, ``exec 2>&1``, ``exec ARGV``: how s6
+    services are written); the log scenario adds a ``log/run`` with ``s6-log`` (no timestamps,
+    no rotation below 256 MiB) writing ``logs/NAME/current``. Reload = rewrite the changed
+    ``run`` and ``s6-svc -r`` it (s6 reads ``run`` at each start); status = ``s6-svstat`` of
+    every dir (s6 has no one-shot status of a whole scan dir). SIGTERM to s6-svscan brings every
+    service down and exits (s6 >= 2.11).
+    """
+
+    name = "s6"
+    unsupported = {}
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.scan = self.conf_dir / "scan"
+        self.scan.mkdir(exist_ok=True)
+        self.changed: list[str] = []
+
+    @classmethod
+    def missing(cls) -> str | None:
+        return None if shutil.which("s6-svscan") else "s6-svscan is not installed (apt-get install s6)"
+
+    def write_config(self) -> None:
+        self.changed = []
+        for svc in self.services:
+            folder = self.scan / svc.name
+            folder.mkdir(exist_ok=True)
+            text = "#!/bin/sh\nexec 2>&1\nexec " + shlex.join(svc.argv) + "\n"
+            run = folder / "run"
+            if run.exists() and run.read_text() == text:
+                continue
+            self.changed.append(svc.name)
+            write_atomic(run, text, mode=0o755)
+            if svc.argv[0] != "sleep":  # the log writer: a logger service beside it
+                (folder / "log").mkdir(exist_ok=True)
+                write_atomic(folder / "log" / "run", "#!/bin/sh\nexec s6-log -b n1 s268435455 "
+                             + shlex.quote(str(self.log_dir / svc.name)) + "\n", mode=0o755)
+
+    def command(self) -> list[str]:
+        return ["s6-svscan", str(self.scan)]
+
+    def log_file(self, service: str) -> Path:
+        return self.log_dir / service / "current"
+
+    def reload(self) -> str:
+        for name in self.changed:
+            ctl(["s6-svc", "-r", str(self.scan / name)])
+        return "rewrite run, s6-svc -r"
+
+    def status_command(self) -> list[str] | None:
+        return ["sh", "-c", 'for d in "$1"/*/; do printf "%s " "$d"; s6-svstat "$d"; done', "sh", str(self.scan)]
 
 
-def write_atomic(path: Path, text: str) -> None:
+class Limit(Adapter):
+    """No supervisor: bench/spawn_limit.c starts N copies with posix_spawn, then on SIGTERM
+    kills and reaps them. The floor for cold start and stop; the log scenarios' writer writes
+    straight into the file (no pipe, no supervisor)."""
+
+    name = "limit"
+    unsupported = {
+        "idle": "no supervisor", "restart": "no supervision: nothing restarts",
+        "reload": "no config", "status": "no status",
+    }
+    _binary: Path | None = None
+
+    @classmethod
+    def missing(cls) -> str | None:
+        try:
+            cls.binary()
+        except (OSError, RuntimeError) as exc:
+            return f"cannot build bench/spawn_limit.c: {exc}"
+        return None
+
+    @classmethod
+    def binary(cls) -> Path:
+        """bench/spawn_limit.c compiled (once a run) into a temp dir."""
+        if cls._binary is None:
+            folder = Path(tempfile.mkdtemp(prefix="svb-limit-"))
+            REGISTRY.dirs.append(folder)
+            out = folder / "spawn_limit"
+            cc = shutil.which("gcc") or shutil.which("cc")
+            if cc is None:
+                raise RuntimeError("no C compiler (gcc)")
+            result = subprocess.run([cc, "-O2", "-o", str(out), str(BENCH / "spawn_limit.c")],
+                                    capture_output=True, text=True, timeout=120)
+            if result.returncode != 0:
+                raise RuntimeError(result.stderr.strip()[-300:])
+            cls._binary = out
+        return cls._binary
+
+    def write_config(self) -> None:
+        argvs = {svc.argv for svc in self.services}
+        if len(argvs) != 1:
+            raise RuntimeError("the limit starts N copies of one command")
+
+    def command(self) -> list[str]:
+        argv = self.services[0].argv
+        out = "-" if argv[0] == "sleep" else str(self.log_file(self.services[0].name))
+        return [str(self.binary()), str(len(self.services)), out, *argv]
+
+
+ADAPTERS: dict[str, type[Adapter]] = {a.name: a for a in (Supervise, Supervisord, Circus, Honcho, S6, Limit)}
+#: the peers supervise is compared with ("best peer"); the limit is not a supervisor
+PEERS = ("supervisord", "circus", "honcho", "s6")
+
+
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    if mode is not None:
+        os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 
@@ -642,14 +776,21 @@ class Session:
         return procs
 
     def memory(self) -> dict[str, float]:
+        """RSS and PSS (MB) summed over the supervisor's own processes, from
+        /proc/PID/smaps_rollup (one read a process: honcho has thousands)."""
         rss = pss = 0
-        procs = self.own_processes()
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                info = p.memory_full_info()
-                rss += info.rss
-                pss += getattr(info, "pss", info.rss)
-        return {"rss_mb": round(rss / 2**20, 1), "pss_mb": round(pss / 2**20, 1), "own_procs": len(procs)}
+        pids = self.own_pids()
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"Rss:"):
+                            rss += int(line.split()[1])
+                        elif line.startswith(b"Pss:"):
+                            pss += int(line.split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        return {"rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1), "own_procs": len(pids)}
 
     def cpu(self) -> tuple[float, int]:
         """CPU seconds (user+system, children excluded) and context switches of the supervisor
@@ -733,16 +874,14 @@ CURRENT_SCENARIO = ""
 
 @dataclass
 class Params:
-    cold_ns: list[int] = field(default_factory=lambda: [50, 200, 500])
-    idle_n: int = 200
-    idle_s: float = 20.0
+    #: N of the scenarios that scale (cold, idle, stop, reload, status)
+    sizes: list[int] = field(default_factory=lambda: [50, 200, 500, 1000, 2000])
+    idle_s: float = 20.0        # idle window at the largest N
+    idle_short_s: float = 5.0   # idle window at the other sizes (a full run stays ~15 min)
     restart_n: int = 200
     kills: int = 20
     log_lines: int = 500_000
     log_repeats: int = 3
-    stop_n: int = 200
-    reload_n: int = 200
-    status_n: int = 200
     status_runs: int = 5
     settle: float = 1.5      # restart: supervisord counts a process as running (not crashing) after 1 s
     grace: float | None = None  # teardown: seconds for a graceful stop before SIGKILL (None: stop_timeout(n))
@@ -750,13 +889,14 @@ class Params:
 
     @classmethod
     def quick_params(cls) -> "Params":
-        return cls(cold_ns=[10], idle_n=10, idle_s=1.5, restart_n=10, kills=2, log_lines=20_000, log_repeats=1, stop_n=10,
-                   reload_n=10, status_n=10, status_runs=2, settle=1.1, grace=1.0, quick=True)
+        return cls(sizes=[10], idle_s=1.5, restart_n=10, kills=2, log_lines=20_000, log_repeats=1,
+                   status_runs=2, settle=1.1, grace=1.0, quick=True)
 
     def with_n(self, n: int) -> "Params":
-        return Params(cold_ns=[n], idle_n=n, idle_s=self.idle_s, restart_n=n, kills=self.kills,
-                      log_lines=self.log_lines, log_repeats=self.log_repeats, stop_n=n, reload_n=n, status_n=n, status_runs=self.status_runs,
-                      settle=self.settle, grace=self.grace, quick=self.quick)
+        return dataclasses.replace(self, sizes=[n], restart_n=n)
+
+    def idle_window(self, n: int) -> float:
+        return self.idle_s if n >= max(self.sizes) else min(self.idle_s, self.idle_short_s)
 
 
 def start_timeout(n: int) -> float:
@@ -771,25 +911,95 @@ def stop_timeout(n: int) -> float:
 SETTLE = 0.3
 
 
-def sc_cold(adapter: Adapter, n: int, p: Params) -> dict:
-    with Session(adapter, sleepers(n), p.grace) as s:
-        start = s.wait_services(n, start_timeout(n))
-        time.sleep(0.3 if p.quick else 1.0)  # let it finish what it does after the last start
-        return {"start_s": round(start, 4), **s.memory()}
+# Phases: one measurement on a running Session. A scenario run alone opens its own Session
+# (sc_*); a full run measures cold, idle, status, reload and stop on ONE Session per supervisor
+# and N, in that order (run_fused), which cuts the run's time by 4x at the same figures.
+
+def ph_cold(s: "Session", adapter: Adapter, n: int, p: Params) -> dict:
+    start = s.wait_services(n, start_timeout(n))
+    time.sleep(0.3 if p.quick else 1.0)  # let it finish what it does after the last start
+    return {"start_s": round(start, 4), **s.memory()}
 
 
-def sc_idle(adapter: Adapter, n: int, p: Params) -> dict:
-    with Session(adapter, sleepers(n), p.grace) as s:
-        s.wait_services(n, start_timeout(n))
-        time.sleep(0.5 if p.quick else 2.0)
-        cpu0, ctx0 = s.cpu()
+def ph_idle(s: "Session", adapter: Adapter, n: int, p: Params) -> dict:
+    time.sleep(0.5 if p.quick else 1.0)
+    cpu0, ctx0 = s.cpu()
+    t0 = time.monotonic()
+    time.sleep(p.idle_window(n))
+    cpu1, ctx1 = s.cpu()
+    elapsed = time.monotonic() - t0
+    s.check_running()
+    return {"cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 3), "cpu_s": round(cpu1 - cpu0, 3),
+            "ctx_per_s": round((ctx1 - ctx0) / elapsed, 1), "window_s": round(elapsed, 1)}
+
+
+def ph_status(s: "Session", adapter: Adapter, n: int, p: Params) -> dict:
+    argv = adapter.status_command()
+    if argv is None:
+        return {"skipped": f"`{adapter.name} status` does not exist yet"}
+    times, codes, shown = [], set(), 0
+    for _ in range(p.status_runs):
         t0 = time.monotonic()
-        time.sleep(p.idle_s)
-        cpu1, ctx1 = s.cpu()
-        elapsed = time.monotonic() - t0
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                                env={**os.environ, MARK_VAR: s.mark})
+        times.append(time.monotonic() - t0)
+        codes.add(result.returncode)
+        shown = sum(1 for svc in s.services if re.search(rf"(^|\W){re.escape(svc.name)}(\W|$)", result.stdout))
+    if shown < n:
+        raise RuntimeError(f"status listed {shown} of {n} services (exit {sorted(codes)})")
+    return {"p50_s": round(statistics.median(times), 4), "first_s": round(times[0], 4),
+            "exit_codes": sorted(codes)}
+
+
+def ph_reload(s: "Session", adapter: Adapter, n: int, p: Params) -> dict:
+    services = s.services
+    changed = services[n // 2].name
+    new_argv = ("sleep", "1001")
+    time.sleep(p.settle)
+    before = {pid: s.table.stat[pid][1] for pid in s.services_now()}
+    adapter.configure([Svc(x.name, new_argv) if x.name == changed else x for x in services])
+    t0 = time.monotonic()
+    how = adapter.reload()
+    t_ctl = time.monotonic() - t0
+
+    def running_again() -> bool:
         s.check_running()
-        return {"cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 3), "cpu_s": round(cpu1 - cpu0, 3),
-                "ctx_per_s": round((ctx1 - ctx0) / elapsed, 1), "window_s": round(elapsed, 1)}
+        return any(a == new_argv for a in s.services_now().values())
+    ok, when = wait_for(running_again, 60.0, interval=0.002)
+    if not ok:
+        raise RuntimeError(f"the changed service was not running again 60 s after the save ({how})")
+    time.sleep(0.5)
+    gone = [pid for pid, start in before.items() if not alive(pid, start)]
+    return {"reload_s": round(when - t0, 4), "command_s": round(t_ctl, 4), "restarted": len(gone),
+            "collateral": max(0, len(gone) - 1), "how": how}
+
+
+def ph_stop(s: "Session", adapter: Adapter, n: int, p: Params) -> dict:
+    time.sleep(SETTLE)
+    return s.stop(timeout=stop_timeout(n))
+
+
+def _alone(phase: Callable[["Session", Adapter, int, Params], dict], wait: float = 0.0
+           ) -> Callable[[Adapter, int, Params], dict]:
+    """A phase as a scenario of its own: a fresh Session, services up, then the phase."""
+    def run(adapter: Adapter, n: int, p: Params) -> dict:
+        with Session(adapter, sleepers(n), p.grace) as s:
+            if phase is not ph_cold:
+                s.wait_services(n, start_timeout(n))
+                time.sleep(wait)
+            return phase(s, adapter, n, p)
+    run.__name__ = "sc_" + phase.__name__[3:]
+    return run
+
+
+sc_cold = _alone(ph_cold)
+sc_idle = _alone(ph_idle, wait=1.0)
+sc_status = _alone(ph_status, wait=1.5)
+sc_reload = _alone(ph_reload)
+sc_stop = _alone(ph_stop)
+
+#: the phases a full run measures on one Session, in this order
+FUSED = {"cold": ph_cold, "idle": ph_idle, "status": ph_status, "reload": ph_reload, "stop": ph_stop}
 
 
 def sc_restart(adapter: Adapter, n: int, p: Params) -> dict:
@@ -834,25 +1044,32 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[int(rank) - 1]
 
 
-def sc_logs(adapter: Adapter, n: int, p: Params) -> dict:
+def sc_logs(adapter: Adapter, n: int, p: Params, raw: bool = False) -> dict:
     """The log writer ``p.log_repeats`` times (a fresh supervisor and log file each); the
     median run by time is reported, with every run's time and the worst loss of any run."""
     runs = []
     for _ in range(max(1, p.log_repeats)):
-        runs.append(logs_once(adapter, p))
+        runs.append(logs_once(adapter, p, raw))
     runs.sort(key=lambda r: r["total_s"])
     result = dict(runs[(len(runs) - 1) // 2])
     result["runs_s"] = [r["total_s"] for r in runs]
+    result["writer_runs_s"] = sorted(r["writer_s"] for r in runs if r["writer_s"] is not None)
+    if result["writer_runs_s"]:  # the writer's own time: its median over the runs too
+        result["writer_s"] = result["writer_runs_s"][(len(result["writer_runs_s"]) - 1) // 2]
     for key in ("missing", "duplicated", "reordered", "damaged"):
         result[key] = max(r[key] for r in runs)
     result["complete"] = all(r["complete"] for r in runs)
     return result
 
 
-def logs_once(adapter: Adapter, p: Params) -> dict:
+def sc_logs_raw(adapter: Adapter, n: int, p: Params) -> dict:
+    return sc_logs(adapter, n, p, raw=True)
+
+
+def logs_once(adapter: Adapter, p: Params, raw: bool = False) -> dict:
     lines = p.log_lines
-    writer = adapter.out_dir / WRITER_NAME
-    writer.write_text(WRITER)
+    writer = adapter.out_dir / (RAW_WRITER_NAME if raw else WRITER_NAME)
+    writer.write_text(RAW_WRITER if raw else WRITER)
     marker = adapter.out_dir / "writer"
     svc = Svc("w", (sys.executable, str(writer), str(lines), str(marker)))
     log = adapter.log_file(svc.name)
@@ -878,8 +1095,10 @@ def logs_once(adapter: Adapter, p: Params) -> dict:
                         return True
             done = Path(str(marker) + ".done").exists()
             return done and now - state["changed"] > 3.0  # finished writing, nothing more arrives
-        ok, _ = wait_for(complete, timeout, interval=0.005)
+        ok, _ = wait_for(complete, timeout, interval=0.001)
         t_end = time.time() - (time.monotonic() - state["changed"])  # when the file last grew
+        # the last line can reach the file before the writer wrote its .done marker
+        wait_for(lambda: Path(str(marker) + ".done").exists(), 5.0, interval=0.002)
         start = float(Path(str(marker) + ".start").read_text()) if Path(str(marker) + ".start").exists() else None
         done = float(Path(str(marker) + ".done").read_text()) if Path(str(marker) + ".done").exists() else None
         cpu_s, _ = s.cpu()
@@ -887,9 +1106,10 @@ def logs_once(adapter: Adapter, p: Params) -> dict:
         if start is None:
             raise RuntimeError("the writer never started")
         total = t_end - start
-        return {"lines": lines, "total_s": round(total, 3), "lines_per_s": round(lines / total) if total > 0 else None,
-                "writer_s": round(done - start, 3) if done else None, "complete": bool(ok), **counts,
-                "supervisor_cpu_s": round(cpu_s, 2)}
+        writer_s = round(done - start, 4) if done else None
+        return {"lines": lines, "total_s": round(total, 4), "lines_per_s": round(lines / total) if total > 0 else None,
+                "writer_s": writer_s, "over_writer": round(total / writer_s, 3) if writer_s else None,
+                "complete": bool(ok), **counts, "supervisor_cpu_s": round(cpu_s, 2)}
 
 
 LINE_RE = re.compile(rb"L(\d{7}) " + PAD.encode() + rb"\r?$", re.M)
@@ -904,59 +1124,6 @@ def count_lines(data: bytes, expected: int) -> dict[str, int]:
             "damaged": max(0, damaged)}
 
 
-def sc_stop(adapter: Adapter, n: int, p: Params) -> dict:
-    with Session(adapter, sleepers(n), p.grace) as s:
-        s.wait_services(n, start_timeout(n))
-        time.sleep(SETTLE)
-        return s.stop(timeout=stop_timeout(n))
-
-
-def sc_reload(adapter: Adapter, n: int, p: Params) -> dict:
-    services = sleepers(n)
-    changed = services[n // 2].name
-    new_argv = ("sleep", "1001")
-    with Session(adapter, services, p.grace) as s:
-        s.wait_services(n, start_timeout(n))
-        time.sleep(p.settle)
-        before = {pid: s.table.stat[pid][1] for pid in s.services_now()}
-        adapter.configure([Svc(x.name, new_argv) if x.name == changed else x for x in services])
-        t0 = time.monotonic()
-        how = adapter.reload()
-        t_ctl = time.monotonic() - t0
-
-        def running_again() -> bool:
-            s.check_running()
-            return any(a == new_argv for a in s.services_now().values())
-        ok, when = wait_for(running_again, 60.0, interval=0.002)
-        if not ok:
-            raise RuntimeError(f"the changed service was not running again 60 s after the save ({how})")
-        time.sleep(0.5)
-        gone = [pid for pid, start in before.items() if not alive(pid, start)]
-        return {"reload_s": round(when - t0, 4), "command_s": round(t_ctl, 4), "restarted": len(gone),
-                "collateral": max(0, len(gone) - 1), "how": how}
-
-
-def sc_status(adapter: Adapter, n: int, p: Params) -> dict:
-    argv = adapter.status_command()
-    if argv is None:
-        return {"skipped": f"`{adapter.name} status` does not exist yet"}
-    with Session(adapter, sleepers(n), p.grace) as s:
-        s.wait_services(n, start_timeout(n))
-        time.sleep(p.settle)
-        times, codes, shown = [], set(), 0
-        for _ in range(p.status_runs):
-            t0 = time.monotonic()
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, MARK_VAR: s.mark})
-            times.append(time.monotonic() - t0)
-            codes.add(result.returncode)
-            shown = sum(1 for svc in s.services if re.search(rf"(^|\W){re.escape(svc.name)}(\W|$)", result.stdout))
-        if shown < n:
-            raise RuntimeError(f"status listed {shown} of {n} services (exit {sorted(codes)})")
-        return {"p50_s": round(statistics.median(times), 4), "first_s": round(times[0], 4),
-                "exit_codes": sorted(codes)}
-
-
 @dataclass
 class Scenario:
     name: str
@@ -967,24 +1134,49 @@ class Scenario:
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
-    Scenario("cold", sc_cold, lambda p: p.cold_ns,
+    Scenario("cold", sc_cold, lambda p: p.sizes,
              [("start_s", "cold start (s)", True), ("rss_mb", "supervisor RSS (MB)", True),
               ("pss_mb", "supervisor PSS (MB)", True)]),
-    Scenario("idle", sc_idle, lambda p: [p.idle_n],
-             [("cpu_pct", "idle CPU (%)", True), ("ctx_per_s", "context switches/s", True)]),
+    Scenario("idle", sc_idle, lambda p: p.sizes,
+             [("cpu_s", "idle CPU-seconds in the window", True), ("ctx_per_s", "context switches/s", True)]),
     Scenario("restart", sc_restart, lambda p: [p.restart_n],
              [("p50_ms", "restart after SIGKILL p50 (ms)", True), ("p95_ms", "restart p95 (ms)", True)]),
     Scenario("logs", sc_logs, lambda p: [1],
-             [("total_s", "log lines all in file (s)", True), ("lines_per_s", "lines/s", False),
+             [("writer_s", "block-buffered writer's own run time (s)", True),
+              ("total_s", "first write -> last line in file (s)", True), ("lines_per_s", "lines/s", False),
               ("missing", "lines lost", False), ("reordered", "lines reordered", False)]),
-    Scenario("stop", sc_stop, lambda p: [p.stop_n],
+    Scenario("logs-raw", sc_logs_raw, lambda p: [1],
+             [("writer_s", "64 KiB-chunk writer's own run time (s)", True),
+              ("total_s", "first write -> last line in file (s)", True),
+              ("over_writer", "last line / writer's run time", False),
+              ("missing", "lines lost", False), ("reordered", "lines reordered", False)]),
+    Scenario("stop", sc_stop, lambda p: p.sizes,
              [("stop_s", "stop until none left (s)", True), ("exit_s", "supervisor exited (s)", True),
               ("survivors", "survivors", False)]),
-    Scenario("reload", sc_reload, lambda p: [p.reload_n],
+    Scenario("reload", sc_reload, lambda p: p.sizes,
              [("reload_s", "config save -> changed one running (s)", True), ("collateral", "others restarted", False)]),
-    Scenario("status", sc_status, lambda p: [p.status_n],
-             [("p50_s", "status query p50 (s)", True)]),
+    Scenario("status", sc_status, lambda p: p.sizes,
+             [("p50_s", "status command p50 (s)", True)]),
 ]}
+
+
+def skip_reason(name: str, scenario: str, n: int) -> str | None:
+    cls = ADAPTERS[name]
+    if cls.unsupported.get(scenario):
+        return cls.unsupported[scenario]
+    if cls.max_n is not None and n > cls.max_n:
+        return cls.max_n_reason
+    return None
+
+
+def _finish(record: dict, before: dict, t0: float) -> dict:
+    record["wall_s"] = round(time.monotonic() - t0, 2)
+    # CPU used meanwhile by processes that ran before this scenario began (not ours): the
+    # machine is shared, and a busy neighbour on 2 cores skews the numbers
+    after = cpu_snapshot()
+    other = sum(after[k] - v for k, v in before.items() if k in after) / CLK_TCK
+    record["other_cpu_pct"] = round(100 * other / max(record["wall_s"], 0.01), 1)
+    return record
 
 
 def run_one(scenario: Scenario, name: str, n: int, p: Params, factory: Callable[[str, Path], Adapter]) -> dict:
@@ -993,8 +1185,7 @@ def run_one(scenario: Scenario, name: str, n: int, p: Params, factory: Callable[
     CURRENT_SCENARIO = scenario.name
     record: dict = {"scenario": scenario.name, "supervisor": name, "n": n}
     before = cpu_snapshot()
-    cls = ADAPTERS[name]
-    reason = cls.unsupported.get(scenario.name)
+    reason = skip_reason(name, scenario.name, n)
     if reason:
         record["skipped"] = reason
         return record
@@ -1009,13 +1200,54 @@ def run_one(scenario: Scenario, name: str, n: int, p: Params, factory: Callable[
     finally:
         if not REGISTRY.keep_dirs:
             shutil.rmtree(workdir, ignore_errors=True)
-    record["wall_s"] = round(time.monotonic() - t0, 2)
-    # CPU used meanwhile by processes that ran before this scenario began (not ours): the
-    # machine is shared, and a busy neighbour on 2 cores skews the numbers
-    after = cpu_snapshot()
-    other = sum(after[k] - v for k, v in before.items() if k in after) / CLK_TCK
-    record["other_cpu_pct"] = round(100 * other / max(record["wall_s"], 0.01), 1)
-    return record
+    return _finish(record, before, t0)
+
+
+def run_fused(phases: list[str], name: str, n: int, p: Params, factory: Callable[[str, Path], Adapter]) -> list[dict]:
+    """The ``phases`` (names in FUSED) for one supervisor at N, on one Session: one record
+    each, in FUSED's order. Services are always waited for first (the cold phase measures it);
+    a phase that fails is reported and the next runs; if the services never came up, every
+    phase reports that error."""
+    global CURRENT_SCENARIO
+    order = [ph for ph in FUSED if ph in phases]
+    records = {ph: {"scenario": ph, "supervisor": name, "n": n} for ph in order}
+    for ph in order:
+        reason = skip_reason(name, ph, n)
+        if reason:
+            records[ph]["skipped"] = reason
+    todo = [ph for ph in order if "skipped" not in records[ph]]
+    if not todo:
+        return list(records.values())
+    workdir = Path(tempfile.mkdtemp(prefix=f"svb-{name[:6]}-"))
+    REGISTRY.dirs.append(workdir)
+    CURRENT_SCENARIO = "fused"
+    try:
+        adapter = factory(name, workdir)
+        with Session(adapter, sleepers(n), p.grace) as s:
+            up = False
+            for ph in todo:
+                before, t0 = cpu_snapshot(), time.monotonic()
+                try:
+                    if not up and ph != "cold":
+                        s.wait_services(n, start_timeout(n))
+                    up = True
+                    CURRENT_SCENARIO = ph
+                    note(f"  {ph} n={n} {name}")
+                    records[ph].update(FUSED[ph](s, adapter, n, p))
+                except Exception as exc:  # reported in the record; the next phase runs
+                    records[ph]["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                    if not up or ph == "cold":
+                        for rest in todo[todo.index(ph) + 1:]:
+                            records[rest]["error"] = f"not measured: {ph} failed"
+                        break
+                _finish(records[ph], before, t0)
+    except Exception as exc:  # the Session itself failed (launch, teardown)
+        for ph in todo:
+            records[ph].setdefault("error", f"{type(exc).__name__}: {exc}"[:500])
+    finally:
+        if not REGISTRY.keep_dirs:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return list(records.values())
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -1090,57 +1322,153 @@ def table(records: list[dict], names: list[str], markdown: bool = False) -> list
     return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
 
 
+def _grid(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return out + ["| " + " | ".join(row) + " |" for row in rows]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
+
+
+def _number(record: dict | None, key: str) -> float | None:
+    if not record or "error" in record or "skipped" in record:
+        return None
+    value = record.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def metric_tables(records: list[dict], names: list[str], markdown: bool = False) -> list[str]:
+    """A table per metric: rows N, columns supervisors (``(Rx)`` = value / best peer's at that
+    N), a ``supervise / limit`` column where the limit has the metric, and a row
+    ``N=2000/N=500`` (each supervisor's growth) when both sizes ran."""
+    out: list[str] = []
+    by: dict[str, dict[int, dict[str, dict]]] = {}
+    for r in records:
+        by.setdefault(r["scenario"], {}).setdefault(r["n"], {})[r["supervisor"]] = r
+    for scenario, sc in SCENARIOS.items():
+        if scenario not in by:
+            continue
+        ns = sorted(by[scenario])
+        for key, label, ratio in sc.metrics:
+            with_limit = ratio and "limit" in names and "supervise" in names and any(
+                _number(by[scenario][n].get("limit"), key) is not None for n in ns)
+            header = ["N", *names] + (["supervise / limit"] if with_limit else [])
+            rows = []
+            for n in ns:
+                recs = by[scenario][n]
+                best = best_peer(list(recs.values()), key) if ratio else None
+                row = [str(n) if n > 1 else "-", *(cell(recs[x], key, ratio, best) if x in recs else "" for x in names)]
+                if with_limit:
+                    sv, lim = _number(recs.get("supervise"), key), _number(recs.get("limit"), key)
+                    row.append(f"{sv / lim:.2f}x" if sv is not None and lim else "-")
+                rows.append(row)
+            if 500 in ns and 2000 in ns and ratio:
+                row = ["2000/500"]
+                for x in names:
+                    a, b = _number(by[scenario][2000].get(x), key), _number(by[scenario][500].get(x), key)
+                    row.append(f"{a / b:.2f}" if a is not None and b else "-")
+                rows.append(row + ([""] if with_limit else []))
+            title = f"{scenario}: {label}"
+            out += ([f"#### {title}", ""] if markdown else [title]) + _grid(header, rows, markdown) + [""]
+    return out
+
+
 def targets(records: list[dict]) -> list[tuple[str, str, str, str]]:
-    """(target, supervise, best peer, met/missed/unknown) for the issue's targets."""
-    def get(scenario: str, n: int | None = None) -> list[dict]:
-        recs = [r for r in records if r["scenario"] == scenario and (n is None or r["n"] == n)]
-        if n is None and recs:
-            top = max(r["n"] for r in recs)
-            recs = [r for r in recs if r["n"] == top]
-        return recs
+    """(target, supervise's figure, the reference's, met/MISSED/unknown) for issue 17's targets
+    (and the earlier ones still kept), at N=500 and N=2000 or the sizes that ran."""
+    def rec(scenario: str, n: int | None, sup: str) -> dict | None:
+        return next((r for r in records if r["scenario"] == scenario and r["supervisor"] == sup
+                     and (n is None or r["n"] == n)), None)
 
-    def sv(recs: list[dict]) -> dict:
-        return next((r for r in recs if r["supervisor"] == "supervise"), {})
+    def val(scenario: str, n: int | None, sup: str, key: str) -> float | None:
+        return _number(rec(scenario, n, sup), key)
 
-    out = []
+    def peers(scenario: str, n: int | None) -> list[dict]:
+        return [r for r in records if r["scenario"] == scenario and (n is None or r["n"] == n)]
 
     def verdict(ok: bool | None) -> str:
         return "unknown" if ok is None else ("met" if ok else "MISSED")
 
-    cold = get("cold", 500) or get("cold")
-    v, b = sv(cold).get("start_s"), best_peer(cold, "start_s")
-    n = cold[0]["n"] if cold else "?"
-    out.append((f"cold start of {n} <= 1/2 best peer", fmt(v), fmt(b),
-                verdict(None if v is None or b is None else v <= b / 2)))
-    r = get("restart")
-    v = sv(r).get("p50_ms")
-    out.append(("restart after SIGKILL p50 < 50 ms", fmt(v), fmt(best_peer(r, "p50_ms")),
-                verdict(None if v is None else v < 50)))
-    i = get("idle")
-    v, b = sv(i).get("cpu_pct"), best_peer(i, "cpu_pct")
-    out.append(("idle CPU <= best peer", fmt(v), fmt(b), verdict(None if v is None or b is None else v <= b)))
-    lg = get("logs")
-    s = sv(lg)
-    v, b = s.get("lines_per_s"), best_peer(lg, "lines_per_s", lower=False)
-    out.append(("log throughput >= best peer, zero loss", f"{fmt(v)} lines/s, {fmt(s.get('missing'))} lost",
-                f"{fmt(b)} lines/s", verdict(None if v is None or b is None else v >= b and s.get("missing") == 0)))
-    st = get("stop")
-    s = sv(st)
-    v, b = s.get("stop_s"), best_peer(st, "stop_s")
-    out.append(("stop no slower than best peer, zero survivors", f"{fmt(v)} s, {fmt(s.get('survivors'))} left",
-                f"{fmt(b)} s", verdict(None if v is None or b is None else v <= b and s.get("survivors") == 0)))
-    v = sv(cold).get("rss_mb")
-    out.append((f"supervisor RSS at {n} services < 80 MB", fmt(v), fmt(best_peer(cold, "rss_mb")),
-                verdict(None if v is None else v < 80)))
+    def known(*values: float | None) -> bool:
+        return all(v is not None for v in values)
+
+    sizes = sorted({r["n"] for r in records if r["scenario"] in FUSED})
+    small = 500 if 500 in sizes else (sizes[0] if sizes else 0)
+    big = 2000 if 2000 in sizes else (sizes[-1] if sizes else 0)
+    stop_n = 200 if 200 in sizes else small
+    out = []
+
+    v, lim = val("cold", small, "supervise", "start_s"), val("cold", small, "limit", "start_s")
+    out.append((f"cold start of {small} <= 2x the limit", fmt(v), f"limit {fmt(lim)}",
+                verdict(v <= 2 * lim if known(v, lim) else None)))
+    b = best_peer(peers("cold", small), "start_s")
+    out.append((f"cold start of {small} <= 0.5x best peer", fmt(v), f"best peer {fmt(b)}",
+                verdict(v <= b / 2 if known(v, b) else None)))
+    vb = val("cold", big, "supervise", "start_s")
+    out.append((f"cold start of {big} <= 4.5x cold start of {small}", fmt(vb),
+                f"{small}: {fmt(v)} ({vb / v:.2f}x)" if known(v, vb) and v else "-",
+                verdict(vb <= 4.5 * v if known(v, vb) and big != small else None)))
+    pss, pss_sd = val("cold", small, "supervise", "pss_mb"), val("cold", small, "supervisord", "pss_mb")
+    out.append((f"supervisor PSS at {small} <= supervisord's (MB)", fmt(pss), f"supervisord {fmt(pss_sd)}",
+                verdict(pss <= pss_sd if known(pss, pss_sd) else None)))
+    lo, hi = (sizes[0], sizes[-1]) if sizes else (0, 0)
+    p_lo, p_hi = val("cold", lo, "supervise", "pss_mb"), val("cold", hi, "supervise", "pss_mb")
+    per = (p_hi - p_lo) * 1024 / (hi - lo) if known(p_lo, p_hi) and hi > lo else None
+    out.append((f"PSS per added service ({lo} -> {hi}) <= 20 KB", fmt(per) + " KB" if per is not None else "-",
+                f"{fmt(p_lo)} -> {fmt(p_hi)} MB", verdict(per <= 20 if per is not None else None)))
+    r, col = val("reload", big, "supervise", "reload_s"), val("reload", big, "supervise", "collateral")
+    out.append((f"reload of one service among {big} <= 150 ms, 0 others restarted",
+                f"{fmt(r * 1000) if r is not None else '-'} ms, {fmt(col)} others",
+                f"best peer {fmt(best_peer(peers('reload', big), 'reload_s'))} s",
+                verdict(r <= 0.150 and col == 0 if known(r, col) else None)))
+    st = val("status", big, "supervise", "p50_s")
+    out.append((f"status at {big} <= 100 ms (whole CLI process)", f"{fmt(st * 1000) if st is not None else '-'} ms",
+                f"best peer {fmt(best_peer(peers('status', big), 'p50_s'))} s",
+                verdict(st <= 0.100 if st is not None else None)))
+    ex, ex_c = val("stop", stop_n, "supervise", "exit_s"), val("stop", stop_n, "circus", "exit_s")
+    out.append((f"stop of {stop_n}: supervisor exited no later than circus (s)", fmt(ex), f"circus {fmt(ex_c)}",
+                verdict(ex <= ex_c if known(ex, ex_c) else None)))
+    s_stop, surv = val("stop", stop_n, "supervise", "stop_s"), val("stop", stop_n, "supervise", "survivors")
+    b = best_peer(peers("stop", stop_n), "stop_s")
+    out.append((f"stop of {stop_n}: none left no later than best peer, 0 survivors (s)", fmt(s_stop),
+                f"best peer {fmt(b)}", verdict(s_stop <= b and surv == 0 if known(s_stop, b, surv) else None)))
+    tot, wr = val("logs-raw", None, "supervise", "total_s"), val("logs-raw", None, "supervise", "writer_s")
+    lost = val("logs-raw", None, "supervise", "missing")
+    out.append(("log path: last line <= 1.1x the 64 KiB writer's run time, 0 lost",
+                f"{fmt(tot)} s / {fmt(wr)} s = {tot / wr:.2f}x, {fmt(lost)} lost" if known(tot, wr) and wr else "-",
+                f"limit {fmt(val('logs-raw', None, 'limit', 'total_s'))} s",
+                verdict(tot <= 1.1 * wr and lost == 0 if known(tot, wr, lost) else None)))
+    w = val("logs", None, "supervise", "writer_s")
+    b = best_peer(peers("logs", None), "writer_s")
+    out.append(("block-buffered writer under supervise no slower than under the fastest peer (s)", fmt(w),
+                f"best peer {fmt(b)}", verdict(w <= b if known(w, b) else None)))
+    idle = rec("idle", big, "supervise")
+    c = _number(idle, "cpu_s")
+    out.append((f"idle at {big}: 0 CPU-seconds in {fmt((idle or {}).get('window_s'))} s", fmt(c),
+                f"best peer {fmt(best_peer(peers('idle', big), 'cpu_s'))}", verdict(c == 0 if c is not None else None)))
+    rs = val("restart", None, "supervise", "p50_ms")
+    out.append(("restart after SIGKILL p50 < 50 ms", fmt(rs), f"best peer {fmt(best_peer(peers('restart', None), 'p50_ms'))}",
+                verdict(rs < 50 if rs is not None else None)))
     return out
 
 
-def markdown_report(records: list[dict], names: list[str], started: str) -> str:
+def load_summary(records: list[dict]) -> str:
+    """The other processes' CPU during the run: mean and max of the records' other_cpu_pct."""
+    values = [r["other_cpu_pct"] for r in records if isinstance(r.get("other_cpu_pct"), (int, float))]
+    if not values:
+        return "no load figures"
+    return (f"other processes used {statistics.mean(values):.0f}% of a core on average during the "
+            f"scenarios (max {max(values):.0f}%)")
+
+
+def markdown_report(records: list[dict], names: list[str], started: str, load: str = "") -> str:
     lines = [f"Run of {started} on {os.uname().nodename} ({os.cpu_count()} cores, Python "
-             f"{sys.version.split()[0]}); `(Rx)` = value / best peer's value, lower is better.", ""]
-    lines += table(records, names, markdown=True)
-    lines += ["", "| target | supervise | best peer | |", "|---|---|---|---|"]
+             f"{sys.version.split()[0]}); `(Rx)` = value / best peer's value at that N (peers: "
+             f"{', '.join(PEERS)}), lower is better; `supervise / limit` = supervise's value / the "
+             f"spawn loop's. {load_summary(records)}.{(' ' + load) if load else ''}", ""]
+    lines += ["| target | supervise | reference | |", "|---|---|---|---|"]
     lines += [f"| {t} | {v} | {b} | {ok} |" for t, v, b, ok in targets(records)]
+    lines += [""] + metric_tables(records, names, markdown=True)
     notes = [f"- {r['scenario']} n={r['n']} {r['supervisor']}: {r.get('skipped') or r.get('error')}"
              for r in records if "skipped" in r or "error" in r]
     busy = [r for r in records if r.get("other_cpu_pct", 0) > 20]
@@ -1163,7 +1491,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS),
                         help="run only this scenario (repeatable); default: all")
     parser.add_argument("--n", type=int, help="number of services (overrides every scenario's N)")
-    parser.add_argument("--quick", action="store_true", help="N=10 and few iterations: everything in about a minute")
+    parser.add_argument("--quick", action="store_true", help="N=10 and few iterations: everything in about 30 s")
     parser.add_argument("--supervisors", default=",".join(ADAPTERS),
                         help="comma-separated subset of: " + ", ".join(ADAPTERS))
     parser.add_argument("--lines", type=int, help="lines the log writer writes (default 500000)")
@@ -1176,6 +1504,9 @@ def main(argv: list[str] | None = None) -> int:
                              "checkout (default: bench/.venv-supervise/bin/supervise)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record supervise with py-spy (raw collapsed stacks) into DIR")
+    parser.add_argument("--separate", action="store_true",
+                        help="a fresh supervisor for each of cold, idle, status, reload, stop (default: one "
+                             "session per supervisor and N measures them in turn)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (configs, logs)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
@@ -1223,22 +1554,41 @@ def main(argv: list[str] | None = None) -> int:
         note(f"other processes use {100 * busy:.0f}% of a core right now: expect noisy numbers "
              "(every record has other_cpu_pct)")
     started = time.strftime("%Y-%m-%d %H:%M")
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     records: list[dict] = []
-    for scenario in (SCENARIOS[s] for s in (args.scenario or list(SCENARIOS))):
-        case_records: list[dict] = []
+    chosen = args.scenario or list(SCENARIOS)
+    fused = [x for x in chosen if x in FUSED] if not args.separate else []
+    if len(fused) < 2:
+        fused = []
+    done_fused = False
+    for name_ in chosen:
+        scenario = SCENARIOS[name_]
+        if name_ in fused:
+            if done_fused:
+                continue
+            done_fused = True
+            note(f"{', '.join(fused)} on one session per supervisor and N")
+            for n in p.sizes:
+                for name in available:
+                    note(f"{'+'.join(fused)} n={n} {name} ...")
+                    for record in run_fused(fused, name, n, p, factory):
+                        print(json.dumps(record), flush=True)
+                        records.append(record)
+            continue
         for n in scenario.ns(p):
             for name in available:
                 note(f"{scenario.name} n={n} {name} ...")
                 record = run_one(scenario, name, n, p, factory)
                 print(json.dumps(record), flush=True)
-                case_records.append(record)
-        records += case_records
-        print("\n".join(table(case_records, available)) + "\n", flush=True)
+                records.append(record)
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
+    load = f"Load average (1, 5, 15 min) {' '.join(load_before)} before the run, {' '.join(load_after)} after."
+    print("\n".join(metric_tables(records, available)), flush=True)
 
-    report = markdown_report(records, available, started)
+    report = markdown_report(records, available, started, load)
     print("targets:")
     for t, v, b, ok in targets(records):
-        print(f"  {ok:8} {t}: supervise {v}, best peer {b}")
+        print(f"  {ok:8} {t}: supervise {v}; {b}")
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
