@@ -588,7 +588,8 @@ class S6(Adapter):
                              + shlex.quote(str(self.log_dir / svc.name)) + "\n", mode=0o755)
 
     def command(self) -> list[str]:
-        return ["s6-svscan", str(self.scan)]
+        # -c: room for every service dir (s6-svscan's default maximum is 500)
+        return ["s6-svscan", "-c", str(max(500, 2 * len(self.services) + 10)), str(self.scan)]
 
     def log_file(self, service: str) -> Path:
         return self.log_dir / service / "current"
@@ -663,6 +664,14 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
     os.replace(tmp, path)
 
 
+def compile_supervise(python: str) -> None:
+    """Byte-compile this checkout, as installing a package does (pip writes the .pyc files of
+    the peers at install; this checkout is installed editable, and a shell with
+    PYTHONDONTWRITEBYTECODE=1 would make every supervise start and every status command
+    compile 13,000 lines again). The supervisors run without PYTHONDONTWRITEBYTECODE."""
+    run_quiet([python, "-m", "compileall", "-q", str(ROOT / "supervisor")], timeout=300)
+
+
 def run_quiet(argv: list[str], timeout: float = 30) -> int:
     try:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -729,6 +738,7 @@ class Session:
         self.adapter.configure(self.services)
         env = {**os.environ, MARK_VAR: self.mark}
         env.pop("PYTHONUNBUFFERED", None)  # the log writer must buffer as a normal program does
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # see compile_supervise()
         self.t_launch = time.monotonic()
         self.adapter.launch(env)
         if PROFILE_DIR is not None and self.adapter.name == "supervise" and CURRENT_SCENARIO != "stop":
@@ -940,8 +950,9 @@ def ph_status(s: "Session", adapter: Adapter, n: int, p: Params) -> dict:
     times, codes, shown = [], set(), 0
     for _ in range(p.status_runs):
         t0 = time.monotonic()
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-                                env={**os.environ, MARK_VAR: s.mark})
+        env = {**os.environ, MARK_VAR: s.mark}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # see compile_supervise()
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
         times.append(time.monotonic() - t0)
         codes.add(result.returncode)
         shown = sum(1 for svc in s.services if re.search(rf"(^|\W){re.escape(svc.name)}(\W|$)", result.stdout))
@@ -1546,6 +1557,10 @@ def main(argv: list[str] | None = None) -> int:
             return Supervise(workdir, command=command, python=python, reload_mode=args.supervise_reload)
         return ADAPTERS[name](workdir)
 
+    if "supervise" in available:
+        command = shlex.split(args.supervise_cmd) if args.supervise_cmd else None
+        compile_supervise(command[0] if command and "python" in os.path.basename(command[0])
+                          else str(SUPERVISE_BIN / "python"))
     before = cpu_snapshot()
     time.sleep(1.0)
     after = cpu_snapshot()

@@ -140,9 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return cmd_render(path, args.tag)
         if verb in ("run", "plan", "status", "logs", "events"):
-            from .kube.cli import runtime_of
-
-            if runtime_of(path) == "kubernetes":  # the cluster answers these, not a local supervisor
+            if config.runtime_of(path) == "kubernetes":  # the cluster answers these, not a local supervisor
                 return cmd_kubernetes(verb, path, args)
         if verb == "plan":
             return cmd_plan(path, args.json)

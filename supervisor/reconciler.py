@@ -413,8 +413,9 @@ class Reconciler:
         async with self.lock:
             specs = {n: c.spec for n, c in self.controllers.items()}
             for level in reversed(dependency_levels(specs)):
-                for name in level:  # the whole level's signals first, then the waits
-                    self.controllers[name].signal_all()
+                with procs.one_look_at_children():  # the whole level's signals first, then the waits
+                    for name in level:
+                        self.controllers[name].signal_all()
                 await asyncio.gather(*(self.controllers[n].stop_all("supervisor stopping") for n in level))
             for controller in self.controllers.values():
                 controller._persist_now()

@@ -23,15 +23,8 @@ log = logging.getLogger("supervise")
 
 
 def runtime_of(path: Path) -> str:
-    """``[supervise] runtime`` of the file, quickly (stdlib tomllib, no validation; "local"
-    when the file cannot be read that way): which way the client verbs go."""
-    import tomllib
-
-    try:
-        value = tomllib.loads(path.read_text(encoding="utf-8")).get("supervise", {}).get("runtime", "local")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
-        return "local"
-    return value if isinstance(value, str) else "local"
+    """``[supervise] runtime`` of the file, quickly (see :func:`supervisor.config.runtime_of`)."""
+    return config.runtime_of(path)
 
 
 def load(path: Path):

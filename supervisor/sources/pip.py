@@ -20,10 +20,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
+
+# packaging (with ipaddress, platform, ...) is imported where it is used: a supervisor whose
+# file has no pip source never needs it, and every module it loads stays in its memory.
 
 from . import SourceError
 from ..model import SourceSpec
@@ -42,6 +45,8 @@ def parse_requirement(text: str) -> Requirement:
     """A PEP 508 requirement (``name``, ``name>=1.0``, ``name[extra]~=2.1``), at most
     :data:`MAX_REQUIREMENT` characters. A URL
     requirement (``name @ https://…``) has no index to poll and is refused. Raises ValueError."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
     if len(text) > MAX_REQUIREMENT:
         raise ValueError(f"bad requirement: longer than {MAX_REQUIREMENT} characters")
     try:
@@ -101,6 +106,8 @@ class PipSource:
                 data = json.loads(report.read_text())
             except (OSError, ValueError) as exc:
                 raise SourceError(f"pip gave no report for {self.spec.requirement!r}: {exc}") from None
+        from packaging.utils import canonicalize_name
+
         wanted = canonicalize_name(self.requirement.name)
         for item in data.get("install") or []:
             metadata = item.get("metadata") or {}
