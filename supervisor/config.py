@@ -980,8 +980,6 @@ class _Validator:
         """``runtime``, ``ports``, ``volumes``, and whether the service is a container (an image
         source or a Dockerfile build implies it). Checked in full, then refused with one located
         error while containers are not available (UNAVAILABLE_RUNTIMES)."""
-        from .executors.container import parse_port, parse_volume
-
         runtime, runtime_key = getattr(self, "global_runtime", "local"), None
         if "runtime" in table:
             value = table["runtime"]
@@ -1002,9 +1000,14 @@ class _Validator:
             runtime, runtime_key = "container", implied
         if source is not None and source.kind == "pip" and runtime == "container":
             self.error(keys + ("source", "pip"), 'a pip source installs into a venv and runs as a process, not as a container')
-        for key, parse in (("ports", parse_port), ("volumes", lambda text: parse_volume(text, self.base))):
+        for key in ("ports", "volumes"):
             if key not in table:
                 continue
+            # imported only now: executors.container imports the docker SDK (requests, urllib3:
+            # 80 ms and megabytes of every supervisor's memory, for a file without a container)
+            from .executors.container import parse_port, parse_volume
+
+            parse = parse_port if key == "ports" else (lambda text: parse_volume(text, self.base))
             items = table[key]
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 self.error(keys + (key,), f'"{key}" must be a list of strings')
