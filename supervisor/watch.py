@@ -4,7 +4,7 @@
 temporary file and rename it over, delete and recreate. We reload when a write is *finished*:
 inotify's ``IN_CLOSE_WRITE`` on the file (a writer that keeps the file open mid-save is never
 read half-way), or a rename onto it, then after a debounce of :data:`DEBOUNCE` seconds of
-quiet. A plain modification with no close (a writer that never closes, or a filesystem without
+quiet (:data:`RENAME_DEBOUNCE` after a rename: the file is complete at once). A plain modification with no close (a writer that never closes, or a filesystem without
 close events) is picked up after :data:`QUIET` seconds of quiet. A burst of events is one reload.
 
 **Local sources** with ``watch`` globs: matching edits (state dir and VCS folders ignored) end
@@ -39,6 +39,10 @@ log = logging.getLogger("supervise")
 
 #: Seconds of quiet after a finished save before the reload (one reload per save).
 DEBOUNCE = 0.15
+#: The same after a rename onto the file (the atomic save of most editors and tools): the file
+#: is complete at once, so only the tail of the editor's burst (a chmod, a second rename) is
+#: waited for. Half the 150 ms reload target of issue 17 went to the debounce before.
+RENAME_DEBOUNCE = 0.03
 #: Seconds of quiet after an unfinished write (no close seen) before reloading anyway.
 QUIET = 10.0
 #: Seconds of quiet after edits to a watched local source before it is rebuilt.
@@ -113,13 +117,13 @@ class FileWatcher:
             if kind == "moved" and Path(os.fsdecode(event.src_path)) in self.files and not (
                     getattr(event, "dest_path", "") and Path(os.fsdecode(event.dest_path)) in self.files):
                 return  # the file was moved away: wait for the new one
-            self.loop.call_soon_threadsafe(self._finished)
+            self.loop.call_soon_threadsafe(self._finished, kind == "moved")
         elif kind == "modified":
             self.loop.call_soon_threadsafe(self._modified)
         # "deleted": wait for the file to come back (delete-and-recreate saves)
 
-    def _finished(self) -> None:
-        self.debouncer.poke(DEBOUNCE)
+    def _finished(self, renamed: bool = False) -> None:
+        self.debouncer.poke(RENAME_DEBOUNCE if renamed else DEBOUNCE)
 
     def _modified(self) -> None:
         # A write is under way: hold any pending reload until the writer has been quiet.
