@@ -33,8 +33,8 @@ def service_names(path: Path) -> list[str]:
         pass
     import tomllib
 
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:  # never blocks on a FIFO or a device: this runs on every Tab
+        data = tomllib.loads(config.read_regular_file(path).decode("utf-8"))
     except (OSError, ValueError):
         return []
     services = data.get("services")

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import wait_until, write
 
@@ -148,3 +149,19 @@ def test_quiet_run_keeps_output_in_the_log_only(tmp_path):
             proc.kill()
             proc.wait()
         out.close()
+
+
+@pytest.mark.parametrize("verb", [["status"], ["status", "--json"], ["plan"], ["logs"], ["events"], ["stop", "a"],
+                                  ["reload"], ["top"], ["exec", "a", "--", "true"], ["completion", "--names"]])
+def test_a_config_that_is_a_fifo_is_refused_by_every_verb_not_waited_on(tmp_path, verb):
+    """Every verb reads the file without blocking: a FIFO (or device) saved under the config's
+    name is one line and exit 2 (completion: no names), never a verb stuck in open()."""
+    path = tmp_path / "services.toml"
+    os.mkfifo(path)
+    result = subprocess.run([PY, "-m", "supervisor", "--config", str(path), *verb], capture_output=True,
+                            text=True, timeout=20, stdin=subprocess.DEVNULL)
+    if verb[0] == "completion":
+        assert (result.returncode, result.stdout) == (0, "")
+        return
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [f"{path}: cannot read config: {path} is not a regular file"]
