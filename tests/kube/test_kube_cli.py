@@ -175,3 +175,15 @@ def test_a_kubeconfig_that_is_a_folder_says_kubeconfig(tmp_path, monkeypatch, ca
     monkeypatch.setenv("KUBECONFIG", str(tmp_path))
     assert cli.main(["status", "--config", str(write(tmp_path))]) == 1
     assert capsys.readouterr().err == f"supervise: kubeconfig {tmp_path}: cannot read it: Is a directory\n"
+
+
+@pytest.mark.parametrize("verb", [["top"], ["status", "--watch"], ["status", "-w", "web"]])
+def test_the_live_view_is_refused_in_one_line_on_kubernetes(tmp_path, verb):
+    """``top`` used to wait for a local supervisor that never comes ("connecting", forever);
+    no cluster is needed to refuse it."""
+    result = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(write(tmp_path)), *verb],
+                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    shown = "top" if verb == ["top"] else "status --watch"
+    assert result.stderr == f"supervise: {shown} shows a local supervisor; on Kubernetes, use status (a row per pod)\n"
+    assert result.stdout == ""
