@@ -327,8 +327,11 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
             print(json.dumps(reply, indent=2))
         else:
             print_status(rows)
-        # a service scaled to zero is as asked when nothing of it runs
+        # As asked: running or ready; a service scaled to zero with nothing of it running; a
+        # replica that exited 0 and stays exited (restart "never" or "on-failure": a one-shot
+        # such as a Procfile's release that completed, what depends_on "completed" waits for).
         up = all(row["phase"] in ("running", "ready") or (row.get("desired") == 0 and row["replica"] is None)
+                 or (row["phase"] == "exited" and row.get("last_exit") == "exit 0")
                  for row in rows)
         return EXIT_OK if up else EXIT_NOT_RUNNING
     if verb == "reload":
