@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import cgroups, logs, procs, state
+from .clock import SYSTEM, Clock
 from .builds import Artifact, PrepareError, Preparer, source_root
 from .events import EventType, Notifier
 from .config import NAME_RE
@@ -48,8 +49,10 @@ class Reconciler:
     """Converges the local machine to a Desired state and keeps it there."""
 
     def __init__(self, desired: Desired, notifier: Notifier | None = None,
-                 on_change: Callable[[], None] | None = None, console: logs.Console | None = None):
+                 on_change: Callable[[], None] | None = None, console: logs.Console | None = None,
+                 clock: Clock = SYSTEM):
         self.desired = desired
+        self.clock = clock
         self.settings = desired.settings
         self.state_dir = desired.settings.state_dir
         self.notifier = notifier or Notifier()
@@ -193,7 +196,8 @@ class Reconciler:
         assert self.reaper is not None
         return ServiceController(spec, state_dir=self.state_dir, reaper=self.reaper, notifier=self.notifier,
                                  lookup=self.controllers.get, changed=self.on_change,
-                                 sink=self.logs.sink(spec.name, spec.log), cgroup_parent=self.cgroup_parent)
+                                 sink=self.logs.sink(spec.name, spec.log), cgroup_parent=self.cgroup_parent,
+                                 clock=self.clock)
 
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
         assert self.preparer is not None
