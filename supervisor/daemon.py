@@ -1,14 +1,14 @@
-"""The foreground supervisor: wires the reconciler to its wake-ups, the console and the socket.
+"""The foreground supervisor: the engine's front door for ``supervise run``.
 
-Side effects live here: the state-dir lock, signal handlers, watchdog observers, the git
-poller, the control socket. The reconciler in the middle only observes, plans and executes.
+It builds an :class:`~supervisor.engine.Engine` (reconciler, state lock, git poller, folder
+watcher, event bus) and adds what only a daemon has: the config file watcher, signal handlers,
+the control socket and sd_notify. A save, SIGHUP and the ``reload`` verb all go through
+:meth:`Daemon.reload`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import fcntl
 import logging
 import os
 import signal
@@ -18,60 +18,28 @@ from typing import Any
 
 from . import __version__, config, logs, procs
 from .config import ConfigError
-from .control import lock_path, socket_path
+from .control import socket_path
 from .control.server import ControlServer, send
 from .durations import format_duration
 from .events import Event, EventType, Notifier
 from .model import Desired, Phase
 from .notify import UnitReporter
-from .reconciler import Reconciler, dependency_levels
-from .builds import source_root
-from .watch import FileWatcher, GitPoller, SourceWatcher
-from .sources.path import content_hash
+from .engine import AlreadyRunning, Engine, StateLock
+from .plan import Plan
+from .reconciler import dependency_levels
+from .watch import FileWatcher
 
 log = logging.getLogger("supervise")
 
-#: More watch-triggered rebuilds than this within WATCH_STORM_WINDOW seconds stop the
-#: following of that folder's edits (a service writing into its own watched folder loops).
-WATCH_STORM_COUNT = 5
-WATCH_STORM_WINDOW = 60.0
-
-
-class AlreadyRunning(Exception):
-    """Another supervisor holds the state dir's lock. The message names its pid."""
-
-
-class StateLock:
-    """An exclusive ``flock`` on ``STATE_DIR/supervise.lock`` for the life of the process.
-
-    The kernel drops it when we die, however we die, so a stale lock never blocks a restart.
-    """
-
-    def __init__(self, state_dir: Path):
-        self.path = lock_path(state_dir)
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise AlreadyRunning(f"another supervise (pid {other}) is running on {self.path.parent}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+__all__ = ["AlreadyRunning", "Daemon", "StateLock", "print_event"]
 
 
 class Daemon:
-    """``supervise --config PATH`` in the foreground. :meth:`run` returns the exit code."""
+    """``supervise --config PATH`` in the foreground. :meth:`run` returns the exit code.
+
+    It builds the :class:`~supervisor.engine.Engine` and adds what only a daemon has: the
+    config file watcher, signals, the control socket and sd_notify.
+    """
 
     def __init__(self, path: Path, desired: Desired, console: bool = True):
         self.path = path
@@ -81,32 +49,26 @@ class Daemon:
         self.notifier = Notifier()
         self.console_out = logs.Console() if console else None
         self.unit = UnitReporter.from_environ()  # sd_notify(3); a no-op outside systemd
-        self.reconciler = Reconciler(desired, self.notifier, on_change=self.unit.changed, console=self.console_out)
+        self.engine = Engine(desired, bus=self.notifier, on_change=self.unit.changed, console=self.console_out)
+        self.reconciler = self.engine.reconciler
         self.unit.attach(self.reconciler)
-        self.lock = StateLock(self.state_dir)
         self.stop_event: asyncio.Event | None = None
         self.last_error = ""
-        self.reloads = 0  # reloads asked for by saves and SIGHUP
+        self.reloads = 0  # reloads asked for by saves, SIGHUP and the reload verb
         self.detaching = False  # SIGQUIT: leave the services running for the next supervise
-        self.edit_storms: dict[str, collections.deque[float]] = {}  # watch-triggered rebuild times
         self.started = time.time()
         self.file_watcher: FileWatcher | None = None
-        self.source_watcher: SourceWatcher | None = None
-        self.poller: GitPoller | None = None
         self.control: ControlServer | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
-    def load(self) -> Desired | None:
-        """The desired state from the file, or None (error reported once) if it is invalid."""
+    async def load(self) -> Desired | None:
+        """The desired state from the file (parsed off the event loop), or None (the error
+        reported once: a log line and a ``config-error`` event) if it is invalid."""
         try:
-            new = config.load(self.path)
+            new = await asyncio.to_thread(config.load, self.path)
         except ConfigError as exc:
-            text = str(exc)
-            if text != self.last_error:
-                log.error("config not applied, the last good one stays in force:\n%s", text)
-                self.notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[str(d) for d in exc.diagnostics])
-            self.last_error = text
+            self._config_error(exc)
             return None
         if self.last_error:
             log.info("config is valid again")
@@ -114,72 +76,40 @@ class Daemon:
         if new.settings.state_dir != self.state_dir:
             log.warning("state_dir changes take effect at the next start; still using %s", self.state_dir)
             new = Desired(settings=self.desired.settings, services=new.services, path=new.path)
-        for name, spec in new.services.items():  # a changed service is followed again
-            if self.desired.services.get(name) != spec:
-                self.edit_storms.pop(name, None)
         self.desired = new
         self._watch(new)
         return new
+
+    def _config_error(self, exc: ConfigError) -> None:
+        text = str(exc)
+        if text != self.last_error:
+            log.error("config not applied, the last good one stays in force:\n%s", text)
+            self.notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[str(d) for d in exc.diagnostics])
+        self.last_error = text
 
     def _watch(self, desired: Desired) -> None:
         if self.file_watcher is not None:
             env_files = [s.env_file for s in desired.services.values() if s.env_file]
             self.file_watcher.set_files([self.path, *env_files])
-        if self.source_watcher is not None:
-            self.source_watcher.set_services(desired.services.values())
-        if self.poller is not None:
-            self.poller.set_services(desired.services.values())
-        for name, spec in desired.services.items():
-            self.reconciler.logs.sink(name, spec.log)
+        self.engine.follow(desired)
+
+    async def reload(self, trigger: str) -> tuple[Plan | None, str]:
+        """The one reload path, for a save, SIGHUP and the ``reload`` verb alike: re-read the
+        file and apply it. Returns (the plan, "") or (None, the error) for an invalid file,
+        which is reported the same way whatever the trigger and never announced as reloaded."""
+        self.reloads += 1
+        log.info("%s: reloading %s", trigger, self.path.name)
+        desired = await self.load()
+        if desired is None:
+            return None, self.last_error
+        the_plan = await self.engine.apply(desired)
+        self.notifier.emit(EventType.RELOADED, None, None, trigger=trigger, actions=len(the_plan.lines()))
+        return the_plan, ""
 
     # -- wake-ups --------------------------------------------------------------------------
 
     def on_file_saved(self) -> None:
-        self.reloads += 1
-        log.info("%s saved: reloading", self.path.name)
-        self.notifier.emit(EventType.RELOADED, None, None, trigger="save")
-        self.reconciler.request()
-
-    def on_source_edited(self, name: str, last_edit: float) -> None:
-        spec = self.desired.services.get(name)
-        if spec is None or spec.source.path is None:
-            return
-        storm = self.edit_storms.setdefault(name, collections.deque(maxlen=WATCH_STORM_COUNT))
-        if len(storm) == WATCH_STORM_COUNT and time.monotonic() - storm[0] < WATCH_STORM_WINDOW:
-            if storm[-1] != -1.0:
-                log.error("%s: %d rebuilds for edits in %gs: is the service writing into its own watched "
-                          "folder? Ignoring its edits for a while", name,
-                          WATCH_STORM_COUNT, WATCH_STORM_WINDOW)
-                storm.append(-1.0)
-            return
-        preparer = self.reconciler.preparer
-        if preparer is not None and (name in preparer.builds or last_edit <= preparer.last_build_end.get(name, 0.0)):
-            # The last edit came while it was being built: the build's own output (a build
-            # writing into a watched folder). Rebuilding for it would loop forever.
-            log.debug("%s: ignoring edits made while it was being built", name)
-            return
-
-        storm.append(time.monotonic())
-
-        async def rehash() -> None:
-            revision = await asyncio.to_thread(content_hash, spec.source.path, [self.state_dir])
-            log.info("%s: source edited (%s): rebuilding", name, revision[:12])
-            self.reconciler.revisions[name] = revision
-            self.reconciler.request()
-
-        asyncio.get_running_loop().create_task(rehash())
-
-    def on_new_commit(self, name: str, commit: str) -> None:
-        running = self.reconciler.revisions.get(name)
-        if running and running.startswith(commit[:12]):
-            return
-        log.info("%s: new commit %s", name, commit[:12])
-        self.reconciler.revisions[name] = commit
-        self.reconciler.request()
-
-    def on_poll_error(self, name: str, message: str) -> None:
-        log.warning("%s: %s (retrying; what runs keeps running)", name, message)
-        self.notifier.emit(EventType.FETCH_FAILED, name, None, error=message)
+        self.engine.spawn(self.reload("save"))
 
     # -- control verbs ---------------------------------------------------------------------
 
@@ -229,20 +159,15 @@ class Daemon:
     async def h_plan(self, request: dict, writer: asyncio.StreamWriter) -> dict:
         """The plan for ``request["config"]`` (default: our own file) against what runs."""
         try:
-            desired = config.load(Path(request.get("config") or self.path))
+            desired = await asyncio.to_thread(config.load, Path(request.get("config") or self.path))
         except ConfigError as exc:
             return {"ok": False, "error": str(exc)}
         return {"actions": self.reconciler.plan(desired).lines()}
 
     async def h_reload(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        try:
-            config.load(self.path)
-        except ConfigError as exc:
-            self.load()  # reports it the usual way
-            return {"ok": False, "error": str(exc)}
-        desired = self.load()
-        assert desired is not None
-        the_plan = await self.reconciler.apply(desired)
+        the_plan, error = await self.reload("reload verb")
+        if the_plan is None:
+            return {"ok": False, "error": error, "code": "config-invalid"}
         return {"actions": the_plan.lines()}
 
     def _controllers(self, request: dict):
@@ -312,29 +237,25 @@ class Daemon:
     # -- the run ---------------------------------------------------------------------------
 
     async def run(self) -> int:
+        """Run until SIGINT/SIGTERM (stop every service) or SIGQUIT (leave them running).
+        Raises :class:`AlreadyRunning` when another supervisor holds the state dir."""
         loop = asyncio.get_running_loop()
-        self.lock.acquire()
+        self.notifier.add_listener(print_event)
         try:
             return await self._run(loop)
         finally:
-            self.lock.release()
+            self.engine.release()
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
-        self.notifier.add_listener(print_event)
         soft, _hard = procs.raise_fd_limit()
         needed = 2 * sum(s.replicas for s in self.desired.services.values()) + 64
         if needed > soft:
             log.warning("%d services need about %d file descriptors, but the limit is %d; raise "
                         "LimitNOFILE= (or ulimit -Hn) or some will not start", len(self.desired.services), needed, soft)
-        await self.reconciler.start()
+        await self.engine.open()
         self.control = ControlServer(socket_path(self.state_dir), self.handlers())
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
-        self.source_watcher = SourceWatcher(loop, self.on_source_edited, self.state_dir)
-        self.poller = GitPoller(lambda name: source_root(self.state_dir, name),
-                                lambda spec: spec.source.poll or self.desired.settings.poll,
-                                lambda name, commit: loop.call_soon(self.on_new_commit, name, commit),
-                                self.on_poll_error)
         self._watch(self.desired)
 
         self.stop_event = asyncio.Event()
@@ -349,7 +270,7 @@ class Daemon:
         adopted = await self.reconciler.adopt(self.desired)
         if adopted:
             log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
-        runner = asyncio.create_task(self.reconciler.run(self.load))
+        runner = asyncio.create_task(self.engine.run(self.load))
         self.reconciler.request()
         self.unit.start()
         stopper = asyncio.create_task(self.stop_event.wait())
@@ -365,12 +286,7 @@ class Daemon:
         await asyncio.gather(runner, stopper, return_exceptions=True)
         await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
         self.file_watcher.stop()
-        self.source_watcher.stop()
-        self.poller.stop()
-        if self.detaching:
-            await self.reconciler.detach()
-        else:
-            await self.reconciler.shutdown()
+        await self.engine.close(detach=self.detaching)
         await self.control.close()
         if self.console_out is not None:
             self.console_out.close()
@@ -398,17 +314,8 @@ class Daemon:
         self.stop_event.set()
 
     def on_sighup(self) -> None:
-        self.reloads += 1
-        log.info("SIGHUP: reloading %s", self.path.name)
-        self.notifier.emit(EventType.RELOADED, None, None, trigger="SIGHUP")
-        self.unit.reload(self._reload_pass)
-
-    async def _reload_pass(self) -> None:
-        """One load-and-apply pass for SIGHUP, run between RELOADING=1 and READY=1 (an invalid
-        file is reported by :meth:`load` and changes nothing)."""
-        desired = self.load()
-        if desired is not None:
-            await self.reconciler.apply(desired)
+        """SIGHUP: :meth:`reload`, between sd_notify's RELOADING=1 and READY=1."""
+        self.unit.reload(lambda: self.reload("SIGHUP"))
 
 
 def print_event(event: Event) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
 from . import cgroups, logs, procs, state
 from .clock import SYSTEM, Clock
@@ -323,7 +323,7 @@ class Reconciler:
         """Ask for a reconcile pass soon (thread-unsafe: call on the loop)."""
         self.wake.set()
 
-    async def run(self, load: Callable[[], Desired | None]) -> None:
+    async def run(self, load: Callable[[], Awaitable[Desired | None]]) -> None:
         """Reconcile on every wake-up until shutdown. ``load`` returns the desired state, or
         None when the file is currently invalid (the last good state then stays in force)."""
         while not self.stopping:
@@ -331,6 +331,6 @@ class Reconciler:
             self.wake.clear()
             if self.stopping:
                 break
-            desired = load()
+            desired = await load()
             if desired is not None:
                 await self.apply(desired)

@@ -1,6 +1,6 @@
 """The local Runtime: services as processes on this machine, in a Python program.
 
-It runs the same :class:`~supervisor.reconciler.Reconciler` as ``supervise`` does, on an event
+It builds the same :class:`~supervisor.engine.Engine` as ``supervise`` does, on an event
 loop in a thread of its own (exits are noticed by pidfd there, so the host program's signal
 handlers are left alone). Service definitions go through the same validation as
 ``services.toml``: a bad one raises with the same messages.
@@ -27,11 +27,9 @@ from ..builds import source_root
 from ..config import ConfigError
 from ..events import Event, EventType, Notifier as Bus
 from ..model import Desired, RestartPolicy, ServiceSpec, Settings
-from ..daemon import StateLock
-from ..reconciler import Reconciler
+from ..engine import Engine
 from ..sources import SourceError
 from ..sources.git import GitSource
-from ..watch import GitPoller
 from .base import Notifier, Runtime, RuntimeError_, Service
 
 #: Seconds a create/update/delete may take before it raises (fetch + build + start).
@@ -51,12 +49,10 @@ class LocalRuntime(Runtime):
         self.bus = Bus()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
-        self.reconciler: Reconciler | None = None
-        self.poller: GitPoller | None = None
+        self.engine: Engine | None = None
         self._stopped: asyncio.Event | None = None
         self._lock = threading.Lock()
         self._adoption_checked: set[str] = set()
-        self.lock = StateLock(self.state_dir)
 
     # -- life ------------------------------------------------------------------------------
 
@@ -83,28 +79,26 @@ class LocalRuntime(Runtime):
             self.loop.close()
 
     async def _main(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        engine = Engine(self._desired(), bus=self.bus, watch_sources=False)
         try:
             self._stopped = asyncio.Event()
-            self.lock.acquire()  # one runtime or daemon per state dir, as for the daemon
-            self.reconciler = Reconciler(self._desired(), self.bus)
-            await self.reconciler.start()
-            self.poller = GitPoller(lambda name: source_root(self.state_dir, name),
-                                    lambda spec: spec.source.poll or self.poll,
-                                    self._new_commit, self._poll_error)
+            await engine.open()  # one runtime or daemon per state dir: the engine's lock
         except BaseException as exc:  # reported to start()
             failure.append(exc)
-            self.lock.release()
             ready.set()
             return
+        self.engine = engine
+        runner = asyncio.ensure_future(engine.run(self._load))
         ready.set()
         await self._stopped.wait()
-        self.poller.stop()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
         # replicas a previous host left running for services this one never created: stop them too
-        await self.reconciler.adopt(self._desired(), only=None)
-        await self.reconciler.apply(self._desired())
-        await self.reconciler.shutdown()
+        await engine.reconciler.adopt(self._desired(), only=None)
+        await engine.apply(self._desired())
+        await engine.close()
         self.bus.close()
-        self.lock.release()
+        engine.release()
 
     def stop(self) -> None:
         with self._lock:
@@ -166,22 +160,27 @@ class LocalRuntime(Runtime):
         return Desired(settings=Settings(state_dir=self.state_dir, poll=self.poll),
                        services=MappingProxyType(dict(self.specs)))
 
-    async def _apply(self) -> None:
-        assert self.reconciler is not None and self.poller is not None
+    async def _load(self) -> Desired:
+        """The desired state of the services created so far (adopting, first, what a previous
+        host of this state dir left running for new names: adopted, not duplicated)."""
+        assert self.engine is not None
         desired = self._desired()
         new = {n for n in desired.services if n not in self._adoption_checked}
-        if new:  # a previous host of this state dir may have left them running: adopt, not duplicate
+        if new:
             self._adoption_checked |= new
-            await self.reconciler.adopt(desired, only=new)
+            await self.engine.reconciler.adopt(desired, only=new)
         for name, stream in self.outputs.items():
-            sink = self.reconciler.logs.sink(name)
+            sink = self.engine.reconciler.logs.sink(name)
             if stream not in sink.tees:
                 sink.tees.append(stream)
-        await self.reconciler.apply(desired)
-        self.poller.set_services(desired.services.values())
+        return desired
+
+    async def _apply(self) -> None:
+        assert self.engine is not None
+        await self.engine.apply(await self._load())
 
     async def _update(self, name: str) -> None:
-        assert self.reconciler is not None
+        assert self.engine is not None
         spec = self.specs[name]
         if spec.source.kind == "git":
             source = GitSource(spec.source, source_root(self.state_dir, name))
@@ -189,18 +188,18 @@ class LocalRuntime(Runtime):
                 commit = await asyncio.to_thread(source.remote_revision)
             except SourceError as exc:
                 raise RuntimeError_(str(exc)) from None
-            self.reconciler.revisions[name] = commit
         else:
             from ..sources.path import content_hash
 
             assert spec.source.path is not None
-            self.reconciler.revisions[name] = await asyncio.to_thread(content_hash, spec.source.path, [self.state_dir])
+            commit = await asyncio.to_thread(content_hash, spec.source.path, [self.state_dir])
+        self.engine.new_revision(name, commit)
         await self._apply()
 
     async def _read(self, name: str | None, version: str | None, type: str | None) -> list[Service]:
-        assert self.reconciler is not None
+        assert self.engine is not None
         out = []
-        for service_name, controller in self.reconciler.controllers.items():
+        for service_name, controller in self.engine.reconciler.controllers.items():
             if name is not None and service_name != name:
                 continue
             spec = controller.spec
@@ -215,14 +214,6 @@ class LocalRuntime(Runtime):
                 "phase": controller.phase.value, "pids": ",".join(pids), "replicas": str(spec.replicas),
                 "type": kind, "build_failed": "true" if controller.build_failed else "false"}))
         return out
-
-    def _new_commit(self, name: str, commit: str) -> None:
-        assert self.reconciler is not None and self.loop is not None
-        self.reconciler.revisions[name] = commit
-        self.loop.create_task(self._apply())
-
-    def _poll_error(self, name: str, message: str) -> None:
-        self.bus.emit(EventType.FETCH_FAILED, name, None, error=message)
 
     # -- helpers ---------------------------------------------------------------------------
 
