@@ -150,12 +150,16 @@ def cmd_plan(path: Path) -> int:
 
 def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
     """Print the services.toml equivalent of the Procfile or supervisord.conf at ``path``."""
-    from .importers import ImportFailed, import_file
+    from .importers import Finding, ImportFailed, import_file
 
+    findings: list[Finding] = []
     try:
-        sys.stdout.write(import_file(path, env=env, format=format))
+        text = import_file(path, env=env, format=format, findings=findings)
     except ImportFailed as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    for finding in findings:  # what was not carried over: also comments in the output
+        print(f"supervise: warning: {finding}", file=sys.stderr)
+    sys.stdout.write(text)
     return EXIT_OK
 
 

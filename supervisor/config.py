@@ -50,6 +50,10 @@ CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
 
 
+#: ``${VAR}``, ``${VAR:-default}``: for keys where supervise expands nothing.
+_UNEXPANDED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-[^}]*)?\}")
+
+
 @dataclass(frozen=True)
 class Diagnostic:
     """One located config mistake. ``line``/``col`` are 1-based (0 when unknown)."""
@@ -290,6 +294,14 @@ class _Validator:
                 self.error(keys + (name,), f'env "{name}" must be a string or a number, got {_type_name(item)}')
         return env
 
+    def not_expanded(self, keys: tuple[str, ...], value: str | None) -> None:
+        """An error for ``${VAR}`` in a key whose value is used as written (only ``command``,
+        ``env`` and checks are expanded): caught by ``check`` instead of failing at start."""
+        found = _UNEXPANDED.search(value or "")
+        if found:
+            self.error(keys, f'"{keys[-1]}" is used as written: {found.group(0)} is not expanded here '
+                       "(${VAR} works in command, env and checks)")
+
     def relative_path(self, value: str) -> Path:
         return (self.base / os.path.expanduser(value)).resolve()
 
@@ -383,6 +395,7 @@ class _Validator:
         cwd = "."
         if "cwd" in table and self.expect(get("cwd"), table["cwd"], str, "a path string") is not None:
             cwd = table["cwd"]
+            self.not_expanded(get("cwd"), cwd)
 
         env = dict(global_env)
         env_file = None
@@ -456,6 +469,7 @@ class _Validator:
         user = None
         if "user" in table:
             user = self.expect(get("user"), table["user"], str, "a user name")
+            self.not_expanded(get("user"), user)
 
         log = self.default_log
         if "log" in table:

@@ -61,4 +61,57 @@ def test_import_errors_exit_2_with_one_line(tmp_path):
     result = supervise("import", str(tmp_path / "missing"))
     assert result.returncode == 2 and "cannot read" in result.stderr
     result = supervise("import", "--from", "supervisord", str(notes))
-    assert result.returncode == 2 and "File contains no section headers" in result.stderr
+    assert result.returncode == 2 and f"{notes}:1: a line before any [section] 'hello'" in result.stderr
+
+
+def test_import_refuses_what_the_source_tool_refuses_with_exit_2_and_a_line(tmp_path):
+    """A conflicted Procfile, a duplicate name, and a supervisord.conf supervisord would not start."""
+    write(tmp_path / "Procfile", "web: a\n<<<<<<< HEAD\nworker: b\n=======\nworker: c\n>>>>>>> topic\n")
+    result = supervise("import", "Procfile", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "supervise: Procfile:2: merge-conflict marker '<<<<<<< HEAD': resolve the conflict first\n"
+    write(tmp_path / "Procfile", "web: a\nweb: b\n")
+    result = supervise("import", "Procfile", cwd=tmp_path)
+    assert result.returncode == 2 and "Procfile:2: process name 'web' is also on line 1" in result.stderr
+    conf = write(tmp_path / "supervisord.conf", "[supervisord]\n[program:w]\ncommand=w\nnumprocs=2\n")
+    result = supervise("import", str(conf))
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"{conf}:4: [program:w] numprocs: numprocs = 2 needs %(process_num) in process_name" in result.stderr
+
+
+def test_import_warns_on_stderr_and_its_output_passes_check(tmp_path):
+    conf = write(tmp_path / "supervisord.conf", "[supervisord]\nlogfile=/tmp/x.log\n[program:a]\n"
+                 "command=/bin/sleep 60\n[include]\nfiles=conf.d/*.conf\n")
+    result = supervise("import", str(conf))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"supervise: warning: {conf}:2: [supervisord] logfile: logfile = /tmp/x.log: supervise logs to stderr; "
+        "services log to STATE_DIR/logs",
+        f'supervise: warning: {conf}:6: [include] files: no file matches "{tmp_path}/conf.d/*.conf" '
+        "(supervisord logs the same warning and goes on)"]
+    assert f"# NOT CARRIED OVER: {conf}:2: [supervisord] logfile" in result.stdout
+    path = write(tmp_path / "services.toml", result.stdout)
+    assert supervise("check", "--config", str(path)).returncode == 0
+
+
+def test_bom_and_crlf_procfile_with_release_runs_release_first(tmp_path):
+    """The release one-shot completes before web starts (depends_on completed), as on Heroku."""
+    port = free_port()
+    (tmp_path / "Procfile").write_bytes(
+        b"\xef\xbb\xbfweb: " + PY.encode() + b" -m http.server --bind 127.0.0.1 $PORT\r\n"
+        b"release: " + PY.encode() + b" -c \"open('migrated', 'w').write('yes')\"\r\n")
+    write(tmp_path / ".env", f"PORT={port}\n")
+    result = supervise("import", "Procfile", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == ""
+    path = write(tmp_path / "services.toml", result.stdout)
+    assert supervise("check", "--config", str(path)).returncode == 0
+
+    async def scenario():
+        async with Stack(tmp_path) as stack:
+            text = result.stdout.replace("[services.web]", f'[services.web]\nready = {{ tcp = "127.0.0.1:{port}", interval = "50ms" }}')
+            await stack.apply(text)
+            await stack.until(lambda: stack.r.controllers["web"].phase.value == "ready", timeout=10,
+                              message="web to answer after release completed")
+            assert (tmp_path / "migrated").read_text() == "yes"
+
+    run(scenario())

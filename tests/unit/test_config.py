@@ -386,6 +386,9 @@ INVALID = [
     ('[services.api]\ncommand = "app"\nwatch = "*.py"\n', 3, "watch", '"watch" must be a list of glob strings'),
     ('[services.api]\ncommand = "app"\nuser = 0\n', 3, "user", '"user" must be a user name, got an integer'),
     ('[services.api]\ncommand = "app"\ncwd = 5\n', 3, "cwd", '"cwd" must be a path string, got an integer'),
+    ('[services.api]\ncommand = "app"\ncwd = "${APP}/x"\n', 3, "cwd",
+     '"cwd" is used as written: ${APP} is not expanded here (${VAR} works in command, env and checks)'),
+    ('[services.api]\ncommand = "app"\nuser = "${U:-app}"\n', 3, "user", '${U:-app} is not expanded here'),
     # durations
     ('[services.api]\ncommand = "app"\nstop_timeout = "10 seconds"\n', 3, "stop_timeout", '"stop_timeout": bad duration'),
     ('[services.api]\ncommand = "app"\nstop_timeout = "10"\n', 3, "stop_timeout", '"stop_timeout": bad duration'),
