@@ -40,11 +40,12 @@ SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log")
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
-    "watch", "shell", "user", "log",
+    "watch", "shell", "user", "log", "runtime",
 )
 LOG_KEYS = ("max_size", "backups", "timestamps")
-RUNTIMES = ("local", "kubernetes")
-#: Runtimes this version can run; "kubernetes" is part of the file format, not yet built.
+RUNTIMES = ("local", "container", "kubernetes")
+#: Runtimes this version has an executor for (supervisor.executors); "container" and
+#: "kubernetes" are part of the file format, not yet built.
 AVAILABLE_RUNTIMES = ("local",)
 CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
@@ -341,16 +342,7 @@ class _Validator:
         if "state_dir" in table and self.expect(keys + ("state_dir",), table["state_dir"], str, "a path string"):
             state_dir = self.relative_path(table["state_dir"])
         if "runtime" in table:
-            runtime = table["runtime"]
-            if runtime not in RUNTIMES:
-                self.error(keys + ("runtime",), f'"runtime" must be one of {", ".join(RUNTIMES)}, got {runtime!r}{suggest(str(runtime), RUNTIMES)}')
-                runtime = "local"
-            elif runtime not in AVAILABLE_RUNTIMES:
-                # Refused rather than quietly run here: a user asking for a cluster must not
-                # get processes on this machine instead.
-                self.error(keys + ("runtime",), f'runtime "{runtime}" is not available in this version '
-                           f'(available: {", ".join(AVAILABLE_RUNTIMES)})')
-                runtime = "local"
+            runtime = self.runtime(keys + ("runtime",), table["runtime"]) or "local"
         if "poll" in table:
             poll = self.duration(keys + ("poll",), table["poll"]) or poll
         if "keep_versions" in table:
@@ -475,6 +467,7 @@ class _Validator:
         if "log" in table:
             log = self.log_policy(get("log"), table["log"], self.default_log)
 
+        runtime = self.runtime(get("runtime"), table["runtime"]) if "runtime" in table else None
         if len(self.diagnostics) > errors_before or command is None or source is None:
             return None
         return ServiceSpec(
@@ -482,8 +475,22 @@ class _Validator:
             environment=MappingProxyType(env), env_file=env_file, replicas=replicas,
             restart=restart, backoff=backoff, start_limit=start_limit, stop_signal=stop_signal,
             stop_timeout=stop_timeout, depends_on=(), shell=shell, ready=ready, live=live,
-            update=update, watch=watch, user=user, log=log,
+            update=update, watch=watch, user=user, log=log, runtime=runtime,
         )
+
+    def runtime(self, keys: tuple[str, ...], value: Any) -> str | None:
+        """A ``runtime`` name (``[supervise]`` or a service's): one this version has an
+        executor for, else an error and None."""
+        if value not in RUNTIMES:
+            self.error(keys, f'"runtime" must be one of {", ".join(RUNTIMES)}, got {value!r}{suggest(str(value), RUNTIMES)}')
+            return None
+        if value not in AVAILABLE_RUNTIMES:
+            # Refused rather than quietly run here: a user asking for a cluster or a container
+            # must not get processes on this machine instead.
+            self.error(keys, f'runtime "{value}" is not available in this version '
+                       f'(available: {", ".join(AVAILABLE_RUNTIMES)})')
+            return None
+        return str(value)
 
     def source(self, keys: tuple[str, ...], value: Any) -> SourceSpec | None:
         if value is None:

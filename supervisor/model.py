@@ -157,6 +157,7 @@ class ServiceSpec:
     watch: tuple[str, ...] = ()
     user: str | None = None
     log: LogPolicy = LogPolicy()
+    runtime: str | None = None  # the executor's name; None: [supervise] runtime
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServiceSpec):

@@ -15,16 +15,18 @@ import asyncio
 import hashlib
 import logging
 from pathlib import Path
-from typing import Awaitable, Callable, Mapping
+from typing import Awaitable, Callable, Mapping, cast
 
-from . import cgroups, logs, procs, state
+from . import logs, state
 from .clock import SYSTEM, Clock
 from .builds import Artifact, PrepareError, Preparer, source_root
 from .events import EventType, Notifier
 from .config import NAME_RE
 from .model import Desired, Observed, Phase, ServiceSpec, SourceSpec
 from .plan import ActionKind, Plan, dependency_order, plan
-from .service import ServiceController, _unlink
+from .executors import Executor, ExecutorUnavailable, Running
+from .executors.local import LocalExecutor
+from .service import ServiceController, replica_label
 from .sources.git import GitSource
 
 log = logging.getLogger("supervise")
@@ -60,9 +62,8 @@ class Reconciler:
         self.controllers: dict[str, ServiceController] = {}
         self.logs = logs.LogRegistry(self.state_dir, console)
         self.revisions: dict[str, str] = {}
-        self.reaper: procs.Reaper | None = None
-        self.preparer: Preparer | None = None
-        self.cgroup_parent: Path | None = None
+        #: The executors by runtime name (the seam: see supervisor.executors).
+        self.executors: dict[str, Executor] = {"local": LocalExecutor(self.state_dir, self.logs, self.settings.keep_versions)}
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.stopping = False
@@ -70,16 +71,29 @@ class Reconciler:
         self.applied = 0
 
     async def start(self) -> None:
-        """Set up the reaper (SIGCHLD), the state dir and, where possible, a cgroup."""
-        loop = asyncio.get_running_loop()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        logs.log_dir(self.state_dir).mkdir(exist_ok=True, mode=0o700)
-        self.reaper = procs.Reaper(loop)
-        tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
-        self.cgroup_parent = cgroups.make_parent(f"supervise-{tag}")
-        if self.cgroup_parent is not None:
-            cgroups.remove_empty_children(self.cgroup_parent)  # left by replicas that died unseen
-        self.preparer = Preparer(self.state_dir, self.reaper, self.logs, self.settings.keep_versions)
+        """Open every executor (for local processes: the state dir, the reaper, a cgroup)."""
+        for executor in self.executors.values():
+            await executor.open()
+
+    @property
+    def local(self) -> LocalExecutor:
+        """The local-process executor."""
+        return cast(LocalExecutor, self.executors["local"])
+
+    @property
+    def preparer(self) -> Preparer | None:
+        """The local executor's builder (watched folders look at its builds)."""
+        return self.local.preparer
+
+    def executor_for(self, spec: ServiceSpec) -> Executor:
+        """The executor named by the service's ``runtime`` key, else ``[supervise] runtime``.
+        Raises :class:`ExecutorUnavailable` for a name this version cannot run (the config
+        check refuses those first)."""
+        name = spec.runtime or self.settings.runtime
+        try:
+            return self.executors[name]
+        except KeyError:
+            raise ExecutorUnavailable(f'runtime "{name}" is not available in this version') from None
 
     async def adopt(self, desired: Desired, only: set[str] | None = None) -> int:
         """Take over replicas that a previous supervisor on this state dir left running.
@@ -89,32 +103,21 @@ class Reconciler:
         in the file is adopted to be stopped. ``only``: look at these services alone.
         Returns how many were adopted.
         """
-        loop = asyncio.get_running_loop()
         adopted = 0
-        for name, build in state.load_builds(self.state_dir).items():
-            # a build the previous supervisor left running: stop it before building again there
-            handle = procs.adopt(loop, int(build.get("pid", 0)), float(build.get("create_time", 0)))
-            if handle is not None:
-                log.warning("%s: stopping a build (pid %d) left by the previous supervisor", name, handle.pid)
-                await procs.stop(handle, 15, 5.0, self.reaper)
-            state.remove_build(self.state_dir, name)
+        await self.local.stop_leftover_builds()
         for name, record in state.load_all(self.state_dir).items():
             if not NAME_RE.match(name) or (only is not None and name not in only):
                 continue
-            alive = []
+            alive: list[tuple[int, dict, Running]] = []
+            wanted = desired.services.get(name)
+            executor = self.executor_for(wanted) if wanted is not None else self.local
+            sink = self.logs.sink(name, wanted.log) if wanted is not None else self.logs.sink(name)
             for key, item in (record.get("replicas") or {}).items():
-                try:
-                    handle = procs.adopt(loop, int(item["pid"]), float(item["create_time"]))
-                except (KeyError, TypeError, ValueError):
-                    handle = None
+                label = replica_label(name, wanted.replicas if wanted else 0, int(key))
+                handle = executor.adopt(item, sink, label)
                 if handle is None:
-                    if item.get("fifo"):
-                        _unlink(Path(item["fifo"]))
+                    executor.forget(item)
                     continue
-                handle.fifo = Path(item["fifo"]) if item.get("fifo") else None
-                handle.instance = item.get("instance")
-                if item.get("cgroup"):
-                    handle.cgroup = Path(item["cgroup"])
                 alive.append((int(key), item, handle))
             spec = desired.services.get(name)
             if spec is None and alive:
@@ -193,20 +196,17 @@ class Reconciler:
         self.on_change()
 
     def _controller(self, spec: ServiceSpec) -> ServiceController:
-        assert self.reaper is not None
-        return ServiceController(spec, state_dir=self.state_dir, reaper=self.reaper, notifier=self.notifier,
-                                 lookup=self.controllers.get, changed=self.on_change,
-                                 sink=self.logs.sink(spec.name, spec.log), cgroup_parent=self.cgroup_parent,
-                                 clock=self.clock)
+        return ServiceController(spec, state_dir=self.state_dir, executor=self.executor_for(spec),
+                                 notifier=self.notifier, lookup=self.controllers.get, changed=self.on_change,
+                                 sink=self.logs.sink(spec.name, spec.log), clock=self.clock)
 
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
-        assert self.preparer is not None
         controller = self.controllers[spec.name]
         protect = {r.launch.artifact.version for r in controller.replicas.values()}
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
         controller.changed()
         try:
-            artifact = await self.preparer.prepare(spec, protect)
+            artifact = await controller.executor.prepare(spec, protect)
         except PrepareError as exc:
             controller.preparing = None
             kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
@@ -284,28 +284,23 @@ class Reconciler:
                 await asyncio.gather(*(self.controllers[n].stop_all("supervisor stopping") for n in level))
             for controller in self.controllers.values():
                 controller._persist_now()
-            known = set(self.reaper.waiters) if self.reaper is not None else set()
-            left = await procs.sweep_orphans(known, self.reaper)
-            if left:
-                log.warning("stopped %d orphaned process%s left by services: %s", len(left),
-                            "es" if len(left) != 1 else "", " ".join(map(str, left)))
-        if self.reaper is not None:
-            self.reaper.close()
+            for executor in self.executors.values():
+                left = await executor.sweep()
+                if left:
+                    log.warning("stopped %d orphaned process%s left by services: %s", len(left),
+                                "es" if len(left) != 1 else "", " ".join(map(str, left)))
+        for executor in self.executors.values():
+            await executor.close()
         self.logs.close()
-        if self.cgroup_parent is not None:
-            cgroups.remove(self.cgroup_parent)
 
     def kill_all(self) -> None:
         """SIGKILL every replica's group, cgroup and members at once (stops under way then
         finish without waiting for their timeouts)."""
-        known = set(self.reaper.waiters) if self.reaper is not None else set()
         for controller in self.controllers.values():
             for replica in controller.replicas.values():
                 if replica.handle is not None:
-                    procs.kill_now(replica.handle, known)
-        if self.preparer is not None:
-            for handle in self.preparer.builds.values():
-                procs.kill_now(handle, known)
+                    controller.executor.kill(replica.handle)
+        self.local.kill_preparing()
 
     async def detach(self) -> None:
         """Let go of every service without stopping it: stop reading their output (the FIFOs
@@ -315,8 +310,7 @@ class Reconciler:
         async with self.lock:
             for controller in self.controllers.values():
                 controller.detach()
-        if self.reaper is not None:
-            self.reaper.close()
+        self.local.detach_all()
         self.logs.close()
 
     def request(self) -> None:

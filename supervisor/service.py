@@ -15,18 +15,17 @@ newest spec, so they apply in place.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Coroutine, Any
 
-from . import health, lifecycle, logs, procs, state
+from . import lifecycle, logs, state
 from .builds import Artifact
 from .clock import SYSTEM, Clock
-from .environ import command_argv, replica_env
+from .environ import replica_env
+from .executors import Executor, Running, StartFailed
 from .events import EventType, Notifier
 from .lifecycle import (
     UP, Abandon, Adopted, Arm, Cancel, DependenciesChanged, Effect, Emit, Exited, Fired, LiveProbe, Note, Policy,
@@ -36,7 +35,12 @@ from .model import Condition, Exit, Phase, ReplicaObserved, ServiceObserved, Ser
 
 log = logging.getLogger("supervise")
 
-__all__ = ["Launch", "Replica", "ServiceController", "UP"]
+__all__ = ["Launch", "Replica", "ServiceController", "UP", "replica_label"]
+
+
+def replica_label(name: str, replicas: int, index: int) -> str:
+    """Console prefix of a replica: ``NAME`` for a single replica, ``NAME.i`` otherwise."""
+    return name if replicas <= 1 and index == 0 else f"{name}.{index}"
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Replica:
     index: int
     launch: Launch
     state: ReplicaState
-    handle: procs.ProcessHandle | None = None
+    handle: Running | None = None
     timers: dict[Timer, asyncio.TimerHandle] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
     previous: Launch | None = None  # the last good launch, while this new one is on probation
@@ -102,22 +106,21 @@ class ServiceController:
     """Runs the replicas of one service. All methods run on the event loop thread.
 
     ``lookup`` finds another service's controller (for ``depends_on``); ``changed`` is called
-    after every phase change (the reconciler uses it to re-check dependents). ``clock`` is the
-    one clock read here; ``rng`` draws the backoff jitter in [0, 1).
+    after every phase change (the reconciler uses it to re-check dependents). Replicas are
+    reached only through ``executor`` (the seam: local processes, containers, ...). ``clock``
+    is the one clock read here; ``rng`` draws the backoff jitter in [0, 1).
     """
 
-    def __init__(self, spec: ServiceSpec, *, state_dir: Path, reaper: procs.Reaper, notifier: Notifier,
+    def __init__(self, spec: ServiceSpec, *, state_dir: Path, executor: Executor, notifier: Notifier,
                  lookup: Callable[[str], "ServiceController | None"], changed: Callable[[], None],
-                 sink: logs.LogSink, cgroup_parent: Path | None = None, clock: Clock = SYSTEM,
-                 rng: Callable[[], float] = random.random):
+                 sink: logs.LogSink, clock: Clock = SYSTEM, rng: Callable[[], float] = random.random):
         self.spec = spec
         self.name = spec.name
         self.state_dir = state_dir
-        self.reaper = reaper
+        self.executor = executor
         self.notifier = notifier
         self.lookup = lookup
         self.changed = changed
-        self.cgroup_parent = cgroup_parent
         self.clock = clock
         self.rng = rng
         self.replicas: dict[int, Replica] = {}
@@ -361,12 +364,11 @@ class ServiceController:
             if task is not asyncio.current_task():
                 task.cancel()
         handle = replica.handle
-        alive = handle is not None and (handle.running or procs.group_alive(handle.pgid))
+        alive = handle is not None and self.executor.alive(handle)
         stops = self._feed(replica, Stop(reason, alive=alive))
         exit = None
         if handle is not None and stops:
-            exit = await procs.stop(handle, stops[0].signal, stops[0].timeout, self.reaper)
-            await _drain(handle)
+            exit = await self.executor.stop(handle, stops[0].signal, stops[0].timeout)
             replica.handle = None
             self._feed(replica, Stopped(exit))
         replica.handle = None
@@ -448,9 +450,8 @@ class ServiceController:
     def signal_all(self) -> None:
         """Send every running replica its stop signal now (the stops that follow wait)."""
         for replica in self.replicas.values():
-            handle = replica.handle
-            if handle is not None and handle.running and handle.stop_snapshot is None:
-                procs.begin_stop(handle, self.spec.stop_signal, self.reaper)
+            if replica.handle is not None:
+                self.executor.signal(replica.handle, self.spec.stop_signal)
 
     def detach(self) -> None:
         """Stop watching without stopping (see Reconciler.detach); the state file is written
@@ -461,8 +462,8 @@ class ServiceController:
             self._cancel(replica)
             for task in list(replica.tasks):
                 task.cancel()
-            if replica.handle is not None and replica.handle.pump is not None:
-                replica.handle.pump.detach()
+            if replica.handle is not None:
+                self.executor.detach(replica.handle)
         self._persist_now()
 
     # -- user verbs (supervise start/stop/restart) ------------------------------------------
@@ -537,36 +538,20 @@ class ServiceController:
                     wait.cancel()
 
     def _spawn(self, replica: Replica, reason: str) -> None:
-        """Run the Spawn effect: make the output FIFO, start the process, watch it."""
+        """Run the Spawn effect through the executor, then watch the replica."""
         spec, artifact = replica.launch.spec, replica.launch.artifact
         env = replica_env(self.name, spec.environment, replica.index)
         env["SUPERVISE_VERSION"] = artifact.version
-        argv = command_argv(spec.command, spec.shell, env)
-        cwd = artifact.workdir / spec.cwd
         try:
-            fifo, read_fd, child_fd = logs.make_fifo(self.state_dir, self.name, replica.index)
-        except OSError as exc:
-            message = procs.too_many_files() if exc.errno in (errno.EMFILE, errno.ENFILE) else f"cannot make output FIFO: {exc}"
-            self._feed(replica, SpawnFailed(message))
-            return
-        try:
-            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=child_fd, user=spec.user,
-                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}.{os.urandom(4).hex()}")
-        except procs.SpawnError as exc:
-            os.close(read_fd)
-            os.unlink(fifo)
+            handle = self.executor.start(spec, artifact, replica.index, env, self.sink, self._label(replica.index))
+        except StartFailed as exc:
             self._feed(replica, SpawnFailed(str(exc)))
             return
-        finally:
-            os.close(child_fd)
-        handle.fifo = fifo
-        handle.pump = logs.Pump(asyncio.get_running_loop(), read_fd, self.sink, on_eof=lambda: _unlink(fifo),
-                                keep_until_written=True, label=self._label(replica.index))
         replica.handle = handle
         self._feed(replica, Spawned(handle.pid, at=self.clock.time()))
         self._watch_checks(replica, handle, env)
 
-    def _watch_checks(self, replica: Replica, handle: procs.ProcessHandle, env: dict[str, str]) -> None:
+    def _watch_checks(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         spec = replica.launch.spec
         self._task(replica, self._watch(replica, handle))
         if spec.ready is not None:
@@ -574,76 +559,63 @@ class ServiceController:
         if spec.live is not None:
             self._task(replica, self._liveness(replica, handle, env))
 
-    def adopt(self, index: int, handle: procs.ProcessHandle, spec: ServiceSpec, artifact: Artifact,
+    def adopt(self, index: int, handle: Running, spec: ServiceSpec, artifact: Artifact,
               started_at: float | None, restarts: int, stale: bool) -> None:
-        """Take over a replica that survived a supervisor restart (watched by pidfd, its
-        FIFO drained by a new pump). ``stale``: it was started from another config, and the
-        next plan replaces it."""
+        """Take over a replica that survived a supervisor restart (``handle`` from the
+        executor's :meth:`~supervisor.executors.Executor.adopt`). ``stale``: it was started
+        from another config, and the next plan replaces it."""
         self.spec = spec
         self.artifact = artifact
         replica = Replica(index=index, launch=Launch(spec, artifact), state=ReplicaState(index=index),
                           handle=handle)
         self.replicas[index] = replica
-        if handle.fifo is not None:
-            fd = logs.reopen_fifo(handle.fifo)
-            if fd is not None:
-                fifo = handle.fifo
-                handle.pump = logs.Pump(asyncio.get_running_loop(), fd, self.sink, on_eof=lambda: _unlink(fifo),
-                                        keep_until_written=True, label=self._label(index))
         self.sink.note(f"adopted {self.name}[{index}] pid {handle.pid} version {artifact.version}")
         self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
         self._feed(replica, Adopted(handle.pid, started_at, restarts, stale))
         self._watch_checks(replica, handle, replica_env(self.name, spec.environment, index))
 
     def _label(self, index: int) -> str:
-        """Console prefix of a replica: ``NAME`` for a single replica, ``NAME.i`` otherwise."""
-        return self.name if self.spec.replicas <= 1 and index == 0 else f"{self.name}.{index}"
+        return replica_label(self.name, self.spec.replicas, index)
 
     def _task(self, replica: Replica, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         replica.tasks.add(task)
         task.add_done_callback(replica.tasks.discard)
 
-    async def _watch(self, replica: Replica, handle: procs.ProcessHandle) -> None:
+    async def _watch(self, replica: Replica, handle: Running) -> None:
         exit = await asyncio.shield(handle.exited)
         if replica.handle is not handle or replica.state.stopping or not self._owns(replica):
             return
-        # Whatever the leader left behind goes too (systemd KillMode=control-group): its group,
-        # its cgroup, and orphans of it that came back to us.
-        if procs.group_alive(handle.pgid) or procs.members(handle, self.reaper.waiters):
-            await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
-        else:
-            self.reaper.untrack_group(handle.pgid)
-            if handle.cgroup is not None:
-                procs.cgroups.remove(handle.cgroup)
+        # Whatever the leader left behind goes too (systemd KillMode=control-group)
+        await self.executor.cleanup(handle, self.spec.stop_signal, self.spec.stop_timeout)
         if replica.handle is not handle:
             return
         replica.handle = None
         self._feed(replica, Exited(exit, jitter=self.rng()))
 
-    async def _readiness(self, replica: Replica, handle: procs.ProcessHandle, env: dict[str, str]) -> None:
+    async def _readiness(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         check = replica.launch.spec.ready
         assert check is not None
         await asyncio.sleep(float(str(check["start_period"])))
         while handle.running and replica.handle is handle:
-            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd)):
+            if await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd):
                 if replica.handle is handle and handle.running:
                     self._feed(replica, Ready())
                 return
             await asyncio.sleep(float(str(check["interval"])))
 
-    async def _liveness(self, replica: Replica, handle: procs.ProcessHandle, env: dict[str, str]) -> None:
+    async def _liveness(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         check = replica.launch.spec.live
         assert check is not None
         await asyncio.sleep(float(str(check["start_period"])))
         while handle.running and replica.handle is handle:
             await asyncio.sleep(float(str(check["interval"])))
-            ok = await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd))
+            ok = await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd)
             if replica.handle is not handle:
                 return
             for stop in self._feed(replica, LiveProbe(ok)):
                 # the watcher sees the exit and the state machine restarts it as for a crash
-                await procs.stop(handle, stop.signal, stop.timeout, self.reaper)
+                await self.executor.stop(handle, stop.signal, stop.timeout)
                 return
 
     # -- the state file --------------------------------------------------------------------
@@ -664,11 +636,10 @@ class ServiceController:
                 continue
             artifact = replica.launch.artifact
             replicas[str(index)] = {
-                "pid": handle.pid, "pgid": handle.pgid, "create_time": handle.create_time,
+                **self.executor.record(handle),
                 "version": artifact.version, "revision": artifact.revision, "workdir": str(artifact.workdir),
-                "fifo": str(handle.fifo) if handle.fifo else None, "started_at": replica.started_at,
-                "restarts": replica.restarts, "cgroup": str(handle.cgroup) if handle.cgroup else None,
-                "fingerprint": state.fingerprint(replica.launch.spec), "instance": handle.instance,
+                "started_at": replica.started_at, "restarts": replica.restarts,
+                "fingerprint": state.fingerprint(replica.launch.spec),
             }
         record = {
             "service": self.name, "held": self.held, "replicas": replicas,
@@ -679,21 +650,3 @@ class ServiceController:
             return
         state.save(self.state_dir, self.name, record)
         self._persisted = record
-
-
-async def _drain(handle: procs.ProcessHandle, timeout: float = 2.0) -> None:
-    """Wait until the output of a stopped process is all in its log (the pump's end of file)."""
-    pump = handle.pump
-    if pump is None:
-        return
-    try:
-        await asyncio.wait_for(asyncio.shield(pump.done), timeout)
-    except asyncio.TimeoutError:
-        pump.close()
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
