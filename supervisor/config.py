@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .graph import find_cycle
 from .durations import parse_duration, parse_size
 from .model import (
     Backoff,
@@ -700,30 +701,9 @@ class _Validator:
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (iterative DFS, file order)."""
-    state: dict[str, int] = {}
-    for root in graph:
-        if state.get(root):
-            continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path: list[str] = []
-        while stack:
-            node, index = stack.pop()
-            if index == 0:
-                if state.get(node) == 1:
-                    return path[path.index(node):] + [node]
-                if state.get(node) == 2:
-                    continue
-                state[node] = 1
-                path.append(node)
-            children = graph.get(node, [])
-            if index < len(children):
-                stack.append((node, index + 1))
-                stack.append((children[index], 0))
-            else:
-                state[node] = 2
-                path.pop()
-    return None
+    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (:func:`supervisor.graph.find_cycle`)."""
+    return find_cycle(graph)
+
 
 
 def _is_local_repository(url: str) -> bool:

@@ -21,6 +21,7 @@ import enum
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from . import graph
 from .model import Desired, Observed, ServiceObserved, ServiceSpec
 
 #: Fields whose change means new processes. Everything else is applied to the running ones.
@@ -85,27 +86,9 @@ class Plan:
 
 
 def dependency_order(specs: Mapping[str, ServiceSpec]) -> list[str]:
-    """Names with every dependency before its dependents, otherwise in file order.
-
-    Dependencies on names not in ``specs`` are ignored; config validation rejects cycles, and
-    any left are broken in file order rather than raising.
-    """
-    done: dict[str, None] = {}
-    visiting: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done or name in visiting:
-            return
-        visiting.add(name)
-        for dep in specs[name].depends_on:
-            if dep.service in specs:
-                visit(dep.service)
-        visiting.discard(name)
-        done[name] = None
-
-    for name in specs:
-        visit(name)
-    return list(done)
+    """Names with every dependency before its dependents, otherwise in file order
+    (:func:`supervisor.graph.order`; config validation rejects cycles)."""
+    return graph.order(specs)
 
 
 def plan(desired: Desired, observed: Observed, revisions: Mapping[str, str] | None = None) -> Plan:

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Awaitable, Callable, Mapping, cast
 
-from . import logs, state
+from . import graph, logs, state
 from .clock import SYSTEM, Clock
 from .builds import Artifact, PrepareError, Preparer, source_root
 from .events import EventType, Notifier
@@ -36,15 +36,9 @@ PREPARE_CONCURRENCY = 4
 
 
 def dependency_levels(specs: Mapping[str, ServiceSpec]) -> list[list[str]]:
-    """Services grouped by depth: level 0 depends on nothing, level n on levels < n."""
-    depth: dict[str, int] = {}
-    for name in dependency_order(specs):
-        deps = [depth[d.service] for d in specs[name].depends_on if d.service in depth]
-        depth[name] = 1 + max(deps) if deps else 0
-    levels: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-    for name, level in depth.items():
-        levels[level].append(name)
-    return levels
+    """Services grouped by depth: level 0 depends on nothing, level n on levels < n
+    (:func:`supervisor.graph.levels`)."""
+    return graph.levels(specs)
 
 
 class Reconciler:
