@@ -25,6 +25,7 @@ from .events import Event, EventType, Notifier
 from .model import Desired, Phase
 from .notify import UnitReporter
 from .engine import AlreadyRunning, Engine, StateLock
+from .errors import Code
 from .plan import Plan
 from .reconciler import dependency_levels
 from .watch import FileWatcher
@@ -124,7 +125,7 @@ class Daemon:
         names = request.get("services") or []
         unknown = [n for n in names if n not in self.reconciler.controllers]
         if unknown:
-            return {"ok": False, "error": "unknown service: " + ", ".join(unknown)}
+            return {"ok": False, "error": "unknown service: " + ", ".join(unknown), "code": Code.UNKNOWN_SERVICE}
         return {"services": self.status_rows(names), "supervisor": {
             "pid": os.getpid(), "uptime": time.time() - self.started, "config": str(self.path),
             "config_error": self.last_error or None}}
@@ -161,13 +162,13 @@ class Daemon:
         try:
             desired = await asyncio.to_thread(config.load, Path(request.get("config") or self.path))
         except ConfigError as exc:
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": str(exc), "code": Code.CONFIG_INVALID}
         return {"actions": self.reconciler.plan(desired).lines()}
 
     async def h_reload(self, request: dict, writer: asyncio.StreamWriter) -> dict:
         the_plan, error = await self.reload("reload verb")
         if the_plan is None:
-            return {"ok": False, "error": error, "code": "config-invalid"}
+            return {"ok": False, "error": error, "code": Code.CONFIG_INVALID}
         return {"actions": the_plan.lines()}
 
     def _controllers(self, request: dict):
@@ -181,7 +182,7 @@ class Daemon:
         try:
             controllers = self._controllers(request)
         except KeyError as exc:
-            return {"ok": False, "error": exc.args[0]}
+            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
         for controller in controllers:
             controller.release()
         await self.reconciler.apply(self.desired)
@@ -191,7 +192,7 @@ class Daemon:
         try:
             controllers = self._controllers(request)
         except KeyError as exc:
-            return {"ok": False, "error": exc.args[0]}
+            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
         await asyncio.gather(*(c.hold("stopped by user") for c in controllers))
         return {"services": self.status_rows([c.name for c in controllers])}
 
@@ -199,7 +200,7 @@ class Daemon:
         try:
             controllers = self._controllers(request)
         except KeyError as exc:
-            return {"ok": False, "error": exc.args[0]}
+            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
         # dependents that asked for it (depends_on ... restart = true) restart too, after
         names = {c.name for c in controllers}
         specs = {n: c.spec for n, c in self.reconciler.controllers.items()}

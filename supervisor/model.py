@@ -206,6 +206,30 @@ class Desired:
 
 
 @dataclass(frozen=True)
+class Version:
+    """What a build is of: the source revision (a git commit, or a folder's content hash)
+    and a hash of the build step. Written ``REVISION12-BUILD8`` (12 and 8 hex digits) in
+    status, events and state files; :meth:`parse` is the one place that reads it back."""
+
+    revision: str  # the first 12 characters of the revision
+    build: str  # the first 8 of the build step's hash
+
+    @classmethod
+    def of(cls, revision: str, build_hash: str) -> "Version":
+        """The version of ``revision`` built by the step hashed ``build_hash``."""
+        return cls(revision[:12], build_hash[:8])
+
+    @classmethod
+    def parse(cls, text: str) -> "Version":
+        """Read ``REVISION-BUILD`` back; a text without a build part is all revision."""
+        revision, dash, build = text.rpartition("-")
+        return cls(revision, build) if dash else cls(text, "")
+
+    def __str__(self) -> str:
+        return f"{self.revision}-{self.build}"
+
+
+@dataclass(frozen=True)
 class Exit:
     """How a process ended: ``code`` for a normal exit, ``signal`` when killed by one.
 

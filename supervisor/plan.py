@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from . import graph
-from .model import Desired, Observed, ServiceObserved, ServiceSpec
+from .model import Desired, Observed, ServiceObserved, ServiceSpec, Version
 
 #: Fields whose change means new processes. Everything else is applied to the running ones.
 RESTART_FIELDS = ("command", "source", "build", "cwd", "environment", "shell", "user")
@@ -190,7 +190,7 @@ def _same_revision(a: str | None, b: str | None) -> bool:
 
 def obs_revision(obs: ServiceObserved) -> str | None:
     """The source revision part of the running version (``REVISION-BUILDHASH``)."""
-    return obs.version.rsplit("-", 1)[0] if obs.version else None
+    return Version.parse(obs.version).revision if obs.version else None
 
 
 def _deploy(spec: ServiceSpec, reason: str, indices: Iterable[int], kind: ActionKind) -> list[Action]:

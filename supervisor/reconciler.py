@@ -12,21 +12,23 @@ level at a time, the services of a level concurrently.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
+import random
 from pathlib import Path
 from typing import Awaitable, Callable, Mapping, cast
 
-from . import graph, logs, state
+from . import errors, graph, logs, state
+from .backoff import next_delay
 from .clock import SYSTEM, Clock
 from .builds import Artifact, PrepareError, Preparer, source_root
 from .events import EventType, Notifier
 from .config import NAME_RE
-from .model import Desired, Observed, Phase, ServiceSpec, SourceSpec
+from .model import Backoff, Desired, Observed, Phase, ServiceSpec, SourceSpec, Version
 from .plan import ActionKind, Plan, dependency_order, plan
 from .executors import Executor, ExecutorUnavailable, Running
 from .executors.local import LocalExecutor
 from .service import ServiceController, replica_label
+from .sources import SourceError
 from .sources.git import GitSource
 
 log = logging.getLogger("supervise")
@@ -63,6 +65,9 @@ class Reconciler:
         self.stopping = False
         #: Plans applied so far; ``on_change`` is called after each (0: not converged once yet).
         self.applied = 0
+        #: Backoff of the retries of transient failures (fetches), seconds.
+        self.retry = Backoff(initial=1.0, max=60.0)
+        self._requeued: dict[str, tuple[int, asyncio.TimerHandle | None]] = {}
 
     async def start(self) -> None:
         """Open every executor (for local processes: the state dir, the reaper, a cgroup)."""
@@ -130,7 +135,7 @@ class Reconciler:
             current = state.fingerprint(spec)
             for index, item, handle in alive:
                 artifact = Artifact(workdir=Path(item["workdir"]), version=str(item["version"]),
-                                    revision=str(item.get("revision") or item["version"].split("-")[0]))
+                                    revision=str(item.get("revision") or Version.parse(str(item["version"])).revision))
                 stale = name not in desired.services or item.get("fingerprint") != current
                 controller.adopt(index, handle, spec, artifact, item.get("started_at"), int(item.get("restarts", 0)), stale)
                 adopted += 1
@@ -206,14 +211,22 @@ class Reconciler:
             kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
             log.error("%s: %s%s", spec.name, exc, "".join(f"\n    {line}" for line in exc.tail))
             self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
-            tried = exc.version.rsplit("-", 1)[0] if exc.version else self.revisions.get(spec.name)
+            tried = Version.parse(exc.version).revision if exc.version else self.revisions.get(spec.name)
             controller.mark_build_failed(spec, tried, f"{exc.stage} failed: {exc}")
+            if errors.transient(errors.of_stage(exc.stage)):
+                self._requeue(spec.name)
             return None
+        self._cancel_requeue(spec.name)
         controller.preparing = None
         previous = controller.artifact
         if spec.source.kind == "git" and previous is not None and previous.revision != artifact.revision:
             source = GitSource(spec.source, source_root(self.state_dir, spec.name))
-            if not await asyncio.to_thread(source.is_ancestor, previous.revision, artifact.revision):
+            try:
+                fast_forward = await asyncio.to_thread(source.is_ancestor, previous.revision, artifact.revision)
+            except SourceError as exc:  # cannot tell (a timeout): not a force push
+                log.warning("%s: %s", spec.name, exc)
+                fast_forward = True
+            if not fast_forward:
                 log.warning("%s: %s was force-pushed (%s is not an ancestor of %s); deploying it",
                             spec.name, spec.source.ref, previous.revision[:12], artifact.revision[:12])
                 self.notifier.emit(EventType.FORCE_PUSHED, spec.name, artifact.version, ref=spec.source.ref,
@@ -222,6 +235,30 @@ class Reconciler:
             self.notifier.emit(EventType.BUILT, spec.name, artifact.version)
         self.revisions[spec.name] = artifact.revision
         return artifact
+
+    def _requeue(self, name: str) -> None:
+        """A transient failure (a fetch): try again after a backoff (``retry`` doubling from
+        its initial delay up to its max, with jitter), as controller-runtime requeues a
+        reconcile that failed; what runs keeps running meanwhile."""
+        attempt, timer = self._requeued.get(name, (0, None))
+        if timer is not None:
+            timer.cancel()
+        attempt, delay = next_delay(self.retry, max(attempt, 1), 0.0, 0.0, random.random())
+        log.info("%s: retrying in %.1fs", name, delay)
+        timer = asyncio.get_running_loop().call_later(delay, self._retry_now, name)
+        self._requeued[name] = (attempt, timer)
+
+    def _retry_now(self, name: str) -> None:
+        controller = self.controllers.get(name)
+        if controller is not None and controller.build_failed and not self.stopping:
+            controller.build_failed = False  # the plan tries the same revision again
+            controller.failed_revision = None
+            self.request()
+
+    def _cancel_requeue(self, name: str) -> None:
+        _attempt, timer = self._requeued.pop(name, (0, None))
+        if timer is not None:
+            timer.cancel()
 
     async def _guarded(self, spec: ServiceSpec, the_plan: Plan, artifacts: Mapping[str, Artifact | None]) -> None:
         """Run one service's actions; a bug there is logged and leaves the others alone."""
@@ -270,6 +307,8 @@ class Reconciler:
     async def shutdown(self) -> None:
         """Stop every service, dependents before their dependencies, and any build."""
         self.stopping = True
+        for name in list(self._requeued):
+            self._cancel_requeue(name)
         async with self.lock:
             specs = {n: c.spec for n, c in self.controllers.items()}
             for level in reversed(dependency_levels(specs)):
@@ -301,6 +340,8 @@ class Reconciler:
         keep it), cancel timers and checks, and write the state files a next supervisor
         adopts from. A replica waiting in backoff has no process; the next supervisor starts it."""
         self.stopping = True
+        for name in list(self._requeued):
+            self._cancel_requeue(name)
         async with self.lock:
             for controller in self.controllers.values():
                 controller.detach()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import logs, procs, state
 from ..environ import replica_env
-from ..model import ServiceSpec
+from ..model import ServiceSpec, Version
 from ..sources import SourceError
 from ..sources.git import GitSource
 from ..sources.path import content_hash
@@ -49,7 +49,7 @@ class PrepareError(Exception):
 
 def make_version(revision: str, spec: ServiceSpec) -> str:
     """``REVISION12-BUILDHASH8``: what a build is of (DESIGN.md, "version")."""
-    return f"{revision[:12]}-{spec.build_hash[:8]}"
+    return str(Version.of(revision, spec.build_hash))
 
 
 def source_root(state_dir: Path, service: str) -> Path:
@@ -107,7 +107,7 @@ class Preparer:
             revision = await asyncio.to_thread(content_hash, workdir, [self.state_dir])
             version = make_version(revision, spec)
         if spec.source.kind == "git":
-            keep = {v.split("-")[0] for v in protect} | {revision[:12]}
+            keep = {Version.parse(v).revision for v in protect} | {Version.of(revision, "").revision}
             git_source = GitSource(spec.source, source_root(self.state_dir, spec.name))
             await asyncio.to_thread(git_source.prune, self.keep_versions, keep)
         return Artifact(workdir=workdir, version=version, revision=revision)

@@ -15,7 +15,12 @@ class NotRunning(Exception):
 
 
 class ControlError(Exception):
-    """The supervisor answered with ``ok: false``; the message is its ``error``."""
+    """The supervisor answered with ``ok: false``; the message is its ``error``, ``code``
+    its error code (see :mod:`supervisor.errors`; None from an older supervisor)."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class Client:
@@ -54,7 +59,7 @@ class Client:
             raise ControlError("the supervisor closed the connection")
         reply = json.loads(line)
         if not reply.get("ok", False) and "error" in reply:
-            raise ControlError(reply["error"])
+            raise ControlError(reply["error"], reply.get("code"))
         return reply
 
     def call(self, verb: str, **args: Any) -> dict[str, Any]:
