@@ -51,24 +51,46 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not echo service output (the log files still have it all)")
     parser._add_container_actions(quiet)  # `supervise -q` works without the verb too
     sub.add_parser("run", parents=[common, quiet], help="run in the foreground (the default verb)")
-    sub.add_parser("check", parents=[common], help="validate the config; exit 2 listing every error")
-    sub.add_parser("plan", parents=[common],
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON for scripts")
+    sub.add_parser("check", parents=[common, as_json], help="validate the config; exit 2 listing every error")
+    sub.add_parser("plan", parents=[common, as_json],
                    help="print what a run would do now (against the running supervisor, if any)")
-    status = sub.add_parser("status", parents=[common, names],
+    status = sub.add_parser("status", parents=[common, names, as_json],
                             help="table of replicas; exit 3 when one asked about is not running")
-    status.add_argument("--json", action="store_true", help="print JSON for scripts")
-    logs_ = sub.add_parser("logs", parents=[common, names], help="print (and follow) service logs")
+    status.add_argument("-w", "--watch", action="store_true", help="the live view of `supervise top`")
+    sub.add_parser("top", parents=[common, names],
+                   help="full-screen live view: replicas, CPU, memory, log tail; keys to start/stop/restart")
+    logs_ = sub.add_parser("logs", parents=[common, names, as_json],
+                           help='print (and follow) service logs; --json: one {"service","time","line"} a line')
     logs_.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    logs_.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="last N lines of each (default 10)")
+    logs_.add_argument("-n", "--lines", type=int, default=None, metavar="N",
+                       help="last N lines of each (default 10; all with --since)")
+    logs_.add_argument("--since", metavar="DURATION", default=None, help='only lines of the last DURATION ("10m")')
+    logs_.add_argument("--grep", metavar="RE", default=None, help="only lines matching the regular expression RE")
     for verb, text in (("start", "start services a user stopped, or failed ones"),
                        ("stop", "stop services and hold them stopped until a start"),
                        ("restart", "restart services (not counted towards the start limit)")):
         one = sub.add_parser(verb, parents=[common], help=text)
-        one.add_argument("services", nargs="+", metavar="NAME")
+        one.add_argument("services", nargs="*", metavar="NAME", help="service names or shell globs ('web-*')")
+        one.add_argument("--all", action="store_true", help="every service of the running supervisor")
     sub.add_parser("reload", parents=[common], help="re-read the config file and apply it now")
     events = sub.add_parser("events", parents=[common, names], help="stream events as JSON lines")
     del events
     add_import_verb(sub)
+    sub.add_parser("init", parents=[common],
+                   help="write a commented starter services.toml (from ./Procfile if there is one)")
+    one_off = sub.add_parser("exec", parents=[common],
+                             help="run a one-off command with a service's environment, folder and user")
+    one_off.add_argument("service", metavar="NAME", help="the service whose environment to use")
+    one_off.add_argument("--replica", type=int, default=0, metavar="N", help="as replica N (default 0): REPLICA=N")
+    one_off.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
+    completion = sub.add_parser("completion", parents=[common],
+                                help="print the shell completion script: bash, zsh or fish")
+    completion.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"), metavar="SHELL",
+                            help="bash, zsh or fish")
+    completion.add_argument("--names", action="store_true",
+                            help="print the service names to complete, one a line (what the scripts call)")
     return parser
 
 
@@ -90,22 +112,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = getattr(args, "config", None) or config.default_config_path()
     verb = args.verb or "run"
     try:
+        if verb not in NO_CONFIG_VERBS and not path.exists():
+            raise CliError(f"{path}: no such file: write a starter one with `supervise init`, "
+                           "or name yours with --config FILE", EXIT_USAGE)
+        if verb == "init":
+            return cmd_init(path)
+        if verb == "completion":
+            return cmd_completion(path, args, parser)
+        if verb == "exec":
+            from .oneoff import ExecError, run as run_one_off, split_argv
+
+            try:
+                replica, argv = split_argv(args.argv, args.replica)
+                return run_one_off(path, args.service, argv, replica)
+            except ExecError as exc:
+                raise CliError(str(exc), exc.code) from None
         if verb == "check":
-            return cmd_check(path)
+            return cmd_check(path, args.json)
         if verb == "plan":
-            return cmd_plan(path)
+            return cmd_plan(path, args.json)
         if verb == "run":
             return cmd_run(path, quiet=getattr(args, "quiet", False))
         if verb == "logs":
-            return cmd_logs(path, args.services, args.lines, args.follow)
+            return cmd_logs(path, args)
         if verb == "import":
             return cmd_import(args.file, args.env, args.format)
+        if verb == "top" or (verb == "status" and args.watch):
+            from . import top
+
+            return top.run(path, args.services)
         return cmd_remote(verb, path, args)
     except ConfigError as exc:
+        if getattr(args, "json", False):  # scripts get the same mistakes as objects on stdout
+            print(json.dumps({"ok": False, "errors": [diagnostic_object(d) for d in exc.diagnostics]}, indent=2))
         for diagnostic in exc.diagnostics:
             print(diagnostic, file=sys.stderr)
         return EXIT_USAGE
     except CliError as exc:
+        if getattr(args, "json", False) and verb != "logs":  # valid JSON on stdout, whatever happened
+            print(json.dumps({"ok": False, "error": str(exc), **({"services": []} if verb == "status" else {})},
+                             indent=2))
         print(f"supervise: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
@@ -115,31 +161,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+#: Verbs that work without a config file.
+NO_CONFIG_VERBS = ("import", "init", "completion")
+
+
+def cmd_init(path: Path) -> int:
+    """``supervise init``: write a starter config at ``path`` (never over an existing file)."""
+    from .scaffold import InitError, init
+
+    try:
+        origin = init(path)
+    except InitError as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {path} from {origin}; check it with `supervise check`, start with `supervise`")
+    return EXIT_OK
+
+
+def cmd_completion(path: Path, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``supervise completion bash|zsh|fish`` prints the script; ``--names`` the service names."""
+    from . import completion
+
+    if args.names:
+        for name in completion.service_names(path):
+            print(name)
+        return EXIT_OK
+    if args.shell is None:
+        raise CliError("completion: name a shell: bash, zsh or fish", EXIT_USAGE)
+    sys.stdout.write(completion.script(args.shell, parser))
+    return EXIT_OK
+
+
 def state_dir_of(path: Path) -> Path:
     return config.state_dir_of(path)
 
 
-def cmd_check(path: Path) -> int:
+def diagnostic_object(diagnostic: config.Diagnostic) -> dict:
+    """A config mistake for ``--json``: ``{"file", "line", "col", "service", "message"}``
+    (line and col 1-based, 0 when unknown; service null for a mistake outside a service)."""
+    return {"file": diagnostic.path, "line": diagnostic.line, "col": diagnostic.col,
+            "service": diagnostic.service, "message": diagnostic.message}
+
+
+def cmd_check(path: Path, as_json: bool = False) -> int:
     """``supervise check``: 0 with a one-line summary, or ConfigError (exit 2)."""
     desired = config.load(path)
     count = len(desired.services)
+    if as_json:
+        print(json.dumps({"ok": True, "file": str(path), "services": list(desired.services)}, indent=2))
+        return EXIT_OK
     print(f"{path}: ok ({count} service{'s' if count != 1 else ''})")
     return EXIT_OK
 
 
-def cmd_plan(path: Path) -> int:
+def cmd_plan(path: Path, as_json: bool = False) -> int:
     """``supervise plan``: against the running supervisor if one answers, else from nothing."""
     from .model import Observed
     from .plan import plan as make_plan
 
     desired = config.load(path)
+    against = "running"
     try:
         with Client(desired.settings.state_dir) as client:
             lines = client.call("plan", config=str(path.resolve()))["actions"]
     except NotRunning:
-        lines = make_plan(desired, Observed.empty()).lines()
+        lines, against = make_plan(desired, Observed.empty()).lines(), "nothing"
     except ControlError as exc:
         raise CliError(str(exc)) from None
+    if as_json:  # against: "running" (the live supervisor's state) or "nothing" (none runs)
+        print(json.dumps({"ok": True, "against": against, "actions": lines}, indent=2))
+        return EXIT_OK
     for line in lines:
         print(line)
     if not lines:
@@ -184,7 +274,10 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
                 for event in client.stream("events", services=args.services):
                     print(json.dumps(event, separators=(",", ":")), flush=True)
                 return EXIT_OK
-            reply = client.call(verb, services=getattr(args, "services", []))
+            services = getattr(args, "services", [])
+            if verb in ("start", "stop", "restart"):
+                services = choose_services(client, verb, services, args.all)
+            reply = client.call(verb, services=services)
     except NotRunning as exc:
         raise CliError(str(exc)) from None
     except ControlError as exc:
@@ -207,6 +300,28 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def choose_services(client: Client, verb: str, words: list[str], every: bool) -> list[str]:
+    """The names ``start``/``stop``/``restart`` act on: ``--all``, or NAMEs and globs expanded
+    against the running supervisor's services (:mod:`patterns`). Raises CliError."""
+    from .patterns import NoMatch, expand, is_pattern
+
+    if every and words:
+        raise CliError(f"{verb}: give NAMEs or --all, not both", EXIT_USAGE)
+    if not every and not words:
+        raise CliError(f"{verb}: name the services (NAME or a glob such as 'web-*'), or give --all", EXIT_USAGE)
+    if not every and not any(is_pattern(w) for w in words):
+        return words
+    running = list(dict.fromkeys(row["service"] for row in client.call("status")["services"]))
+    if every:
+        if not running:
+            raise CliError(f"{verb} --all: the supervisor runs no service")
+        return running
+    try:
+        return expand(words, running)
+    except NoMatch as exc:
+        raise CliError(str(exc)) from None
+
+
 def print_status(rows: list[dict]) -> None:
     """The status table: one line per replica."""
     header = ("SERVICE", "REPLICA", "PHASE", "PID", "VERSION", "UPTIME", "RESTARTS", "LAST EXIT", "READY", "MESSAGE")
@@ -223,33 +338,45 @@ def print_status(rows: list[dict]) -> None:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
 
 
-def cmd_logs(path: Path, services: list[str], lines: int, follow: bool) -> int:
-    """Print the last ``lines`` lines of each service log, then follow them with -f.
+def cmd_logs(path: Path, args: argparse.Namespace) -> int:
+    """Print the last lines of each service log (merged in time order, see :mod:`logview`),
+    then follow them with -f.
 
     Reads the files directly, so it works whether or not a supervisor is running."""
+    import re
     import signal
     import threading
+    import time
 
-    from . import logs
+    from . import logs, logview
+    from .durations import parse_duration
+
+    try:
+        since = time.time() - parse_duration(args.since) if args.since is not None else None
+    except ValueError as exc:
+        raise CliError(f"--since: {exc}", EXIT_USAGE) from None
+    try:
+        pattern = re.compile(args.grep) if args.grep is not None else None
+    except re.error as exc:
+        raise CliError(f"--grep: not a regular expression: {exc}", EXIT_USAGE) from None
+    count = args.lines if args.lines is not None else (None if since is not None else 10)
     try:
         desired = config.load(path)
         state_dir, known = desired.settings.state_dir, list(desired.services)
     except ConfigError:  # a broken file must not hide the logs: read what is on disk
         state_dir = config.state_dir_of(path)
         known = sorted(p.stem for p in logs.log_dir(state_dir).glob("*.log"))
-    names = services or known
+    names = args.services or known
     unknown = [n for n in names if n not in known and not logs.log_path(state_dir, n).exists()]
     if unknown:
         raise CliError("unknown service: " + ", ".join(unknown), EXIT_UNKNOWN)
-    tail = logs.ConsoleTail(logs.log_dir(state_dir), stream=sys.stdout)
+    tail = logview.FilteredTail(logs.log_dir(state_dir), sys.stdout, pattern, args.json)
     tail.width = max([8, *(len(n) for n in names)])
     for name in names:
-        path_ = logs.log_path(state_dir, name)
-        tail.add(name, path_)
-        followed = tail.files[path_]
-        for line in logs.last_lines(path_, lines):
-            tail._print(followed, [line])
-    if not follow:
+        tail.add(name, logs.log_path(state_dir, name))
+    for line in logview.merge(logview.read(n, logs.log_path(state_dir, n), count, since, pattern) for n in names):
+        tail.show(line)
+    if not args.follow:
         return EXIT_OK
     tail.start()
     stop = threading.Event()

@@ -103,3 +103,11 @@ def test_the_example_in_services_toml_5_passes_check(tmp_path):
     (tmp_path / ".env").write_text("SECRET=x\n")
     desired = config.parse(plain(block), tmp_path / "services.toml")
     assert list(desired.services) == ["db", "api", "worker"]
+
+
+def test_every_key_of_top_has_an_entry():
+    from supervisor import top
+
+    tags = entries(SUPERVISE_1.read_text())
+    missing = [key for key, _action, _text in top.KEYS if key not in tags]
+    assert not missing, f"keys of `supervise top` without an entry in man/supervise.1: {missing}"

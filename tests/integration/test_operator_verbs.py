@@ -1,0 +1,162 @@
+"""``init``, the missing-file message, shell completion (sourced in a real bash) and ``exec``,
+through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import terminate, wait_until, write
+
+PY = sys.executable
+BIN = Path(PY).parent
+
+
+def supervise(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "supervisor", *args], capture_output=True, text=True, timeout=60, cwd=cwd, **kw)
+
+
+def test_init_writes_a_starter_that_checks_and_never_overwrites(tmp_path):
+    result = supervise("init", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "services.toml").read_text()
+    assert text.startswith("#") and "[services.web]" in text and "# depends_on" in text
+    assert supervise("check", cwd=tmp_path).returncode == 0
+    (tmp_path / "services.toml").write_text("# mine\n[services]\n")
+    again = supervise("init", cwd=tmp_path)
+    assert again.returncode == 1 and "already exists; not overwriting" in again.stderr
+    assert (tmp_path / "services.toml").read_text() == "# mine\n[services]\n"
+
+
+def test_init_from_a_procfile(tmp_path):
+    write(tmp_path / "Procfile", "web: python3 -m http.server $PORT\nworker: python3 -c 'print(1)'\n")
+    write(tmp_path / ".env", "GREETING=hi\n")
+    result = supervise("init", "--config", str(tmp_path / "services.toml"))
+    assert result.returncode == 0 and "from " + str(tmp_path / "Procfile") in result.stdout
+    text = (tmp_path / "services.toml").read_text()
+    assert "[services.web]" in text and "[services.worker]" in text and "supervise init" in text
+    check = supervise("check", "--json", "--config", str(tmp_path / "services.toml"))
+    assert json.loads(check.stdout)["services"] == ["web", "worker"]
+
+
+@pytest.mark.parametrize("verb", [["run"], ["check"], ["plan"], ["status"], ["stop", "x"], ["logs"], ["top"],
+                                  ["exec", "x", "--", "true"]])
+def test_a_missing_config_file_says_so_in_one_line(tmp_path, verb):
+    result = supervise(*verb, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "supervise: services.toml: no such file: write a starter one with `supervise init`, "
+        "or name yours with --config FILE"]
+    assert "Errno" not in result.stderr
+
+
+def bash_complete(script: Path, line: str, cwd: Path) -> list[str]:
+    """Complete ``line`` (the cursor at its end) with the sourced script in a real bash."""
+    words = line.split(" ")
+    program = (f"source {script}\n"
+               f"COMP_WORDS=({' '.join(repr(w) for w in words)})\n"
+               f"COMP_CWORD={len(words) - 1}\n"
+               "COMP_LINE=\"${COMP_WORDS[*]}\"; COMP_POINT=${#COMP_LINE}\n"
+               "_supervise supervise\n"
+               "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "--norc", "--noprofile", "-c", program], capture_output=True, text=True,
+                            cwd=cwd, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [w for w in result.stdout.splitlines() if w]
+
+
+def test_bash_completion_of_verbs_options_and_running_service_names(tmp_path):
+    path = write(tmp_path / "services.toml", f'[services.web-a]\ncommand = ["sleep", "300"]\n'
+                                             f'[services.web-b]\ncommand = ["sleep", "300"]\n')
+    script = tmp_path / "supervise.bash"
+    result = supervise("completion", "bash")
+    assert result.returncode == 0
+    script.write_text(result.stdout)
+    assert bash_complete(script, "supervise st", tmp_path) == ["status", "start", "stop"]
+    assert "--since" in bash_complete(script, "supervise logs --s", tmp_path)
+    assert bash_complete(script, "supervise import --from s", tmp_path) == ["supervisord"]
+    assert bash_complete(script, "supervise completion z", tmp_path) == ["zsh"]
+    # no supervisor: the names in the file
+    assert bash_complete(script, "supervise stop web", tmp_path) == ["web-a", "web-b"]
+    # a running one: its names (a service only in the file now is not offered)
+    proc = subprocess.Popen([PY, "-m", "supervisor", "-q", "--config", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: supervise("status", cwd=tmp_path).returncode == 0, timeout=30)
+        path.write_text(path.read_text().replace("[services.web-b]", "[services.web-c]") + "\n# saved\n")
+        assert supervise("completion", "--names", cwd=tmp_path).stdout.split() in (["web-a", "web-b"], ["web-a", "web-c"])
+        names = bash_complete(script, f"supervise restart --config {path} we", tmp_path.parent)
+        assert names[0] == "web-a" and len(names) == 2
+    finally:
+        terminate(proc)
+
+
+def test_zsh_and_fish_scripts(tmp_path):
+    zsh = supervise("completion", "zsh").stdout
+    assert zsh.startswith("#compdef supervise") and "bashcompinit" in zsh and "complete -F _supervise supervise" in zsh
+    fish = supervise("completion", "fish").stdout
+    assert "complete -c supervise -n __fish_use_subcommand -a top" in fish
+    assert "(supervise completion --names 2>/dev/null)" in fish
+    for shell, text in (("zsh", zsh), ("fish", fish)):
+        if shutil.which(shell):  # not installed here; where it is, the script must at least parse
+            flag = ["-n"] if shell == "zsh" else ["--no-execute"]
+            (tmp_path / shell).write_text(text)
+            assert subprocess.run([shell, *flag, str(tmp_path / shell)], capture_output=True).returncode == 0
+    assert supervise("completion").returncode == 2
+
+
+def test_exec_runs_with_the_services_environment_folder_and_exit_code(tmp_path):
+    write(tmp_path / "app" / "sub" / "marker", "")
+    write(tmp_path / ".env", "FROM_FILE=file\nBOTH=file\n")
+    path = write(tmp_path / "services.toml", f"""
+[env]
+GLOBAL = "g"
+[services.app]
+source = "./app"
+cwd = "sub"
+command = ["sleep", "300"]
+env_file = ".env"
+env = {{ BOTH = "service", DERIVED = "${{GLOBAL}}-x" }}
+replicas = 2
+""")
+    code = "import os,sys; print(os.getcwd()); print(*(os.environ.get(k) for k in sys.argv[1:])); sys.exit(5)"
+    result = supervise("exec", "app", "--replica", "1", "--", PY, "-c", code, "GLOBAL", "FROM_FILE", "BOTH", "DERIVED",
+                       "REPLICA", "SUPERVISE_SERVICE", "SUPERVISE_VERSION", cwd=tmp_path)
+    assert result.returncode == 5, result.stderr
+    assert result.stdout.splitlines() == [str(tmp_path / "app" / "sub"), "g file service g-x 1 app None"]
+    assert supervise("exec", "app", "--", "no-such-command-x", cwd=tmp_path).returncode == 127
+    unknown = supervise("exec", "nope", "--", "true", cwd=tmp_path)
+    assert unknown.returncode == 1 and "unknown service: nope" in unknown.stderr
+    misplaced = supervise("exec", "app", "--config", str(path), "--", "true", cwd=tmp_path)
+    assert misplaced.returncode == 2 and "--config goes before NAME" in misplaced.stderr
+    assert supervise("exec", "--config", str(path), "app", "true").returncode == 0  # no --: the rest is CMD
+    signalled = supervise("exec", "app", "--", "sh", "-c", "kill -TERM $$", cwd=tmp_path)
+    assert signalled.returncode == 128 + 15
+
+    # with a version running, exec sees it (SUPERVISE_VERSION) and runs in its folder
+    proc = subprocess.Popen([PY, "-m", "supervisor", "-q", "--config", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: supervise("status", cwd=tmp_path).returncode == 0, timeout=30)
+        version = json.loads(supervise("status", "--json", cwd=tmp_path).stdout)["services"][0]["version"]
+        got = supervise("exec", "app", "--", "printenv", "SUPERVISE_VERSION", cwd=tmp_path)
+        assert got.returncode == 0 and got.stdout.strip() == version
+    finally:
+        terminate(proc)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root (the supervisor's user= does too)")
+def test_exec_runs_as_the_services_user(tmp_path):
+    nobody = pwd.getpwnam("nobody")
+    os.chmod(tmp_path, 0o755)
+    write(tmp_path / "services.toml", '[services.app]\ncommand = ["sleep", "300"]\nuser = "nobody"\n')
+    result = supervise("exec", "app", "--", "id", "-u", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == str(nobody.pw_uid)
