@@ -123,6 +123,13 @@ def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
     return _Validator(document.unwrap(), _Locator(text), path).run()
 
 
+def validate(data: dict[str, Any], path: str | os.PathLike[str]) -> Desired:
+    """Validate a config given as data (what ``tomllib`` would give for the file), with the
+    same rules and messages as :func:`parse`; ``path`` names it in errors (no line numbers)
+    and anchors relative paths. Raises :class:`ConfigError`."""
+    return _Validator(data, _Locator(""), Path(path)).run()
+
+
 def state_dir_of(path: str | os.PathLike[str]) -> Path:
     """Only ``[supervise].state_dir`` of the file at ``path``, quickly (stdlib tomllib, no
     validation): what the CLI's client verbs need to find the control socket. Falls back to a
