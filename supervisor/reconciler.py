@@ -104,7 +104,22 @@ class Reconciler:
         """
         adopted = 0
         await self.local.stop_leftover_builds()
-        for name, record in state.load_all(self.state_dir).items():
+        unreadable: dict[str, str] = {}
+        records = state.load_all(self.state_dir, unreadable)
+        for name, why in unreadable.items():
+            spec = desired.services.get(name)
+            if spec is None or (only is not None and name not in only) or name in self.controllers:
+                continue
+            # Its replicas may still run: starting new ones could duplicate them. Held until
+            # a user looks (supervise start NAME), as for a user stop.
+            message = f"state file unreadable, not started (a replica may still run): {why}"
+            log.error("%s: %s; fix or remove it, then: supervise start %s", name, message, name)
+            self.notifier.emit(EventType.START_FAILED, name, None, error=message)
+            controller = self._controller(spec)
+            controller.held = True
+            controller.deploy_message = message
+            self.controllers[name] = controller
+        for name, record in records.items():
             if not NAME_RE.match(name) or (only is not None and name not in only):
                 continue
             alive: list[tuple[int, dict, Running]] = []

@@ -59,17 +59,23 @@ def remove(state_dir: Path, name: str) -> None:
         pass
 
 
-def load_all(state_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every readable record, by service name; unreadable ones are skipped."""
+def load_all(state_dir: Path, unreadable: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every readable record, by service name. A record that cannot be read or parsed is
+    left out and, when ``unreadable`` is given, put there with the reason (callers must not
+    take a missing record for "nothing runs")."""
     records: dict[str, dict[str, Any]] = {}
     folder = state_dir_of(state_dir)
     if not folder.is_dir():
         return records
     for path in sorted(folder.glob("*.json")):
         try:
-            records[path.stem] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            records[path.stem] = record
+        except (OSError, ValueError) as exc:
+            if unreadable is not None:
+                unreadable[path.stem] = f"{path}: {exc}"
     return records
 
 
