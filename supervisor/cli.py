@@ -1,6 +1,7 @@
 """``supervise``: the command line. Maps every error to an exit code in one place.
 
-Exit codes: 0 success; 1 runtime error (e.g. no supervisor running, state dir locked);
+Exit codes: 0 success; 1 runtime error (e.g. no supervisor running, state dir locked, no
+answer on the control socket in time, its backlog full: always one line, never a traceback);
 2 bad usage or an invalid config file; 3 ``status``: something asked about is not running.
 """
 
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", parents=[common, as_json], help="validate the config; exit 2 listing every error")
     sub.add_parser("plan", parents=[common, as_json],
                    help="print what a run would do now (against the running supervisor, if any)")
+    render = sub.add_parser("render", parents=[common],
+                            help="print the Kubernetes manifests of the file as YAML (for review or GitOps)")
+    render.add_argument("--tag", metavar="TAG", default=None,
+                        help="image tag of services whose image is pushed to kubernetes.registry (REGISTRY/NAME:TAG)")
     status = sub.add_parser("status", parents=[common, names, as_json],
                             help="table of replicas; exit 3 when one asked about is not running")
     status.add_argument("-w", "--watch", action="store_true", help="the live view of `supervise top`")
@@ -129,6 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CliError(str(exc), exc.code) from None
         if verb == "check":
             return cmd_check(path, args.json)
+        if verb == "render":
+            from .kube.cli import cmd_render
+
+            return cmd_render(path, args.tag)
+        if verb in ("run", "plan", "status", "logs", "events"):
+            from .kube.cli import runtime_of
+
+            if runtime_of(path) == "kubernetes":  # the cluster answers these, not a local supervisor
+                return cmd_kubernetes(verb, path, args)
         if verb == "plan":
             return cmd_plan(path, args.json)
         if verb == "run":
@@ -152,13 +166,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "json", False) and verb != "logs":  # valid JSON on stdout, whatever happened
             print(json.dumps({"ok": False, "error": str(exc), **({"services": []} if verb == "status" else {})},
                              indent=2))
-        print(f"supervise: {exc}", file=sys.stderr)
+        print(f"supervise: {config.escape(str(exc))}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `supervise events | head`
         sys.stderr.close()
         return EXIT_OK
+    except OSError as exc:  # the system refused something (a file, the socket): one line
+        print(f"supervise: {config.escape(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def cmd_kubernetes(verb: str, path: Path, args: argparse.Namespace) -> int:
+    """The verbs of a ``runtime = "kubernetes"`` file (see :mod:`supervisor.kube.cli`)."""
+    from .kube import cli as kube_cli
+
+    if verb == "run":
+        return kube_cli.cmd_run(path, quiet=getattr(args, "quiet", False))
+    if verb == "plan":
+        return kube_cli.cmd_plan(path, args.json)
+    if verb == "status":
+        if args.watch:
+            raise CliError("status --watch (and top) show a local supervisor; on Kubernetes, use status", EXIT_USAGE)
+        return kube_cli.cmd_status(path, args.services, args.json)
+    if verb == "logs":
+        if args.since or args.grep or args.json:
+            raise CliError("logs --since, --grep and --json read local log files; not on Kubernetes yet", EXIT_USAGE)
+        return kube_cli.cmd_logs(path, args.services, 10 if args.lines is None else args.lines, args.follow)
+    return kube_cli.cmd_events(path, args.services)
 
 
 #: Verbs that work without a config file.
@@ -203,8 +239,9 @@ def diagnostic_object(diagnostic: config.Diagnostic) -> dict:
 
 
 def cmd_check(path: Path, as_json: bool = False) -> int:
-    """``supervise check``: 0 with a one-line summary, or ConfigError (exit 2)."""
-    desired = config.load(path)
+    """``supervise check``: 0 with a one-line summary, or ConfigError (exit 2). Every runtime
+    of the file format is checked, including ``kubernetes`` and its keys."""
+    desired = config.load(path, runtimes=config.RUNTIMES)
     count = len(desired.services)
     if as_json:
         print(json.dumps({"ok": True, "file": str(path), "services": list(desired.services)}, indent=2))

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import signal
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -35,21 +36,26 @@ from .model import (
 
 #: A service name becomes a file name (logs, checkouts, state): letters, digits, ``_ . -``.
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+#: Linux limits a path may not pass (NAME_MAX, PATH_MAX - 1 for the final NUL), in bytes.
+NAME_MAX, PATH_MAX = 255, 4095
 
 TOP_KEYS = ("supervise", "env", "services")
-SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log")
+SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "kubernetes")
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
-    "watch", "shell", "user", "log", "runtime",
+    "watch", "shell", "user", "log", "kubernetes", "runtime",
 )
 LOG_KEYS = ("max_size", "backups", "timestamps")
-RUNTIMES = ("local", "container", "kubernetes")
-#: Runtimes this version has an executor for (supervisor.executors); "container" and
-#: "kubernetes" are part of the file format, not yet built.
+RUNTIMES = ("local", "kubernetes")
+#: Runtimes the local supervisor (Daemon, LocalRuntime) runs. A "kubernetes" file is checked
+#: (`check`), rendered (`render`) and run by supervisor.kube's own converge loop (`supervise run`
+#: dispatches there before any Daemon exists); a running local supervisor refuses a reload to it.
 AVAILABLE_RUNTIMES = ("local",)
 CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
+#: Bounds on ``watch``: how many globs, how long each, how many wildcards each.
+MAX_GLOBS, GLOB_LENGTH, GLOB_WILDCARDS = 64, 256, 16
 
 
 #: ``${VAR}``, ``${VAR:-default}``: for keys where supervise expands nothing.
@@ -69,7 +75,26 @@ class Diagnostic:
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}:{self.col}" if self.line else self.path
         who = f" services.{self.service}:" if self.service else ""
-        return f"{where}:{who} {self.message}"
+        return escape(f"{where}:{who} {self.message}")
+
+
+def escape(text: str) -> str:
+    """``text`` with every control, format (bidi overrides, zero-width), separator, surrogate
+    and unassigned character written as a Python escape (``\\x1b``, ``\\u202e``), so that a
+    diagnostic is one line that shows what the file holds and cannot restyle a terminal
+    (CVE-2021-42574, "Trojan Source")."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 class ConfigError(Exception):
@@ -85,32 +110,98 @@ def default_config_path() -> Path:
     return Path(os.environ.get("SUPERVISE_CONFIG") or "services.toml")
 
 
-def load(path: str | os.PathLike[str]) -> Desired:
+def load(path: str | os.PathLike[str], *, runtimes: tuple[str, ...] = AVAILABLE_RUNTIMES) -> Desired:
     """Read and validate the config file at ``path``.
 
-    Raises ConfigError (with every diagnostic) for unreadable files, TOML syntax errors and
-    invalid contents.
+    ``runtimes`` are the ``runtime`` values the caller can act on (``check`` and ``render``
+    pass :data:`RUNTIMES`; running defaults to :data:`AVAILABLE_RUNTIMES`, so that a file asking
+    for a cluster is refused rather than run as local processes).
+    Raises ConfigError (with every diagnostic) for unreadable files (also a FIFO, a device or
+    a file over :data:`MAX_FILE_BYTES`: never read), TOML syntax errors and invalid contents.
+    Nothing else escapes: an unexpected failure is a ConfigError naming the file.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = read_regular_file(path)
+    except (OSError, ValueError) as exc:
         raise ConfigError([Diagnostic(str(path), 0, 0, f"cannot read config: {exc}")]) from None
-    return parse(text, path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # located: the line and column of the first bad byte
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+        raise ConfigError([Diagnostic(str(path), line, col, f"the file is not UTF-8 text: {exc.reason} "
+                                      f"(byte 0x{data[exc.start]:02x})")]) from None
+    return parse(text, path, runtimes=runtimes)
 
 
-def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
-    """Validate config ``text``; ``path`` names it in errors and anchors relative paths."""
+#: Larger config files are refused unread: tomlkit parses about 300 kB/s, and a reload must
+#: stay a matter of seconds. 1 MiB holds some 10,000 services.
+MAX_FILE_BYTES = 1 << 20
+#: At most this many diagnostics are listed (then one line says how many more there were).
+MAX_DIAGNOSTICS = 200
+
+
+def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them.
+
+    Opened with O_NONBLOCK and checked with fstat before reading, so a FIFO or a device under
+    a regular-looking name raises (never blocks). Raises OSError, or ValueError for a file
+    that is not regular or is larger than ``limit`` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"{path} is {info.st_size} bytes, more than the {limit} allowed")
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise ValueError(f"{path} is more than the {limit} bytes allowed")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def parse(text: str, path: str | os.PathLike[str] = "services.toml", *,
+          runtimes: tuple[str, ...] = AVAILABLE_RUNTIMES) -> Desired:
+    """Validate config ``text``; ``path`` names it in errors and anchors relative paths;
+    ``runtimes`` as for :func:`load`.
+
+    Raises ConfigError and nothing else: a failure the validation did not foresee (a bug) is
+    reported as a ConfigError naming the file, so that a bad file can never stop a supervisor.
+    """
+    try:
+        return _parse(text, Path(path), runtimes)
+    except ConfigError:
+        raise
+    except (Exception, RecursionError) as exc:  # noqa: BLE001 - the last line of defence
+        message = f"cannot validate this file ({type(exc).__name__}: {str(exc)[:200]})"
+        raise ConfigError([Diagnostic(str(path), 0, 0, message)]) from None
+
+
+def _parse(text: str, path: Path, runtimes: tuple[str, ...]) -> Desired:
     import tomlkit  # imported here: the CLI's client verbs never need it (see state_dir_of)
     import tomlkit.exceptions
 
-    path = Path(path)
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError([Diagnostic(str(path), 0, 0, f"the file is larger than {MAX_FILE_BYTES} bytes")])
     if not text.strip():
         # An empty file is far more often a save in progress (or `: > file`) than a wish to
         # stop everything; that wish is written `[services]`.
         raise ConfigError([Diagnostic(str(path), 1, 1, "the file is empty; to run no service, write [services]")])
     try:
         document = tomlkit.parse(text)
+        data = document.unwrap()
     except tomlkit.exceptions.TOMLKitError as exc:
         # ParseError's col is a 0-based offset; KeyAlreadyPresent (a key repeated in one
         # table) carries no position at all, so find the repeated key ourselves.
@@ -120,7 +211,9 @@ def parse(text: str, path: str | os.PathLike[str] = "services.toml") -> Desired:
             line, col = _Locator(text).duplicate()
         message = str(exc).split(" at line ")[0]
         raise ConfigError([Diagnostic(str(path), line, col, f"TOML syntax error: {message}")]) from None
-    return _Validator(document.unwrap(), _Locator(text), path).run()
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a date tomlkit cannot hold
+        raise ConfigError([Diagnostic(str(path), 0, 0, f"TOML syntax error: {exc}")]) from None
+    return _Validator(data, _Locator(text), path, runtimes).run()
 
 
 def validate(data: dict[str, Any], path: str | os.PathLike[str]) -> Desired:
@@ -138,32 +231,68 @@ def state_dir_of(path: str | os.PathLike[str]) -> Path:
 
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = read_regular_file(path)
+    except (OSError, ValueError):
+        return load(path).settings.state_dir  # raises the located ConfigError
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
         value = data.get("supervise", {}).get("state_dir", ".supervise")
         if isinstance(value, str):
             return (path.resolve().parent / os.path.expanduser(value)).resolve()
-    except (OSError, UnicodeDecodeError, AttributeError):
-        pass
-    except tomllib.TOMLDecodeError:
+    except (OSError, UnicodeDecodeError, AttributeError, ValueError, RecursionError):
+        pass  # tomllib.TOMLDecodeError is a ValueError: handled below
+    try:
+        tomllib.loads(text.decode("utf-8", "replace"))
+    except (tomllib.TOMLDecodeError, RecursionError):
         # The file is broken (a save under way, a typo): exactly when `supervise status` is
         # wanted. Find state_dir by its line, or use the default.
-        match = re.search(r"(?m)^\s*state_dir\s*=\s*[\"']([^\"'\n]*)[\"']", path.read_text(errors="replace"))
+        match = re.search(r"(?m)^\s*state_dir\s*=\s*[\"']([^\"'\n\0]*)[\"']", text.decode(errors="replace"))
         value = match.group(1) if match else ".supervise"
-        return (path.resolve().parent / os.path.expanduser(value)).resolve()
+        try:
+            return (path.resolve().parent / os.path.expanduser(value)).resolve()
+        except (OSError, ValueError, RuntimeError):
+            pass
     return load(path).settings.state_dir
 
 
+#: "did you mean" compares a word with at most this many candidates, each at most
+#: SUGGEST_LENGTH characters long: difflib's ratio is quadratic in length.
+SUGGEST_CANDIDATES = 50
+SUGGEST_LENGTH = 100
+
+
 def suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    """`` (did you mean "x"?)`` for the closest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    """`` (did you mean "x"?)`` for the closest of ``choices``, or ``""``.
+
+    Bounded work: only the first :data:`SUGGEST_CANDIDATES` choices of a similar length are
+    compared (difflib, cutoff 0.6), and a word longer than :data:`SUGGEST_LENGTH` gets none.
+    """
+    if len(word) > SUGGEST_LENGTH:
+        return ""
+    candidates = []
+    for choice in choices:
+        if isinstance(choice, str) and abs(len(choice) - len(word)) <= max(3, len(word) // 2):
+            candidates.append(choice)
+            if len(candidates) >= SUGGEST_CANDIDATES:
+                break
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
+def _show(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters (a message quotes a value, never a megabyte)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class _Locator:
-    """Finds the line and column of a key path in TOML text, best effort, without a parser.
+    """Finds the line and column of a key path in TOML text, best effort.
 
     Handles ``[table]`` headers, ``key = value`` lines, dotted keys and keys inside inline
-    tables on the same line. Falls back to the nearest enclosing table or key.
+    tables on the same line. Falls back to the nearest enclosing table or key. Lines that
+    begin inside a multi-line string (``\"\"\"`` or ``\'\'\'``) are text, never headers or
+    keys (:func:`_string_lines` tracks strings like a TOML tokenizer). Lookups are dictionary
+    reads, so locating thousands of errors stays linear.
     """
 
     _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
@@ -173,7 +302,12 @@ class _Locator:
         # (key path, line number, column, line text, where the value starts)
         self.entries: list[tuple[tuple[str, ...], int, int, str, int]] = []
         table: tuple[str, ...] = ()
-        for number, line in enumerate(text.splitlines(), start=1):
+        lines = text.splitlines()
+        inside = _string_lines(text)
+        for number, line in enumerate(lines, start=1):
+            if number in inside:
+                continue
+            line = line[:10_000]  # keys and headers start lines; a megabyte value is not looked at
             header = self._HEADER.match(line)
             if header:
                 table = self._split(header.group(1))
@@ -183,6 +317,13 @@ class _Locator:
             if key:
                 full = table + self._split(key.group(2))
                 self.entries.append((full, number, len(key.group(1)) + 1, line, key.end()))
+        # key path -> indices of its entries (file order); any prefix -> its first entry
+        self.exact: dict[tuple[str, ...], list[int]] = {}
+        self.first_below: dict[tuple[str, ...], int] = {}
+        for index, (path, *_rest) in enumerate(self.entries):
+            self.exact.setdefault(path, []).append(index)
+            for depth in range(1, len(path) + 1):
+                self.first_below.setdefault(path[:depth], index)
 
     _PART = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^.\"'\s]+")
 
@@ -212,45 +353,108 @@ class _Locator:
 
     def find(self, keys: tuple[str, ...]) -> tuple[int, int]:
         """1-based (line, column) of ``keys``, or of its closest located ancestor; (0, 0)."""
-        best = (0, 0, 0)  # (matched depth, line, col)
-        for path, line, col, text, value_start in self.entries:
-            if path == keys:
-                return line, col
-            if keys[: len(path)] != path or len(path) <= best[0]:
+        if keys in self.exact:
+            _path, line, col, _text, _start = self.entries[self.exact[keys][0]]
+            return line, col
+        for depth in range(len(keys) - 1, 0, -1):
+            found = self.exact.get(keys[:depth])
+            if not found:
                 continue
-            best = (len(path), line, col)
-            if len(keys) > len(path):  # maybe inside an inline table on this line
-                inner = re.compile(r"[{,]\s*[\"']?" + re.escape(keys[-1]) + r"[\"']?\s*=")
+            # maybe inside an inline table on this line
+            inner = re.compile(r"[{,]\s*[\"']?" + re.escape(keys[-1]) + r"[\"']?\s*=")
+            for index in found:
+                _path, line, _col, text, value_start = self.entries[index]
                 match = inner.search(text, value_start)
                 if match:
                     return line, match.start() + 1 + len(match.group(0)) - len(match.group(0).lstrip("{, \t"))
-        if not best[0]:  # only defined through sub-tables, e.g. ``[service.api]`` for "service"
-            for path, line, col, _text, _start in self.entries:
-                if path[: len(keys)] == keys:
-                    return line, col
-        return best[1], best[2]
+            _path, line, col, _text, _start = self.entries[found[0]]
+            return line, col
+        if keys in self.first_below:  # only defined through sub-tables, e.g. ``[service.api]``
+            _path, line, col, _text, _start = self.entries[self.first_below[keys]]
+            return line, col
+        return 0, 0
+
+
+def _string_lines(text: str) -> set[int]:
+    """1-based numbers of the lines that *begin* inside a multi-line string.
+
+    A small TOML tokenizer: comments, basic strings (with escapes), literal strings, and the
+    multi-line forms of both; nothing else matters to where a line starts.
+    """
+    inside: set[int] = set()
+    line, i, n = 1, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+            i += 1
+        elif ch == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif text.startswith('\"\"\"', i) or text.startswith("\'\'\'", i):
+            quote = text[i:i + 3]
+            i += 3
+            while i < n:
+                if quote[0] == '"' and text[i] == "\\":
+                    if text[i + 1:i + 2] == "\n":
+                        line += 1
+                        inside.add(line)
+                    i += 2
+                    continue
+                if text.startswith(quote, i):
+                    i += 3
+                    while i < n and text[i] == quote[0]:  # up to two quotes may end the string
+                        i += 1
+                    break
+                if text[i] == "\n":
+                    line += 1
+                    inside.add(line)
+                i += 1
+        elif ch in "\"'":
+            i += 1
+            while i < n and text[i] != ch and text[i] != "\n":
+                i += 2 if ch == '"' and text[i] == "\\" else 1
+            if i < n and text[i] == ch:
+                i += 1
+        else:
+            i += 1
+    return inside
 
 
 class _Validator:
-    def __init__(self, data: dict[str, Any], locator: _Locator, path: Path):
+    def __init__(self, data: dict[str, Any], locator: _Locator, path: Path,
+                 runtimes: tuple[str, ...] = AVAILABLE_RUNTIMES):
         self.data = data
+        self.runtimes = runtimes
         self.locator = locator
         self.path = path
         self.base = path.resolve().parent if str(path) else Path.cwd()
         self.diagnostics: list[Diagnostic] = []
+        self.dropped = 0  # diagnostics past MAX_DIAGNOSTICS, counted only
+        self.suggestions = 100  # did-you-mean lookups left: bounded work for any file
         self.default_log = LogPolicy()
 
     # -- reporting -------------------------------------------------------------------------
 
     def error(self, keys: tuple[str, ...], message: str) -> None:
+        if len(self.diagnostics) >= MAX_DIAGNOSTICS:
+            self.dropped += 1
+            return
         line, col = self.locator.find(keys)
         service = keys[1] if len(keys) >= 2 and keys[0] == "services" else None
         self.diagnostics.append(Diagnostic(str(self.path), line, col, message, service))
 
+    def suggest(self, word: str, choices: tuple[str, ...] | list[str]) -> str:
+        """:func:`suggest`, for the first 100 mistakes of a file only."""
+        if self.suggestions <= 0:
+            return ""
+        self.suggestions -= 1
+        return suggest(word, choices)
+
     def unknown_keys(self, keys: tuple[str, ...], table: dict[str, Any], allowed: tuple[str, ...]) -> None:
         for key in table:
             if key not in allowed:
-                self.error(keys + (key,), f'unknown key "{key}"{suggest(key, allowed)}')
+                self.error(keys + (key,), f'unknown key "{_cut(key)}"{self.suggest(key, allowed)}')
 
     # -- typed getters: return None after reporting an error --------------------------------
 
@@ -275,7 +479,7 @@ class _Validator:
             try:
                 argv = shlex.split(value)
             except ValueError as exc:
-                self.error(keys, f'"{keys[-1]}": cannot split {value!r}: {exc}')
+                self.error(keys, f'"{keys[-1]}": cannot split {_show(value)}: {exc}')
                 return None
         elif isinstance(value, list) and all(isinstance(item, str) for item in value):
             argv = list(value)
@@ -314,10 +518,54 @@ class _Validator:
     def relative_path(self, value: str) -> Path:
         return (self.base / os.path.expanduser(value)).resolve()
 
+    def path_value(self, keys: tuple[str, ...], value: str, what: str = "path") -> Path | None:
+        """``value`` resolved against the config folder, or None after reporting why it can
+        never be a path: a NUL byte (reported by :meth:`strings`), a name over NAME_MAX (255
+        bytes) or a whole over PATH_MAX (4095 bytes), text that is not UTF-8."""
+        if "\0" in value:
+            return None
+        try:
+            encoded = os.fsencode(value)
+        except UnicodeError:
+            self.error(keys, f'"{keys[-1]}": the {what} is not valid text')
+            return None
+        if any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+            self.error(keys, f'"{keys[-1]}": a name in the {what} is longer than {NAME_MAX} bytes')
+            return None
+        try:
+            path = self.relative_path(value)
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.error(keys, f'"{keys[-1]}": bad {what}: {exc}')
+            return None
+        if len(os.fsencode(str(path))) > PATH_MAX:
+            self.error(keys, f'"{keys[-1]}": the {what} is longer than {PATH_MAX} bytes')
+            return None
+        return path
+
+    def strings(self, keys: tuple[str, ...], value: Any) -> None:
+        """Report every string below ``value`` that holds a NUL byte: no path, argument,
+        environment value or user name can (execve(2) and open(2) end strings there)."""
+        if isinstance(value, str):
+            if "\0" in value:
+                self.error(keys, f'"{keys[-1] if keys else "value"}" holds a NUL character (\\0), '
+                           'which no path, argument or environment value can hold')
+            elif not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeError:  # a lone surrogate (only from parse(), never from a file)
+                    self.error(keys, f'"{keys[-1] if keys else "value"}" is not valid Unicode text')
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self.strings(keys + (key,), item)
+        elif isinstance(value, list):
+            for item in value:
+                self.strings(keys, item)
+
     # -- the document ---------------------------------------------------------------------
 
     def run(self) -> Desired:
         data = self.data
+        self.strings((), data)
         self.unknown_keys((), data, TOP_KEYS)
         settings = self.settings(data.get("supervise", {}))
         global_env = self.env_table(("env",), data.get("env", {})) if "env" in data else {}
@@ -335,9 +583,18 @@ class _Validator:
             if spec is not None:
                 services[name] = spec
         self.dependencies(services_table, services)
+        kubernetes = None
+        if settings.runtime == "kubernetes" or _mentions_kubernetes(data):
+            from .kube.schema import validate as validate_kubernetes  # its keys, located like ours
+
+            kubernetes = validate_kubernetes(data, self.error)
         if self.diagnostics:
-            raise ConfigError(sorted(self.diagnostics, key=lambda d: (d.line, d.col)))
-        return Desired(settings=settings, services=MappingProxyType(services), path=self.path.resolve())
+            found = sorted(self.diagnostics, key=lambda d: (d.line, d.col))
+            if self.dropped:
+                found.append(Diagnostic(str(self.path), 0, 0, f"... and {self.dropped} more errors"))
+            raise ConfigError(found)
+        return Desired(settings=settings, services=MappingProxyType(services), path=self.path.resolve(),
+                       kubernetes=kubernetes)
 
     def settings(self, table: Any) -> Settings:
         keys = ("supervise",)
@@ -348,7 +605,7 @@ class _Validator:
         self.unknown_keys(keys, table, SUPERVISE_KEYS)
         state_dir, runtime, poll, keep = defaults.state_dir, defaults.runtime, defaults.poll, defaults.keep_versions
         if "state_dir" in table and self.expect(keys + ("state_dir",), table["state_dir"], str, "a path string"):
-            state_dir = self.relative_path(table["state_dir"])
+            state_dir = self.path_value(keys + ("state_dir",), table["state_dir"], "state_dir") or state_dir
         if "runtime" in table:
             runtime = self.runtime(keys + ("runtime",), table["runtime"]) or "local"
         if "poll" in table:
@@ -357,6 +614,8 @@ class _Validator:
             value = self.expect(keys + ("keep_versions",), table["keep_versions"], int, "a whole number")
             if value is not None and value < 1:
                 self.error(keys + ("keep_versions",), '"keep_versions" must be at least 1')
+            elif value is not None and value > 1000:
+                self.error(keys + ("keep_versions",), '"keep_versions" must be at most 1000')
             elif value is not None:
                 keep = value
         log = self.log_policy(keys + ("log",), table["log"], LogPolicy()) if "log" in table else LogPolicy()
@@ -396,24 +655,22 @@ class _Validator:
         if "cwd" in table and self.expect(get("cwd"), table["cwd"], str, "a path string") is not None:
             cwd = table["cwd"]
             self.not_expanded(get("cwd"), cwd)
+            if (source is not None and source.kind == "path" and source.path is not None and "\0" not in cwd
+                    and not _UNEXPANDED.search(cwd)
+                    and build is None and not os.path.isabs(os.path.expanduser(cwd)) and _exists(source.path, folder=True)):
+                # A local folder without a build runs as it is: a relative cwd missing from it
+                # can never run. (A build may make it; a git checkout is not here yet; an
+                # absolute cwd is this machine's business, e.g. a mount: start-failed says so.)
+                folder = self.path_value(get("cwd"), str(source.path / cwd), "cwd")
+                if folder is not None and not _exists(folder, folder=True):
+                    self.error(get("cwd"), f'cwd "{_cut(cwd)}" does not exist in the source folder ({_cut(str(folder))})')
 
         env = dict(global_env)
         env_file = None
         if "env_file" in table and self.expect(get("env_file"), table["env_file"], str, "a path string") is not None:
-            env_file = self.relative_path(table["env_file"])
-            if not env_file.is_file():
-                self.error(get("env_file"), f'env_file "{table["env_file"]}" does not exist ({env_file})')
-            else:
-                from dotenv import dotenv_values
-
-                try:
-                    values = dotenv_values(env_file, interpolate=True)
-                except (OSError, UnicodeDecodeError) as exc:
-                    self.error(get("env_file"), f"cannot read env_file: {exc}")
-                    values = {}
-                # python-dotenv has already applied its own ${VAR} rules: escape "$" so that
-                # our expansion of env values leaves these alone (no second expansion).
-                env.update({k: (v or "").replace("$", "$$") for k, v in values.items()})
+            env_file = self.path_value(get("env_file"), table["env_file"], "env_file")
+            if env_file is not None:
+                env.update(self.env_file(get("env_file"), table["env_file"], env_file))
         if "env" in table:
             env.update(self.env_table(get("env"), table["env"]))
 
@@ -431,7 +688,7 @@ class _Validator:
             if table["restart"] in choices:
                 restart = RestartPolicy(table["restart"])
             else:
-                self.error(get("restart"), f'"restart" must be one of {", ".join(choices)}, got {table["restart"]!r}{suggest(str(table["restart"]), choices)}')
+                self.error(get("restart"), f'"restart" must be one of {", ".join(choices)}, got {_show(table["restart"])}{self.suggest(str(table["restart"]), choices)}')
 
         backoff = Backoff()
         if "backoff" in table:
@@ -456,13 +713,13 @@ class _Validator:
             if table["update"] in ("recreate", "start-first"):
                 update = table["update"]
             else:
-                self.error(get("update"), f'"update" must be "recreate" or "start-first", got {table["update"]!r}')
+                self.error(get("update"), f'"update" must be "recreate" or "start-first", got {_show(table["update"])}')
 
         watch: tuple[str, ...] = ()
         if "watch" in table:
             value = table["watch"]
             if isinstance(value, list) and all(isinstance(item, str) for item in value):
-                watch = tuple(value)
+                watch = self.globs(get("watch"), value)
             else:
                 self.error(get("watch"), '"watch" must be a list of glob strings')
 
@@ -487,18 +744,48 @@ class _Validator:
         )
 
     def runtime(self, keys: tuple[str, ...], value: Any) -> str | None:
-        """A ``runtime`` name (``[supervise]`` or a service's): one this version has an
-        executor for, else an error and None."""
+        """A ``runtime`` name (``[supervise]`` or a service's): one this supervisor runs
+        (an executor of :mod:`supervisor.executors`), else an error and None."""
         if value not in RUNTIMES:
-            self.error(keys, f'"runtime" must be one of {", ".join(RUNTIMES)}, got {value!r}{suggest(str(value), RUNTIMES)}')
+            self.error(keys, f'"runtime" must be one of {", ".join(RUNTIMES)}, got {_show(value)}'
+                             f'{self.suggest(str(value), RUNTIMES)}')
             return None
-        if value not in AVAILABLE_RUNTIMES:
-            # Refused rather than quietly run here: a user asking for a cluster or a container
-            # must not get processes on this machine instead.
-            self.error(keys, f'runtime "{value}" is not available in this version '
-                       f'(available: {", ".join(AVAILABLE_RUNTIMES)})')
+        if value not in self.runtimes:
+            # Refused rather than quietly run here: a user asking for a cluster must not
+            # get processes on this machine instead.
+            self.error(keys, f'runtime "{value}" is not run by a local supervisor '
+                       f'(it runs: {", ".join(self.runtimes)}); start `supervise run` anew to converge the '
+                       'cluster, or `supervise render` to print the manifests')
             return None
         return str(value)
+
+    def env_file(self, keys: tuple[str, ...], value: str, path: Path) -> dict[str, str]:
+        """The variables of the dotenv file at ``path`` (python-dotenv's syntax), "$" escaped.
+
+        Read with :func:`read_regular_file`: a FIFO or a device is refused, never waited on.
+        """
+        import io
+
+        from dotenv import dotenv_values
+
+        if not _exists(path):
+            self.error(keys, f'env_file "{_cut(value)}" does not exist ({_cut(str(path))})')
+            return {}
+        try:
+            text = read_regular_file(path).decode("utf-8")
+            values = dotenv_values(stream=io.StringIO(text), interpolate=True)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            self.error(keys, f"cannot read env_file: {exc}")
+            return {}
+        env: dict[str, str] = {}
+        for name, item in values.items():
+            if "\0" in name or "\0" in (item or ""):
+                self.error(keys, f'env_file "{_cut(value)}": variable {_show(name)} holds a NUL character')
+                continue
+            # python-dotenv has already applied its own ${VAR} rules: escape "$" so that
+            # our expansion of env values leaves these alone (no second expansion).
+            env[name] = (item or "").replace("$", "$$")
+        return env
 
     def source(self, keys: tuple[str, ...], value: Any) -> SourceSpec | None:
         if value is None:
@@ -521,27 +808,47 @@ class _Validator:
         if "ref" in value:
             ref = self.expect(keys + ("ref",), value["ref"], str, "a branch, tag or commit") or "HEAD"
             if ref.startswith("-"):
-                self.error(keys + ("ref",), f'bad ref {ref!r}')
+                self.error(keys + ("ref",), f'bad ref {_show(ref)}')
         poll = self.duration(keys + ("poll",), value["poll"]) if "poll" in value else None
         if url is None:
             return None
         if url.startswith("-"):
-            self.error(keys + ("git",), f"bad repository {url!r}")
+            self.error(keys + ("git",), f"bad repository {_show(url)}")
             return None
         if _is_local_repository(url):
-            resolved = self.relative_path(url)
-            if not resolved.exists():
+            resolved = self.path_value(keys + ("git",), url, "repository path")
+            if resolved is None:
+                return None
+            if not _exists(resolved):
                 self.error(keys + ("git",), f'git repository "{url}" does not exist ({resolved})')
                 return None
             url = str(resolved)
         return SourceSpec(kind="git", url=url, ref=ref, poll=poll)
 
     def local_source(self, keys: tuple[str, ...], value: str) -> SourceSpec | None:
-        path = self.relative_path(value)
-        if not path.is_dir():
+        path = self.path_value(keys, value, "source folder")
+        if path is None:
+            return None
+        if not _exists(path, folder=True):
             self.error(keys, f'source folder "{value}" does not exist ({path})')
             return None
         return SourceSpec(kind="path", path=path)
+
+    def globs(self, keys: tuple[str, ...], value: list[str]) -> tuple[str, ...]:
+        """``watch`` globs, bounded: at most MAX_GLOBS, each non-empty, at most GLOB_LENGTH
+        characters and GLOB_WILDCARDS wildcards (every edit is matched against all of them)."""
+        if len(value) > MAX_GLOBS:
+            self.error(keys, f'"watch" holds {len(value)} globs; at most {MAX_GLOBS} are allowed')
+            return ()
+        for glob in value:
+            if not glob.strip():
+                self.error(keys, '"watch" globs must not be empty (to follow every file, write "**")')
+                return ()
+            if len(glob) > GLOB_LENGTH or sum(glob.count(c) for c in "*?[") > GLOB_WILDCARDS:
+                self.error(keys, f'"watch" glob {_show(glob)} is too complex: at most {GLOB_LENGTH} '
+                           f'characters and {GLOB_WILDCARDS} wildcards (*, ?, [)')
+                return ()
+        return tuple(value)
 
     def log_policy(self, keys: tuple[str, ...], value: Any, default: LogPolicy) -> LogPolicy:
         if not isinstance(value, dict):
@@ -594,6 +901,8 @@ class _Validator:
             got = self.expect(keys + ("burst",), value["burst"], int, "a whole number")
             if got is not None and got < 1:
                 self.error(keys + ("burst",), '"burst" must be at least 1')
+            elif got is not None and got > 100_000:
+                self.error(keys + ("burst",), '"burst" must be at most 100000')
             elif got is not None:
                 burst = got
         interval = self.duration(keys + ("interval",), value["interval"]) if "interval" in value else None
@@ -605,14 +914,14 @@ class _Validator:
             try:
                 return signal.Signals(value).value
             except ValueError:
-                self.error(keys, f"unknown signal number {value}")
+                self.error(keys, f"unknown signal number {_cut(str(value), 40)}")
                 return None
         if isinstance(value, str):
             name = value.upper()
             name = name if name.startswith("SIG") else "SIG" + name
             if name in names:
                 return signal.Signals[name].value
-            self.error(keys, f'unknown signal "{value}"{suggest(name, names)}')
+            self.error(keys, f'unknown signal "{value}"{self.suggest(name, names)}')
             return None
         self.error(keys, f'"{keys[-1]}" must be a signal name like "SIGTERM", got {_type_name(value)}')
         return None
@@ -632,18 +941,18 @@ class _Validator:
         if kind == "exec":
             check["exec"] = self.argv(keys + ("exec",), target)
         elif kind == "tcp":
-            if not isinstance(target, str) or not re.match(r"^\[?[^\s\]]*\]?:(\d+|\$\{[A-Za-z_][A-Za-z0-9_]*(:?-[^}]*)?\})$", target):
-                self.error(keys + ("tcp",), f'"tcp" must be "host:port", got {target!r}')
+            if not isinstance(target, str) or not re.match(r"^\[?[^\s\]]*\]?:(\d{1,6}|\$\{[A-Za-z_][A-Za-z0-9_]*(:?-[^}]*)?\})$", target):
+                self.error(keys + ("tcp",), f'"tcp" must be "host:port", got {_show(target)}')
             elif target.rsplit(":", 1)[1].isdigit() and not 0 < int(target.rsplit(":", 1)[1]) < 65536:
                 self.error(keys + ("tcp",), f'"tcp": port must be 1-65535, got {target.rsplit(":", 1)[1]}')
             check["tcp"] = target
         else:
             if not isinstance(target, str) or not target.startswith(("http://", "https://")):
-                self.error(keys + ("http",), f'"http" must be an http:// or https:// URL, got {target!r}')
+                self.error(keys + ("http",), f'"http" must be an http:// or https:// URL, got {_show(target)}')
             else:
-                port = re.match(r"^https?://[^/]*:(\d+)(/|$)", target)
-                if port and not 0 < int(port.group(1)) < 65536:
-                    self.error(keys + ("http",), f'"http": port must be 1-65535, got {port.group(1)}')
+                port = re.match(r"^https?://[^/]*:(\d+)(/|$)", target[:300])
+                if port and (len(port.group(1)) > 5 or not 0 < int(port.group(1)) < 65536):
+                    self.error(keys + ("http",), f'"http": port must be 1-65535, got {_cut(port.group(1), 20)}')
             check["http"] = target
         for key, default in (("interval", 1.0), ("timeout", 1.0), ("start_period", 0.0)):
             check[key] = self.duration(keys + (key,), value[key]) if key in value else default
@@ -654,7 +963,9 @@ class _Validator:
             retries = self.expect(keys + ("retries",), value["retries"], int, "a whole number")
             if retries is not None and retries < 1:
                 self.error(keys + ("retries",), '"retries" must be at least 1')
-            check["retries"] = retries if retries and retries >= 1 else 3
+            elif retries is not None and retries > 100_000:
+                self.error(keys + ("retries",), '"retries" must be at most 100000')
+            check["retries"] = retries if retries and 1 <= retries <= 100_000 else 3
         return MappingProxyType(check)  # type: ignore[return-value]
 
     def dependencies(self, tables: dict[str, Any], services: dict[str, ServiceSpec]) -> None:
@@ -695,13 +1006,13 @@ class _Validator:
                     continue
                 how = how.get("condition", "started")
             if how not in conditions:
-                self.error(keys + (dep,), f'dependency condition must be one of {", ".join(conditions)}, got {how!r}{suggest(str(how), conditions)}')
+                self.error(keys + (dep,), f'dependency condition must be one of {", ".join(conditions)}, got {_show(how)}{self.suggest(str(how), conditions)}')
                 continue
             if dep == name:
                 self.error(keys, f'service "{name}" depends on itself')
                 continue
             if dep not in tables:
-                self.error(keys, f'unknown dependency "{dep}"{suggest(dep, list(tables))}')
+                self.error(keys, f'unknown dependency "{dep}"{self.suggest(dep, list(tables))}')
                 continue
             deps.append(Dependency(service=dep, condition=Condition(how), restart=restart))
         return tuple(deps)
@@ -711,6 +1022,27 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (:func:`supervisor.graph.find_cycle`)."""
     return find_cycle(graph)
 
+
+
+def _exists(path: Path, folder: bool = False) -> bool:
+    """``path`` exists (is a folder, with ``folder``); False where the system cannot say."""
+    try:
+        return path.is_dir() if folder else path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters, for messages."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _mentions_kubernetes(data: dict[str, Any]) -> bool:
+    """Whether the file has a ``kubernetes`` table anywhere (then it is checked on any runtime)."""
+    supervise, services = data.get("supervise"), data.get("services")
+    if isinstance(supervise, dict) and "kubernetes" in supervise:
+        return True
+    return isinstance(services, dict) and any(isinstance(t, dict) and "kubernetes" in t for t in services.values())
 
 
 def _is_local_repository(url: str) -> bool:

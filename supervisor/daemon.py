@@ -61,15 +61,45 @@ class Daemon:
         self.file_watcher: FileWatcher | None = None
         self.control: ControlServer | None = None
 
+    @property
+    def source_watcher(self):
+        """The engine's folder watcher (None until :meth:`run` opened the engine)."""
+        return self.engine.source_watcher
+
+    @property
+    def poller(self):
+        """The engine's git poller (None until :meth:`run` opened the engine)."""
+        return self.engine.poller
+
     # -- loading ---------------------------------------------------------------------------
 
-    async def load(self) -> Desired | None:
-        """The desired state from the file (parsed off the event loop), or None (the error
-        reported once: a log line and a ``config-error`` event) if it is invalid."""
+    def load(self) -> Desired | None:
+        """The desired state from the file, or None (error reported once) if it is invalid."""
+        return self._accept(self._read())
+
+    async def load_async(self) -> Desired | None:
+        """:meth:`load` with the reading and validation in a thread: a slow file (a large one,
+        one with thousands of mistakes) never holds restarts, the socket or log pumping."""
+        return self._accept(await asyncio.to_thread(self._read))
+
+    def _read(self) -> Desired | ConfigError:
+        """The file's desired state, or the ConfigError saying why not; raises nothing (any
+        failure while loading is a config error naming the file: the last good one stays)."""
         try:
-            new = await asyncio.to_thread(config.load, self.path)
+            return config.load(self.path)
         except ConfigError as exc:
-            self._config_error(exc)
+            return exc
+        except Exception as exc:  # noqa: BLE001 - config.load should not; a bad file never stops us
+            return ConfigError([config.Diagnostic(str(self.path), 0, 0, f"cannot load: {exc!r}"[:300])])
+
+    def _accept(self, new: Desired | ConfigError) -> Desired | None:
+        if isinstance(new, ConfigError):
+            exc = new
+            text = str(exc)
+            if text != self.last_error:
+                log.error("config not applied, the last good one stays in force:\n%s", text)
+                self.notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[str(d) for d in exc.diagnostics])
+            self.last_error = text
             return None
         if self.last_error:
             log.info("config is valid again")
@@ -78,15 +108,11 @@ class Daemon:
             log.warning("state_dir changes take effect at the next start; still using %s", self.state_dir)
             new = Desired(settings=self.desired.settings, services=new.services, path=new.path)
         self.desired = new
-        self._watch(new)
+        try:
+            self._watch(new)
+        except Exception:  # noqa: BLE001 - e.g. out of inotify watches: run without following
+            log.exception("cannot follow the files and folders of the new config")
         return new
-
-    def _config_error(self, exc: ConfigError) -> None:
-        text = str(exc)
-        if text != self.last_error:
-            log.error("config not applied, the last good one stays in force:\n%s", text)
-            self.notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[str(d) for d in exc.diagnostics])
-        self.last_error = text
 
     def _watch(self, desired: Desired) -> None:
         if self.file_watcher is not None:
@@ -100,7 +126,7 @@ class Daemon:
         which is reported the same way whatever the trigger and never announced as reloaded."""
         self.reloads += 1
         log.info("%s: reloading %s", trigger, self.path.name)
-        desired = await self.load()
+        desired = await self.load_async()
         if desired is None:
             return None, self.last_error
         the_plan = await self.engine.apply(desired)
@@ -271,7 +297,7 @@ class Daemon:
         adopted = await self.reconciler.adopt(self.desired)
         if adopted:
             log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
-        runner = asyncio.create_task(self.engine.run(self.load))
+        runner = asyncio.create_task(self.engine.run(self.load_async))
         self.reconciler.request()
         self.unit.start()
         stopper = asyncio.create_task(self.stop_event.wait())

@@ -11,21 +11,28 @@ import re
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d)")
+#: The longest duration accepted, in seconds (about 10 years): anything longer is a typo, and
+#: timers, thread waits and ``time.monotonic() + d`` all stay well inside their ranges.
+MAX_DURATION = 10 * 365 * 86400.0
+#: The largest size accepted, in bytes (1 PiB).
+MAX_SIZE = 1 << 50
 
 
 def parse_duration(value: object) -> float:
-    """Return ``value`` in seconds (float >= 0).
+    """Return ``value`` in seconds (float, 0 <= seconds <= :data:`MAX_DURATION`).
 
     Raises ValueError with a human message for anything else (negative numbers, unknown units,
-    empty strings, booleans).
+    empty strings, booleans, nan, inf, numbers past MAX_DURATION).
     """
     if isinstance(value, bool):
         raise ValueError("expected a duration like \"10s\", got a boolean")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):  # TOML has nan and inf
+        if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf
             raise ValueError(f"duration must be a finite number of seconds, got {value}")
         if value < 0:
-            raise ValueError(f"duration must not be negative, got {value}")
+            raise ValueError(f"duration must not be negative, got {_short(value)}")
+        if value > MAX_DURATION:
+            raise ValueError(f"duration must be at most {MAX_DURATION:.0f} seconds (10 years), got {_short(value)}")
         return float(value)
     if not isinstance(value, str):
         raise ValueError(f"expected a duration like \"10s\", got {type(value).__name__}")
@@ -35,12 +42,20 @@ def parse_duration(value: object) -> float:
     pos, total = 0, 0.0
     while pos < len(text):
         match = _PART.match(text, pos)
-        if not match:
+        if not match or len(match.group(1)) > 30:
             raise ValueError(
-                f"bad duration {value!r}: use a number with a unit ms, s, m, h or d, e.g. \"1m30s\"")
+                f"bad duration {_short(value)}: use a number with a unit ms, s, m, h or d, e.g. \"1m30s\"")
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
+    if not total <= MAX_DURATION:
+        raise ValueError(f"duration must be at most {MAX_DURATION:.0f} seconds (10 years), got {_short(value)}")
     return total
+
+
+def _short(value: object) -> str:
+    """``repr(value)`` cut to 60 characters, for messages (a 400-digit number stays readable)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def format_duration(seconds: float) -> str:
@@ -71,11 +86,16 @@ def parse_size(value: object) -> int:
         raise ValueError('expected a size like "10MiB", got a boolean')
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"size must not be negative, got {value}")
+            raise ValueError(f"size must not be negative, got {_short(value)}")
+        if value > MAX_SIZE:
+            raise ValueError(f"size must be at most {MAX_SIZE} bytes (1 PiB), got {_short(value)}")
         return value
     if not isinstance(value, str):
         raise ValueError(f'expected a size like "10MiB", got {type(value).__name__}')
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+    match = re.fullmatch(r"\s*(\d{1,30}(?:\.\d{1,30})?)\s*([A-Za-z]*)\s*", value)
     if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f'bad size {value!r}: use a number with a unit B, kB, KiB, MB, MiB, GB or GiB')
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+        raise ValueError(f'bad size {_short(value)}: use a number with a unit B, kB, KiB, MB, MiB, GB or GiB')
+    size = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if not size <= MAX_SIZE:
+        raise ValueError(f"size must be at most {MAX_SIZE} bytes (1 PiB), got {_short(value)}")
+    return int(size)

@@ -38,6 +38,10 @@ class EventType(str, enum.Enum):
     ROLLED_BACK = "rolled-back"
     RELOADED = "reloaded"
     CONFIG_ERROR = "config-error"
+    DRIFT = "drift"                              # Kubernetes: an object edited by another field manager
+    CLUSTER_UNREACHABLE = "cluster-unreachable"  # Kubernetes: reported once per outage
+    CLUSTER_REACHABLE = "cluster-reachable"
+    CLUSTER_EVENT = "cluster-event"              # Kubernetes: an Event with no supervise equivalent
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value

@@ -190,11 +190,16 @@ class Settings:
 
 @dataclass(frozen=True)
 class Desired:
-    """The whole desired state: what the config file says, in file order."""
+    """The whole desired state: what the config file says, in file order.
+
+    ``kubernetes`` is the file's :class:`supervisor.kube.schema.KubeConfig` when it runs on, or
+    mentions, Kubernetes (else None); the local runtime ignores it.
+    """
 
     settings: Settings
     services: Mapping[str, ServiceSpec]
     path: Path | None = None
+    kubernetes: object | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Desired):

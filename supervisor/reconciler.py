@@ -12,6 +12,7 @@ level at a time, the services of a level concurrently.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 from pathlib import Path
@@ -24,7 +25,7 @@ from .builds import Artifact, PrepareError, Preparer, source_root
 from .events import EventType, Notifier
 from .config import NAME_RE
 from .model import Backoff, Desired, Observed, Phase, ServiceSpec, SourceSpec, Version
-from .plan import ActionKind, Plan, dependency_order, plan
+from .plan import ActionKind, Plan, _same_revision, dependency_order, plan
 from .executors import Executor, ExecutorUnavailable, Running
 from .executors.local import LocalExecutor
 from .service import ServiceController, replica_label
@@ -295,6 +296,12 @@ class Reconciler:
                 return  # fetch or build failed: what runs keeps running
         else:
             artifact = controller.artifact
+            known = self.revisions.get(name)
+            if artifact is not None and known is not None and not _same_revision(known, artifact.revision):
+                # A watched folder without a build has no build step to plan, but a new
+                # revision (its content hash, from an edit) still needs a new artifact: else
+                # the replicas restart on the old version and every later pass restarts again.
+                artifact = None
         for action in actions:
             if action.kind is ActionKind.UPDATE:
                 controller.apply_settings(spec)
@@ -367,14 +374,19 @@ class Reconciler:
         """Ask for a reconcile pass soon (thread-unsafe: call on the loop)."""
         self.wake.set()
 
-    async def run(self, load: Callable[[], Awaitable[Desired | None]]) -> None:
-        """Reconcile on every wake-up until shutdown. ``load`` returns the desired state, or
-        None when the file is currently invalid (the last good state then stays in force)."""
+    async def run(self, load: Callable[[], Desired | None | Awaitable[Desired | None]]) -> None:
+        """Reconcile on every wake-up until shutdown. ``load`` returns (or is a coroutine
+        function returning) the desired state, or None when the file is currently invalid
+        (the last good state then stays in force)."""
         while not self.stopping:
             await self.wake.wait()
             self.wake.clear()
             if self.stopping:
                 break
-            desired = await load()
+            desired = load()
+            if inspect.isawaitable(desired):
+                desired = await desired
+            if self.stopping:
+                break
             if desired is not None:
                 await self.apply(desired)

@@ -148,7 +148,13 @@ def glob_match(relative: str, patterns: Iterable[str]) -> bool:
 
 class SourceWatcher:
     """Watches local-folder sources that have ``watch`` globs; ``on_change(name, last)`` is
-    called on the loop once per burst of matching edits (``last``: monotonic time of the last)."""
+    called on the loop once per burst of matching edits (``last``: monotonic time of the last).
+
+    Several services may follow one folder: the folder has one watchdog watch (watchdog keys
+    its watches by path, so a second ``schedule`` of the path is the same watch and one
+    ``unschedule`` would end both), shared and reference-counted by the services on it; each
+    service keeps its own globs and debouncer.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_change: Callable[[str, float], None], state_dir: Path):
         self.loop = loop
@@ -157,44 +163,86 @@ class SourceWatcher:
         self.observer = Observer()
         self.observer.daemon = True
         self.observer.start()
-        self.watches: dict[str, tuple[Path, tuple[str, ...], object, Debouncer]] = {}
+        #: service name -> (folder, globs, debouncer)
+        self.watches: dict[str, tuple[Path, tuple[str, ...], Debouncer]] = {}
+        #: folder -> (watchdog watch, the handler holding every service on that folder)
+        self.folders: dict[Path, tuple[object, _SourceHandler]] = {}
 
     def set_services(self, specs: Iterable[ServiceSpec]) -> None:
-        """Follow exactly the sources of ``specs`` from now on (unchanged ones keep their state)."""
+        """Follow exactly the sources of ``specs`` from now on (unchanged ones keep their state).
+
+        A folder that cannot be watched (gone, out of inotify watches) is logged and skipped.
+        """
         wanted = {s.name: s for s in specs if s.watch and s.source.kind == "path" and s.source.path}
         for name in list(self.watches):
-            root, globs, handle, debouncer = self.watches[name]
+            root, globs, debouncer = self.watches[name]
             spec = wanted.get(name)
             if spec is None or spec.source.path != root or spec.watch != globs:
-                self.observer.unschedule(handle)  # type: ignore[arg-type]
                 debouncer.cancel()
                 del self.watches[name]
+                self._release(root, name)
         for name, spec in wanted.items():
             if name in self.watches:
                 continue
             root = spec.source.path
             assert root is not None
-            debouncer = Debouncer(self.loop, lambda name=name: self.on_change(name, self.watches[name][3].last_poke))
-            handle = self.observer.schedule(_SourceHandler(self, name, root, spec.watch, debouncer), str(root), recursive=True)
-            self.watches[name] = (root, spec.watch, handle, debouncer)
+            debouncer = Debouncer(self.loop, lambda name=name: self.on_change(name, self.watches[name][2].last_poke))
+            if self._hold(root, name, spec.watch, debouncer):
+                self.watches[name] = (root, spec.watch, debouncer)
+
+    def services_on(self, root: Path) -> set[str]:
+        """The services following folder ``root`` now (its reference count is their number)."""
+        entry = self.folders.get(root)
+        return set(entry[1].services) if entry else set()
+
+    def _hold(self, root: Path, name: str, globs: tuple[str, ...], debouncer: Debouncer) -> bool:
+        entry = self.folders.get(root)
+        if entry is None:
+            handler = _SourceHandler(self, root)
+            try:
+                watch = self.observer.schedule(handler, str(root), recursive=True)
+            except (OSError, ValueError) as exc:
+                log.error("%s: cannot watch %s: %s (edits there are not followed)", name, root, exc)
+                return False
+            entry = self.folders[root] = (watch, handler)
+        handler = entry[1]
+        # replaced whole, never mutated: the watchdog thread reads it without a lock
+        handler.services = {**handler.services, name: (globs, debouncer)}
+        return True
+
+    def _release(self, root: Path, name: str) -> None:
+        entry = self.folders.get(root)
+        if entry is None:
+            return
+        watch, handler = entry
+        handler.services = {n: v for n, v in handler.services.items() if n != name}
+        if not handler.services:
+            del self.folders[root]
+            try:
+                self.observer.unschedule(watch)  # type: ignore[arg-type]
+            except (KeyError, OSError) as exc:  # already gone with its folder
+                log.debug("unwatching %s: %r", root, exc)
 
     def stop(self) -> None:
-        for _root, _globs, _handle, debouncer in self.watches.values():
+        for _root, _globs, debouncer in self.watches.values():
             debouncer.cancel()
         self.observer.stop()
         self.observer.join(timeout=5)
 
 
 class _SourceHandler(FileSystemEventHandler):
-    def __init__(self, watcher: SourceWatcher, name: str, root: Path, globs: tuple[str, ...], debouncer: Debouncer):
+    """The one handler of a watched folder: pokes the debouncer of every service on it whose
+    globs match the edited path."""
+
+    def __init__(self, watcher: SourceWatcher, root: Path):
         self.watcher = watcher
         self.root = root
-        self.globs = globs
-        self.debouncer = debouncer
+        self.services: dict[str, tuple[tuple[str, ...], Debouncer]] = {}
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory or event.event_type in ("opened", "closed_no_write"):
             return
+        relatives = []
         for raw in (event.src_path, getattr(event, "dest_path", "") or ""):
             if not raw:
                 continue
@@ -207,9 +255,10 @@ class _SourceHandler(FileSystemEventHandler):
                 continue
             if any(part in IGNORED_DIRS for part in relative.parts[:-1]):
                 continue
-            if glob_match(relative.as_posix(), self.globs):
-                self.debouncer.poke_threadsafe(SOURCE_DEBOUNCE)
-                return
+            relatives.append(relative.as_posix())
+        for globs, debouncer in self.services.values():
+            if any(glob_match(relative, globs) for relative in relatives):
+                debouncer.poke_threadsafe(SOURCE_DEBOUNCE)
 
 
 class GitPoller:

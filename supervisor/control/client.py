@@ -15,8 +15,9 @@ class NotRunning(Exception):
 
 
 class ControlError(Exception):
-    """The supervisor answered with ``ok: false``; the message is its ``error``, ``code``
-    its error code (see :mod:`supervisor.errors`; None from an older supervisor)."""
+    """The supervisor answered with ``ok: false`` (the message is its ``error``, ``code`` its
+    error code: see :mod:`supervisor.errors`; None from an older supervisor), or did not
+    answer usably: no reply within the timeout, a full accept backlog, a garbled reply."""
 
     def __init__(self, message: str, code: str | None = None):
         super().__init__(message)
@@ -28,13 +29,20 @@ class Client:
 
     def __init__(self, state_dir: Path, timeout: float | None = 30.0):
         self.path = socket_path(state_dir)
+        self.timeout = timeout
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(str(self.path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
             self.sock.close()
             raise NotRunning(f"no supervisor is running for {state_dir}") from exc
+        except (BlockingIOError, TimeoutError) as exc:  # EAGAIN: its accept backlog is full
+            self.sock.close()
+            raise ControlError(f"the supervisor of {state_dir} is not accepting connections (busy); try again") from exc
+        except OSError as exc:
+            self.sock.close()
+            raise ControlError(f"cannot connect to {self.path}: {exc.strerror or exc}") from exc
         self.reader = self.sock.makefile("rb")
 
     def close(self) -> None:
@@ -49,17 +57,34 @@ class Client:
         self.close()
 
     def send(self, verb: str, **args: Any) -> None:
-        """Send one request line ``{"verb": verb, ...args}``."""
-        self.sock.sendall((json.dumps({"verb": verb, **args}) + "\n").encode())
+        """Send one request line ``{"verb": verb, ...args}``. Raises ControlError."""
+        try:
+            self.sock.sendall((json.dumps({"verb": verb, **args}) + "\n").encode())
+        except TimeoutError:
+            raise ControlError(f"the supervisor did not take the request within {self.timeout:g}s") from None
+        except OSError as exc:
+            raise ControlError(f"the supervisor closed the connection ({exc.strerror or exc})") from None
 
     def receive(self) -> dict[str, Any]:
-        """Read one reply line. Raises ControlError for ``ok: false`` or a closed connection."""
-        line = self.reader.readline()
+        """Read one reply line. Raises ControlError for ``ok: false``, a closed connection, no
+        reply within the timeout, or a reply that is not a JSON object."""
+        try:
+            line = self.reader.readline()
+        except TimeoutError:
+            raise ControlError(f"the supervisor did not answer within {self.timeout:g}s") from None
+        except OSError as exc:
+            raise ControlError(f"the supervisor closed the connection ({exc.strerror or exc})") from None
         if not line:
             raise ControlError("the supervisor closed the connection")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except (ValueError, RecursionError):
+            raise ControlError("the supervisor sent a reply that is not JSON") from None
+        if not isinstance(reply, dict):
+            raise ControlError("the supervisor sent a reply that is not a JSON object")
         if not reply.get("ok", False) and "error" in reply:
-            raise ControlError(reply["error"], reply.get("code"))
+            code = reply.get("code")
+            raise ControlError(str(reply["error"]), code if isinstance(code, str) else None)
         return reply
 
     def call(self, verb: str, **args: Any) -> dict[str, Any]:

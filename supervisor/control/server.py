@@ -18,6 +18,10 @@ from typing import Any, Awaitable, Callable
 
 log = logging.getLogger("supervise")
 
+#: The longest request line read, in bytes; a longer one is answered with an error, then the
+#: connection closes.
+MAX_LINE = 1 << 20
+
 Handler = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[dict[str, Any] | None]]
 
 
@@ -52,7 +56,7 @@ class ControlServer:
             pass
         old = os.umask(0o177)
         try:
-            self.server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=1 << 20)
+            self.server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_LINE)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -82,14 +86,21 @@ class ControlServer:
                 await send(writer, {"ok": False, "error": f"permission denied for uid {uid}"})
                 return
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):  # no newline within the limit
+                    await send(writer, {"ok": False, "error": f"bad request: longer than {MAX_LINE} bytes"})
+                    return  # the rest of that line cannot be told from a next request
                 if not line:
                     return
                 try:
                     request = json.loads(line)
                     verb = request["verb"]
                     handler = self.handlers[verb]
-                except (ValueError, KeyError, TypeError):
+                except RecursionError:  # nested too deep for the decoder
+                    await send(writer, {"ok": False, "error": "bad request: JSON nested too deep"})
+                    return
+                except (ValueError, KeyError, TypeError, IndexError):
                     await send(writer, {"ok": False, "error": f"bad request: {line[:200]!r}"})
                     continue
                 try:
@@ -102,6 +113,8 @@ class ControlServer:
                 await send(writer, {"ok": True, **reply})
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception:  # noqa: BLE001 - one client's failure never reaches the loop
+            log.exception("control: a connection failed")
         except asyncio.CancelledError:
             pass
         finally:

@@ -85,7 +85,8 @@ def test_pilot_shows_replicas_usage_order_and_log_and_keys_drive_the_supervisor(
             assert all(r["cpu"] is not None for r in app.snapshot.rows)
             assert str(app.query_one("#order").render()) == "order: db -> web"
             await until(lambda: "hello from sleeper" in "\n".join(app.query_one("#log").lines), message="db's log")
-            assert "no supervisor" not in str(app.query_one("#banner").render())
+            await until(lambda: "no supervisor" not in str(app.query_one("#banner").render()),
+                        message="the banner to clear")
 
             # the second row is web: stop it with x, start it with s, restart it with r
             await pilot.press("down", "x")
@@ -99,9 +100,9 @@ def test_pilot_shows_replicas_usage_order_and_log_and_keys_drive_the_supervisor(
             await pilot.press("r")
             await until(lambda: rows(path)[("web", 0)]["pid"] not in (None, before), message="web restarted")
             await pilot.press("f")
-            assert "paused" in str(app.query_one("#loghead").render())
+            await until(lambda: "paused" in str(app.query_one("#loghead").render()), message="log paused")
             await pilot.press("f")
-            assert "following" in str(app.query_one("#loghead").render())
+            await until(lambda: "following" in str(app.query_one("#loghead").render()), message="log following")
 
             # the supervisor goes away (SIGQUIT: the services keep running) and comes back
             state["proc"].send_signal(signal.SIGQUIT)
@@ -109,7 +110,8 @@ def test_pilot_shows_replicas_usage_order_and_log_and_keys_drive_the_supervisor(
             await until(lambda: "no supervisor" in str(app.query_one("#banner").render()), message="no supervisor")
             state["proc"] = start_supervisor(tmp_path, path)
             await until(lambda: len(app.snapshot.rows) == 3 and not app.snapshot.error, message="the new supervisor")
-            assert "no supervisor" not in str(app.query_one("#banner").render())
+            await until(lambda: "no supervisor" not in str(app.query_one("#banner").render()),
+                        message="the banner to clear")
             await pilot.press("q")
 
     asyncio.run(scenario())

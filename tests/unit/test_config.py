@@ -94,10 +94,14 @@ def test_settings_defaults_and_values(tmp_path):
 
 
 def test_kubernetes_runtime_is_refused_not_run_locally(tmp_path):
+    path = write(tmp_path, '[supervise]\nruntime = "kubernetes"\n[services]\n')
     with pytest.raises(ConfigError) as error:
-        config.load(write(tmp_path, '[supervise]\nruntime = "kubernetes"\n'))
+        config.load(path)
     assert [d.message for d in error.value.diagnostics] == [
-        'runtime "kubernetes" is not available in this version (available: local)']
+        'runtime "kubernetes" is not run by a local supervisor (it runs: local); start `supervise run` anew '
+        'to converge the cluster, or `supervise render` to print the manifests']
+    # check and render accept it
+    assert config.load(path, runtimes=config.RUNTIMES).settings.runtime == "kubernetes"
 
 
 def test_services_keep_file_order(tmp_path):
@@ -177,6 +181,7 @@ VALID = [
 
 @pytest.mark.parametrize(("body", "field", "expected"), VALID, ids=[f"{f}:{b.splitlines()[-1]}" for b, f, _ in VALID])
 def test_valid_values(tmp_path, body, field, expected):
+    (tmp_path / "sub" / "dir").mkdir(parents=True)  # a cwd must exist in a local source
     if "command" not in body:
         body = 'command = ["app"]\n' + body
     value = getattr(load_service(tmp_path, body), field)
@@ -469,7 +474,7 @@ def test_invalid_service_is_located(tmp_path, text, line, token, message):
 TOP_LEVEL = [
     ('[supervise]\npol = "1m"\n', 2, "pol", 'unknown key "pol" (did you mean "poll"?)'),
     ('[supervise]\nruntime = "kubernets"\n', 2, "runtime",
-     '"runtime" must be one of local, container, kubernetes, got \'kubernets\' (did you mean "kubernetes"?)'),
+     '"runtime" must be one of local, kubernetes, got \'kubernets\' (did you mean "kubernetes"?)'),
     ('[supervise]\npoll = "often"\n', 2, "poll", '"poll": bad duration'),
     ("[supervise]\nkeep_versions = 0\n", 2, "keep_versions", '"keep_versions" must be at least 1'),
     ("[supervise]\nstate_dir = 1\n", 2, "state_dir", '"state_dir" must be a path string, got an integer'),
@@ -663,12 +668,15 @@ def test_state_dir_is_found_even_in_a_broken_file(tmp_path):
     assert config.state_dir_of(path) == (tmp_path / ".supervise").resolve()
 
 
-@pytest.mark.parametrize("runtime", ["container", "kubernetes"])
-def test_a_service_runtime_without_an_executor_is_refused(tmp_path, runtime):
+def test_a_service_runtime_without_an_executor_is_refused(tmp_path):
     with pytest.raises(ConfigError) as info:
-        config.load(write(tmp_path, f'[services.a]\ncommand = ["true"]\nruntime = "{runtime}"\n'))
+        config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "kubernetes"\n'))
     assert [d.message for d in info.value.diagnostics] == [
-        f'runtime "{runtime}" is not available in this version (available: local)']
+        'runtime "kubernetes" is not run by a local supervisor (it runs: local); start `supervise run` anew '
+        'to converge the cluster, or `supervise render` to print the manifests']
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "docker"\n'))
+    assert info.value.diagnostics[0].message.startswith('"runtime" must be one of local, kubernetes')
 
 
 def test_a_service_runtime_chooses_its_executor(tmp_path):

@@ -1,0 +1,236 @@
+"""The verbs of ``supervise`` for a file with ``runtime = "kubernetes"``: ``render``, ``plan``,
+``run``, ``status``, ``logs`` and ``events`` talk to the cluster (no local supervisor or
+control socket is involved). ``supervisor.cli`` dispatches here; errors are raised as
+``supervisor.cli.CliError`` (exit 1) or ``ConfigError`` (exit 2) like every other verb.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import config
+from ..config import ConfigError, Diagnostic
+from .render import RenderError, render, to_yaml
+from .schema import KubeConfig
+
+log = logging.getLogger("supervise")
+
+
+def runtime_of(path: Path) -> str:
+    """``[supervise] runtime`` of the file, quickly (stdlib tomllib, no validation; "local"
+    when the file cannot be read that way): which way the client verbs go."""
+    import tomllib
+
+    try:
+        value = tomllib.loads(path.read_text(encoding="utf-8")).get("supervise", {}).get("runtime", "local")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        return "local"
+    return value if isinstance(value, str) else "local"
+
+
+def load(path: Path):
+    """The validated file and its :class:`KubeConfig` (defaults when it has no kubernetes keys)."""
+    desired = config.load(path, runtimes=config.RUNTIMES)
+    kube = desired.kubernetes if isinstance(desired.kubernetes, KubeConfig) else KubeConfig()
+    return desired, kube
+
+
+def manifests(path: Path, tag: str | None = None) -> tuple[list[dict[str, Any]], KubeConfig, list[str]]:
+    """``(manifests, kube config, notes)`` of the file; a service that cannot be rendered is a
+    ConfigError naming the file (exit 2)."""
+    desired, kube = load(path)
+    versions = {name: tag for name in desired.services} if tag else {}
+    try:
+        rendered = render(desired, kube, versions)
+    except RenderError as exc:
+        raise ConfigError([Diagnostic(str(path), 0, 0, problem) for problem in exc.problems]) from None
+    return list(rendered.manifests), kube, list(rendered.notes)
+
+
+def cmd_render(path: Path, tag: str | None = None) -> int:
+    """``supervise render``: the manifests as YAML on stdout; notes on stderr."""
+    objects, _, notes = manifests(path, tag)
+    for note in notes:
+        print(f"supervise: note: {note}", file=sys.stderr)
+    sys.stdout.write(to_yaml(objects))
+    return 0
+
+
+def _cluster(kube: KubeConfig):
+    from ..cli import CliError
+    from .cluster import Cluster, ClusterError, connect
+
+    try:
+        return Cluster(connect(kube.context), kube.namespace)
+    except ClusterError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _calling(what: str, call, *args, **kwargs):
+    from ..cli import CliError
+    from .cluster import ClusterError
+
+    try:
+        return call(*args, **kwargs)
+    except ClusterError as exc:
+        raise CliError(f"{what}: {exc}") from None
+
+
+def cmd_plan(path: Path, as_json: bool = False) -> int:
+    """``supervise plan`` against the cluster: one action and its reason a line (drift too);
+    ``--json``: ``{"ok": true, "against": "cluster", "actions": [line, ...]}``."""
+    from .converge import Converger
+
+    objects, kube, _ = manifests(path)
+    cluster = _cluster(kube)
+    actions = _calling("plan", Converger(cluster).plan, objects)
+    if as_json:
+        print(json.dumps({"ok": True, "against": "cluster", "actions": [a.line() for a in actions]}, indent=2))
+        return 0
+    for action in actions:
+        print(action.line())
+    if not actions:
+        print("nothing to do")
+    return 0
+
+
+def _observe(kube: KubeConfig):
+    cluster = _cluster(kube)
+    objects = _calling("status", cluster.owned)
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    return cluster, deployments
+
+
+def cmd_status(path: Path, services: list[str], as_json: bool) -> int:
+    """``supervise status`` from the cluster: a row per pod (exit 3 unless all run)."""
+    from ..cli import CliError, print_status
+    from .readback import status_rows
+
+    desired, kube = load(path)
+    unknown = [s for s in services if s not in desired.services]
+    if unknown:
+        raise CliError("unknown service: " + ", ".join(unknown))
+    cluster, deployments = _observe(kube)
+    wanted = services or list(desired.services)
+    rows = status_rows([d for d in deployments if d["metadata"]["name"] in wanted],
+                       _calling("status", cluster.pods), services=wanted)
+    present = {row["service"] for row in rows}
+    for name in wanted:  # in the file, not (yet) on the cluster
+        if name not in present:
+            rows.append({"service": name, "replica": None, "phase": "pending", "pid": None, "version": None,
+                         "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
+                         "message": "not on the cluster", "desired": desired.services[name].replicas})
+    if as_json:
+        print(json.dumps({"services": rows, "runtime": "kubernetes", "namespace": kube.namespace}, indent=2))
+    else:
+        print_status(rows)
+    up = all(row["phase"] in ("running", "ready") or (row.get("desired") == 0 and row["replica"] is None)
+             for row in rows)
+    return 0 if up else 3
+
+
+def cmd_logs(path: Path, services: list[str], lines: int, follow: bool) -> int:
+    """``supervise logs [-f]`` from the pods' logs through the API: ``POD | line``."""
+    from ..cli import CliError
+    from .readback import log_lines
+
+    desired, kube = load(path)
+    unknown = [s for s in services if s not in desired.services]
+    if unknown:
+        raise CliError("unknown service: " + ", ".join(unknown))
+    cluster = _cluster(kube)
+    names = services or list(desired.services)
+    if not follow:
+        for pod, line in _calling("logs", lambda: list(log_lines(cluster, names, tail=lines))):
+            print(f"{pod} | {line}")
+        return 0
+    pods = [p["metadata"]["name"] for name in names for p in _calling("logs", cluster.pods, name)]
+    lock = threading.Lock()
+
+    def pump(pod: str) -> None:
+        try:
+            for line in cluster.follow(pod, tail=lines):
+                with lock:
+                    print(f"{pod} | {line}", flush=True)
+        except Exception as exc:  # one pod's stream ending badly must not end the others
+            log.warning("logs of %s: %s", pod, exc)
+
+    threads = [threading.Thread(target=pump, args=(pod,), daemon=True) for pod in pods]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_events(path: Path, services: list[str], interval: float = 2.0) -> int:
+    """``supervise events`` from the cluster's Events (one JSON object a line), then new ones
+    as they come (polled every ``interval`` seconds) until interrupted."""
+    from .readback import events
+
+    desired, kube = load(path)
+    cluster = _cluster(kube)
+    names = services or list(desired.services)
+    seen: set[str] = set()
+    while True:
+        for event in events(_calling("events", cluster.events), names):
+            key = json.dumps(event.to_dict(), sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                print(event.to_json(), flush=True)
+        time.sleep(interval)
+
+
+def cmd_run(path: Path, quiet: bool = False) -> int:
+    """``supervise run`` for ``runtime = "kubernetes"``: converge the cluster to the file and
+    keep it there, a pass every ``kubernetes.interval``, re-reading the file each pass (a file that does not
+    validate is reported once; the last good one stays in force). Events are printed as
+    ``supervise | ...`` lines. SIGINT/SIGTERM end the loop and leave the cluster as it is:
+    the objects belong to the cluster, not to this process."""
+    import signal
+
+    from ..events import Notifier
+    from .converge import Converger
+
+    objects, kube, notes = manifests(path)
+    for note in notes:
+        log.info("note: %s", note)
+    cluster = _cluster(kube)
+    notifier = Notifier()
+    if not quiet:
+        notifier.add_listener(lambda e: log.info("%s %s%s%s", e.type.value, e.service or "",
+                                                 f" {e.version}" if e.version else "",
+                                                 f": {e.data['reason']}" if e.data.get("reason") else ""))
+    converger = Converger(cluster, notifier)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    state = {"objects": objects, "error": None}
+
+    def desired() -> list[dict[str, Any]]:
+        try:
+            new, new_kube, _ = manifests(path)
+        except ConfigError as exc:
+            if str(exc) != state["error"]:
+                state["error"] = str(exc)
+                log.error("%s (the last good file stays in force)", exc)
+            return state["objects"]
+        state["error"] = None
+        if new_kube.namespace != kube.namespace or new_kube.context != kube.context:
+            log.error("kubernetes namespace or context changed: restart supervise to move (kept %s)", kube.namespace)
+            return state["objects"]
+        state["objects"] = new
+        return new
+
+    log.info("kubernetes: converging namespace %s at %s", kube.namespace, cluster.api_client.configuration.host)
+    converger.run(desired, stop, kube.interval)
+    return 0
