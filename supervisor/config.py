@@ -1,4 +1,4 @@
-"""services.toml (format v1, see DESIGN.md) -> :class:`~supervisor.model.Desired`.
+"""services.toml (format v1, see services.toml(5)) -> :class:`~supervisor.model.Desired`.
 
 Parsing uses tomlkit; validation collects *every* mistake before raising, each located like a
 compiler error: ``services.toml:12:5: services.api: unknown key "comand" (did you mean

@@ -22,10 +22,11 @@ from .control import socket_path
 from .control.server import ControlServer, send
 from .durations import format_duration
 from .events import Event, EventType, Notifier
-from .model import Desired, Phase
+from .model import Desired
 from .notify import UnitReporter
 from .engine import AlreadyRunning, Engine, StateLock
 from .errors import Code
+from . import views
 from .plan import Plan
 from .reconciler import dependency_levels
 from .watch import FileWatcher
@@ -157,31 +158,8 @@ class Daemon:
             "config_error": self.last_error or None}}
 
     def status_rows(self, names: list[str]) -> list[dict[str, Any]]:
-        rows = []
-        now = time.time()
-        for name, controller in self.reconciler.controllers.items():
-            if names and name not in names:
-                continue
-            if not controller.replicas:
-                wanted = controller.spec.replicas
-                rows.append({"service": name, "replica": None, "phase": controller.phase.value, "pid": None,
-                             "version": controller.artifact.version if controller.artifact else None,
-                             "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
-                             "held": controller.held, "desired": wanted,
-                             "message": controller.deploy_message or ("replicas = 0" if not wanted else "")})
-            for index, replica in sorted(controller.replicas.items()):
-                up = replica.phase in (Phase.RUNNING, Phase.READY) and replica.started_at
-                rows.append({
-                    "service": name, "replica": index, "phase": replica.phase.value, "pid": replica.pid,
-                    "version": replica.launch.artifact.version,
-                    "uptime": round(now - replica.started_at, 3) if up else None,  # type: ignore[operator]
-                    "restarts": replica.restarts,
-                    "last_exit": str(replica.last_exit) if replica.last_exit else None,
-                    "ready": replica.ready and replica.phase in (Phase.RUNNING, Phase.READY),
-                    "held": controller.held, "desired": controller.spec.replicas,
-                    "message": replica.message or controller.deploy_message,
-                })
-        return rows
+        """The status rows of ``names`` (all with none): a pure view of the observed state."""
+        return views.status_rows(self.reconciler.observe(), names, time.time())
 
     async def h_plan(self, request: dict, writer: asyncio.StreamWriter) -> dict:
         """The plan for ``request["config"]`` (default: our own file) against what runs."""

@@ -115,7 +115,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self.poller = GitPoller(lambda name: source_root(self.state_dir, name),
                                 lambda spec: spec.source.poll or self.desired.settings.poll,
-                                self.new_revision, self.on_poll_error)
+                                self._polled, self.on_poll_error)
         if self.watch_sources:
             self.source_watcher = SourceWatcher(loop, self.on_source_edited, self.state_dir)
         self._open = True
@@ -190,6 +190,9 @@ class Engine:
         self._record(name, revision)
         return True
 
+    def _polled(self, name: str, revision: str) -> None:
+        self.new_revision(name, revision)
+
     def _record(self, name: str, revision: str) -> None:
         self.reconciler.revisions[name] = revision
         self.request()
@@ -232,7 +235,7 @@ class Engine:
 
         self.spawn(rehash())
 
-    def spawn(self, coro: Awaitable[None]) -> None:
+    def spawn(self, coro: Awaitable[object]) -> None:
         """Run ``coro`` as a task the engine cancels when it closes."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)

@@ -18,7 +18,7 @@ async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | 
 
     ``exec`` checks run in ``cwd`` (the replica's working directory) with the replica's env.
     """
-    timeout = float(check.get("timeout", 1.0))  # type: ignore[arg-type]
+    timeout = float(str(check.get("timeout", 1.0)))
     kind = check["kind"]
     try:
         if kind == "tcp":
@@ -26,7 +26,8 @@ async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | 
         if kind == "http":
             return await asyncio.wait_for(_http(expand(str(check["http"]), env)), timeout)
         if kind == "exec":
-            argv = [expand(a, env) for a in check["exec"]]  # type: ignore[union-attr]
+            raw = check["exec"]
+            argv = [expand(str(a), env) for a in raw] if isinstance(raw, (list, tuple)) else []
             return await _exec(argv, env, timeout, cwd)
     except asyncio.CancelledError:
         raise

@@ -16,7 +16,7 @@ from typing import Mapping
 
 
 class Phase(str, enum.Enum):
-    """Life-cycle phase of a service or a replica (DESIGN.md vocabulary)."""
+    """Life-cycle phase of a service or a replica (the vocabulary of ARCHITECTURE.md)."""
 
     PENDING = "pending"
     FETCHING = "fetching"
@@ -276,6 +276,9 @@ class ReplicaObserved:
     last_exit: Exit | None = None
     started_at: float | None = None  # wall clock seconds since the epoch
     stale: bool = False  # adopted after a supervisor restart, started from another config
+    ready: bool = False  # its ready check passed (or it has none) while it runs
+    message: str = ""  # why it is in its phase (waiting for, restart in, start limit hit, ...)
+    running: bool = False  # a process (or container) of it is held, even while it is stopped
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,8 @@ class ServiceObserved:
     failed: bool = False
     build_failed: bool = False
     failed_revision: str | None = None  # the source revision whose fetch or build failed
+    phase: Phase = Phase.STOPPED  # the least advanced of its replicas', or fetching/building
+    message: str = ""  # why the newest version is not what runs (failed build, rollback, ...)
 
 
 @dataclass(frozen=True)

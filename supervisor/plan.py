@@ -1,6 +1,6 @@
 """The pure diff: ``plan(desired, observed) -> Plan``. No I/O, no clock, no processes.
 
-The rules (DESIGN.md, "Behaviour users rely on"):
+The rules (README.md, "How it behaves"):
 
 - a service in the file and not running is fetched, built and started; one running and no
   longer in the file is stopped (dependents first);

@@ -25,7 +25,7 @@ from .builds import Artifact, PrepareError, Preparer, source_root
 from .events import EventType, Notifier
 from .config import NAME_RE
 from .model import Backoff, Desired, Observed, Phase, ServiceSpec, SourceSpec, Version
-from .plan import ActionKind, Plan, _same_revision, dependency_order, plan
+from .plan import ActionKind, Plan, _same_revision, plan
 from .executors import Executor, ExecutorUnavailable, Running
 from .executors.local import LocalExecutor
 from .service import ServiceController, replica_label
@@ -193,8 +193,8 @@ class Reconciler:
                 self.controllers[name] = self._controller(specs[name])
                 self.notifier.emit(EventType.CREATE, name, None, source=specs[name].source.describe())
             elif name in specs and the_plan.for_service(name):
-                self.notifier.emit(EventType.UPDATE, name, self.controllers[name].artifact.version
-                                   if self.controllers[name].artifact else None,
+                running = self.controllers[name].artifact
+                self.notifier.emit(EventType.UPDATE, name, running.version if running else None,
                                    reason="; ".join(sorted({a.reason for a in the_plan.for_service(name)})))
         semaphore = asyncio.Semaphore(PREPARE_CONCURRENCY)
         artifacts: dict[str, Artifact | None] = {}

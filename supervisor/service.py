@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Coroutine, Any
 
-from . import lifecycle, logs, state
+from . import lifecycle, logs, state, views
 from .builds import Artifact
 from .clock import SYSTEM, Clock
 from .environ import replica_env
@@ -144,14 +144,14 @@ class ServiceController:
         replicas = {
             i: ReplicaObserved(index=i, phase=r.phase, pid=r.pid, version=r.launch.artifact.version,
                                restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at,
-                               stale=r.stale)
+                               stale=r.stale, ready=r.ready, message=r.message, running=r.handle is not None)
             for i, r in self.replicas.items()
         }
         failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
                                version=self.artifact.version if self.artifact else None,
                                held=self.held, failed=failed, build_failed=self.build_failed,
-                               failed_revision=self.failed_revision)
+                               failed_revision=self.failed_revision, phase=self.phase, message=self.deploy_message)
 
     @property
     def phase(self) -> Phase:
@@ -169,27 +169,9 @@ class ServiceController:
         return next(p for p in order if p in phases)
 
     def reached(self, condition: Condition) -> bool | None:
-        """True when every replica meets ``condition``; None when it never will (failed,
-        build failed, held, or a ``completed`` one exited non-zero); False otherwise."""
-        found = [self.replicas.get(i) for i in range(self.spec.replicas)]
-        if self.build_failed and not any(r and r.handle for r in found):
-            return None
-        if self.held:
-            return None
-        if any(r is not None and r.phase is Phase.FAILED for r in found):
-            return None
-        replicas = [r for r in found if r is not None]
-        if len(replicas) < len(found):
-            return False
-        if condition is Condition.COMPLETED:
-            for r in replicas:
-                if r.phase is Phase.EXITED and r.last_exit and not r.last_exit.success:
-                    return None
-            return all(r.phase is Phase.EXITED and r.last_exit is not None and r.last_exit.success
-                       for r in replicas)
-        if condition is Condition.READY:
-            return all(r.ready and r.phase in UP for r in replicas)
-        return all(r.phase in UP or (r.phase is Phase.EXITED and r.started_at is not None) for r in replicas)
+        """True when every replica meets ``condition``; None when it never will; False
+        otherwise (:func:`supervisor.views.reached` of :meth:`observe`)."""
+        return views.reached(self.observe(), condition)
 
     # -- the state machine and its effects ---------------------------------------------------
 

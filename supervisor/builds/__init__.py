@@ -48,7 +48,7 @@ class PrepareError(Exception):
 
 
 def make_version(revision: str, spec: ServiceSpec) -> str:
-    """``REVISION12-BUILDHASH8``: what a build is of (DESIGN.md, "version")."""
+    """``REVISION12-BUILDHASH8``: what a build is of (see :class:`~supervisor.model.Version`)."""
     return str(Version.of(revision, spec.build_hash))
 
 
@@ -164,10 +164,11 @@ class _Tail:
 
     def __init__(self, sink: logs.LogSink):
         self.sink = sink
+        self.policy = sink.policy
         self.lines: deque[bytes] = deque(maxlen=TAIL_LINES)
 
-    def write(self, data: bytes) -> None:
-        self.sink.write(data)
+    def write(self, data: bytes, source: int | None = None, label: str | None = None) -> None:
+        self.sink.write(data, label=label)
         self.lines.extend(line for line in data.split(b"\n") if line.strip())
 
     def last(self) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
 from ..events import Event
 

@@ -322,10 +322,9 @@ class LocalRuntime(Runtime):
                 continue
             if self.options.type is not None and kind != self.options.type:
                 continue
-            controller = self.engine.reconciler.controllers[service_name]
             pids = [str(r.pid) for _, r in sorted(obs.replicas.items()) if r.pid]
-            metadata = {**given.metadata, "build": build, "status": controller.phase.value,
-                        "phase": controller.phase.value, "pids": ",".join(pids),
+            metadata = {**given.metadata, "build": build, "status": obs.phase.value,
+                        "phase": obs.phase.value, "pids": ",".join(pids),
                         "replicas": str(self.specs[service_name].replicas), "type": kind,
                         "build_failed": "true" if obs.build_failed else "false"}
             out.append(Service(name=service_name, version=given.version, source=given.source, metadata=metadata))

@@ -81,7 +81,7 @@ class GitSource:
         except git.GitCommandError as exc:
             raise SourceError(f"cannot reach {redact(self.url)}: {_stderr(exc)}") from None
         candidates = {}
-        for line in out.splitlines():
+        for line in str(out).splitlines():
             sha, name = line.split("\t", 1)
             candidates[name] = sha
         for name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import queue
-import sys
 import threading
 
 import git

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.events import EventType
 from supervisor.lifecycle import (
     Abandon, Adopted, Arm, Cancel, DependenciesChanged, Emit, Exited, Fired, LiveProbe, Policy, Promote, Ready,
     ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer, proven, step,
