@@ -30,7 +30,7 @@ from .clock import SYSTEM, Clock
 from .control import lock_path
 from .events import EventType, Notifier
 from .model import Desired
-from .plan import Plan
+from .plan import Plan, same_revision
 from .reconciler import Reconciler
 from .sources.path import content_hash
 from .watch import GitPoller, SourceWatcher
@@ -183,8 +183,7 @@ class Engine:
     def new_revision(self, name: str, revision: str) -> bool:
         """A trigger saw ``revision`` of ``name``'s source (a commit, a folder's content hash).
         Records it and asks for a pass; False (and nothing done) when it is what runs."""
-        running = self.reconciler.revisions.get(name)
-        if running and running.startswith(revision[:12]):
+        if same_revision(self.reconciler.revisions.get(name), revision):
             return False
         log.info("%s: new commit %s", name, revision[:12])
         self._record(name, revision)

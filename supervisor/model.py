@@ -66,23 +66,36 @@ class Dependency:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Where a service's code lives: a local folder (``path``) or a git repository.
+    """Where a service's code lives: a local folder (``path``), a git repository, a package
+    on an index (``pip``) or a published container image (``image``).
 
     ``path`` is absolute for a local source. For git, ``url`` is what ``git clone`` takes
     (a relative local path is resolved against the config folder), ``ref`` a branch, tag or
-    commit, and ``poll`` the seconds between remote checks (None: the global default).
+    commit, and ``poll`` the seconds between remote checks (None: the global default). For pip,
+    ``requirement`` is a PEP 508 requirement, ``index``/``extra_index`` pip's index URLs (None:
+    pip's own configuration), ``poll`` the seconds between index checks. For image, ``image``
+    is ``NAME[:TAG]``.
     """
 
-    kind: str  # "path" | "git"
+    kind: str  # "path" | "git" | "pip" | "image"
     path: Path | None = None
     url: str | None = None
     ref: str = "HEAD"
     poll: float | None = None
+    requirement: str | None = None
+    index: str | None = None
+    extra_index: tuple[str, ...] = ()
+    image: str | None = None
 
     def describe(self) -> str:
-        """``git URL@REF`` or the folder, for messages and status."""
+        """``git URL@REF``, ``pip REQUIREMENT``, ``image NAME:TAG`` or the folder, for
+        messages and status."""
         if self.kind == "git":
             return f"git {self.url}@{self.ref}"
+        if self.kind == "pip":
+            return f"pip {self.requirement}" + (f" from {self.index}" if self.index else "")
+        if self.kind == "image":
+            return f"image {self.image}"
         return str(self.path)
 
 
@@ -179,13 +192,15 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class Settings:
-    """The ``[supervise]`` table. ``poll`` is seconds; ``state_dir`` absolute."""
+    """The ``[supervise]`` table. ``poll`` is seconds; ``state_dir`` absolute; ``docker_host``
+    the container engine's Engine API address as written."""
 
     state_dir: Path
     runtime: str = "local"
     poll: float = 60.0
     keep_versions: int = 3
     log: LogPolicy = LogPolicy()
+    docker_host: str | None = None  # the Engine API address (None: $DOCKER_HOST, usual sockets)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ The rules (README.md, "How it behaves"):
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -133,11 +134,11 @@ def _plan_service(
     changed = spec.changed_fields(obs.spec)
     running_revision = obs_revision(obs)
     if running_revision is not None:
-        new_revision = (revision is not None and not _same_revision(revision, running_revision)
-                        and not (obs.build_failed and _same_revision(revision, obs.failed_revision)))
+        new_revision = (revision is not None and not same_revision(revision, running_revision)
+                        and not (obs.build_failed and same_revision(revision, obs.failed_revision)))
     else:  # never deployed (its first fetch or build failed): any other revision is worth a try
         new_revision = (revision is not None and obs.build_failed
-                        and not _same_revision(revision, obs.failed_revision))
+                        and not same_revision(revision, obs.failed_revision))
     if (obs.failed or obs.build_failed) and not changed and not new_revision and cascade is None:
         return []  # waits for a change of the file or the source, or a user restart
 
@@ -180,12 +181,24 @@ def _plan_service(
     return actions
 
 
-def _same_revision(a: str | None, b: str | None) -> bool:
-    """Revisions are equal when one is a prefix of the other (versions carry 12 digits)."""
+_HASH = re.compile(r"^[0-9a-f]{12,}$")
+
+
+def same_revision(a: str | None, b: str | None) -> bool:
+    """Revisions are equal when one is a prefix of the other, for hashes (commits and folder
+    hashes: versions carry 12 digits of them); other revisions (package versions: ``1.0``
+    and ``1.0.1``) only when equal."""
     if not a or not b:
+        return False
+    if a == b:
+        return True
+    if not (_HASH.match(a) and _HASH.match(b)):
         return False
     n = min(len(a), len(b))
     return a[:n] == b[:n]
+
+
+_same_revision = same_revision  # the name the reconciler imports
 
 
 def obs_revision(obs: ServiceObserved) -> str | None:
@@ -195,7 +208,7 @@ def obs_revision(obs: ServiceObserved) -> str | None:
 
 def _deploy(spec: ServiceSpec, reason: str, indices: Iterable[int], kind: ActionKind) -> list[Action]:
     actions: list[Action] = []
-    if spec.source.kind == "git":
+    if spec.source.kind in ("git", "pip"):  # pip: resolve, and install into a new venv
         actions.append(Action(ActionKind.FETCH, spec.name, None, reason))
     if spec.build:
         actions.append(Action(ActionKind.BUILD, spec.name, None, reason))

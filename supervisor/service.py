@@ -26,6 +26,7 @@ from .builds import Artifact
 from .clock import SYSTEM, Clock
 from .environ import replica_env
 from .executors import Executor, Running, StartFailed
+from .sources.pip import venv_env
 from .events import EventType, Notifier
 from .lifecycle import (
     UP, Abandon, Adopted, Arm, Cancel, DependenciesChanged, Effect, Emit, Exited, Fired, LiveProbe, Note, Policy,
@@ -524,6 +525,8 @@ class ServiceController:
         spec, artifact = replica.launch.spec, replica.launch.artifact
         env = replica_env(self.name, spec.environment, replica.index)
         env["SUPERVISE_VERSION"] = artifact.version
+        if spec.source.kind == "pip":  # the version's venv, as `activate` sets it
+            env.update(venv_env(artifact.workdir, env))
         try:
             handle = self.executor.start(spec, artifact, replica.index, env, self.sink, self._label(replica.index))
         except StartFailed as exc:

@@ -1,9 +1,12 @@
-"""From a source to a versioned artifact: fetch (git) or hash (folder), then run the build.
+"""From a source to a versioned artifact: fetch (git), resolve and install (pip) or hash
+(folder), then run the build.
 
 An :class:`Artifact` is a folder the replicas run in plus its version,
 ``REVISION12-BUILDHASH8``. A git source builds in a fresh worktree per commit, so a build never
 disturbs the folder the running version uses; a successful build of a version is remembered
-(``STATE_DIR/sources/NAME/built/VERSION``) and not repeated. A local folder builds in place.
+(``STATE_DIR/sources/NAME/built/VERSION``) and not repeated. A local folder builds in place. A
+pip source's revision is the package version pip resolves (kept whole: ``1.10-BUILDHASH8``), and
+each version is installed into its own venv (``sources/pip.py``), the folder its replicas run in.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ..model import ServiceSpec, Version
 from ..sources import SourceError
 from ..sources.git import GitSource
 from ..sources.path import content_hash
+from ..sources.pip import PipSource, venv_env
 
 #: How many of the build's last output lines a build-failed report carries.
 TAIL_LINES = 10
@@ -48,7 +52,10 @@ class PrepareError(Exception):
 
 
 def make_version(revision: str, spec: ServiceSpec) -> str:
-    """``REVISION12-BUILDHASH8``: what a build is of (see :class:`~supervisor.model.Version`)."""
+    """``REVISION12-BUILDHASH8``: what a build is of (see :class:`~supervisor.model.Version`). A
+    package version (pip source) is kept whole: ``1.0.10`` and ``1.0.1`` must not fold into one."""
+    if spec.source.kind == "pip":
+        return str(Version(revision, spec.build_hash[:8]))
     return str(Version.of(revision, spec.build_hash))
 
 
@@ -81,6 +88,16 @@ class Preparer:
             except SourceError as exc:
                 raise PrepareError("fetch", str(exc)) from None
             return workdir, commit
+        if source.kind == "pip":
+            try:
+                pip = PipSource(source, source_root(self.state_dir, spec.name))
+                version = await asyncio.to_thread(pip.latest)
+                return pip.venv(version), version
+            except (SourceError, ValueError) as exc:
+                raise PrepareError("fetch", str(exc)) from None
+        if source.kind != "path":
+            raise PrepareError("fetch", f"{source.describe()}: this source runs as a container, which this "
+                               "supervisor cannot run yet")
         assert source.path is not None
         if not source.path.is_dir():
             raise PrepareError("fetch", f"source folder {source.path} does not exist")
@@ -96,9 +113,11 @@ class Preparer:
         workdir, revision = await self.resolve(spec)
         version = make_version(revision, spec)
         marker = source_root(self.state_dir, spec.name) / "built" / version
-        if spec.build and not (spec.source.kind == "git" and marker.exists()):
+        if spec.source.kind == "pip":
+            await self.install(spec, revision, version)
+        if spec.build and not (spec.source.kind in ("git", "pip") and marker.exists()):
             await self.build(spec, workdir, version)
-            if spec.source.kind == "git":
+            if spec.source.kind in ("git", "pip"):
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
         if spec.source.kind == "path" and spec.watch and spec.build:
@@ -110,25 +129,44 @@ class Preparer:
             keep = {Version.parse(v).revision for v in protect} | {Version.of(revision, "").revision}
             git_source = GitSource(spec.source, source_root(self.state_dir, spec.name))
             await asyncio.to_thread(git_source.prune, self.keep_versions, keep)
+        if spec.source.kind == "pip":
+            keep = {v.rsplit("-", 1)[0] for v in protect} | {revision}
+            pip = PipSource(spec.source, source_root(self.state_dir, spec.name))
+            await asyncio.to_thread(pip.prune, self.keep_versions, keep)
         return Artifact(workdir=workdir, version=version, revision=revision)
 
-    async def build(self, spec: ServiceSpec, workdir: Path, version: str) -> None:
-        """Run the build argv in ``workdir``, output appended to the service log."""
-        assert spec.build
+    async def install(self, spec: ServiceSpec, package_version: str, version: str) -> None:
+        """Make the venv of ``package_version`` (a pip source) unless it is complete; pip's
+        output goes to the service log. Raises PrepareError (stage "fetch")."""
+        pip = PipSource(spec.source, source_root(self.state_dir, spec.name))
+        if pip.installed(package_version):
+            return
+        for argv in pip.install_steps(package_version):
+            await self.build(spec, self.state_dir, version, argv=argv, stage="fetch", what="install")
+        pip.mark_installed(package_version)
+
+    async def build(self, spec: ServiceSpec, workdir: Path, version: str, argv: list[str] | None = None,
+                    stage: str = "build", what: str = "build") -> None:
+        """Run the build argv (or ``argv``) in ``workdir``, output appended to the service log.
+        A failure raises PrepareError(``stage``) with the last output lines."""
+        argv = argv or list(spec.build or ())
+        assert argv
         sink = self.logs.sink(spec.name)
-        sink.note(f"build {version}: {' '.join(spec.build)}")
+        sink.note(f"{what} {version}: {' '.join(argv)}")
         env = replica_env(spec.name, spec.environment, 0)
         env.pop("REPLICA", None)
+        if spec.source.kind == "pip" and stage == "build":  # a build step sees the version's venv
+            env.update(venv_env(workdir, env))
         cwd = workdir  # builds run at the top of the checkout (or the local folder)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         tail = _Tail(sink)
         try:
             if self.reaper is None:
                 raise PrepareError("build", "no process reaper")
-            handle = procs.spawn(self.reaper, spec.build, env=env, cwd=cwd, output=write_fd)
+            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=write_fd)
         except procs.SpawnError as exc:
             os.close(read_fd)
-            raise PrepareError("build", str(exc), version) from None
+            raise PrepareError(stage, str(exc), version) from None
         finally:
             os.close(write_fd)
         pump = logs.Pump(asyncio.get_running_loop(), read_fd, tail)
@@ -154,9 +192,9 @@ class Preparer:
         except asyncio.TimeoutError:  # something still holds the pipe: stop reading it
             pump.close()
         if not exit.success:
-            sink.note(f"build {version} failed: {exit}")
-            raise PrepareError("build", f"build failed ({exit})", version, tail.last())
-        sink.note(f"build {version} succeeded")
+            sink.note(f"{what} {version} failed: {exit}")
+            raise PrepareError(stage, f"{what} failed ({exit})", version, tail.last())
+        sink.note(f"{what} {version} succeeded")
 
 
 class _Tail:

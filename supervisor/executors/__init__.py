@@ -16,7 +16,9 @@ resolves from the engine's event stream (Docker ``die`` events), ``stop`` is ``d
 its labels, and output is a log stream pumped into the sink.
 
 ``[supervise] runtime`` and a service's ``runtime`` key choose the executor by name
-(:func:`executor_names`); only ``"local"`` exists in this version.
+(:func:`executor_names`); only ``"local"`` is plugged in in this version. The container
+engine client (:mod:`supervisor.executors.container`) is built to these same operations and is
+plugged in here, behind :class:`Executor`, when ``runtime = "container"`` is enabled.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ A host program that dies without calling :meth:`LocalRuntime.stop` (SIGKILL, or 
 Python's default handler) leaves its services running: the next runtime on the same state dir
 shows them in :meth:`~LocalRuntime.list` (``status = "left running"``), adopts the ones it
 creates again instead of starting duplicates, and stops the others at its :meth:`stop`.
+
+Other sources go in ``metadata``: ``{"pip": "REQUIREMENT", "index": URL, "extra_index": "URL,URL"}``
+(a package from an index, one venv per version), ``{"image": "NAME:TAG"}`` or ``{"dockerfile":
+"Dockerfile", "context": "."}`` (containers: refused by this version, as in services.toml).
 """
 
 from __future__ import annotations
@@ -294,6 +298,13 @@ class LocalRuntime(Runtime):
                 commit = await asyncio.to_thread(source.remote_revision)
             except SourceError as exc:
                 raise RuntimeError_(str(exc)) from None
+        elif spec.source.kind == "pip":
+            from ..sources.pip import PipSource
+
+            try:
+                commit = await asyncio.to_thread(PipSource(spec.source, source_root(self.state_dir, name)).latest)
+            except SourceError as exc:
+                raise RuntimeError_(str(exc)) from None
         else:
             from ..sources.path import content_hash
 
@@ -327,7 +338,8 @@ class LocalRuntime(Runtime):
                         "phase": obs.phase.value, "pids": ",".join(pids),
                         "replicas": str(self.specs[service_name].replicas), "type": kind,
                         "build_failed": "true" if obs.build_failed else "false"}
-            out.append(Service(name=service_name, version=given.version, source=given.source, metadata=metadata))
+            source = given.source or self.specs[service_name].source.describe()  # pip/image given in metadata
+            out.append(Service(name=service_name, version=given.version, source=source, metadata=metadata))
         if options.service is None and options.version is None:
             out.extend(self._left_running(options))
         return out
@@ -370,7 +382,16 @@ class LocalRuntime(Runtime):
         source = service.source
         is_git = meta.pop("git", "") == "true" or "://" in source or source.endswith(".git") or (
             "@" in source and ":" in source) or (bool(service.version) and _is_git_repository(source))
-        if source and is_git:
+        if "pip" in meta or "image" in meta:  # a package on an index, or a published image
+            kind = "pip" if "pip" in meta else "image"
+            other_table: dict[str, Any] = {kind: meta.pop(kind)}
+            for key in ("index", "poll"):
+                if key in meta:
+                    other_table[key] = meta.pop(key)
+            if "extra_index" in meta:
+                other_table["extra_index"] = [u for u in meta.pop("extra_index").split(",") if u]
+            table["source"] = other_table
+        elif source and is_git:
             git_table: dict[str, Any] = {"git": source, "ref": service.version or meta.pop("ref", "HEAD")}
             if "poll" in meta:
                 git_table["poll"] = meta.pop("poll")
@@ -382,6 +403,8 @@ class LocalRuntime(Runtime):
         for key in ("build", "cwd", "restart", "stop_timeout", "stop_signal", "update"):
             if key in meta:
                 table[key] = meta.pop(key)
+        if "dockerfile" in meta:  # an image built from the source (a container service)
+            table["build"] = {"dockerfile": meta.pop("dockerfile"), "context": meta.pop("context", ".")}
         if "replicas" in meta:
             try:
                 table["replicas"] = int(meta.pop("replicas"))
