@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Union
+from typing import Any, Callable, Union
 
 from .backoff import allow_start, next_delay
 from .events import EventType
@@ -294,60 +294,92 @@ def step(policy: Policy, state: ReplicaState, event: Event, now: float) -> tuple
     Events that do not apply in the current phase (a late timer, an exit after a stop) change
     nothing and give no effects.
     """
-    who = f"{policy.name}[{state.index}]"
     out = _Out(state)
-    if isinstance(event, Start):
-        _start(policy, out, event, now)
-    elif isinstance(event, DependenciesChanged):
-        if state.phase is Phase.PENDING and state.pid is None:
-            if event.waiting:
-                out.state = replace(state, message=f"waiting for {event.waiting}")
-            else:
-                _spawn(policy, out, state.reason, now, count=True)
-    elif isinstance(event, Spawned):
-        _spawned(policy, out, event, now, who)
-    elif isinstance(event, SpawnFailed):
-        out.state = replace(state, pid=None, message=event.message, start_error=event.message)
-        out.effects += [Note(f"cannot start {who}: {event.message}"),
-                        emit(EventType.START_FAILED, error=event.message)]
-        if state.trial:
-            out.state = replace(out.state, phase=Phase.EXITED, trial=False)
-            out.effects += [Cancel(Timer.TRIAL), Abandon(f"could not start: {event.message}")]
-            return out.state, out.effects
-        _exited(policy, out, Exit(code=127), now, uptime=0.0, jitter=0.0, who=who)
-    elif isinstance(event, Adopted):
-        out.state = replace(state, phase=Phase.RUNNING, pid=event.pid, started=now, started_at=event.started_at,
-                            restarts=event.restarts, stale=event.stale, ready=not policy.has_ready)
-    elif isinstance(event, Exited):
-        if state.stopping or state.pid is None:
-            return state, []
-        uptime = now - state.started if state.started is not None else 0.0
-        out.state = replace(state, pid=None, last_exit=event.exit)
-        out.effects += [Note(f"{who} pid {state.pid} exited: {event.exit}"),
-                        emit(EventType.EXITED, pid=state.pid, exit=str(event.exit), code=event.exit.code,
-                             signal=event.exit.signal, uptime=round(uptime, 3))]
-        _exited(policy, out, event.exit, now, uptime, event.jitter, who)
-    elif isinstance(event, Ready):
-        if state.up and state.pid is not None and not state.stopping:
-            # a new version's probation still runs its course: ready, then crashing, is bad
-            out.state = replace(state, ready=True, phase=Phase.READY)
-            out.effects.append(emit(EventType.READY, pid=state.pid))
-            if state.trial:
-                out.state = replace(out.state, trial=False)
-                out.effects += [Cancel(Timer.TRIAL), Promote()]
-    elif isinstance(event, LiveProbe):
-        _live(policy, out, event, who)
-    elif isinstance(event, Fired):
-        _fired(policy, out, event.timer, now)
-    elif isinstance(event, Stop):
-        _stop(policy, out, event, who)
-    elif isinstance(event, Stopped):
-        if event.exit is not None:
-            out.effects += [emit(EventType.STOPPED, pid=state.pid, exit=str(event.exit)),
-                            Note(f"stopped {who} pid {state.pid}: {event.exit}")]
-        out.state = replace(out.state, phase=Phase.STOPPED, stopping=False, pid=None,
-                            last_exit=event.exit or state.last_exit)
+    _HANDLERS[type(event)](policy, out, event, now, f"{policy.name}[{state.index}]")
     return out.state, out.effects
+
+
+def _on_start(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    _start(policy, out, event, now)
+
+
+def _on_dependencies(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    state = out.state
+    if state.phase is Phase.PENDING and state.pid is None:
+        if event.waiting:
+            out.state = replace(state, message=f"waiting for {event.waiting}")
+        else:
+            _spawn(policy, out, state.reason, now, count=True)
+
+
+def _on_spawned(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    _spawned(policy, out, event, now, who)
+
+
+def _on_spawn_failed(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    state = out.state
+    out.state = replace(state, pid=None, message=event.message, start_error=event.message)
+    out.effects += [Note(f"cannot start {who}: {event.message}"), emit(EventType.START_FAILED, error=event.message)]
+    if state.trial:
+        out.state = replace(out.state, phase=Phase.EXITED, trial=False)
+        out.effects += [Cancel(Timer.TRIAL), Abandon(f"could not start: {event.message}")]
+        return
+    _exited(policy, out, Exit(code=127), now, uptime=0.0, jitter=0.0, who=who)
+
+
+def _on_adopted(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    out.state = replace(out.state, phase=Phase.RUNNING, pid=event.pid, started=now, started_at=event.started_at,
+                        restarts=event.restarts, stale=event.stale, ready=not policy.has_ready)
+
+
+def _on_exited(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    state = out.state
+    if state.stopping or state.pid is None:
+        return
+    uptime = now - state.started if state.started is not None else 0.0
+    out.state = replace(state, pid=None, last_exit=event.exit)
+    out.effects += [Note(f"{who} pid {state.pid} exited: {event.exit}"),
+                    emit(EventType.EXITED, pid=state.pid, exit=str(event.exit), code=event.exit.code,
+                         signal=event.exit.signal, uptime=round(uptime, 3))]
+    _exited(policy, out, event.exit, now, uptime, event.jitter, who)
+
+
+def _on_ready(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    state = out.state
+    if state.up and state.pid is not None and not state.stopping:
+        # a new version's probation still runs its course: ready, then crashing, is bad
+        out.state = replace(state, ready=True, phase=Phase.READY)
+        out.effects.append(emit(EventType.READY, pid=state.pid))
+        if state.trial:
+            out.state = replace(out.state, trial=False)
+            out.effects += [Cancel(Timer.TRIAL), Promote()]
+
+
+def _on_live(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    _live(policy, out, event, who)
+
+
+def _on_fired(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    _fired(policy, out, event.timer, now)
+
+
+def _on_stop(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    _stop(policy, out, event, who)
+
+
+def _on_stopped(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
+    state = out.state
+    if event.exit is not None:
+        out.effects += [emit(EventType.STOPPED, pid=state.pid, exit=str(event.exit)),
+                        Note(f"stopped {who} pid {state.pid}: {event.exit}")]
+    out.state = replace(state, phase=Phase.STOPPED, stopping=False, pid=None, last_exit=event.exit or state.last_exit)
+
+
+_HANDLERS: dict[type, Callable[[Policy, _Out, Any, float, str], None]] = {
+    Start: _on_start, DependenciesChanged: _on_dependencies, Spawned: _on_spawned, SpawnFailed: _on_spawn_failed,
+    Adopted: _on_adopted, Exited: _on_exited, Ready: _on_ready, LiveProbe: _on_live, Fired: _on_fired,
+    Stop: _on_stop, Stopped: _on_stopped,
+}
 
 
 def proven(policy: Policy, state: ReplicaState, now: float) -> bool:

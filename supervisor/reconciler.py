@@ -100,62 +100,65 @@ class Reconciler:
 
         Each is verified (pid + create_time) before it is trusted. A replica made from another
         config is adopted as *stale* and replaced by the first plan; one of a service no longer
-        in the file is adopted to be stopped. ``only``: look at these services alone.
+        in the file is adopted to be stopped; a service whose record cannot be read is held
+        (:meth:`_hold_unreadable`). ``only``: look at these services alone.
         Returns how many were adopted.
         """
-        adopted = 0
         await self.local.stop_leftover_builds()
         unreadable: dict[str, str] = {}
         records = state.load_all(self.state_dir, unreadable)
         for name, why in unreadable.items():
             spec = desired.services.get(name)
-            if spec is None or (only is not None and name not in only) or name in self.controllers:
-                continue
-            # Its replicas may still run: starting new ones could duplicate them. Held until
-            # a user looks (supervise start NAME), as for a user stop.
-            message = f"state file unreadable, not started (a replica may still run): {why}"
-            log.error("%s: %s; fix or remove it, then: supervise start %s", name, message, name)
-            self.notifier.emit(EventType.START_FAILED, name, None, error=message)
-            controller = self._controller(spec)
-            controller.held = True
-            controller.deploy_message = message
-            self.controllers[name] = controller
+            if spec is not None and (only is None or name in only) and name not in self.controllers:
+                self._hold_unreadable(spec, why)
+        adopted = 0
         for name, record in records.items():
-            if not NAME_RE.match(name) or (only is not None and name not in only):
-                continue
-            alive: list[tuple[int, dict, Running]] = []
-            wanted = desired.services.get(name)
-            executor = self.executor_for(wanted) if wanted is not None else self.local
-            sink = self.logs.sink(name, wanted.log) if wanted is not None else self.logs.sink(name)
-            for key, item in (record.get("replicas") or {}).items():
-                label = replica_label(name, wanted.replicas if wanted else 0, int(key))
-                handle = executor.adopt(item, sink, label)
-                if handle is None:
-                    executor.forget(item)
-                    continue
-                alive.append((int(key), item, handle))
-            spec = desired.services.get(name)
-            if spec is None and alive:
-                first = alive[0][1]
-                spec = ServiceSpec(name=name, command=tuple(record.get("command") or ["?"]),
-                                   source=SourceSpec(kind="path", path=Path(first["workdir"])),
-                                   stop_signal=int(record.get("stop_signal", 15)),
-                                   stop_timeout=float(record.get("stop_timeout", 10.0)), replicas=0)
-            if spec is None:
-                continue
-            if not alive and not record.get("held"):
-                continue
-            controller = self.controllers.get(name) or self._controller(spec)
-            self.controllers[name] = controller
-            controller.held = bool(record.get("held", False))
-            current = state.fingerprint(spec)
-            for index, item, handle in alive:
-                artifact = Artifact(workdir=Path(item["workdir"]), version=str(item["version"]),
-                                    revision=str(item.get("revision") or Version.parse(str(item["version"])).revision))
-                stale = name not in desired.services or item.get("fingerprint") != current
-                controller.adopt(index, handle, spec, artifact, item.get("started_at"), int(item.get("restarts", 0)), stale)
-                adopted += 1
+            if NAME_RE.match(name) and (only is None or name in only):
+                adopted += self._adopt_service(name, record, desired)
         return adopted
+
+    def _hold_unreadable(self, spec: ServiceSpec, why: str) -> None:
+        """Its replicas may still run: starting new ones could duplicate them. Held until a
+        user looks (``supervise start NAME``), as after a user stop."""
+        message = f"state file unreadable, not started (a replica may still run): {why}"
+        log.error("%s: %s; fix or remove it, then: supervise start %s", spec.name, message, spec.name)
+        self.notifier.emit(EventType.START_FAILED, spec.name, None, error=message)
+        controller = self._controller(spec)
+        controller.held = True
+        controller.deploy_message = message
+        self.controllers[spec.name] = controller
+
+    def _adopt_service(self, name: str, record: dict, desired: Desired) -> int:
+        """Adopt the live replicas of one state record; returns how many."""
+        wanted = desired.services.get(name)
+        executor = self.executor_for(wanted) if wanted is not None else self.local
+        sink = self.logs.sink(name, wanted.log) if wanted is not None else self.logs.sink(name)
+        alive: list[tuple[int, dict, Running]] = []
+        for key, item in (record.get("replicas") or {}).items():
+            handle = executor.adopt(item, sink, replica_label(name, wanted.replicas if wanted else 0, int(key)))
+            if handle is None:
+                executor.forget(item)
+            else:
+                alive.append((int(key), item, handle))
+        spec = wanted
+        if spec is None and alive:  # removed from the file: adopted to be stopped
+            spec = ServiceSpec(name=name, command=tuple(record.get("command") or ["?"]),
+                               source=SourceSpec(kind="path", path=Path(alive[0][1]["workdir"])),
+                               stop_signal=int(record.get("stop_signal", 15)),
+                               stop_timeout=float(record.get("stop_timeout", 10.0)), replicas=0)
+        if spec is None or (not alive and not record.get("held")):
+            return 0
+        controller = self.controllers.get(name) or self._controller(spec)
+        self.controllers[name] = controller
+        controller.held = bool(record.get("held", False))
+        current = state.fingerprint(spec)
+        for index, item, handle in alive:
+            version = str(item["version"])
+            artifact = Artifact(workdir=Path(item["workdir"]), version=version,
+                                revision=str(item.get("revision") or Version.parse(version).revision))
+            stale = wanted is None or item.get("fingerprint") != current
+            controller.adopt(index, handle, spec, artifact, item.get("started_at"), int(item.get("restarts", 0)), stale)
+        return len(alive)
 
     def observe(self) -> Observed:
         """The observed state: every controller's view of its replicas."""
