@@ -295,10 +295,12 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
 
     from .daemon import AlreadyRunning, Daemon
 
+    from .safefs import UnsafeStateDir
+
     desired = config.load(path)
     try:
         return asyncio.run(Daemon(path, desired, console=not quiet).run())
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, UnsafeStateDir) as exc:
         raise CliError(str(exc)) from None
 
 

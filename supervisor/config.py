@@ -765,6 +765,11 @@ class _Validator:
         if "user" in table:
             user = self.expect(get("user"), table["user"], str, "a user name")
             self.not_expanded(get("user"), user)
+            if user is not None and source is not None and source.kind == "pip":
+                # The venv lives in the 0700 STATE_DIR, which the user cannot reach; installing
+                # as root would run the index's code as root. Refused until venvs are handed over.
+                self.error(get("user"), '"user" with a pip source is not supported yet: the venv is '
+                                        'installed in STATE_DIR, which another user cannot reach')
 
         log = self.default_log
         if "log" in table:

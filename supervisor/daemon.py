@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, logs, procs
+from . import __version__, config, logs, procs, safefs
 from .config import ConfigError
 from .control import socket_path
 from .control.server import ControlServer, send
@@ -36,6 +36,19 @@ log = logging.getLogger("supervise")
 __all__ = ["AlreadyRunning", "Daemon", "StateLock", "print_event"]
 
 
+#: Seconds between checks that STATE_DIR is still there (one lstat each).
+STATE_DIR_CHECK = 1.0
+
+
+def check_state_dir(state_dir: Path, desired: Desired) -> None:
+    """Refuse (``safefs.UnsafeStateDir``) a STATE_DIR that is not ours, or that lies inside a
+    folder one of the ``user =`` services could write (it could swap the folder for its own)."""
+    safefs.ensure_dir(state_dir)
+    local = desired.settings.runtime == "local"  # user= of a Kubernetes service is its runAsUser
+    for user in sorted({s.user for s in desired.services.values() if s.user and local}):
+        safefs.check_not_writable_by(state_dir, user)
+
+
 class Daemon:
     """``supervise --config PATH`` in the foreground. :meth:`run` returns the exit code.
 
@@ -53,6 +66,7 @@ class Daemon:
         self.unit = UnitReporter.from_environ()  # sd_notify(3); a no-op outside systemd
         self.engine = Engine(desired, bus=self.notifier, on_change=self.unit.changed, console=self.console_out)
         self.reconciler = self.engine.reconciler
+        self.reconciler.background_fetches = True  # a slow remote holds its own service only
         self.unit.attach(self.reconciler)
         self.stop_event: asyncio.Event | None = None
         self.last_error = ""
@@ -61,6 +75,12 @@ class Daemon:
         self.started = time.time()
         self.file_watcher: FileWatcher | None = None
         self.control: ControlServer | None = None
+        self.state_dir_check: asyncio.TimerHandle | None = None
+
+    @property
+    def lock(self) -> StateLock:
+        """The engine's state-dir lock."""
+        return self.engine.lock
 
     @property
     def source_watcher(self):
@@ -246,6 +266,7 @@ class Daemon:
         Raises :class:`AlreadyRunning` when another supervisor holds the state dir."""
         loop = asyncio.get_running_loop()
         self.notifier.add_listener(print_event)
+        check_state_dir(self.state_dir, self.desired)
         try:
             return await self._run(loop)
         finally:
@@ -262,6 +283,7 @@ class Daemon:
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
         self._watch(self.desired)
+        self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -288,8 +310,11 @@ class Daemon:
                  else "stopping every service")
         runner.cancel()
         stopper.cancel()
+        self.reconciler.cancel_fetches()  # before the pass in progress is awaited
         await asyncio.gather(runner, stopper, return_exceptions=True)
         await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
+        if self.state_dir_check is not None:
+            self.state_dir_check.cancel()
         self.file_watcher.stop()
         await self.engine.close(detach=self.detaching)
         await self.control.close()
@@ -300,6 +325,27 @@ class Daemon:
             loop.remove_signal_handler(sig)
         log.info("detached" if self.detaching else "stopped")
         return 1 if failed else 0
+
+    def _check_state_dir(self) -> None:
+        """Every :data:`STATE_DIR_CHECK` s: if STATE_DIR was removed (or replaced) under us,
+        make it again with the lock, the control socket, the logs and the state records, and
+        say so. (The kernel-held lock name keeps a second supervisor out meanwhile.)"""
+        loop = asyncio.get_running_loop()
+        self.state_dir_check = None
+        try:
+            if self.lock.gone() and not self.reconciler.stopping:
+                log.warning("state dir %s was removed or replaced under the running supervisor: recreating "
+                            "its lock, control socket, logs and state records (services keep running)",
+                            self.state_dir)
+                self.lock.recreate()
+                self.reconciler.recreate_state_dir()
+                if self.control is not None:
+                    loop.create_task(self.control.restart())
+                log.warning("state dir %s recreated", self.state_dir)
+        except (OSError, safefs.UnsafeStateDir) as exc:
+            log.error("state dir %s is gone and cannot be recreated: %s (retrying)", self.state_dir, exc)
+        if self.stop_event is None or not self.stop_event.is_set():
+            self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
     def on_stop_signal(self) -> None:
         """SIGINT/SIGTERM: stop gracefully; a second one while stopping: SIGKILL everything now

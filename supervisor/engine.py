@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import fcntl
+import hashlib
 import logging
 import os
+import socket
+import stat
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from . import logs
+from . import logs, safefs
 from .builds import source_root
 from .clock import SYSTEM, Clock
-from .control import lock_path
+from .control import LOCK_NAME, lock_path
 from .events import EventType, Notifier
 from .model import Desired
 from .plan import Plan, same_revision
@@ -48,19 +52,66 @@ class AlreadyRunning(Exception):
 
 
 class StateLock:
-    """An exclusive ``flock`` on ``STATE_DIR/supervise.lock`` for the life of the engine.
+    """One supervisor per state dir, for the life of the process, held two ways:
 
-    The kernel drops it when we die, however we die, so a stale lock never blocks a restart.
-    :meth:`acquire` raises :class:`AlreadyRunning` when another process holds it.
+    - an abstract Unix socket named after the state dir's real path (``@supervise-HASH``): the
+      kernel holds the name while we live and frees it when we die, however we die, and no
+      one can remove it from the file system (a STATE_DIR deleted under a running supervisor
+      must not let a second one start on a new, empty folder of the same name);
+    - an exclusive ``flock`` on ``STATE_DIR/supervise.lock`` (opened ``O_NOFOLLOW`` relative to
+      an fd on the folder, never through a symlink), which also records our pid for the
+      message another supervisor prints.
+
+    Raises :class:`AlreadyRunning`, or ``safefs.UnsafeStateDir`` when the folder is not ours.
     """
 
     def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
         self.path = lock_path(state_dir)
         self.fd: int | None = None
+        self.dir_fd: int | None = None
+        self.anchor: socket.socket | None = None
+
+    def _anchor_name(self) -> bytes:
+        real = os.path.realpath(self.state_dir)
+        return b"\0supervise-" + hashlib.sha256(os.fsencode(real)).hexdigest()[:40].encode()
+
+    def _other_pid(self) -> str:
+        try:
+            return safefs.read_regular(self.state_dir, LOCK_NAME, 64).decode(errors="replace").strip() or "?"
+        except (OSError, safefs.UnsafeStateDir):
+            return "?"
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        safefs.ensure_dir(self.state_dir)
+        anchor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            anchor.bind(self._anchor_name())
+        except OSError as exc:
+            anchor.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise AlreadyRunning(f"another supervise (pid {self._other_pid()}) is running on "
+                                 f"{self.state_dir}") from None
+        self.anchor = anchor
+        try:
+            self._lock_file()
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock_file(self) -> None:
+        self.dir_fd = safefs.open_dir(self.state_dir)
+        try:
+            fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.dir_fd)
+        except OSError as exc:
+            raise safefs.UnsafeStateDir(f"{self.path}: {exc.strerror} (a symlink or another planted file?); "
+                                        "refusing to use it") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            os.close(fd)
+            raise safefs.UnsafeStateDir(f"{self.path} is not a plain file of ours; refusing to use it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -69,12 +120,38 @@ class StateLock:
             raise AlreadyRunning(f"another supervise (pid {other}) is running on {self.path.parent}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
-            self.fd = None
+        self.fd = fd
+
+    def gone(self) -> bool:
+        """True when STATE_DIR was removed or replaced since we locked it."""
+        if self.dir_fd is None:
+            return False
+        try:
+            st = os.lstat(self.state_dir)
+        except OSError:
+            return True
+        held = os.fstat(self.dir_fd)
+        return (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino) or held.st_nlink == 0
+
+    def recreate(self) -> None:
+        """Make STATE_DIR and the lock file again after they were removed (we still hold the
+        kernel's name, so no second supervisor could start meanwhile)."""
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+        safefs.ensure_dir(self.state_dir)
+        self._lock_file()
+
+    def release(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self.dir_fd = None
+        if self.anchor is not None:
+            self.anchor.close()
+            self.anchor = None
 
 
 class Engine:

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
+from .redaction import redact
+
 
 class Phase(str, enum.Enum):
     """Life-cycle phase of a service or a replica (the vocabulary of ARCHITECTURE.md)."""
@@ -89,11 +91,11 @@ class SourceSpec:
 
     def describe(self) -> str:
         """``git URL@REF``, ``pip REQUIREMENT``, ``image NAME:TAG`` or the folder, for
-        messages and status."""
+        messages and status (credentials in a URL redacted: redaction.redact)."""
         if self.kind == "git":
-            return f"git {self.url}@{self.ref}"
+            return f"git {redact(str(self.url))}@{self.ref}"
         if self.kind == "pip":
-            return f"pip {self.requirement}" + (f" from {self.index}" if self.index else "")
+            return f"pip {self.requirement}" + (f" from {redact(str(self.index))}" if self.index else "")
         if self.kind == "image":
             return f"image {self.image}"
         return str(self.path)
@@ -316,6 +318,7 @@ class ServiceObserved:
     failed_revision: str | None = None  # the source revision whose fetch or build failed
     phase: Phase = Phase.STOPPED  # the least advanced of its replicas', or fetching/building
     message: str = ""  # why the newest version is not what runs (failed build, rollback, ...)
+    log_error: str = ""  # why its log cannot be written now (disk full, ...), "" when it can
 
 
 @dataclass(frozen=True)

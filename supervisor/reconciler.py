@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Awaitable, Callable, Mapping, cast
 
-from . import errors, graph, logs, state
+from . import cgroups, errors, graph, logs, procs, safefs, state
 from .backoff import next_delay
 from .clock import SYSTEM, Clock
 from .builds import Artifact, PrepareError, Preparer, source_root
@@ -36,6 +37,8 @@ log = logging.getLogger("supervise")
 
 #: Builds and fetches that may run at once (the machines we target have few cores).
 PREPARE_CONCURRENCY = 4
+#: Seconds a pass waits for a git fetch before it goes on without that service.
+FETCH_WAIT = 2.0
 
 
 def dependency_levels(specs: Mapping[str, ServiceSpec]) -> list[list[str]]:
@@ -70,10 +73,27 @@ class Reconciler:
         self.retry = Backoff(initial=1.0, max=60.0)
         self._requeued: dict[str, tuple[int, asyncio.TimerHandle | None]] = {}
 
+        #: Git fetches (and the builds after them) run as tasks of their own, not held by a
+        #: pass (the daemon, whose run loop picks their results up; see _prepare_in_background).
+        self.background_fetches = False
+        self.pending: dict[str, tuple[str, asyncio.Task]] = {}
+
     async def start(self) -> None:
-        """Open every executor (for local processes: the state dir, the reaper, a cgroup)."""
+        """Make (or check) the state dir, then open every executor (for local processes: the
+        reaper, a cgroup)."""
+        self.recreate_state_dir()
         for executor in self.executors.values():
             await executor.open()
+
+    @property
+    def reaper(self) -> procs.Reaper | None:
+        """The local executor's reaper (SIGCHLD)."""
+        return self.local.reaper
+
+    @property
+    def cgroup_parent(self) -> Path | None:
+        """The local executor's cgroup, when the machine allows one."""
+        return self.local.cgroup_parent
 
     @property
     def local(self) -> LocalExecutor:
@@ -95,6 +115,62 @@ class Reconciler:
         except KeyError:
             raise ExecutorUnavailable(f'runtime "{name}" is not available in this version') from None
 
+    def recreate_state_dir(self) -> None:
+        """Make (or check) STATE_DIR and its folders: each ours and 0700 (safefs). After the
+        folder was removed under us, the state records are written again from memory.
+        Raises safefs.UnsafeStateDir."""
+        safefs.ensure_dir(self.state_dir)
+        for folder in (logs.log_dir(self.state_dir), logs.run_dir(self.state_dir), state.state_dir_of(self.state_dir)):
+            safefs.ensure_dir(folder)
+        for controller in self.controllers.values():
+            controller._persisted = None
+            controller.persist()
+
+    def _local_handles(self) -> list[procs.ProcessHandle]:
+        """The process handles of the replicas the local executor runs."""
+        return [cast(procs.ProcessHandle, r.handle) for c in self.controllers.values() if c.executor is self.local
+                for r in c.replicas.values() if r.handle is not None]
+
+    def known_instances(self) -> set[str]:
+        """The instance marks of every process we own now (replicas and builds)."""
+        known = {h.instance for h in self._local_handles() if h.instance}
+        if self.preparer is not None:
+            known.update(h.instance for h in self.preparer.builds.values() if h.instance)
+        return known
+
+    async def sweep_unowned(self) -> int:
+        """Stop every process marked as started from this state dir (its instance mark, kept by
+        the kernel in its environment, or its cgroup under ours) that no record let us adopt:
+        replicas a supervisor killed during start-up spawned before writing their record, and
+        their children. They would otherwise run beside the fresh replicas (duplicates) and
+        outlive a clean stop (orphans). Returns how many processes were stopped."""
+        tag = procs.state_tag(self.state_dir)
+        known = self.known_instances()
+        handles = self._local_handles()
+        known_cgroups = {h.cgroup for h in handles if h.cgroup is not None}
+        in_use = {h.fifo.name for h in handles if h.fifo is not None}
+        run = logs.run_dir(self.state_dir)
+        try:
+            for entry in os.listdir(run):  # FIFOs of replicas that were never recorded or are gone
+                if entry.endswith(".fifo") and entry not in in_use:
+                    safefs.unlink_in(run, entry)
+        except OSError:
+            pass
+        victims = await asyncio.to_thread(procs.unowned, tag, known)
+        groups = []
+        if self.cgroup_parent is not None:
+            groups = [g for g in cgroups.children(self.cgroup_parent) if g not in known_cgroups and cgroups.populated(g)]
+        if not victims and not groups:
+            return 0
+        pids = sorted({p.pid for p in victims} | {pid for g in groups for pid in cgroups.pids(g)})
+        log.warning("stopping %d process%s that a previous supervisor started but never recorded "
+                    "(it was killed during start-up): %s", len(pids), "es" if len(pids) != 1 else "",
+                    " ".join(map(str, pids)))
+        await procs.stop_unowned(victims, groups)
+        if self.cgroup_parent is not None:
+            cgroups.remove_empty_children(self.cgroup_parent)
+        return len(pids)
+
     async def adopt(self, desired: Desired, only: set[str] | None = None) -> int:
         """Take over replicas that a previous supervisor on this state dir left running.
 
@@ -115,6 +191,8 @@ class Reconciler:
         for name, record in records.items():
             if NAME_RE.match(name) and (only is None or name in only):
                 adopted += self._adopt_service(name, record, desired)
+        if only is None:
+            await self.sweep_unowned()
         return adopted
 
     def _hold_unreadable(self, spec: ServiceSpec, why: str) -> None:
@@ -134,12 +212,21 @@ class Reconciler:
         executor = self.executor_for(wanted) if wanted is not None else self.local
         sink = self.logs.sink(name, wanted.log) if wanted is not None else self.logs.sink(name)
         alive: list[tuple[int, dict, Running]] = []
-        for key, item in (record.get("replicas") or {}).items():
-            handle = executor.adopt(item, sink, replica_label(name, wanted.replicas if wanted else 0, int(key)))
+        replicas = record.get("replicas")
+        for key, item in (replicas.items() if isinstance(replicas, dict) else ()):
+            # a record is checked before it is trusted (the executor checks the process)
+            try:
+                if not isinstance(item, dict):
+                    raise TypeError
+                index = int(key)
+                Path(str(item["workdir"])), str(item["version"])
+            except (KeyError, TypeError, ValueError, OverflowError):
+                continue
+            handle = executor.adopt(item, sink, replica_label(name, wanted.replicas if wanted else 0, index))
             if handle is None:
                 executor.forget(item)
             else:
-                alive.append((int(key), item, handle))
+                alive.append((index, item, handle))
         spec = wanted
         if spec is None and alive:  # removed from the file: adopted to be stopped
             spec = ServiceSpec(name=name, command=tuple(record.get("command") or ["?"]),
@@ -218,13 +305,49 @@ class Reconciler:
                                  notifier=self.notifier, lookup=self.controllers.get, changed=self.on_change,
                                  sink=self.logs.sink(spec.name, spec.log), clock=self.clock)
 
+    async def _prepare_in_background(self, spec: ServiceSpec, protect: set[str]) -> Artifact | None:
+        """For a git source: run the fetch and build as a task of its own, and wait for it at
+        most :data:`FETCH_WAIT` s (not at all when an earlier pass already waited): a remote
+        that never answers then holds this one service in ``fetching``, never the whole pass
+        (other services' starts, restarts and reloads). When the task ends, another pass is
+        asked for, and picks its result up here. Returns None while it runs."""
+        name = spec.name
+        key = repr((spec.source, spec.build, spec.environment, self.revisions.get(name)))
+        pending = self.pending.get(name)
+        if pending is not None and pending[0] != key:
+            pending[1].cancel()
+            pending = None
+        waited = pending is not None
+        if pending is None:
+            task = asyncio.get_running_loop().create_task(self.controllers[name].executor.prepare(spec, protect))
+            task.add_done_callback(lambda _t: self.request())
+            pending = self.pending[name] = (key, task)
+        task = pending[1]
+        if not task.done() and not waited:
+            await asyncio.wait([task], timeout=FETCH_WAIT)
+        if not task.done():
+            controller = self.controllers[name]
+            controller.deploy_message = f"waiting for {spec.source.describe()} (the remote is slow to answer)"
+            return None
+        del self.pending[name]
+        return task.result()  # raises PrepareError as the plain call would
+
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
         controller = self.controllers[spec.name]
         protect = {r.launch.artifact.version for r in controller.replicas.values()}
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
         controller.changed()
         try:
-            artifact = await controller.executor.prepare(spec, protect)
+            if self.background_fetches and spec.source.kind == "git":
+                artifact = await self._prepare_in_background(spec, protect)
+                if artifact is None:
+                    return None
+                controller.deploy_message = ""
+            else:
+                artifact = await controller.executor.prepare(spec, protect)
+        except asyncio.CancelledError:
+            controller.preparing = None
+            raise
         except PrepareError as exc:
             controller.preparing = None
             kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
@@ -329,9 +452,20 @@ class Reconciler:
         state.remove(self.state_dir, name)
         self.notifier.emit(EventType.DELETE, name, controller.artifact.version if controller.artifact else None)
 
+    def cancel_fetches(self) -> None:
+        """Cancel fetches in flight and kill the git processes behind them (a remote that never
+        answers must not hold a stopping supervisor for git's own timeout)."""
+        for _key, task in self.pending.values():
+            task.cancel()
+        self.pending.clear()
+        killed = procs.kill_git_children()
+        if killed:
+            log.info("stopped %d git process%s still waiting for a remote", len(killed), "es" if len(killed) != 1 else "")
+
     async def shutdown(self) -> None:
         """Stop every service, dependents before their dependencies, and any build."""
         self.stopping = True
+        self.cancel_fetches()
         for name in list(self._requeued):
             self._cancel_requeue(name)
         async with self.lock:
@@ -365,6 +499,7 @@ class Reconciler:
         keep it), cancel timers and checks, and write the state files a next supervisor
         adopts from. A replica waiting in backoff has no process; the next supervisor starts it."""
         self.stopping = True
+        self.cancel_fetches()
         for name in list(self._requeued):
             self._cancel_requeue(name)
         async with self.lock:

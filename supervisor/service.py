@@ -134,6 +134,7 @@ class ServiceController:
         self.held = False
         self._persist_pending = False
         self._persisted: dict | None = None  # the record last written
+        self._persist_error = ""
         self._tasks: set[asyncio.Task] = set()
         self.phase_changed = asyncio.Event()
         self.sink = sink
@@ -152,7 +153,8 @@ class ServiceController:
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
                                version=self.artifact.version if self.artifact else None,
                                held=self.held, failed=failed, build_failed=self.build_failed,
-                               failed_revision=self.failed_revision, phase=self.phase, message=self.deploy_message)
+                               failed_revision=self.failed_revision, phase=self.phase, message=self.deploy_message,
+                               log_error=self.sink.trouble or "")
 
     @property
     def phase(self) -> Phase:
@@ -523,7 +525,7 @@ class ServiceController:
     def _spawn(self, replica: Replica, reason: str) -> None:
         """Run the Spawn effect through the executor, then watch the replica."""
         spec, artifact = replica.launch.spec, replica.launch.artifact
-        env = replica_env(self.name, spec.environment, replica.index)
+        env = replica_env(self.name, spec.environment, replica.index, user=spec.user)
         env["SUPERVISE_VERSION"] = artifact.version
         if spec.source.kind == "pip":  # the version's venv, as `activate` sets it
             env.update(venv_env(artifact.workdir, env))
@@ -557,7 +559,7 @@ class ServiceController:
         self.sink.note(f"adopted {self.name}[{index}] pid {handle.pid} version {artifact.version}")
         self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
         self._feed(replica, Adopted(handle.pid, started_at, restarts, stale))
-        self._watch_checks(replica, handle, replica_env(self.name, spec.environment, index))
+        self._watch_checks(replica, handle, replica_env(self.name, spec.environment, index, user=spec.user))
 
     def _label(self, index: int) -> str:
         return replica_label(self.name, self.spec.replicas, index)
@@ -583,7 +585,8 @@ class ServiceController:
         assert check is not None
         await asyncio.sleep(float(str(check["start_period"])))
         while handle.running and replica.handle is handle:
-            if await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd):
+            if await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd,
+                                          user=replica.launch.spec.user):
                 if replica.handle is handle and handle.running:
                     self._feed(replica, Ready())
                 return
@@ -595,7 +598,8 @@ class ServiceController:
         await asyncio.sleep(float(str(check["start_period"])))
         while handle.running and replica.handle is handle:
             await asyncio.sleep(float(str(check["interval"])))
-            ok = await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd)
+            ok = await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd,
+                                          user=replica.launch.spec.user)
             if replica.handle is not handle:
                 return
             for stop in self._feed(replica, LiveProbe(ok)):
@@ -633,5 +637,15 @@ class ServiceController:
         }
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
-        state.save(self.state_dir, self.name, record)
+        try:
+            state.save(self.state_dir, self.name, record)
+        except OSError as exc:  # disk full, state dir gone: supervision goes on; retried next change
+            if self._persist_error != str(exc):
+                log.error("%s: cannot write its state record (%s); a restarted supervisor may not adopt "
+                          "its replicas until it can", self.name, exc)
+            self._persist_error = str(exc)
+            return
+        if self._persist_error:
+            log.info("%s: state record written again", self.name)
+        self._persist_error = ""
         self._persisted = record

@@ -52,7 +52,7 @@ def status_rows(observed: Observed, names: Iterable[str], now: float) -> list[di
         if not obs.replicas:
             rows.append({"service": name, "replica": None, "phase": obs.phase.value, "pid": None,
                          "version": obs.version, "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
-                         "held": obs.held, "desired": desired,
+                         "held": obs.held, "desired": desired, "log_error": obs.log_error or None,
                          "message": obs.message or ("replicas = 0" if not desired else "")})
         for index, replica in sorted(obs.replicas.items()):
             up = replica.phase in UP and replica.started_at is not None
@@ -64,7 +64,8 @@ def status_rows(observed: Observed, names: Iterable[str], now: float) -> list[di
                 "last_exit": str(replica.last_exit) if replica.last_exit else None,
                 "ready": replica.ready and replica.phase in UP,
                 "held": obs.held, "desired": desired,
-                "message": replica.message or obs.message,
+                "message": replica.message or obs.message or obs.log_error,
+                "log_error": obs.log_error or None,
             })
     return rows
 

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import logs, procs, state
+from .. import logs, procs, safefs, state
 from ..environ import replica_env
 from ..model import ServiceSpec, Version
 from ..sources import SourceError
@@ -118,8 +118,8 @@ class Preparer:
         if spec.build and not (spec.source.kind in ("git", "pip") and marker.exists()):
             await self.build(spec, workdir, version)
             if spec.source.kind in ("git", "pip"):
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
+                safefs.ensure_dir(safefs.ensure_dir(marker.parent.parent) / "built")
+                safefs.write_atomic(marker.parent, marker.name, b"")
         if spec.source.kind == "path" and spec.watch and spec.build:
             # A watched folder's revision is its content *after* the build: the build's own
             # output (a stamp, a bundle) then never looks like an edit to rebuild for.
@@ -153,7 +153,7 @@ class Preparer:
         assert argv
         sink = self.logs.sink(spec.name)
         sink.note(f"{what} {version}: {' '.join(argv)}")
-        env = replica_env(spec.name, spec.environment, 0)
+        env = replica_env(spec.name, spec.environment, 0, user=spec.user)
         env.pop("REPLICA", None)
         if spec.source.kind == "pip" and stage == "build":  # a build step sees the version's venv
             env.update(venv_env(workdir, env))
@@ -163,16 +163,24 @@ class Preparer:
         try:
             if self.reaper is None:
                 raise PrepareError("build", "no process reaper")
-            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=write_fd)
-        except procs.SpawnError as exc:
+            if spec.user:  # the build runs as the service's user, like its replicas
+                safefs.check_not_writable_by(self.state_dir, spec.user)
+                if spec.source.kind == "git":
+                    _give_to(workdir, spec.user)
+            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=write_fd, user=spec.user,
+                                 tag=procs.state_tag(self.state_dir))
+        except (procs.SpawnError, OSError) as exc:
             os.close(read_fd)
             raise PrepareError(stage, str(exc), version) from None
         finally:
             os.close(write_fd)
         pump = logs.Pump(asyncio.get_running_loop(), read_fd, tail)
         self.builds[spec.name] = handle
-        state.save_build(self.state_dir, spec.name, {"pid": handle.pid, "pgid": handle.pgid,
-                                                     "create_time": handle.create_time, "version": version})
+        try:
+            state.save_build(self.state_dir, spec.name, {"pid": handle.pid, "pgid": handle.pgid, "instance": handle.instance,
+                                                         "create_time": handle.create_time, "version": version})
+        except OSError as exc:  # a full disk must not orphan the build: it still runs, tracked here
+            sink.note(f"cannot record the build: {exc}")
         try:
             exit = await asyncio.shield(handle.exited)
         except asyncio.CancelledError:
@@ -195,6 +203,20 @@ class Preparer:
             sink.note(f"{what} {version} failed: {exit}")
             raise PrepareError(stage, f"{what} failed ({exit})", version, tail.last())
         sink.note(f"{what} {version} succeeded")
+
+
+def _give_to(workdir: Path, user: str) -> None:
+    """Hand a fresh git worktree (ours, in STATE_DIR) to the service's ``user`` so its build
+    can write there, as a checkout by that user would be. Symlinks are changed themselves,
+    never followed; done once (the top folder's owner says it was)."""
+    uid, gids = safefs.user_ids(user)
+    entry_gid = procs.user_identity(user)["group"]
+    if os.lstat(workdir).st_uid == uid:
+        return
+    for root, dirs, files in os.walk(workdir, followlinks=False):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, entry_gid, follow_symlinks=False)
+    os.chown(workdir, uid, entry_gid, follow_symlinks=False)
 
 
 class _Tail:

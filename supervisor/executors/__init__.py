@@ -124,8 +124,10 @@ class Executor(abc.ABC):
         """Stop following the replica without stopping it (it is left for adoption)."""
 
     @abc.abstractmethod
-    async def probe(self, check: Mapping[str, object], running: Running, env: Mapping[str, str], cwd: Path) -> bool:
-        """Run one ready/live check (tcp, http, exec) against the replica."""
+    async def probe(self, check: Mapping[str, object], running: Running, env: Mapping[str, str], cwd: Path,
+                    user: str | None = None) -> bool:
+        """Run one ready/live check (tcp, http, exec) against the replica; an exec check runs
+        as the service's ``user`` where it has one."""
 
     @abc.abstractmethod
     async def sweep(self) -> list[int]:

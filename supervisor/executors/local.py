@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, cast
 
-from .. import cgroups, health, logs, procs, state
+from .. import cgroups, health, logs, procs, safefs, state
 from ..builds import Artifact, Preparer
 from ..environ import command_argv
 from ..logs import LogSink
@@ -49,9 +49,7 @@ class LocalExecutor(Executor):
         """The state dir, the reaper (SIGCHLD), a cgroup where possible; a build the previous
         supervisor left running is stopped before anything builds there again."""
         loop = asyncio.get_running_loop()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        logs.log_dir(self.state_dir).mkdir(exist_ok=True, mode=0o700)
-        self.reaper = procs.Reaper(loop)
+        self.reaper = procs.Reaper(loop)  # the state dir's folders are the engine's (safefs)
         tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
         self.cgroup_parent = cgroups.make_parent(f"supervise-{tag}")
         if self.cgroup_parent is not None:
@@ -61,8 +59,13 @@ class LocalExecutor(Executor):
     async def stop_leftover_builds(self) -> None:
         """Stop builds a previous supervisor on this state dir left running."""
         loop = asyncio.get_running_loop()
+        tag = procs.state_tag(self.state_dir)
         for name, build in state.load_builds(self.state_dir).items():
-            handle = procs.adopt(loop, int(build.get("pid", 0)), float(build.get("create_time", 0)))
+            try:
+                handle = procs.adopt(loop, int(build.get("pid", 0)), float(build.get("create_time", 0)),
+                                     instance=str(build.get("instance") or ""), tag=tag)
+            except (TypeError, ValueError, OverflowError):
+                handle = None
             if handle is not None:
                 log.warning("%s: stopping a build (pid %d) left by the previous supervisor", name, handle.pid)
                 await procs.stop(handle, 15, 5.0, self.reaper)
@@ -104,12 +107,15 @@ class LocalExecutor(Executor):
             raise StartFailed(procs.too_many_files() if exc.errno in (errno.EMFILE, errno.ENFILE)
                               else f"cannot make output FIFO: {exc}") from None
         try:
+            if spec.user:
+                safefs.check_not_writable_by(self.state_dir, spec.user)
             handle = procs.spawn(self.reaper, argv, env=dict(env), cwd=artifact.workdir / spec.cwd, output=child_fd,
                                  user=spec.user, cgroup_parent=self.cgroup_parent,
-                                 cgroup_name=f"{spec.name}.{index}.{os.urandom(4).hex()}")
-        except procs.SpawnError as exc:
+                                 cgroup_name=f"{spec.name}.{index}.{os.urandom(4).hex()}",
+                                 tag=procs.state_tag(self.state_dir))
+        except (procs.SpawnError, safefs.UnsafeStateDir) as exc:
             os.close(read_fd)
-            os.unlink(fifo)
+            _unlink(fifo)
             raise StartFailed(str(exc)) from None
         finally:
             os.close(child_fd)
@@ -154,16 +160,26 @@ class LocalExecutor(Executor):
                 "cgroup": str(handle.cgroup) if handle.cgroup else None, "instance": handle.instance}
 
     def adopt(self, record: Mapping[str, Any], sink: LogSink, label: str) -> Running | None:
+        """The process must be the one we started (pid + create_time + our instance mark in its
+        environment), its FIFO a FIFO of ours in ``STATE_DIR/run``, its cgroup one of ours."""
         try:
-            handle = procs.adopt(asyncio.get_running_loop(), int(record["pid"]), float(record["create_time"]))
-        except (KeyError, TypeError, ValueError):
-            handle = None
+            fifo = Path(str(record["fifo"])) if record.get("fifo") else None
+            if fifo is not None and not logs.fifo_is_ours(self.state_dir, fifo):
+                log.warning("ignoring a state record whose FIFO %s is not in %s", fifo, logs.run_dir(self.state_dir))
+                fifo = None
+            recorded = Path(str(record["cgroup"])) if record.get("cgroup") else None
+            if recorded is not None and (self.cgroup_parent is None or recorded.parent != self.cgroup_parent):
+                recorded = None
+            handle = procs.adopt(asyncio.get_running_loop(), int(record["pid"]), float(record["create_time"]),
+                                 instance=str(record.get("instance") or ""), tag=procs.state_tag(self.state_dir),
+                                 cgroup=recorded)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
         if handle is None:
             return None
-        handle.fifo = Path(record["fifo"]) if record.get("fifo") else None
-        handle.instance = record.get("instance")
-        if record.get("cgroup"):
-            handle.cgroup = Path(record["cgroup"])
+        handle.fifo = fifo
+        if handle.cgroup is not None and (self.cgroup_parent is None or handle.cgroup.parent != self.cgroup_parent):
+            handle.cgroup = None  # only our own cgroups are ever killed or removed
         if handle.fifo is not None:
             fd = logs.reopen_fifo(handle.fifo)
             if fd is not None:
@@ -173,16 +189,18 @@ class LocalExecutor(Executor):
         return handle
 
     def forget(self, record: Mapping[str, Any]) -> None:
-        if record.get("fifo"):
-            _unlink(Path(record["fifo"]))
+        fifo = Path(str(record["fifo"])) if record.get("fifo") else None
+        if fifo is not None and logs.fifo_is_ours(self.state_dir, fifo):
+            _unlink(fifo)
 
     def detach(self, running: Running) -> None:
         handle = _handle(running)
         if handle.pump is not None:
             handle.pump.detach()
 
-    async def probe(self, check: Mapping[str, object], running: Running, env: Mapping[str, str], cwd: Path) -> bool:
-        return await health.probe(check, dict(env), str(cwd))
+    async def probe(self, check: Mapping[str, object], running: Running, env: Mapping[str, str], cwd: Path,
+                    user: str | None = None) -> bool:
+        return await health.probe(check, dict(env), str(cwd), user=user)
 
     async def sweep(self) -> list[int]:
         return await procs.sweep_orphans(self._known(), self.reaper)

@@ -35,6 +35,7 @@ from .. import config, state
 from ..builds import source_root
 from ..config import ConfigError
 from ..engine import Engine
+from ..redaction import redact
 from ..events import Event, EventType, Notifier as Bus
 from ..model import Desired, RestartPolicy, ServiceSpec, Settings
 from ..sources import SourceError
@@ -338,7 +339,8 @@ class LocalRuntime(Runtime):
                         "phase": obs.phase.value, "pids": ",".join(pids),
                         "replicas": str(self.specs[service_name].replicas), "type": kind,
                         "build_failed": "true" if obs.build_failed else "false"}
-            source = given.source or self.specs[service_name].source.describe()  # pip/image given in metadata
+            # as given (pip/image sources are given in metadata), credentials in a URL never shown
+            source = redact(given.source or self.specs[service_name].source.describe())
             out.append(Service(name=service_name, version=given.version, source=source, metadata=metadata))
         if options.service is None and options.version is None:
             out.extend(self._left_running(options))

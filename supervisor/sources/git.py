@@ -21,17 +21,17 @@ from typing import Iterator
 import git
 
 from . import SourceError
+from .. import safefs
+from ..redaction import redact
 from ..model import SourceSpec
 
 GIT_TIMEOUT = 120.0  # seconds for any one git command
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
-_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
+#: GIT_MARK marks our git commands, so a stopping supervisor kills those (procs.kill_git_children)
+#: and never a git process a host program (the library's user) runs itself.
+GIT_MARK = "SUPERVISE_GIT"
+_ENV = {GIT_MARK: "1", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20"}
-
-
-def redact(text: str) -> str:
-    """Remove ``user:password@`` from URLs in ``text`` (git error messages repeat the URL)."""
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
 
 
 class GitSource:
@@ -60,7 +60,7 @@ class GitSource:
             if path.exists():
                 repo = git.Repo(path)
             else:
-                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name)
                 repo = git.Repo.init(path, bare=True)
         except (git.GitError, OSError) as exc:
             raise SourceError(f"cannot open {path}: {exc}") from None
@@ -130,7 +130,7 @@ class GitSource:
             return path
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
-        self.versions.mkdir(parents=True, exist_ok=True)
+        safefs.ensure_dir(self.versions)
         with self._repo() as repo:
             try:
                 repo.git.worktree("prune")

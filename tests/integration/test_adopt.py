@@ -102,7 +102,8 @@ command = ["{PY}", "-c", "import time; time.sleep(300)"]
         record_path.write_text(json.dumps(record))
         os.kill(pids["same"], signal.SIGKILL)  # it is not ours any more as far as the record goes
         second = start(path, out)
-        now = wait_until(lambda: running_pids(path, 2), timeout=30)
+        # (until the first plan, "removed" runs too: wait for the two the file names)
+        now = wait_until(lambda: (p := running_pids(path, 2)) and set(p) == {"same", "changed"} and p, timeout=30)
         assert now["same"] != pids["same"]  # started anew, not "adopted"
         assert now["changed"] != pids["changed"]  # adopted as stale, then replaced
         wait_until(lambda: not psutil.pid_exists(pids["removed"]) or
