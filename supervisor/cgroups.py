@@ -151,3 +151,11 @@ def remove_empty_children(parent: Path) -> int:
         except OSError:
             continue
     return removed
+
+
+def children(parent: Path) -> list[Path]:
+    """The child cgroups of ``parent`` (empty when it cannot be read)."""
+    try:
+        return [p for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return []

@@ -1,4 +1,4 @@
-"""services.toml (format v1, see DESIGN.md) -> :class:`~supervisor.model.Desired`.
+"""services.toml (format v1, see services.toml(5)) -> :class:`~supervisor.model.Desired`.
 
 Parsing uses tomlkit; validation collects *every* mistake before raising, each located like a
 compiler error: ``services.toml:12:5: services.api: unknown key "comand" (did you mean
@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .graph import find_cycle
 from .durations import parse_duration, parse_size
 from .model import (
     Backoff,
@@ -35,18 +36,27 @@ from .model import (
 
 #: A service name becomes a file name (logs, checkouts, state): letters, digits, ``_ . -``.
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+#: ``NAME[:TAG][@DIGEST]``, Docker's reference grammar in short (the engine checks the rest).
+_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$")
+_INDEX_URL = re.compile(r"^(https?|file)://\S+$")
 #: Linux limits a path may not pass (NAME_MAX, PATH_MAX - 1 for the final NUL), in bytes.
 NAME_MAX, PATH_MAX = 255, 4095
 
 TOP_KEYS = ("supervise", "env", "services")
-SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "kubernetes")
+SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "kubernetes", "docker_host")
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
-    "watch", "shell", "user", "log", "kubernetes",
+    "watch", "shell", "user", "log", "kubernetes", "runtime", "ports", "volumes",
 )
 LOG_KEYS = ("max_size", "backups", "timestamps")
-RUNTIMES = ("local", "kubernetes")
+SOURCE_KEYS = ("git", "ref", "poll", "path", "pip", "index", "extra_index", "image")
+IMAGE_BUILD_KEYS = ("dockerfile", "context")
+RUNTIMES = ("local", "container", "kubernetes")
+#: Runtimes nothing in this version runs yet: checked in full (their keys too), then refused with
+#: one located error. The container executor (executors/container.py) waits for the engine to
+#: route services to it.
+UNAVAILABLE_RUNTIMES = ("container",)
 #: Runtimes the local supervisor (Daemon, LocalRuntime) runs. A "kubernetes" file is checked
 #: (`check`), rendered (`render`) and run by supervisor.kube's own converge loop (`supervise run`
 #: dispatches there before any Daemon exists); a running local supervisor refuses a reload to it.
@@ -213,6 +223,13 @@ def _parse(text: str, path: Path, runtimes: tuple[str, ...]) -> Desired:
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a date tomlkit cannot hold
         raise ConfigError([Diagnostic(str(path), 0, 0, f"TOML syntax error: {exc}")]) from None
     return _Validator(data, _Locator(text), path, runtimes).run()
+
+
+def validate(data: dict[str, Any], path: str | os.PathLike[str]) -> Desired:
+    """Validate a config given as data (what ``tomllib`` would give for the file), with the
+    same rules and messages as :func:`parse`; ``path`` names it in errors (no line numbers)
+    and anchors relative paths. Raises :class:`ConfigError`."""
+    return _Validator(data, _Locator(""), Path(path)).run()
 
 
 def state_dir_of(path: str | os.PathLike[str]) -> Path:
@@ -607,6 +624,10 @@ class _Validator:
             if runtime not in RUNTIMES:
                 self.error(keys + ("runtime",), f'"runtime" must be one of {", ".join(RUNTIMES)}, got {_show(runtime)}{self.suggest(str(runtime), RUNTIMES)}')
                 runtime = "local"
+            elif runtime in UNAVAILABLE_RUNTIMES:
+                self.error(keys + ("runtime",), "containers are not available in this version yet (runtime "
+                           f'"{runtime}"): nothing runs from this file')
+                runtime = "local"
             elif runtime not in self.runtimes:
                 # Refused rather than quietly run here: a user asking for a cluster must not
                 # get processes on this machine instead.
@@ -626,7 +647,13 @@ class _Validator:
                 keep = value
         log = self.log_policy(keys + ("log",), table["log"], LogPolicy()) if "log" in table else LogPolicy()
         self.default_log = log
-        return Settings(state_dir=state_dir, runtime=runtime, poll=poll, keep_versions=keep, log=log)
+        docker_host = None
+        if "docker_host" in table:
+            docker_host = self.expect(keys + ("docker_host",), table["docker_host"], str,
+                                      'an Engine API address ("unix:///run/podman/podman.sock", "tcp://host:2375")')
+        self.global_runtime = runtime
+        return Settings(state_dir=state_dir, runtime=runtime, poll=poll, keep_versions=keep, log=log,
+                        docker_host=docker_host)
 
     def service(self, name: str, table: Any, global_env: dict[str, str]) -> ServiceSpec | None:
         keys = ("services", name)
@@ -644,8 +671,12 @@ class _Validator:
             shell = bool(self.expect(get("shell"), table["shell"], bool, "true or false"))
 
         command: tuple[str, ...] | None = None
+        source_table = table.get("source")
+        container = (table.get("runtime") == "container" or isinstance(table.get("build"), dict)
+                     or (isinstance(source_table, dict) and "image" in source_table))
         if "command" not in table:
-            self.error(keys, 'missing required key "command"')
+            if not container:  # a container may run its image's CMD
+                self.error(keys, 'missing required key "command"')
         elif shell:
             if isinstance(table["command"], str) and table["command"].strip():
                 command = (table["command"],)
@@ -655,7 +686,12 @@ class _Validator:
             command = self.argv(get("command"), table["command"])
 
         source = self.source(get("source"), table.get("source"))
-        build = self.argv(get("build"), table["build"]) if "build" in table else None
+        build = None
+        if isinstance(table.get("build"), dict):
+            self.image_build(get("build"), table["build"])
+        elif "build" in table:
+            build = self.argv(get("build"), table["build"])
+        self.container(keys, table, source)
 
         cwd = "."
         if "cwd" in table and self.expect(get("cwd"), table["cwd"], str, "a path string") is not None:
@@ -733,11 +769,18 @@ class _Validator:
         if "user" in table:
             user = self.expect(get("user"), table["user"], str, "a user name")
             self.not_expanded(get("user"), user)
+            if user is not None and source is not None and source.kind == "pip":
+                # The venv lives in the 0700 STATE_DIR, which the user cannot reach; installing
+                # as root would run the index's code as root. Refused until venvs are handed over.
+                self.error(get("user"), '"user" with a pip source is not supported yet: the venv is '
+                                        'installed in STATE_DIR, which another user cannot reach')
 
         log = self.default_log
         if "log" in table:
             log = self.log_policy(get("log"), table["log"], self.default_log)
 
+        # checked in self.container(); a service's runtime can only be the file's for now
+        runtime = str(table["runtime"]) if table.get("runtime") in self.runtimes else None
         if len(self.diagnostics) > errors_before or command is None or source is None:
             return None
         return ServiceSpec(
@@ -745,7 +788,7 @@ class _Validator:
             environment=MappingProxyType(env), env_file=env_file, replicas=replicas,
             restart=restart, backoff=backoff, start_limit=start_limit, stop_signal=stop_signal,
             stop_timeout=stop_timeout, depends_on=(), shell=shell, ready=ready, live=live,
-            update=update, watch=watch, user=user, log=log,
+            update=update, watch=watch, user=user, log=log, runtime=runtime,
         )
 
     def env_file(self, keys: tuple[str, ...], value: str, path: Path) -> dict[str, str]:
@@ -784,13 +827,31 @@ class _Validator:
         if not isinstance(value, dict):
             self.error(keys, f'"source" must be a path string or a table {{ git = "...", ref = "..." }}, got {_type_name(value)}')
             return None
-        self.unknown_keys(keys, value, ("git", "ref", "poll", "path"))
+        self.unknown_keys(keys, value, SOURCE_KEYS)
+        kinds = [k for k in ("git", "path", "pip", "image") if k in value]
+        if len(kinds) > 1:
+            self.error(keys, f'source table takes one of "git", "path", "pip" or "image", got {", ".join(kinds)}')
+            return None
+        if "pip" in value:
+            return self.pip_source(keys, value)
+        if "image" in value:
+            image = self.expect(keys + ("image",), value["image"], str, 'an image reference "NAME[:TAG]"')
+            if image is not None and not _IMAGE_REF.match(image):
+                self.error(keys + ("image",), f'bad image reference {image!r}: use "NAME[:TAG]" or "NAME@sha256:..."')
+                return None
+            misplaced = [k for k in value if k not in ("image",)]
+            for key in misplaced:
+                self.error(keys + (key,), f'"{key}" does not apply to an image source')
+            return SourceSpec(kind="image", image=image) if image and not misplaced else None
+        for key in ("index", "extra_index"):
+            if key in value:
+                self.error(keys + (key,), f'"{key}" applies to a pip source only')
         if "path" in value and "git" not in value:
             if self.expect(keys + ("path",), value["path"], str, "a path string") is None:
                 return None
             return self.local_source(keys + ("path",), value["path"])
         if "git" not in value:
-            self.error(keys, 'source table needs "git" (a repository URL or path) or "path"')
+            self.error(keys, 'source table needs "git" (a repository URL or path), "path", "pip" or "image"')
             return None
         url = self.expect(keys + ("git",), value["git"], str, "a repository URL or path")
         ref = "HEAD"
@@ -813,6 +874,103 @@ class _Validator:
                 return None
             url = str(resolved)
         return SourceSpec(kind="git", url=url, ref=ref, poll=poll)
+
+    # -- packages and containers (issue 13) ------------------------------------------------
+
+    def pip_source(self, keys: tuple[str, ...], value: dict[str, Any]) -> SourceSpec | None:
+        """``{ pip = "REQUIREMENT", index = URL, extra_index = [URL...], poll = "60s" }``."""
+        from .sources.pip import parse_requirement
+
+        for key in ("ref", "path"):
+            if key in value:
+                self.error(keys + (key,), f'"{key}" does not apply to a pip source')
+        requirement = self.expect(keys + ("pip",), value["pip"], str, 'a requirement such as "name>=1.0"')
+        if requirement is not None:
+            try:
+                parse_requirement(requirement)
+            except ValueError as exc:
+                self.error(keys + ("pip",), str(exc))
+                requirement = None
+        index = None
+        if "index" in value:
+            index = self.expect(keys + ("index",), value["index"], str, "an index URL")
+            if index is not None and not _INDEX_URL.match(index):
+                self.error(keys + ("index",), f'bad index URL {index!r}: use http://, https:// or file://')
+                index = None
+        extra: tuple[str, ...] = ()
+        if "extra_index" in value:
+            items = value["extra_index"]
+            if not isinstance(items, list) or not all(isinstance(i, str) and _INDEX_URL.match(i) for i in items):
+                self.error(keys + ("extra_index",), '"extra_index" must be a list of index URLs (http://, https://, file://)')
+            else:
+                extra = tuple(items)
+        poll = self.duration(keys + ("poll",), value["poll"]) if "poll" in value else None
+        if requirement is None:
+            return None
+        return SourceSpec(kind="pip", requirement=requirement, index=index, extra_index=extra, poll=poll)
+
+    def image_build(self, keys: tuple[str, ...], value: dict[str, Any]) -> None:
+        """``build = { dockerfile = "Dockerfile", context = "." }``: both relative to the
+        source folder or checkout, and inside it."""
+        self.unknown_keys(keys, value, IMAGE_BUILD_KEYS)
+        for key, default in (("dockerfile", "Dockerfile"), ("context", ".")):
+            item = value.get(key, default)
+            if self.expect(keys + (key,), item, str, "a relative path string") is None:
+                continue
+            if os.path.isabs(item) or ".." in Path(item).parts:
+                self.error(keys + (key,), f'"{key}" must be a path inside the source, got {item!r}')
+
+    def container(self, keys: tuple[str, ...], table: dict[str, Any], source: SourceSpec | None) -> None:
+        """``runtime``, ``ports``, ``volumes``, and whether the service is a container (an image
+        source or a Dockerfile build implies it). Checked in full, then refused with one located
+        error while containers are not available (UNAVAILABLE_RUNTIMES)."""
+        from .executors.container import parse_port, parse_volume
+
+        runtime, runtime_key = getattr(self, "global_runtime", "local"), None
+        if "runtime" in table:
+            value = table["runtime"]
+            if value not in RUNTIMES:
+                self.error(keys + ("runtime",), f'"runtime" must be one of {", ".join(RUNTIMES)}, got {value!r}'
+                           f'{suggest(str(value), RUNTIMES)}')
+            else:
+                runtime, runtime_key = value, keys + ("runtime",)
+        implied = None
+        if source is not None and source.kind == "image":
+            implied = keys + ("source", "image")
+        elif isinstance(table.get("build"), dict):
+            implied = keys + ("build",)
+        if implied is not None and runtime_key is not None and runtime != "container":
+            self.error(runtime_key, f'an image source or a Dockerfile build runs as a container: runtime = "{runtime}" contradicts it')
+            return
+        if implied is not None:
+            runtime, runtime_key = "container", implied
+        if source is not None and source.kind == "pip" and runtime == "container":
+            self.error(keys + ("source", "pip"), 'a pip source installs into a venv and runs as a process, not as a container')
+        for key, parse in (("ports", parse_port), ("volumes", lambda text: parse_volume(text, self.base))):
+            if key not in table:
+                continue
+            items = table[key]
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                self.error(keys + (key,), f'"{key}" must be a list of strings')
+                continue
+            for item in items:
+                if "\0" in item:  # reported once already, as for every string
+                    continue
+                try:
+                    parse(item)
+                except ValueError as exc:
+                    self.error(keys + (key,), str(exc))
+            if runtime != "container":
+                self.error(keys + (key,), f'"{key}" applies to containers: add runtime = "container" or use an image source')
+        file_runtime = getattr(self, "global_runtime", "local")
+        if runtime_key is not None and runtime in UNAVAILABLE_RUNTIMES:
+            # Refused rather than run wrongly: this version cannot start containers yet, and a
+            # user asking for a container must not get a process on this machine instead.
+            self.error(runtime_key, 'containers are not available in this version yet (runtime "container"): '
+                       "nothing of this service runs")
+        elif runtime_key is not None and runtime != file_runtime:
+            self.error(runtime_key, f'runtime "{runtime}" in a file whose runtime is "{file_runtime}": a file '
+                       "mixing runtimes is not supported yet")
 
     def local_source(self, keys: tuple[str, ...], value: str) -> SourceSpec | None:
         path = self.path_value(keys, value, "source folder")
@@ -1008,30 +1166,9 @@ class _Validator:
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (iterative DFS, file order)."""
-    state: dict[str, int] = {}
-    for root in graph:
-        if state.get(root):
-            continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path: list[str] = []
-        while stack:
-            node, index = stack.pop()
-            if index == 0:
-                if state.get(node) == 1:
-                    return path[path.index(node):] + [node]
-                if state.get(node) == 2:
-                    continue
-                state[node] = 1
-                path.append(node)
-            children = graph.get(node, [])
-            if index < len(children):
-                stack.append((node, index + 1))
-                stack.append((children[index], 0))
-            else:
-                state[node] = 2
-                path.pop()
-    return None
+    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (:func:`supervisor.graph.find_cycle`)."""
+    return find_cycle(graph)
+
 
 
 def _exists(path: Path, folder: bool = False) -> bool:

@@ -1,14 +1,14 @@
-"""The foreground supervisor: wires the reconciler to its wake-ups, the console and the socket.
+"""The foreground supervisor: the engine's front door for ``supervise run``.
 
-Side effects live here: the state-dir lock, signal handlers, watchdog observers, the git
-poller, the control socket. The reconciler in the middle only observes, plans and executes.
+It builds an :class:`~supervisor.engine.Engine` (reconciler, state lock, git poller, folder
+watcher, event bus) and adds what only a daemon has: the config file watcher, signal handlers,
+the control socket and sd_notify. A save, SIGHUP and the ``reload`` verb all go through
+:meth:`Daemon.reload`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import fcntl
 import logging
 import os
 import signal
@@ -16,62 +16,45 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, logs, procs
+from . import __version__, config, logs, procs, safefs
 from .config import ConfigError
-from .control import lock_path, socket_path
+from .control import socket_path
 from .control.server import ControlServer, send
 from .durations import format_duration
 from .events import Event, EventType, Notifier
-from .model import Desired, Phase
+from .model import Desired
 from .notify import UnitReporter
-from .reconciler import Reconciler, dependency_levels
-from .builds import source_root
-from .watch import FileWatcher, GitPoller, SourceWatcher
-from .sources.path import content_hash
+from .engine import AlreadyRunning, Engine, StateLock
+from .errors import Code
+from . import views
+from .plan import Plan
+from .reconciler import dependency_levels
+from .watch import FileWatcher
 
 log = logging.getLogger("supervise")
 
-#: More watch-triggered rebuilds than this within WATCH_STORM_WINDOW seconds stop the
-#: following of that folder's edits (a service writing into its own watched folder loops).
-WATCH_STORM_COUNT = 5
-WATCH_STORM_WINDOW = 60.0
+__all__ = ["AlreadyRunning", "Daemon", "StateLock", "print_event"]
 
 
-class AlreadyRunning(Exception):
-    """Another supervisor holds the state dir's lock. The message names its pid."""
+#: Seconds between checks that STATE_DIR is still there (one lstat each).
+STATE_DIR_CHECK = 1.0
 
 
-class StateLock:
-    """An exclusive ``flock`` on ``STATE_DIR/supervise.lock`` for the life of the process.
-
-    The kernel drops it when we die, however we die, so a stale lock never blocks a restart.
-    """
-
-    def __init__(self, state_dir: Path):
-        self.path = lock_path(state_dir)
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise AlreadyRunning(f"another supervise (pid {other}) is running on {self.path.parent}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+def check_state_dir(state_dir: Path, desired: Desired) -> None:
+    """Refuse (``safefs.UnsafeStateDir``) a STATE_DIR that is not ours, or that lies inside a
+    folder one of the ``user =`` services could write (it could swap the folder for its own)."""
+    safefs.ensure_dir(state_dir)
+    local = desired.settings.runtime == "local"  # user= of a Kubernetes service is its runAsUser
+    for user in sorted({s.user for s in desired.services.values() if s.user and local}):
+        safefs.check_not_writable_by(state_dir, user)
 
 
 class Daemon:
-    """``supervise --config PATH`` in the foreground. :meth:`run` returns the exit code."""
+    """``supervise --config PATH`` in the foreground. :meth:`run` returns the exit code.
+
+    It builds the :class:`~supervisor.engine.Engine` and adds what only a daemon has: the
+    config file watcher, signals, the control socket and sd_notify.
+    """
 
     def __init__(self, path: Path, desired: Desired, console: bool = True):
         self.path = path
@@ -81,19 +64,33 @@ class Daemon:
         self.notifier = Notifier()
         self.console_out = logs.Console() if console else None
         self.unit = UnitReporter.from_environ()  # sd_notify(3); a no-op outside systemd
-        self.reconciler = Reconciler(desired, self.notifier, on_change=self.unit.changed, console=self.console_out)
+        self.engine = Engine(desired, bus=self.notifier, on_change=self.unit.changed, console=self.console_out)
+        self.reconciler = self.engine.reconciler
+        self.reconciler.background_fetches = True  # a slow remote holds its own service only
         self.unit.attach(self.reconciler)
-        self.lock = StateLock(self.state_dir)
         self.stop_event: asyncio.Event | None = None
         self.last_error = ""
-        self.reloads = 0  # reloads asked for by saves and SIGHUP
+        self.reloads = 0  # reloads asked for by saves, SIGHUP and the reload verb
         self.detaching = False  # SIGQUIT: leave the services running for the next supervise
-        self.edit_storms: dict[str, collections.deque[float]] = {}  # watch-triggered rebuild times
         self.started = time.time()
         self.file_watcher: FileWatcher | None = None
-        self.source_watcher: SourceWatcher | None = None
-        self.poller: GitPoller | None = None
         self.control: ControlServer | None = None
+        self.state_dir_check: asyncio.TimerHandle | None = None
+
+    @property
+    def lock(self) -> StateLock:
+        """The engine's state-dir lock."""
+        return self.engine.lock
+
+    @property
+    def source_watcher(self):
+        """The engine's folder watcher (None until :meth:`run` opened the engine)."""
+        return self.engine.source_watcher
+
+    @property
+    def poller(self):
+        """The engine's git poller (None until :meth:`run` opened the engine)."""
+        return self.engine.poller
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -131,9 +128,6 @@ class Daemon:
         if new.settings.state_dir != self.state_dir:
             log.warning("state_dir changes take effect at the next start; still using %s", self.state_dir)
             new = Desired(settings=self.desired.settings, services=new.services, path=new.path)
-        for name, spec in new.services.items():  # a changed service is followed again
-            if self.desired.services.get(name) != spec:
-                self.edit_storms.pop(name, None)
         self.desired = new
         try:
             self._watch(new)
@@ -145,61 +139,25 @@ class Daemon:
         if self.file_watcher is not None:
             env_files = [s.env_file for s in desired.services.values() if s.env_file]
             self.file_watcher.set_files([self.path, *env_files])
-        if self.source_watcher is not None:
-            self.source_watcher.set_services(desired.services.values())
-        if self.poller is not None:
-            self.poller.set_services(desired.services.values())
-        for name, spec in desired.services.items():
-            self.reconciler.logs.sink(name, spec.log)
+        self.engine.follow(desired)
+
+    async def reload(self, trigger: str) -> tuple[Plan | None, str]:
+        """The one reload path, for a save, SIGHUP and the ``reload`` verb alike: re-read the
+        file and apply it. Returns (the plan, "") or (None, the error) for an invalid file,
+        which is reported the same way whatever the trigger and never announced as reloaded."""
+        self.reloads += 1
+        log.info("%s: reloading %s", trigger, self.path.name)
+        desired = await self.load_async()
+        if desired is None:
+            return None, self.last_error
+        the_plan = await self.engine.apply(desired)
+        self.notifier.emit(EventType.RELOADED, None, None, trigger=trigger, actions=len(the_plan.lines()))
+        return the_plan, ""
 
     # -- wake-ups --------------------------------------------------------------------------
 
     def on_file_saved(self) -> None:
-        self.reloads += 1
-        log.info("%s saved: reloading", self.path.name)
-        self.notifier.emit(EventType.RELOADED, None, None, trigger="save")
-        self.reconciler.request()
-
-    def on_source_edited(self, name: str, last_edit: float) -> None:
-        spec = self.desired.services.get(name)
-        if spec is None or spec.source.path is None:
-            return
-        storm = self.edit_storms.setdefault(name, collections.deque(maxlen=WATCH_STORM_COUNT))
-        if len(storm) == WATCH_STORM_COUNT and time.monotonic() - storm[0] < WATCH_STORM_WINDOW:
-            if storm[-1] != -1.0:
-                log.error("%s: %d rebuilds for edits in %gs: is the service writing into its own watched "
-                          "folder? Ignoring its edits for a while", name,
-                          WATCH_STORM_COUNT, WATCH_STORM_WINDOW)
-                storm.append(-1.0)
-            return
-        preparer = self.reconciler.preparer
-        if preparer is not None and (name in preparer.builds or last_edit <= preparer.last_build_end.get(name, 0.0)):
-            # The last edit came while it was being built: the build's own output (a build
-            # writing into a watched folder). Rebuilding for it would loop forever.
-            log.debug("%s: ignoring edits made while it was being built", name)
-            return
-
-        storm.append(time.monotonic())
-
-        async def rehash() -> None:
-            revision = await asyncio.to_thread(content_hash, spec.source.path, [self.state_dir])
-            log.info("%s: source edited (%s): rebuilding", name, revision[:12])
-            self.reconciler.revisions[name] = revision
-            self.reconciler.request()
-
-        asyncio.get_running_loop().create_task(rehash())
-
-    def on_new_commit(self, name: str, commit: str) -> None:
-        running = self.reconciler.revisions.get(name)
-        if running and running.startswith(commit[:12]):
-            return
-        log.info("%s: new commit %s", name, commit[:12])
-        self.reconciler.revisions[name] = commit
-        self.reconciler.request()
-
-    def on_poll_error(self, name: str, message: str) -> None:
-        log.warning("%s: %s (retrying; what runs keeps running)", name, message)
-        self.notifier.emit(EventType.FETCH_FAILED, name, None, error=message)
+        self.engine.spawn(self.reload("save"))
 
     # -- control verbs ---------------------------------------------------------------------
 
@@ -214,52 +172,27 @@ class Daemon:
         names = request.get("services") or []
         unknown = [n for n in names if n not in self.reconciler.controllers]
         if unknown:
-            return {"ok": False, "error": "unknown service: " + ", ".join(unknown)}
+            return {"ok": False, "error": "unknown service: " + ", ".join(unknown), "code": Code.UNKNOWN_SERVICE}
         return {"services": self.status_rows(names), "supervisor": {
             "pid": os.getpid(), "uptime": time.time() - self.started, "config": str(self.path),
             "config_error": self.last_error or None}}
 
     def status_rows(self, names: list[str]) -> list[dict[str, Any]]:
-        rows = []
-        now = time.time()
-        for name, controller in self.reconciler.controllers.items():
-            if names and name not in names:
-                continue
-            if not controller.replicas:
-                wanted = controller.spec.replicas
-                rows.append({"service": name, "replica": None, "phase": controller.phase.value, "pid": None,
-                             "version": controller.artifact.version if controller.artifact else None,
-                             "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
-                             "held": controller.held, "desired": wanted,
-                             "message": controller.deploy_message or ("replicas = 0" if not wanted else "")})
-            for index, replica in sorted(controller.replicas.items()):
-                up = replica.phase in (Phase.RUNNING, Phase.READY) and replica.started_at
-                rows.append({
-                    "service": name, "replica": index, "phase": replica.phase.value, "pid": replica.pid,
-                    "version": replica.launch.artifact.version,
-                    "uptime": round(now - replica.started_at, 3) if up else None,  # type: ignore[operator]
-                    "restarts": replica.restarts,
-                    "last_exit": str(replica.last_exit) if replica.last_exit else None,
-                    "ready": replica.ready and replica.phase in (Phase.RUNNING, Phase.READY),
-                    "held": controller.held, "desired": controller.spec.replicas,
-                    "message": replica.message or controller.deploy_message,
-                })
-        return rows
+        """The status rows of ``names`` (all with none): a pure view of the observed state."""
+        return views.status_rows(self.reconciler.observe(), names, time.time())
 
     async def h_plan(self, request: dict, writer: asyncio.StreamWriter) -> dict:
         """The plan for ``request["config"]`` (default: our own file) against what runs."""
         try:
             desired = await asyncio.to_thread(config.load, Path(request.get("config") or self.path))
         except ConfigError as exc:
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": str(exc), "code": Code.CONFIG_INVALID}
         return {"actions": self.reconciler.plan(desired).lines()}
 
     async def h_reload(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        new = await asyncio.to_thread(self._read)
-        desired = self._accept(new)  # reports an error the usual way
-        if desired is None:
-            return {"ok": False, "error": str(new)}
-        the_plan = await self.reconciler.apply(desired)
+        the_plan, error = await self.reload("reload verb")
+        if the_plan is None:
+            return {"ok": False, "error": error, "code": Code.CONFIG_INVALID}
         return {"actions": the_plan.lines()}
 
     def _controllers(self, request: dict):
@@ -273,7 +206,7 @@ class Daemon:
         try:
             controllers = self._controllers(request)
         except KeyError as exc:
-            return {"ok": False, "error": exc.args[0]}
+            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
         for controller in controllers:
             controller.release()
         await self.reconciler.apply(self.desired)
@@ -283,7 +216,7 @@ class Daemon:
         try:
             controllers = self._controllers(request)
         except KeyError as exc:
-            return {"ok": False, "error": exc.args[0]}
+            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
         await asyncio.gather(*(c.hold("stopped by user") for c in controllers))
         return {"services": self.status_rows([c.name for c in controllers])}
 
@@ -291,7 +224,7 @@ class Daemon:
         try:
             controllers = self._controllers(request)
         except KeyError as exc:
-            return {"ok": False, "error": exc.args[0]}
+            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
         # dependents that asked for it (depends_on ... restart = true) restart too, after
         names = {c.name for c in controllers}
         specs = {n: c.spec for n, c in self.reconciler.controllers.items()}
@@ -329,30 +262,28 @@ class Daemon:
     # -- the run ---------------------------------------------------------------------------
 
     async def run(self) -> int:
+        """Run until SIGINT/SIGTERM (stop every service) or SIGQUIT (leave them running).
+        Raises :class:`AlreadyRunning` when another supervisor holds the state dir."""
         loop = asyncio.get_running_loop()
-        self.lock.acquire()
+        self.notifier.add_listener(print_event)
+        check_state_dir(self.state_dir, self.desired)
         try:
             return await self._run(loop)
         finally:
-            self.lock.release()
+            self.engine.release()
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
-        self.notifier.add_listener(print_event)
         soft, _hard = procs.raise_fd_limit()
         needed = 2 * sum(s.replicas for s in self.desired.services.values()) + 64
         if needed > soft:
             log.warning("%d services need about %d file descriptors, but the limit is %d; raise "
                         "LimitNOFILE= (or ulimit -Hn) or some will not start", len(self.desired.services), needed, soft)
-        await self.reconciler.start()
+        await self.engine.open()
         self.control = ControlServer(socket_path(self.state_dir), self.handlers())
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
-        self.source_watcher = SourceWatcher(loop, self.on_source_edited, self.state_dir)
-        self.poller = GitPoller(lambda name: source_root(self.state_dir, name),
-                                lambda spec: spec.source.poll or self.desired.settings.poll,
-                                lambda name, commit: loop.call_soon(self.on_new_commit, name, commit),
-                                self.on_poll_error)
         self._watch(self.desired)
+        self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -366,7 +297,7 @@ class Daemon:
         adopted = await self.reconciler.adopt(self.desired)
         if adopted:
             log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
-        runner = asyncio.create_task(self.reconciler.run(self.load_async))
+        runner = asyncio.create_task(self.engine.run(self.load_async))
         self.reconciler.request()
         self.unit.start()
         stopper = asyncio.create_task(self.stop_event.wait())
@@ -379,15 +310,13 @@ class Daemon:
                  else "stopping every service")
         runner.cancel()
         stopper.cancel()
+        self.reconciler.cancel_fetches()  # before the pass in progress is awaited
         await asyncio.gather(runner, stopper, return_exceptions=True)
         await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
+        if self.state_dir_check is not None:
+            self.state_dir_check.cancel()
         self.file_watcher.stop()
-        self.source_watcher.stop()
-        self.poller.stop()
-        if self.detaching:
-            await self.reconciler.detach()
-        else:
-            await self.reconciler.shutdown()
+        await self.engine.close(detach=self.detaching)
         await self.control.close()
         if self.console_out is not None:
             self.console_out.close()
@@ -396,6 +325,27 @@ class Daemon:
             loop.remove_signal_handler(sig)
         log.info("detached" if self.detaching else "stopped")
         return 1 if failed else 0
+
+    def _check_state_dir(self) -> None:
+        """Every :data:`STATE_DIR_CHECK` s: if STATE_DIR was removed (or replaced) under us,
+        make it again with the lock, the control socket, the logs and the state records, and
+        say so. (The kernel-held lock name keeps a second supervisor out meanwhile.)"""
+        loop = asyncio.get_running_loop()
+        self.state_dir_check = None
+        try:
+            if self.lock.gone() and not self.reconciler.stopping:
+                log.warning("state dir %s was removed or replaced under the running supervisor: recreating "
+                            "its lock, control socket, logs and state records (services keep running)",
+                            self.state_dir)
+                self.lock.recreate()
+                self.reconciler.recreate_state_dir()
+                if self.control is not None:
+                    loop.create_task(self.control.restart())
+                log.warning("state dir %s recreated", self.state_dir)
+        except (OSError, safefs.UnsafeStateDir) as exc:
+            log.error("state dir %s is gone and cannot be recreated: %s (retrying)", self.state_dir, exc)
+        if self.stop_event is None or not self.stop_event.is_set():
+            self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
     def on_stop_signal(self) -> None:
         """SIGINT/SIGTERM: stop gracefully; a second one while stopping: SIGKILL everything now
@@ -415,17 +365,8 @@ class Daemon:
         self.stop_event.set()
 
     def on_sighup(self) -> None:
-        self.reloads += 1
-        log.info("SIGHUP: reloading %s", self.path.name)
-        self.notifier.emit(EventType.RELOADED, None, None, trigger="SIGHUP")
-        self.unit.reload(self._reload_pass)
-
-    async def _reload_pass(self) -> None:
-        """One load-and-apply pass for SIGHUP, run between RELOADING=1 and READY=1 (an invalid
-        file is reported by :meth:`load` and changes nothing)."""
-        desired = await self.load_async()
-        if desired is not None:
-            await self.reconciler.apply(desired)
+        """SIGHUP: :meth:`reload`, between sd_notify's RELOADING=1 and READY=1."""
+        self.unit.reload(lambda: self.reload("SIGHUP"))
 
 
 def print_event(event: Event) -> None:

@@ -1,7 +1,8 @@
 """A replica's environment and ``${VAR}`` substitution in commands.
 
 Precedence, lowest first: the supervisor's own environment < ``[env]`` < ``env_file`` < the
-service's ``env`` < ``REPLICA`` (and ``SUPERVISE_SERVICE``). ``${VAR}``, ``${VAR:-default}``,
+service's ``env`` < ``REPLICA`` (and ``SUPERVISE_SERVICE``). A service with ``user =`` gets that
+user's ``HOME``, ``USER``, ``LOGNAME`` and ``SHELL`` in place of the supervisor's own. ``${VAR}``, ``${VAR:-default}``,
 ``${VAR-default}`` and ``$$`` (a literal ``$``) follow docker compose's interpolation rules; an
 unset variable becomes the empty string.
 """
@@ -31,10 +32,29 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(substitute, text)
 
 
+def user_environment(user: str | None) -> dict[str, str]:
+    """``HOME``, ``USER``, ``LOGNAME`` and ``SHELL`` of ``user`` from its passwd entry, as
+    systemd sets them for ``User=`` (empty for None or an unknown user: the spawn reports it)."""
+    if not user:
+        return {}
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+    except (KeyError, ValueError, OverflowError):
+        return {}
+    return {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name,
+            "SHELL": entry.pw_shell or "/bin/sh"}
+
+
 def replica_env(service: str, environment: Mapping[str, str], replica: int,
-                base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The full environment of replica ``replica`` (values in ``environment`` expanded)."""
+                base: Mapping[str, str] | None = None, user: str | None = None) -> dict[str, str]:
+    """The full environment of replica ``replica`` (values in ``environment`` expanded).
+
+    With ``user``, that user's identity (:func:`user_environment`) replaces the supervisor's
+    own ``HOME``/``USER``/``LOGNAME``/``SHELL``; the file's env can still set them."""
     env = dict(os.environ if base is None else base)
+    env.update(user_environment(user))
     env["REPLICA"] = str(replica)
     env["SUPERVISE_SERVICE"] = service
     for key, value in environment.items():

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .redaction import redact_value
 
 class EventType(str, enum.Enum):
     """Event types: ``create``/``update``/``delete`` (the original notifier's) and life-cycle ones."""
@@ -111,6 +112,10 @@ class Notifier:
         """Publish ``event`` to every listener and subscriber (a no-op once closed)."""
         if self.closed:
             return
+        clean = redact_value(event.data)
+        if clean != event.data:  # a git URL with credentials in it: never published
+            event = Event(type=event.type, service=event.service, version=event.version,
+                          timestamp=event.timestamp, data=clean)
         for callback in list(self._callbacks):
             callback(event)
         for queue in list(self._queues):

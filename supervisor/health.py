@@ -13,12 +13,15 @@ from urllib.parse import urlsplit
 from .environ import expand
 
 
-async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | None = None) -> bool:
+async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | None = None,
+                user: str | None = None) -> bool:
     """Run ``check`` (a validated ``ready``/``live`` table) once; True if it passed.
 
-    ``exec`` checks run in ``cwd`` (the replica's working directory) with the replica's env.
+    ``exec`` checks run in ``cwd`` (the replica's working directory) with the replica's env,
+    and as the service's ``user`` (uid, gid and groups, like the replica itself: Kubernetes
+    runs exec probes inside the container, as its user).
     """
-    timeout = float(check.get("timeout", 1.0))  # type: ignore[arg-type]
+    timeout = float(str(check.get("timeout", 1.0)))
     kind = check["kind"]
     try:
         if kind == "tcp":
@@ -26,8 +29,9 @@ async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | 
         if kind == "http":
             return await asyncio.wait_for(_http(expand(str(check["http"]), env)), timeout)
         if kind == "exec":
-            argv = [expand(a, env) for a in check["exec"]]  # type: ignore[union-attr]
-            return await _exec(argv, env, timeout, cwd)
+            raw = check["exec"]
+            argv = [expand(str(a), env) for a in raw] if isinstance(raw, (list, tuple)) else []
+            return await _exec(argv, env, timeout, cwd, user)
     except asyncio.CancelledError:
         raise
     except Exception:  # any failure of a probe is a failed probe, never a crashed checker
@@ -70,10 +74,14 @@ async def _http(url: str) -> bool:
         writer.close()
 
 
-async def _exec(argv: list[str], env: Mapping[str, str], timeout: float, cwd: str | None) -> bool:
+async def _exec(argv: list[str], env: Mapping[str, str], timeout: float, cwd: str | None,
+                user: str | None = None) -> bool:
+    from .procs import user_identity
+
+    identity = user_identity(user) if user else {}
     process = await asyncio.create_subprocess_exec(
         *argv, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)  # same process group as us: our reaper leaves it alone
+        stderr=asyncio.subprocess.DEVNULL, **identity)  # same process group as us: our reaper leaves it alone
     try:
         return await asyncio.wait_for(process.wait(), timeout) == 0
     except asyncio.TimeoutError:

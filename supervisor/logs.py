@@ -22,19 +22,24 @@ import errno
 import fcntl
 import io
 import os
+import logging
 import queue
+import stat
 import sys
 import threading
 import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Protocol
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
+from . import safefs
 from .model import LogPolicy
+from .redaction import redact
 from .term import use_colour
 
 COLOURS = (36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96)
@@ -47,6 +52,7 @@ READ_SIZE = 1 << 20
 #: Pipe capacity asked for (Linux caps it at /proc/sys/fs/pipe-max-size, 1 MiB by default).
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
+log = logging.getLogger("supervise")
 SPLICE_F_NONBLOCK = 2
 #: Seconds an unfinished line may stay in a FIFO before it is taken out and held in memory.
 PARTIAL_WAIT = 0.2
@@ -129,6 +135,14 @@ class Console:
                 pass
 
 
+class Sink(Protocol):
+    """Where a :class:`Pump` writes: a :class:`LogSink`, or a wrapper of one (a build's tail)."""
+
+    policy: LogPolicy
+
+    def write(self, data: bytes, source: int | None = None, label: str | None = None) -> None: ...
+
+
 class LogSink:
     """Appends whole lines to one service's log file; rotates; survives the file being moved.
 
@@ -145,24 +159,40 @@ class LogSink:
         self.size = 0
         self.tees: list[IO[Any]] = []  # more streams for the lines (the Runtime API's output=)
         self.mid_line = False  # the file ends inside a line (output that had no newline yet)
+        self.error = ""  # why the file cannot be written now (disk full, ...)
+        self.dropped_bytes = 0  # output dropped since the last successful write
+        self.dropped_lines = 0
+        self.total_dropped_lines = 0
+        self._written_now = 0
 
     def _open(self) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = safefs.ensure_dir(self.path.parent)
         # Not O_APPEND: splice(2) refuses append-mode files. We are the file's only writer and
-        # write at self.size explicitly (pwrite / splice with an offset).
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        # write at self.size explicitly (pwrite / splice with an offset). O_NOFOLLOW through
+        # a checked folder fd: a symlink planted as NAME.log is refused, never written through.
+        dfd = safefs.open_dir(folder)
+        try:
+            fd = os.open(self.path.name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         0o640, dir_fd=dfd)
+        finally:
+            os.close(dfd)
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink > 1:
+            os.close(fd)
+            raise OSError(errno.EPERM, f"{self.path} is not a plain file of ours (a link?); not writing to it")
+        os.set_blocking(fd, True)
         self.fd, self.inode, self.size = fd, (st.st_dev, st.st_ino), st.st_size
         return fd
 
     def _file(self) -> int:
-        """The open fd, reopened when the file was deleted or moved away by hand."""
+        """The open fd, reopened when the file was deleted or moved away by hand (so the space
+        of a deleted log comes back: we never keep a deleted file open)."""
         if self.fd is not None:
             try:
-                st = os.stat(self.path)
+                st = os.stat(self.path, follow_symlinks=False)
                 if (st.st_dev, st.st_ino) == self.inode:
                     return self.fd
-            except FileNotFoundError:
+            except OSError:
                 pass
             os.close(self.fd)
             self.fd = None
@@ -197,7 +227,12 @@ class LogSink:
                 room = limit - self.size
                 cut = bytes(rest[:room]).rfind(b"\n") + 1 if room > 0 else 0
                 if cut == 0:
-                    self._rotate()
+                    try:
+                        self._rotate()
+                    except OSError as exc:
+                        self._failed(exc)
+                        self._drop(rest, source)
+                        break
                     continue
                 piece, rest = rest[:cut], rest[cut:]
             elif len(rest) > limit:
@@ -205,7 +240,9 @@ class LogSink:
                 piece, rest = rest[:cut], rest[cut:]
             else:
                 piece, rest = rest, rest[len(rest):]
-            self._append(piece, source)
+            if not self._append_or_drop(piece, source):
+                self._drop(rest, source)
+                break
             self.mid_line = not bytes(piece[-1:]) == b"\n"
         if self.console is not None:
             self.console.lines(label or self.name, data)
@@ -216,7 +253,67 @@ class LogSink:
             except (OSError, ValueError, TypeError):
                 pass
 
+    def _append_or_drop(self, data: memoryview, source: int | None) -> bool:
+        """Append ``data``; when the file cannot be written (disk full, quota, I/O error, a
+        planted link) the bytes are dropped (taken out of ``source`` too, so the child never
+        blocks on a full pipe), counted, and reported by a note once writing works again.
+        Returns False when it dropped."""
+        if self.dropped_bytes:
+            self._report_dropped()
+        try:
+            self._append(data, source)
+            if self.error and not self.dropped_bytes:
+                self.error = ""
+            return True
+        except OSError as exc:
+            self._failed(exc)
+            self._drop(data[self._written_now:], source)
+            return False
+
+    def _failed(self, exc: OSError) -> None:
+        if not self.error:
+            log.error("%s: cannot write %s: %s; output is dropped (and counted) until it can be written",
+                      self.name, self.path, exc.strerror or exc)
+        self.error = exc.strerror or str(exc)
+        if self.fd is not None:  # reopen next time: a deleted file's space must come back
+            os.close(self.fd)
+            self.fd = None
+
+    def _drop(self, data: memoryview | bytes, source: int | None) -> None:
+        if source is not None and len(data):
+            try:
+                _consume(source, len(data))
+            except OSError:
+                pass
+        self.dropped_bytes += len(data)
+        self.dropped_lines += bytes(data).count(b"\n")
+        self.mid_line = False
+
+    def _report_dropped(self) -> None:
+        text = (f"[supervise {time.strftime('%Y-%m-%dT%H:%M:%S')}] {self.dropped_lines} lines "
+                f"({self.dropped_bytes} bytes) of output dropped: the log could not be written ({self.error})\n")
+        line = (b"\n" if self.mid_line else b"") + text.encode()
+        try:
+            self._append(memoryview(line))
+        except OSError:
+            return
+        log.warning("%s: log writable again; %d lines (%d bytes) were dropped", self.name,
+                    self.dropped_lines, self.dropped_bytes)
+        self.total_dropped_lines += self.dropped_lines
+        self.dropped_bytes = self.dropped_lines = 0
+        self.error = ""
+        self.mid_line = False
+
+    @property
+    def trouble(self) -> str:
+        """What is wrong with this log now, for status ("" when it is fine)."""
+        if not self.error and not self.dropped_bytes:
+            return ""
+        return (f"log not writable ({self.error}): {self.dropped_lines} lines "
+                f"({self.dropped_bytes} bytes) of output dropped so far")
+
     def _append(self, data: memoryview, source: int | None = None) -> None:
+        self._written_now = 0
         fd = self._file()
         while data:
             if source is None:
@@ -227,11 +324,12 @@ class LogSink:
                     raise OSError(errno.EIO, "splice moved nothing")
             data = data[written:]
             self.size += written
+            self._written_now += written
 
     def note(self, text: str) -> None:
         """A supervisor note in the log file: ``[supervise TIME] text`` (on a line of its own;
         not echoed to the console, where our own log line says the same)."""
-        line = f"[supervise {time.strftime('%Y-%m-%dT%H:%M:%S')}] {text}\n".encode("utf-8", "replace")
+        line = f"[supervise {time.strftime('%Y-%m-%dT%H:%M:%S')}] {redact(text)}\n".encode("utf-8", "replace")
         if self.mid_line:
             line = b"\n" + line
         console, tees, self.console, self.tees = self.console, self.tees, None, []
@@ -243,22 +341,29 @@ class LogSink:
     def _rotate(self) -> None:
         """NAME.log -> NAME.log.1 -> ... -> NAME.log.BACKUPS (the oldest dropped), between
         two lines; with 0 backups the file is truncated instead."""
+        backups = self.policy.backups
+        if backups <= 0:
+            os.ftruncate(self._file(), 0)  # our own fd: never a path that could be a symlink
+            self.size = 0
+            return
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
         self.size = 0
-        backups = self.policy.backups
-        if backups <= 0:
-            os.truncate(self.path, 0)
-            return
-        for index in range(backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-        try:
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        except FileNotFoundError:
-            pass
+        dfd = safefs.open_dir(self.path.parent)
+        base = self.path.name
+        try:  # renames inside the folder's fd: a rename never follows a symlink
+            for index in range(backups - 1, 0, -1):
+                try:
+                    os.replace(f"{base}.{index}", f"{base}.{index + 1}", src_dir_fd=dfd, dst_dir_fd=dfd)
+                except FileNotFoundError:
+                    pass
+            try:
+                os.replace(base, f"{base}.1", src_dir_fd=dfd, dst_dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+        finally:
+            os.close(dfd)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -320,7 +425,7 @@ class Pump:
     the same stdout) has closed it. A last line without a newline is written with one.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: LogSink,
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: Sink,
                  on_eof: Callable[[], None] | None = None, keep_until_written: bool = False,
                  label: str | None = None):
         self.loop = loop
@@ -473,12 +578,15 @@ def make_fifo(state_dir: Path, name: str, index: int) -> tuple[Path, int, int]:
     The child's fd is opened ``O_RDWR``, so the child holds a reader itself (see the module
     doc). Pass it as stdout and stderr, then close it here.
     """
-    folder = run_dir(state_dir)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = safefs.ensure_dir(run_dir(state_dir))
     path = folder / f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo"
-    os.mkfifo(path, 0o600)
-    read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    child_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    dfd = safefs.open_dir(folder)
+    try:
+        os.mkfifo(path.name, 0o600, dir_fd=dfd)  # fails on any existing entry: never reused
+        read_fd = os.open(path.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        child_fd = os.open(path.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    finally:
+        os.close(dfd)
     try:
         fcntl.fcntl(read_fd, F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
@@ -487,11 +595,30 @@ def make_fifo(state_dir: Path, name: str, index: int) -> tuple[Path, int, int]:
 
 
 def reopen_fifo(path: Path) -> int | None:
-    """Our read end of an existing FIFO (a replica being adopted), or None if it is gone."""
+    """Our read end of an existing FIFO (a replica being adopted), or None if it is gone or is
+    not a FIFO of ours (not followed through a symlink; see :func:`fifo_is_ours`)."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
+    st = os.fstat(fd)
+    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        return None
+    return fd
+
+
+def fifo_is_ours(state_dir: Path, path: Path) -> bool:
+    """True when ``path`` (from a state record) names a FIFO directly in ``STATE_DIR/run``
+    (symlinks resolved), owned by us: the only paths a record may make us open or unlink."""
+    folder = run_dir(state_dir)
+    if not path.name.endswith(".fifo") or not safefs.is_inside(path, folder):
+        return False
+    try:
+        st = os.lstat(folder / path.name)
+    except OSError:
+        return False
+    return stat.S_ISFIFO(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _timestamp() -> str:
@@ -537,7 +664,7 @@ class ConsoleTail:
         self.files: dict[Path, _Followed] = {}
         self.lock = threading.Lock()
         self.width = 8
-        self.observer: Observer | None = None
+        self.observer: BaseObserver | None = None
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -14,9 +14,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
+from .redaction import redact
+
 
 class Phase(str, enum.Enum):
-    """Life-cycle phase of a service or a replica (DESIGN.md vocabulary)."""
+    """Life-cycle phase of a service or a replica (the vocabulary of ARCHITECTURE.md)."""
 
     PENDING = "pending"
     FETCHING = "fetching"
@@ -66,23 +68,36 @@ class Dependency:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Where a service's code lives: a local folder (``path``) or a git repository.
+    """Where a service's code lives: a local folder (``path``), a git repository, a package
+    on an index (``pip``) or a published container image (``image``).
 
     ``path`` is absolute for a local source. For git, ``url`` is what ``git clone`` takes
     (a relative local path is resolved against the config folder), ``ref`` a branch, tag or
-    commit, and ``poll`` the seconds between remote checks (None: the global default).
+    commit, and ``poll`` the seconds between remote checks (None: the global default). For pip,
+    ``requirement`` is a PEP 508 requirement, ``index``/``extra_index`` pip's index URLs (None:
+    pip's own configuration), ``poll`` the seconds between index checks. For image, ``image``
+    is ``NAME[:TAG]``.
     """
 
-    kind: str  # "path" | "git"
+    kind: str  # "path" | "git" | "pip" | "image"
     path: Path | None = None
     url: str | None = None
     ref: str = "HEAD"
     poll: float | None = None
+    requirement: str | None = None
+    index: str | None = None
+    extra_index: tuple[str, ...] = ()
+    image: str | None = None
 
     def describe(self) -> str:
-        """``git URL@REF`` or the folder, for messages and status."""
+        """``git URL@REF``, ``pip REQUIREMENT``, ``image NAME:TAG`` or the folder, for
+        messages and status (credentials in a URL redacted: redaction.redact)."""
         if self.kind == "git":
-            return f"git {self.url}@{self.ref}"
+            return f"git {redact(str(self.url))}@{self.ref}"
+        if self.kind == "pip":
+            return f"pip {self.requirement}" + (f" from {redact(str(self.index))}" if self.index else "")
+        if self.kind == "image":
+            return f"image {self.image}"
         return str(self.path)
 
 
@@ -157,6 +172,7 @@ class ServiceSpec:
     watch: tuple[str, ...] = ()
     user: str | None = None
     log: LogPolicy = LogPolicy()
+    runtime: str | None = None  # the executor's name; None: [supervise] runtime
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServiceSpec):
@@ -178,13 +194,15 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class Settings:
-    """The ``[supervise]`` table. ``poll`` is seconds; ``state_dir`` absolute."""
+    """The ``[supervise]`` table. ``poll`` is seconds; ``state_dir`` absolute; ``docker_host``
+    the container engine's Engine API address as written."""
 
     state_dir: Path
     runtime: str = "local"
     poll: float = 60.0
     keep_versions: int = 3
     log: LogPolicy = LogPolicy()
+    docker_host: str | None = None  # the Engine API address (None: $DOCKER_HOST, usual sockets)
 
 
 @dataclass(frozen=True)
@@ -207,6 +225,30 @@ class Desired:
             other.settings, dict(other.services), other.path)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Version:
+    """What a build is of: the source revision (a git commit, or a folder's content hash)
+    and a hash of the build step. Written ``REVISION12-BUILD8`` (12 and 8 hex digits) in
+    status, events and state files; :meth:`parse` is the one place that reads it back."""
+
+    revision: str  # the first 12 characters of the revision
+    build: str  # the first 8 of the build step's hash
+
+    @classmethod
+    def of(cls, revision: str, build_hash: str) -> "Version":
+        """The version of ``revision`` built by the step hashed ``build_hash``."""
+        return cls(revision[:12], build_hash[:8])
+
+    @classmethod
+    def parse(cls, text: str) -> "Version":
+        """Read ``REVISION-BUILD`` back; a text without a build part is all revision."""
+        revision, dash, build = text.rpartition("-")
+        return cls(revision, build) if dash else cls(text, "")
+
+    def __str__(self) -> str:
+        return f"{self.revision}-{self.build}"
 
 
 @dataclass(frozen=True)
@@ -251,6 +293,9 @@ class ReplicaObserved:
     last_exit: Exit | None = None
     started_at: float | None = None  # wall clock seconds since the epoch
     stale: bool = False  # adopted after a supervisor restart, started from another config
+    ready: bool = False  # its ready check passed (or it has none) while it runs
+    message: str = ""  # why it is in its phase (waiting for, restart in, start limit hit, ...)
+    running: bool = False  # a process (or container) of it is held, even while it is stopped
 
 
 @dataclass(frozen=True)
@@ -271,6 +316,9 @@ class ServiceObserved:
     failed: bool = False
     build_failed: bool = False
     failed_revision: str | None = None  # the source revision whose fetch or build failed
+    phase: Phase = Phase.STOPPED  # the least advanced of its replicas', or fetching/building
+    message: str = ""  # why the newest version is not what runs (failed build, rollback, ...)
+    log_error: str = ""  # why its log cannot be written now (disk full, ...), "" when it can
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ as shells report it).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -76,7 +75,7 @@ def run(path: Path, name: str, argv: Sequence[str], replica: int = 0) -> int:
     if replica < 0 or replica >= max(spec.replicas, 1):
         raise ExecError(f"{name} has replicas 0..{max(spec.replicas, 1) - 1}, not {replica}", 2)
     cwd, version = where(spec, desired.settings.state_dir, replica)
-    env = replica_env(name, spec.environment, replica)
+    env = replica_env(name, spec.environment, replica, user=spec.user)  # HOME, USER... of user=
     if version:
         env["SUPERVISE_VERSION"] = version
     identity = {}

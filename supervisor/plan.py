@@ -1,6 +1,6 @@
 """The pure diff: ``plan(desired, observed) -> Plan``. No I/O, no clock, no processes.
 
-The rules (DESIGN.md, "Behaviour users rely on"):
+The rules (README.md, "How it behaves"):
 
 - a service in the file and not running is fetched, built and started; one running and no
   longer in the file is stopped (dependents first);
@@ -18,10 +18,12 @@ The rules (DESIGN.md, "Behaviour users rely on"):
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from .model import Desired, Observed, ServiceObserved, ServiceSpec
+from . import graph
+from .model import Desired, Observed, ServiceObserved, ServiceSpec, Version
 
 #: Fields whose change means new processes. Everything else is applied to the running ones.
 RESTART_FIELDS = ("command", "source", "build", "cwd", "environment", "shell", "user")
@@ -85,27 +87,9 @@ class Plan:
 
 
 def dependency_order(specs: Mapping[str, ServiceSpec]) -> list[str]:
-    """Names with every dependency before its dependents, otherwise in file order.
-
-    Dependencies on names not in ``specs`` are ignored; config validation rejects cycles, and
-    any left are broken in file order rather than raising.
-    """
-    done: dict[str, None] = {}
-    visiting: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done or name in visiting:
-            return
-        visiting.add(name)
-        for dep in specs[name].depends_on:
-            if dep.service in specs:
-                visit(dep.service)
-        visiting.discard(name)
-        done[name] = None
-
-    for name in specs:
-        visit(name)
-    return list(done)
+    """Names with every dependency before its dependents, otherwise in file order
+    (:func:`supervisor.graph.order`; config validation rejects cycles)."""
+    return graph.order(specs)
 
 
 def plan(desired: Desired, observed: Observed, revisions: Mapping[str, str] | None = None) -> Plan:
@@ -150,11 +134,11 @@ def _plan_service(
     changed = spec.changed_fields(obs.spec)
     running_revision = obs_revision(obs)
     if running_revision is not None:
-        new_revision = (revision is not None and not _same_revision(revision, running_revision)
-                        and not (obs.build_failed and _same_revision(revision, obs.failed_revision)))
+        new_revision = (revision is not None and not same_revision(revision, running_revision)
+                        and not (obs.build_failed and same_revision(revision, obs.failed_revision)))
     else:  # never deployed (its first fetch or build failed): any other revision is worth a try
         new_revision = (revision is not None and obs.build_failed
-                        and not _same_revision(revision, obs.failed_revision))
+                        and not same_revision(revision, obs.failed_revision))
     if (obs.failed or obs.build_failed) and not changed and not new_revision and cascade is None:
         return []  # waits for a change of the file or the source, or a user restart
 
@@ -197,22 +181,34 @@ def _plan_service(
     return actions
 
 
-def _same_revision(a: str | None, b: str | None) -> bool:
-    """Revisions are equal when one is a prefix of the other (versions carry 12 digits)."""
+_HASH = re.compile(r"^[0-9a-f]{12,}$")
+
+
+def same_revision(a: str | None, b: str | None) -> bool:
+    """Revisions are equal when one is a prefix of the other, for hashes (commits and folder
+    hashes: versions carry 12 digits of them); other revisions (package versions: ``1.0``
+    and ``1.0.1``) only when equal."""
     if not a or not b:
+        return False
+    if a == b:
+        return True
+    if not (_HASH.match(a) and _HASH.match(b)):
         return False
     n = min(len(a), len(b))
     return a[:n] == b[:n]
 
 
+_same_revision = same_revision  # the name the reconciler imports
+
+
 def obs_revision(obs: ServiceObserved) -> str | None:
     """The source revision part of the running version (``REVISION-BUILDHASH``)."""
-    return obs.version.rsplit("-", 1)[0] if obs.version else None
+    return Version.parse(obs.version).revision if obs.version else None
 
 
 def _deploy(spec: ServiceSpec, reason: str, indices: Iterable[int], kind: ActionKind) -> list[Action]:
     actions: list[Action] = []
-    if spec.source.kind == "git":
+    if spec.source.kind in ("git", "pip"):  # pip: resolve, and install into a new venv
         actions.append(Action(ActionKind.FETCH, spec.name, None, reason))
     if spec.build:
         actions.append(Action(ActionKind.BUILD, spec.name, None, reason))

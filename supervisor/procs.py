@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import errno
 import logging
 import os
@@ -235,6 +236,7 @@ def spawn(
     user: str | None = None,
     cgroup_parent: Path | None = None,
     cgroup_name: str | None = None,
+    tag: str = "",
 ) -> ProcessHandle:
     """Start ``argv`` as the leader of a new session, stdout+stderr to the fd ``output``.
 
@@ -244,7 +246,7 @@ def spawn(
     identity: dict[str, Any] = {}
     if user is not None:
         identity = user_identity(user)
-    instance = os.urandom(6).hex()
+    instance = f"{tag}-{os.urandom(6).hex()}" if tag else os.urandom(6).hex()
     env = {**env, INSTANCE_VAR: instance}
     try:
         proc = subprocess.Popen(
@@ -308,18 +310,46 @@ def _spawn_message(argv: Sequence[str], cwd: str | os.PathLike[str], exc: BaseEx
     return f"cannot start {argv[0]}: {exc}"
 
 
-def adopt(loop: asyncio.AbstractEventLoop, pid: int, create_time: float) -> ProcessHandle | None:
+def state_tag(state_dir: Path) -> str:
+    """A short hash of STATE_DIR's real path: the prefix of every instance mark given to a
+    process started from it, so a later supervisor on the same folder recognises them."""
+    return "s" + hashlib.sha256(os.fsencode(os.path.realpath(state_dir))).hexdigest()[:12]
+
+
+def identity_matches(process: psutil.Process, instance: str, cgroup: Path | None = None) -> bool:
+    """True when ``process`` carries our instance mark ``instance`` in its environment (the
+    kernel keeps the environment block it was started with), or, for a leader that replaced
+    its environment, sits in the cgroup ``cgroup`` recorded for it."""
+    try:
+        if instance and process.environ().get(INSTANCE_VAR) == instance:
+            return True
+    except (psutil.Error, OSError):
+        pass
+    return cgroup is not None and cgroups.of_pid(process.pid) == cgroup
+
+
+def adopt(loop: asyncio.AbstractEventLoop, pid: int, create_time: float, instance: str = "",
+          tag: str = "", cgroup: Path | None = None) -> ProcessHandle | None:
     """Watch a running process we did not start (a supervisor restart), by pidfd.
 
     Returns None when ``pid`` is gone or is another process now (``create_time`` differs by
-    more than 10 ms: the pid was reused). Its exit status cannot be known (not our child);
-    the Exit then has neither code nor signal.
+    more than 10 ms: the pid was reused), or is not the process we recorded: it must carry
+    ``instance`` (see :func:`identity_matches`). pid 0 and 1, our own pid and our own process
+    group are never adopted. Its exit status cannot be known (not our child); the Exit then
+    has neither code nor signal.
     """
+    if pid <= 1 or pid == os.getpid():
+        return None
     try:
         process = psutil.Process(pid)
         if abs(process.create_time() - create_time) > 0.01 or process.status() == psutil.STATUS_ZOMBIE:
             return None
+        if not identity_matches(process, instance, cgroup):
+            log.warning("not adopting pid %d: it does not carry the instance mark recorded for it", pid)
+            return None
         pgid = os.getpgid(pid)
+        if pgid == os.getpgid(0) or pgid <= 1:
+            return None
         pidfd = os.pidfd_open(pid)
     except (psutil.Error, OSError):
         return None
@@ -333,7 +363,71 @@ def adopt(loop: asyncio.AbstractEventLoop, pid: int, create_time: float) -> Proc
 
     loop.add_reader(pidfd, on_exit)
     return ProcessHandle(pid=pid, pgid=pgid, create_time=create_time, exited=future, adopted=True,
-                         cgroup=cgroups.of_pid(pid))
+                         cgroup=cgroups.of_pid(pid), instance=instance or None)
+
+
+def unowned(tag: str, known: Collection[str]) -> list[psutil.Process]:
+    """Live processes whose instance mark says they were started from the state dir of
+    ``tag`` (:func:`state_tag`) but whose mark is not in ``known``. Reads every process's
+    environment: call it once at start-up, in a thread."""
+    prefix = f"{tag}-"
+    me = os.getpid()
+    found = []
+    for process in psutil.process_iter():
+        if process.pid == me:
+            continue
+        try:
+            mark = process.environ().get(INSTANCE_VAR, "")
+            if mark.startswith(prefix) and mark not in known and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+async def stop_unowned(victims: list[psutil.Process], groups: Sequence[Path], timeout: float = 5.0) -> None:
+    """SIGTERM ``victims`` (and their process groups) and the cgroups ``groups``; SIGKILL what is
+    left after ``timeout`` s. psutil checks create_time, so a reused pid is not signalled."""
+    for process in victims:
+        try:
+            pgid = os.getpgid(process.pid)
+            if pgid == process.pid and pgid != os.getpgid(0):
+                os.killpg(pgid, signal.SIGTERM)
+            process.terminate()
+        except (psutil.Error, OSError):
+            pass
+    for group in groups:
+        for pid in cgroups.pids(group):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+    pids = {p.pid for p in victims} | {pid for g in groups for pid in cgroups.pids(g)}
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while time.monotonic() < deadline:
+        _reap_nowait(pids)
+        if not any(_alive(p) for p in victims) and not any(cgroups.populated(g) for g in groups):
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    for group in groups:
+        cgroups.kill(group)
+    for process in victims:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    _reap_nowait(pids)
+
+
+def _reap_nowait(pids: Collection[int]) -> None:
+    """Reap those of ``pids`` that are exited children of ours (re-parented to us)."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -456,14 +550,31 @@ def _alive(process: psutil.Process) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    """True while any process is in process group ``pgid`` (``kill(-pgid, 0)``)."""
+    """True while a live process is in process group ``pgid``.
+
+    ``kill(-pgid, 0)`` succeeds on a group whose only members are zombies (a process that
+    became some other subreaper's zombie is never reaped by us), so when it does and the
+    leader is not alive, the members are looked up: a zombie counts as dead.
+    """
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    try:
+        leader = psutil.Process(pgid)
+        if leader.status() != psutil.STATUS_ZOMBIE and os.getpgid(pgid) == pgid:
+            return True
+    except (psutil.Error, OSError):
+        pass
+    for process in psutil.process_iter(["status"]):
+        try:
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+                return True
+        except (psutil.Error, OSError):
+            continue
+    return False
 
 
 def signal_group(handle: ProcessHandle, sig: int) -> None:
@@ -586,3 +697,27 @@ def too_many_files() -> str:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return (f"too many open files (limit {soft}): each replica needs 2; raise the hard limit "
             "(LimitNOFILE= in the systemd unit, ulimit -Hn)")
+
+
+def kill_git_children() -> list[int]:
+    """SIGKILL every ``git`` process that is a direct child of ours and runs for a source
+    (``SUPERVISE_GIT=1`` in its environment: sources.git.GIT_MARK),
+    with all its descendants (remote helpers, ssh). Returns the pids. Used at shutdown: git's
+    own timeout would otherwise keep us waiting on a remote that never answers."""
+    killed = []
+    for pid in _children_of(os.getpid()):
+        try:
+            process = psutil.Process(pid)
+            if os.path.basename(process.cmdline()[0] if process.cmdline() else "") != "git" \
+                    or process.environ().get("SUPERVISE_GIT") != "1":
+                continue
+            tree = [process, *descendants(pid)]
+        except (psutil.Error, OSError, IndexError):
+            continue
+        for member in reversed(tree):
+            try:
+                member.kill()
+                killed.append(member.pid)
+            except psutil.Error:
+                pass
+    return killed

@@ -5,7 +5,8 @@ identity: pids are reused), the process group, the version and folder it runs, i
 and restart count; and for the service a fingerprint of what the processes were made of. No
 environment value is written (they may be secrets): the fingerprint is a hash.
 
-Writes are atomic (temporary file + rename), so a supervisor killed mid-write leaves the last
+Writes are atomic (an O_EXCL temporary file with a random name + rename; nothing is
+opened through a symlink: see safefs), so a supervisor killed mid-write leaves the last
 complete record.
 """
 
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import safefs
 from .model import ServiceSpec
 from .plan import RESTART_FIELDS
 
@@ -33,77 +35,78 @@ def fingerprint(spec: ServiceSpec) -> str:
         value = getattr(spec, name)
         if name == "environment":
             value = sorted(value.items())
-        elif name == "source":
-            value = value.describe()
+        elif name == "source":  # the URL as written (a hash only): a changed token is a change
+            value = f"git {value.url}@{value.ref}" if value.kind == "git" else str(value.path)
         data[name] = value
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def save(state_dir: Path, name: str, record: dict[str, Any]) -> None:
-    """Write the record of service ``name`` atomically (0600)."""
+def folder_of(state_dir: Path) -> Path:
+    """``STATE_DIR/state``, created 0700 and checked (ours, not group/other writable).
+    Raises safefs.UnsafeStateDir."""
     folder = state_dir_of(state_dir)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / f"{name}.json"
-    tmp = folder / f".{name}.json.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, separators=(",", ":"))
-    os.replace(tmp, path)
+    safefs.ensure_dir(state_dir)
+    return safefs.ensure_dir(folder)
+
+
+def save(state_dir: Path, name: str, record: dict[str, Any]) -> None:
+    """Write the record of service ``name`` atomically (0600, O_EXCL temporary file, renamed
+    within the folder's fd: a planted symlink is never followed)."""
+    folder = folder_of(state_dir)
+    safefs.write_atomic(folder, f"{name}.json", json.dumps(record, separators=(",", ":")).encode())
 
 
 def remove(state_dir: Path, name: str) -> None:
     """Forget service ``name``'s record (a missing one is fine)."""
-    try:
-        (state_dir_of(state_dir) / f"{name}.json").unlink()
-    except FileNotFoundError:
-        pass
+    safefs.unlink_in(state_dir_of(state_dir), f"{name}.json")
 
 
-def load_all(state_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every readable record, by service name; unreadable ones are skipped."""
+def _load_folder(folder: Path, unreadable: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     records: dict[str, dict[str, Any]] = {}
-    folder = state_dir_of(state_dir)
-    if not folder.is_dir():
+    try:
+        names = sorted(os.listdir(folder))
+        safefs.check_own_dir(folder)
+    except (OSError, safefs.UnsafeStateDir):
         return records
-    for path in sorted(folder.glob("*.json")):
-        try:
-            records[path.stem] = json.loads(path.read_text())
-        except (OSError, ValueError):
+    for entry in names:
+        if not entry.endswith(".json") or entry.startswith("."):
             continue
+        try:
+            record = json.loads(safefs.read_regular(folder, entry))
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, safefs.UnsafeStateDir) as exc:
+            if unreadable is not None:
+                unreadable[entry[:-5]] = f"{folder / entry}: {exc}"
+            continue
+        records[entry[:-5]] = record
     return records
 
 
+def load_all(state_dir: Path, unreadable: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every readable record, by service name. A record that cannot be read or parsed (or is
+    not a regular file of ours) is left out and, when ``unreadable`` is given, put there with
+    the reason: callers must not take a missing record for "nothing runs"."""
+    return _load_folder(state_dir_of(state_dir), unreadable)
+
+
 def build_record_path(state_dir: Path, name: str) -> Path:
-    """``STATE_DIR/state/builds/NAME.json``: a build under way (pid, pgid, create_time)."""
+    """``STATE_DIR/state/builds/NAME.json``: a build under way (pid, pgid, create_time, instance)."""
     return state_dir_of(state_dir) / "builds" / f"{name}.json"
 
 
 def save_build(state_dir: Path, name: str, record: dict[str, Any]) -> None:
     """Record that a build of ``name`` runs, so a supervisor killed meanwhile is followed by
-    one that stops it before building again in the same folder."""
-    path = build_record_path(state_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    one that stops it before building again in the same folder (0600, like :func:`save`)."""
+    folder = safefs.ensure_dir(folder_of(state_dir) / "builds")
+    safefs.write_atomic(folder, f"{name}.json", json.dumps(record).encode())
 
 
 def remove_build(state_dir: Path, name: str) -> None:
     """Forget the build record of ``name``."""
-    try:
-        build_record_path(state_dir, name).unlink()
-    except FileNotFoundError:
-        pass
+    safefs.unlink_in(state_dir_of(state_dir) / "builds", f"{name}.json")
 
 
 def load_builds(state_dir: Path) -> dict[str, dict[str, Any]]:
     """Every build record left behind, by service name."""
-    folder = state_dir_of(state_dir) / "builds"
-    out: dict[str, dict[str, Any]] = {}
-    if folder.is_dir():
-        for path in folder.glob("*.json"):
-            try:
-                out[path.stem] = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-    return out
+    return _load_folder(state_dir_of(state_dir) / "builds")

@@ -29,9 +29,11 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from .model import ServiceSpec
+from .plan import same_revision
 from .sources import SourceError
 from .sources.git import GitSource
 from .sources.path import IGNORED_DIRS
+from .sources.pip import PipSource
 
 log = logging.getLogger("supervise")
 
@@ -184,9 +186,14 @@ class SourceWatcher:
         for name, spec in wanted.items():
             if name in self.watches:
                 continue
-            root = spec.source.path
-            assert root is not None
-            debouncer = Debouncer(self.loop, lambda name=name: self.on_change(name, self.watches[name][2].last_poke))
+            path = spec.source.path
+            assert path is not None
+            root = path
+
+            def changed(name: str = name) -> None:
+                self.on_change(name, self.watches[name][2].last_poke)
+
+            debouncer = Debouncer(self.loop, changed)
             if self._hold(root, name, spec.watch, debouncer):
                 self.watches[name] = (root, spec.watch, debouncer)
 
@@ -262,7 +269,8 @@ class _SourceHandler(FileSystemEventHandler):
 
 
 class GitPoller:
-    """Polls each git source's remote ref; ``on_revision(name, commit)`` when it moved.
+    """Polls each git source's remote ref, and each pip source's index (the version pip
+    would install now); ``on_revision(name, revision)`` when it moved.
 
     ``interval(spec)`` gives the poll period in seconds. Errors are reported through
     ``on_error(name, message)`` once per distinct message, then retried with doubling delays
@@ -279,7 +287,7 @@ class GitPoller:
         self.known: dict[str, str] = {}
 
     def set_services(self, specs: Iterable[ServiceSpec]) -> None:
-        wanted = {s.name: s for s in specs if s.source.kind == "git"}
+        wanted = {s.name: s for s in specs if s.source.kind in ("git", "pip")}
         for name in list(self.tasks):
             spec, task = self.tasks[name]
             new = wanted.get(name)
@@ -292,14 +300,17 @@ class GitPoller:
                 self.tasks[name] = (spec, asyncio.get_running_loop().create_task(self._poll(spec)))
 
     async def _poll(self, spec: ServiceSpec) -> None:
-        source = GitSource(spec.source, self.root_for(spec.name))
+        if spec.source.kind == "pip":  # the newest version on the index that satisfies it
+            remote_revision = PipSource(spec.source, self.root_for(spec.name)).latest
+        else:
+            remote_revision = GitSource(spec.source, self.root_for(spec.name)).remote_revision
         last_error = ""
         retry = 1.0
         while True:
             period = self.interval(spec)
             await asyncio.sleep(period if not last_error else min(retry, period))
             try:
-                commit = await asyncio.to_thread(source.remote_revision)
+                commit = await asyncio.to_thread(remote_revision)
             except SourceError as exc:
                 if str(exc) != last_error:
                     self.on_error(spec.name, str(exc))
@@ -312,7 +323,7 @@ class GitPoller:
                 log.info("%s: %s reachable again", spec.name, spec.source.describe())
             last_error, retry = "", 1.0
             known = self.known.get(spec.name)
-            if known is None or commit[: len(known)] != known[: len(commit)]:
+            if known is None or not same_revision(commit, known):
                 self.known[spec.name] = commit
                 self.on_revision(spec.name, commit)
 

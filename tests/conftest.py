@@ -97,3 +97,7 @@ def terminate(proc, timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+#: The podman Engine API service and base image fixtures of the container tests.
+pytest_plugins = ["podman_engine"]

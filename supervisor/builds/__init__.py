@@ -1,9 +1,12 @@
-"""From a source to a versioned artifact: fetch (git) or hash (folder), then run the build.
+"""From a source to a versioned artifact: fetch (git), resolve and install (pip) or hash
+(folder), then run the build.
 
 An :class:`Artifact` is a folder the replicas run in plus its version,
 ``REVISION12-BUILDHASH8``. A git source builds in a fresh worktree per commit, so a build never
 disturbs the folder the running version uses; a successful build of a version is remembered
-(``STATE_DIR/sources/NAME/built/VERSION``) and not repeated. A local folder builds in place.
+(``STATE_DIR/sources/NAME/built/VERSION``) and not repeated. A local folder builds in place. A
+pip source's revision is the package version pip resolves (kept whole: ``1.10-BUILDHASH8``), and
+each version is installed into its own venv (``sources/pip.py``), the folder its replicas run in.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import logs, procs, state
+from .. import logs, procs, safefs, state
 from ..environ import replica_env
-from ..model import ServiceSpec
+from ..model import ServiceSpec, Version
 from ..sources import SourceError
 from ..sources.git import GitSource
 from ..sources.path import content_hash
+from ..sources.pip import PipSource, venv_env
 
 #: How many of the build's last output lines a build-failed report carries.
 TAIL_LINES = 10
@@ -48,8 +52,11 @@ class PrepareError(Exception):
 
 
 def make_version(revision: str, spec: ServiceSpec) -> str:
-    """``REVISION12-BUILDHASH8``: what a build is of (DESIGN.md, "version")."""
-    return f"{revision[:12]}-{spec.build_hash[:8]}"
+    """``REVISION12-BUILDHASH8``: what a build is of (see :class:`~supervisor.model.Version`). A
+    package version (pip source) is kept whole: ``1.0.10`` and ``1.0.1`` must not fold into one."""
+    if spec.source.kind == "pip":
+        return str(Version(revision, spec.build_hash[:8]))
+    return str(Version.of(revision, spec.build_hash))
 
 
 def source_root(state_dir: Path, service: str) -> Path:
@@ -81,6 +88,16 @@ class Preparer:
             except SourceError as exc:
                 raise PrepareError("fetch", str(exc)) from None
             return workdir, commit
+        if source.kind == "pip":
+            try:
+                pip = PipSource(source, source_root(self.state_dir, spec.name))
+                version = await asyncio.to_thread(pip.latest)
+                return pip.venv(version), version
+            except (SourceError, ValueError) as exc:
+                raise PrepareError("fetch", str(exc)) from None
+        if source.kind != "path":
+            raise PrepareError("fetch", f"{source.describe()}: this source runs as a container, which this "
+                               "supervisor cannot run yet")
         assert source.path is not None
         if not source.path.is_dir():
             raise PrepareError("fetch", f"source folder {source.path} does not exist")
@@ -96,45 +113,74 @@ class Preparer:
         workdir, revision = await self.resolve(spec)
         version = make_version(revision, spec)
         marker = source_root(self.state_dir, spec.name) / "built" / version
-        if spec.build and not (spec.source.kind == "git" and marker.exists()):
+        if spec.source.kind == "pip":
+            await self.install(spec, revision, version)
+        if spec.build and not (spec.source.kind in ("git", "pip") and marker.exists()):
             await self.build(spec, workdir, version)
-            if spec.source.kind == "git":
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
+            if spec.source.kind in ("git", "pip"):
+                safefs.ensure_dir(safefs.ensure_dir(marker.parent.parent) / "built")
+                safefs.write_atomic(marker.parent, marker.name, b"")
         if spec.source.kind == "path" and spec.watch and spec.build:
             # A watched folder's revision is its content *after* the build: the build's own
             # output (a stamp, a bundle) then never looks like an edit to rebuild for.
             revision = await asyncio.to_thread(content_hash, workdir, [self.state_dir])
             version = make_version(revision, spec)
         if spec.source.kind == "git":
-            keep = {v.split("-")[0] for v in protect} | {revision[:12]}
+            keep = {Version.parse(v).revision for v in protect} | {Version.of(revision, "").revision}
             git_source = GitSource(spec.source, source_root(self.state_dir, spec.name))
             await asyncio.to_thread(git_source.prune, self.keep_versions, keep)
+        if spec.source.kind == "pip":
+            keep = {v.rsplit("-", 1)[0] for v in protect} | {revision}
+            pip = PipSource(spec.source, source_root(self.state_dir, spec.name))
+            await asyncio.to_thread(pip.prune, self.keep_versions, keep)
         return Artifact(workdir=workdir, version=version, revision=revision)
 
-    async def build(self, spec: ServiceSpec, workdir: Path, version: str) -> None:
-        """Run the build argv in ``workdir``, output appended to the service log."""
-        assert spec.build
+    async def install(self, spec: ServiceSpec, package_version: str, version: str) -> None:
+        """Make the venv of ``package_version`` (a pip source) unless it is complete; pip's
+        output goes to the service log. Raises PrepareError (stage "fetch")."""
+        pip = PipSource(spec.source, source_root(self.state_dir, spec.name))
+        if pip.installed(package_version):
+            return
+        for argv in pip.install_steps(package_version):
+            await self.build(spec, self.state_dir, version, argv=argv, stage="fetch", what="install")
+        pip.mark_installed(package_version)
+
+    async def build(self, spec: ServiceSpec, workdir: Path, version: str, argv: list[str] | None = None,
+                    stage: str = "build", what: str = "build") -> None:
+        """Run the build argv (or ``argv``) in ``workdir``, output appended to the service log.
+        A failure raises PrepareError(``stage``) with the last output lines."""
+        argv = argv or list(spec.build or ())
+        assert argv
         sink = self.logs.sink(spec.name)
-        sink.note(f"build {version}: {' '.join(spec.build)}")
-        env = replica_env(spec.name, spec.environment, 0)
+        sink.note(f"{what} {version}: {' '.join(argv)}")
+        env = replica_env(spec.name, spec.environment, 0, user=spec.user)
         env.pop("REPLICA", None)
+        if spec.source.kind == "pip" and stage == "build":  # a build step sees the version's venv
+            env.update(venv_env(workdir, env))
         cwd = workdir  # builds run at the top of the checkout (or the local folder)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         tail = _Tail(sink)
         try:
             if self.reaper is None:
                 raise PrepareError("build", "no process reaper")
-            handle = procs.spawn(self.reaper, spec.build, env=env, cwd=cwd, output=write_fd)
-        except procs.SpawnError as exc:
+            if spec.user:  # the build runs as the service's user, like its replicas
+                safefs.check_not_writable_by(self.state_dir, spec.user)
+                if spec.source.kind == "git":
+                    _give_to(workdir, spec.user)
+            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=write_fd, user=spec.user,
+                                 tag=procs.state_tag(self.state_dir))
+        except (procs.SpawnError, OSError) as exc:
             os.close(read_fd)
-            raise PrepareError("build", str(exc), version) from None
+            raise PrepareError(stage, str(exc), version) from None
         finally:
             os.close(write_fd)
         pump = logs.Pump(asyncio.get_running_loop(), read_fd, tail)
         self.builds[spec.name] = handle
-        state.save_build(self.state_dir, spec.name, {"pid": handle.pid, "pgid": handle.pgid,
-                                                     "create_time": handle.create_time, "version": version})
+        try:
+            state.save_build(self.state_dir, spec.name, {"pid": handle.pid, "pgid": handle.pgid, "instance": handle.instance,
+                                                         "create_time": handle.create_time, "version": version})
+        except OSError as exc:  # a full disk must not orphan the build: it still runs, tracked here
+            sink.note(f"cannot record the build: {exc}")
         try:
             exit = await asyncio.shield(handle.exited)
         except asyncio.CancelledError:
@@ -154,9 +200,23 @@ class Preparer:
         except asyncio.TimeoutError:  # something still holds the pipe: stop reading it
             pump.close()
         if not exit.success:
-            sink.note(f"build {version} failed: {exit}")
-            raise PrepareError("build", f"build failed ({exit})", version, tail.last())
-        sink.note(f"build {version} succeeded")
+            sink.note(f"{what} {version} failed: {exit}")
+            raise PrepareError(stage, f"{what} failed ({exit})", version, tail.last())
+        sink.note(f"{what} {version} succeeded")
+
+
+def _give_to(workdir: Path, user: str) -> None:
+    """Hand a fresh git worktree (ours, in STATE_DIR) to the service's ``user`` so its build
+    can write there, as a checkout by that user would be. Symlinks are changed themselves,
+    never followed; done once (the top folder's owner says it was)."""
+    uid, gids = safefs.user_ids(user)
+    entry_gid = procs.user_identity(user)["group"]
+    if os.lstat(workdir).st_uid == uid:
+        return
+    for root, dirs, files in os.walk(workdir, followlinks=False):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, entry_gid, follow_symlinks=False)
+    os.chown(workdir, uid, entry_gid, follow_symlinks=False)
 
 
 class _Tail:
@@ -164,10 +224,11 @@ class _Tail:
 
     def __init__(self, sink: logs.LogSink):
         self.sink = sink
+        self.policy = sink.policy
         self.lines: deque[bytes] = deque(maxlen=TAIL_LINES)
 
-    def write(self, data: bytes) -> None:
-        self.sink.write(data)
+    def write(self, data: bytes, source: int | None = None, label: str | None = None) -> None:
+        self.sink.write(data, label=label)
         self.lines.extend(line for line in data.split(b"\n") if line.strip())
 
     def last(self) -> list[str]:

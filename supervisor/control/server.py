@@ -16,6 +16,9 @@ import struct
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from .. import safefs
+from ..redaction import redact_value
+
 log = logging.getLogger("supervise")
 
 #: The longest request line read, in bytes; a longer one is answered with an error, then the
@@ -48,8 +51,7 @@ class ControlServer:
 
     async def start(self) -> None:
         """Listen on the socket (0600 in a 0700 folder; a stale socket file is replaced)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.path.parent, 0o700)
+        safefs.ensure_dir(self.path.parent)
         try:
             self.path.unlink()  # stale, from a supervisor that died; we hold the lock
         except FileNotFoundError:
@@ -60,6 +62,14 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+
+    async def restart(self) -> None:
+        """Listen again on a new socket file (ours was removed with the state dir); open
+        connections stay."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        await self.start()
 
     async def close(self) -> None:
         """Stop listening, end open connections, remove the socket file."""
@@ -107,7 +117,7 @@ class ControlServer:
                     reply = await handler(request, writer)
                 except Exception as exc:  # a bad request must not take the supervisor down
                     log.exception("control: %s failed", verb)
-                    reply = {"ok": False, "error": f"{verb} failed: {exc}"}
+                    reply = {"ok": False, "error": f"{verb} failed: {exc}", "code": "failed"}
                 if reply is None:
                     return
                 await send(writer, {"ok": True, **reply})
@@ -125,5 +135,5 @@ class ControlServer:
 
 async def send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     """Write ``obj`` as one JSON line and wait until it is sent."""
-    writer.write((json.dumps(obj, default=str) + "\n").encode())
+    writer.write((json.dumps(redact_value(obj), default=str) + "\n").encode())
     await writer.drain()

@@ -21,17 +21,17 @@ from typing import Iterator
 import git
 
 from . import SourceError
+from .. import safefs
+from ..redaction import redact
 from ..model import SourceSpec
 
 GIT_TIMEOUT = 120.0  # seconds for any one git command
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
-_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
+#: GIT_MARK marks our git commands, so a stopping supervisor kills those (procs.kill_git_children)
+#: and never a git process a host program (the library's user) runs itself.
+GIT_MARK = "SUPERVISE_GIT"
+_ENV = {GIT_MARK: "1", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20"}
-
-
-def redact(text: str) -> str:
-    """Remove ``user:password@`` from URLs in ``text`` (git error messages repeat the URL)."""
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
 
 
 class GitSource:
@@ -60,7 +60,7 @@ class GitSource:
             if path.exists():
                 repo = git.Repo(path)
             else:
-                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name)
                 repo = git.Repo.init(path, bare=True)
         except (git.GitError, OSError) as exc:
             raise SourceError(f"cannot open {path}: {exc}") from None
@@ -81,7 +81,7 @@ class GitSource:
         except git.GitCommandError as exc:
             raise SourceError(f"cannot reach {redact(self.url)}: {_stderr(exc)}") from None
         candidates = {}
-        for line in out.splitlines():
+        for line in str(out).splitlines():
             sha, name = line.split("\t", 1)
             candidates[name] = sha
         for name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
@@ -110,13 +110,18 @@ class GitSource:
 
     def is_ancestor(self, old: str, new: str) -> bool:
         """True when ``old`` is an ancestor of ``new`` (a fast-forward); False after a force
-        push or when ``old`` is no longer in the repository."""
+        push. ``git merge-base --is-ancestor`` says "no" with status 1 only (GitPython's
+        ``Repo.is_ancestor`` rule); any other failure (a timeout, ``old`` no longer in the
+        repository) raises :class:`SourceError`, so it is never taken for a force push."""
         with self._repo() as repo:
             try:
                 repo.git.merge_base("--is-ancestor", old, new, kill_after_timeout=GIT_TIMEOUT)
                 return True
-            except git.GitCommandError:
-                return False
+            except git.GitCommandError as exc:
+                if exc.status == 1:
+                    return False
+                raise SourceError(f"cannot tell whether {old[:12]} is an ancestor of {new[:12]}: "
+                                  f"{_stderr(exc)}") from None
 
     def checkout(self, commit: str) -> Path:
         """A worktree of ``commit`` at ``versions/COMMIT12`` (reused when it exists)."""
@@ -125,7 +130,7 @@ class GitSource:
             return path
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
-        self.versions.mkdir(parents=True, exist_ok=True)
+        safefs.ensure_dir(self.versions)
         with self._repo() as repo:
             try:
                 repo.git.worktree("prune")

@@ -479,7 +479,7 @@ def test_invalid_service_is_located(tmp_path, text, line, token, message):
 TOP_LEVEL = [
     ('[supervise]\npol = "1m"\n', 2, "pol", 'unknown key "pol" (did you mean "poll"?)'),
     ('[supervise]\nruntime = "kubernets"\n', 2, "runtime",
-     '"runtime" must be one of local, kubernetes, got \'kubernets\' (did you mean "kubernetes"?)'),
+     '"runtime" must be one of local, container, kubernetes, got \'kubernets\' (did you mean "kubernetes"?)'),
     ('[supervise]\npoll = "often"\n', 2, "poll", '"poll": bad duration'),
     ("[supervise]\nkeep_versions = 0\n", 2, "keep_versions", '"keep_versions" must be at least 1'),
     ("[supervise]\nstate_dir = 1\n", 2, "state_dir", '"state_dir" must be a path string, got an integer'),
@@ -671,3 +671,18 @@ def test_state_dir_is_found_even_in_a_broken_file(tmp_path):
     assert config.state_dir_of(path) == (tmp_path / "var/st").resolve()
     path = write(tmp_path, '[services.a\n')
     assert config.state_dir_of(path) == (tmp_path / ".supervise").resolve()
+
+
+def test_a_service_runtime_without_an_executor_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "container"\n'))
+    assert "containers are not available in this version yet" in info.value.diagnostics[0].message
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "docker"\n'))
+    assert info.value.diagnostics[0].message.startswith('"runtime" must be one of local, container, kubernetes')
+
+
+def test_a_service_runtime_chooses_its_executor(tmp_path):
+    desired = config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "local"\n'
+                                          '[services.b]\ncommand = ["true"]\n'))
+    assert desired.services["a"].runtime == "local" and desired.services["b"].runtime is None

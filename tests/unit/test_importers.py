@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import tomlkit
 
 from supervisor import config
 from supervisor.environ import command_argv, replica_env
