@@ -17,14 +17,13 @@ from typing import Sequence
 
 # Only what every verb needs is imported here; the client verbs (status, stop, ...) must answer
 # fast, so asyncio, watchdog and tomlkit are imported inside the verbs that use them.
-from . import __version__, config
+from . import __version__, config, errors
 from .config import ConfigError
 from .control.client import Client, ControlError, NotRunning
 from .durations import format_duration
+from .errors import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
 
 log = logging.getLogger("supervise")
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
 class CliError(Exception):
@@ -139,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .kube.cli import cmd_render
 
             return cmd_render(path, args.tag)
-        if verb in ("run", "plan", "status", "logs", "events"):
+        if verb in ("run", "plan", "status", "top", "logs", "events"):
             if config.runtime_of(path) == "kubernetes":  # the cluster answers these, not a local supervisor
                 return cmd_kubernetes(verb, path, args)
         if verb == "plan":
@@ -185,9 +184,10 @@ def cmd_kubernetes(verb: str, path: Path, args: argparse.Namespace) -> int:
         return kube_cli.cmd_run(path, quiet=getattr(args, "quiet", False))
     if verb == "plan":
         return kube_cli.cmd_plan(path, args.json)
-    if verb == "status":
-        if args.watch:
-            raise CliError("status --watch (and top) show a local supervisor; on Kubernetes, use status", EXIT_USAGE)
+    if verb == "top" or verb == "status":
+        if verb == "top" or args.watch:
+            shown = "top" if verb == "top" else "status --watch"
+            raise CliError(f"{shown} shows a local supervisor; on Kubernetes, use status (a row per pod)", EXIT_USAGE)
         return kube_cli.cmd_status(path, args.services, args.json)
     if verb == "logs":
         if args.since or args.grep or args.json:
@@ -319,15 +319,18 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
     except NotRunning as exc:
         raise CliError(str(exc)) from None
     except ControlError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), errors.exit_code(exc.code)) from None
     if verb == "status":
         rows = reply["services"]
         if args.json:
             print(json.dumps(reply, indent=2))
         else:
             print_status(rows)
-        # a service scaled to zero is as asked when nothing of it runs
+        # As asked: running or ready; a service scaled to zero with nothing of it running; a
+        # replica that exited 0 and stays exited (restart "never" or "on-failure": a one-shot
+        # such as a Procfile's release that completed, what depends_on "completed" waits for).
         up = all(row["phase"] in ("running", "ready") or (row.get("desired") == 0 and row["replica"] is None)
+                 or (row["phase"] == "exited" and row.get("last_exit") == "exit 0")
                  for row in rows)
         return EXIT_OK if up else EXIT_NOT_RUNNING
     if verb == "reload":
@@ -407,7 +410,7 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
     names = args.services or known
     unknown = [n for n in names if n not in known and not logs.log_path(state_dir, n).exists()]
     if unknown:
-        raise CliError("unknown service: " + ", ".join(unknown))
+        raise CliError("unknown service: " + ", ".join(unknown), EXIT_UNKNOWN)
     tail = logview.FilteredTail(logs.log_dir(state_dir), sys.stdout, pattern, args.json)
     tail.width = max([8, *(len(n) for n in names)])
     for name in names:

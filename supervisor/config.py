@@ -1,4 +1,4 @@
-"""services.toml (format v1, see DESIGN.md) -> :class:`~supervisor.model.Desired`.
+"""services.toml (format v1, see services.toml(5)) -> :class:`~supervisor.model.Desired`.
 
 Parsing uses tomlkit; validation collects *every* mistake before raising, each located like a
 compiler error: ``services.toml:12:5: services.api: unknown key "comand" (did you mean
@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .graph import find_cycle
 from .durations import parse_duration, parse_size
 from .model import (
     Backoff,
@@ -282,6 +283,13 @@ def runtime_of(path: str | os.PathLike[str]) -> str:
         return "local"
     value = section.get("runtime", "local") if isinstance(section, dict) else "local"
     return value if isinstance(value, str) else "local"
+
+
+def validate(data: dict[str, Any], path: str | os.PathLike[str]) -> Desired:
+    """Validate a config given as data (what ``tomllib`` would give for the file), with the
+    same rules and messages as :func:`parse`; ``path`` names it in errors (no line numbers)
+    and anchors relative paths. Raises :class:`ConfigError`."""
+    return _Validator(data, _Locator(""), Path(path)).run()
 
 
 def state_dir_of(path: str | os.PathLike[str]) -> Path:
@@ -555,7 +563,11 @@ class _Validator:
         elif isinstance(value, list) and all(isinstance(item, str) for item in value):
             argv = list(value)
         else:
-            self.error(keys, f'"{keys[-1]}" must be a string or a list of strings, got {_type_name(value)}')
+            got = _type_name(value)
+            if isinstance(value, list):  # name the item that is not a string, not just "a list"
+                index, item = next((i, item) for i, item in enumerate(value) if not isinstance(item, str))
+                got = f"a list whose item {index + 1} is {_type_name(item)}"
+            self.error(keys, f'"{keys[-1]}" must be a string or a list of strings, got {got}')
             return None
         if not argv or not argv[0]:
             self.error(keys, f'"{keys[-1]}" must not be empty')
@@ -837,6 +849,8 @@ class _Validator:
         if "log" in table:
             log = self.log_policy(get("log"), table["log"], self.default_log)
 
+        # checked in self.container(); a service's runtime can only be the file's for now
+        runtime = str(table["runtime"]) if table.get("runtime") in self.runtimes else None
         if len(self.diagnostics) > errors_before or command is None or source is None:
             return None
         return ServiceSpec(
@@ -844,7 +858,7 @@ class _Validator:
             environment=MappingProxyType(env), env_file=env_file, replicas=replicas,
             restart=restart, backoff=backoff, start_limit=start_limit, stop_signal=stop_signal,
             stop_timeout=stop_timeout, depends_on=(), shell=shell, ready=ready, live=live,
-            update=update, watch=watch, user=user, log=log,
+            update=update, watch=watch, user=user, log=log, runtime=runtime,
         )
 
     def env_file(self, keys: tuple[str, ...], value: str, path: Path) -> dict[str, str]:
@@ -1225,30 +1239,9 @@ class _Validator:
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (iterative DFS, file order)."""
-    state: dict[str, int] = {}
-    for root in graph:
-        if state.get(root):
-            continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path: list[str] = []
-        while stack:
-            node, index = stack.pop()
-            if index == 0:
-                if state.get(node) == 1:
-                    return path[path.index(node):] + [node]
-                if state.get(node) == 2:
-                    continue
-                state[node] = 1
-                path.append(node)
-            children = graph.get(node, [])
-            if index < len(children):
-                stack.append((node, index + 1))
-                stack.append((children[index], 0))
-            else:
-                state[node] = 2
-                path.pop()
-    return None
+    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (:func:`supervisor.graph.find_cycle`)."""
+    return find_cycle(graph)
+
 
 
 def _exists(path: Path, folder: bool = False) -> bool:

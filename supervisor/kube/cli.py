@@ -23,7 +23,10 @@ log = logging.getLogger("supervise")
 
 
 def runtime_of(path: Path) -> str:
-    """``[supervise] runtime`` of the file, quickly (see :func:`supervisor.config.runtime_of`)."""
+    """``[supervise] runtime`` of the file, quickly (see :func:`supervisor.config.runtime_of`:
+    tomli, no validation, read with :func:`config.read_regular_file` so that a FIFO or a device
+    under the file's name is refused instead of blocking the verb; "local" when the file cannot
+    be read that way, and the local verbs then report why)."""
     return config.runtime_of(path)
 
 
@@ -207,7 +210,7 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    state = {"objects": objects, "error": None}
+    state: dict[str, Any] = {"objects": objects, "error": None}
 
     def desired() -> list[dict[str, Any]]:
         try:

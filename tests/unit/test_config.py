@@ -374,7 +374,12 @@ INVALID = [
     ('[services.api]\ncommand = ""\n', 2, "command", '"command" must not be empty'),
     ("[services.api]\ncommand = []\n", 2, "command", '"command" must not be empty'),
     ('[services.api]\ncommand = "python \'unterminated"\n', 2, "command", '"command": cannot split'),
-    ("[services.api]\ncommand = [1, 2]\n", 2, "command", '"command" must be a string or a list of strings, got a list'),
+    ("[services.api]\ncommand = [1, 2]\n", 2, "command",
+     '"command" must be a string or a list of strings, got a list whose item 1 is an integer'),
+    ('[services.api]\ncommand = ["app", "--port", 8000]\n', 2, "command",
+     '"command" must be a string or a list of strings, got a list whose item 3 is an integer'),
+    ('[services.api]\ncommand = "app"\nbuild = ["make", ["all"]]\n', 3, "build",
+     '"build" must be a string or a list of strings, got a list whose item 2 is a list'),
     ("[services.api]\ncommand = 5\n", 2, "command", '"command" must be a string or a list of strings, got an integer'),
     ('[services.api]\nshell = true\ncommand = ["a", "b"]\n', 3, "command",
      '"command" must be a non-empty string when shell = true'),
@@ -666,3 +671,18 @@ def test_state_dir_is_found_even_in_a_broken_file(tmp_path):
     assert config.state_dir_of(path) == (tmp_path / "var/st").resolve()
     path = write(tmp_path, '[services.a\n')
     assert config.state_dir_of(path) == (tmp_path / ".supervise").resolve()
+
+
+def test_a_service_runtime_without_an_executor_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "container"\n'))
+    assert "containers are not available in this version yet" in info.value.diagnostics[0].message
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "docker"\n'))
+    assert info.value.diagnostics[0].message.startswith('"runtime" must be one of local, container, kubernetes')
+
+
+def test_a_service_runtime_chooses_its_executor(tmp_path):
+    desired = config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "local"\n'
+                                          '[services.b]\ncommand = ["true"]\n'))
+    assert desired.services["a"].runtime == "local" and desired.services["b"].runtime is None
