@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from . import SourceError
 from .. import safefs
@@ -35,7 +35,10 @@ class _LazyGit:
         return getattr(module, name)
 
 
-git = _LazyGit()
+if TYPE_CHECKING:
+    import git
+else:
+    git = _LazyGit()
 
 GIT_TIMEOUT = 120.0  # seconds for any one git command
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
