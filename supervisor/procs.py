@@ -195,7 +195,8 @@ class Reaper:
             except OSError:
                 continue
             state, pgid = fields_[0], int(fields_[2])
-            if state == b"Z" and pgid != self.own_pgid and pgid not in self.groups:
+            if (state == b"Z" and pgid != self.own_pgid and pgid not in self.groups
+                    and pgid not in private_groups):
                 try:
                     os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
@@ -277,6 +278,71 @@ def spawn(
         create_time = 0.0
     return ProcessHandle(pid=proc.pid, pgid=proc.pid, create_time=create_time, exited=future, cgroup=group,
                          instance=instance)
+
+
+#: Process groups of short-lived helpers (exec checks) whose leader is reaped by its own code:
+#: :meth:`Reaper._reap_strays` must not take their zombies (it would steal the exit status).
+private_groups: set[int] = set()
+
+
+async def wait_exit(pid: int) -> None:
+    """Return once our child ``pid`` has exited, without reaping it (its zombie keeps the pid
+    and its process group id from being reused). Woken by a pidfd; polls where there is none."""
+    def exited() -> bool:
+        try:
+            return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    if exited():
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        while not exited():
+            await asyncio.sleep(0.05)
+        return
+    ready = loop.create_future()
+    loop.add_reader(pidfd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def end_group(pid: int) -> int:
+    """SIGKILL the process group led by our child ``pid`` and every descendant of it (also those
+    that left with ``setsid``), reap the leader and the group's zombies; return the leader's
+    exit code (negative: the signal). Call it while the leader is unreaped, so its pid still
+    names our group. Never raises for processes already gone."""
+    try:
+        snapshot = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        snapshot = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for process in snapshot:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    code = -1
+    try:
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        pass
+    while True:  # orphans of the group re-parented to us (we are a subreaper) and already dead
+        try:
+            if os.waitid(os.P_PGID, pid, os.WEXITED | os.WNOHANG) is None:
+                break
+        except (ChildProcessError, InterruptedError):
+            break
+    return code
 
 
 def user_identity(user: str) -> dict[str, Any]:
