@@ -98,7 +98,7 @@ async def _exec(argv: list[str], env: Mapping[str, str], timeout: float, cwd: st
         except asyncio.TimeoutError:
             procs.end_group(proc.pid)
             return False
-        return procs.end_group(proc.pid) == 0
+        return procs.end_group(proc.pid, running=False) == 0
     except BaseException:  # cancelled (the replica stops): leave nothing behind either
         procs.end_group(proc.pid)
         raise

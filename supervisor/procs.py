@@ -87,7 +87,7 @@ class ProcessHandle:
     fifo: Path | None = None  # where its output goes (logs.make_fifo)
     instance: str | None = None  # the value of INSTANCE_VAR in its environment
     stop_snapshot: list[psutil.Process] | None = None  # set once begin_stop() has signalled it
-    pump: Any = None  # the logs.Pump reading that FIFO
+    pumps: list[Any] = field(default_factory=list)  # the logs.Pumps reading its stdout and stderr FIFOs
 
     @property
     def running(self) -> bool:
@@ -234,12 +234,14 @@ def spawn(
     env: Mapping[str, str],
     cwd: str | os.PathLike[str],
     output: int,
+    errors: int | None = None,
     user: str | None = None,
     cgroup_parent: Path | None = None,
     cgroup_name: str | None = None,
     tag: str = "",
 ) -> ProcessHandle:
-    """Start ``argv`` as the leader of a new session, stdout+stderr to the fd ``output``.
+    """Start ``argv`` as the leader of a new session, stdout to the fd ``output``, stderr to
+    ``errors`` (to ``output`` too when None).
 
     ``argv[0]`` is looked up on ``env["PATH"]``. stdin is /dev/null. Raises SpawnError when the
     executable or ``cwd`` is missing or not permitted.
@@ -252,7 +254,7 @@ def spawn(
     try:
         proc = subprocess.Popen(
             list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=output,
-            stderr=output, start_new_session=True, close_fds=True, restore_signals=True, **identity,
+            stderr=output if errors is None else errors, start_new_session=True, close_fds=True, restore_signals=True, **identity,
         )
     except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
         raise SpawnError(_spawn_message(argv, cwd, exc)) from None
@@ -312,15 +314,19 @@ async def wait_exit(pid: int) -> None:
         os.close(pidfd)
 
 
-def end_group(pid: int) -> int:
+def end_group(pid: int, running: bool = True) -> int:
     """SIGKILL the process group led by our child ``pid`` and every descendant of it (also those
     that left with ``setsid``), reap the leader and the group's zombies; return the leader's
     exit code (negative: the signal). Call it while the leader is unreaped, so its pid still
-    names our group. Never raises for processes already gone."""
-    try:
-        snapshot = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        snapshot = []
+    names our group. ``running``: the leader may not have exited yet (then its descendants are
+    listed first, to catch those that left the group). Blocks at most about a second (SIGKILLed processes dying). Never raises
+    for processes already gone."""
+    snapshot: list[psutil.Process] = []
+    if running:  # (a leader that has exited has no children left to list: they went to a reaper)
+        try:
+            snapshot = psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            pass
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -336,7 +342,10 @@ def end_group(pid: int) -> int:
         code = os.waitstatus_to_exitcode(status)
     except ChildProcessError:
         pass
-    while True:  # orphans of the group re-parented to us (we are a subreaper) and already dead
+    # The SIGKILLed descendants die within moments: wait for them (bounded) and reap those that
+    # came back to us (we are a subreaper), so no zombie of a check outlives it.
+    psutil.wait_procs(snapshot, timeout=1.0)
+    while True:  # and any other orphan of the group already dead
         try:
             if os.waitid(os.P_PGID, pid, os.WEXITED | os.WNOHANG) is None:
                 break

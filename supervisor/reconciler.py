@@ -117,8 +117,9 @@ class Reconciler:
         known = self.known_instances()
         known_cgroups = {replica.handle.cgroup for c in self.controllers.values() for replica in c.replicas.values()
                          if replica.handle is not None and replica.handle.cgroup is not None}
-        in_use = {replica.handle.fifo.name for c in self.controllers.values() for replica in c.replicas.values()
-                  if replica.handle is not None and replica.handle.fifo is not None}
+        in_use = {path.name for c in self.controllers.values() for replica in c.replicas.values()
+                  if replica.handle is not None and replica.handle.fifo is not None
+                  for path in (replica.handle.fifo, logs.err_fifo(replica.handle.fifo))}
         run = logs.run_dir(self.state_dir)
         try:
             for entry in os.listdir(run):  # FIFOs of replicas that were never recorded or are gone
@@ -190,6 +191,7 @@ class Reconciler:
                 if handle is None:
                     if fifo is not None:
                         _unlink(fifo)
+                        _unlink(logs.err_fifo(fifo))
                     continue
                 handle.fifo = fifo
                 if handle.cgroup is not None and (self.cgroup_parent is None or handle.cgroup.parent != self.cgroup_parent):

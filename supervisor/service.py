@@ -432,8 +432,8 @@ class ServiceController:
                 replica.probation_timer.cancel()
             for task in list(replica.tasks):
                 task.cancel()
-            if replica.handle is not None and replica.handle.pump is not None:
-                replica.handle.pump.detach()
+            for pump in (replica.handle.pumps if replica.handle is not None else ()):
+                pump.detach()
         self._persist_now()
 
     # -- user verbs (supervise start/stop/restart) ------------------------------------------
@@ -516,7 +516,7 @@ class ServiceController:
         cwd = artifact.workdir / spec.cwd
         self._set_phase(replica, Phase.STARTING)
         try:
-            fifo, read_fd, child_fd = logs.make_fifo(self.state_dir, self.name, replica.index)
+            fifo, read_fd, child_fd, err_read, err_child = logs.make_fifos(self.state_dir, self.name, replica.index)
         except OSError as exc:
             message = procs.too_many_files() if exc.errno in (errno.EMFILE, errno.ENFILE) else f"cannot make output FIFO: {exc}"
             self._start_failed(replica, artifact.version, message)
@@ -524,24 +524,20 @@ class ServiceController:
         try:
             if spec.user:
                 safefs.check_not_writable_by(self.state_dir, spec.user)
-            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=child_fd, user=spec.user,
+            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=child_fd, errors=err_child, user=spec.user,
                                  cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}.{os.urandom(4).hex()}",
                                  tag=procs.state_tag(self.state_dir))
-        except safefs.UnsafeStateDir as exc:
-            os.close(read_fd)
-            _unlink(fifo)
-            self._start_failed(replica, artifact.version, str(exc))
-            return
-        except procs.SpawnError as exc:
-            os.close(read_fd)
-            _unlink(fifo)
+        except (safefs.UnsafeStateDir, procs.SpawnError) as exc:
+            for fd, path in ((read_fd, fifo), (err_read, logs.err_fifo(fifo))):
+                os.close(fd)
+                _unlink(path)
             self._start_failed(replica, artifact.version, str(exc))
             return
         finally:
             os.close(child_fd)
+            os.close(err_child)
         handle.fifo = fifo
-        handle.pump = logs.Pump(asyncio.get_running_loop(), read_fd, self.sink, on_eof=lambda: _unlink(fifo),
-                                keep_until_written=True, label=self._label(replica.index))
+        self._pumps(handle, replica.index, read_fd, err_read)
         replica.handle = handle
         replica.start_error = ""
         replica.started_at = time.time()
@@ -576,11 +572,7 @@ class ServiceController:
                           restarts=restarts, ready=spec.ready is None, stale=stale)
         self.replicas[index] = replica
         if handle.fifo is not None:
-            fd = logs.reopen_fifo(handle.fifo)
-            if fd is not None:
-                fifo = handle.fifo
-                handle.pump = logs.Pump(asyncio.get_running_loop(), fd, self.sink, on_eof=lambda: _unlink(fifo),
-                                        keep_until_written=True, label=self._label(index))
+            self._pumps(handle, index, logs.reopen_fifo(handle.fifo), logs.reopen_fifo(logs.err_fifo(handle.fifo)))
         self.sink.note(f"adopted {self.name}[{index}] pid {handle.pid} version {artifact.version}")
         self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
         self._set_phase(replica, Phase.RUNNING)
@@ -590,6 +582,16 @@ class ServiceController:
             self._task(replica, self._readiness(replica, handle, env))
         if spec.live is not None:
             self._task(replica, self._liveness(replica, handle, env))
+
+    def _pumps(self, handle: procs.ProcessHandle, index: int, out_fd: int | None, err_fd: int | None) -> None:
+        """Pumps for a replica's stdout and stderr FIFOs (either fd may be None: not there)."""
+        loop = asyncio.get_running_loop()
+        assert handle.fifo is not None
+        for fd, path, stream in ((out_fd, handle.fifo, "stdout"), (err_fd, logs.err_fifo(handle.fifo), "stderr")):
+            if fd is not None:
+                pump = logs.Pump(loop, fd, self.sink, on_eof=lambda path=path: _unlink(path), keep_until_written=True,
+                                 label=self._label(index), origin=f"{self.name}[{index}] {stream}")
+                handle.pumps.append(pump)
 
     def _label(self, index: int) -> str:
         """Console prefix of a replica: ``NAME`` for a single replica, ``NAME.i`` otherwise."""
@@ -607,6 +609,8 @@ class ServiceController:
         uptime = time.monotonic() - handle.started_monotonic
         version = replica.launch.artifact.version
         replica.last_exit = exit
+        for pump in handle.pumps:  # its last words (an unfinished line too) before the note of its exit
+            pump.flush()
         self.sink.note(f"{self.name}[{replica.index}] pid {handle.pid} exited: {exit}")
         self.notifier.emit(EventType.EXITED, self.name, version, replica=replica.index, pid=handle.pid, exit=str(exit),
                            code=exit.code, signal=exit.signal, uptime=round(uptime, 3))
@@ -760,13 +764,13 @@ class ServiceController:
 
 async def _drain(handle: procs.ProcessHandle, timeout: float = 2.0) -> None:
     """Wait until the output of a stopped process is all in its log (the pump's end of file)."""
-    pump = handle.pump
-    if pump is None:
+    if not handle.pumps:
         return
     try:
-        await asyncio.wait_for(asyncio.shield(pump.done), timeout)
+        await asyncio.wait_for(asyncio.shield(asyncio.gather(*(pump.done for pump in handle.pumps))), timeout)
     except asyncio.TimeoutError:
-        pump.close()
+        for pump in handle.pumps:
+            pump.close()
 
 
 def _unlink(path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import psutil
@@ -95,3 +96,93 @@ def test_exec_check_results_and_background_leftovers(tmp_path: Path):
         await Stack.until(lambda: not _running(marker), timeout=3, message="the leftover sleep gone")
 
     run(scenario())
+
+
+# -- item 5: lines of different processes run together ----------------------------------------
+
+def _origin_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "] >> " in line]
+
+
+def test_a_runs_last_words_come_before_its_exit_and_runs_never_share_a_line(tmp_path: Path):
+    """``crash.sh``: ``echo "run $n starting"; printf "fatal error in run $n"; exit 1`` with a
+    300 ms backoff: each run's unfinished last line is in the log, on a line of its own, before
+    the note of its exit; two runs never end up on one line."""
+    script = tmp_path / "crash.sh"
+    script.write_text('n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count\n'
+                      'echo "run $n starting"; printf "fatal error in run $n"; exit 1\n')
+
+    async def scenario() -> None:
+        async with Stack(tmp_path) as stack:
+            await stack.apply(f'''
+[services.crash]
+command = ["sh", "{script}"]
+cwd = "{tmp_path}"
+backoff = {{ initial = "300ms", max = "300ms" }}
+start_limit = {{ burst = 100, interval = "10s" }}
+''')
+            await stack.until(lambda: stack.log("crash").count("exited") >= 4, timeout=20, message="four runs")
+            lines = stack.log("crash").splitlines()
+            for n in (1, 2, 3):
+                words = lines.index(f"fatal error in run {n}")
+                exited = next(i for i, line in enumerate(lines) if "exited" in line and i > words)
+                started = lines.index(f"run {n + 1} starting")
+                assert lines.index(f"run {n} starting") < words < exited < started, lines
+            assert not [line for line in lines if line.count("fatal error") > 1]
+            assert _origin_lines(stack.log("crash"))[0].endswith(">> crash[0] stdout")
+
+    run(scenario())
+
+
+def test_two_replicas_half_lines_are_kept_apart_and_traced(tmp_path: Path):
+    """Two replicas each write half a line, finish it a second later, and write to stderr:
+    in ``NAME.log`` no line mixes the two, and every line is traced to its replica and stream
+    (origin lines, read back by ``supervise logs --replica N --stream S [--json]``)."""
+    import json
+    import subprocess
+    import sys
+
+    writer = ("import os, sys, time\n"
+              "i = os.environ['REPLICA']\n"
+              "sys.stdout.write(f'first half of {i} '); sys.stdout.flush()\n"
+              "time.sleep(1)\n"
+              "sys.stdout.write(f'second half of {i}\\n'); sys.stdout.flush()\n"
+              "sys.stderr.write(f'complaint of {i}\\n'); sys.stderr.flush()\n"
+              "time.sleep(600)\n")
+    (tmp_path / "w.py").write_text(writer)
+    config = f'''
+[services.pair]
+command = ["{PY}", "{tmp_path / 'w.py'}"]
+replicas = 2
+'''
+
+    async def scenario() -> str:
+        async with Stack(tmp_path) as stack:
+            await stack.apply(config)
+            await stack.until(lambda: stack.log("pair").count("complaint of") == 2, timeout=15,
+                              message="both replicas' output")
+            return stack.log("pair")
+
+    text = run(scenario())
+    body = [line for line in text.splitlines() if not line.startswith("[supervise ")]
+    for line in body:
+        assert not ("of 0" in line and "of 1" in line), text
+    # every line of output follows an origin line that names its own replica and stream
+    origin = None
+    for line in text.splitlines():
+        if "] >> " in line:
+            origin = line.rsplit(">> ", 1)[1]
+        elif not line.startswith("[supervise "):
+            index = re.search(r"of (\d)", line).group(1)
+            stream = "stderr" if line.startswith("complaint") else "stdout"
+            assert origin == f"pair[{index}] {stream}", (line, text)
+    cli = [sys.executable, "-m", "supervisor", "--config", str(tmp_path / "services.toml"), "logs", "pair"]
+    out = subprocess.run([*cli, "--replica", "1", "--stream", "stderr"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert [line.split("| ", 1)[1] for line in out.stdout.splitlines()] == ["complaint of 1"]
+    out = subprocess.run([*cli, "--replica", "0", "--json", "-n", "100"], capture_output=True, text=True, timeout=30)
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    output = [r for r in records if r["stream"] != "supervise"]
+    assert {(r["replica"], r["stream"]) for r in output} == {(0, "stdout"), (0, "stderr")}
+    assert all("of 0" in r["line"] for r in output)
+    assert not [r for r in records if "] >> " in r["line"]]
