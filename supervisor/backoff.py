@@ -7,10 +7,35 @@ a wall-clock jump changes nothing.
 from __future__ import annotations
 
 import random
-from collections import deque
 from typing import Callable
 
 from .model import Backoff, StartLimit
+
+
+def next_delay(spec: Backoff, attempt: int, last_delay: float, uptime: float,
+               jitter: float) -> tuple[int, float]:
+    """The pure rule behind :class:`BackoffState`: given the attempts so far, the last delay
+    (s), this run's ``uptime`` (s) and a ``jitter`` in [0, 1), return ``(attempt, delay)``:
+    the new attempt count and the delay in seconds before the next start."""
+    if uptime >= spec.reset_after:
+        attempt, last_delay = 0, 0.0
+    attempt += 1
+    if attempt == 1:
+        return attempt, 0.0
+    # the exponent is capped: 2**1024 does not fit a float, and any max is reached long before
+    raw = spec.initial * 2.0 ** min(attempt - 2, 1000)
+    jittered = raw * (1 + 0.2 * jitter)
+    return attempt, min(spec.max, max(last_delay, jittered))
+
+
+def allow_start(spec: StartLimit, starts: tuple[float, ...], now: float) -> tuple[bool, tuple[float, ...]]:
+    """The pure rule behind :class:`StartLimiter`: is a start at ``now`` (monotonic s) within
+    ``burst`` starts per ``interval`` s, given the earlier ``starts``? Returns the answer and
+    the starts to remember (a refused start is not recorded)."""
+    kept = tuple(t for t in starts if now - t < spec.interval)
+    if len(kept) >= spec.burst:
+        return False, kept
+    return True, (*kept, now)
 
 
 class BackoffState:
@@ -32,13 +57,8 @@ class BackoffState:
         """The delay before the next start, given how long (s) the replica ran this time."""
         if uptime >= self.spec.reset_after:
             self.reset()
-        self.attempt += 1
-        if self.attempt == 1:
-            return 0.0
-        # the exponent is capped: 2**1024 does not fit a float, and any max is reached long before
-        raw = self.spec.initial * 2.0 ** min(self.attempt - 2, 1000)
-        jittered = raw * (1 + 0.2 * self.rng())
-        delay = min(self.spec.max, max(self.last_delay, jittered))
+        jitter = self.rng() if self.attempt >= 1 else 0.0  # the first restart draws none
+        self.attempt, delay = next_delay(self.spec, self.attempt, self.last_delay, uptime, jitter)
         self.last_delay = delay
         return delay
 
@@ -56,16 +76,12 @@ class StartLimiter:
 
     def __init__(self, spec: StartLimit):
         self.spec = spec
-        self.starts: deque[float] = deque()
+        self.starts: tuple[float, ...] = ()
 
     def allow(self, now: float) -> bool:
         """Record a start at ``now`` and say whether it is within the limit."""
-        while self.starts and now - self.starts[0] >= self.spec.interval:
-            self.starts.popleft()
-        if len(self.starts) >= self.spec.burst:
-            return False
-        self.starts.append(now)
-        return True
+        ok, self.starts = allow_start(self.spec, self.starts, now)
+        return ok
 
     def reset(self) -> None:
-        self.starts.clear()
+        self.starts = ()

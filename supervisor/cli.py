@@ -17,14 +17,13 @@ from typing import Sequence
 
 # Only what every verb needs is imported here; the client verbs (status, stop, ...) must answer
 # fast, so asyncio, watchdog and tomlkit are imported inside the verbs that use them.
-from . import __version__, config
+from . import __version__, config, errors
 from .config import ConfigError
 from .control.client import Client, ControlError, NotRunning
 from .durations import format_duration
+from .errors import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
 
 log = logging.getLogger("supervise")
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
 class CliError(Exception):
@@ -325,7 +324,7 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
     except NotRunning as exc:
         raise CliError(str(exc)) from None
     except ControlError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), errors.exit_code(exc.code)) from None
     if verb == "status":
         rows = reply["services"]
         if args.json:
@@ -413,7 +412,7 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
     names = args.services or known
     unknown = [n for n in names if n not in known and not logs.log_path(state_dir, n).exists()]
     if unknown:
-        raise CliError("unknown service: " + ", ".join(unknown))
+        raise CliError("unknown service: " + ", ".join(unknown), EXIT_UNKNOWN)
     only = logview.Filter(args.replica, args.stream)
     tail = logview.FilteredTail(logs.log_dir(state_dir), sys.stdout, pattern, args.json, only)
     tail.width = max([8, *(len(n) for n in names)])

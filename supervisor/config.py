@@ -1,4 +1,4 @@
-"""services.toml (format v1, see DESIGN.md) -> :class:`~supervisor.model.Desired`.
+"""services.toml (format v1, see services.toml(5)) -> :class:`~supervisor.model.Desired`.
 
 Parsing uses tomlkit; validation collects *every* mistake before raising, each located like a
 compiler error: ``services.toml:12:5: services.api: unknown key "comand" (did you mean
@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .graph import find_cycle
 from .durations import parse_duration, parse_size
 from .model import (
     Backoff,
@@ -222,6 +223,13 @@ def _parse(text: str, path: Path, runtimes: tuple[str, ...]) -> Desired:
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a date tomlkit cannot hold
         raise ConfigError([Diagnostic(str(path), 0, 0, f"TOML syntax error: {exc}")]) from None
     return _Validator(data, _Locator(text), path, runtimes).run()
+
+
+def validate(data: dict[str, Any], path: str | os.PathLike[str]) -> Desired:
+    """Validate a config given as data (what ``tomllib`` would give for the file), with the
+    same rules and messages as :func:`parse`; ``path`` names it in errors (no line numbers)
+    and anchors relative paths. Raises :class:`ConfigError`."""
+    return _Validator(data, _Locator(""), Path(path)).run()
 
 
 def state_dir_of(path: str | os.PathLike[str]) -> Path:
@@ -767,6 +775,8 @@ class _Validator:
         if "log" in table:
             log = self.log_policy(get("log"), table["log"], self.default_log)
 
+        # checked in self.container(); a service's runtime can only be the file's for now
+        runtime = str(table["runtime"]) if table.get("runtime") in self.runtimes else None
         if len(self.diagnostics) > errors_before or command is None or source is None:
             return None
         return ServiceSpec(
@@ -774,7 +784,7 @@ class _Validator:
             environment=MappingProxyType(env), env_file=env_file, replicas=replicas,
             restart=restart, backoff=backoff, start_limit=start_limit, stop_signal=stop_signal,
             stop_timeout=stop_timeout, depends_on=(), shell=shell, ready=ready, live=live,
-            update=update, watch=watch, user=user, log=log,
+            update=update, watch=watch, user=user, log=log, runtime=runtime,
         )
 
     def env_file(self, keys: tuple[str, ...], value: str, path: Path) -> dict[str, str]:
@@ -1152,30 +1162,9 @@ class _Validator:
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (iterative DFS, file order)."""
-    state: dict[str, int] = {}
-    for root in graph:
-        if state.get(root):
-            continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path: list[str] = []
-        while stack:
-            node, index = stack.pop()
-            if index == 0:
-                if state.get(node) == 1:
-                    return path[path.index(node):] + [node]
-                if state.get(node) == 2:
-                    continue
-                state[node] = 1
-                path.append(node)
-            children = graph.get(node, [])
-            if index < len(children):
-                stack.append((node, index + 1))
-                stack.append((children[index], 0))
-            else:
-                state[node] = 2
-                path.pop()
-    return None
+    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (:func:`supervisor.graph.find_cycle`)."""
+    return find_cycle(graph)
+
 
 
 def _exists(path: Path, folder: bool = False) -> bool:

@@ -21,7 +21,7 @@ async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | 
     and as the service's ``user`` (uid, gid and groups, like the replica itself: Kubernetes
     runs exec probes inside the container, as its user).
     """
-    timeout = float(check.get("timeout", 1.0))  # type: ignore[arg-type]
+    timeout = float(str(check.get("timeout", 1.0)))
     kind = check["kind"]
     try:
         if kind == "tcp":
@@ -29,7 +29,8 @@ async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | 
         if kind == "http":
             return await asyncio.wait_for(_http(expand(str(check["http"]), env)), timeout)
         if kind == "exec":
-            argv = [expand(a, env) for a in check["exec"]]  # type: ignore[union-attr]
+            raw = check["exec"]
+            argv = [expand(str(a), env) for a in raw] if isinstance(raw, (list, tuple)) else []
             return await _exec(argv, env, timeout, cwd, user)
     except asyncio.CancelledError:
         raise

@@ -544,7 +544,7 @@ class _Names(dict):
         return list(self)
 
 
-def _check(reader: _Reader, section: str, key: str, value: str, kind: str) -> object:
+def _check(reader: _Reader, section: str, key: str | None, value: str, kind: str) -> object:
     """``value`` through supervisord's type ``kind`` (datatypes.py); ImportFailed as it refuses."""
     stripped = value.strip()
     try:
@@ -566,9 +566,10 @@ def _check(reader: _Reader, section: str, key: str, value: str, kind: str) -> ob
                 number = int(value)
             except ValueError:
                 name = stripped.upper()
-                number = getattr(signal, name if name.startswith("SIG") else "SIG" + name, None)
-                if number is None:
+                found = getattr(signal, name if name.startswith("SIG") else "SIG" + name, None)
+                if found is None:
                     raise ValueError(f"value {value!r} is not a valid signal name") from None
+                number = int(found)
             if number not in _SIGNUMS:
                 raise ValueError(f"value {value!r} is not a valid signal number")
             return number

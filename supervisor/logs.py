@@ -31,10 +31,11 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Protocol
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from . import safefs
 from .model import LogPolicy
@@ -132,6 +133,14 @@ class Console:
                 self.stream.flush()
             except (OSError, ValueError):
                 pass
+
+
+class Sink(Protocol):
+    """Where a :class:`Pump` writes: a :class:`LogSink`, or a wrapper of one (a build's tail)."""
+
+    policy: LogPolicy
+
+    def write(self, data: bytes, source: int | None = None, label: str | None = None) -> None: ...
 
 
 class LogSink:
@@ -452,7 +461,7 @@ class Pump:
     the same stdout) has closed it. A last line without a newline is written with one.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: LogSink,
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: Sink,
                  on_eof: Callable[[], None] | None = None, keep_until_written: bool = False,
                  label: str | None = None, origin: str | None = None):
         self.loop = loop
@@ -744,7 +753,7 @@ class ConsoleTail:
         self.files: dict[Path, _Followed] = {}
         self.lock = threading.Lock()
         self.width = 8
-        self.observer: Observer | None = None
+        self.observer: BaseObserver | None = None
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)

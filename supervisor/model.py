@@ -18,7 +18,7 @@ from .redaction import redact
 
 
 class Phase(str, enum.Enum):
-    """Life-cycle phase of a service or a replica (DESIGN.md vocabulary)."""
+    """Life-cycle phase of a service or a replica (the vocabulary of ARCHITECTURE.md)."""
 
     PENDING = "pending"
     FETCHING = "fetching"
@@ -172,6 +172,7 @@ class ServiceSpec:
     watch: tuple[str, ...] = ()
     user: str | None = None
     log: LogPolicy = LogPolicy()
+    runtime: str | None = None  # the executor's name; None: [supervise] runtime
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServiceSpec):
@@ -227,6 +228,30 @@ class Desired:
 
 
 @dataclass(frozen=True)
+class Version:
+    """What a build is of: the source revision (a git commit, or a folder's content hash)
+    and a hash of the build step. Written ``REVISION12-BUILD8`` (12 and 8 hex digits) in
+    status, events and state files; :meth:`parse` is the one place that reads it back."""
+
+    revision: str  # the first 12 characters of the revision
+    build: str  # the first 8 of the build step's hash
+
+    @classmethod
+    def of(cls, revision: str, build_hash: str) -> "Version":
+        """The version of ``revision`` built by the step hashed ``build_hash``."""
+        return cls(revision[:12], build_hash[:8])
+
+    @classmethod
+    def parse(cls, text: str) -> "Version":
+        """Read ``REVISION-BUILD`` back; a text without a build part is all revision."""
+        revision, dash, build = text.rpartition("-")
+        return cls(revision, build) if dash else cls(text, "")
+
+    def __str__(self) -> str:
+        return f"{self.revision}-{self.build}"
+
+
+@dataclass(frozen=True)
 class Exit:
     """How a process ended: ``code`` for a normal exit, ``signal`` when killed by one.
 
@@ -268,6 +293,9 @@ class ReplicaObserved:
     last_exit: Exit | None = None
     started_at: float | None = None  # wall clock seconds since the epoch
     stale: bool = False  # adopted after a supervisor restart, started from another config
+    ready: bool = False  # its ready check passed (or it has none) while it runs
+    message: str = ""  # why it is in its phase (waiting for, restart in, start limit hit, ...)
+    running: bool = False  # a process (or container) of it is held, even while it is stopped
 
 
 @dataclass(frozen=True)
@@ -288,6 +316,9 @@ class ServiceObserved:
     failed: bool = False
     build_failed: bool = False
     failed_revision: str | None = None  # the source revision whose fetch or build failed
+    phase: Phase = Phase.STOPPED  # the least advanced of its replicas', or fetching/building
+    message: str = ""  # why the newest version is not what runs (failed build, rollback, ...)
+    log_error: str = ""  # why its log cannot be written now (disk full, ...), "" when it can
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,9 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
 from typing import IO, TYPE_CHECKING, Awaitable, Callable, MutableMapping
 
-from .model import Condition, Phase
+from . import views
 
 if TYPE_CHECKING:  # pragma: no cover
     from .reconciler import Reconciler
@@ -136,37 +135,13 @@ def _status_field(text: str) -> str:
 
 
 def summarize(reconciler: "Reconciler") -> str:
-    """A one-line summary of every replica's phase, e.g. ``"12 running, 1 backoff"``.
-
-    Phases are listed in life-cycle order; a service whose build failed before anything ran
-    counts once as ``build-failed``. ``"no services"`` when the file has none.
-    """
-    counts: Counter[Phase] = Counter()
-    for controller in list(reconciler.controllers.values()):
-        if controller.replicas:
-            counts.update(r.phase for r in controller.replicas.values())
-        else:
-            counts[controller.phase] += 1
-    if not counts:
-        return "no services"
-    return ", ".join(f"{counts[p]} {p.value}" for p in Phase if counts[p])
+    """The STATUS line: :func:`supervisor.views.summarize` of the reconciler's observed state."""
+    return views.summarize(reconciler.observe())
 
 
 def not_up(reconciler: "Reconciler") -> tuple[list[str], list[str]]:
-    """Services of the desired state that are not up, as ``"NAME (phase)"``, in two lists:
-    those still on their way, and those that cannot get there now (failed on the start limit,
-    build failed, held), which only a change to the file or a user can help. A service is up
-    when every replica runs, and is ready where the service has a ``ready`` check."""
-    waiting, stuck = [], []
-    for name, spec in reconciler.desired.services.items():
-        controller = reconciler.controllers.get(name)
-        condition = Condition.READY if spec.ready is not None else Condition.STARTED
-        state = controller.reached(condition) if controller is not None else False
-        if state is None:
-            stuck.append(f"{name} ({controller.phase.value})")  # type: ignore[union-attr]
-        elif not state:
-            waiting.append(f"{name} ({controller.phase.value if controller else 'pending'})")
-    return waiting, stuck
+    """:func:`supervisor.views.not_up` of the reconciler's desired and observed state."""
+    return views.not_up(reconciler.desired.services, reconciler.observe())
 
 
 class UnitReporter:

@@ -14,7 +14,6 @@ as shells report it).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path

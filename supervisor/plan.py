@@ -1,6 +1,6 @@
 """The pure diff: ``plan(desired, observed) -> Plan``. No I/O, no clock, no processes.
 
-The rules (DESIGN.md, "Behaviour users rely on"):
+The rules (README.md, "How it behaves"):
 
 - a service in the file and not running is fetched, built and started; one running and no
   longer in the file is stopped (dependents first);
@@ -22,7 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from .model import Desired, Observed, ServiceObserved, ServiceSpec
+from . import graph
+from .model import Desired, Observed, ServiceObserved, ServiceSpec, Version
 
 #: Fields whose change means new processes. Everything else is applied to the running ones.
 RESTART_FIELDS = ("command", "source", "build", "cwd", "environment", "shell", "user")
@@ -86,27 +87,9 @@ class Plan:
 
 
 def dependency_order(specs: Mapping[str, ServiceSpec]) -> list[str]:
-    """Names with every dependency before its dependents, otherwise in file order.
-
-    Dependencies on names not in ``specs`` are ignored; config validation rejects cycles, and
-    any left are broken in file order rather than raising.
-    """
-    done: dict[str, None] = {}
-    visiting: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done or name in visiting:
-            return
-        visiting.add(name)
-        for dep in specs[name].depends_on:
-            if dep.service in specs:
-                visit(dep.service)
-        visiting.discard(name)
-        done[name] = None
-
-    for name in specs:
-        visit(name)
-    return list(done)
+    """Names with every dependency before its dependents, otherwise in file order
+    (:func:`supervisor.graph.order`; config validation rejects cycles)."""
+    return graph.order(specs)
 
 
 def plan(desired: Desired, observed: Observed, revisions: Mapping[str, str] | None = None) -> Plan:
@@ -220,7 +203,7 @@ _same_revision = same_revision  # the name the reconciler imports
 
 def obs_revision(obs: ServiceObserved) -> str | None:
     """The source revision part of the running version (``REVISION-BUILDHASH``)."""
-    return obs.version.rsplit("-", 1)[0] if obs.version else None
+    return Version.parse(obs.version).revision if obs.version else None
 
 
 def _deploy(spec: ServiceSpec, reason: str, indices: Iterable[int], kind: ActionKind) -> list[Action]:

@@ -625,14 +625,31 @@ def _alive(process: psutil.Process) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    """True while any process is in process group ``pgid`` (``kill(-pgid, 0)``)."""
+    """True while a live process is in process group ``pgid``.
+
+    ``kill(-pgid, 0)`` succeeds on a group whose only members are zombies (a process that
+    became some other subreaper's zombie is never reaped by us), so when it does and the
+    leader is not alive, the members are looked up: a zombie counts as dead.
+    """
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    try:
+        leader = psutil.Process(pgid)
+        if leader.status() != psutil.STATUS_ZOMBIE and os.getpgid(pgid) == pgid:
+            return True
+    except (psutil.Error, OSError):
+        pass
+    for process in psutil.process_iter(["status"]):
+        try:
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+                return True
+        except (psutil.Error, OSError):
+            continue
+    return False
 
 
 def signal_group(handle: ProcessHandle, sig: int) -> None:

@@ -12,20 +12,25 @@ level at a time, the services of a level concurrently.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import logging
 import os
+import random
 from pathlib import Path
-from typing import Awaitable, Callable, Mapping
+from typing import Awaitable, Callable, Mapping, cast
 
-from . import cgroups, logs, procs, safefs, state
+from . import cgroups, errors, graph, logs, procs, safefs, state
+from .backoff import next_delay
+from .clock import SYSTEM, Clock
 from .builds import Artifact, PrepareError, Preparer, source_root
 from .events import EventType, Notifier
 from .config import NAME_RE
-from .model import Desired, Observed, Phase, ServiceSpec, SourceSpec
-from .plan import ActionKind, Plan, _same_revision, dependency_order, plan
-from .service import ServiceController, _unlink
+from .model import Backoff, Desired, Observed, Phase, ServiceSpec, SourceSpec, Version
+from .plan import ActionKind, Plan, _same_revision, plan
+from .executors import Executor, ExecutorUnavailable, Running
+from .executors.local import LocalExecutor
+from .service import ServiceController, replica_label
+from .sources import SourceError
 from .sources.git import GitSource
 
 log = logging.getLogger("supervise")
@@ -37,23 +42,19 @@ FETCH_WAIT = 2.0
 
 
 def dependency_levels(specs: Mapping[str, ServiceSpec]) -> list[list[str]]:
-    """Services grouped by depth: level 0 depends on nothing, level n on levels < n."""
-    depth: dict[str, int] = {}
-    for name in dependency_order(specs):
-        deps = [depth[d.service] for d in specs[name].depends_on if d.service in depth]
-        depth[name] = 1 + max(deps) if deps else 0
-    levels: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-    for name, level in depth.items():
-        levels[level].append(name)
-    return levels
+    """Services grouped by depth: level 0 depends on nothing, level n on levels < n
+    (:func:`supervisor.graph.levels`)."""
+    return graph.levels(specs)
 
 
 class Reconciler:
     """Converges the local machine to a Desired state and keeps it there."""
 
     def __init__(self, desired: Desired, notifier: Notifier | None = None,
-                 on_change: Callable[[], None] | None = None, console: logs.Console | None = None):
+                 on_change: Callable[[], None] | None = None, console: logs.Console | None = None,
+                 clock: Clock = SYSTEM):
         self.desired = desired
+        self.clock = clock
         self.settings = desired.settings
         self.state_dir = desired.settings.state_dir
         self.notifier = notifier or Notifier()
@@ -61,29 +62,58 @@ class Reconciler:
         self.controllers: dict[str, ServiceController] = {}
         self.logs = logs.LogRegistry(self.state_dir, console)
         self.revisions: dict[str, str] = {}
-        self.reaper: procs.Reaper | None = None
-        self.preparer: Preparer | None = None
-        self.cgroup_parent: Path | None = None
+        #: The executors by runtime name (the seam: see supervisor.executors).
+        self.executors: dict[str, Executor] = {"local": LocalExecutor(self.state_dir, self.logs, self.settings.keep_versions)}
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.stopping = False
         #: Plans applied so far; ``on_change`` is called after each (0: not converged once yet).
         self.applied = 0
+        #: Backoff of the retries of transient failures (fetches), seconds.
+        self.retry = Backoff(initial=1.0, max=60.0)
+        self._requeued: dict[str, tuple[int, asyncio.TimerHandle | None]] = {}
+
         #: Git fetches (and the builds after them) run as tasks of their own, not held by a
         #: pass (the daemon, whose run loop picks their results up; see _prepare_in_background).
         self.background_fetches = False
         self.pending: dict[str, tuple[str, asyncio.Task]] = {}
 
     async def start(self) -> None:
-        """Set up the reaper (SIGCHLD), the state dir and, where possible, a cgroup."""
-        loop = asyncio.get_running_loop()
+        """Make (or check) the state dir, then open every executor (for local processes: the
+        reaper, a cgroup)."""
         self.recreate_state_dir()
-        self.reaper = procs.Reaper(loop)
-        tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
-        self.cgroup_parent = cgroups.make_parent(f"supervise-{tag}")
-        if self.cgroup_parent is not None:
-            cgroups.remove_empty_children(self.cgroup_parent)  # left by replicas that died unseen
-        self.preparer = Preparer(self.state_dir, self.reaper, self.logs, self.settings.keep_versions)
+        for executor in self.executors.values():
+            await executor.open()
+
+    @property
+    def reaper(self) -> procs.Reaper | None:
+        """The local executor's reaper (SIGCHLD)."""
+        return self.local.reaper
+
+    @property
+    def cgroup_parent(self) -> Path | None:
+        """The local executor's cgroup, when the machine allows one."""
+        return self.local.cgroup_parent
+
+    @property
+    def local(self) -> LocalExecutor:
+        """The local-process executor."""
+        return cast(LocalExecutor, self.executors["local"])
+
+    @property
+    def preparer(self) -> Preparer | None:
+        """The local executor's builder (watched folders look at its builds)."""
+        return self.local.preparer
+
+    def executor_for(self, spec: ServiceSpec) -> Executor:
+        """The executor named by the service's ``runtime`` key, else ``[supervise] runtime``.
+        Raises :class:`ExecutorUnavailable` for a name this version cannot run (the config
+        check refuses those first)."""
+        name = spec.runtime or self.settings.runtime
+        try:
+            return self.executors[name]
+        except KeyError:
+            raise ExecutorUnavailable(f'runtime "{name}" is not available in this version') from None
 
     def recreate_state_dir(self) -> None:
         """Make (or check) STATE_DIR and its folders: each ours and 0700 (safefs). After the
@@ -96,13 +126,14 @@ class Reconciler:
             controller._persisted = None
             controller.persist()
 
+    def _local_handles(self) -> list[procs.ProcessHandle]:
+        """The process handles of the replicas the local executor runs."""
+        return [cast(procs.ProcessHandle, r.handle) for c in self.controllers.values() if c.executor is self.local
+                for r in c.replicas.values() if r.handle is not None]
+
     def known_instances(self) -> set[str]:
         """The instance marks of every process we own now (replicas and builds)."""
-        known = set()
-        for controller in self.controllers.values():
-            for replica in controller.replicas.values():
-                if replica.handle is not None and replica.handle.instance:
-                    known.add(replica.handle.instance)
+        known = {h.instance for h in self._local_handles() if h.instance}
         if self.preparer is not None:
             known.update(h.instance for h in self.preparer.builds.values() if h.instance)
         return known
@@ -115,11 +146,9 @@ class Reconciler:
         outlive a clean stop (orphans). Returns how many processes were stopped."""
         tag = procs.state_tag(self.state_dir)
         known = self.known_instances()
-        known_cgroups = {replica.handle.cgroup for c in self.controllers.values() for replica in c.replicas.values()
-                         if replica.handle is not None and replica.handle.cgroup is not None}
-        in_use = {path.name for c in self.controllers.values() for replica in c.replicas.values()
-                  if replica.handle is not None and replica.handle.fifo is not None
-                  for path in (replica.handle.fifo, logs.err_fifo(replica.handle.fifo))}
+        handles = self._local_handles()
+        known_cgroups = {h.cgroup for h in handles if h.cgroup is not None}
+        in_use = {path.name for h in handles if h.fifo is not None for path in (h.fifo, logs.err_fifo(h.fifo))}
         run = logs.run_dir(self.state_dir)
         try:
             for entry in os.listdir(run):  # FIFOs of replicas that were never recorded or are gone
@@ -147,80 +176,76 @@ class Reconciler:
 
         Each is verified (pid + create_time) before it is trusted. A replica made from another
         config is adopted as *stale* and replaced by the first plan; one of a service no longer
-        in the file is adopted to be stopped. ``only``: look at these services alone.
+        in the file is adopted to be stopped; a service whose record cannot be read is held
+        (:meth:`_hold_unreadable`). ``only``: look at these services alone.
         Returns how many were adopted.
         """
-        loop = asyncio.get_running_loop()
-        adopted = 0
-        tag = procs.state_tag(self.state_dir)
-        for name, build in state.load_builds(self.state_dir).items():
-            # a build the previous supervisor left running: stop it before building again there
-            try:
-                handle = procs.adopt(loop, int(build.get("pid", 0)), float(build.get("create_time", 0)),
-                                     instance=str(build.get("instance") or ""), tag=tag)
-            except (TypeError, ValueError, OverflowError):
-                handle = None
-            if handle is not None:
-                log.warning("%s: stopping a build (pid %d) left by the previous supervisor", name, handle.pid)
-                await procs.stop(handle, 15, 5.0, self.reaper)
-            state.remove_build(self.state_dir, name)
-        for name, record in state.load_all(self.state_dir).items():
-            if not NAME_RE.match(name) or (only is not None and name not in only):
-                continue
-            alive = []
-            for key, item in (record.get("replicas") or {}).items():
-                # A record is checked before it is trusted: the process must be the one we
-                # started (pid + create_time + our instance mark in its environment), its FIFO
-                # a FIFO of ours in STATE_DIR/run, its cgroup one of ours.
-                try:
-                    if not isinstance(item, dict):
-                        raise TypeError
-                    fifo = Path(str(item["fifo"])) if item.get("fifo") else None
-                    if fifo is not None and not logs.fifo_is_ours(self.state_dir, fifo):
-                        log.warning("%s[%s]: ignoring a state record whose FIFO %s is not in %s", name, key,
-                                    fifo, logs.run_dir(self.state_dir))
-                        fifo = None
-                    recorded = Path(str(item["cgroup"])) if item.get("cgroup") else None
-                    if recorded is not None and (self.cgroup_parent is None or recorded.parent != self.cgroup_parent):
-                        recorded = None
-                    handle = procs.adopt(loop, int(item["pid"]), float(item["create_time"]),
-                                         instance=str(item.get("instance") or ""), tag=tag, cgroup=recorded)
-                    int(key), Path(str(item["workdir"])), str(item["version"])
-                except (KeyError, TypeError, ValueError, OverflowError):
-                    handle, fifo = None, None
-                if handle is None:
-                    if fifo is not None:
-                        _unlink(fifo)
-                        _unlink(logs.err_fifo(fifo))
-                    continue
-                handle.fifo = fifo
-                if handle.cgroup is not None and (self.cgroup_parent is None or handle.cgroup.parent != self.cgroup_parent):
-                    handle.cgroup = None  # only our own cgroups are ever killed or removed
-                alive.append((int(key), item, handle))
+        await self.local.stop_leftover_builds()
+        unreadable: dict[str, str] = {}
+        records = state.load_all(self.state_dir, unreadable)
+        for name, why in unreadable.items():
             spec = desired.services.get(name)
-            if spec is None and alive:
-                first = alive[0][1]
-                spec = ServiceSpec(name=name, command=tuple(record.get("command") or ["?"]),
-                                   source=SourceSpec(kind="path", path=Path(first["workdir"])),
-                                   stop_signal=int(record.get("stop_signal", 15)),
-                                   stop_timeout=float(record.get("stop_timeout", 10.0)), replicas=0)
-            if spec is None:
-                continue
-            if not alive and not record.get("held"):
-                continue
-            controller = self.controllers.get(name) or self._controller(spec)
-            self.controllers[name] = controller
-            controller.held = bool(record.get("held", False))
-            current = state.fingerprint(spec)
-            for index, item, handle in alive:
-                artifact = Artifact(workdir=Path(item["workdir"]), version=str(item["version"]),
-                                    revision=str(item.get("revision") or item["version"].split("-")[0]))
-                stale = name not in desired.services or item.get("fingerprint") != current
-                controller.adopt(index, handle, spec, artifact, item.get("started_at"), int(item.get("restarts", 0)), stale)
-                adopted += 1
+            if spec is not None and (only is None or name in only) and name not in self.controllers:
+                self._hold_unreadable(spec, why)
+        adopted = 0
+        for name, record in records.items():
+            if NAME_RE.match(name) and (only is None or name in only):
+                adopted += self._adopt_service(name, record, desired)
         if only is None:
             await self.sweep_unowned()
         return adopted
+
+    def _hold_unreadable(self, spec: ServiceSpec, why: str) -> None:
+        """Its replicas may still run: starting new ones could duplicate them. Held until a
+        user looks (``supervise start NAME``), as after a user stop."""
+        message = f"state file unreadable, not started (a replica may still run): {why}"
+        log.error("%s: %s; fix or remove it, then: supervise start %s", spec.name, message, spec.name)
+        self.notifier.emit(EventType.START_FAILED, spec.name, None, error=message)
+        controller = self._controller(spec)
+        controller.held = True
+        controller.deploy_message = message
+        self.controllers[spec.name] = controller
+
+    def _adopt_service(self, name: str, record: dict, desired: Desired) -> int:
+        """Adopt the live replicas of one state record; returns how many."""
+        wanted = desired.services.get(name)
+        executor = self.executor_for(wanted) if wanted is not None else self.local
+        sink = self.logs.sink(name, wanted.log) if wanted is not None else self.logs.sink(name)
+        alive: list[tuple[int, dict, Running]] = []
+        replicas = record.get("replicas")
+        for key, item in (replicas.items() if isinstance(replicas, dict) else ()):
+            # a record is checked before it is trusted (the executor checks the process)
+            try:
+                if not isinstance(item, dict):
+                    raise TypeError
+                index = int(key)
+                Path(str(item["workdir"])), str(item["version"])
+            except (KeyError, TypeError, ValueError, OverflowError):
+                continue
+            handle = executor.adopt(item, sink, replica_label(name, wanted.replicas if wanted else 0, index))
+            if handle is None:
+                executor.forget(item)
+            else:
+                alive.append((index, item, handle))
+        spec = wanted
+        if spec is None and alive:  # removed from the file: adopted to be stopped
+            spec = ServiceSpec(name=name, command=tuple(record.get("command") or ["?"]),
+                               source=SourceSpec(kind="path", path=Path(alive[0][1]["workdir"])),
+                               stop_signal=int(record.get("stop_signal", 15)),
+                               stop_timeout=float(record.get("stop_timeout", 10.0)), replicas=0)
+        if spec is None or (not alive and not record.get("held")):
+            return 0
+        controller = self.controllers.get(name) or self._controller(spec)
+        self.controllers[name] = controller
+        controller.held = bool(record.get("held", False))
+        current = state.fingerprint(spec)
+        for index, item, handle in alive:
+            version = str(item["version"])
+            artifact = Artifact(workdir=Path(item["workdir"]), version=version,
+                                revision=str(item.get("revision") or Version.parse(version).revision))
+            stale = wanted is None or item.get("fingerprint") != current
+            controller.adopt(index, handle, spec, artifact, item.get("started_at"), int(item.get("restarts", 0)), stale)
+        return len(alive)
 
     def observe(self) -> Observed:
         """The observed state: every controller's view of its replicas."""
@@ -258,8 +283,8 @@ class Reconciler:
                 self.controllers[name] = self._controller(specs[name])
                 self.notifier.emit(EventType.CREATE, name, None, source=specs[name].source.describe())
             elif name in specs and the_plan.for_service(name):
-                self.notifier.emit(EventType.UPDATE, name, self.controllers[name].artifact.version
-                                   if self.controllers[name].artifact else None,
+                running = self.controllers[name].artifact
+                self.notifier.emit(EventType.UPDATE, name, running.version if running else None,
                                    reason="; ".join(sorted({a.reason for a in the_plan.for_service(name)})))
         semaphore = asyncio.Semaphore(PREPARE_CONCURRENCY)
         artifacts: dict[str, Artifact | None] = {}
@@ -276,10 +301,9 @@ class Reconciler:
         self.on_change()
 
     def _controller(self, spec: ServiceSpec) -> ServiceController:
-        assert self.reaper is not None
-        return ServiceController(spec, state_dir=self.state_dir, reaper=self.reaper, notifier=self.notifier,
-                                 lookup=self.controllers.get, changed=self.on_change,
-                                 sink=self.logs.sink(spec.name, spec.log), cgroup_parent=self.cgroup_parent)
+        return ServiceController(spec, state_dir=self.state_dir, executor=self.executor_for(spec),
+                                 notifier=self.notifier, lookup=self.controllers.get, changed=self.on_change,
+                                 sink=self.logs.sink(spec.name, spec.log), clock=self.clock)
 
     async def _prepare_in_background(self, spec: ServiceSpec, protect: set[str]) -> Artifact | None:
         """For a git source: run the fetch and build as a task of its own, and wait for it at
@@ -287,7 +311,6 @@ class Reconciler:
         that never answers then holds this one service in ``fetching``, never the whole pass
         (other services' starts, restarts and reloads). When the task ends, another pass is
         asked for, and picks its result up here. Returns None while it runs."""
-        assert self.preparer is not None
         name = spec.name
         key = repr((spec.source, spec.build, spec.environment, self.revisions.get(name)))
         pending = self.pending.get(name)
@@ -296,7 +319,7 @@ class Reconciler:
             pending = None
         waited = pending is not None
         if pending is None:
-            task = asyncio.get_running_loop().create_task(self.preparer.prepare(spec, protect))
+            task = asyncio.get_running_loop().create_task(self.controllers[name].executor.prepare(spec, protect))
             task.add_done_callback(lambda _t: self.request())
             pending = self.pending[name] = (key, task)
         task = pending[1]
@@ -310,7 +333,6 @@ class Reconciler:
         return task.result()  # raises PrepareError as the plain call would
 
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
-        assert self.preparer is not None
         controller = self.controllers[spec.name]
         protect = {r.launch.artifact.version for r in controller.replicas.values()}
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
@@ -322,7 +344,7 @@ class Reconciler:
                     return None
                 controller.deploy_message = ""
             else:
-                artifact = await self.preparer.prepare(spec, protect)
+                artifact = await controller.executor.prepare(spec, protect)
         except asyncio.CancelledError:
             controller.preparing = None
             raise
@@ -331,14 +353,22 @@ class Reconciler:
             kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
             log.error("%s: %s%s", spec.name, exc, "".join(f"\n    {line}" for line in exc.tail))
             self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
-            tried = exc.version.rsplit("-", 1)[0] if exc.version else self.revisions.get(spec.name)
+            tried = Version.parse(exc.version).revision if exc.version else self.revisions.get(spec.name)
             controller.mark_build_failed(spec, tried, f"{exc.stage} failed: {exc}")
+            if errors.transient(errors.of_stage(exc.stage)):
+                self._requeue(spec.name)
             return None
+        self._cancel_requeue(spec.name)
         controller.preparing = None
         previous = controller.artifact
         if spec.source.kind == "git" and previous is not None and previous.revision != artifact.revision:
             source = GitSource(spec.source, source_root(self.state_dir, spec.name))
-            if not await asyncio.to_thread(source.is_ancestor, previous.revision, artifact.revision):
+            try:
+                fast_forward = await asyncio.to_thread(source.is_ancestor, previous.revision, artifact.revision)
+            except SourceError as exc:  # cannot tell (a timeout): not a force push
+                log.warning("%s: %s", spec.name, exc)
+                fast_forward = True
+            if not fast_forward:
                 log.warning("%s: %s was force-pushed (%s is not an ancestor of %s); deploying it",
                             spec.name, spec.source.ref, previous.revision[:12], artifact.revision[:12])
                 self.notifier.emit(EventType.FORCE_PUSHED, spec.name, artifact.version, ref=spec.source.ref,
@@ -347,6 +377,30 @@ class Reconciler:
             self.notifier.emit(EventType.BUILT, spec.name, artifact.version)
         self.revisions[spec.name] = artifact.revision
         return artifact
+
+    def _requeue(self, name: str) -> None:
+        """A transient failure (a fetch): try again after a backoff (``retry`` doubling from
+        its initial delay up to its max, with jitter), as controller-runtime requeues a
+        reconcile that failed; what runs keeps running meanwhile."""
+        attempt, timer = self._requeued.get(name, (0, None))
+        if timer is not None:
+            timer.cancel()
+        attempt, delay = next_delay(self.retry, max(attempt, 1), 0.0, 0.0, random.random())
+        log.info("%s: retrying in %.1fs", name, delay)
+        timer = asyncio.get_running_loop().call_later(delay, self._retry_now, name)
+        self._requeued[name] = (attempt, timer)
+
+    def _retry_now(self, name: str) -> None:
+        controller = self.controllers.get(name)
+        if controller is not None and controller.build_failed and not self.stopping:
+            controller.build_failed = False  # the plan tries the same revision again
+            controller.failed_revision = None
+            self.request()
+
+    def _cancel_requeue(self, name: str) -> None:
+        _attempt, timer = self._requeued.pop(name, (0, None))
+        if timer is not None:
+            timer.cancel()
 
     async def _guarded(self, spec: ServiceSpec, the_plan: Plan, artifacts: Mapping[str, Artifact | None]) -> None:
         """Run one service's actions; a bug there is logged and leaves the others alone."""
@@ -412,6 +466,8 @@ class Reconciler:
         """Stop every service, dependents before their dependencies, and any build."""
         self.stopping = True
         self.cancel_fetches()
+        for name in list(self._requeued):
+            self._cancel_requeue(name)
         async with self.lock:
             specs = {n: c.spec for n, c in self.controllers.items()}
             for level in reversed(dependency_levels(specs)):
@@ -420,28 +476,23 @@ class Reconciler:
                 await asyncio.gather(*(self.controllers[n].stop_all("supervisor stopping") for n in level))
             for controller in self.controllers.values():
                 controller._persist_now()
-            known = set(self.reaper.waiters) if self.reaper is not None else set()
-            left = await procs.sweep_orphans(known, self.reaper)
-            if left:
-                log.warning("stopped %d orphaned process%s left by services: %s", len(left),
-                            "es" if len(left) != 1 else "", " ".join(map(str, left)))
-        if self.reaper is not None:
-            self.reaper.close()
+            for executor in self.executors.values():
+                left = await executor.sweep()
+                if left:
+                    log.warning("stopped %d orphaned process%s left by services: %s", len(left),
+                                "es" if len(left) != 1 else "", " ".join(map(str, left)))
+        for executor in self.executors.values():
+            await executor.close()
         self.logs.close()
-        if self.cgroup_parent is not None:
-            cgroups.remove(self.cgroup_parent)
 
     def kill_all(self) -> None:
         """SIGKILL every replica's group, cgroup and members at once (stops under way then
         finish without waiting for their timeouts)."""
-        known = set(self.reaper.waiters) if self.reaper is not None else set()
         for controller in self.controllers.values():
             for replica in controller.replicas.values():
                 if replica.handle is not None:
-                    procs.kill_now(replica.handle, known)
-        if self.preparer is not None:
-            for handle in self.preparer.builds.values():
-                procs.kill_now(handle, known)
+                    controller.executor.kill(replica.handle)
+        self.local.kill_preparing()
 
     async def detach(self) -> None:
         """Let go of every service without stopping it: stop reading their output (the FIFOs
@@ -449,11 +500,12 @@ class Reconciler:
         adopts from. A replica waiting in backoff has no process; the next supervisor starts it."""
         self.stopping = True
         self.cancel_fetches()
+        for name in list(self._requeued):
+            self._cancel_requeue(name)
         async with self.lock:
             for controller in self.controllers.values():
                 controller.detach()
-        if self.reaper is not None:
-            self.reaper.close()
+        self.local.detach_all()
         self.logs.close()
 
     def request(self) -> None:

@@ -1,50 +1,47 @@
-"""One service's replicas on the local machine: start, watch, restart with backoff, stop.
+"""One service's replicas on the local machine: the thin driver of the replica life cycle.
 
-A :class:`ServiceController` owns the replicas of one service. Exits arrive as futures from the
-reaper (SIGCHLD) or a pidfd; nothing here polls a process. Each replica keeps the launch (spec
-and artifact) it was started with, so an automatic restart brings back the same version and
-command even when the file has changed since; supervision settings (restart policy, backoff,
-start limit, stop signal and timeout) are read from the newest spec, so they apply in place.
+Every decision (restart or not, when, rollback, promote, fail) is made by the pure state machine
+in :mod:`supervisor.lifecycle`; a :class:`ServiceController` feeds it what happens (a spawn, an
+exit, a probe result, a timer) and runs the effects it returns (spawn a process, arm a timer,
+stop a process group, emit an event, write a log note). Exits arrive as futures from the reaper
+(SIGCHLD) or a pidfd; nothing here polls a process. The one clock is injected.
+
+Each replica keeps the launch (spec and artifact) it was started with, so an automatic restart
+brings back the same version and command even when the file has changed since; supervision
+settings (restart policy, backoff, start limit, stop signal and timeout) are read from the
+newest spec, so they apply in place.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
-import time
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Coroutine, Any
 
-from . import health, logs, procs, safefs, state
-from .backoff import BackoffState, StartLimiter
+from . import lifecycle, logs, state, views
 from .builds import Artifact
+from .clock import SYSTEM, Clock
+from .environ import replica_env
+from .executors import Executor, Running, StartFailed
 from .sources.pip import venv_env
-from .environ import command_argv, replica_env
 from .events import EventType, Notifier
-from .model import Condition, Exit, Phase, ReplicaObserved, RestartPolicy, ServiceObserved, ServiceSpec
+from .lifecycle import (
+    UP, Abandon, Adopted, Arm, Cancel, DependenciesChanged, Effect, Emit, Exited, Fired, LiveProbe, Note, Policy,
+    Promote, Ready, ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer,
+)
+from .model import Condition, Exit, Phase, ReplicaObserved, ServiceObserved, ServiceSpec
 
 log = logging.getLogger("supervise")
 
-#: Phases in which a replica counts as up.
-UP = (Phase.RUNNING, Phase.READY)
-#: Crashes of a new version, before it has proven itself, that roll it back.
-ROLLBACK_CRASHES = 3
-#: Seconds a new version without a ready check must stay up to count as good.
-PROBATION = 10.0
-#: Seconds a start-first replacement without a ready check must stay up before the old stops.
-START_FIRST_GRACE = 1.0
+__all__ = ["Launch", "Replica", "ServiceController", "UP", "replica_label"]
 
 
-def _ready_deadline(spec: ServiceSpec) -> float:
-    """Seconds a new replica gets to pass its ready check: the start period, then ``retries``
-    probes (interval + timeout each), then 2 s of slack."""
-    check = spec.ready or {}
-    retries = max(int(check.get("retries", 3)), 1)  # type: ignore[call-overload]
-    return (float(check.get("start_period", 0.0)) + retries  # type: ignore[arg-type]
-            * (float(check.get("interval", 1.0)) + float(check.get("timeout", 1.0))) + 2.0)  # type: ignore[arg-type]
+def replica_label(name: str, replicas: int, index: int) -> str:
+    """Console prefix of a replica: ``NAME`` for a single replica, ``NAME.i`` otherwise."""
+    return name if replicas <= 1 and index == 0 else f"{name}.{index}"
 
 
 @dataclass
@@ -57,51 +54,78 @@ class Launch:
 
 @dataclass
 class Replica:
-    """One replica's bookkeeping: its launch, phase, process handle, restart pacing."""
+    """One replica: its launch, its life-cycle state (:class:`~supervisor.lifecycle.ReplicaState`)
+    and the driver's handles (process, timers, tasks)."""
+
     index: int
     launch: Launch
-    phase: Phase = Phase.PENDING
-    handle: procs.ProcessHandle | None = None
-    restarts: int = 0
-    last_exit: Exit | None = None
-    started_at: float | None = None
-    backoff: BackoffState | None = None
-    limiter: StartLimiter | None = None
-    timer: asyncio.TimerHandle | None = None
+    state: ReplicaState
+    handle: Running | None = None
+    timers: dict[Timer, asyncio.TimerHandle] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
-    stopping: bool = False
-    ready: bool = False
-    message: str = ""
-    stale: bool = False  # adopted, started from another config: the next plan replaces it
     previous: Launch | None = None  # the last good launch, while this new one is on probation
-    probation_crashes: int = 0
-    start_error: str = ""  # why the last start failed (unknown user, missing command, ...)
-    probation_timer: asyncio.TimerHandle | None = None
+    trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
 
     @property
     def pid(self) -> int | None:
         return self.handle.pid if self.handle is not None and self.handle.running else None
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    @property
+    def restarts(self) -> int:
+        return self.state.restarts
+
+    @property
+    def last_exit(self) -> Exit | None:
+        return self.state.last_exit
+
+    @property
+    def started_at(self) -> float | None:
+        return self.state.started_at
+
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
+
+    @property
+    def stale(self) -> bool:
+        return self.state.stale
+
+    @property
+    def message(self) -> str:
+        return self.state.message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self.state = replace(self.state, message=value)
 
 
 class ServiceController:
     """Runs the replicas of one service. All methods run on the event loop thread.
 
     ``lookup`` finds another service's controller (for ``depends_on``); ``changed`` is called
-    after every phase change (the reconciler uses it to re-check dependents).
+    after every phase change (the reconciler uses it to re-check dependents). Replicas are
+    reached only through ``executor`` (the seam: local processes, containers, ...). ``clock``
+    is the one clock read here; ``rng`` draws the backoff jitter in [0, 1).
     """
 
-    def __init__(self, spec: ServiceSpec, *, state_dir: Path, reaper: procs.Reaper, notifier: Notifier,
+    def __init__(self, spec: ServiceSpec, *, state_dir: Path, executor: Executor, notifier: Notifier,
                  lookup: Callable[[str], "ServiceController | None"], changed: Callable[[], None],
-                 sink: logs.LogSink, cgroup_parent: Path | None = None):
+                 sink: logs.LogSink, clock: Clock = SYSTEM, rng: Callable[[], float] = random.random):
         self.spec = spec
         self.name = spec.name
         self.state_dir = state_dir
-        self.reaper = reaper
+        self.executor = executor
         self.notifier = notifier
         self.lookup = lookup
         self.changed = changed
-        self.cgroup_parent = cgroup_parent
+        self.clock = clock
+        self.rng = rng
         self.replicas: dict[int, Replica] = {}
+        self.candidates: dict[int, Replica] = {}  # start-first replacements on trial
         self.artifact: Artifact | None = None
         self.build_failed = False
         self.failed_revision: str | None = None
@@ -122,14 +146,15 @@ class ServiceController:
         replicas = {
             i: ReplicaObserved(index=i, phase=r.phase, pid=r.pid, version=r.launch.artifact.version,
                                restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at,
-                               stale=r.stale)
+                               stale=r.stale, ready=r.ready, message=r.message, running=r.handle is not None)
             for i, r in self.replicas.items()
         }
         failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
                                version=self.artifact.version if self.artifact else None,
                                held=self.held, failed=failed, build_failed=self.build_failed,
-                               failed_revision=self.failed_revision)
+                               failed_revision=self.failed_revision, phase=self.phase, message=self.deploy_message,
+                               log_error=self.sink.trouble or "")
 
     @property
     def phase(self) -> Phase:
@@ -147,25 +172,80 @@ class ServiceController:
         return next(p for p in order if p in phases)
 
     def reached(self, condition: Condition) -> bool | None:
-        """True when every replica meets ``condition``; None when it never will (failed,
-        build failed, held, or a ``completed`` one exited non-zero); False otherwise."""
-        replicas = [self.replicas.get(i) for i in range(self.spec.replicas)]
-        if self.build_failed and not any(r and r.handle for r in replicas):
-            return None
-        if self.held:
-            return None
-        if any(r is not None and r.phase is Phase.FAILED for r in replicas):
-            return None
-        if any(r is None for r in replicas):
-            return False
-        if condition is Condition.COMPLETED:
-            for r in replicas:
-                if r.phase is Phase.EXITED and r.last_exit and not r.last_exit.success:
-                    return None
-            return all(r.phase is Phase.EXITED and r.last_exit and r.last_exit.success for r in replicas)  # type: ignore[union-attr]
-        if condition is Condition.READY:
-            return all(r.ready and r.phase in UP for r in replicas)  # type: ignore[union-attr]
-        return all(r.phase in UP or (r.phase is Phase.EXITED and r.started_at) for r in replicas)  # type: ignore[union-attr]
+        """True when every replica meets ``condition``; None when it never will; False
+        otherwise (:func:`supervisor.views.reached` of :meth:`observe`)."""
+        return views.reached(self.observe(), condition)
+
+    # -- the state machine and its effects ---------------------------------------------------
+
+    def policy(self, replica: Replica) -> Policy:
+        """The life-cycle policy of ``replica``: supervision settings from the newest spec,
+        checks from the spec it was started with."""
+        launch = replica.launch.spec
+        policy = Policy.of(self.spec)
+        if launch is not self.spec:
+            own = Policy.of(launch)
+            policy = replace(policy, has_ready=own.has_ready, ready_deadline=own.ready_deadline,
+                             live_retries=own.live_retries)
+        return policy
+
+    def _feed(self, replica: Replica, event: lifecycle.Event) -> list[StopProcess]:
+        """Step ``replica``'s state machine with ``event`` and run the effects; the process
+        stops it asks for are returned for the caller to await."""
+        before = replica.state.phase
+        replica.state, effects = lifecycle.step(self.policy(replica), replica.state, event, self.clock.monotonic())
+        stops: list[StopProcess] = []
+        spawn: Spawn | None = None
+        for effect in effects:
+            if isinstance(effect, StopProcess):
+                stops.append(effect)
+            elif isinstance(effect, Spawn):
+                spawn = effect  # last: the spawn feeds the state machine again
+            else:
+                self._run(replica, effect)
+        if replica.state.phase is not before:
+            self._phase_changed()
+        if spawn is not None:
+            self._spawn(replica, spawn.reason)
+        return stops
+
+    def _run(self, replica: Replica, effect: Effect) -> None:
+        if isinstance(effect, Emit):
+            self.notifier.emit(effect.type, self.name, replica.launch.artifact.version, replica=replica.index,
+                               **dict(effect.data))
+        elif isinstance(effect, Note):
+            self.sink.note(effect.text)
+        elif isinstance(effect, Arm):
+            self._cancel(replica, effect.timer)
+            replica.timers[effect.timer] = asyncio.get_running_loop().call_later(
+                effect.delay, self._fire, replica, effect.timer)
+        elif isinstance(effect, Cancel):
+            self._cancel(replica, effect.timer)
+        elif isinstance(effect, Rollback):
+            self._rollback(replica, effect.why)
+        elif isinstance(effect, (Promote, Abandon)):
+            if replica.trial is not None and not replica.trial.done():
+                replica.trial.set_result((True, "") if isinstance(effect, Promote) else (False, effect.why))
+
+    def _fire(self, replica: Replica, timer: Timer) -> None:
+        replica.timers.pop(timer, None)
+        if self._owns(replica):
+            self._feed(replica, Fired(timer))
+
+    def _owns(self, replica: Replica) -> bool:
+        return self.replicas.get(replica.index) is replica or self.candidates.get(replica.index) is replica
+
+    @staticmethod
+    def _cancel(replica: Replica, timer: Timer | None = None) -> None:
+        for key in [timer] if timer is not None else list(replica.timers):
+            handle = replica.timers.pop(key, None)
+            if handle is not None:
+                handle.cancel()
+
+    def _phase_changed(self) -> None:
+        self.phase_changed.set()
+        self.changed()
+        self.persist()
 
     # -- changes from the plan -------------------------------------------------------------
 
@@ -173,8 +253,7 @@ class ServiceController:
         """Take a new spec whose changes need no restart (policy, backoff, limits, signals)."""
         if spec.start_limit != self.spec.start_limit or spec.backoff != self.spec.backoff:
             for replica in self.replicas.values():
-                replica.limiter = StartLimiter(spec.start_limit)
-                replica.backoff = BackoffState(spec.backoff)
+                replica.state = replace(replica.state, attempt=0, last_delay=0.0, starts=())
         self.spec = spec
         self.sink.policy = spec.log
         for replica in self.replicas.values():  # still waiting on dependencies: on the new ones
@@ -182,7 +261,7 @@ class ServiceController:
                 for task in list(replica.tasks):
                     task.cancel()
                 replica.launch = Launch(spec, replica.launch.artifact)
-                self._task(replica, self._start_after_dependencies(replica, "dependencies changed"))
+                self._task(replica, self._start_after_dependencies(replica))
 
     def mark_build_failed(self, spec: ServiceSpec, revision: str | None, message: str = "") -> None:
         """The fetch or build of ``spec`` at ``revision`` failed; running replicas stay."""
@@ -193,11 +272,13 @@ class ServiceController:
         self.deploy_message = f"{message or 'build failed'}" + (f"; still running {running}" if running else "")
         self.changed()
 
-    async def start_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
+    async def start_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str,
+                            previous: Launch | None = None) -> None:
         """Start replica ``index`` of ``spec``/``artifact``; an old process there is stopped first.
 
         Returns once the process is spawned, or, when ``depends_on`` is not yet met, at once:
         the replica then waits in phase ``pending`` and starts when its dependencies allow.
+        ``previous``: the last good launch, to roll back to while this one is on probation.
         """
         self.spec = spec
         self.artifact = artifact
@@ -207,19 +288,16 @@ class ServiceController:
         old = self.replicas.get(index)
         if old is not None and (old.handle is not None or old.tasks):
             await self.stop_replica(index, reason)
-        replica = Replica(index=index, launch=Launch(spec, artifact), backoff=BackoffState(spec.backoff),
-                          limiter=StartLimiter(spec.start_limit))
+        replica = Replica(index=index, launch=Launch(spec, artifact), state=ReplicaState(index=index),
+                          previous=previous)
         if old is not None:
-            replica.restarts = old.restarts
-            replica.last_exit = old.last_exit
-            self._cancel_timer(old)
+            replica.state = replace(replica.state, restarts=old.restarts, last_exit=old.last_exit)
+            self._cancel(old)
         self.replicas[index] = replica
-        if spec.depends_on and not self._dependencies_met(replica):
-            self._set_phase(replica, Phase.PENDING)
-            self._task(replica, self._start_after_dependencies(replica, reason))
-            return
-        replica.limiter.allow(time.monotonic())  # type: ignore[union-attr]
-        self._spawn(replica, reason)
+        waiting = self._waiting(replica) if spec.depends_on else ""
+        self._feed(replica, Start(reason, waiting=waiting, probation=previous is not None))
+        if waiting:
+            self._task(replica, self._start_after_dependencies(replica))
 
     async def restart_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
         """Replace replica ``index`` with a new process of ``spec``/``artifact``.
@@ -227,8 +305,8 @@ class ServiceController:
         ``update = "recreate"``: the old process is fully stopped before the new one starts,
         so two never run at once. ``"start-first"``: the new one starts beside the old, and the
         old stops only once the new one is ready (or, without a ready check, has stayed up
-        :data:`START_FIRST_GRACE` seconds). Either way a new version that crash-loops or never
-        becomes ready is rolled back to the last good one (see :meth:`_rollback`).
+        :data:`~supervisor.lifecycle.START_FIRST_GRACE` seconds). Either way a new version that
+        crash-loops or never becomes ready is rolled back to the last good one.
         """
         old = self.replicas.get(index)
         previous = None
@@ -238,7 +316,10 @@ class ServiceController:
             if new_launch:
                 # Roll back only to a launch that proved itself (ready, or up PROBATION s);
                 # one still on probation hands on its own last good launch.
-                previous = old.launch if self._proven(old) else old.previous
+                if lifecycle.proven(self.policy(old), old.state, self.clock.monotonic()):
+                    previous = old.launch
+                elif old.state.probation:
+                    previous = old.previous
             healthy = old.handle is not None and old.handle.running and old.phase in UP
             if old.launch.artifact.version != artifact.version:
                 reason = f"{reason} ({old.launch.artifact.version} -> {artifact.version})"
@@ -247,12 +328,8 @@ class ServiceController:
                 return
             self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index, reason=reason)
             await self.stop_replica(index, reason, remove=False)
-            old.restarts += 1
-        await self.start_replica(index, spec, artifact, reason)
-        new = self.replicas.get(index)
-        if new is not None and previous is not None:
-            new.previous = previous
-            self._arm_probation(new)
+            old.state = replace(old.state, restarts=old.state.restarts + 1)
+        await self.start_replica(index, spec, artifact, reason, previous=previous)
 
     async def stop_replica(self, index: int, reason: str, remove: bool = False) -> Exit | None:
         """Stop replica ``index``: stop signal, ``stop_timeout``, SIGKILL to the group."""
@@ -268,40 +345,37 @@ class ServiceController:
 
     async def _stop_process(self, replica: Replica, reason: str) -> Exit | None:
         """Stop ``replica``'s process (in the dict or not) and wait until its output is in."""
-        index = replica.index
-        self._cancel_timer(replica)
         for task in list(replica.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
-        exit = None
         handle = replica.handle
-        if handle is not None and (handle.running or procs.group_alive(handle.pgid)):
-            replica.stopping = True
-            self._set_phase(replica, Phase.STOPPING)
-            version = replica.launch.artifact.version
-            self.notifier.emit(EventType.STOPPING, self.name, version, replica=index, pid=handle.pid, reason=reason)
-            self.sink.note(f"stopping {self.name}[{index}] pid {handle.pid}: {reason}")
-            exit = await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
-            await _drain(handle)
-            replica.last_exit = exit
-            replica.stopping = False
-            self.notifier.emit(EventType.STOPPED, self.name, version, replica=index, pid=handle.pid, exit=str(exit))
-            self.sink.note(f"stopped {self.name}[{index}] pid {handle.pid}: {exit}")
+        alive = handle is not None and self.executor.alive(handle)
+        stops = self._feed(replica, Stop(reason, alive=alive))
+        exit = None
+        if handle is not None and stops:
+            exit = await self.executor.stop(handle, stops[0].signal, stops[0].timeout)
+            replica.handle = None
+            self._feed(replica, Stopped(exit))
         replica.handle = None
-        self._set_phase(replica, Phase.STOPPED)
         return exit
 
     # -- safe updates: start-first and rollback ---------------------------------------------
 
     async def _start_first(self, old: Replica, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
         index = old.index
-        candidate = Replica(index=index, launch=Launch(spec, artifact), backoff=BackoffState(spec.backoff),
-                            limiter=StartLimiter(spec.start_limit), restarts=old.restarts + 1)
+        candidate = Replica(index=index, launch=Launch(spec, artifact),
+                            state=ReplicaState(index=index, restarts=old.restarts + 1),
+                            trial=asyncio.get_running_loop().create_future())
+        assert candidate.trial is not None
+        self.candidates[index] = candidate
         self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index,
                            reason=f"{reason}; start-first")
-        candidate.limiter.allow(time.monotonic())  # type: ignore[union-attr]
-        self._spawn(candidate, f"{reason}; start-first")
-        ok, why = await self._proves_good(candidate)
+        try:
+            self._feed(candidate, Start(f"{reason}; start-first", trial=True))
+            ok, why = await candidate.trial
+        finally:
+            if self.candidates.get(index) is candidate:
+                del self.candidates[index]
         if self.replicas.get(index) is not old:  # a stop or another change came meanwhile
             await self._stop_process(candidate, "superseded")
             return
@@ -315,79 +389,23 @@ class ServiceController:
         await self._stop_process(old, f"replaced by {artifact.version} (start-first)")
         self.persist()
 
-    async def _proves_good(self, replica: Replica) -> tuple[bool, str]:
-        """Wait until ``replica`` is ready (or, with no ready check, up for the grace period).
-        (False, why) if it exits first or the deadline passes."""
-        spec = replica.launch.spec
-        handle = replica.handle
-        if handle is None:
-            return False, f"could not start: {replica.message}"
-        deadline = time.monotonic() + (_ready_deadline(spec) if spec.ready else START_FIRST_GRACE)
-        while True:
-            if spec.ready is not None and replica.ready:
-                return True, ""
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if spec.ready is None:
-                    return True, ""
-                return False, f"never became ready within {_ready_deadline(spec):g}s"
-            self.phase_changed.clear()
-            waiter = asyncio.ensure_future(self.phase_changed.wait())
-            done, _ = await asyncio.wait([waiter, asyncio.shield(handle.exited)], timeout=remaining,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if handle.exited.done():
-                return False, f"exited during start-up ({handle.exited.result()})"
-
-    @staticmethod
-    def _proven(replica: Replica) -> bool:
-        """Up now, past probation, and ready if it has a check: a launch worth going back to."""
-        handle = replica.handle
-        if handle is None or not handle.running or replica.phase not in UP or replica.previous is not None:
-            return False
-        if replica.launch.spec.ready is not None:
-            return replica.ready
-        return time.monotonic() - handle.started_monotonic >= PROBATION
-
-    def _arm_probation(self, replica: Replica) -> None:
-        """A new version is on probation until ready (or up for :data:`PROBATION` s)."""
-        spec = replica.launch.spec
-        delay = _ready_deadline(spec) if spec.ready else PROBATION
-        replica.probation_timer = asyncio.get_running_loop().call_later(delay, self._probation_over, replica)
-
-    def _probation_over(self, replica: Replica) -> None:
-        replica.probation_timer = None
-        if replica.previous is None or self.replicas.get(replica.index) is not replica:
-            return
-        spec = replica.launch.spec
-        if spec.ready is not None and not (replica.ready and replica.phase in UP):
-            self._rollback(replica, f"never became ready within {_ready_deadline(spec):g}s")
-        elif replica.phase in UP:
-            replica.previous = None  # proven
-        else:
-            self._rollback(replica, f"not running {PROBATION:g}s after the update ({replica.phase.value})")
-
     def _rollback(self, replica: Replica, why: str) -> None:
         """Put the last good launch back in place of ``replica``'s new one."""
         target = replica.previous
         if target is None:
             return
         replica.previous = None
-        if replica.probation_timer is not None:
-            replica.probation_timer.cancel()
-            replica.probation_timer = None
         self._mark_rolled_back(replica.index, replica.launch.artifact, target.artifact, why)
 
         async def put_back() -> None:
             await self._stop_process(replica, f"rolling back: {why}")
             if self.replicas.get(replica.index) is not replica:
                 return
-            back = Replica(index=replica.index, launch=target, backoff=BackoffState(self.spec.backoff),
-                           limiter=StartLimiter(self.spec.start_limit), restarts=replica.restarts + 1)
+            back = Replica(index=replica.index, launch=target,
+                           state=ReplicaState(index=replica.index, restarts=replica.restarts + 1))
             self.replicas[replica.index] = back
             self.artifact = target.artifact
-            back.limiter.allow(time.monotonic())  # type: ignore[union-attr]
-            self._spawn(back, f"rolled back to {target.artifact.version}")
+            self._feed(back, Start(f"rolled back to {target.artifact.version}"))
 
         self._background(put_back())
 
@@ -404,7 +422,7 @@ class ServiceController:
                            bad_version=bad.version)
         self.changed()
 
-    def _background(self, coro) -> None:
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -417,9 +435,8 @@ class ServiceController:
     def signal_all(self) -> None:
         """Send every running replica its stop signal now (the stops that follow wait)."""
         for replica in self.replicas.values():
-            handle = replica.handle
-            if handle is not None and handle.running and handle.stop_snapshot is None:
-                procs.begin_stop(handle, self.spec.stop_signal, self.reaper)
+            if replica.handle is not None:
+                self.executor.signal(replica.handle, self.spec.stop_signal)
 
     def detach(self) -> None:
         """Stop watching without stopping (see Reconciler.detach); the state file is written
@@ -427,13 +444,11 @@ class ServiceController:
         for task in list(self._tasks):
             task.cancel()
         for replica in self.replicas.values():
-            self._cancel_timer(replica)
-            if replica.probation_timer is not None:
-                replica.probation_timer.cancel()
+            self._cancel(replica)
             for task in list(replica.tasks):
                 task.cancel()
-            for pump in (replica.handle.pumps if replica.handle is not None else ()):
-                pump.detach()
+            if replica.handle is not None:
+                self.executor.detach(replica.handle)
         self._persist_now()
 
     # -- user verbs (supervise start/stop/restart) ------------------------------------------
@@ -456,7 +471,7 @@ class ServiceController:
         self.persist()
         for index, replica in list(self.replicas.items()):
             if replica.handle is None:  # stopped, exited, failed, in backoff or pending
-                self._cancel_timer(replica)
+                self._cancel(replica)
                 for task in list(replica.tasks):
                     task.cancel()
                 del self.replicas[index]
@@ -468,27 +483,31 @@ class ServiceController:
         running = [i for i, r in self.replicas.items() if r.handle is not None and r.handle.running]
         self.release()
         if self.artifact is not None:
-            await asyncio.gather(*(self.restart_replica(i, self.spec, self.artifact, "restarted by user")
+            artifact = self.artifact
+            await asyncio.gather(*(self.restart_replica(i, self.spec, artifact, "restarted by user")
                                    for i in running))
 
     # -- processes -------------------------------------------------------------------------
 
-    def _dependencies_met(self, replica: Replica) -> bool:
-        """Check ``depends_on``; sets ``replica.message`` to what is still awaited."""
+    def _waiting(self, replica: Replica) -> str:
+        """The ``depends_on`` entries not met yet, for messages ("" when all are)."""
         waiting = []
         for dep in replica.launch.spec.depends_on:
             other = self.lookup(dep.service)
-            state = other.reached(dep.condition) if other is not None else None
-            if state is None:
+            reached = other.reached(dep.condition) if other is not None else None
+            if reached is None:
                 waiting.append(f"{dep.service} ({dep.condition.value}; it cannot get there now)")
-            elif not state:
+            elif not reached:
                 waiting.append(f"{dep.service} ({dep.condition.value})")
-        replica.message = "waiting for " + ", ".join(waiting) if waiting else ""
-        return not waiting
+        return ", ".join(waiting)
 
-    async def _start_after_dependencies(self, replica: Replica, reason: str) -> None:
+    async def _start_after_dependencies(self, replica: Replica) -> None:
         """Wait (woken by the dependencies' phase changes, no polling) and then start."""
-        while not self._dependencies_met(replica):
+        while self.replicas.get(replica.index) is replica and replica.phase is Phase.PENDING:
+            waiting = self._waiting(replica)
+            self._feed(replica, DependenciesChanged(waiting))
+            if not waiting:
+                return
             waits = []
             for dep in replica.launch.spec.depends_on:
                 other = self.lookup(dep.service)
@@ -502,216 +521,93 @@ class ServiceController:
             finally:
                 for wait in waits:
                     wait.cancel()
-        if self.replicas.get(replica.index) is replica and replica.phase is Phase.PENDING:
-            replica.limiter.allow(time.monotonic())  # type: ignore[union-attr]
-            self._spawn(replica, reason)
 
     def _spawn(self, replica: Replica, reason: str) -> None:
+        """Run the Spawn effect through the executor, then watch the replica."""
         spec, artifact = replica.launch.spec, replica.launch.artifact
         env = replica_env(self.name, spec.environment, replica.index, user=spec.user)
         env["SUPERVISE_VERSION"] = artifact.version
         if spec.source.kind == "pip":  # the version's venv, as `activate` sets it
             env.update(venv_env(artifact.workdir, env))
-        argv = command_argv(spec.command, spec.shell, env)
-        cwd = artifact.workdir / spec.cwd
-        self._set_phase(replica, Phase.STARTING)
         try:
-            fifo, read_fd, child_fd, err_read, err_child = logs.make_fifos(self.state_dir, self.name, replica.index)
-        except OSError as exc:
-            message = procs.too_many_files() if exc.errno in (errno.EMFILE, errno.ENFILE) else f"cannot make output FIFO: {exc}"
-            self._start_failed(replica, artifact.version, message)
+            handle = self.executor.start(spec, artifact, replica.index, env, self.sink, self._label(replica.index))
+        except StartFailed as exc:
+            self._feed(replica, SpawnFailed(str(exc)))
             return
-        try:
-            if spec.user:
-                safefs.check_not_writable_by(self.state_dir, spec.user)
-            handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=child_fd, errors=err_child, user=spec.user,
-                                 cgroup_parent=self.cgroup_parent, cgroup_name=f"{self.name}.{replica.index}.{os.urandom(4).hex()}",
-                                 tag=procs.state_tag(self.state_dir))
-        except (safefs.UnsafeStateDir, procs.SpawnError) as exc:
-            for fd, path in ((read_fd, fifo), (err_read, logs.err_fifo(fifo))):
-                os.close(fd)
-                _unlink(path)
-            self._start_failed(replica, artifact.version, str(exc))
-            return
-        finally:
-            os.close(child_fd)
-            os.close(err_child)
-        handle.fifo = fifo
-        self._pumps(handle, replica.index, read_fd, err_read)
         replica.handle = handle
-        replica.start_error = ""
-        replica.started_at = time.time()
-        replica.ready = spec.ready is None
-        replica.message = ""
-        self._set_phase(replica, Phase.RUNNING)
-        self.sink.note(f"started {self.name}[{replica.index}] pid {handle.pid} version {artifact.version}: {reason}")
-        self.notifier.emit(EventType.STARTED, self.name, artifact.version, replica=replica.index, pid=handle.pid, reason=reason)
+        self._feed(replica, Spawned(handle.pid, at=self.clock.time()))
+        self._watch_checks(replica, handle, env)
+
+    def _watch_checks(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
+        spec = replica.launch.spec
         self._task(replica, self._watch(replica, handle))
         if spec.ready is not None:
             self._task(replica, self._readiness(replica, handle, env))
         if spec.live is not None:
             self._task(replica, self._liveness(replica, handle, env))
 
-    def _start_failed(self, replica: Replica, version: str, message: str) -> None:
-        replica.handle = None
-        replica.message = message
-        replica.start_error = message
-        self.sink.note(f"cannot start {self.name}[{replica.index}]: {message}")
-        self.notifier.emit(EventType.START_FAILED, self.name, version, replica=replica.index, error=message)
-        self._after_exit(replica, Exit(code=127), uptime=0.0)
-
-    def adopt(self, index: int, handle: procs.ProcessHandle, spec: ServiceSpec, artifact: Artifact,
+    def adopt(self, index: int, handle: Running, spec: ServiceSpec, artifact: Artifact,
               started_at: float | None, restarts: int, stale: bool) -> None:
-        """Take over a replica that survived a supervisor restart (watched by pidfd, its
-        FIFO drained by a new pump). ``stale``: it was started from another config, and the
-        next plan replaces it."""
+        """Take over a replica that survived a supervisor restart (``handle`` from the
+        executor's :meth:`~supervisor.executors.Executor.adopt`). ``stale``: it was started
+        from another config, and the next plan replaces it."""
         self.spec = spec
         self.artifact = artifact
-        replica = Replica(index=index, launch=Launch(spec, artifact), backoff=BackoffState(spec.backoff),
-                          limiter=StartLimiter(spec.start_limit), handle=handle, started_at=started_at,
-                          restarts=restarts, ready=spec.ready is None, stale=stale)
+        replica = Replica(index=index, launch=Launch(spec, artifact), state=ReplicaState(index=index),
+                          handle=handle)
         self.replicas[index] = replica
-        if handle.fifo is not None:
-            self._pumps(handle, index, logs.reopen_fifo(handle.fifo), logs.reopen_fifo(logs.err_fifo(handle.fifo)))
         self.sink.note(f"adopted {self.name}[{index}] pid {handle.pid} version {artifact.version}")
         self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
-        self._set_phase(replica, Phase.RUNNING)
-        self._task(replica, self._watch(replica, handle))
-        env = replica_env(self.name, spec.environment, index, user=spec.user)
-        if spec.ready is not None:
-            self._task(replica, self._readiness(replica, handle, env))
-        if spec.live is not None:
-            self._task(replica, self._liveness(replica, handle, env))
-
-    def _pumps(self, handle: procs.ProcessHandle, index: int, out_fd: int | None, err_fd: int | None) -> None:
-        """Pumps for a replica's stdout and stderr FIFOs (either fd may be None: not there)."""
-        loop = asyncio.get_running_loop()
-        assert handle.fifo is not None
-        for fd, path, stream in ((out_fd, handle.fifo, "stdout"), (err_fd, logs.err_fifo(handle.fifo), "stderr")):
-            if fd is not None:
-                pump = logs.Pump(loop, fd, self.sink, on_eof=lambda path=path: _unlink(path), keep_until_written=True,
-                                 label=self._label(index), origin=f"{self.name}[{index}] {stream}")
-                handle.pumps.append(pump)
+        self._feed(replica, Adopted(handle.pid, started_at, restarts, stale))
+        self._watch_checks(replica, handle, replica_env(self.name, spec.environment, index, user=spec.user))
 
     def _label(self, index: int) -> str:
-        """Console prefix of a replica: ``NAME`` for a single replica, ``NAME.i`` otherwise."""
-        return self.name if self.spec.replicas <= 1 and index == 0 else f"{self.name}.{index}"
+        return replica_label(self.name, self.spec.replicas, index)
 
-    def _task(self, replica: Replica, coro) -> None:
+    def _task(self, replica: Replica, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         replica.tasks.add(task)
         task.add_done_callback(replica.tasks.discard)
 
-    async def _watch(self, replica: Replica, handle: procs.ProcessHandle) -> None:
+    async def _watch(self, replica: Replica, handle: Running) -> None:
         exit = await asyncio.shield(handle.exited)
-        if replica.handle is not handle or replica.stopping or self.replicas.get(replica.index) is not replica:
+        if replica.handle is not handle or replica.state.stopping or not self._owns(replica):
             return
-        uptime = time.monotonic() - handle.started_monotonic
-        version = replica.launch.artifact.version
-        replica.last_exit = exit
-        for pump in handle.pumps:  # its last words (an unfinished line too) before the note of its exit
-            pump.flush()
-        self.sink.note(f"{self.name}[{replica.index}] pid {handle.pid} exited: {exit}")
-        self.notifier.emit(EventType.EXITED, self.name, version, replica=replica.index, pid=handle.pid, exit=str(exit),
-                           code=exit.code, signal=exit.signal, uptime=round(uptime, 3))
-        # Whatever the leader left behind goes too (systemd KillMode=control-group): its group,
-        # its cgroup, and orphans of it that came back to us.
-        if procs.group_alive(handle.pgid) or procs.members(handle, self.reaper.waiters):
-            replica.stopping = True
-            await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
-            replica.stopping = False
-        else:
-            self.reaper.untrack_group(handle.pgid)
-            if handle.cgroup is not None:
-                procs.cgroups.remove(handle.cgroup)
+        # Whatever the leader left behind goes too (systemd KillMode=control-group)
+        await self.executor.cleanup(handle, self.spec.stop_signal, self.spec.stop_timeout)
         if replica.handle is not handle:
             return
         replica.handle = None
-        self._after_exit(replica, exit, uptime)
+        self._feed(replica, Exited(exit, jitter=self.rng()))
 
-    def _after_exit(self, replica: Replica, exit: Exit, uptime: float) -> None:
-        policy = self.spec.restart
-        version = replica.launch.artifact.version
-        # An adopted process is not our child: its exit status cannot be known. For
-        # on-failure, running a one-shot job (a migration) twice is the worse mistake.
-        unknown = exit.code is None and exit.signal is None
-        if policy is RestartPolicy.NEVER or (policy is RestartPolicy.ON_FAILURE and (exit.success or unknown)):
-            self._set_phase(replica, Phase.EXITED)
-            return
-        if replica.previous is not None:
-            replica.probation_crashes += 1
-            if replica.probation_crashes >= ROLLBACK_CRASHES:
-                self._rollback(replica, f"crashed {replica.probation_crashes} times ({exit})")
-                return
-        assert replica.backoff is not None and replica.limiter is not None
-        delay = replica.backoff.next_delay(uptime)
-        if not replica.limiter.allow(time.monotonic() + delay):
-            limit = self.spec.start_limit
-            replica.message = f"start limit hit: {limit.burst} starts in {limit.interval:g}s"
-            self._set_phase(replica, Phase.FAILED)
-            self.sink.note(f"{self.name}[{replica.index}] failed: {replica.message}")
-            self.notifier.emit(EventType.FAILED, self.name, version, replica=replica.index, reason=replica.message)
-            return
-        replica.restarts += 1
-        cause = f": {replica.start_error}" if replica.start_error else ""
-        replica.message = f"restart in {delay:.2f}s after {exit}{cause}"
-        self._set_phase(replica, Phase.BACKOFF)
-        self.notifier.emit(EventType.BACKOFF, self.name, version, replica=replica.index, delay=round(delay, 3),
-                           exit=str(exit))
-        loop = asyncio.get_running_loop()
-        replica.timer = loop.call_later(delay, self._restart_after_backoff, replica)
-
-    def _restart_after_backoff(self, replica: Replica) -> None:
-        replica.timer = None
-        if self.replicas.get(replica.index) is not replica or replica.phase is not Phase.BACKOFF:
-            return
-        self._spawn(replica, f"restart {replica.restarts} after {replica.last_exit}")
-
-    async def _readiness(self, replica: Replica, handle: procs.ProcessHandle, env: dict[str, str]) -> None:
+    async def _readiness(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         check = replica.launch.spec.ready
         assert check is not None
-        await asyncio.sleep(float(check["start_period"]))  # type: ignore[arg-type]
+        await asyncio.sleep(float(str(check["start_period"])))
         while handle.running and replica.handle is handle:
-            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd),
-                                  user=replica.launch.spec.user):
+            if await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd,
+                                          user=replica.launch.spec.user):
                 if replica.handle is handle and handle.running:
-                    replica.ready = True  # probation still runs its course: ready, then crashing, is bad
-                    self._set_phase(replica, Phase.READY)
-                    self.notifier.emit(EventType.READY, self.name, replica.launch.artifact.version,
-                                       replica=replica.index, pid=handle.pid)
+                    self._feed(replica, Ready())
                 return
-            await asyncio.sleep(float(check["interval"]))  # type: ignore[arg-type]
+            await asyncio.sleep(float(str(check["interval"])))
 
-    async def _liveness(self, replica: Replica, handle: procs.ProcessHandle, env: dict[str, str]) -> None:
+    async def _liveness(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         check = replica.launch.spec.live
         assert check is not None
-        await asyncio.sleep(float(check["start_period"]))  # type: ignore[arg-type]
-        failures = 0
+        await asyncio.sleep(float(str(check["start_period"])))
         while handle.running and replica.handle is handle:
-            await asyncio.sleep(float(check["interval"]))  # type: ignore[arg-type]
-            if await health.probe(check, env, str(replica.launch.artifact.workdir / replica.launch.spec.cwd),
-                                  user=replica.launch.spec.user):
-                failures = 0
-                continue
-            failures += 1
-            if failures >= int(check["retries"]):  # type: ignore[arg-type]
-                reason = f"liveness check failed {failures} times"
-                self.sink.note(f"{self.name}[{replica.index}] {reason}; restarting")
-                self.notifier.emit(EventType.RESTARTING, self.name, replica.launch.artifact.version,
-                                   replica=replica.index, reason=reason)
-                # the watcher sees the exit and restarts it as for a crash
-                await procs.stop(handle, self.spec.stop_signal, self.spec.stop_timeout, self.reaper)
+            await asyncio.sleep(float(str(check["interval"])))
+            ok = await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd,
+                                          user=replica.launch.spec.user)
+            if replica.handle is not handle:
+                return
+            for stop in self._feed(replica, LiveProbe(ok)):
+                # the watcher sees the exit and the state machine restarts it as for a crash
+                await self.executor.stop(handle, stop.signal, stop.timeout)
                 return
 
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _set_phase(self, replica: Replica, phase: Phase) -> None:
-        if replica.phase is phase:
-            return
-        replica.phase = phase
-        self.phase_changed.set()
-        self.changed()
-        self.persist()
+    # -- the state file --------------------------------------------------------------------
 
     def persist(self) -> None:
         """Write this service's state file soon (coalesced: once per loop iteration)."""
@@ -729,11 +625,10 @@ class ServiceController:
                 continue
             artifact = replica.launch.artifact
             replicas[str(index)] = {
-                "pid": handle.pid, "pgid": handle.pgid, "create_time": handle.create_time,
+                **self.executor.record(handle),
                 "version": artifact.version, "revision": artifact.revision, "workdir": str(artifact.workdir),
-                "fifo": str(handle.fifo) if handle.fifo else None, "started_at": replica.started_at,
-                "restarts": replica.restarts, "cgroup": str(handle.cgroup) if handle.cgroup else None,
-                "fingerprint": state.fingerprint(replica.launch.spec), "instance": handle.instance,
+                "started_at": replica.started_at, "restarts": replica.restarts,
+                "fingerprint": state.fingerprint(replica.launch.spec),
             }
         record = {
             "service": self.name, "held": self.held, "replicas": replicas,
@@ -754,27 +649,3 @@ class ServiceController:
             log.info("%s: state record written again", self.name)
         self._persist_error = ""
         self._persisted = record
-
-    @staticmethod
-    def _cancel_timer(replica: Replica) -> None:
-        if replica.timer is not None:
-            replica.timer.cancel()
-            replica.timer = None
-
-
-async def _drain(handle: procs.ProcessHandle, timeout: float = 2.0) -> None:
-    """Wait until the output of a stopped process is all in its log (the pump's end of file)."""
-    if not handle.pumps:
-        return
-    try:
-        await asyncio.wait_for(asyncio.shield(asyncio.gather(*(pump.done for pump in handle.pumps))), timeout)
-    except asyncio.TimeoutError:
-        for pump in handle.pumps:
-            pump.close()
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

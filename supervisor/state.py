@@ -61,7 +61,7 @@ def remove(state_dir: Path, name: str) -> None:
     safefs.unlink_in(state_dir_of(state_dir), f"{name}.json")
 
 
-def _load_folder(folder: Path) -> dict[str, dict[str, Any]]:
+def _load_folder(folder: Path, unreadable: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     records: dict[str, dict[str, Any]] = {}
     try:
         names = sorted(os.listdir(folder))
@@ -73,17 +73,21 @@ def _load_folder(folder: Path) -> dict[str, dict[str, Any]]:
             continue
         try:
             record = json.loads(safefs.read_regular(folder, entry))
-        except (OSError, ValueError, safefs.UnsafeStateDir):
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, safefs.UnsafeStateDir) as exc:
+            if unreadable is not None:
+                unreadable[entry[:-5]] = f"{folder / entry}: {exc}"
             continue
-        if isinstance(record, dict):
-            records[entry[:-5]] = record
+        records[entry[:-5]] = record
     return records
 
 
-def load_all(state_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every readable record, by service name; unreadable ones (and anything that is not a
-    regular file of ours) are skipped."""
-    return _load_folder(state_dir_of(state_dir))
+def load_all(state_dir: Path, unreadable: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every readable record, by service name. A record that cannot be read or parsed (or is
+    not a regular file of ours) is left out and, when ``unreadable`` is given, put there with
+    the reason: callers must not take a missing record for "nothing runs"."""
+    return _load_folder(state_dir_of(state_dir), unreadable)
 
 
 def build_record_path(state_dir: Path, name: str) -> Path:

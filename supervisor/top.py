@@ -299,7 +299,7 @@ def make_app(path: Path, services: list[str] | None = None, interval: float = IN
 
         def compose(self) -> ComposeResult:
             yield Static("supervise top: connecting", id="banner")
-            table = DataTable(id="services", cursor_type="row", zebra_stripes=False)
+            table: DataTable[Any] = DataTable(id="services", cursor_type="row", zebra_stripes=False)
             table.add_columns(*COLUMNS)
             yield table
             yield Static("order: -", id="order")

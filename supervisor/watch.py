@@ -186,9 +186,14 @@ class SourceWatcher:
         for name, spec in wanted.items():
             if name in self.watches:
                 continue
-            root = spec.source.path
-            assert root is not None
-            debouncer = Debouncer(self.loop, lambda name=name: self.on_change(name, self.watches[name][2].last_poke))
+            path = spec.source.path
+            assert path is not None
+            root = path
+
+            def changed(name: str = name) -> None:
+                self.on_change(name, self.watches[name][2].last_poke)
+
+            debouncer = Debouncer(self.loop, changed)
             if self._hold(root, name, spec.watch, debouncer):
                 self.watches[name] = (root, spec.watch, debouncer)
 

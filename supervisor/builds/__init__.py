@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import logs, procs, safefs, state
 from ..environ import replica_env
-from ..model import ServiceSpec
+from ..model import ServiceSpec, Version
 from ..sources import SourceError
 from ..sources.git import GitSource
 from ..sources.path import content_hash
@@ -52,11 +52,11 @@ class PrepareError(Exception):
 
 
 def make_version(revision: str, spec: ServiceSpec) -> str:
-    """``REVISION12-BUILDHASH8``: what a build is of (DESIGN.md, "version"). A package version
-    (pip source) is kept whole: ``1.0.10`` and ``1.0.1`` must not fold into one."""
+    """``REVISION12-BUILDHASH8``: what a build is of (see :class:`~supervisor.model.Version`). A
+    package version (pip source) is kept whole: ``1.0.10`` and ``1.0.1`` must not fold into one."""
     if spec.source.kind == "pip":
-        return f"{revision}-{spec.build_hash[:8]}"
-    return f"{revision[:12]}-{spec.build_hash[:8]}"
+        return str(Version(revision, spec.build_hash[:8]))
+    return str(Version.of(revision, spec.build_hash))
 
 
 def source_root(state_dir: Path, service: str) -> Path:
@@ -126,7 +126,7 @@ class Preparer:
             revision = await asyncio.to_thread(content_hash, workdir, [self.state_dir])
             version = make_version(revision, spec)
         if spec.source.kind == "git":
-            keep = {v.split("-")[0] for v in protect} | {revision[:12]}
+            keep = {Version.parse(v).revision for v in protect} | {Version.of(revision, "").revision}
             git_source = GitSource(spec.source, source_root(self.state_dir, spec.name))
             await asyncio.to_thread(git_source.prune, self.keep_versions, keep)
         if spec.source.kind == "pip":
@@ -224,10 +224,11 @@ class _Tail:
 
     def __init__(self, sink: logs.LogSink):
         self.sink = sink
+        self.policy = sink.policy
         self.lines: deque[bytes] = deque(maxlen=TAIL_LINES)
 
-    def write(self, data: bytes) -> None:
-        self.sink.write(data)
+    def write(self, data: bytes, source: int | None = None, label: str | None = None) -> None:
+        self.sink.write(data, label=label)
         self.lines.extend(line for line in data.split(b"\n") if line.strip())
 
     def last(self) -> list[str]:

@@ -15,8 +15,13 @@ class NotRunning(Exception):
 
 
 class ControlError(Exception):
-    """The supervisor answered with ``ok: false`` (the message is its ``error``), or did not
+    """The supervisor answered with ``ok: false`` (the message is its ``error``, ``code`` its
+    error code: see :mod:`supervisor.errors`; None from an older supervisor), or did not
     answer usably: no reply within the timeout, a full accept backlog, a garbled reply."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class Client:
@@ -78,7 +83,8 @@ class Client:
         if not isinstance(reply, dict):
             raise ControlError("the supervisor sent a reply that is not a JSON object")
         if not reply.get("ok", False) and "error" in reply:
-            raise ControlError(str(reply["error"]))
+            code = reply.get("code")
+            raise ControlError(str(reply["error"]), code if isinstance(code, str) else None)
         return reply
 
     def call(self, verb: str, **args: Any) -> dict[str, Any]:

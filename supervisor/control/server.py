@@ -117,7 +117,7 @@ class ControlServer:
                     reply = await handler(request, writer)
                 except Exception as exc:  # a bad request must not take the supervisor down
                     log.exception("control: %s failed", verb)
-                    reply = {"ok": False, "error": f"{verb} failed: {exc}"}
+                    reply = {"ok": False, "error": f"{verb} failed: {exc}", "code": "failed"}
                 if reply is None:
                     return
                 await send(writer, {"ok": True, **reply})

@@ -241,7 +241,7 @@ class _Follower:
     """
 
     def __init__(self, executor: "ContainerExecutor", container_id: str, stream: str, skip: int,
-                 deliver: Callable[[bytes | None, str, int | None], None]):
+                 deliver: Callable[[bytes, str, int | None], None]):
         self.executor, self.container_id, self.stream = executor, container_id, stream
         self.skip, self.deliver = skip, deliver
         self.response = None

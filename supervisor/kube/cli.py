@@ -214,7 +214,7 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    state = {"objects": objects, "error": None}
+    state: dict[str, Any] = {"objects": objects, "error": None}
 
     def desired() -> list[dict[str, Any]]:
         try:

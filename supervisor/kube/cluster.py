@@ -161,11 +161,12 @@ class Cluster:
         """A pod's log lines as they come (``follow=true``), until the pod's log ends."""
         from kubernetes.client.exceptions import ApiException
 
-        extra = {"tail_lines": tail} if tail is not None else {}
+        extra: dict[str, Any] = {"tail_lines": tail} if tail is not None else {}
         try:
             # no read timeout: a quiet pod is not a dead connection
-            response = self.core.read_namespaced_pod_log(pod, self.namespace, follow=True, _preload_content=False,
-                                                         **extra)
+            # with _preload_content=False the client returns the raw urllib3 response
+            response: Any = self.core.read_namespaced_pod_log(pod, self.namespace, follow=True,
+                                                              _preload_content=False, **extra)
         except ApiException as exc:
             raise ClusterError(f"{exc.status} {exc.reason}: {_status_message(exc)}") from None
         pending = b""

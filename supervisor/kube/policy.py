@@ -14,7 +14,7 @@ The rules:
   (the Deployment condition ``Progressing=False, reason=ProgressDeadlineExceeded``, or our own
   clock when no controller says so: deadline + :data:`GRACE` seconds) is rolled back by
   re-applying the last good spec, and the failed spec is not applied again until the desired
-  spec changes: the same rule as for local processes (DESIGN.md: a new version that never
+  spec changes: the same rule as for local processes (ARCHITECTURE.md: a new version that never
   becomes ready is rolled back to the last good one). With no good spec yet it is reported
   ``failed`` and left as it is.
 - **Delete** only objects we own: labelled ``app.kubernetes.io/managed-by: supervise`` *and*

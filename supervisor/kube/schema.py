@@ -122,11 +122,13 @@ def validate(data: Mapping[str, Any], error: Error) -> KubeConfig:
     file's ``runtime`` is ``"kubernetes"``; the ``kubernetes`` tables themselves are always
     checked (a typo there is a typo whichever runtime runs the file).
     """
-    supervise = data.get("supervise") if isinstance(data.get("supervise"), dict) else {}
+    raw_supervise = data.get("supervise")
+    supervise: dict[str, Any] = raw_supervise if isinstance(raw_supervise, dict) else {}
     on_cluster = supervise.get("runtime") == "kubernetes"
     settings = _settings(supervise.get("kubernetes", {}), error)
     services: dict[str, KubeService] = {}
-    table = data.get("services") if isinstance(data.get("services"), dict) else {}
+    raw_services = data.get("services")
+    table: dict[str, Any] = raw_services if isinstance(raw_services, dict) else {}
     for name, service in table.items():
         if not isinstance(service, dict):
             continue

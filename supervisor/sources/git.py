@@ -81,7 +81,7 @@ class GitSource:
         except git.GitCommandError as exc:
             raise SourceError(f"cannot reach {redact(self.url)}: {_stderr(exc)}") from None
         candidates = {}
-        for line in out.splitlines():
+        for line in str(out).splitlines():
             sha, name = line.split("\t", 1)
             candidates[name] = sha
         for name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
@@ -110,13 +110,18 @@ class GitSource:
 
     def is_ancestor(self, old: str, new: str) -> bool:
         """True when ``old`` is an ancestor of ``new`` (a fast-forward); False after a force
-        push or when ``old`` is no longer in the repository."""
+        push. ``git merge-base --is-ancestor`` says "no" with status 1 only (GitPython's
+        ``Repo.is_ancestor`` rule); any other failure (a timeout, ``old`` no longer in the
+        repository) raises :class:`SourceError`, so it is never taken for a force push."""
         with self._repo() as repo:
             try:
                 repo.git.merge_base("--is-ancestor", old, new, kill_after_timeout=GIT_TIMEOUT)
                 return True
-            except git.GitCommandError:
-                return False
+            except git.GitCommandError as exc:
+                if exc.status == 1:
+                    return False
+                raise SourceError(f"cannot tell whether {old[:12]} is an ancestor of {new[:12]}: "
+                                  f"{_stderr(exc)}") from None
 
     def checkout(self, commit: str) -> Path:
         """A worktree of ``commit`` at ``versions/COMMIT12`` (reused when it exists)."""

@@ -89,7 +89,7 @@ class PipSource:
             report = Path(temp) / "report.json"
             argv = [self.python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
                     "--disable-pip-version-check", "--no-input", "--report", str(report),
-                    *index_args(self.spec), "--", self.spec.requirement]
+                    *index_args(self.spec), "--", str(self.spec.requirement)]
             try:
                 result = subprocess.run(argv, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT,
                                         stdin=subprocess.DEVNULL, env={**os.environ, "PIP_NO_INPUT": "1"})

@@ -218,3 +218,38 @@ shell = true
             stop(second)
         if daemon is not None and psutil.pid_exists(daemon):
             os.kill(daemon, signal.SIGKILL)
+
+
+def test_an_unreadable_state_file_is_reported_and_never_becomes_a_duplicate_start(tmp_path):
+    """A record that cannot be read may describe a replica still running: the service is held
+    (with the reason in its status and a start-failed event), not started beside it, until a
+    user start."""
+    import asyncio
+
+    from harness import Stack, run as run_async
+
+    text = f'[services.a]\ncommand = ["{PY}", "-c", "import time; time.sleep(300)"]\n'
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            desired = stack.load(text)
+            folder = tmp_path / ".supervise" / "state"
+            folder.mkdir(parents=True)
+            (folder / "a.json").write_text('{"service": "a", "replicas": {"0": {"pid": 12')  # cut short
+            from supervisor.reconciler import Reconciler
+
+            stack.reconciler = Reconciler(desired, stack.notifier)
+            await stack.r.start()
+            await stack.r.adopt(desired)
+            await stack.r.apply(desired)
+            await asyncio.sleep(0)
+            assert stack.pid("a") is None
+            failed = stack.of_type("start-failed", "a")
+            assert failed and "state file unreadable" in failed[0].data["error"]
+            controller = stack.r.controllers["a"]
+            assert controller.held and "a.json" in controller.deploy_message
+            controller.release()  # supervise start a
+            await stack.r.apply(desired)
+            await stack.until(lambda: stack.pid("a"), message="a started after the user start")
+
+    run_async(body())

@@ -59,7 +59,7 @@ def test_status_table_json_and_exit_codes(daemon):
     assert table.returncode == 3
     assert table.stdout.splitlines()[0].split()[:4] == ["SERVICE", "REPLICA", "PHASE", "PID"]
     unknown = cli("status", "nope", config=path)
-    assert unknown.returncode == 1 and "unknown service: nope" in unknown.stderr
+    assert unknown.returncode == 4 and "unknown service: nope" in unknown.stderr
 
 
 def test_stop_holds_across_a_reload_and_start_releases(daemon):
@@ -96,6 +96,12 @@ def test_plan_against_the_live_state_and_reload(daemon):
     plan = cli("plan", config=path).stdout.strip()
     assert plan in ("start web[2]: replicas 2 -> 3", "nothing to do")  # the save may already be applied
     wait_until(lambda: len(status(path, "web")[1]["services"]) == 3)
+    # a broken file: the reload verb answers with the same error as the save, exit 2, and
+    # what runs keeps running
+    path.write_text(text.replace("[services.job]", "[services.job"))
+    broken = cli("reload", config=path)
+    assert broken.returncode == 2 and "TOML syntax error" in broken.stderr and "config-invalid" not in broken.stderr
+    assert len(status(path, "web")[1]["services"]) == 3
 
 
 def test_events_stream_json_lines(daemon, tmp_path):

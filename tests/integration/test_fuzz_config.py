@@ -50,12 +50,12 @@ def corpus(root: Path) -> list[str]:
     (root / "repo.git").mkdir(exist_ok=True)
     (root / "web.env").write_text("SECRET=s3cret\nURL=http://${HOST:-localhost}/\n")
     return [
-        f"""# a web stack
+        """# a web stack
 [supervise]
 state_dir = ".supervise"
 poll = "30s"
 keep_versions = 3
-log = {{ max_size = "10MiB", backups = 5, timestamps = true }}
+log = { max_size = "10MiB", backups = 5, timestamps = true }
 
 [env]
 PYTHONUNBUFFERED = "1"
@@ -64,27 +64,27 @@ HOST = "127.0.0.1"
 [services.web]
 source = "./web"
 build = "python3 build.py"
-command = ["python3", "app.py", "--port", "${{PORT}}"]
+command = ["python3", "app.py", "--port", "${PORT}"]
 cwd = "static"
-env = {{ PORT = 8000, DEBUG = false, RATIO = 0.5 }}
+env = { PORT = 8000, DEBUG = false, RATIO = 0.5 }
 env_file = "web.env"
 replicas = 2
 restart = "on-failure"
-backoff = {{ initial = "500ms", max = "1m", reset = "5m" }}
-start_limit = {{ burst = 5, interval = "30s" }}
+backoff = { initial = "500ms", max = "1m", reset = "5m" }
+start_limit = { burst = 5, interval = "30s" }
 stop_signal = "SIGINT"
 stop_timeout = "5s"
-ready = {{ http = "http://127.0.0.1:${{PORT}}/health", interval = "200ms", timeout = "1s", retries = 3 }}
-live = {{ tcp = "127.0.0.1:8000", start_period = "10s" }}
+ready = { http = "http://127.0.0.1:${PORT}/health", interval = "200ms", timeout = "1s", retries = 3 }
+live = { tcp = "127.0.0.1:8000", start_period = "10s" }
 update = "start-first"
 watch = ["**/*.py", "templates/*.html"]
 
 [services.worker]
-source = {{ git = "repo.git", ref = "main", poll = "1m" }}
+source = { git = "repo.git", ref = "main", poll = "1m" }
 build = "make"
 command = "python3 worker.py --queue jobs"
-depends_on = {{ web = {{ condition = "ready", restart = true }} }}
-log = {{ max_size = 1048576, backups = 0 }}
+depends_on = { web = { condition = "ready", restart = true } }
+log = { max_size = 1048576, backups = 0 }
 
 [services.cron]
 command = "echo tick && sleep 60"

@@ -110,3 +110,30 @@ def test_unreachable_remote_is_a_clear_error(tmp_path):
             assert "secret" not in failed[0].data["error"]
 
     run(body())
+
+
+def test_a_failed_fetch_is_retried_with_backoff_until_it_succeeds(tmp_path):
+    """A fetch is a transient failure: requeued with backoff (the reconcile loop runs, nothing
+    else wakes it), unlike a failed build, which waits for a new revision."""
+    import asyncio
+
+    from supervisor.model import Backoff
+
+    OPEN.append(git.Repo.init(tmp_path / "remote", initial_branch="main"))  # no commit yet: no "main"
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(service())
+            assert stack.of_type("fetch-failed", "app") and stack.pid("app") is None
+            stack.r.retry = Backoff(initial=0.05, max=0.2)
+            stack.r._requeue("app")  # the first retry at the test's pace
+            runner = asyncio.ensure_future(stack.r.run(lambda: asyncio.sleep(0, stack.load(service()))))
+            try:
+                await stack.until(lambda: len(stack.of_type("fetch-failed", "app")) >= 2, message="a retry")
+                make_repo(tmp_path)
+                await stack.until(lambda: stack.pid("app"), timeout=20, message="the retried fetch deployed")
+            finally:
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+
+    run(body())

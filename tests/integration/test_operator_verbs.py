@@ -74,8 +74,8 @@ def bash_complete(script: Path, line: str, cwd: Path) -> list[str]:
 
 
 def test_bash_completion_of_verbs_options_and_running_service_names(tmp_path):
-    path = write(tmp_path / "services.toml", f'[services.web-a]\ncommand = ["sleep", "300"]\n'
-                                             f'[services.web-b]\ncommand = ["sleep", "300"]\n')
+    path = write(tmp_path / "services.toml", '[services.web-a]\ncommand = ["sleep", "300"]\n'
+                                             '[services.web-b]\ncommand = ["sleep", "300"]\n')
     script = tmp_path / "supervise.bash"
     result = supervise("completion", "bash")
     assert result.returncode == 0
@@ -116,7 +116,7 @@ def test_zsh_and_fish_scripts(tmp_path):
 def test_exec_runs_with_the_services_environment_folder_and_exit_code(tmp_path):
     write(tmp_path / "app" / "sub" / "marker", "")
     write(tmp_path / ".env", "FROM_FILE=file\nBOTH=file\n")
-    path = write(tmp_path / "services.toml", f"""
+    path = write(tmp_path / "services.toml", """
 [env]
 GLOBAL = "g"
 [services.app]
@@ -124,7 +124,7 @@ source = "./app"
 cwd = "sub"
 command = ["sleep", "300"]
 env_file = ".env"
-env = {{ BOTH = "service", DERIVED = "${{GLOBAL}}-x" }}
+env = { BOTH = "service", DERIVED = "${GLOBAL}-x" }
 replicas = 2
 """)
     code = "import os,sys; print(os.getcwd()); print(*(os.environ.get(k) for k in sys.argv[1:])); sys.exit(5)"

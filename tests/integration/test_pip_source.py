@@ -212,12 +212,12 @@ def test_the_library_runs_a_pip_source_and_updates_it(index, tmp_path):
         hello = Service("hello", metadata={"pip": f"{NAME}>=1.0", "index": url,
                                            "build": "python -c 'import sv_hello'"})
         runtime.create(hello, command=["sv-hello"], env={"PORT": str(port)})
-        assert runtime.read(service="hello")[0].version.startswith("1.0-")
+        assert runtime.read(service="hello")[0].metadata["build"].startswith("1.0-")  # version: as created
         assert runtime.read(service="hello")[0].source == f"pip {NAME}>=1.0 from {url}"
         wait_until(lambda: get(f"http://127.0.0.1:{port}/") == "1.0", timeout=20, message="1.0 serving")
         make_wheel(folder, "1.1")
         runtime.update(hello)  # the original's update(): look for a newer version now
-        wait_until(lambda: runtime.read(service="hello")[0].version.startswith("1.1-"), timeout=30,
+        wait_until(lambda: runtime.read(service="hello")[0].metadata["build"].startswith("1.1-"), timeout=30,
                    message="1.1 running")
         wait_until(lambda: get(f"http://127.0.0.1:{port}/") == "1.1", timeout=20, message="1.1 serving")
         with pytest.raises(RuntimeError_, match="containers are not available"):

@@ -52,10 +52,12 @@ def test_run_a_git_dependency_and_follow_its_updates(tmp_path, remote):
         assert wait_until(lambda: "app v1" in out.getvalue())
         new = commit_app(remote, "v2")
         remote.remote("origin").push("main:main")
-        wait_until(lambda: runtime.read(service="dep")[0].version.startswith(new[:12])
+        wait_until(lambda: runtime.read(service="dep")[0].metadata["build"].startswith(new[:12])
                    and runtime.read(service="dep")[0].metadata["pids"] not in ("", first), timeout=15,
                    message="the new commit running")
-        assert runtime.read(version=new[:12])[0].name == "dep"
+        assert runtime.read(service="dep")[0].version == "main"  # as created: the ref asked for
+        assert runtime.read(version="main")[0].name == "dep"
+        assert runtime.read(version=new[:12])[0].name == "dep"  # a build id's prefix matches too
         assert runtime.read(type="job") == []
         pid = int(runtime.read(service="dep")[0].metadata["pids"])
         runtime.delete(dep)

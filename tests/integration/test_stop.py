@@ -183,3 +183,26 @@ def test_stop_reaches_a_setsid_orphan_of_a_running_service(tmp_path):
             assert time.monotonic() - started < 3.0  # it got the stop signal, not a late SIGKILL
 
     run(body())
+
+
+def test_a_group_of_zombies_counts_as_dead():
+    """A process that is someone's zombie (here ours, left unreaped on purpose) still makes
+    ``kill(-pgid, 0)`` succeed; the group must count as gone, or a stop waits its full timeout."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import wait_until
+    from supervisor import procs
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        assert procs.group_alive(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        wait_until(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, timeout=5,
+                   message="the child to become a zombie")
+        assert not procs.group_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait(timeout=5)

@@ -355,3 +355,31 @@ def test_a_build_writing_into_its_watched_source_does_not_loop(tmp_path):
             assert len(d.of_type("built", "local")) == 2
 
     run(body())
+
+
+def test_save_sighup_and_the_reload_verb_take_one_path_with_one_outcome(tmp_path):
+    """A broken file: the same error whichever trigger, never a "reloaded" event; a good file:
+    one "reloaded" event per trigger, naming it. SIGHUP goes through the daemon's handler
+    (the loop's signal handler calls it: the test process itself is not signalled)."""
+    path = tmp_path / "services.toml"
+    path.write_text(config())
+
+    async def body():
+        async with DaemonRun(path) as d:
+            await started(d)
+            atomic_save(path, config().replace("[services.b]", "[services.b"))
+            await d.until(lambda: d.of_type("config-error"), message="the error")
+            plan, error = await d.daemon.reload("reload verb")
+            assert plan is None and "TOML syntax error" in error
+            d.daemon.on_sighup()
+            await d.until(lambda: d.daemon.reloads == 3, message="the SIGHUP reload")
+            await settle(d, 0.3)
+            assert not d.of_type("reloaded")
+            assert len(d.of_type("config-error")) == 1  # one mistake, reported once
+            atomic_save(path, config(flag="2"))
+            await d.until(lambda: d.of_type("reloaded"), message="the good save")
+            plan, error = await d.daemon.reload("reload verb")
+            assert plan is not None and error == ""
+            assert [e.data["trigger"] for e in d.of_type("reloaded")] == ["save", "reload verb"]
+
+    run(body())

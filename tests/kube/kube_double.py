@@ -207,7 +207,7 @@ class ApiDouble:
         name, namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
         if old is not None and old["metadata"]["generation"] == obj["metadata"]["generation"]:
             return
-        spec, status = obj["spec"], obj["status"]
+        spec = obj["spec"]
         replicas = spec.get("replicas", 1)
         container = spec["template"]["spec"]["containers"][0]
         broken = container["image"] in self.broken_images
@@ -440,8 +440,8 @@ def _handler(double: ApiDouble):
                         return
                     self._send(200, double._update(key, body, manager or "kubectl-edit"))
                     return
-                self._send(415, _status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format"
-                                                                      f" - accepted media types include: application/"
-                                                                      f"apply-patch+yaml, application/merge-patch+json"))
+                self._send(415, _status(415, "UnsupportedMediaType", "the body of the request was in an unknown format"
+                                                                      " - accepted media types include: application/"
+                                                                      "apply-patch+yaml, application/merge-patch+json"))
 
     return Handler

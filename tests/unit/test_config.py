@@ -666,3 +666,18 @@ def test_state_dir_is_found_even_in_a_broken_file(tmp_path):
     assert config.state_dir_of(path) == (tmp_path / "var/st").resolve()
     path = write(tmp_path, '[services.a\n')
     assert config.state_dir_of(path) == (tmp_path / ".supervise").resolve()
+
+
+def test_a_service_runtime_without_an_executor_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "container"\n'))
+    assert "containers are not available in this version yet" in info.value.diagnostics[0].message
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "docker"\n'))
+    assert info.value.diagnostics[0].message.startswith('"runtime" must be one of local, container, kubernetes')
+
+
+def test_a_service_runtime_chooses_its_executor(tmp_path):
+    desired = config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "local"\n'
+                                          '[services.b]\ncommand = ["true"]\n'))
+    assert desired.services["a"].runtime == "local" and desired.services["b"].runtime is None

@@ -12,7 +12,6 @@ import signal
 from pathlib import Path
 
 import pytest
-import tomlkit
 
 from supervisor import config
 from supervisor.environ import command_argv, replica_env

@@ -388,3 +388,12 @@ def test_dependency_order_of_a_parsed_file():
     state = desired('[services.front]\ncommand = "f"\ndepends_on = { web = "ready" }\n' + BASE + WEB.replace(
         "replicas = 2", 'replicas = 2\ndepends_on = ["api"]'))
     assert dependency_order(state.services) == ["db", "api", "web", "front", "worker"]
+
+
+def test_a_version_is_written_and_read_back_in_one_place():
+    from supervisor.model import Version
+
+    version = Version.of("0123456789abcdef0123", "89abcdef0123")
+    assert str(version) == "0123456789ab-89abcdef"
+    assert Version.parse(str(version)) == version
+    assert Version.parse("abc") == Version("abc", "")

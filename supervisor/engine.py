@@ -1,0 +1,318 @@
+"""The engine: one object that owns everything between the triggers and the executors.
+
+Both front doors build it: the daemon (:mod:`supervisor.daemon`, ``supervise run``) and the
+library (:class:`supervisor.runtimes.local.LocalRuntime`); neither imports the other. It owns
+
+- the state-dir lock (one engine per state dir, whichever front door holds it),
+- the reconciler (observe -> plan -> execute) and its wake-ups,
+- the observed source revisions: :meth:`Engine.new_revision` is their one writer from outside
+  (the reconciler records the revision it built),
+- the triggers that find new revisions: the git poller and the folder watcher,
+- the event bus every life-cycle event goes through.
+
+Front doors add what is theirs: the daemon its config file watcher, signals and control socket;
+the library its thread and blocking calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from . import logs, safefs
+from .builds import source_root
+from .clock import SYSTEM, Clock
+from .control import LOCK_NAME, lock_path
+from .events import EventType, Notifier
+from .model import Desired
+from .plan import Plan, same_revision
+from .reconciler import Reconciler
+from .sources.path import content_hash
+from .watch import GitPoller, SourceWatcher
+
+log = logging.getLogger("supervise")
+
+#: More watch-triggered rebuilds than this within WATCH_STORM_WINDOW seconds stop the
+#: following of that folder's edits (a service writing into its own watched folder loops).
+WATCH_STORM_COUNT = 5
+WATCH_STORM_WINDOW = 60.0
+
+
+class AlreadyRunning(Exception):
+    """Another supervisor holds the state dir's lock. The message names its pid."""
+
+
+class StateLock:
+    """One supervisor per state dir, for the life of the process, held two ways:
+
+    - an abstract Unix socket named after the state dir's real path (``@supervise-HASH``): the
+      kernel holds the name while we live and frees it when we die, however we die, and no
+      one can remove it from the file system (a STATE_DIR deleted under a running supervisor
+      must not let a second one start on a new, empty folder of the same name);
+    - an exclusive ``flock`` on ``STATE_DIR/supervise.lock`` (opened ``O_NOFOLLOW`` relative to
+      an fd on the folder, never through a symlink), which also records our pid for the
+      message another supervisor prints.
+
+    Raises :class:`AlreadyRunning`, or ``safefs.UnsafeStateDir`` when the folder is not ours.
+    """
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self.path = lock_path(state_dir)
+        self.fd: int | None = None
+        self.dir_fd: int | None = None
+        self.anchor: socket.socket | None = None
+
+    def _anchor_name(self) -> bytes:
+        real = os.path.realpath(self.state_dir)
+        return b"\0supervise-" + hashlib.sha256(os.fsencode(real)).hexdigest()[:40].encode()
+
+    def _other_pid(self) -> str:
+        try:
+            return safefs.read_regular(self.state_dir, LOCK_NAME, 64).decode(errors="replace").strip() or "?"
+        except (OSError, safefs.UnsafeStateDir):
+            return "?"
+
+    def acquire(self) -> None:
+        safefs.ensure_dir(self.state_dir)
+        anchor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            anchor.bind(self._anchor_name())
+        except OSError as exc:
+            anchor.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise AlreadyRunning(f"another supervise (pid {self._other_pid()}) is running on "
+                                 f"{self.state_dir}") from None
+        self.anchor = anchor
+        try:
+            self._lock_file()
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock_file(self) -> None:
+        self.dir_fd = safefs.open_dir(self.state_dir)
+        try:
+            fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.dir_fd)
+        except OSError as exc:
+            raise safefs.UnsafeStateDir(f"{self.path}: {exc.strerror} (a symlink or another planted file?); "
+                                        "refusing to use it") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            os.close(fd)
+            raise safefs.UnsafeStateDir(f"{self.path} is not a plain file of ours; refusing to use it")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyRunning(f"another supervise (pid {other}) is running on {self.path.parent}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = fd
+
+    def gone(self) -> bool:
+        """True when STATE_DIR was removed or replaced since we locked it."""
+        if self.dir_fd is None:
+            return False
+        try:
+            st = os.lstat(self.state_dir)
+        except OSError:
+            return True
+        held = os.fstat(self.dir_fd)
+        return (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino) or held.st_nlink == 0
+
+    def recreate(self) -> None:
+        """Make STATE_DIR and the lock file again after they were removed (we still hold the
+        kernel's name, so no second supervisor could start meanwhile)."""
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+        safefs.ensure_dir(self.state_dir)
+        self._lock_file()
+
+    def release(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self.dir_fd = None
+        if self.anchor is not None:
+            self.anchor.close()
+            self.anchor = None
+
+
+class Engine:
+    """The reconciler, its triggers, the state lock and the event bus of one state dir.
+
+    ``desired`` is the first desired state (its ``settings.state_dir`` is the engine's for
+    life); ``bus`` the event bus (a new one by default); ``console`` where service output is
+    echoed; ``on_change`` is called after every phase change and plan; ``watch_sources``
+    follows local sources' ``watch`` globs. All methods run on the engine's event loop.
+    """
+
+    def __init__(self, desired: Desired, *, bus: Notifier | None = None, console: logs.Console | None = None,
+                 on_change: Callable[[], None] | None = None, clock: Clock = SYSTEM, watch_sources: bool = True):
+        self.desired = desired
+        self.state_dir = desired.settings.state_dir
+        self.bus = bus or Notifier()
+        self.clock = clock
+        self.reconciler = Reconciler(desired, self.bus, on_change=on_change, console=console, clock=clock)
+        self.lock = StateLock(self.state_dir)
+        self.watch_sources = watch_sources
+        self.poller: GitPoller | None = None
+        self.source_watcher: SourceWatcher | None = None
+        self.edit_storms: dict[str, collections.deque[float]] = {}  # watch-triggered rebuild times
+        self._tasks: set[asyncio.Task] = set()
+        self._open = False
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Take the state dir's lock (:class:`AlreadyRunning` if taken), set up the reconciler
+        and start the triggers. On failure nothing is left held."""
+        self.lock.acquire()
+        try:
+            await self.reconciler.start()
+        except BaseException:
+            self.lock.release()
+            raise
+        loop = asyncio.get_running_loop()
+        self.poller = GitPoller(lambda name: source_root(self.state_dir, name),
+                                lambda spec: spec.source.poll or self.desired.settings.poll,
+                                self._polled, self.on_poll_error)
+        if self.watch_sources:
+            self.source_watcher = SourceWatcher(loop, self.on_source_edited, self.state_dir)
+        self._open = True
+
+    async def close(self, detach: bool = False) -> None:
+        """Stop the triggers, then stop every service (dependents first) or, with ``detach``,
+        leave them running for the next engine to adopt. The lock stays held until
+        :meth:`release` (the front door may have more to close first: its control socket)."""
+        if not self._open:
+            return
+        self._open = False
+        if self.poller is not None:
+            self.poller.stop()
+        if self.source_watcher is not None:
+            self.source_watcher.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if detach:
+            await self.reconciler.detach()
+        else:
+            await self.reconciler.shutdown()
+
+    def release(self) -> None:
+        """Release the state dir's lock (idempotent): another engine may start here now."""
+        self.lock.release()
+
+    # -- desired state ---------------------------------------------------------------------
+
+    def follow(self, desired: Desired) -> None:
+        """Make ``desired`` the state the triggers watch (git poller, folder watcher, logs)."""
+        for name, spec in desired.services.items():  # a changed service is followed again
+            if self.desired.services.get(name) != spec:
+                self.edit_storms.pop(name, None)
+        self.desired = desired
+        if self.source_watcher is not None:
+            self.source_watcher.set_services(desired.services.values())
+        if self.poller is not None:
+            self.poller.set_services(desired.services.values())
+        for name, spec in desired.services.items():
+            self.reconciler.logs.sink(name, spec.log)
+
+    async def apply(self, desired: Desired) -> Plan:
+        """Follow ``desired`` and apply one plan for it now; returns the plan."""
+        self.follow(desired)
+        return await self.reconciler.apply(desired)
+
+    async def run(self, load: Callable[[], Awaitable[Desired | None]]) -> None:
+        """Reconcile on every wake-up until the engine closes; ``load`` gives the desired state
+        (None: keep the last good one)."""
+
+        async def followed() -> Desired | None:
+            desired = await load()
+            if desired is not None:
+                self.follow(desired)
+            return desired
+
+        await self.reconciler.run(followed)
+
+    def request(self) -> None:
+        """Ask for a reconcile pass soon."""
+        self.reconciler.request()
+
+    # -- observed revisions: what the triggers report ----------------------------------------
+
+    def new_revision(self, name: str, revision: str) -> bool:
+        """A trigger saw ``revision`` of ``name``'s source (a commit, a folder's content hash).
+        Records it and asks for a pass; False (and nothing done) when it is what runs."""
+        if same_revision(self.reconciler.revisions.get(name), revision):
+            return False
+        log.info("%s: new commit %s", name, revision[:12])
+        self._record(name, revision)
+        return True
+
+    def _polled(self, name: str, revision: str) -> None:
+        self.new_revision(name, revision)
+
+    def _record(self, name: str, revision: str) -> None:
+        self.reconciler.revisions[name] = revision
+        self.request()
+
+    def on_poll_error(self, name: str, message: str) -> None:
+        """A git remote could not be reached: reported (once per message by the poller),
+        retried with backoff, and what runs keeps running."""
+        log.warning("%s: %s (retrying; what runs keeps running)", name, message)
+        self.bus.emit(EventType.FETCH_FAILED, name, None, error=message)
+
+    def on_source_edited(self, name: str, last_edit: float) -> None:
+        """A watched local source was edited (debounced): hash it and deploy the result,
+        unless the edits are the build's own output or a loop of them (a service writing into
+        its own watched folder)."""
+        spec = self.desired.services.get(name)
+        if spec is None or spec.source.path is None:
+            return
+        now = self.clock.monotonic()
+        storm = self.edit_storms.setdefault(name, collections.deque(maxlen=WATCH_STORM_COUNT))
+        if len(storm) == WATCH_STORM_COUNT and now - storm[0] < WATCH_STORM_WINDOW:
+            if storm[-1] != -1.0:
+                log.error("%s: %d rebuilds for edits in %gs: is the service writing into its own watched "
+                          "folder? Ignoring its edits for a while", name,
+                          WATCH_STORM_COUNT, WATCH_STORM_WINDOW)
+                storm.append(-1.0)
+            return
+        preparer = self.reconciler.preparer
+        if preparer is not None and (name in preparer.builds or last_edit <= preparer.last_build_end.get(name, 0.0)):
+            # The last edit came while it was being built: the build's own output (a build
+            # writing into a watched folder). Rebuilding for it would loop forever.
+            log.debug("%s: ignoring edits made while it was being built", name)
+            return
+        storm.append(now)
+        path = spec.source.path
+
+        async def rehash() -> None:
+            revision = await asyncio.to_thread(content_hash, path, [self.state_dir])
+            log.info("%s: source edited (%s): rebuilding", name, revision[:12])
+            self._record(name, revision)
+
+        self.spawn(rehash())
+
+    def spawn(self, coro: Awaitable[object]) -> None:
+        """Run ``coro`` as a task the engine cancels when it closes."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,275 @@
+"""lifecycle: the replica state machine, table-tested on a fake clock (numbers, no sleeps).
+
+Each case is a script of (now, event) pairs fed to :func:`step` from a fresh state; the test
+checks the phase and the effects after the last one (and, for some, along the way).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.lifecycle import (
+    Abandon, Adopted, Arm, Cancel, DependenciesChanged, Emit, Exited, Fired, LiveProbe, Policy, Promote, Ready,
+    ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer, proven, step,
+)
+from supervisor.model import Backoff, Exit, Phase, RestartPolicy, StartLimit
+
+CRASH = Exit(code=1)
+OK = Exit(code=0)
+POLICY = Policy(name="api", backoff=Backoff(initial=1, max=8), start_limit=StartLimit(burst=3, interval=60))
+
+
+def run(script, policy: Policy = POLICY, state: ReplicaState | None = None):
+    """Feed ``script`` ([(now, event), ...]); return the final state and every step's effects."""
+    state = state or ReplicaState(index=0)
+    history = []
+    for now, event in script:
+        state, effects = step(policy, state, event, now)
+        history.append(effects)
+    return state, history
+
+
+def kinds(effects) -> list[str]:
+    return [type(e).__name__ + (f":{e.type.value}" if isinstance(e, Emit) else "") for e in effects]
+
+
+def up(pid: int = 100, at: float = 0.0):
+    """A start and its spawn at ``at``."""
+    return [(at, Start("planned")), (at, Spawned(pid, at=1e9 + at))]
+
+
+# -- starting ------------------------------------------------------------------------------
+
+def test_a_start_spawns_then_runs():
+    state, history = run(up())
+    assert history[0] == [Spawn("planned")]
+    assert state.phase is Phase.RUNNING and state.pid == 100 and state.ready
+    assert kinds(history[1]) == ["Note", "Emit:started"]
+
+
+def test_a_ready_check_makes_it_wait_for_ready():
+    policy = Policy(name="api", has_ready=True, ready_deadline=5)
+    state, _ = run(up(), policy)
+    assert state.phase is Phase.RUNNING and not state.ready
+    state, history = run([(1.0, Ready())], policy, state)
+    assert state.phase is Phase.READY and state.ready and kinds(history[0]) == ["Emit:ready"]
+
+
+def test_waits_on_dependencies_then_starts():
+    state, history = run([(0.0, Start("planned", waiting="db (ready)")),
+                          (1.0, DependenciesChanged("db (ready)")),
+                          (2.0, DependenciesChanged(""))])
+    assert history[0] == [] and history[1] == []
+    assert history[2] == [Spawn("planned")]
+    assert state.phase is Phase.STARTING and state.starts == (2.0,)
+
+
+def test_waiting_says_what_for():
+    state, _ = run([(0.0, Start("planned", waiting="db (ready)"))])
+    assert state.phase is Phase.PENDING and state.message == "waiting for db (ready)"
+
+
+def test_a_dependency_change_after_the_start_is_ignored():
+    state, history = run([*up(), (1.0, DependenciesChanged(""))])
+    assert history[-1] == [] and state.phase is Phase.RUNNING
+
+
+# -- crashes, backoff, start limit -----------------------------------------------------------
+
+CRASH_CASES = [
+    # (name, restart policy, exit, expected phase)
+    ("always restarts a clean exit", RestartPolicy.ALWAYS, OK, Phase.BACKOFF),
+    ("always restarts a crash", RestartPolicy.ALWAYS, CRASH, Phase.BACKOFF),
+    ("on-failure leaves a clean exit", RestartPolicy.ON_FAILURE, OK, Phase.EXITED),
+    ("on-failure restarts a crash", RestartPolicy.ON_FAILURE, CRASH, Phase.BACKOFF),
+    ("on-failure leaves an unknown exit (adopted)", RestartPolicy.ON_FAILURE, Exit(), Phase.EXITED),
+    ("never leaves a crash", RestartPolicy.NEVER, CRASH, Phase.EXITED),
+]
+
+
+@pytest.mark.parametrize(("policy", "exit", "phase"), [c[1:] for c in CRASH_CASES], ids=[c[0] for c in CRASH_CASES])
+def test_restart_policy(policy, exit, phase):
+    state, _ = run([*up(), (5.0, Exited(exit))], Policy(name="api", restart=policy))
+    assert state.phase is phase and state.last_exit == exit and state.pid is None
+
+
+def test_first_crash_restarts_at_once_then_backs_off():
+    script = [*up(), (0.5, Exited(CRASH)), (0.5, Fired(Timer.BACKOFF)), (0.5, Spawned(101, at=0)),
+              (0.6, Exited(CRASH))]
+    state, history = run(script)
+    assert Arm(Timer.BACKOFF, 0.0) in history[2]
+    assert history[3] == [Spawn("restart 1 after exit 1")]
+    assert Arm(Timer.BACKOFF, 1.0) in history[5]
+    assert state.phase is Phase.BACKOFF and state.restarts == 2 and state.message == "restart in 1.00s after exit 1"
+
+
+def test_jitter_comes_from_the_event():
+    script = [*up(), (0.1, Exited(CRASH)), (0.1, Fired(Timer.BACKOFF)), (0.1, Spawned(101, at=0)),
+              (0.2, Exited(CRASH, jitter=1.0))]
+    _, history = run(script)
+    assert Arm(Timer.BACKOFF, 1.2) in history[-1]
+
+
+def test_a_long_run_resets_the_backoff():
+    script = [*up(), (0.1, Exited(CRASH)), (0.1, Fired(Timer.BACKOFF)), (0.1, Spawned(101, at=0)),
+              (100.0, Exited(CRASH))]
+    _, history = run(script)
+    assert Arm(Timer.BACKOFF, 0.0) in history[-1]
+
+
+def test_start_limit_fails_the_replica():
+    script = list(up())
+    for pid, now in ((101, 0.01), (102, 0.02)):  # burst = 3: the planned start and two restarts fit
+        script += [(now, Exited(CRASH)), (now, Fired(Timer.BACKOFF)), (now, Spawned(pid, at=0))]
+    script += [(0.03, Exited(CRASH)), (5.0, Fired(Timer.BACKOFF))]
+    state, history = run(script)
+    assert state.phase is Phase.FAILED and state.pid is None
+    assert state.message == "start limit hit: 3 starts in 60s"
+    assert kinds(history[-2])[-2:] == ["Note", "Emit:failed"]
+    assert history[-1] == []  # a late timer does not start a failed replica
+
+
+def test_starts_outside_the_interval_are_forgotten():
+    policy = Policy(name="api", backoff=Backoff(initial=0, max=0), start_limit=StartLimit(burst=2, interval=10))
+    script = list(up())
+    for i, now in enumerate((20.0, 40.0, 60.0, 80.0)):
+        script += [(now, Exited(CRASH)), (now, Fired(Timer.BACKOFF)), (now, Spawned(200 + i, at=0))]
+    state, _ = run(script, policy)
+    assert state.phase is Phase.RUNNING and state.restarts == 4
+
+
+def test_a_failed_spawn_is_a_crash_with_its_cause():
+    state, history = run([(0.0, Start("planned")), (0.0, SpawnFailed("no such command: nope"))])
+    assert kinds(history[1])[:2] == ["Note", "Emit:start-failed"]
+    assert state.phase is Phase.BACKOFF and state.last_exit is None
+    assert state.message == "restart in 0.00s after exit 127: no such command: nope"
+
+
+def test_a_late_backoff_timer_does_nothing():
+    state, history = run([*up(), (1.0, Fired(Timer.BACKOFF))])
+    assert history[-1] == [] and state.phase is Phase.RUNNING
+
+
+# -- probation and rollback -------------------------------------------------------------------
+
+def test_three_crashes_on_probation_roll_back():
+    script = [(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0))]
+    for pid, now in ((101, 0.1), (102, 0.2)):
+        script += [(now, Exited(CRASH)), (now, Fired(Timer.BACKOFF)), (now, Spawned(pid, at=0))]
+    script.append((0.3, Exited(CRASH)))
+    state, history = run(script)
+    assert history[0][0] == Arm(Timer.PROBATION, 10.0)
+    assert history[-1][-2:] == [Cancel(Timer.PROBATION), Rollback("crashed 3 times (exit 1)")]
+    assert not state.probation
+
+
+def test_probation_passes_when_up_at_the_end():
+    state, history = run([(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)),
+                          (10.0, Fired(Timer.PROBATION))])
+    assert history[-1] == [] and not state.probation
+    assert proven(POLICY, state, 10.0)
+
+
+def test_probation_rolls_back_a_replica_that_is_not_up():
+    policy = Policy(name="api", restart=RestartPolicy.NEVER)
+    _, history = run([(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)),
+                      (1.0, Exited(CRASH)), (10.0, Fired(Timer.PROBATION))], policy)
+    assert history[-1] == [Rollback("not running 10s after the update (exited)")]
+
+
+def test_probation_rolls_back_a_replica_never_ready():
+    policy = Policy(name="api", has_ready=True, ready_deadline=7)
+    _, history = run([(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)),
+                      (7.0, Fired(Timer.PROBATION))], policy)
+    assert history[0][0] == Arm(Timer.PROBATION, 7)
+    assert history[-1] == [Rollback("never became ready within 7s")]
+
+
+def test_proven_needs_the_probation_time_or_ready():
+    state, _ = run(up())
+    assert not proven(POLICY, state, 9.9) and proven(POLICY, state, 10.0)
+    policy = Policy(name="api", has_ready=True)
+    state, _ = run(up(), policy)
+    assert not proven(policy, state, 100.0)
+    state, _ = run([(1.0, Ready())], policy, state)
+    assert proven(policy, state, 1.0)
+
+
+# -- start-first ----------------------------------------------------------------------------
+
+def test_start_first_promotes_after_the_grace_without_a_ready_check():
+    _, history = run([(0.0, Start("update", trial=True)), (0.0, Spawned(100, at=0)), (1.0, Fired(Timer.TRIAL))])
+    assert Arm(Timer.TRIAL, 1.0) in history[1]
+    assert history[-1] == [Promote()]
+
+
+def test_start_first_promotes_when_ready():
+    policy = Policy(name="api", has_ready=True, ready_deadline=5)
+    _, history = run([(0.0, Start("update", trial=True)), (0.0, Spawned(100, at=0)), (0.2, Ready())], policy)
+    assert history[-1][-2:] == [Cancel(Timer.TRIAL), Promote()]
+
+
+def test_start_first_abandons_a_candidate_never_ready():
+    policy = Policy(name="api", has_ready=True, ready_deadline=5)
+    _, history = run([(0.0, Start("update", trial=True)), (0.0, Spawned(100, at=0)), (5.0, Fired(Timer.TRIAL))],
+                     policy)
+    assert history[-1] == [Abandon("never became ready within 5s")]
+
+
+def test_start_first_abandons_a_candidate_that_exits():
+    state, history = run([(0.0, Start("update", trial=True)), (0.0, Spawned(100, at=0)), (0.5, Exited(CRASH))])
+    assert history[-1][-1] == Abandon("exited during start-up (exit 1)")
+    assert not any(isinstance(e, Arm) for e in history[-1])  # no restart of a candidate
+
+
+def test_start_first_abandons_a_candidate_that_cannot_start():
+    _, history = run([(0.0, Start("update", trial=True)), (0.0, SpawnFailed("permission denied"))])
+    assert history[-1][-1] == Abandon("could not start: permission denied")
+
+
+# -- liveness --------------------------------------------------------------------------------
+
+def test_liveness_restarts_after_retries_failures_in_a_row():
+    policy = Policy(name="api", live_retries=3, stop_signal=15, stop_timeout=4)
+    script = [*up(), (1, LiveProbe(False)), (2, LiveProbe(False)), (3, LiveProbe(True)),
+              (4, LiveProbe(False)), (5, LiveProbe(False)), (6, LiveProbe(False))]
+    state, history = run(script, policy)
+    assert all(h == [] for h in history[2:-1])
+    assert kinds(history[-1]) == ["Note", "Emit:restarting", "StopProcess"]
+    assert history[-1][-1] == StopProcess(15, 4)
+    # the exit that follows is a crash: backoff, not a stop
+    state, history = run([(6.5, Exited(Exit(signal=15)))], policy, state)
+    assert state.phase is Phase.BACKOFF
+
+
+# -- stopping --------------------------------------------------------------------------------
+
+def test_stop_signals_then_the_exit_is_not_a_crash():
+    policy = Policy(name="api", stop_signal=2, stop_timeout=3)
+    state, history = run([*up(), (1.0, Stop("removed", alive=True)), (1.1, Exited(Exit(signal=2))),
+                          (1.2, Stopped(Exit(signal=2)))], policy)
+    assert history[2][-1] == StopProcess(2, 3)
+    assert Cancel(Timer.BACKOFF) in history[2]
+    assert history[3] == []
+    assert kinds(history[4]) == ["Emit:stopped", "Note"]
+    assert state.phase is Phase.STOPPED and state.pid is None and not state.stopping
+
+
+def test_stop_of_a_replica_in_backoff_cancels_its_restart():
+    state, history = run([*up(), (1.0, Exited(CRASH)), (1.0, Stop("held", alive=False)),
+                          (2.0, Fired(Timer.BACKOFF))])
+    assert Cancel(Timer.BACKOFF) in history[3] and history[4] == []
+    assert state.phase is Phase.STOPPED
+
+
+def test_stop_cancels_probation():
+    state, history = run([(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)),
+                          (1.0, Stop("held", alive=True)), (1.1, Stopped(OK)), (10.0, Fired(Timer.PROBATION))])
+    assert history[-1] == [] and state.phase is Phase.STOPPED
+
+
+def test_adopted_replica_runs_and_restarts_on_exit():
+    state, _ = run([(0.0, Adopted(pid=42, started_at=5.0, restarts=2, stale=True))])
+    assert state.phase is Phase.RUNNING and state.stale and state.restarts == 2
+    state, _ = run([(100.0, Exited(Exit()))], POLICY, state)
+    assert state.phase is Phase.BACKOFF and state.restarts == 3

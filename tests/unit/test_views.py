@@ -1,0 +1,66 @@
+"""views: status rows, the STATUS line and dependency conditions as pure functions of Observed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from supervisor import views
+from supervisor.model import (
+    Condition, Exit, Observed, Phase, ReplicaObserved, ServiceObserved, ServiceSpec, SourceSpec,
+)
+
+SPEC = ServiceSpec(name="api", command=("true",), source=SourceSpec(kind="path", path=Path("/")), replicas=2)
+
+
+def service(*replicas: ReplicaObserved, **fields) -> ServiceObserved:
+    return ServiceObserved(name="api", spec=fields.pop("spec", SPEC), replicas={r.index: r for r in replicas}, **fields)
+
+
+def up(index: int, ready: bool = True, phase: Phase = Phase.RUNNING) -> ReplicaObserved:
+    return ReplicaObserved(index=index, phase=phase, pid=100 + index, version="abc-123", started_at=1000.0,
+                           ready=ready, running=True)
+
+
+def test_status_rows_are_computed_from_observed_alone():
+    observed = Observed({"api": service(up(0), up(1, ready=False, phase=Phase.STARTING), message="rolled back")})
+    rows = views.status_rows(observed, [], now=1010.0)
+    assert [(r["replica"], r["phase"], r["uptime"], r["ready"], r["message"]) for r in rows] == [
+        (0, "running", 10.0, True, "rolled back"), (1, "starting", None, False, "rolled back")]
+    assert views.status_rows(observed, ["other"], now=0.0) == []
+
+
+def test_a_service_without_replicas_is_one_row():
+    observed = Observed({"api": service(phase=Phase.BUILD_FAILED, build_failed=True, message="build failed")})
+    (row,) = views.status_rows(observed, ["api"], now=0.0)
+    assert (row["replica"], row["phase"], row["message"], row["desired"]) == (None, "build-failed", "build failed", 2)
+
+
+def test_the_status_line_counts_phases_in_life_cycle_order():
+    observed = Observed({"api": service(up(0), up(1, phase=Phase.BACKOFF)),
+                         "db": ServiceObserved(name="db", spec=SPEC, phase=Phase.FETCHING)})
+    assert views.summarize(observed) == "1 fetching, 1 running, 1 backoff"
+    assert views.summarize(Observed()) == "no services"
+
+
+CONDITIONS = [
+    ("all up: started", service(up(0), up(1)), Condition.STARTED, True),
+    ("one missing", service(up(0)), Condition.STARTED, False),
+    ("not ready yet", service(up(0), up(1, ready=False)), Condition.READY, False),
+    ("held never gets there", service(up(0), up(1), held=True), Condition.STARTED, None),
+    ("failed never gets there", service(up(0), up(1, phase=Phase.FAILED)), Condition.STARTED, None),
+    ("completed", service(ReplicaObserved(0, Phase.EXITED, last_exit=Exit(code=0)),
+                          ReplicaObserved(1, Phase.EXITED, last_exit=Exit(code=0))), Condition.COMPLETED, True),
+    ("completed badly", service(ReplicaObserved(0, Phase.EXITED, last_exit=Exit(code=1)), up(1)),
+     Condition.COMPLETED, None),
+]
+
+
+def test_reached_follows_compose_conditions():
+    for name, obs, condition, expected in CONDITIONS:
+        assert views.reached(obs, condition) is expected, name
+
+
+def test_not_up_splits_waiting_from_stuck():
+    desired = {"api": SPEC, "db": SPEC, "new": SPEC}
+    observed = Observed({"api": service(up(0), up(1)), "db": service(up(0), held=True, phase=Phase.STOPPED)})
+    assert views.not_up(desired, observed) == (["new (pending)"], ["db (stopped)"])
