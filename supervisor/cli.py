@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 # Only what every verb needs is imported here; the client verbs (status, stop, ...) must answer
 # fast, so asyncio, watchdog and tomlkit are imported inside the verbs that use them.
@@ -308,6 +308,17 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
         raise CliError(str(exc)) from None
 
 
+def _as_asked(row: dict[str, Any]) -> bool:
+    """A status row in its desired state: running or ready; a service scaled to zero with
+    nothing running; a one-shot replica that exited 0 and, by its ``restart`` policy, stays
+    exited (a job done as asked). Anything else makes ``status`` exit 3."""
+    if row["phase"] in ("running", "ready"):
+        return True
+    if row.get("desired") == 0 and row["replica"] is None:
+        return True
+    return row["phase"] == "exited" and row.get("last_exit") == "exit 0"
+
+
 def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
     """The verbs answered by the running supervisor over its control socket."""
     state_dir = state_dir_of(path)
@@ -331,9 +342,7 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
             print(json.dumps(reply, indent=2))
         else:
             print_status(rows)
-        # a service scaled to zero is as asked when nothing of it runs
-        up = all(row["phase"] in ("running", "ready") or (row.get("desired") == 0 and row["replica"] is None)
-                 for row in rows)
+        up = all(_as_asked(row) for row in rows)
         return EXIT_OK if up else EXIT_NOT_RUNNING
     if verb == "reload":
         for line in reply["actions"] or ["nothing to do"]:

@@ -539,15 +539,21 @@ class Pump:
             self.unfinished_since = None
             cut = cut or len(buffer)
             if self.partial or self.sink.policy.timestamps:
-                self.sink.write(buffer[:cut], label=self.label, origin=self.origin)  # first into the log ...
+                self._write(buffer[:cut], label=self.label)  # first into the log ...
                 _consume(self.fd, cut - len(self.partial))  # ... then out of the FIFO
             else:
-                self.sink.write(buffer[:cut], source=self.fd, label=self.label, origin=self.origin)  # spliced
+                self._write(buffer[:cut], source=self.fd, label=self.label)  # spliced
             self.partial = b""
             if cut < len(buffer):  # the start of the next line stays in the FIFO for now
                 break
             if copied < READ_SIZE:
                 break
+
+    def _write(self, data: bytes, **how: Any) -> None:
+        """``sink.write``, naming this pump's origin when it has one (build sinks take none)."""
+        if self.origin is not None:
+            how["origin"] = self.origin
+        self.sink.write(data, **how)
 
     def _pause(self, delay: float) -> None:
         """Stop reading for ``delay`` s (the pipe stays readable while a line is unfinished)."""
@@ -567,10 +573,10 @@ class Pump:
     def _lines(self, data: bytes) -> None:
         buffer = self.partial + data if self.partial else data
         cut = buffer.rfind(b"\n") + 1
-        self.sink.write(buffer[:cut], origin=self.origin)
+        self._write(buffer[:cut])
         self.partial = buffer[cut:]
         if len(self.partial) > MAX_PARTIAL or (self.force and self.partial):
-            self.sink.write(self.partial, origin=self.origin)
+            self._write(self.partial)
             self.partial = b""
 
     def flush(self) -> None:
@@ -584,7 +590,7 @@ class Pump:
             self._readable()
         finally:
             self.force = False
-        if not self.done.done():
+        if not self.done.done() and self.origin is not None:
             self.sink.end_line(self.origin)
 
     def close(self, end_line: bool = True) -> None:
@@ -595,9 +601,9 @@ class Pump:
         if not self.paused:
             self.loop.remove_reader(self.fd)
         if self.partial:
-            self.sink.write(self.partial + b"\n", origin=self.origin)
+            self._write(self.partial + b"\n")
             self.partial = b""
-        if end_line:
+        if end_line and self.origin is not None:
             self.sink.end_line(self.origin)
         os.close(self.fd)
         if self.copy is not None:
@@ -615,7 +621,7 @@ class Pump:
             return
         self.on_eof = None
         if self.partial:
-            self.sink.write(self.partial, origin=self.origin)
+            self._write(self.partial)
             self.partial = b""
         self.close(end_line=False)  # the line may go on in the next supervisor
 

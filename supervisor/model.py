@@ -22,6 +22,7 @@ class Phase(str, enum.Enum):
 
     PENDING = "pending"
     FETCHING = "fetching"
+    FETCH_FAILED = "fetch-failed"
     BUILDING = "building"
     BUILD_FAILED = "build-failed"
     STARTING = "starting"

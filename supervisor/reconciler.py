@@ -354,7 +354,9 @@ class Reconciler:
             log.error("%s: %s%s", spec.name, exc, "".join(f"\n    {line}" for line in exc.tail))
             self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
             tried = Version.parse(exc.version).revision if exc.version else self.revisions.get(spec.name)
-            controller.mark_build_failed(spec, tried, f"{exc.stage} failed: {exc}")
+            said = str(exc)  # "build failed (exit 1)" already says it: never "build failed: build failed"
+            message = said if " failed" in said.split(":", 1)[0] else f"{exc.stage} failed: {said}"
+            controller.mark_build_failed(spec, tried, message, exc.stage)
             if errors.transient(errors.of_stage(exc.stage)):
                 self._requeue(spec.name)
             return None

@@ -127,6 +127,7 @@ class ServiceController:
         self.replicas: dict[int, Replica] = {}
         self.candidates: dict[int, Replica] = {}  # start-first replacements on trial
         self.artifact: Artifact | None = None
+        self.failed_stage = "build"  # which step failed when build_failed: "fetch" or "build"
         self.build_failed = False
         self.failed_revision: str | None = None
         self.deploy_message = ""  # why the newest version is not what runs (failed build, rollback)
@@ -163,7 +164,7 @@ class ServiceController:
         if self.preparing is not None and not self.replicas:
             return self.preparing
         if self.build_failed and not self.replicas:
-            return Phase.BUILD_FAILED
+            return Phase.FETCH_FAILED if self.failed_stage == "fetch" else Phase.BUILD_FAILED
         if not self.replicas:
             return Phase.STOPPED
         order = (Phase.FAILED, Phase.BACKOFF, Phase.PENDING, Phase.STARTING, Phase.STOPPING,
@@ -263,10 +264,12 @@ class ServiceController:
                 replica.launch = Launch(spec, replica.launch.artifact)
                 self._task(replica, self._start_after_dependencies(replica))
 
-    def mark_build_failed(self, spec: ServiceSpec, revision: str | None, message: str = "") -> None:
-        """The fetch or build of ``spec`` at ``revision`` failed; running replicas stay."""
+    def mark_build_failed(self, spec: ServiceSpec, revision: str | None, message: str = "",
+                          stage: str = "build") -> None:
+        """The fetch or build (``stage``) of ``spec`` at ``revision`` failed; running replicas stay."""
         self.spec = spec
         self.build_failed = True
+        self.failed_stage = stage
         self.failed_revision = revision
         running = self.artifact.version if self.artifact and self.replicas else None
         self.deploy_message = f"{message or 'build failed'}" + (f"; still running {running}" if running else "")

@@ -56,7 +56,7 @@ def test_sigkilled_supervisor_adopts_20_services_with_no_lost_line(tmp_path):
         again = wait_until(lambda: running_pids(path, n), timeout=30, message="20 services adopted")
         assert again == pids  # 0 new pids
         # (the records are written before the summary line: wait for it, bounded)
-        text = wait_until(lambda: (t := out.read_text()) if f"adopted {n} replicas" in t else "", timeout=10,
+        text = wait_until(lambda: (t := out.read_text()) and f"adopted {n} replicas" in t and t, timeout=10,
                           message="the adoption summary")
         second_half = text.split(f"adopted {n} replicas", 1)[1]
         assert "started c" not in second_half

@@ -186,3 +186,89 @@ replicas = 2
     assert {(r["replica"], r["stream"]) for r in output} == {(0, "stdout"), (0, "stderr")}
     assert all("of 0" in r["line"] for r in output)
     assert not [r for r in records if "] >> " in r["line"]]
+
+
+# -- item 10: small things a user hit ------------------------------------------------------------
+
+def test_toml_error_at_end_of_file_says_end_of_file_at_the_last_line(tmp_path: Path):
+    """An unclosed array at the end of the file: "unexpected end of file", placed at the end of
+    the last line with content (not tomlkit's NUL sentinel, not a line past the end)."""
+    import pytest
+
+    from supervisor import config
+
+    path = tmp_path / "services.toml"
+    path.write_text('[services.a]\ncommand = ["true"]\nx = [1, 2\n\n\n')
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path)
+    message = str(caught.value)
+    assert "\\x00" not in message and "end of file" in message
+    assert message.startswith(f"{path}:3:10:"), message
+
+
+def test_a_failed_build_says_so_once_and_a_failed_fetch_is_not_a_build_failure(tmp_path: Path):
+    """``build = "false"``: the status message says "build failed (exit 1)", not "build
+    failed: build failed"; a git source that cannot be fetched is ``fetch-failed``."""
+    async def scenario() -> None:
+        async with Stack(tmp_path) as stack:
+            await stack.apply(f'''
+[services.b]
+command = ["{PY}", "-c", "import time; time.sleep(600)"]
+build = "false"
+[services.g]
+source = {{ git = "file://{tmp_path}/no-such-repo" }}
+command = ["true"]
+''')
+            await stack.until(lambda: stack.r.controllers["b"].build_failed and stack.r.controllers["g"].build_failed,
+                              timeout=20, message="both to fail")
+            b, g = stack.r.controllers["b"], stack.r.controllers["g"]
+            assert b.deploy_message.count("build failed") == 1, b.deploy_message
+            assert b.phase.value == "build-failed"
+            assert g.phase.value == "fetch-failed", (g.phase, g.deploy_message)
+
+    run(scenario())
+
+
+def test_status_exits_0_for_a_finished_one_shot_job_and_for_zero_replicas(tmp_path: Path):
+    """``restart = "never"`` job that exited 0 and a ``replicas = 0`` service are as asked:
+    ``supervise status`` exits 0; a job that failed still makes it exit 3."""
+    import subprocess
+
+    from conftest import terminate, wait_until
+
+    path = tmp_path / "services.toml"
+    path.write_text('''
+[services.job]
+command = ["true"]
+restart = "never"
+[services.idle]
+command = ["sleep", "600"]
+replicas = 0
+''')
+    daemon = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        def status() -> subprocess.CompletedProcess:
+            return subprocess.run([PY, "-m", "supervisor", "--config", str(path), "status", "--json"],
+                                  capture_output=True, text=True, timeout=30)
+
+        wait_until(lambda: '"exited"' in status().stdout, timeout=20, message="the job to finish")
+        assert status().returncode == 0, status().stdout
+        path.write_text(path.read_text().replace('command = ["true"]', 'command = ["false"]'))
+        subprocess.run([PY, "-m", "supervisor", "--config", str(path), "reload"], capture_output=True, timeout=30)
+        wait_until(lambda: "exit 1" in status().stdout, timeout=20, message="the failed job")
+        assert status().returncode == 3
+    finally:
+        terminate(daemon)
+
+
+def test_status_json_without_a_supervisor_prints_json(tmp_path: Path):
+    """(Already fixed on main; kept here as this issue's regression test.)"""
+    import json
+    import subprocess
+
+    path = tmp_path / "services.toml"
+    path.write_text('[services.a]\ncommand = ["true"]\n')
+    out = subprocess.run([PY, "-m", "supervisor", "--config", str(path), "status", "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert json.loads(out.stdout)["ok"] is False and out.returncode != 0
