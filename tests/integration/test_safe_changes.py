@@ -272,3 +272,35 @@ def test_status_json_without_a_supervisor_prints_json(tmp_path: Path):
     out = subprocess.run([PY, "-m", "supervisor", "--config", str(path), "status", "--json"],
                          capture_output=True, text=True, timeout=30)
     assert json.loads(out.stdout)["ok"] is False and out.returncode != 0
+
+
+def test_no_new_commit_for_the_commit_an_adopted_replica_runs(tmp_path: Path, caplog):
+    """After an adoption the engine knows what runs only from the record: the poller's first
+    sight of that same commit is not a "new commit" (nothing logged, nothing deployed)."""
+    import logging
+    import subprocess
+
+    from harness import DaemonRun
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    for argv in (["git", "init", "-q", "-b", "main"], ["git", "-c", "user.name=t", "-c", "user.email=t@e.invalid",
+                                                         "commit", "-q", "--allow-empty", "-m", "first"]):
+        subprocess.run(argv, cwd=remote, check=True, timeout=30)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=remote, check=True, capture_output=True, text=True,
+                            timeout=30).stdout.strip()
+    path = tmp_path / "services.toml"
+    path.write_text(f'[services.app]\nsource = {{ git = "remote", ref = "main" }}\n'
+                    f'command = ["{PY}", "-c", "import time; time.sleep(600)"]\n')
+
+    async def scenario() -> None:
+        async with DaemonRun(path) as daemon:
+            await daemon.until(lambda: daemon.pid("app"), timeout=20, message="app running")
+            engine = daemon.daemon.engine
+            engine.reconciler.revisions.pop("app", None)  # as after an adoption: only the record knows
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="supervise"):
+                assert engine.new_revision("app", commit) is False
+            assert "new commit" not in caplog.text
+
+    run(scenario())
