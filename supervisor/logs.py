@@ -590,7 +590,7 @@ class Pump:
             self._readable()
         finally:
             self.force = False
-        if not self.done.done() and self.origin is not None:
+        if not self.done.done() and self.origin is not None and isinstance(self.sink, LogSink):
             self.sink.end_line(self.origin)
 
     def close(self, end_line: bool = True) -> None:
@@ -603,7 +603,7 @@ class Pump:
         if self.partial:
             self._write(self.partial + b"\n")
             self.partial = b""
-        if end_line and self.origin is not None:
+        if end_line and self.origin is not None and isinstance(self.sink, LogSink):
             self.sink.end_line(self.origin)
         os.close(self.fd)
         if self.copy is not None:

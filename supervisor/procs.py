@@ -305,8 +305,13 @@ async def wait_exit(pid: int) -> None:
         while not exited():
             await asyncio.sleep(0.05)
         return
-    ready = loop.create_future()
-    loop.add_reader(pidfd, lambda: ready.done() or ready.set_result(None))
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(pidfd, readable)
     try:
         await ready
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -234,10 +235,15 @@ def _pumps(handle: procs.ProcessHandle, sink: LogSink, label: str, who: str, out
     loop = asyncio.get_running_loop()
     for fd, path, stream in ((out_fd, handle.fifo, "stdout"), (err_fd, logs.err_fifo(handle.fifo), "stderr")):
         if fd is not None:
-            handle.pumps.append(logs.Pump(loop, fd, sink, on_eof=lambda path=path: _unlink(path), keep_until_written=True,
-                                          label=label, origin=f"{who} {stream}"))
+            handle.pumps.append(logs.Pump(loop, fd, sink, on_eof=functools.partial(_unlink, path),
+                                          keep_until_written=True, label=label, origin=f"{who} {stream}"))
+
+    def flush(_: object) -> None:
+        for pump in handle.pumps:
+            pump.flush()
+
     if handle.pumps:  # registered before anyone awaits the exit: runs before their callbacks
-        handle.exited.add_done_callback(lambda _: [pump.flush() for pump in handle.pumps])
+        handle.exited.add_done_callback(flush)
 
 
 def _unlink(path: Path) -> None:
