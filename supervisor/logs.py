@@ -544,7 +544,7 @@ class Pump:
             else:
                 self._write(buffer[:cut], source=self.fd, label=self.label)  # spliced
             self.partial = b""
-            if cut < len(buffer):  # the start of the next line stays in the FIFO for now
+            if cut < len(buffer) and not self.force:  # the start of the next line stays in the FIFO for now
                 break
             if copied < READ_SIZE:
                 break

@@ -304,3 +304,21 @@ def test_no_new_commit_for_the_commit_an_adopted_replica_runs(tmp_path: Path, ca
             assert "new commit" not in caplog.text
 
     run(scenario())
+
+
+def test_last_words_written_in_one_go_with_a_whole_line_come_before_the_exit_note(tmp_path: Path):
+    """One write of ``"line one\\nlast words"`` then exit: both, each on its own line, before
+    the exited note (the unfinished piece is not left behind in the FIFO at the exit)."""
+    async def scenario() -> None:
+        async with Stack(tmp_path) as stack:
+            await stack.apply(f'''
+[services.once]
+command = ["{PY}", "-c", "import os; os.write(1, b'line one\\\\nlast words'); raise SystemExit(3)"]
+restart = "never"
+''')
+            await stack.until(lambda: "exited" in stack.log("once"), timeout=15, message="the exit")
+            lines = stack.log("once").splitlines()
+            exited = next(i for i, line in enumerate(lines) if "exited" in line)
+            assert lines.index("line one") < lines.index("last words") < exited, lines
+
+    run(scenario())
