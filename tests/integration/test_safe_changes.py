@@ -44,6 +44,10 @@ def test_exec_check_timeout_kills_and_reaps_its_whole_group(tmp_path: Path):
     supervisor, and after the stop nothing of any check runs (under init or anywhere)."""
     marker = "3.0612"  # a sleep length no other process on the machine uses
     tally = tmp_path / "tally"
+    earlier = set(_zombie_children())  # (another test's unwaited child is not this test's)
+
+    def new_zombies() -> set[int]:
+        return set(_zombie_children()) - earlier
 
     async def scenario() -> None:
         async with Stack(tmp_path) as stack:
@@ -57,9 +61,9 @@ live = {{ exec = ["sh", "-c", "echo x >> {tally}; sleep {marker}; true"], interv
             # at most the check in flight now is alive; the timed-out ones are gone and reaped
             await stack.until(lambda: len(_running(marker)) <= 1, timeout=2, message="old checks' sleeps gone")
             assert len(_running(marker)) <= 1
-            await stack.until(lambda: not _zombie_children(), timeout=2, message="no zombie children")
+            await stack.until(lambda: not new_zombies(), timeout=2, message="no zombie children")
         await Stack.until(lambda: not _running(marker), timeout=3, message="no check left after the stop")
-        await Stack.until(lambda: not _zombie_children(), timeout=3, message="no zombie after the stop")
+        await Stack.until(lambda: not new_zombies(), timeout=3, message="no zombie after the stop")
 
     run(scenario())
 
