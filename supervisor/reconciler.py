@@ -275,7 +275,7 @@ class Reconciler:
         removed = {n: self.controllers[n].spec for n in the_plan.services() if n not in specs and n in self.controllers}
         for level in reversed(dependency_levels(removed)):
             await asyncio.gather(*(self._remove(name) for name in level))
-        # 2. fetch and build, concurrently, beside whatever runs
+        # 2. fetch and build, concurrently, beside whatever runs (at most PREPARE_CONCURRENCY at once)
         to_prepare = [n for n in the_plan.services() if n in specs and any(
             a.kind in (ActionKind.FETCH, ActionKind.BUILD) for a in the_plan.for_service(n))]
         for name in the_plan.services():
@@ -289,15 +289,27 @@ class Reconciler:
         semaphore = asyncio.Semaphore(PREPARE_CONCURRENCY)
         artifacts: dict[str, Artifact | None] = {}
 
-        async def prepare(name: str) -> None:
-            async with semaphore:
-                artifacts[name] = await self._prepare(specs[name])
+        tasks: dict[str, asyncio.Future[None]] = {}
 
-        await asyncio.gather(*(prepare(n) for n in to_prepare))
-        # 3. processes, one dependency level at a time
+        async def deploy(name: str) -> None:
+            # 3. a service's processes as soon as its own artifact and its dependencies' actions
+            # are done: one slow build holds only the services that depend on it
+            if name in to_prepare:
+                async with semaphore:
+                    artifacts[name] = await self._prepare(specs[name])
+            await asyncio.gather(*(tasks[d.service] for d in specs[name].depends_on if d.service in tasks))
+            if the_plan.for_service(name):
+                await self._guarded(specs[name], the_plan, artifacts)
+
         for level in dependency_levels(specs):
-            await asyncio.gather(*(self._guarded(specs[n], the_plan, artifacts) for n in level
-                                   if the_plan.for_service(n)))
+            for name in level:
+                if name in to_prepare or the_plan.for_service(name):
+                    tasks[name] = asyncio.ensure_future(deploy(name))
+        try:
+            await asyncio.gather(*tasks.values())
+        finally:
+            for task in tasks.values():
+                task.cancel()
         self.on_change()
 
     def _controller(self, spec: ServiceSpec) -> ServiceController:

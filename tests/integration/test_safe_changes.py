@@ -326,3 +326,26 @@ restart = "never"
             assert lines.index("line one") < lines.index("last words") < exited, lines
 
     run(scenario())
+
+
+# -- item 4: one slow build holds everything at start ----------------------------------------------
+
+def test_a_slow_build_does_not_hold_the_start_of_a_service_without_one(tmp_path: Path):
+    """``fast`` (no build) and ``slow`` (``build = "sleep 4"``): fast runs while slow still
+    builds; slow starts once its build is done."""
+    async def scenario() -> None:
+        async with Stack(tmp_path) as stack:
+            applying = asyncio.ensure_future(stack.apply(f'''
+[services.fast]
+command = ["{PY}", "-c", "import time; time.sleep(600)"]
+[services.slow]
+build = ["sleep", "4"]
+command = ["{PY}", "-c", "import time; time.sleep(600)"]
+'''))
+            await stack.until(lambda: stack.reconciler is not None and stack.pid("fast"), timeout=10,
+                              message="fast running")
+            assert stack.pid("slow") is None and not applying.done()  # slow is still being built
+            await asyncio.wait_for(applying, 30)
+            await stack.until(lambda: stack.pid("slow"), timeout=10, message="slow running after its build")
+
+    run(scenario())
