@@ -160,6 +160,7 @@ class LogSink:
         self.tees: list[IO[Any]] = []  # more streams for the lines (the Runtime API's output=)
         self.mid_line = False  # the file ends inside a line (output that had no newline yet)
         self.origin: str | None = None  # whose output the file's last lines are ("api[1] stderr")
+        self.last_build_line = ""  # the last non-empty line of the build under way, for status
         self.error = ""  # why the file cannot be written now (disk full, ...)
         self.dropped_bytes = 0  # output dropped since the last successful write
         self.dropped_lines = 0

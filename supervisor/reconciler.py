@@ -348,6 +348,7 @@ class Reconciler:
         controller = self.controllers[spec.name]
         protect = {r.launch.artifact.version for r in controller.replicas.values()}
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
+        controller.preparing_since = self.clock.time()
         controller.changed()
         try:
             if self.background_fetches and spec.source.kind == "git":

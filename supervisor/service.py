@@ -132,6 +132,7 @@ class ServiceController:
         self.failed_revision: str | None = None
         self.deploy_message = ""  # why the newest version is not what runs (failed build, rollback)
         self.preparing: Phase | None = None  # FETCHING/BUILDING while a version is prepared
+        self.preparing_since: float | None = None  # when it began (seconds since the epoch)
         self.held = False
         self._persist_pending = False
         self._persisted: dict | None = None  # the record last written
@@ -155,7 +156,10 @@ class ServiceController:
                                version=self.artifact.version if self.artifact else None,
                                held=self.held, failed=failed, build_failed=self.build_failed,
                                failed_revision=self.failed_revision, phase=self.phase, message=self.deploy_message,
-                               log_error=self.sink.trouble or "")
+                               log_error=self.sink.trouble or "",
+                               preparing=self.preparing.value if self.preparing is not None else "",
+                               preparing_since=self.preparing_since if self.preparing is not None else None,
+                               build_line=self.sink.last_build_line if self.preparing is Phase.BUILDING else "")
 
     @property
     def phase(self) -> Phase:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from pathlib import Path
 
 import psutil
@@ -331,20 +332,26 @@ restart = "never"
 # -- item 4: one slow build holds everything at start ----------------------------------------------
 
 def test_a_slow_build_does_not_hold_the_start_of_a_service_without_one(tmp_path: Path):
-    """``fast`` (no build) and ``slow`` (``build = "sleep 4"``): fast runs while slow still
-    builds; slow starts once its build is done."""
+    """``fast`` (no build) and ``slow`` (a 4 s build): fast runs while slow still builds, and
+    status shows slow building with its elapsed time and the build's last output line; slow
+    starts once its build is done."""
+    from supervisor import views
     async def scenario() -> None:
         async with Stack(tmp_path) as stack:
             applying = asyncio.ensure_future(stack.apply(f'''
 [services.fast]
 command = ["{PY}", "-c", "import time; time.sleep(600)"]
 [services.slow]
-build = ["sleep", "4"]
+build = ["sh", "-c", "echo compiling part 1; sleep 4"]
 command = ["{PY}", "-c", "import time; time.sleep(600)"]
 '''))
             await stack.until(lambda: stack.reconciler is not None and stack.pid("fast"), timeout=10,
                               message="fast running")
             assert stack.pid("slow") is None and not applying.done()  # slow is still being built
+            row = await stack.until(lambda: (r := [row for row in views.status_rows(stack.r.observe(), ["slow"], time.time())])
+                                    and "compiling part 1" in (r[0]["message"] or "") and r[0],
+                                    timeout=10, message="slow's build progress in status")
+            assert row["phase"] == "building" and row["message"].startswith("building for "), row
             await asyncio.wait_for(applying, 30)
             await stack.until(lambda: stack.pid("slow"), timeout=10, message="slow running after its build")
 
