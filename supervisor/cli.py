@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .kube.cli import cmd_render
 
             return cmd_render(path, args.tag)
-        if verb in ("run", "plan", "status", "logs", "events"):
+        if verb in ("run", "plan", "status", "top", "logs", "events"):
             from .kube.cli import runtime_of
 
             if runtime_of(path) == "kubernetes":  # the cluster answers these, not a local supervisor
@@ -189,9 +189,10 @@ def cmd_kubernetes(verb: str, path: Path, args: argparse.Namespace) -> int:
         return kube_cli.cmd_run(path, quiet=getattr(args, "quiet", False))
     if verb == "plan":
         return kube_cli.cmd_plan(path, args.json)
-    if verb == "status":
-        if args.watch:
-            raise CliError("status --watch (and top) show a local supervisor; on Kubernetes, use status", EXIT_USAGE)
+    if verb == "top" or verb == "status":
+        if verb == "top" or args.watch:
+            shown = "top" if verb == "top" else "status --watch"
+            raise CliError(f"{shown} shows a local supervisor; on Kubernetes, use status (a row per pod)", EXIT_USAGE)
         return kube_cli.cmd_status(path, args.services, args.json)
     if verb == "logs":
         if args.since or args.grep or args.json or args.replica is not None or args.stream:
@@ -308,17 +309,6 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
         raise CliError(str(exc)) from None
 
 
-def _as_asked(row: dict[str, Any]) -> bool:
-    """A status row in its desired state: running or ready; a service scaled to zero with
-    nothing running; a one-shot replica that exited 0 and, by its ``restart`` policy, stays
-    exited (a job done as asked). Anything else makes ``status`` exit 3."""
-    if row["phase"] in ("running", "ready"):
-        return True
-    if row.get("desired") == 0 and row["replica"] is None:
-        return True
-    return row["phase"] == "exited" and row.get("last_exit") == "exit 0"
-
-
 def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
     """The verbs answered by the running supervisor over its control socket."""
     state_dir = state_dir_of(path)
@@ -342,7 +332,12 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
             print(json.dumps(reply, indent=2))
         else:
             print_status(rows)
-        up = all(_as_asked(row) for row in rows)
+        # As asked: running or ready; a service scaled to zero with nothing of it running; a
+        # replica that exited 0 and stays exited (restart "never" or "on-failure": a one-shot
+        # such as a Procfile's release that completed, what depends_on "completed" waits for).
+        up = all(row["phase"] in ("running", "ready") or (row.get("desired") == 0 and row["replica"] is None)
+                 or (row["phase"] == "exited" and row.get("last_exit") == "exit 0")
+                 for row in rows)
         return EXIT_OK if up else EXIT_NOT_RUNNING
     if verb == "reload":
         for line in reply["actions"] or ["nothing to do"]:
