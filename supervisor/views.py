@@ -40,11 +40,21 @@ def reached(obs: ServiceObserved, condition: Condition) -> bool | None:
     return all(r.phase in UP or (r.phase is Phase.EXITED and r.started_at is not None) for r in replicas)
 
 
-def status_rows(observed: Observed, names: Iterable[str], now: float) -> list[dict[str, Any]]:
+def status_rows(observed: Observed, names: Iterable[str], now: float,
+                listed: Iterable[str] = ()) -> list[dict[str, Any]]:
     """One row per replica (one per service with none), for the services in ``names`` (all
-    with none), as ``supervise status --json`` prints them; ``now`` gives the uptimes."""
+    with none), as ``supervise status --json`` prints them; ``now`` gives the uptimes.
+
+    ``listed``: the services the file names. One the engine has not taken up yet (before the
+    first plan, or while a reload applies) gets a ``pending`` row, so a status taken right
+    after start-up never reads as "all running" with nothing listed."""
     wanted_names = set(names)
     rows: list[dict[str, Any]] = []
+    for name in listed:
+        if name not in observed.services and (not wanted_names or name in wanted_names):
+            rows.append({"service": name, "replica": None, "phase": Phase.PENDING.value, "pid": None,
+                         "version": None, "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
+                         "held": False, "desired": None, "log_error": None, "message": "not started yet"})
     for name, obs in observed.services.items():
         if wanted_names and name not in wanted_names:
             continue
