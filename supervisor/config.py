@@ -22,6 +22,7 @@ from typing import Any
 from .graph import find_cycle
 from .durations import parse_duration, parse_size
 from .model import (
+    Check,
     Backoff,
     Condition,
     Dependency,
@@ -1069,7 +1070,7 @@ class _Validator:
         self.error(keys, f'"{keys[-1]}" must be a signal name like "SIGTERM", got {_type_name(value)}')
         return None
 
-    def check(self, keys: tuple[str, ...], value: Any) -> dict[str, Any] | None:
+    def check(self, keys: tuple[str, ...], value: Any) -> Check | None:
         if not isinstance(value, dict):
             self.error(keys, f'"{keys[-1]}" must be a table like {{ tcp = "127.0.0.1:8000" }}, got {_type_name(value)}')
             return None
@@ -1109,7 +1110,10 @@ class _Validator:
             elif retries is not None and retries > 100_000:
                 self.error(keys + ("retries",), '"retries" must be at most 100000')
             check["retries"] = retries if retries and 1 <= retries <= 100_000 else 3
-        return MappingProxyType(check)  # type: ignore[return-value]
+        try:
+            return Check.of(check)
+        except ValueError:  # an error is already reported for it
+            return None
 
     def dependencies(self, tables: dict[str, Any], services: dict[str, ServiceSpec]) -> None:
         graph: dict[str, tuple[Dependency, ...]] = {}

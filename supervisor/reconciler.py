@@ -72,6 +72,7 @@ class Reconciler:
         #: Backoff of the retries of transient failures (fetches), seconds.
         self.retry = Backoff(initial=1.0, max=60.0)
         self._requeued: dict[str, tuple[int, asyncio.TimerHandle | None]] = {}
+        self._stray: set[asyncio.Task] = set()  # stops of adopted replicas nobody owns
 
         #: Git fetches (and the builds after them) run as tasks of their own, not held by a
         #: pass (the daemon, whose run loop picks their results up; see _prepare_in_background).
@@ -206,46 +207,52 @@ class Reconciler:
         controller.deploy_message = message
         self.controllers[spec.name] = controller
 
-    def _adopt_service(self, name: str, record: dict, desired: Desired) -> int:
+    def _adopt_service(self, name: str, record: state.ServiceRecord, desired: Desired) -> int:
         """Adopt the live replicas of one state record; returns how many."""
         wanted = desired.services.get(name)
-        executor = self.executor_for(wanted) if wanted is not None else self.local
         sink = self.logs.sink(name, wanted.log) if wanted is not None else self.logs.sink(name)
-        alive: list[tuple[int, dict, Running]] = []
-        replicas = record.get("replicas")
-        for key, item in (replicas.items() if isinstance(replicas, dict) else ()):
-            # a record is checked before it is trusted (the executor checks the process)
-            try:
-                if not isinstance(item, dict):
-                    raise TypeError
-                index = int(key)
-                Path(str(item["workdir"])), str(item["version"])
-            except (KeyError, TypeError, ValueError, OverflowError):
+        alive: list[tuple[int, state.ReplicaRecord, Running, Executor]] = []
+        for index, item in sorted(record.replicas.items()):
+            executor = self.executors.get(item.runtime)  # the executor that started it
+            if executor is None:
+                log.warning("%s: replica %d ran on runtime %r, which is not available here; not adopted",
+                            name, index, item.runtime)
                 continue
             handle = executor.adopt(item, sink, replica_label(name, wanted.replicas if wanted else 0, index))
             if handle is None:
                 executor.forget(item)
             else:
-                alive.append((index, item, handle))
+                alive.append((index, item, handle, executor))
         spec = wanted
         if spec is None and alive:  # removed from the file: adopted to be stopped
-            spec = ServiceSpec(name=name, command=tuple(record.get("command") or ["?"]),
-                               source=SourceSpec(kind="path", path=Path(alive[0][1]["workdir"])),
-                               stop_signal=int(record.get("stop_signal", 15)),
-                               stop_timeout=float(record.get("stop_timeout", 10.0)), replicas=0)
-        if spec is None or (not alive and not record.get("held")):
+            runtime = alive[0][1].runtime
+            spec = ServiceSpec(name=name, command=record.command or ("?",),
+                               source=SourceSpec(kind="path", path=alive[0][1].workdir),
+                               stop_signal=record.stop_signal, stop_timeout=record.stop_timeout, replicas=0,
+                               runtime=None if runtime == "local" else runtime)
+        if spec is None or (not alive and not record.held):
             return 0
         controller = self.controllers.get(name) or self._controller(spec)
         self.controllers[name] = controller
-        controller.held = bool(record.get("held", False))
+        controller.held = record.held
         current = state.fingerprint(spec)
-        for index, item, handle in alive:
-            version = str(item["version"])
-            artifact = Artifact(workdir=Path(item["workdir"]), version=version,
-                                revision=str(item.get("revision") or Version.parse(version).revision))
-            stale = wanted is None or item.get("fingerprint") != current
-            controller.adopt(index, handle, spec, artifact, item.get("started_at"), int(item.get("restarts", 0)), stale)
+        for index, item, handle, executor in alive:
+            if executor is not controller.executor:  # the runtime key changed: replaced by the plan
+                log.info("%s: replica %d runs on %s, the file now says %s: stopping it",
+                         name, index, executor.name, controller.executor.name)
+                self.spawn_stop(executor, handle, record)
+                continue
+            artifact = Artifact(workdir=item.workdir, version=item.version,
+                                revision=item.revision or Version.parse(item.version).revision)
+            stale = wanted is None or item.fingerprint != current
+            controller.adopt(index, handle, spec, artifact, item.started_at, item.restarts, stale)
         return len(alive)
+
+    def spawn_stop(self, executor: Executor, handle: Running, record: state.ServiceRecord) -> None:
+        """Stop an adopted replica that no controller will own (its runtime changed)."""
+        task = asyncio.get_running_loop().create_task(executor.stop(handle, record.stop_signal, record.stop_timeout))
+        self._stray.add(task)
+        task.add_done_callback(self._stray.discard)
 
     def observe(self) -> Observed:
         """The observed state: every controller's view of its replicas."""

@@ -30,7 +30,8 @@ from typing import Any, Mapping, Protocol
 
 from ..builds import Artifact
 from ..logs import LogSink
-from ..model import Exit, ServiceSpec
+from ..model import Check, Exit, ServiceSpec
+from ..state import ReplicaRecord
 
 
 class StartFailed(Exception):
@@ -111,12 +112,13 @@ class Executor(abc.ABC):
         """What a later supervisor needs to :meth:`adopt` the replica (JSON-able)."""
 
     @abc.abstractmethod
-    def adopt(self, record: Mapping[str, Any], sink: LogSink, label: str) -> Running | None:
-        """Take over a replica from its :meth:`record` after a supervisor restart, verifying it
-        is the same one (not a reused pid or id); None when it is gone."""
+    def adopt(self, record: ReplicaRecord, sink: LogSink, label: str) -> Running | None:
+        """Take over a replica from its state record (``record.handle`` is what :meth:`record`
+        returned) after a supervisor restart, verifying it is the same one (not a reused pid
+        or id); None when it is gone or the record is not one of ours."""
 
     @abc.abstractmethod
-    def forget(self, record: Mapping[str, Any]) -> None:
+    def forget(self, record: ReplicaRecord) -> None:
         """A recorded replica is gone: remove what it left (its output FIFO)."""
 
     @abc.abstractmethod
@@ -124,7 +126,7 @@ class Executor(abc.ABC):
         """Stop following the replica without stopping it (it is left for adoption)."""
 
     @abc.abstractmethod
-    async def probe(self, check: Mapping[str, object], running: Running, env: Mapping[str, str], cwd: Path,
+    async def probe(self, check: Check, running: Running, env: Mapping[str, str], cwd: Path,
                     user: str | None = None) -> bool:
         """Run one ready/live check (tcp, http, exec) against the replica; an exec check runs
         as the service's ``user`` where it has one."""

@@ -351,11 +351,11 @@ class LocalRuntime(Runtime):
         created (yet): shown so that nothing runs unseen; :meth:`stop` stops them."""
         out = []
         for name, record in state.load_all(self.state_dir).items():
-            if name in self.specs or not record.get("replicas"):
+            if name in self.specs or not record.replicas:
                 continue
             if options.type is not None and options.type != "service":
                 continue
-            pids = ",".join(str(r.get("pid")) for _, r in sorted(record["replicas"].items()))
+            pids = ",".join(str(r.handle.get("pid", r.handle.get("id", "?"))) for _, r in sorted(record.replicas.items()))
             out.append(Service(name=name, metadata={"status": "left running", "pids": pids}))
         return out
 
