@@ -22,7 +22,7 @@ from typing import Awaitable, Callable, Mapping, cast
 from . import cgroups, errors, graph, logs, procs, safefs, state
 from .backoff import next_delay
 from .clock import SYSTEM, Clock
-from .builds import Artifact, PrepareError, Preparer, source_root
+from .builds import Artifact, PrepareError, Preparer
 from .events import EventType, Notifier
 from .config import NAME_RE
 from .model import Backoff, Desired, Observed, Phase, ServiceSpec, SourceSpec, Version
@@ -30,8 +30,6 @@ from .plan import ActionKind, Plan, _same_revision, plan
 from .executors import Executor, ExecutorUnavailable, Running
 from .executors.local import LocalExecutor
 from .service import ServiceController, replica_label
-from .sources import SourceError
-from .sources.git import GitSource
 
 log = logging.getLogger("supervise")
 
@@ -313,7 +311,8 @@ class Reconciler:
                                  sink=self.logs.sink(spec.name, spec.log), clock=self.clock)
 
     async def _prepare_in_background(self, spec: ServiceSpec, protect: set[str]) -> Artifact | None:
-        """For a git source: run the fetch and build as a task of its own, and wait for it at
+        """For a source its executor may wait on for long (a git fetch, an image pull:
+        :meth:`Executor.prepares_in_background`): run the fetch and build as a task of its own, and wait for it at
         most :data:`FETCH_WAIT` s (not at all when an earlier pass already waited): a remote
         that never answers then holds this one service in ``fetching``, never the whole pass
         (other services' starts, restarts and reloads). When the task ends, another pass is
@@ -345,7 +344,7 @@ class Reconciler:
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
         controller.changed()
         try:
-            if self.background_fetches and spec.source.kind == "git":
+            if self.background_fetches and controller.executor.prepares_in_background(spec):
                 artifact = await self._prepare_in_background(spec, protect)
                 if artifact is None:
                     return None
@@ -368,14 +367,8 @@ class Reconciler:
         self._cancel_requeue(spec.name)
         controller.preparing = None
         previous = controller.artifact
-        if spec.source.kind == "git" and previous is not None and previous.revision != artifact.revision:
-            source = GitSource(spec.source, source_root(self.state_dir, spec.name))
-            try:
-                fast_forward = await asyncio.to_thread(source.is_ancestor, previous.revision, artifact.revision)
-            except SourceError as exc:  # cannot tell (a timeout): not a force push
-                log.warning("%s: %s", spec.name, exc)
-                fast_forward = True
-            if not fast_forward:
+        if previous is not None and previous.revision != artifact.revision:
+            if not await controller.executor.fast_forward(spec, previous.revision, artifact.revision):
                 log.warning("%s: %s was force-pushed (%s is not an ancestor of %s); deploying it",
                             spec.name, spec.source.ref, previous.revision[:12], artifact.revision[:12])
                 self.notifier.emit(EventType.FORCE_PUSHED, spec.name, artifact.version, ref=spec.source.ref,

@@ -78,6 +78,18 @@ class Executor(abc.ABC):
         """Fetch and build ``spec``'s source into an artifact; ``protect`` names versions to
         keep. Raises :class:`supervisor.builds.PrepareError` (``stage`` "fetch" or "build")."""
 
+    def prepares_in_background(self, spec: ServiceSpec) -> bool:
+        """True when preparing ``spec`` may wait on something remote for long (a git fetch,
+        an image pull or build): the daemon then runs it as a task of its own, so one slow
+        remote holds that service alone, never a whole pass. The default: a git source."""
+        return spec.source.kind == "git"
+
+    async def fast_forward(self, spec: ServiceSpec, old_revision: str, new_revision: str) -> bool:
+        """False when ``new_revision`` does not descend from ``old_revision`` (a force push, to
+        be reported); True when it does or cannot be known. The default asks git for a git
+        source (:func:`supervisor.builds.fast_forward`)."""
+        return True
+
     @abc.abstractmethod
     def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
               label: str) -> Running:

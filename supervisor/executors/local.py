@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, cast
 
-from .. import cgroups, health, logs, procs, safefs, state
+from .. import builds, cgroups, health, logs, procs, safefs, state
 from ..builds import Artifact, Preparer
 from ..environ import command_argv
 from ..logs import LogSink
@@ -131,6 +131,9 @@ class LocalExecutor(Executor):
     async def prepare(self, spec: ServiceSpec, protect: set[str]) -> Artifact:
         assert self.preparer is not None
         return await self.preparer.prepare(spec, protect)
+
+    async def fast_forward(self, spec: ServiceSpec, old_revision: str, new_revision: str) -> bool:
+        return await builds.fast_forward(self.state_dir, spec, old_revision, new_revision)
 
     def kill_preparing(self) -> None:
         """SIGKILL every build under way (a second stop signal)."""
