@@ -204,6 +204,17 @@ class Check:
 
 
 @dataclass(frozen=True)
+class ImageBuild:
+    """``build = { dockerfile = "Dockerfile", context = "." }``: an image built from the source
+    (Docker's ``docker build -f DOCKERFILE CONTEXT``, Compose's ``build.dockerfile`` /
+    ``build.context``); ``context`` is relative to the source folder or checkout,
+    ``dockerfile`` to the context, both inside the source."""
+
+    dockerfile: str = "Dockerfile"
+    context: str = "."
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """One ``[services.NAME]`` entry, validated, with defaults filled in.
 
@@ -235,6 +246,11 @@ class ServiceSpec:
     user: str | None = None
     log: LogPolicy = LogPolicy()
     runtime: str | None = None  # the executor's name; None: [supervise] runtime
+    #: Containers: Docker's ``-p`` strings (``"8080:80"``), ``-v`` strings with host folders
+    #: made absolute, and the Dockerfile build (None: an image source, or no container).
+    ports: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    image_build: ImageBuild | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServiceSpec):
@@ -251,6 +267,8 @@ class ServiceSpec:
     def build_hash(self) -> str:
         """12 hex digits identifying the build step (argv), part of every version."""
         data = json.dumps(list(self.build) if self.build else None)
+        if self.image_build is not None:  # a Dockerfile build (older versions had none: same hash)
+            data = json.dumps({"dockerfile": self.image_build.dockerfile, "context": self.image_build.context})
         return hashlib.sha256(data.encode()).hexdigest()[:12]
 
 

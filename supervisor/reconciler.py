@@ -35,6 +35,8 @@ log = logging.getLogger("supervise")
 
 #: Builds and fetches that may run at once (the machines we target have few cores).
 PREPARE_CONCURRENCY = 4
+#: The actions that need a new artifact (the executor's prepare).
+PREPARE_KINDS = (ActionKind.FETCH, ActionKind.PULL, ActionKind.BUILD)
 #: Seconds a pass waits for a git fetch before it goes on without that service.
 FETCH_WAIT = 2.0
 
@@ -61,6 +63,7 @@ class Reconciler:
         self.logs = logs.LogRegistry(self.state_dir, console)
         self.revisions: dict[str, str] = {}
         #: The executors by runtime name (the seam: see supervisor.executors).
+        #: "container" is made on first use (the Docker SDK is not imported for a file without one).
         self.executors: dict[str, Executor] = {"local": LocalExecutor(self.state_dir, self.logs, self.settings.keep_versions)}
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
@@ -75,7 +78,7 @@ class Reconciler:
         #: Git fetches (and the builds after them) run as tasks of their own, not held by a
         #: pass (the daemon, whose run loop picks their results up; see _prepare_in_background).
         self.background_fetches = False
-        self.pending: dict[str, tuple[str, asyncio.Task]] = {}
+        self.pending: dict[str, tuple[str, asyncio.Task, str | None]] = {}
 
     async def start(self) -> None:
         """Make (or check) the state dir, then open every executor (for local processes: the
@@ -108,11 +111,19 @@ class Reconciler:
         """The executor named by the service's ``runtime`` key, else ``[supervise] runtime``.
         Raises :class:`ExecutorUnavailable` for a name this version cannot run (the config
         check refuses those first)."""
-        name = spec.runtime or self.settings.runtime
-        try:
-            return self.executors[name]
-        except KeyError:
-            raise ExecutorUnavailable(f'runtime "{name}" is not available in this version') from None
+        return self.executor_named(spec.runtime or self.settings.runtime)
+
+    def executor_named(self, name: str) -> Executor:
+        """The executor for runtime ``name``, made on first use. Raises ExecutorUnavailable."""
+        executor = self.executors.get(name)
+        if executor is None and name == "container":
+            from .executors.containers import Containers
+
+            executor = self.executors[name] = Containers(self.state_dir, self.logs, self.settings.keep_versions,
+                                                         self.settings.docker_host)
+        if executor is None:
+            raise ExecutorUnavailable(f'runtime "{name}" is not available in this version')
+        return executor
 
     def recreate_state_dir(self) -> None:
         """Make (or check) STATE_DIR and its folders: each ours and 0700 (safefs). After the
@@ -192,6 +203,8 @@ class Reconciler:
                 adopted += self._adopt_service(name, record, desired)
         if only is None:
             await self.sweep_unowned()
+            for executor in self.executors.values():
+                await executor.sweep_unrecorded()
         return adopted
 
     def _hold_unreadable(self, spec: ServiceSpec, why: str) -> None:
@@ -211,8 +224,9 @@ class Reconciler:
         sink = self.logs.sink(name, wanted.log) if wanted is not None else self.logs.sink(name)
         alive: list[tuple[int, state.ReplicaRecord, Running, Executor]] = []
         for index, item in sorted(record.replicas.items()):
-            executor = self.executors.get(item.runtime)  # the executor that started it
-            if executor is None:
+            try:
+                executor = self.executor_named(item.runtime)  # the executor that started it
+            except ExecutorUnavailable:
                 log.warning("%s: replica %d ran on runtime %r, which is not available here; not adopted",
                             name, index, item.runtime)
                 continue
@@ -282,7 +296,7 @@ class Reconciler:
             await asyncio.gather(*(self._remove(name) for name in level))
         # 2. fetch and build, concurrently, beside whatever runs
         to_prepare = [n for n in the_plan.services() if n in specs and any(
-            a.kind in (ActionKind.FETCH, ActionKind.BUILD) for a in the_plan.for_service(n))]
+            a.kind in PREPARE_KINDS for a in the_plan.for_service(n))]
         for name in the_plan.services():
             if name in specs and name not in self.controllers:
                 self.controllers[name] = self._controller(specs[name])
@@ -318,16 +332,19 @@ class Reconciler:
         (other services' starts, restarts and reloads). When the task ends, another pass is
         asked for, and picks its result up here. Returns None while it runs."""
         name = spec.name
-        key = repr((spec.source, spec.build, spec.environment, self.revisions.get(name)))
+        key = repr((spec.source, spec.build, spec.image_build, spec.environment))
+        revision = self.revisions.get(name)
         pending = self.pending.get(name)
-        if pending is not None and pending[0] != key:
+        # A fetch started with no revision known resolves the ref itself: the first revision a
+        # poller reports meanwhile does not make it stale (restarting it would build twice).
+        if pending is not None and (pending[0] != key or (pending[2] is not None and pending[2] != revision)):
             pending[1].cancel()
             pending = None
         waited = pending is not None
         if pending is None:
             task = asyncio.get_running_loop().create_task(self.controllers[name].executor.prepare(spec, protect))
             task.add_done_callback(lambda _t: self.request())
-            pending = self.pending[name] = (key, task)
+            pending = self.pending[name] = (key, task, revision)
         task = pending[1]
         if not task.done() and not waited:
             await asyncio.wait([task], timeout=FETCH_WAIT)
@@ -415,7 +432,7 @@ class Reconciler:
         name = spec.name
         controller = self.controllers[name]
         actions = the_plan.for_service(name)
-        needs_artifact = any(a.kind in (ActionKind.FETCH, ActionKind.BUILD) for a in actions)
+        needs_artifact = any(a.kind in PREPARE_KINDS for a in actions)
         if needs_artifact:
             artifact = artifacts.get(name)
             if artifact is None:
@@ -455,7 +472,7 @@ class Reconciler:
     def cancel_fetches(self) -> None:
         """Cancel fetches in flight and kill the git processes behind them (a remote that never
         answers must not hold a stopping supervisor for git's own timeout)."""
-        for _key, task in self.pending.values():
+        for _key, task, _revision in self.pending.values():
             task.cancel()
         self.pending.clear()
         killed = procs.kill_git_children()

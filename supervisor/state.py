@@ -166,6 +166,10 @@ class ServiceRecord:
                 "command": list(self.command), "stop_signal": self.stop_signal, "stop_timeout": self.stop_timeout}
 
 
+#: Fingerprinted only when set (they came after the format; see :func:`fingerprint`).
+CONTAINER_FIELDS = ("ports", "volumes", "image_build", "runtime")
+
+
 def state_dir_of(state_dir: Path) -> Path:
     """``STATE_DIR/state``, where the per-service records live."""
     return state_dir / "state"
@@ -176,10 +180,15 @@ def fingerprint(spec: ServiceSpec) -> str:
     data = {}
     for name in RESTART_FIELDS:
         value = getattr(spec, name)
+        if name in CONTAINER_FIELDS:
+            if not value:  # left out when unset: records older versions wrote keep their hash
+                continue
+            value = str(value)
         if name == "environment":
             value = sorted(value.items())
         elif name == "source":  # the URL as written (a hash only): a changed token is a change
-            value = f"git {value.url}@{value.ref}" if value.kind == "git" else str(value.path)
+            value = (f"git {value.url}@{value.ref}" if value.kind == "git" else f"image {value.image}"
+                     if value.kind == "image" else str(value.path))
         data[name] = value
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -16,9 +16,9 @@ resolves from the engine's event stream (Docker ``die`` events), ``stop`` is ``d
 its labels, and output is a log stream pumped into the sink.
 
 ``[supervise] runtime`` and a service's ``runtime`` key choose the executor by name
-(:func:`executor_names`); only ``"local"`` is plugged in in this version. The container
-engine client (:mod:`supervisor.executors.container`) is built to these same operations and is
-plugged in here, behind :class:`Executor`, when ``runtime = "container"`` is enabled.
+(:func:`executor_names`): ``"local"`` (:mod:`supervisor.executors.local`) and ``"container"``
+(:mod:`supervisor.executors.containers`, over the Engine API client in
+:mod:`supervisor.executors.container`).
 """
 
 from __future__ import annotations
@@ -90,6 +90,12 @@ class Executor(abc.ABC):
         source (:func:`supervisor.builds.fast_forward`)."""
         return True
 
+    async def sweep_unrecorded(self) -> int:
+        """After adoption: stop replicas of ours that no state record named (a supervisor
+        killed between starting one and recording it), so none runs twice. Returns how many.
+        Local processes are swept by the reconciler's instance marks; the default does nothing."""
+        return 0
+
     @abc.abstractmethod
     def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
               label: str) -> Running:
@@ -155,4 +161,4 @@ class ExecutorUnavailable(Exception):
 
 def executor_names() -> tuple[str, ...]:
     """The runtime names that have an executor in this version."""
-    return ("local",)
+    return ("local", "container")

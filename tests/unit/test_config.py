@@ -99,7 +99,7 @@ def test_kubernetes_runtime_is_refused_not_run_locally(tmp_path):
     with pytest.raises(ConfigError) as error:
         config.load(path)
     assert [d.message for d in error.value.diagnostics] == [
-        'runtime "kubernetes" is not run by a local supervisor (it runs: local); start `supervise run` anew '
+        'runtime "kubernetes" is not run by a local supervisor (it runs: local, container); start `supervise run` anew '
         'to converge the cluster, or `supervise render` to print the manifests']
     # check and render accept it
     assert config.load(path, runtimes=config.RUNTIMES).settings.runtime == "kubernetes"
@@ -674,9 +674,9 @@ def test_state_dir_is_found_even_in_a_broken_file(tmp_path):
 
 
 def test_a_service_runtime_without_an_executor_is_refused(tmp_path):
-    with pytest.raises(ConfigError) as info:
-        config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "container"\n'))
-    assert "containers are not available in this version yet" in info.value.diagnostics[0].message
+    # containers have an executor now (executors/containers.py): routed, not refused
+    assert config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "container"\n')
+                       ).services["a"].runtime == "container"
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "docker"\n'))
     assert info.value.diagnostics[0].message.startswith('"runtime" must be one of local, container, kubernetes')
