@@ -18,7 +18,7 @@ creates again instead of starting duplicates, and stops the others at its :meth:
 
 Other sources go in ``metadata``: ``{"pip": "REQUIREMENT", "index": URL, "extra_index": "URL,URL"}``
 (a package from an index, one venv per version), ``{"image": "NAME:TAG"}`` or ``{"dockerfile":
-"Dockerfile", "context": "."}`` (containers: refused by this version, as in services.toml).
+"Dockerfile", "context": "."}`` (containers, through the Docker Engine API, as in services.toml).
 """
 
 from __future__ import annotations
