@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .kube.cli import cmd_render
 
             return cmd_render(path, args.tag)
-        if verb in ("run", "plan", "status", "logs", "events"):
+        if verb in ("run", "plan", "status", "top", "logs", "events"):
             from .kube.cli import runtime_of
 
             if runtime_of(path) == "kubernetes":  # the cluster answers these, not a local supervisor
@@ -186,9 +186,10 @@ def cmd_kubernetes(verb: str, path: Path, args: argparse.Namespace) -> int:
         return kube_cli.cmd_run(path, quiet=getattr(args, "quiet", False))
     if verb == "plan":
         return kube_cli.cmd_plan(path, args.json)
-    if verb == "status":
-        if args.watch:
-            raise CliError("status --watch (and top) show a local supervisor; on Kubernetes, use status", EXIT_USAGE)
+    if verb == "top" or verb == "status":
+        if verb == "top" or args.watch:
+            shown = "top" if verb == "top" else "status --watch"
+            raise CliError(f"{shown} shows a local supervisor; on Kubernetes, use status (a row per pod)", EXIT_USAGE)
         return kube_cli.cmd_status(path, args.services, args.json)
     if verb == "logs":
         if args.since or args.grep or args.json:
@@ -327,8 +328,11 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
             print(json.dumps(reply, indent=2))
         else:
             print_status(rows)
-        # a service scaled to zero is as asked when nothing of it runs
+        # As asked: running or ready; a service scaled to zero with nothing of it running; a
+        # replica that exited 0 and stays exited (restart "never" or "on-failure": a one-shot
+        # such as a Procfile's release that completed, what depends_on "completed" waits for).
         up = all(row["phase"] in ("running", "ready") or (row.get("desired") == 0 and row["replica"] is None)
+                 or (row["phase"] == "exited" and row.get("last_exit") == "exit 0")
                  for row in rows)
         return EXIT_OK if up else EXIT_NOT_RUNNING
     if verb == "reload":

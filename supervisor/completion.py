@@ -33,8 +33,8 @@ def service_names(path: Path) -> list[str]:
         pass
     import tomllib
 
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:  # never blocks on a FIFO or a device: this runs on every Tab
+        data = tomllib.loads(config.read_regular_file(path).decode("utf-8"))
     except (OSError, ValueError):
         return []
     services = data.get("services")
@@ -93,12 +93,22 @@ _supervise() {{
     local cur prev verb="" config="" i word
     cur="${{COMP_WORDS[COMP_CWORD]}}"
     prev="${{COMP_WORDS[COMP_CWORD-1]}}"
+    # bash splits OPTION=VALUE at "=" (COMP_WORDBREAKS): the words are OPTION, "=", VALUE
+    if [[ "$cur" == "=" ]]; then
+        cur=""
+    elif [[ "$prev" == "=" ]]; then
+        prev="${{COMP_WORDS[COMP_CWORD-2]}}"
+    fi
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${{COMP_WORDS[i]}}"
         case "$word" in
-            -c|--config) config="${{COMP_WORDS[i+1]}}"; ((i++)) ;;
+            -c|--config)
+                if [[ "${{COMP_WORDS[i+1]}}" == "=" ]]; then ((i++)); fi
+                config="${{COMP_WORDS[i+1]}}"; ((i++)) ;;
             --config=*) config="${{word#--config=}}" ;;
-            {takes_value}) ((i++)) ;;
+            {takes_value})
+                if [[ "${{COMP_WORDS[i+1]}}" == "=" ]]; then ((i++)); fi
+                ((i++)) ;;
             --) break ;;
             -*) ;;
             *) if [[ -z "$verb" ]]; then verb="$word"; fi ;;

@@ -494,7 +494,11 @@ class _Validator:
         elif isinstance(value, list) and all(isinstance(item, str) for item in value):
             argv = list(value)
         else:
-            self.error(keys, f'"{keys[-1]}" must be a string or a list of strings, got {_type_name(value)}')
+            got = _type_name(value)
+            if isinstance(value, list):  # name the item that is not a string, not just "a list"
+                index, item = next((i, item) for i, item in enumerate(value) if not isinstance(item, str))
+                got = f"a list whose item {index + 1} is {_type_name(item)}"
+            self.error(keys, f'"{keys[-1]}" must be a string or a list of strings, got {got}')
             return None
         if not argv or not argv[0]:
             self.error(keys, f'"{keys[-1]}" must not be empty')

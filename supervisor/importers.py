@@ -392,12 +392,14 @@ def read_includes(pattern: str) -> list[tuple[str, str]]:
     """The files an absolute ``[include] files`` glob names: (path, text), sorted by path, as
     supervisord reads them. Raises ImportFailed for a match that cannot be read (supervisord
     skips such a file silently, and runs without its programs: a surprise we refuse)."""
+    from .config import read_regular_file
+
     found = []
     for name in sorted(glob.glob(pattern)):
-        try:
-            found.append((name, normalise(Path(name).read_bytes().decode("utf-8-sig"))))
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        try:  # read_regular_file: a FIFO the glob matches is refused, not waited on
+            found.append((name, normalise(read_regular_file(Path(name)).decode("utf-8-sig"))))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).removeprefix(f"{name} ")
             raise ImportFailed(f"cannot read included file {name}: {reason} (supervisord would skip it "
                                "and run without its programs)") from None
     return found

@@ -24,12 +24,15 @@ log = logging.getLogger("supervise")
 
 def runtime_of(path: Path) -> str:
     """``[supervise] runtime`` of the file, quickly (stdlib tomllib, no validation; "local"
-    when the file cannot be read that way): which way the client verbs go."""
+    when the file cannot be read that way, and the local verbs then report why): which way
+    the client verbs go. Read with :func:`config.read_regular_file`, so a FIFO or a device
+    under the file's name is refused instead of blocking the verb."""
     import tomllib
 
     try:
-        value = tomllib.loads(path.read_text(encoding="utf-8")).get("supervise", {}).get("runtime", "local")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        text = config.read_regular_file(path).decode("utf-8")
+        value = tomllib.loads(text).get("supervise", {}).get("runtime", "local")
+    except (OSError, ValueError, AttributeError):  # UnicodeDecodeError, TOMLDecodeError are ValueErrors
         return "local"
     return value if isinstance(value, str) else "local"
 

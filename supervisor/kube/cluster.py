@@ -45,7 +45,8 @@ class ApplyConflict(ClusterError):
 def connect(context: str | None = None, kubeconfig: str | None = None):
     """An ``ApiClient`` from ``kubeconfig`` (default ``$KUBECONFIG``, then ``~/.kube/config``)
     and ``context`` (default: the current one); inside a pod with no kubeconfig, the in-cluster
-    service account. Raises :class:`ClusterError` when neither is there."""
+    service account. Raises :class:`ClusterError` when neither is there, or when the kubeconfig
+    cannot be read or is not a kubeconfig (one line naming the file, never a traceback)."""
     from kubernetes import client, config
 
     path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
@@ -58,8 +59,16 @@ def connect(context: str | None = None, kubeconfig: str | None = None):
             api = client.ApiClient(configuration)
         else:
             raise ClusterError(f"no kubeconfig at {path} and not inside a cluster: set KUBECONFIG")
+    except ClusterError:
+        raise
     except config.ConfigException as exc:
         raise ClusterError(f"kubeconfig {path}: {exc}") from None
+    except OSError as exc:  # a folder, an unreadable file
+        raise ClusterError(f"kubeconfig {path}: cannot read it: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - not YAML, or YAML of the wrong shape: the client
+        # library raises whatever its parsing meets (YAMLError, TypeError, AttributeError...)
+        raise ClusterError(f"kubeconfig {path}: not a valid kubeconfig ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:200]})") from None
     # Our own backoff paces retries (policy.Reachability): one attempt per call, no hidden waits.
     api.configuration.retries = 0
     api.rest_client.pool_manager.connection_pool_kw["retries"] = 0

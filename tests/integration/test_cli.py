@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import wait_until, write
 
@@ -144,6 +145,53 @@ def test_quiet_run_keeps_output_in_the_log_only(tmp_path):
         text = (tmp_path / "out.txt").read_text()
         assert "started talker[0]" in text and "said-it" not in text
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+
+
+@pytest.mark.parametrize("verb", [["status"], ["status", "--json"], ["plan"], ["logs"], ["events"], ["stop", "a"],
+                                  ["reload"], ["top"], ["exec", "a", "--", "true"], ["completion", "--names"]])
+def test_a_config_that_is_a_fifo_is_refused_by_every_verb_not_waited_on(tmp_path, verb):
+    """Every verb reads the file without blocking: a FIFO (or device) saved under the config's
+    name is one line and exit 2 (completion: no names), never a verb stuck in open()."""
+    path = tmp_path / "services.toml"
+    os.mkfifo(path)
+    result = subprocess.run([PY, "-m", "supervisor", "--config", str(path), *verb], capture_output=True,
+                            text=True, timeout=20, stdin=subprocess.DEVNULL)
+    if verb[0] == "completion":
+        assert (result.returncode, result.stdout) == (0, "")
+        return
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [f"{path}: cannot read config: {path} is not a regular file"]
+
+
+def test_a_fifo_or_socket_in_a_watched_source_neither_blocks_the_build_nor_ctrl_c(tmp_path):
+    """A service's folder may hold a FIFO or a unix socket it made: hashing the watched source
+    counts them by name, so the service is built and started, and Ctrl-C exits."""
+    import socket as socket_module
+
+    app = tmp_path / "app"
+    write(app / "main.py", "print('up', flush=True)\nimport time; time.sleep(300)\n")
+    os.mkfifo(app / "control.fifo")
+    listener = socket_module.socket(socket_module.AF_UNIX)
+    listener.bind(str(app / "app.sock"))
+    path = write(tmp_path / "services.toml", f"""
+[services.a]
+source = "./app"
+build = "true"
+watch = ["**/*"]
+command = ["{PY}", "main.py"]
+""")
+    out = open(tmp_path / "out.txt", "w")
+    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "a        | up" in (tmp_path / "out.txt").read_text(), timeout=20, message="a to start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        listener.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -99,6 +99,47 @@ def test_bash_completion_of_verbs_options_and_running_service_names(tmp_path):
         terminate(proc)
 
 
+
+@pytest.mark.parametrize("typed, expect", [
+    ("supervise --config={config} stop we", "supervise --config={config} stop web-Q"),  # names from the file
+    ("supervise logs --since=10m --config={config} web-a", "supervise logs --since=10m --config={config} web-a Q"),
+    ("supervise --config={folder}/serv", "supervise --config={config} Q"),  # the file itself after --config=
+])
+def test_bash_completion_after_option_equals_value(tmp_path, typed, expect):
+    """In a real interactive bash (tmux), where readline splits ``--config=FILE`` into three
+    words at "=": the names still come from FILE, and FILE itself completes."""
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        if os.environ.get("CI"):
+            pytest.fail("tmux is missing; .ci/run installs it")
+        pytest.skip("tmux is not installed here (CI installs it)")
+    folder = tmp_path / "project"
+    config = write(folder / "services.toml", '[services.web-a]\ncommand = ["sleep", "300"]\n'
+                                              '[services.web-b]\ncommand = ["sleep", "300"]\n')
+    (tmp_path / "elsewhere").mkdir()
+    script = write(tmp_path / "supervise.bash", supervise("completion", "bash").stdout)
+    socket = f"supervise-test-{os.getpid()}-{tmp_path.name}"
+    shell = (f"env -i PATH={BIN}:/usr/bin:/bin HOME={tmp_path} TERM=xterm "
+             f"SUPERVISE_TEST_MARK={os.environ['SUPERVISE_TEST_MARK']} bash --norc --noprofile -i")
+
+    def screen() -> str:
+        return subprocess.run([tmux, "-L", socket, "capture-pane", "-p"], capture_output=True, text=True).stdout
+
+    try:
+        subprocess.run([tmux, "-L", socket, "-f", "/dev/null", "new-session", "-d", "-x", "200", "-y", "10", shell],
+                       check=True)
+        subprocess.run([tmux, "-L", socket, "send-keys", f"source {script}; cd {tmp_path / 'elsewhere'}; echo READY",
+                        "Enter"], check=True)
+        wait_until(lambda: "\nREADY" in screen(), timeout=20, message="bash to source the script")
+        line = typed.format(config=config, folder=folder)
+        # readline finishes the Tab before it reads the Q: Q shows where completion left the cursor
+        subprocess.run([tmux, "-L", socket, "send-keys", line, "Tab", "Q"], check=True)
+        completed = expect.format(config=config)
+        wait_until(lambda: completed in screen(), timeout=20, message=f"{completed!r} on screen")
+    finally:
+        subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
+
+
 def test_zsh_and_fish_scripts(tmp_path):
     zsh = supervise("completion", "zsh").stdout
     assert zsh.startswith("#compdef supervise") and "bashcompinit" in zsh and "complete -F _supervise supervise" in zsh

@@ -153,3 +153,44 @@ def test_status_plan_json_and_logs_follow_json_with_a_supervisor(stack):
         follower.send_signal(signal.SIGTERM)
         follower.wait(timeout=20)
         follower.stdout.close()
+
+
+def test_status_counts_a_completed_one_shot_as_up_and_a_failed_one_as_not(tmp_path):
+    """A one-shot that exited 0 and is not restarted (a Procfile's ``release``, imported as
+    restart = "never") is as asked: ``status`` exits 0, as a script or a health check expects;
+    one that exited non-zero is not (exit 3)."""
+    path = write(tmp_path / "services.toml", f"""
+[services.release]
+command = ["true"]
+restart = "never"
+
+[services.migrate]
+command = ["sh", "-c", "exit 0"]
+restart = "on-failure"
+
+[services.web]
+command = {TALKER}
+depends_on = {{ release = "completed" }}
+
+[services.broken]
+command = ["false"]
+restart = "never"
+""")
+    proc = subprocess.Popen([PY, "-m", "supervisor", "-q", "--config", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def phases():
+            result = cli(path, "status", "--json")
+            try:
+                return {row["service"]: (row["phase"], row["last_exit"]) for row in json.loads(result.stdout)["services"]}
+            except (ValueError, KeyError):
+                return {}
+
+        wait_until(lambda: phases() == {"release": ("exited", "exit 0"), "migrate": ("exited", "exit 0"),
+                                        "web": ("running", None), "broken": ("exited", "exit 1")},
+                   timeout=30, message="the one-shots to end and web to run")
+        assert cli(path, "status", "release", "migrate", "web").returncode == 0
+        assert cli(path, "status", "broken").returncode == 3
+        assert cli(path, "status").returncode == 3
+    finally:
+        terminate(proc)

@@ -5,6 +5,7 @@ cluster (none can run here); ``KUBECONFIG`` names it, as it would name a real on
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -143,3 +144,46 @@ def test_events_prints_the_clusters_events_as_json_lines(double, tmp_path):
         proc.stdout.close(), proc.stderr.close()
     assert (event["type"], event["service"], event["reason"]) == ("update", "web", "ScalingReplicaSet")
     assert event["object"] == "Deployment/web" and event["message"].startswith("Scaled up replica set web-")
+
+
+BAD_KUBECONFIGS = {
+    "not YAML": "clusters: [\n",
+    "a string": "just words\n",
+    "the wrong shapes": "current-context: x\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+                        "clusters: [{name: c, cluster: {server: 5}}]\nusers: [{name: u, user: {token: [1]}}]\n",
+    "not UTF-8": b"\x00\xff\xfe",
+}
+
+
+@pytest.mark.parametrize("verb, kind", [(verb, "not YAML") for verb in ("plan", "status", "logs", "events", "run")]
+                         + [("status", kind) for kind in BAD_KUBECONFIGS if kind != "not YAML"])
+def test_a_broken_kubeconfig_is_one_line_not_a_traceback(tmp_path, verb, kind):
+    """No cluster is involved: the kubeconfig is read (and refused) before any request."""
+    kubeconfig = tmp_path / "kubeconfig"
+    content = BAD_KUBECONFIGS[kind]
+    kubeconfig.write_bytes(content if isinstance(content, bytes) else content.encode())
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    result = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(write(tmp_path)), verb],
+                            capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("supervise | ")]
+    assert len(errors) == 1 and errors[0].startswith(f"supervise: kubeconfig {kubeconfig}: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_kubeconfig_that_is_a_folder_says_kubeconfig(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path))
+    assert cli.main(["status", "--config", str(write(tmp_path))]) == 1
+    assert capsys.readouterr().err == f"supervise: kubeconfig {tmp_path}: cannot read it: Is a directory\n"
+
+
+@pytest.mark.parametrize("verb", [["top"], ["status", "--watch"], ["status", "-w", "web"]])
+def test_the_live_view_is_refused_in_one_line_on_kubernetes(tmp_path, verb):
+    """``top`` used to wait for a local supervisor that never comes ("connecting", forever);
+    no cluster is needed to refuse it."""
+    result = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(write(tmp_path)), *verb],
+                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    shown = "top" if verb == ["top"] else "status --watch"
+    assert result.stderr == f"supervise: {shown} shows a local supervisor; on Kubernetes, use status (a row per pod)\n"
+    assert result.stdout == ""

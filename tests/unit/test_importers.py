@@ -7,8 +7,10 @@ is a Finding (stderr in the CLI) and a comment in the output."""
 
 from __future__ import annotations
 
+import os
 import platform
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -494,8 +496,30 @@ def test_an_unreadable_include_is_refused(tmp_path):
     (tmp_path / "conf.d" / "dir.conf").mkdir(parents=True)  # glob matches it; it cannot be read
     conf = tmp_path / "supervisord.conf"
     conf.write_text("[supervisord]\n[program:a]\ncommand=a\n[include]\nfiles=conf.d/*.conf\n")
-    with pytest.raises(ImportFailed, match=r"cannot read included file .*dir.conf: Is a directory"):
+    with pytest.raises(ImportFailed, match=r"cannot read included file .*dir.conf: is not a regular file"):
         import_file(conf, environ={})
+
+
+def test_an_include_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    """A real FIFO matched by the include glob: refused in one line, never read (it would block)."""
+    (tmp_path / "conf.d").mkdir()
+    os.mkfifo(tmp_path / "conf.d" / "pipe.conf")
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text("[supervisord]\n[program:a]\ncommand=a\n[include]\nfiles=conf.d/*.conf\n")
+    result: list = []
+
+    def attempt() -> None:
+        try:
+            import_file(conf, environ={})
+        except ImportFailed as exc:
+            result.append(str(exc))
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "blocked on the FIFO"
+    assert result == [f"cannot read included file {tmp_path}/conf.d/pipe.conf: is not a regular file "
+                      "(supervisord would skip it and run without its programs)"]
 
 
 def test_an_include_that_matches_nothing_is_a_warning(tmp_path):
