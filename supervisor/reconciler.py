@@ -203,7 +203,12 @@ class Reconciler:
                 adopted += self._adopt_service(name, record, desired)
         if only is None:
             await self.sweep_unowned()
-            for executor in self.executors.values():
+            for spec in desired.services.values():  # a container service: its engine is looked at too
+                try:
+                    self.executor_for(spec)
+                except ExecutorUnavailable:
+                    pass
+            for executor in list(self.executors.values()):
                 await executor.sweep_unrecorded()
         return adopted
 

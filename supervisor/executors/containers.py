@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import signal as _signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, cast
 
@@ -48,19 +48,18 @@ log = logging.getLogger("supervise")
 
 @dataclass(eq=False)
 class ContainerHandle:
-    """A replica as a container: ``id`` (the engine's), ``pid`` None (no host process to show
-    that is ours), ``running`` until its exit is seen, ``exited`` resolved from the engine's
-    events (or by our stop)."""
+    """A replica as a container: ``id`` (the engine's), ``host_pid`` its main process as the
+    host sees it (for display only: 0 when the engine does not say), ``running`` until its exit
+    is seen, ``exited`` resolved from the engine's events (or by our stop)."""
 
     id: str
     exited: asyncio.Future[Exit]
     stop_signal: int = _signal.SIGTERM
-    stopping: bool = False
-    sinks: list[Any] = field(default_factory=list)
+    host_pid: int = 0
 
     @property
     def pid(self) -> int:
-        return 0
+        return self.host_pid
 
     @property
     def running(self) -> bool:
@@ -204,7 +203,10 @@ class Containers(Executor):
         return self._track(container_id, spec.stop_signal)
 
     def _track(self, container_id: str, stop_signal: int) -> ContainerHandle:
-        handle = ContainerHandle(container_id, asyncio.get_running_loop().create_future(), stop_signal)
+        pid = 0
+        with contextlib.suppress(Exception):  # display only
+            pid = int(self._sync_client().api.inspect_container(container_id)["State"].get("Pid") or 0)
+        handle = ContainerHandle(container_id, asyncio.get_running_loop().create_future(), stop_signal, pid)
         self.handles[container_id] = handle
         if container_id in self.early:
             self._exited(container_id, self.early.pop(container_id))
@@ -222,7 +224,6 @@ class Containers(Executor):
 
     async def stop(self, running: Running, sig: int, timeout: float) -> Exit:
         handle = _handle(running)
-        handle.stopping = True
         client = self._sync_client()
         try:
             if sig != handle.stop_signal and handle.running:  # not the container's own stop signal
@@ -292,10 +293,14 @@ class Containers(Executor):
     async def sweep_unrecorded(self) -> int:
         """Containers of ours that run with no replica holding them (a supervisor killed between
         starting one and writing its record): stopped and removed, so none runs twice."""
-        client = self.client
+        client = self.client or self._connect_now()
         if client is None:
             return 0
-        owned = await asyncio.to_thread(client.owned)
+        try:
+            owned = await asyncio.to_thread(client.owned)
+        except EngineError as exc:
+            log.error("%s", exc)
+            return 0
         strays = [o for o in owned if o.id not in self.handles]
         for item in strays:
             log.warning("%s: removing container %s that no record names (a previous supervisor was killed "

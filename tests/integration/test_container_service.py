@@ -6,6 +6,7 @@ Figures (build, start to ready, stop) are printed with ``-s``."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import subprocess
@@ -36,7 +37,7 @@ def get(url: str) -> str | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.read().decode()
-    except OSError:
+    except (OSError, http.client.HTTPException):  # refused, or cut off while being replaced
         return None
 
 
@@ -175,3 +176,36 @@ def test_with_no_engine_a_container_service_fails_in_one_line_and_the_rest_runs(
             assert not stack.r.controllers["web"].replicas or stack.pid("web") is None
 
     asyncio.run(main())
+
+
+def test_a_container_no_record_names_is_removed_before_anything_starts(podman_api, base_image, tmp_path):
+    """A supervisor killed between starting a container and recording it: the next one finds it
+    by our instance label and removes it, so the service does not run twice."""
+    import asyncio
+
+    from harness import Stack
+    from supervisor.executors.container import ContainerExecutor, ContainerSpec
+
+    state_dir = tmp_path / ".supervise"
+    client = ContainerExecutor(state_dir, docker_host=podman_api)
+    stray = client.start(ContainerSpec(service="web", replica=0, version="old", image=base_image["tag"],
+                                       command=("/bin/sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"), stop_timeout=5))
+    client.close()
+    text = (f'[supervise]\ndocker_host = "{podman_api}"\n[services.web]\nsource = {{ image = "{base_image["tag"]}" }}\n'
+            'command = ["/bin/sh", "-c", "trap \'exit 0\' TERM; sleep 600 & wait"]\nstop_timeout = "5s"\n')
+
+    async def main():
+        async with Stack(tmp_path) as stack:
+            desired = stack.load(text)
+            from supervisor.reconciler import Reconciler
+
+            stack.reconciler = Reconciler(desired, stack.notifier)
+            await stack.r.start()
+            assert await stack.r.adopt(desired) == 0
+            assert stray not in {c["Id"] for c in ours(podman_api, state_dir)}
+            await stack.r.apply(desired)
+            await stack.until(lambda: stack.pid("web") is not None, timeout=30)
+            assert len(ours(podman_api, state_dir)) == 1
+
+    asyncio.run(main())
+    assert ours(podman_api, state_dir) == []
