@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="last N lines of each (default 10; all with --since)")
     logs_.add_argument("--since", metavar="DURATION", default=None, help='only lines of the last DURATION ("10m")')
     logs_.add_argument("--grep", metavar="RE", default=None, help="only lines matching the regular expression RE")
+    logs_.add_argument("--replica", metavar="N", type=int, default=None,
+                       help="only the output of replica N (and the notes about it)")
+    logs_.add_argument("--stream", choices=("stdout", "stderr"), default=None, help="only this output stream")
     for verb, text in (("start", "start services a user stopped, or failed ones"),
                        ("stop", "stop services and hold them stopped until a start"),
                        ("restart", "restart services (not counted towards the start limit)")):
@@ -192,8 +195,9 @@ def cmd_kubernetes(verb: str, path: Path, args: argparse.Namespace) -> int:
             raise CliError(f"{shown} shows a local supervisor; on Kubernetes, use status (a row per pod)", EXIT_USAGE)
         return kube_cli.cmd_status(path, args.services, args.json)
     if verb == "logs":
-        if args.since or args.grep or args.json:
-            raise CliError("logs --since, --grep and --json read local log files; not on Kubernetes yet", EXIT_USAGE)
+        if args.since or args.grep or args.json or args.replica is not None or args.stream:
+            raise CliError("logs --since, --grep, --json, --replica and --stream read local log files; "
+                           "not on Kubernetes yet", EXIT_USAGE)
         return kube_cli.cmd_logs(path, args.services, 10 if args.lines is None else args.lines, args.follow)
     return kube_cli.cmd_events(path, args.services)
 
@@ -413,11 +417,12 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in known and not logs.log_path(state_dir, n).exists()]
     if unknown:
         raise CliError("unknown service: " + ", ".join(unknown), EXIT_UNKNOWN)
-    tail = logview.FilteredTail(logs.log_dir(state_dir), sys.stdout, pattern, args.json)
+    only = logview.Filter(args.replica, args.stream)
+    tail = logview.FilteredTail(logs.log_dir(state_dir), sys.stdout, pattern, args.json, only)
     tail.width = max([8, *(len(n) for n in names)])
     for name in names:
         tail.add(name, logs.log_path(state_dir, name))
-    for line in logview.merge(logview.read(n, logs.log_path(state_dir, n), count, since, pattern) for n in names):
+    for line in logview.merge(logview.read(n, logs.log_path(state_dir, n), count, since, pattern, only) for n in names):
         tail.show(line)
     if not args.follow:
         return EXIT_OK

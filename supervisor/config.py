@@ -220,6 +220,12 @@ def _parse(text: str, path: Path, runtimes: tuple[str, ...]) -> Desired:
         else:
             line, col = _Locator(text).duplicate()
         message = str(exc).split(" at line ")[0]
+        if "'\\x00'" in message or message.startswith("Unexpected end of file"):
+            # tomlkit's end-of-input sentinel is a NUL: say "end of file", at the end of the
+            # last line that has content (where the unclosed thing is), not past it
+            lines = text.rstrip().split("\n")
+            line, col = len(lines), len(lines[-1]) + 1
+            message = "unexpected end of file (a value, or a closing ], } or quote, is missing)"
         raise ConfigError([Diagnostic(str(path), line, col, f"TOML syntax error: {message}")]) from None
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a date tomlkit cannot hold
         raise ConfigError([Diagnostic(str(path), 0, 0, f"TOML syntax error: {exc}")]) from None

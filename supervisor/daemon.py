@@ -170,7 +170,7 @@ class Daemon:
 
     async def h_status(self, request: dict, writer: asyncio.StreamWriter) -> dict:
         names = request.get("services") or []
-        unknown = [n for n in names if n not in self.reconciler.controllers]
+        unknown = [n for n in names if n not in self.reconciler.controllers and n not in self.reconciler.desired.services]
         if unknown:
             return {"ok": False, "error": "unknown service: " + ", ".join(unknown), "code": Code.UNKNOWN_SERVICE}
         return {"services": self.status_rows(names), "supervisor": {
@@ -179,7 +179,7 @@ class Daemon:
 
     def status_rows(self, names: list[str]) -> list[dict[str, Any]]:
         """The status rows of ``names`` (all with none): a pure view of the observed state."""
-        return views.status_rows(self.reconciler.observe(), names, time.time())
+        return views.status_rows(self.reconciler.observe(), names, time.time(), self.reconciler.desired.services)
 
     async def h_plan(self, request: dict, writer: asyncio.StreamWriter) -> dict:
         """The plan for ``request["config"]`` (default: our own file) against what runs."""
@@ -197,7 +197,7 @@ class Daemon:
 
     def _controllers(self, request: dict):
         names = request.get("services") or []
-        unknown = [n for n in names if n not in self.reconciler.controllers]
+        unknown = [n for n in names if n not in self.reconciler.controllers and n not in self.reconciler.desired.services]
         if unknown:
             raise KeyError("unknown service: " + ", ".join(unknown))
         return [self.reconciler.controllers[n] for n in names]

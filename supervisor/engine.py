@@ -334,7 +334,11 @@ class Engine:
     def new_revision(self, name: str, revision: str) -> bool:
         """A trigger saw ``revision`` of ``name``'s source (a commit, a folder's content hash).
         Records it and asks for a pass; False (and nothing done) when it is what runs."""
-        if same_revision(self.reconciler.revisions.get(name), revision):
+        known = self.reconciler.revisions.get(name)
+        controller = self.reconciler.controllers.get(name)
+        if known is None and controller is not None and controller.artifact is not None:
+            known = controller.artifact.revision  # adopted: what runs is what the record says
+        if same_revision(known, revision):
             return False
         log.info("%s: new commit %s", name, revision[:12])
         self._record(name, revision)

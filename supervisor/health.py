@@ -75,18 +75,33 @@ async def _http(url: str) -> bool:
 
 async def _exec(argv: list[str], env: Mapping[str, str], timeout: float, cwd: str | None,
                 user: str | None = None) -> bool:
-    from .procs import user_identity
+    """Run an exec check as the leader of its own process group (session), like a replica.
 
-    identity = user_identity(user) if user else {}
-    process = await asyncio.create_subprocess_exec(
-        *argv, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL, **identity)  # same process group as us: our reaper leaves it alone
+    Whatever way it ends — exit, ``timeout`` seconds passing, or the caller cancelling (a stop)
+    — the whole group is SIGKILLed while the leader's zombie still holds the group id (so the
+    id cannot have been reused), the leader is reaped here, and what was left of the group is
+    reaped too (a subreaper gets those orphans; without one, init does). Processes that left
+    the group with ``setsid`` are killed from a snapshot of the leader's descendants.
+    """
+    import subprocess
+
+    from . import procs
+
+    identity = procs.user_identity(user) if user else {}
+    proc = subprocess.Popen(argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True, **identity)
+    procs.private_groups.add(proc.pid)  # the daemon's stray reaper leaves its zombies to us
     try:
-        return await asyncio.wait_for(process.wait(), timeout) == 0
-    except asyncio.TimeoutError:
         try:
-            process.kill()
-        except ProcessLookupError:
-            pass
-        await process.wait()
-        return False
+            await asyncio.wait_for(procs.wait_exit(proc.pid), timeout)
+        except asyncio.TimeoutError:
+            procs.end_group(proc.pid)
+            return False
+        return procs.end_group(proc.pid, running=False) == 0
+    except BaseException:  # cancelled (the replica stops): leave nothing behind either
+        procs.end_group(proc.pid)
+        raise
+    finally:
+        proc.returncode = -1  # reaped by end_group: Popen must never wait on the pid again
+        procs.private_groups.discard(proc.pid)

@@ -159,6 +159,8 @@ class LogSink:
         self.size = 0
         self.tees: list[IO[Any]] = []  # more streams for the lines (the Runtime API's output=)
         self.mid_line = False  # the file ends inside a line (output that had no newline yet)
+        self.origin: str | None = None  # whose output the file's last lines are ("api[1] stderr")
+        self.last_build_line = ""  # the last non-empty line of the build under way, for status
         self.error = ""  # why the file cannot be written now (disk full, ...)
         self.dropped_bytes = 0  # output dropped since the last successful write
         self.dropped_lines = 0
@@ -182,6 +184,7 @@ class LogSink:
             raise OSError(errno.EPERM, f"{self.path} is not a plain file of ours (a link?); not writing to it")
         os.set_blocking(fd, True)
         self.fd, self.inode, self.size = fd, (st.st_dev, st.st_ino), st.st_size
+        self.origin = None  # a file we did not write last: the next output says whose it is
         return fd
 
     def _file(self) -> int:
@@ -198,8 +201,15 @@ class LogSink:
             self.fd = None
         return self._open()
 
-    def write(self, data: bytes, source: int | None = None, label: str | None = None) -> None:
+    def write(self, data: bytes, source: int | None = None, label: str | None = None,
+              origin: str | None = None) -> None:
         """Append ``data`` (whole lines, or a piece of an over-long line).
+
+        ``origin`` names the writer (``NAME[INDEX] stdout|stderr``). When it is not the writer of
+        the file's last output, an origin line ``[supervise TIME] >> ORIGIN`` comes first (and
+        ends the other writer's unfinished line): every line below it, up to the next origin
+        line, is that replica's and stream's (``supervise logs`` reads them so). A file starts
+        with one too (after rotation, or when another supervisor wrote it last).
 
         With ``source`` (a pipe fd whose next bytes are exactly ``data``, seen with tee(2)),
         the bytes are *moved* from the pipe into the file with splice(2): each piece leaves the
@@ -210,6 +220,8 @@ class LogSink:
             return
         if source is not None and self.policy.timestamps:
             raise ValueError("splice cannot add timestamps")
+        if origin is not None and origin != self.origin:
+            self._switch(origin)
         if self.policy.timestamps:
             stamp = _timestamp().encode()
             lines = data.split(b"\n")
@@ -233,6 +245,8 @@ class LogSink:
                         self._failed(exc)
                         self._drop(rest, source)
                         break
+                    if origin is not None:
+                        self._switch(origin)
                     continue
                 piece, rest = rest[:cut], rest[cut:]
             elif len(rest) > limit:
@@ -251,6 +265,27 @@ class LogSink:
                 tee.write(data.decode("utf-8", "replace") if isinstance(tee, io.TextIOBase) else data)
                 tee.flush()
             except (OSError, ValueError, TypeError):
+                pass
+
+    def _switch(self, origin: str) -> None:
+        """Write the origin line of ``origin`` (after ending an unfinished line of another)."""
+        line = f"[supervise {time.strftime('%Y-%m-%dT%H:%M:%S')}] >> {origin}\n".encode()
+        if self.mid_line:
+            line = b"\n" + line
+        try:
+            self._append(memoryview(line))
+        except OSError:
+            return  # the output that follows is dropped (and counted) the same way
+        self.origin = origin
+        self.mid_line = False
+
+    def end_line(self, origin: str | None) -> None:
+        """End the file's unfinished line if ``origin`` wrote it (its writer is gone)."""
+        if self.mid_line and origin is not None and self.origin == origin:
+            try:
+                self._append(memoryview(b"\n"))
+                self.mid_line = False
+            except OSError:
                 pass
 
     def _append_or_drop(self, data: memoryview, source: int | None) -> bool:
@@ -345,11 +380,13 @@ class LogSink:
         if backups <= 0:
             os.ftruncate(self._file(), 0)  # our own fd: never a path that could be a symlink
             self.size = 0
+            self.origin = None
             return
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
         self.size = 0
+        self.origin = None
         dfd = safefs.open_dir(self.path.parent)
         base = self.path.name
         try:  # renames inside the folder's fd: a rename never follows a symlink
@@ -427,11 +464,13 @@ class Pump:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: Sink,
                  on_eof: Callable[[], None] | None = None, keep_until_written: bool = False,
-                 label: str | None = None):
+                 label: str | None = None, origin: str | None = None):
         self.loop = loop
         self.fd = fd
         self.sink = sink
         self.label = label  # the console prefix of this writer (e.g. "api.1")
+        self.origin = origin  # who writes into this pipe, for the log file ("api[1] stderr")
+        self.force = False  # write an unfinished last line now (see flush)
         self.on_eof = on_eof
         self.partial = b""  # the start of a line, consumed from the pipe, waiting for its end
         self.unfinished_since: float | None = None
@@ -485,7 +524,7 @@ class Pump:
             data = os.read(read_copy, copied)
             buffer = self.partial + data
             cut = buffer.rfind(b"\n") + 1
-            if cut == 0 and len(buffer) <= MAX_PARTIAL:
+            if cut == 0 and len(buffer) <= MAX_PARTIAL and not self.force:
                 # No whole line yet (a writer may send "37" and "\n" in two writes). Leave it in
                 # the FIFO and look again shortly; only a line still unfinished after
                 # PARTIAL_WAIT s (a prompt, say) is written out as it is.
@@ -501,15 +540,21 @@ class Pump:
             self.unfinished_since = None
             cut = cut or len(buffer)
             if self.partial or self.sink.policy.timestamps:
-                self.sink.write(buffer[:cut], label=self.label)  # first into the log ...
+                self._write(buffer[:cut], label=self.label)  # first into the log ...
                 _consume(self.fd, cut - len(self.partial))  # ... then out of the FIFO
             else:
-                self.sink.write(buffer[:cut], source=self.fd, label=self.label)  # moved by splice
+                self._write(buffer[:cut], source=self.fd, label=self.label)  # spliced
             self.partial = b""
-            if cut < len(buffer):  # the start of the next line stays in the FIFO for now
+            if cut < len(buffer) and not self.force:  # the start of the next line stays in the FIFO for now
                 break
             if copied < READ_SIZE:
                 break
+
+    def _write(self, data: bytes, **how: Any) -> None:
+        """``sink.write``, naming this pump's origin when it has one (build sinks take none)."""
+        if self.origin is not None:
+            how["origin"] = self.origin
+        self.sink.write(data, **how)
 
     def _pause(self, delay: float) -> None:
         """Stop reading for ``delay`` s (the pipe stays readable while a line is unfinished)."""
@@ -529,13 +574,27 @@ class Pump:
     def _lines(self, data: bytes) -> None:
         buffer = self.partial + data if self.partial else data
         cut = buffer.rfind(b"\n") + 1
-        self.sink.write(buffer[:cut])
+        self._write(buffer[:cut])
         self.partial = buffer[cut:]
-        if len(self.partial) > MAX_PARTIAL:
-            self.sink.write(self.partial)
+        if len(self.partial) > MAX_PARTIAL or (self.force and self.partial):
+            self._write(self.partial)
             self.partial = b""
 
-    def close(self) -> None:
+    def flush(self) -> None:
+        """Write everything the pipe holds now, an unfinished last line too (the writer has
+        exited: its last words go in before the note of its exit, and the next writer's
+        output starts on a line of its own)."""
+        if self.done.done():
+            return
+        self.force = True
+        try:
+            self._readable()
+        finally:
+            self.force = False
+        if not self.done.done() and self.origin is not None and isinstance(self.sink, LogSink):
+            self.sink.end_line(self.origin)
+
+    def close(self, end_line: bool = True) -> None:
         """Stop reading (at end of file, or when the supervisor stops; the FIFO keeps what
         was not read for the next supervisor)."""
         if self.done.done():
@@ -543,8 +602,10 @@ class Pump:
         if not self.paused:
             self.loop.remove_reader(self.fd)
         if self.partial:
-            self.sink.write(self.partial + b"\n")
+            self._write(self.partial + b"\n")
             self.partial = b""
+        if end_line and self.origin is not None and isinstance(self.sink, LogSink):
+            self.sink.end_line(self.origin)
         os.close(self.fd)
         if self.copy is not None:
             os.close(self.copy[0])
@@ -561,9 +622,9 @@ class Pump:
             return
         self.on_eof = None
         if self.partial:
-            self.sink.write(self.partial)
+            self._write(self.partial)
             self.partial = b""
-        self.close()
+        self.close(end_line=False)  # the line may go on in the next supervisor
 
 
 def _consume(fd: int, count: int) -> None:
@@ -592,6 +653,41 @@ def make_fifo(state_dir: Path, name: str, index: int) -> tuple[Path, int, int]:
     except OSError:
         pass  # smaller pipes still work; only the buffer during a supervisor restart shrinks
     return path, read_fd, child_fd
+
+
+def make_fifos(state_dir: Path, name: str, index: int) -> tuple[Path, int, int, int, int]:
+    """A replica's two output FIFOs: ``(stdout path, stdout read fd, stdout child fd, stderr
+    read fd, stderr child fd)``; the stderr FIFO is at :func:`err_fifo` of the stdout path."""
+    path, out_read, out_child = make_fifo(state_dir, name, index)
+    err = err_fifo(path)
+    dfd = safefs.open_dir(path.parent)
+    opened: list[int] = []
+    try:
+        os.mkfifo(err.name, 0o600, dir_fd=dfd)
+        opened.append(os.open(err.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd))
+        opened.append(os.open(err.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd))
+        err_read, err_child = opened
+    except OSError:
+        for fd in (out_read, out_child, *opened):
+            os.close(fd)
+        for stale in (path, err):
+            try:
+                os.unlink(stale)
+            except OSError:
+                pass
+        raise
+    finally:
+        os.close(dfd)
+    try:
+        fcntl.fcntl(err_read, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass
+    return path, out_read, out_child, err_read, err_child
+
+
+def err_fifo(path: Path) -> Path:
+    """The stderr FIFO that goes with the stdout FIFO ``path`` (``X.fifo`` -> ``X.err.fifo``)."""
+    return path.with_name(path.name[: -len(".fifo")] + ".err.fifo")
 
 
 def reopen_fifo(path: Path) -> int | None:

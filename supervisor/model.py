@@ -22,6 +22,7 @@ class Phase(str, enum.Enum):
 
     PENDING = "pending"
     FETCHING = "fetching"
+    FETCH_FAILED = "fetch-failed"
     BUILDING = "building"
     BUILD_FAILED = "build-failed"
     STARTING = "starting"
@@ -399,6 +400,9 @@ class ServiceObserved:
     phase: Phase = Phase.STOPPED  # the least advanced of its replicas', or fetching/building
     message: str = ""  # why the newest version is not what runs (failed build, rollback, ...)
     log_error: str = ""  # why its log cannot be written now (disk full, ...), "" when it can
+    preparing: str = ""  # "fetching" or "building" while a version is prepared, else ""
+    preparing_since: float | None = None  # when that began (seconds since the epoch)
+    build_line: str = ""  # the last line of output of the build under way ("" when none)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ class ProcessHandle:
     fifo: Path | None = None  # where its output goes (logs.make_fifo)
     instance: str | None = None  # the value of INSTANCE_VAR in its environment
     stop_snapshot: list[psutil.Process] | None = None  # set once begin_stop() has signalled it
-    pump: Any = None  # the logs.Pump reading that FIFO
+    pumps: list[Any] = field(default_factory=list)  # the logs.Pumps reading its stdout and stderr FIFOs
 
     @property
     def running(self) -> bool:
@@ -195,7 +195,8 @@ class Reaper:
             except OSError:
                 continue
             state, pgid = fields_[0], int(fields_[2])
-            if state == b"Z" and pgid != self.own_pgid and pgid not in self.groups:
+            if (state == b"Z" and pgid != self.own_pgid and pgid not in self.groups
+                    and pgid not in private_groups):
                 try:
                     os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
@@ -233,12 +234,14 @@ def spawn(
     env: Mapping[str, str],
     cwd: str | os.PathLike[str],
     output: int,
+    errors: int | None = None,
     user: str | None = None,
     cgroup_parent: Path | None = None,
     cgroup_name: str | None = None,
     tag: str = "",
 ) -> ProcessHandle:
-    """Start ``argv`` as the leader of a new session, stdout+stderr to the fd ``output``.
+    """Start ``argv`` as the leader of a new session, stdout to the fd ``output``, stderr to
+    ``errors`` (to ``output`` too when None).
 
     ``argv[0]`` is looked up on ``env["PATH"]``. stdin is /dev/null. Raises SpawnError when the
     executable or ``cwd`` is missing or not permitted.
@@ -251,7 +254,7 @@ def spawn(
     try:
         proc = subprocess.Popen(
             list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=output,
-            stderr=output, start_new_session=True, close_fds=True, restore_signals=True, **identity,
+            stderr=output if errors is None else errors, start_new_session=True, close_fds=True, restore_signals=True, **identity,
         )
     except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
         raise SpawnError(_spawn_message(argv, cwd, exc)) from None
@@ -277,6 +280,83 @@ def spawn(
         create_time = 0.0
     return ProcessHandle(pid=proc.pid, pgid=proc.pid, create_time=create_time, exited=future, cgroup=group,
                          instance=instance)
+
+
+#: Process groups of short-lived helpers (exec checks) whose leader is reaped by its own code:
+#: :meth:`Reaper._reap_strays` must not take their zombies (it would steal the exit status).
+private_groups: set[int] = set()
+
+
+async def wait_exit(pid: int) -> None:
+    """Return once our child ``pid`` has exited, without reaping it (its zombie keeps the pid
+    and its process group id from being reused). Woken by a pidfd; polls where there is none."""
+    def exited() -> bool:
+        try:
+            return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    if exited():
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        while not exited():
+            await asyncio.sleep(0.05)
+        return
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(pidfd, readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def end_group(pid: int, running: bool = True) -> int:
+    """SIGKILL the process group led by our child ``pid`` and every descendant of it (also those
+    that left with ``setsid``), reap the leader and the group's zombies; return the leader's
+    exit code (negative: the signal). Call it while the leader is unreaped, so its pid still
+    names our group. ``running``: the leader may not have exited yet (then its descendants are
+    listed first, to catch those that left the group). Blocks at most about a second (SIGKILLed processes dying). Never raises
+    for processes already gone."""
+    snapshot: list[psutil.Process] = []
+    if running:  # (a leader that has exited has no children left to list: they went to a reaper)
+        try:
+            snapshot = psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for process in snapshot:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    code = -1
+    try:
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        pass
+    # The SIGKILLed descendants die within moments: wait for them (bounded) and reap those that
+    # came back to us (we are a subreaper), so no zombie of a check outlives it.
+    psutil.wait_procs(snapshot, timeout=1.0)
+    while True:  # and any other orphan of the group already dead
+        try:
+            if os.waitid(os.P_PGID, pid, os.WEXITED | os.WNOHANG) is None:
+                break
+        except (ChildProcessError, InterruptedError):
+            break
+    return code
 
 
 def user_identity(user: str) -> dict[str, Any]:

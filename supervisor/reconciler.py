@@ -158,7 +158,7 @@ class Reconciler:
         known = self.known_instances()
         handles = self._local_handles()
         known_cgroups = {h.cgroup for h in handles if h.cgroup is not None}
-        in_use = {h.fifo.name for h in handles if h.fifo is not None}
+        in_use = {path.name for h in handles if h.fifo is not None for path in (h.fifo, logs.err_fifo(h.fifo))}
         run = logs.run_dir(self.state_dir)
         try:
             for entry in os.listdir(run):  # FIFOs of replicas that were never recorded or are gone
@@ -299,7 +299,7 @@ class Reconciler:
         removed = {n: self.controllers[n].spec for n in the_plan.services() if n not in specs and n in self.controllers}
         for level in reversed(dependency_levels(removed)):
             await asyncio.gather(*(self._remove(name) for name in level))
-        # 2. fetch and build, concurrently, beside whatever runs
+        # 2. fetch and build, concurrently, beside whatever runs (at most PREPARE_CONCURRENCY at once)
         to_prepare = [n for n in the_plan.services() if n in specs and any(
             a.kind in PREPARE_KINDS for a in the_plan.for_service(n))]
         for name in the_plan.services():
@@ -313,15 +313,27 @@ class Reconciler:
         semaphore = asyncio.Semaphore(PREPARE_CONCURRENCY)
         artifacts: dict[str, Artifact | None] = {}
 
-        async def prepare(name: str) -> None:
-            async with semaphore:
-                artifacts[name] = await self._prepare(specs[name])
+        tasks: dict[str, asyncio.Future[None]] = {}
 
-        await asyncio.gather(*(prepare(n) for n in to_prepare))
-        # 3. processes, one dependency level at a time
+        async def deploy(name: str) -> None:
+            # 3. a service's processes as soon as its own artifact and its dependencies' actions
+            # are done: one slow build holds only the services that depend on it
+            if name in to_prepare:
+                async with semaphore:
+                    artifacts[name] = await self._prepare(specs[name])
+            await asyncio.gather(*(tasks[d.service] for d in specs[name].depends_on if d.service in tasks))
+            if the_plan.for_service(name):
+                await self._guarded(specs[name], the_plan, artifacts)
+
         for level in dependency_levels(specs):
-            await asyncio.gather(*(self._guarded(specs[n], the_plan, artifacts) for n in level
-                                   if the_plan.for_service(n)))
+            for name in level:
+                if name in to_prepare or the_plan.for_service(name):
+                    tasks[name] = asyncio.ensure_future(deploy(name))
+        try:
+            await asyncio.gather(*tasks.values())
+        finally:
+            for task in tasks.values():
+                task.cancel()
         self.on_change()
 
     def _controller(self, spec: ServiceSpec) -> ServiceController:
@@ -364,6 +376,7 @@ class Reconciler:
         controller = self.controllers[spec.name]
         protect = {r.launch.artifact.version for r in controller.replicas.values()}
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
+        controller.preparing_since = self.clock.time()
         controller.changed()
         try:
             if self.background_fetches and controller.executor.prepares_in_background(spec):
@@ -382,7 +395,9 @@ class Reconciler:
             log.error("%s: %s%s", spec.name, exc, "".join(f"\n    {line}" for line in exc.tail))
             self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
             tried = Version.parse(exc.version).revision if exc.version else self.revisions.get(spec.name)
-            controller.mark_build_failed(spec, tried, f"{exc.stage} failed: {exc}")
+            said = str(exc)  # "build failed (exit 1)" already says it: never "build failed: build failed"
+            message = said if " failed" in said.split(":", 1)[0] else f"{exc.stage} failed: {said}"
+            controller.mark_build_failed(spec, tried, message, exc.stage)
             if errors.transient(errors.of_stage(exc.stage)):
                 self._requeue(spec.name)
             return None

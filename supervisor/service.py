@@ -127,10 +127,12 @@ class ServiceController:
         self.replicas: dict[int, Replica] = {}
         self.candidates: dict[int, Replica] = {}  # start-first replacements on trial
         self.artifact: Artifact | None = None
+        self.failed_stage = "build"  # which step failed when build_failed: "fetch" or "build"
         self.build_failed = False
         self.failed_revision: str | None = None
         self.deploy_message = ""  # why the newest version is not what runs (failed build, rollback)
         self.preparing: Phase | None = None  # FETCHING/BUILDING while a version is prepared
+        self.preparing_since: float | None = None  # when it began (seconds since the epoch)
         self.held = False
         self._persist_pending = False
         self._persisted: state.ServiceRecord | None = None  # the record last written
@@ -154,7 +156,10 @@ class ServiceController:
                                version=self.artifact.version if self.artifact else None,
                                held=self.held, failed=failed, build_failed=self.build_failed,
                                failed_revision=self.failed_revision, phase=self.phase, message=self.deploy_message,
-                               log_error=self.sink.trouble or "")
+                               log_error=self.sink.trouble or "",
+                               preparing=self.preparing.value if self.preparing is not None else "",
+                               preparing_since=self.preparing_since if self.preparing is not None else None,
+                               build_line=self.sink.last_build_line if self.preparing is Phase.BUILDING else "")
 
     @property
     def phase(self) -> Phase:
@@ -163,7 +168,7 @@ class ServiceController:
         if self.preparing is not None and not self.replicas:
             return self.preparing
         if self.build_failed and not self.replicas:
-            return Phase.BUILD_FAILED
+            return Phase.FETCH_FAILED if self.failed_stage == "fetch" else Phase.BUILD_FAILED
         if not self.replicas:
             return Phase.STOPPED
         order = (Phase.FAILED, Phase.BACKOFF, Phase.PENDING, Phase.STARTING, Phase.STOPPING,
@@ -263,10 +268,12 @@ class ServiceController:
                 replica.launch = Launch(spec, replica.launch.artifact)
                 self._task(replica, self._start_after_dependencies(replica))
 
-    def mark_build_failed(self, spec: ServiceSpec, revision: str | None, message: str = "") -> None:
-        """The fetch or build of ``spec`` at ``revision`` failed; running replicas stay."""
+    def mark_build_failed(self, spec: ServiceSpec, revision: str | None, message: str = "",
+                          stage: str = "build") -> None:
+        """The fetch or build (``stage``) of ``spec`` at ``revision`` failed; running replicas stay."""
         self.spec = spec
         self.build_failed = True
+        self.failed_stage = stage
         self.failed_revision = revision
         running = self.artifact.version if self.artifact and self.replicas else None
         self.deploy_message = f"{message or 'build failed'}" + (f"; still running {running}" if running else "")

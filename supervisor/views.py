@@ -40,20 +40,34 @@ def reached(obs: ServiceObserved, condition: Condition) -> bool | None:
     return all(r.phase in UP or (r.phase is Phase.EXITED and r.started_at is not None) for r in replicas)
 
 
-def status_rows(observed: Observed, names: Iterable[str], now: float) -> list[dict[str, Any]]:
+def status_rows(observed: Observed, names: Iterable[str], now: float,
+                listed: Iterable[str] = ()) -> list[dict[str, Any]]:
     """One row per replica (one per service with none), for the services in ``names`` (all
-    with none), as ``supervise status --json`` prints them; ``now`` gives the uptimes."""
+    with none), as ``supervise status --json`` prints them; ``now`` gives the uptimes.
+
+    ``listed``: the services the file names. One the engine has not taken up yet (before the
+    first plan, or while a reload applies) gets a ``pending`` row, so a status taken right
+    after start-up never reads as "all running" with nothing listed."""
     wanted_names = set(names)
     rows: list[dict[str, Any]] = []
+    for name in listed:
+        if name not in observed.services and (not wanted_names or name in wanted_names):
+            rows.append({"service": name, "replica": None, "phase": Phase.PENDING.value, "pid": None,
+                         "version": None, "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
+                         "held": False, "desired": None, "log_error": None, "message": "not started yet"})
     for name, obs in observed.services.items():
         if wanted_names and name not in wanted_names:
             continue
         desired = obs.spec.replicas if obs.spec is not None else 0
+        progress = ""
+        if obs.preparing and obs.preparing_since is not None:  # "building for 12s: compiling x.c"
+            progress = f"{obs.preparing} for {max(0, round(now - obs.preparing_since))}s"
+            progress += f": {obs.build_line}" if obs.build_line else ""
         if not obs.replicas:
             rows.append({"service": name, "replica": None, "phase": obs.phase.value, "pid": None,
                          "version": obs.version, "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
                          "held": obs.held, "desired": desired, "log_error": obs.log_error or None,
-                         "message": obs.message or ("replicas = 0" if not desired else "")})
+                         "message": "; ".join(filter(None, (progress, obs.message))) or ("replicas = 0" if not desired else "")})
         for index, replica in sorted(obs.replicas.items()):
             up = replica.phase in UP and replica.started_at is not None
             rows.append({
@@ -64,7 +78,7 @@ def status_rows(observed: Observed, names: Iterable[str], now: float) -> list[di
                 "last_exit": str(replica.last_exit) if replica.last_exit else None,
                 "ready": replica.ready and replica.phase in UP,
                 "held": obs.held, "desired": desired,
-                "message": replica.message or obs.message or obs.log_error,
+                "message": replica.message or "; ".join(filter(None, (progress, obs.message))) or obs.log_error,
                 "log_error": obs.log_error or None,
             })
     return rows

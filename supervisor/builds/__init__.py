@@ -177,6 +177,7 @@ class Preparer:
         cwd = workdir  # builds run at the top of the checkout (or the local folder)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         tail = _Tail(sink)
+        sink.last_build_line = ""
         try:
             if self.reaper is None:
                 raise PrepareError("build", "no process reaper")
@@ -247,6 +248,8 @@ class _Tail:
     def write(self, data: bytes, source: int | None = None, label: str | None = None) -> None:
         self.sink.write(data, label=label)
         self.lines.extend(line for line in data.split(b"\n") if line.strip())
+        if self.lines:
+            self.sink.last_build_line = self.lines[-1][:200].decode("utf-8", "replace").strip()
 
     def last(self) -> list[str]:
         return [line.decode("utf-8", "replace") for line in self.lines]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -148,7 +149,7 @@ class LocalExecutor(Executor):
         assert self.reaper is not None
         argv = command_argv(spec.command, spec.shell, dict(env))
         try:
-            fifo, read_fd, child_fd = logs.make_fifo(self.state_dir, spec.name, index)
+            fifo, read_fd, child_fd, err_read, err_child = logs.make_fifos(self.state_dir, spec.name, index)
         except OSError as exc:
             raise StartFailed(procs.too_many_files() if exc.errno in (errno.EMFILE, errno.ENFILE)
                               else f"cannot make output FIFO: {exc}") from None
@@ -156,18 +157,19 @@ class LocalExecutor(Executor):
             if spec.user:
                 safefs.check_not_writable_by(self.state_dir, spec.user)
             handle = procs.spawn(self.reaper, argv, env=dict(env), cwd=artifact.workdir / spec.cwd, output=child_fd,
-                                 user=spec.user, cgroup_parent=self.cgroup_parent,
+                                 errors=err_child, user=spec.user, cgroup_parent=self.cgroup_parent,
                                  cgroup_name=f"{spec.name}.{index}.{os.urandom(4).hex()}",
                                  tag=procs.state_tag(self.state_dir))
         except (procs.SpawnError, safefs.UnsafeStateDir) as exc:
-            os.close(read_fd)
-            _unlink(fifo)
+            for fd, path in ((read_fd, fifo), (err_read, logs.err_fifo(fifo))):
+                os.close(fd)
+                _unlink(path)
             raise StartFailed(str(exc)) from None
         finally:
             os.close(child_fd)
+            os.close(err_child)
         handle.fifo = fifo
-        handle.pump = logs.Pump(asyncio.get_running_loop(), read_fd, sink, on_eof=lambda: _unlink(fifo),
-                                keep_until_written=True, label=label)
+        _pumps(handle, sink, label, f"{spec.name}[{index}]", read_fd, err_read)
         return handle
 
     def alive(self, running: Running) -> bool:
@@ -229,11 +231,9 @@ class LocalExecutor(Executor):
         if handle.cgroup is not None and (self.cgroup_parent is None or handle.cgroup.parent != self.cgroup_parent):
             handle.cgroup = None  # only our own cgroups are ever killed or removed
         if handle.fifo is not None:
-            fd = logs.reopen_fifo(handle.fifo)
-            if fd is not None:
-                fifo = handle.fifo
-                handle.pump = logs.Pump(asyncio.get_running_loop(), fd, sink, on_eof=lambda: _unlink(fifo),
-                                        keep_until_written=True, label=label)
+            index = label[len(sink.name) + 1:] if label.startswith(sink.name + ".") else "0"  # NAME or NAME.i
+            _pumps(handle, sink, label, f"{sink.name}[{index}]", logs.reopen_fifo(handle.fifo),
+                   logs.reopen_fifo(logs.err_fifo(handle.fifo)))
         return handle
 
     def forget(self, record: ReplicaRecord) -> None:
@@ -243,11 +243,12 @@ class LocalExecutor(Executor):
             return
         if fifo is not None and logs.fifo_is_ours(self.state_dir, fifo):
             _unlink(fifo)
+            _unlink(logs.err_fifo(fifo))
 
     def detach(self, running: Running) -> None:
         handle = _handle(running)
-        if handle.pump is not None:
-            handle.pump.detach()
+        for pump in handle.pumps:
+            pump.detach()
 
     async def probe(self, check: Check, running: Running, env: Mapping[str, str], cwd: Path,
                     user: str | None = None) -> bool:
@@ -266,13 +267,34 @@ def _handle(running: Running) -> procs.ProcessHandle:
 
 async def _drain(handle: procs.ProcessHandle, timeout: float = 2.0) -> None:
     """Wait until the output of a stopped process is all in its log (the pump's end of file)."""
-    pump = handle.pump
-    if pump is None:
+    if not handle.pumps:
         return
     try:
-        await asyncio.wait_for(asyncio.shield(pump.done), timeout)
+        await asyncio.wait_for(asyncio.shield(asyncio.gather(*(pump.done for pump in handle.pumps))), timeout)
     except asyncio.TimeoutError:
-        pump.close()
+        for pump in handle.pumps:
+            pump.close()
+
+
+def _pumps(handle: procs.ProcessHandle, sink: LogSink, label: str, who: str, out_fd: int | None,
+           err_fd: int | None) -> None:
+    """Pumps for a replica's stdout and stderr FIFOs (an fd may be None: that FIFO is not
+    there), writing as ``who`` (``NAME[INDEX]``) and stream. When the leader exits, what its
+    pipes hold (an unfinished line too) is written at once: the exit's note, which comes from
+    the engine's own wake-up on the same future, is written after it."""
+    assert handle.fifo is not None
+    loop = asyncio.get_running_loop()
+    for fd, path, stream in ((out_fd, handle.fifo, "stdout"), (err_fd, logs.err_fifo(handle.fifo), "stderr")):
+        if fd is not None:
+            handle.pumps.append(logs.Pump(loop, fd, sink, on_eof=functools.partial(_unlink, path),
+                                          keep_until_written=True, label=label, origin=f"{who} {stream}"))
+
+    def flush(_: object) -> None:
+        for pump in handle.pumps:
+            pump.flush()
+
+    if handle.pumps:  # registered before anyone awaits the exit: runs before their callbacks
+        handle.exited.add_done_callback(flush)
 
 
 def _unlink(path: Path) -> None:

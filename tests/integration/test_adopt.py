@@ -55,8 +55,9 @@ def test_sigkilled_supervisor_adopts_20_services_with_no_lost_line(tmp_path):
         second = start(path, out)
         again = wait_until(lambda: running_pids(path, n), timeout=30, message="20 services adopted")
         assert again == pids  # 0 new pids
-        text = out.read_text()
-        assert f"adopted {n} replicas" in text
+        # (the records are written before the summary line: wait for it, bounded)
+        text = wait_until(lambda: (t := out.read_text()) and f"adopted {n} replicas" in t and t, timeout=10,
+                          message="the adoption summary")
         second_half = text.split(f"adopted {n} replicas", 1)[1]
         assert "started c" not in second_half
         time.sleep(0.2)

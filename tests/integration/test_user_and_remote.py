@@ -132,12 +132,15 @@ env = {{ V = "1" }}
                             stderr=open(tmp_path / "err.txt", "w"))
     try:
         wait_until(lambda: git_processes(leak_check), timeout=20, message="git talking to the silent remote")
-        rows = wait_until(lambda: (r := cli(path, "status", "--json")).stdout.startswith("{") and
+        wait_until(lambda: (r := cli(path, "status", "--json")).stdout.startswith("{") and
                           {row["service"]: row for row in json.loads(r.stdout)["services"]}, timeout=20)
         wait_until(lambda: {row["service"]: row for row in json.loads(cli(path, "status", "--json").stdout)
                             ["services"]}["other"]["phase"] == "running", timeout=20, message="other running")
-        rows = {row["service"]: row for row in json.loads(cli(path, "status", "--json").stdout)["services"]}
-        assert rows["hung"]["phase"] == "fetching" and "slow" in rows["hung"]["message"], rows["hung"]
+        # (other starts without waiting for hung's fetch; hung says why it waits once it has waited a while)
+        hung = wait_until(lambda: (row := {r["service"]: r for r in json.loads(cli(path, "status", "--json").stdout)
+                                           ["services"]}["hung"]) and "slow" in (row["message"] or "") and row,
+                          timeout=20, message="hung's status to say the remote is slow")
+        assert hung["phase"] == "fetching", hung
         # a reload and a restart of the other service go through while git still hangs
         path.write_text(path.read_text().replace('V = "1"', 'V = "2"'))
         began = time.monotonic()

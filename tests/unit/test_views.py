@@ -64,3 +64,14 @@ def test_not_up_splits_waiting_from_stuck():
     desired = {"api": SPEC, "db": SPEC, "new": SPEC}
     observed = Observed({"api": service(up(0), up(1)), "db": service(up(0), held=True, phase=Phase.STOPPED)})
     assert views.not_up(desired, observed) == (["new (pending)"], ["db (stopped)"])
+
+
+def test_a_service_the_engine_has_not_taken_up_yet_is_pending():
+    """Right after start-up (before the first plan) status lists what the file names as
+    pending, never an empty table that reads as "all running"."""
+    observed = Observed({"api": service(up(0))})
+    rows = views.status_rows(observed, [], now=1010.0, listed=["api", "worker"])
+    assert [(r["service"], r["phase"], r["message"]) for r in rows] == [
+        ("worker", "pending", "not started yet"), ("api", "running", "")]
+    assert views.status_rows(observed, ["api"], now=0.0, listed=["api", "worker"])[0]["service"] == "api"
+    assert [r["service"] for r in views.status_rows(Observed({}), ["worker"], 0.0, ["api", "worker"])] == ["worker"]
