@@ -22,6 +22,8 @@ from typing import Any
 from .graph import find_cycle
 from .durations import parse_duration, parse_size
 from .model import (
+    Check,
+    ImageBuild,
     Backoff,
     Condition,
     Dependency,
@@ -54,13 +56,12 @@ SOURCE_KEYS = ("git", "ref", "poll", "path", "pip", "index", "extra_index", "ima
 IMAGE_BUILD_KEYS = ("dockerfile", "context")
 RUNTIMES = ("local", "container", "kubernetes")
 #: Runtimes nothing in this version runs yet: checked in full (their keys too), then refused with
-#: one located error. The container executor (executors/container.py) waits for the engine to
-#: route services to it.
-UNAVAILABLE_RUNTIMES = ("container",)
+#: one located error. (Containers run since the engine routes them to executors/containers.py.)
+UNAVAILABLE_RUNTIMES: tuple[str, ...] = ()
 #: Runtimes the local supervisor (Daemon, LocalRuntime) runs. A "kubernetes" file is checked
 #: (`check`), rendered (`render`) and run by supervisor.kube's own converge loop (`supervise run`
 #: dispatches there before any Daemon exists); a running local supervisor refuses a reload to it.
-AVAILABLE_RUNTIMES = ("local",)
+AVAILABLE_RUNTIMES = ("local", "container")
 CHECK_KINDS = ("tcp", "http", "exec")
 CHECK_KEYS = CHECK_KINDS + ("interval", "timeout", "start_period", "retries")
 #: Bounds on ``watch``: how many globs, how long each, how many wildcards each.
@@ -763,11 +764,14 @@ class _Validator:
 
         source = self.source(get("source"), table.get("source"))
         build = None
+        image_build = None
         if isinstance(table.get("build"), dict):
-            self.image_build(get("build"), table["build"])
+            image_build = self.image_build(get("build"), table["build"])
         elif "build" in table:
             build = self.argv(get("build"), table["build"])
-        self.container(keys, table, source)
+        container_runtime, ports, volumes = self.container(keys, table, source)
+        if command is None and container_runtime == "container" and "command" not in table:
+            command = ()  # the image's CMD
 
         cwd = "."
         if "cwd" in table and self.expect(get("cwd"), table["cwd"], str, "a path string") is not None:
@@ -855,8 +859,11 @@ class _Validator:
         if "log" in table:
             log = self.log_policy(get("log"), table["log"], self.default_log)
 
-        # checked in self.container(); a service's runtime can only be the file's for now
-        runtime = str(table["runtime"]) if table.get("runtime") in self.runtimes else None
+        # checked in self.container(): the service's own key, or implied by an image
+        runtime = container_runtime if container_runtime in self.runtimes else None
+        if runtime == getattr(self, "global_runtime", "local") and "runtime" not in table and image_build is None \
+                and (source is None or source.kind != "image"):
+            runtime = None
         if len(self.diagnostics) > errors_before or command is None or source is None:
             return None
         return ServiceSpec(
@@ -864,7 +871,8 @@ class _Validator:
             environment=MappingProxyType(env), env_file=env_file, replicas=replicas,
             restart=restart, backoff=backoff, start_limit=start_limit, stop_signal=stop_signal,
             stop_timeout=stop_timeout, depends_on=(), shell=shell, ready=ready, live=live,
-            update=update, watch=watch, user=user, log=log, runtime=runtime,
+            update=update, watch=watch, user=user, log=log, runtime=runtime, ports=ports, volumes=volumes,
+            image_build=image_build,
         )
 
     def env_file(self, keys: tuple[str, ...], value: str, path: Path) -> dict[str, str]:
@@ -985,21 +993,29 @@ class _Validator:
             return None
         return SourceSpec(kind="pip", requirement=requirement, index=index, extra_index=extra, poll=poll)
 
-    def image_build(self, keys: tuple[str, ...], value: dict[str, Any]) -> None:
+    def image_build(self, keys: tuple[str, ...], value: dict[str, Any]) -> ImageBuild | None:
         """``build = { dockerfile = "Dockerfile", context = "." }``: both relative to the
         source folder or checkout, and inside it."""
         self.unknown_keys(keys, value, IMAGE_BUILD_KEYS)
+        found: dict[str, str] = {}
         for key, default in (("dockerfile", "Dockerfile"), ("context", ".")):
             item = value.get(key, default)
             if self.expect(keys + (key,), item, str, "a relative path string") is None:
                 continue
             if os.path.isabs(item) or ".." in Path(item).parts:
                 self.error(keys + (key,), f'"{key}" must be a path inside the source, got {item!r}')
+                continue
+            found[key] = item
+        if len(found) != 2:
+            return None
+        return ImageBuild(dockerfile=found["dockerfile"], context=found["context"])
 
-    def container(self, keys: tuple[str, ...], table: dict[str, Any], source: SourceSpec | None) -> None:
+    def container(self, keys: tuple[str, ...], table: dict[str, Any],
+                  source: SourceSpec | None) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         """``runtime``, ``ports``, ``volumes``, and whether the service is a container (an image
-        source or a Dockerfile build implies it). Checked in full, then refused with one located
-        error while containers are not available (UNAVAILABLE_RUNTIMES)."""
+        source or a Dockerfile build implies it). Returns (runtime, ports, volumes with host
+        folders made absolute). A runtime this version cannot run is refused with one located
+        error (UNAVAILABLE_RUNTIMES)."""
         runtime, runtime_key = getattr(self, "global_runtime", "local"), None
         if "runtime" in table:
             value = table["runtime"]
@@ -1013,9 +1029,10 @@ class _Validator:
             implied = keys + ("source", "image")
         elif isinstance(table.get("build"), dict):
             implied = keys + ("build",)
+        found: dict[str, tuple[str, ...]] = {"ports": (), "volumes": ()}
         if implied is not None and runtime_key is not None and runtime != "container":
             self.error(runtime_key, f'an image source or a Dockerfile build runs as a container: runtime = "{runtime}" contradicts it')
-            return
+            return runtime, (), ()
         if implied is not None:
             runtime, runtime_key = "container", implied
         if source is not None and source.kind == "pip" and runtime == "container":
@@ -1027,18 +1044,25 @@ class _Validator:
             # 80 ms and megabytes of every supervisor's memory, for a file without a container)
             from .executors.container import parse_port, parse_volume
 
-            parse = parse_port if key == "ports" else (lambda text: parse_volume(text, self.base))
             items = table[key]
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 self.error(keys + (key,), f'"{key}" must be a list of strings')
                 continue
+            kept = []
             for item in items:
                 if "\0" in item:  # reported once already, as for every string
                     continue
                 try:
-                    parse(item)
+                    if key == "volumes":
+                        host, bind = parse_volume(item, self.base)
+                        item = f"{host}:{bind['bind']}:{bind['mode']}"  # a host folder made absolute
+                    else:
+                        parse_port(item)
                 except ValueError as exc:
                     self.error(keys + (key,), str(exc))
+                    continue
+                kept.append(item)
+            found[key] = tuple(kept)
             if runtime != "container":
                 self.error(keys + (key,), f'"{key}" applies to containers: add runtime = "container" or use an image source')
         file_runtime = getattr(self, "global_runtime", "local")
@@ -1047,9 +1071,10 @@ class _Validator:
             # user asking for a container must not get a process on this machine instead.
             self.error(runtime_key, 'containers are not available in this version yet (runtime "container"): '
                        "nothing of this service runs")
-        elif runtime_key is not None and runtime != file_runtime:
+        elif runtime_key is not None and runtime != file_runtime and "kubernetes" in (runtime, file_runtime):
             self.error(runtime_key, f'runtime "{runtime}" in a file whose runtime is "{file_runtime}": a file '
-                       "mixing runtimes is not supported yet")
+                       "mixing a cluster with this machine is not supported")
+        return runtime, found["ports"], found["volumes"]
 
     def local_source(self, keys: tuple[str, ...], value: str) -> SourceSpec | None:
         path = self.path_value(keys, value, "source folder")
@@ -1152,7 +1177,7 @@ class _Validator:
         self.error(keys, f'"{keys[-1]}" must be a signal name like "SIGTERM", got {_type_name(value)}')
         return None
 
-    def check(self, keys: tuple[str, ...], value: Any) -> dict[str, Any] | None:
+    def check(self, keys: tuple[str, ...], value: Any) -> Check | None:
         if not isinstance(value, dict):
             self.error(keys, f'"{keys[-1]}" must be a table like {{ tcp = "127.0.0.1:8000" }}, got {_type_name(value)}')
             return None
@@ -1192,7 +1217,10 @@ class _Validator:
             elif retries is not None and retries > 100_000:
                 self.error(keys + ("retries",), '"retries" must be at most 100000')
             check["retries"] = retries if retries and 1 <= retries <= 100_000 else 3
-        return MappingProxyType(check)  # type: ignore[return-value]
+        try:
+            return Check.of(check)
+        except ValueError:  # an error is already reported for it
+            return None
 
     def dependencies(self, tables: dict[str, Any], services: dict[str, ServiceSpec]) -> None:
         graph: dict[str, tuple[Dependency, ...]] = {}

@@ -179,7 +179,8 @@ class Daemon:
 
     def status_rows(self, names: list[str]) -> list[dict[str, Any]]:
         """The status rows of ``names`` (all with none): a pure view of the observed state."""
-        return views.status_rows(self.reconciler.observe(), names, time.time(), self.reconciler.desired.services)
+        listed = [n for n, spec in self.reconciler.desired.services.items() if spec.replicas > 0]  # 0: as asked
+        return views.status_rows(self.reconciler.observe(), names, time.time(), listed)
 
     async def h_plan(self, request: dict, writer: asyncio.StreamWriter) -> dict:
         """The plan for ``request["config"]`` (default: our own file) against what runs."""

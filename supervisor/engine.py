@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import stat
+import threading
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -32,11 +33,14 @@ from . import logs, safefs
 from .builds import source_root
 from .clock import SYSTEM, Clock
 from .control import LOCK_NAME, lock_path
-from .events import EventType, Notifier
-from .model import Desired
+from .events import Event, EventType, Notifier, UpdateNotifier
+from .model import Desired, ServiceSpec
 from .plan import Plan, same_revision
 from .reconciler import Reconciler
+from .sources import SourceError
+from .sources.git import GitSource
 from .sources.path import content_hash
+from .sources.pip import PipSource
 from .watch import GitPoller, SourceWatcher
 
 log = logging.getLogger("supervise")
@@ -191,10 +195,11 @@ class Engine:
             raise
         loop = asyncio.get_running_loop()
         self.poller = GitPoller(lambda name: source_root(self.state_dir, name),
-                                lambda spec: spec.source.poll or self.desired.settings.poll,
-                                self._polled, self.on_poll_error)
+                                lambda spec: spec.source.poll or self.desired.settings.poll, self.on_poll_error)
+        self.listen(self.poller)
         if self.watch_sources:
-            self.source_watcher = SourceWatcher(loop, self.on_source_edited, self.state_dir)
+            self.source_watcher = SourceWatcher(loop, self.state_dir)
+            self.listen(self.source_watcher)
         self._open = True
 
     async def close(self, detach: bool = False) -> None:
@@ -257,6 +262,75 @@ class Engine:
 
     # -- observed revisions: what the triggers report ----------------------------------------
 
+    def listen(self, notifier: UpdateNotifier) -> None:
+        """Read ``notifier`` (go-micro's "notifier for updates") in a thread of its own until it
+        closes; each ``update`` event is handed to :meth:`on_update` on the engine's loop. The
+        git poller and the folder watcher come in this way; so may a caller's notifier."""
+        loop = asyncio.get_running_loop()
+
+        def read() -> None:
+            try:
+                for event in notifier.notify():
+                    loop.call_soon_threadsafe(self.on_update, event)
+            except RuntimeError:  # the loop closed under us: the engine is gone
+                pass
+            except Exception:  # a broken notifier must not take the engine down
+                log.exception("an update notifier failed")
+
+        threading.Thread(target=read, name=f"updates-{type(notifier).__name__}", daemon=True).start()
+
+    def on_update(self, event: Event) -> None:
+        """An ``update`` event from a notifier: deploy the version it names for its service
+        (every service when it names none). Other event types are ignored, as go-micro's
+        runtime ignores them. Edits of a watched folder go through :meth:`_edits_wanted` first."""
+        if event.type is not EventType.UPDATE or not self._open:
+            return
+        names = [event.service] if event.service else list(self.desired.services)
+        for name in names:
+            if event.data.get("trigger") == "edit" and not self._edits_wanted(name, float(event.data.get("last_edit", 0.0))):
+                continue
+            self.spawn(self._deploy_logged(name, event))
+
+    async def _deploy_logged(self, name: str, event: Event) -> None:
+        try:
+            await self.deploy(name, event.version, event.data.get("revision"), trigger=event.data.get("trigger"))
+        except SourceError as exc:
+            log.warning("%s: update to %s failed: %s", name, event.version or "the newest version", exc)
+
+    async def deploy(self, name: str, version: str | None = None, revision: str | None = None,
+                     spec: ServiceSpec | None = None, trigger: str | None = None) -> bool:
+        """Deploy ``version`` of ``name``: ``revision`` when the trigger already knows it (a
+        polled commit), else the revision ``spec``'s source holds now (default: the followed
+        spec): its ref's commit on the remote, the newest release on the index, a folder's
+        content hash. Records it and asks for a pass; False when it is what runs or the
+        service is unknown. Raises :class:`~supervisor.sources.SourceError` when the source
+        cannot be asked."""
+        spec = spec or self.desired.services.get(name)
+        if spec is None:
+            log.debug("update for unknown service %s ignored", name)
+            return False
+        if revision is None:
+            revision = await asyncio.to_thread(self._resolve, spec)
+        if same_revision(self.reconciler.revisions.get(name), revision):
+            return False
+        if trigger == "edit":
+            log.info("%s: source edited (%s): rebuilding", name, revision[:12])
+        else:
+            log.info("%s: new commit %s", name, revision[:12])
+        self._record(name, revision)
+        return True
+
+    def _resolve(self, spec: ServiceSpec) -> str:
+        """The revision ``spec``'s source holds now (blocking: a thread's)."""
+        root = source_root(self.state_dir, spec.name)
+        if spec.source.kind == "git":
+            return GitSource(spec.source, root).remote_revision()
+        if spec.source.kind == "pip":
+            return PipSource(spec.source, root).latest()
+        if spec.source.path is None:
+            raise SourceError(f"{spec.name}: its source has no revision to follow")
+        return content_hash(spec.source.path, [self.state_dir])
+
     def new_revision(self, name: str, revision: str) -> bool:
         """A trigger saw ``revision`` of ``name``'s source (a commit, a folder's content hash).
         Records it and asks for a pass; False (and nothing done) when it is what runs."""
@@ -270,9 +344,6 @@ class Engine:
         self._record(name, revision)
         return True
 
-    def _polled(self, name: str, revision: str) -> None:
-        self.new_revision(name, revision)
-
     def _record(self, name: str, revision: str) -> None:
         self.reconciler.revisions[name] = revision
         self.request()
@@ -283,13 +354,12 @@ class Engine:
         log.warning("%s: %s (retrying; what runs keeps running)", name, message)
         self.bus.emit(EventType.FETCH_FAILED, name, None, error=message)
 
-    def on_source_edited(self, name: str, last_edit: float) -> None:
-        """A watched local source was edited (debounced): hash it and deploy the result,
-        unless the edits are the build's own output or a loop of them (a service writing into
-        its own watched folder)."""
+    def _edits_wanted(self, name: str, last_edit: float) -> bool:
+        """A watched local source was edited (debounced): deploy it, unless the edits are the
+        build's own output or a loop of them (a service writing into its own watched folder)."""
         spec = self.desired.services.get(name)
         if spec is None or spec.source.path is None:
-            return
+            return False
         now = self.clock.monotonic()
         storm = self.edit_storms.setdefault(name, collections.deque(maxlen=WATCH_STORM_COUNT))
         if len(storm) == WATCH_STORM_COUNT and now - storm[0] < WATCH_STORM_WINDOW:
@@ -298,22 +368,15 @@ class Engine:
                           "folder? Ignoring its edits for a while", name,
                           WATCH_STORM_COUNT, WATCH_STORM_WINDOW)
                 storm.append(-1.0)
-            return
+            return False
         preparer = self.reconciler.preparer
         if preparer is not None and (name in preparer.builds or last_edit <= preparer.last_build_end.get(name, 0.0)):
             # The last edit came while it was being built: the build's own output (a build
             # writing into a watched folder). Rebuilding for it would loop forever.
             log.debug("%s: ignoring edits made while it was being built", name)
-            return
+            return False
         storm.append(now)
-        path = spec.source.path
-
-        async def rehash() -> None:
-            revision = await asyncio.to_thread(content_hash, path, [self.state_dir])
-            log.info("%s: source edited (%s): rebuilding", name, revision[:12])
-            self._record(name, revision)
-
-        self.spawn(rehash())
+        return True
 
     def spawn(self, coro: Awaitable[object]) -> None:
         """Run ``coro`` as a task the engine cancels when it closes."""

@@ -7,12 +7,14 @@ An :class:`Event` serialises to one JSON object per line.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import enum
 import json
+import queue as _queue
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .redaction import redact_value
 
@@ -141,3 +143,51 @@ class Notifier:
             queue.put_nowait(None)
         self._queues.clear()
         self._callbacks.clear()
+
+
+class UpdateNotifier(abc.ABC):
+    """go-micro's runtime ``Notifier``, "a notifier for updates": a stream of events that a
+    runtime *reads* and acts on. An ``update`` event (:attr:`EventType.UPDATE`) for a service
+    deploys the version it names (its ``version``: a ref or tag to resolve, or the revision
+    itself when ``data["revision"]`` is set; None: what the source holds now); one without a
+    service means every service. The built-in git poller and folder watcher are notifiers of
+    this shape, and so is a caller's own (a webhook, a CI hook); the engine reads them all
+    through ``Engine.listen``, the one way in for new versions.
+    """
+
+    @abc.abstractmethod
+    def notify(self) -> Iterator[Event]:
+        """Events as they happen (blocking); the iterator ends after :meth:`close`."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the stream (from any thread)."""
+
+
+class Updates(UpdateNotifier):
+    """An :class:`UpdateNotifier` fed from code: :meth:`put` from any thread, read once."""
+
+    def __init__(self) -> None:
+        self._queue: _queue.SimpleQueue[Event | None] = _queue.SimpleQueue()
+        self._closed = False
+
+    def put(self, event: Event) -> None:
+        """Publish ``event`` to the reader (dropped once closed)."""
+        if not self._closed:
+            self._queue.put(event)
+
+    def update(self, service: str, version: str | None = None, **data: Any) -> None:
+        """Publish an ``update`` event for ``service`` (``data``: ``revision``, ``trigger``...)."""
+        self.put(Event(EventType.UPDATE, service, version, data))
+
+    def notify(self) -> Iterator[Event]:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            yield event
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)

@@ -11,9 +11,10 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from .environ import expand
+from .model import Check
 
 
-async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | None = None,
+async def probe(check: Check | Mapping[str, object], env: Mapping[str, str], cwd: str | None = None,
                 user: str | None = None) -> bool:
     """Run ``check`` (a validated ``ready``/``live`` table) once; True if it passed.
 
@@ -21,17 +22,15 @@ async def probe(check: Mapping[str, object], env: Mapping[str, str], cwd: str | 
     and as the service's ``user`` (uid, gid and groups, like the replica itself: Kubernetes
     runs exec probes inside the container, as its user).
     """
-    timeout = float(str(check.get("timeout", 1.0)))
-    kind = check["kind"]
+    check = Check.of(check)
+    timeout = check.timeout
     try:
-        if kind == "tcp":
-            return await asyncio.wait_for(_tcp(expand(str(check["tcp"]), env)), timeout)
-        if kind == "http":
-            return await asyncio.wait_for(_http(expand(str(check["http"]), env)), timeout)
-        if kind == "exec":
-            raw = check["exec"]
-            argv = [expand(str(a), env) for a in raw] if isinstance(raw, (list, tuple)) else []
-            return await _exec(argv, env, timeout, cwd, user)
+        if check.kind == "tcp":
+            return await asyncio.wait_for(_tcp(expand(check.target, env)), timeout)
+        if check.kind == "http":
+            return await asyncio.wait_for(_http(expand(check.target, env)), timeout)
+        if check.kind == "exec":
+            return await _exec([expand(a, env) for a in check.argv], env, timeout, cwd, user)
     except asyncio.CancelledError:
         raise
     except Exception:  # any failure of a probe is a failed probe, never a crashed checker

@@ -21,7 +21,7 @@ from typing import Any, Callable, Union
 
 from .backoff import allow_start, next_delay
 from .events import EventType
-from .model import Backoff, Exit, Phase, RestartPolicy, ServiceSpec, StartLimit
+from .model import Backoff, Check, Exit, Phase, RestartPolicy, ServiceSpec, StartLimit
 
 #: Phases in which a replica counts as up.
 UP = (Phase.RUNNING, Phase.READY)
@@ -61,22 +61,16 @@ class Policy:
     @classmethod
     def of(cls, spec: ServiceSpec) -> "Policy":
         """The policy of ``spec``."""
-        live = spec.live or {}
         return cls(name=spec.name, restart=spec.restart, backoff=spec.backoff, start_limit=spec.start_limit,
                    stop_signal=spec.stop_signal, stop_timeout=spec.stop_timeout, has_ready=spec.ready is not None,
-                   ready_deadline=ready_deadline(spec), live_retries=int(str(live.get("retries", 3))))
+                   ready_deadline=ready_deadline(spec), live_retries=spec.live.retries if spec.live else 3)
 
 
 def ready_deadline(spec: ServiceSpec) -> float:
     """Seconds a new replica gets to pass its ready check: the start period, then ``retries``
     probes (interval + timeout each), then 2 s of slack."""
-    check = spec.ready or {}
-
-    def number(key: str, default: float) -> float:
-        return float(str(check.get(key, default)))
-
-    retries = max(int(number("retries", 3)), 1)
-    return number("start_period", 0.0) + retries * (number("interval", 1.0) + number("timeout", 1.0)) + 2.0
+    check = spec.ready or Check(kind="tcp")
+    return check.start_period + max(check.retries, 1) * (check.interval + check.timeout) + 2.0
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,79 @@ class LogPolicy:
     timestamps: bool = False
 
 
+CHECK_KINDS = ("tcp", "http", "exec")
+
+
+@dataclass(frozen=True)
+class Check:
+    """A validated ``ready`` or ``live`` check (Docker's HEALTHCHECK / Kubernetes' probes).
+
+    ``kind`` is ``tcp`` (``target`` is ``"host:port"``), ``http`` (``target`` a URL) or
+    ``exec`` (``argv`` the command); ``${VAR}`` in them expands from the replica's environment
+    when probed. ``interval``, ``timeout`` and ``start_period`` are seconds; ``retries`` how many
+    failures in a row count (liveness) or how many probes a new version gets (readiness).
+    """
+
+    kind: str
+    target: str = ""
+    argv: tuple[str, ...] = ()
+    interval: float = 1.0
+    timeout: float = 1.0
+    start_period: float = 0.0
+    retries: int = 3
+
+    @classmethod
+    def of(cls, value: "Check | Mapping[str, object]") -> "Check":
+        """``value`` itself, or a check table (``{"kind": "tcp", "tcp": "127.0.0.1:80",
+        "interval": 1.0, ...}``) parsed. Raises ValueError naming the field that is wrong."""
+        if isinstance(value, Check):
+            return value
+        kind = value.get("kind")
+        if kind not in CHECK_KINDS:
+            raise ValueError(f"check kind must be one of {', '.join(CHECK_KINDS)}, got {kind!r}")
+        target, argv = "", ()
+        raw = value.get(str(kind))
+        if kind == "exec":
+            if not isinstance(raw, (list, tuple)) or not raw or not all(isinstance(a, str) for a in raw):
+                raise ValueError("exec check: expected a non-empty list of strings")
+            argv = tuple(raw)
+        elif not isinstance(raw, str) or not raw:
+            raise ValueError(f"{kind} check: expected a string target")
+        else:
+            target = raw
+
+        def number(key: str, default: float) -> float:
+            got = value.get(key, default)
+            if got is None:
+                return default
+            if isinstance(got, bool) or not isinstance(got, (int, float)) or got < 0:
+                raise ValueError(f"check {key}: expected seconds, got {got!r}")
+            return float(got)
+
+        retries = value.get("retries", 3)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
+            raise ValueError(f"check retries: expected a count of at least 1, got {retries!r}")
+        return cls(kind=str(kind), target=target, argv=argv, interval=number("interval", 1.0),
+                   timeout=number("timeout", 1.0), start_period=number("start_period", 0.0), retries=retries)
+
+    def to_dict(self) -> dict[str, object]:
+        """The check as its ``services.toml`` table (durations in seconds)."""
+        return {"kind": self.kind, self.kind: list(self.argv) if self.kind == "exec" else self.target,
+                "interval": self.interval, "timeout": self.timeout, "start_period": self.start_period,
+                "retries": self.retries}
+
+
+@dataclass(frozen=True)
+class ImageBuild:
+    """``build = { dockerfile = "Dockerfile", context = "." }``: an image built from the source
+    (Docker's ``docker build -f DOCKERFILE CONTEXT``, Compose's ``build.dockerfile`` /
+    ``build.context``); ``context`` is relative to the source folder or checkout,
+    ``dockerfile`` to the context, both inside the source."""
+
+    dockerfile: str = "Dockerfile"
+    context: str = "."
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """One ``[services.NAME]`` entry, validated, with defaults filled in.
@@ -167,13 +240,18 @@ class ServiceSpec:
     stop_timeout: float = 10.0
     depends_on: tuple[Dependency, ...] = ()
     shell: bool = False
-    ready: Mapping[str, object] | None = None
-    live: Mapping[str, object] | None = None
+    ready: Check | None = None
+    live: Check | None = None
     update: str = "recreate"
     watch: tuple[str, ...] = ()
     user: str | None = None
     log: LogPolicy = LogPolicy()
     runtime: str | None = None  # the executor's name; None: [supervise] runtime
+    #: Containers: Docker's ``-p`` strings (``"8080:80"``), ``-v`` strings with host folders
+    #: made absolute, and the Dockerfile build (None: an image source, or no container).
+    ports: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    image_build: ImageBuild | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServiceSpec):
@@ -190,6 +268,8 @@ class ServiceSpec:
     def build_hash(self) -> str:
         """12 hex digits identifying the build step (argv), part of every version."""
         data = json.dumps(list(self.build) if self.build else None)
+        if self.image_build is not None:  # a Dockerfile build (older versions had none: same hash)
+            data = json.dumps({"dockerfile": self.image_build.dockerfile, "context": self.image_build.context})
         return hashlib.sha256(data.encode()).hexdigest()[:12]
 
 

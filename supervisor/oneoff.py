@@ -52,10 +52,11 @@ def split_argv(words: Sequence[str], replica: int) -> tuple[int, list[str]]:
 
 def where(spec: ServiceSpec, state_dir: Path, replica: int) -> tuple[Path, str | None]:
     """(working folder, running version or None) for a one-off of ``spec``."""
-    record = state.load_all(state_dir).get(spec.name, {}).get("replicas", {})
-    running = record.get(str(replica)) or next(iter(record.values()), None)
-    if running and running.get("workdir"):
-        return Path(running["workdir"]) / spec.cwd, running.get("version")
+    record = state.load_all(state_dir).get(spec.name)
+    replicas = record.replicas if record is not None else {}
+    running = replicas.get(replica) or next(iter(replicas.values()), None)
+    if running is not None:
+        return running.workdir / spec.cwd, running.version
     if spec.source.kind == "path" and spec.source.path is not None:
         return spec.source.path / spec.cwd, None
     raise ExecError(f"{spec.name}: no version of its git source is checked out yet; start it once, then exec")

@@ -26,14 +26,16 @@ from . import graph
 from .model import Desired, Observed, ServiceObserved, ServiceSpec, Version
 
 #: Fields whose change means new processes. Everything else is applied to the running ones.
-RESTART_FIELDS = ("command", "source", "build", "cwd", "environment", "shell", "user")
+RESTART_FIELDS = ("command", "source", "build", "cwd", "environment", "shell", "user", "ports", "volumes",
+                  "image_build", "runtime")
 #: Fields whose change also needs a new fetch and build before the restart.
-REBUILD_FIELDS = ("source", "build")
+REBUILD_FIELDS = ("source", "build", "image_build")
 
 
 class ActionKind(str, enum.Enum):
     """What an :class:`Action` does; ``update`` applies settings in place, restarting nothing."""
     FETCH = "fetch"
+    PULL = "pull"  # an image source: inspected, pulled when the engine lacks it
     BUILD = "build"
     START = "start"
     STOP = "stop"
@@ -210,8 +212,13 @@ def _deploy(spec: ServiceSpec, reason: str, indices: Iterable[int], kind: Action
     actions: list[Action] = []
     if spec.source.kind in ("git", "pip"):  # pip: resolve, and install into a new venv
         actions.append(Action(ActionKind.FETCH, spec.name, None, reason))
+    if spec.source.kind == "image":
+        actions.append(Action(ActionKind.PULL, spec.name, None, f"{reason} (image {spec.source.image})"))
     if spec.build:
         actions.append(Action(ActionKind.BUILD, spec.name, None, reason))
+    if spec.image_build is not None:
+        actions.append(Action(ActionKind.BUILD, spec.name, None, f"{reason} (image from {spec.image_build.dockerfile} "
+                                                                  f"in {spec.image_build.context})"))
     actions.extend(Action(kind, spec.name, i, reason) for i in indices)
     return actions
 

@@ -22,7 +22,7 @@ from typing import Awaitable, Callable, Mapping, cast
 from . import cgroups, errors, graph, logs, procs, safefs, state
 from .backoff import next_delay
 from .clock import SYSTEM, Clock
-from .builds import Artifact, PrepareError, Preparer, source_root
+from .builds import Artifact, PrepareError, Preparer
 from .events import EventType, Notifier
 from .config import NAME_RE
 from .model import Backoff, Desired, Observed, Phase, ServiceSpec, SourceSpec, Version
@@ -30,13 +30,13 @@ from .plan import ActionKind, Plan, _same_revision, plan
 from .executors import Executor, ExecutorUnavailable, Running
 from .executors.local import LocalExecutor
 from .service import ServiceController, replica_label
-from .sources import SourceError
-from .sources.git import GitSource
 
 log = logging.getLogger("supervise")
 
 #: Builds and fetches that may run at once (the machines we target have few cores).
 PREPARE_CONCURRENCY = 4
+#: The actions that need a new artifact (the executor's prepare).
+PREPARE_KINDS = (ActionKind.FETCH, ActionKind.PULL, ActionKind.BUILD)
 #: Seconds a pass waits for a git fetch before it goes on without that service.
 FETCH_WAIT = 2.0
 
@@ -63,6 +63,7 @@ class Reconciler:
         self.logs = logs.LogRegistry(self.state_dir, console)
         self.revisions: dict[str, str] = {}
         #: The executors by runtime name (the seam: see supervisor.executors).
+        #: "container" is made on first use (the Docker SDK is not imported for a file without one).
         self.executors: dict[str, Executor] = {"local": LocalExecutor(self.state_dir, self.logs, self.settings.keep_versions)}
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
@@ -72,11 +73,12 @@ class Reconciler:
         #: Backoff of the retries of transient failures (fetches), seconds.
         self.retry = Backoff(initial=1.0, max=60.0)
         self._requeued: dict[str, tuple[int, asyncio.TimerHandle | None]] = {}
+        self._stray: set[asyncio.Task] = set()  # stops of adopted replicas nobody owns
 
         #: Git fetches (and the builds after them) run as tasks of their own, not held by a
         #: pass (the daemon, whose run loop picks their results up; see _prepare_in_background).
         self.background_fetches = False
-        self.pending: dict[str, tuple[str, asyncio.Task]] = {}
+        self.pending: dict[str, tuple[str, asyncio.Task, str | None]] = {}
 
     async def start(self) -> None:
         """Make (or check) the state dir, then open every executor (for local processes: the
@@ -109,11 +111,19 @@ class Reconciler:
         """The executor named by the service's ``runtime`` key, else ``[supervise] runtime``.
         Raises :class:`ExecutorUnavailable` for a name this version cannot run (the config
         check refuses those first)."""
-        name = spec.runtime or self.settings.runtime
-        try:
-            return self.executors[name]
-        except KeyError:
-            raise ExecutorUnavailable(f'runtime "{name}" is not available in this version') from None
+        return self.executor_named(spec.runtime or self.settings.runtime)
+
+    def executor_named(self, name: str) -> Executor:
+        """The executor for runtime ``name``, made on first use. Raises ExecutorUnavailable."""
+        executor = self.executors.get(name)
+        if executor is None and name == "container":
+            from .executors.containers import Containers
+
+            executor = self.executors[name] = Containers(self.state_dir, self.logs, self.settings.keep_versions,
+                                                         self.settings.docker_host)
+        if executor is None:
+            raise ExecutorUnavailable(f'runtime "{name}" is not available in this version')
+        return executor
 
     def recreate_state_dir(self) -> None:
         """Make (or check) STATE_DIR and its folders: each ours and 0700 (safefs). After the
@@ -193,6 +203,13 @@ class Reconciler:
                 adopted += self._adopt_service(name, record, desired)
         if only is None:
             await self.sweep_unowned()
+            for spec in desired.services.values():  # a container service: its engine is looked at too
+                try:
+                    self.executor_for(spec)
+                except ExecutorUnavailable:
+                    pass
+            for executor in list(self.executors.values()):
+                await executor.sweep_unrecorded()
         return adopted
 
     def _hold_unreadable(self, spec: ServiceSpec, why: str) -> None:
@@ -206,46 +223,53 @@ class Reconciler:
         controller.deploy_message = message
         self.controllers[spec.name] = controller
 
-    def _adopt_service(self, name: str, record: dict, desired: Desired) -> int:
+    def _adopt_service(self, name: str, record: state.ServiceRecord, desired: Desired) -> int:
         """Adopt the live replicas of one state record; returns how many."""
         wanted = desired.services.get(name)
-        executor = self.executor_for(wanted) if wanted is not None else self.local
         sink = self.logs.sink(name, wanted.log) if wanted is not None else self.logs.sink(name)
-        alive: list[tuple[int, dict, Running]] = []
-        replicas = record.get("replicas")
-        for key, item in (replicas.items() if isinstance(replicas, dict) else ()):
-            # a record is checked before it is trusted (the executor checks the process)
+        alive: list[tuple[int, state.ReplicaRecord, Running, Executor]] = []
+        for index, item in sorted(record.replicas.items()):
             try:
-                if not isinstance(item, dict):
-                    raise TypeError
-                index = int(key)
-                Path(str(item["workdir"])), str(item["version"])
-            except (KeyError, TypeError, ValueError, OverflowError):
+                executor = self.executor_named(item.runtime)  # the executor that started it
+            except ExecutorUnavailable:
+                log.warning("%s: replica %d ran on runtime %r, which is not available here; not adopted",
+                            name, index, item.runtime)
                 continue
             handle = executor.adopt(item, sink, replica_label(name, wanted.replicas if wanted else 0, index))
             if handle is None:
                 executor.forget(item)
             else:
-                alive.append((index, item, handle))
+                alive.append((index, item, handle, executor))
         spec = wanted
         if spec is None and alive:  # removed from the file: adopted to be stopped
-            spec = ServiceSpec(name=name, command=tuple(record.get("command") or ["?"]),
-                               source=SourceSpec(kind="path", path=Path(alive[0][1]["workdir"])),
-                               stop_signal=int(record.get("stop_signal", 15)),
-                               stop_timeout=float(record.get("stop_timeout", 10.0)), replicas=0)
-        if spec is None or (not alive and not record.get("held")):
+            runtime = alive[0][1].runtime
+            spec = ServiceSpec(name=name, command=record.command or ("?",),
+                               source=SourceSpec(kind="path", path=alive[0][1].workdir),
+                               stop_signal=record.stop_signal, stop_timeout=record.stop_timeout, replicas=0,
+                               runtime=None if runtime == "local" else runtime)
+        if spec is None or (not alive and not record.held):
             return 0
         controller = self.controllers.get(name) or self._controller(spec)
         self.controllers[name] = controller
-        controller.held = bool(record.get("held", False))
+        controller.held = record.held
         current = state.fingerprint(spec)
-        for index, item, handle in alive:
-            version = str(item["version"])
-            artifact = Artifact(workdir=Path(item["workdir"]), version=version,
-                                revision=str(item.get("revision") or Version.parse(version).revision))
-            stale = wanted is None or item.get("fingerprint") != current
-            controller.adopt(index, handle, spec, artifact, item.get("started_at"), int(item.get("restarts", 0)), stale)
+        for index, item, handle, executor in alive:
+            if executor is not controller.executor:  # the runtime key changed: replaced by the plan
+                log.info("%s: replica %d runs on %s, the file now says %s: stopping it",
+                         name, index, executor.name, controller.executor.name)
+                self.spawn_stop(executor, handle, record)
+                continue
+            artifact = Artifact(workdir=item.workdir, version=item.version,
+                                revision=item.revision or Version.parse(item.version).revision)
+            stale = wanted is None or item.fingerprint != current
+            controller.adopt(index, handle, spec, artifact, item.started_at, item.restarts, stale)
         return len(alive)
+
+    def spawn_stop(self, executor: Executor, handle: Running, record: state.ServiceRecord) -> None:
+        """Stop an adopted replica that no controller will own (its runtime changed)."""
+        task = asyncio.get_running_loop().create_task(executor.stop(handle, record.stop_signal, record.stop_timeout))
+        self._stray.add(task)
+        task.add_done_callback(self._stray.discard)
 
     def observe(self) -> Observed:
         """The observed state: every controller's view of its replicas."""
@@ -277,7 +301,7 @@ class Reconciler:
             await asyncio.gather(*(self._remove(name) for name in level))
         # 2. fetch and build, concurrently, beside whatever runs (at most PREPARE_CONCURRENCY at once)
         to_prepare = [n for n in the_plan.services() if n in specs and any(
-            a.kind in (ActionKind.FETCH, ActionKind.BUILD) for a in the_plan.for_service(n))]
+            a.kind in PREPARE_KINDS for a in the_plan.for_service(n))]
         for name in the_plan.services():
             if name in specs and name not in self.controllers:
                 self.controllers[name] = self._controller(specs[name])
@@ -318,22 +342,26 @@ class Reconciler:
                                  sink=self.logs.sink(spec.name, spec.log), clock=self.clock)
 
     async def _prepare_in_background(self, spec: ServiceSpec, protect: set[str]) -> Artifact | None:
-        """For a git source: run the fetch and build as a task of its own, and wait for it at
+        """For a source its executor may wait on for long (a git fetch, an image pull:
+        :meth:`Executor.prepares_in_background`): run the fetch and build as a task of its own, and wait for it at
         most :data:`FETCH_WAIT` s (not at all when an earlier pass already waited): a remote
         that never answers then holds this one service in ``fetching``, never the whole pass
         (other services' starts, restarts and reloads). When the task ends, another pass is
         asked for, and picks its result up here. Returns None while it runs."""
         name = spec.name
-        key = repr((spec.source, spec.build, spec.environment, self.revisions.get(name)))
+        key = repr((spec.source, spec.build, spec.image_build, spec.environment))
+        revision = self.revisions.get(name)
         pending = self.pending.get(name)
-        if pending is not None and pending[0] != key:
+        # A fetch started with no revision known resolves the ref itself: the first revision a
+        # poller reports meanwhile does not make it stale (restarting it would build twice).
+        if pending is not None and (pending[0] != key or (pending[2] is not None and pending[2] != revision)):
             pending[1].cancel()
             pending = None
         waited = pending is not None
         if pending is None:
             task = asyncio.get_running_loop().create_task(self.controllers[name].executor.prepare(spec, protect))
             task.add_done_callback(lambda _t: self.request())
-            pending = self.pending[name] = (key, task)
+            pending = self.pending[name] = (key, task, revision)
         task = pending[1]
         if not task.done() and not waited:
             await asyncio.wait([task], timeout=FETCH_WAIT)
@@ -351,7 +379,7 @@ class Reconciler:
         controller.preparing_since = self.clock.time()
         controller.changed()
         try:
-            if self.background_fetches and spec.source.kind == "git":
+            if self.background_fetches and controller.executor.prepares_in_background(spec):
                 artifact = await self._prepare_in_background(spec, protect)
                 if artifact is None:
                     return None
@@ -376,14 +404,8 @@ class Reconciler:
         self._cancel_requeue(spec.name)
         controller.preparing = None
         previous = controller.artifact
-        if spec.source.kind == "git" and previous is not None and previous.revision != artifact.revision:
-            source = GitSource(spec.source, source_root(self.state_dir, spec.name))
-            try:
-                fast_forward = await asyncio.to_thread(source.is_ancestor, previous.revision, artifact.revision)
-            except SourceError as exc:  # cannot tell (a timeout): not a force push
-                log.warning("%s: %s", spec.name, exc)
-                fast_forward = True
-            if not fast_forward:
+        if previous is not None and previous.revision != artifact.revision:
+            if not await controller.executor.fast_forward(spec, previous.revision, artifact.revision):
                 log.warning("%s: %s was force-pushed (%s is not an ancestor of %s); deploying it",
                             spec.name, spec.source.ref, previous.revision[:12], artifact.revision[:12])
                 self.notifier.emit(EventType.FORCE_PUSHED, spec.name, artifact.version, ref=spec.source.ref,
@@ -430,7 +452,7 @@ class Reconciler:
         name = spec.name
         controller = self.controllers[name]
         actions = the_plan.for_service(name)
-        needs_artifact = any(a.kind in (ActionKind.FETCH, ActionKind.BUILD) for a in actions)
+        needs_artifact = any(a.kind in PREPARE_KINDS for a in actions)
         if needs_artifact:
             artifact = artifacts.get(name)
             if artifact is None:
@@ -470,7 +492,7 @@ class Reconciler:
     def cancel_fetches(self) -> None:
         """Cancel fetches in flight and kill the git processes behind them (a remote that never
         answers must not hold a stopping supervisor for git's own timeout)."""
-        for _key, task in self.pending.values():
+        for _key, task, _revision in self.pending.values():
             task.cancel()
         self.pending.clear()
         killed = procs.kill_git_children()

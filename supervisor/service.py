@@ -135,7 +135,7 @@ class ServiceController:
         self.preparing_since: float | None = None  # when it began (seconds since the epoch)
         self.held = False
         self._persist_pending = False
-        self._persisted: dict | None = None  # the record last written
+        self._persisted: state.ServiceRecord | None = None  # the record last written
         self._persist_error = ""
         self._tasks: set[asyncio.Task] = set()
         self.phase_changed = asyncio.Event()
@@ -590,21 +590,21 @@ class ServiceController:
     async def _readiness(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         check = replica.launch.spec.ready
         assert check is not None
-        await asyncio.sleep(float(str(check["start_period"])))
+        await asyncio.sleep(check.start_period)
         while handle.running and replica.handle is handle:
             if await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd,
                                           user=replica.launch.spec.user):
                 if replica.handle is handle and handle.running:
                     self._feed(replica, Ready())
                 return
-            await asyncio.sleep(float(str(check["interval"])))
+            await asyncio.sleep(check.interval)
 
     async def _liveness(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         check = replica.launch.spec.live
         assert check is not None
-        await asyncio.sleep(float(str(check["start_period"])))
+        await asyncio.sleep(check.start_period)
         while handle.running and replica.handle is handle:
-            await asyncio.sleep(float(str(check["interval"])))
+            await asyncio.sleep(check.interval)
             ok = await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd,
                                           user=replica.launch.spec.user)
             if replica.handle is not handle:
@@ -631,17 +631,14 @@ class ServiceController:
             if handle is None or not handle.running:
                 continue
             artifact = replica.launch.artifact
-            replicas[str(index)] = {
-                **self.executor.record(handle),
-                "version": artifact.version, "revision": artifact.revision, "workdir": str(artifact.workdir),
-                "started_at": replica.started_at, "restarts": replica.restarts,
-                "fingerprint": state.fingerprint(replica.launch.spec),
-            }
-        record = {
-            "service": self.name, "held": self.held, "replicas": replicas,
-            "command": list(self.spec.command), "stop_signal": self.spec.stop_signal,
-            "stop_timeout": self.spec.stop_timeout,
-        }
+            replicas[index] = state.ReplicaRecord(
+                version=artifact.version, revision=artifact.revision, workdir=artifact.workdir,
+                started_at=replica.started_at, restarts=replica.restarts,
+                fingerprint=state.fingerprint(replica.launch.spec), runtime=self.executor.name,
+                handle=self.executor.record(handle))
+        record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
+                                     command=tuple(self.spec.command), stop_signal=self.spec.stop_signal,
+                                     stop_timeout=self.spec.stop_timeout)
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
         try:

@@ -13,6 +13,11 @@ in one rebuild and restart per burst of saves, after :data:`SOURCE_DEBOUNCE` sec
 **Git sources** are asked for their ref's commit every ``poll`` seconds (``git ls-remote``,
 nothing fetched). A failure is reported once per distinct message and retried with backoff, up
 to the poll interval; what runs keeps running.
+
+The source watcher and the git poller are notifiers for updates of go-micro's shape
+(:class:`supervisor.events.UpdateNotifier`): they only *say* a service has a new version, as an
+``update`` event; the engine reads them (``Engine.listen``) exactly as it reads a caller's own
+notifier, and decides.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Callable, Iterable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from .events import Updates
 from .model import ServiceSpec
 from .plan import same_revision
 from .sources import SourceError
@@ -152,9 +158,10 @@ def glob_match(relative: str, patterns: Iterable[str]) -> bool:
     return False
 
 
-class SourceWatcher:
-    """Watches local-folder sources that have ``watch`` globs; ``on_change(name, last)`` is
-    called on the loop once per burst of matching edits (``last``: monotonic time of the last).
+class SourceWatcher(Updates):
+    """Watches local-folder sources that have ``watch`` globs: one ``update`` event per burst
+    of matching edits, naming no version (the folder's content now: the engine hashes it),
+    with ``data`` ``{"trigger": "edit", "last_edit": T}`` (T: monotonic time of the last edit).
 
     Several services may follow one folder: the folder has one watchdog watch (watchdog keys
     its watches by path, so a second ``schedule`` of the path is the same watch and one
@@ -162,9 +169,9 @@ class SourceWatcher:
     service keeps its own globs and debouncer.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_change: Callable[[str, float], None], state_dir: Path):
+    def __init__(self, loop: asyncio.AbstractEventLoop, state_dir: Path):
+        super().__init__()
         self.loop = loop
-        self.on_change = on_change
         self.state_dir = state_dir.resolve()
         self.observer = Observer()
         self.observer.daemon = True
@@ -195,7 +202,7 @@ class SourceWatcher:
             root = path
 
             def changed(name: str = name) -> None:
-                self.on_change(name, self.watches[name][2].last_poke)
+                self.update(name, None, trigger="edit", last_edit=self.watches[name][2].last_poke)
 
             debouncer = Debouncer(self.loop, changed)
             if self._hold(root, name, spec.watch, debouncer):
@@ -235,10 +242,12 @@ class SourceWatcher:
                 log.debug("unwatching %s: %r", root, exc)
 
     def stop(self) -> None:
+        """Stop watching and end the event stream."""
         for _root, _globs, debouncer in self.watches.values():
             debouncer.cancel()
         self.observer.stop()
         self.observer.join(timeout=5)
+        self.close()
 
 
 class _SourceHandler(FileSystemEventHandler):
@@ -272,9 +281,10 @@ class _SourceHandler(FileSystemEventHandler):
                 debouncer.poke_threadsafe(SOURCE_DEBOUNCE)
 
 
-class GitPoller:
+class GitPoller(Updates):
     """Polls each git source's remote ref, and each pip source's index (the version pip
-    would install now); ``on_revision(name, revision)`` when it moved.
+    would install now): an ``update`` event when it moved, its version the revision found,
+    ``data`` ``{"revision": REV, "trigger": "poll"}``.
 
     ``interval(spec)`` gives the poll period in seconds. Errors are reported through
     ``on_error(name, message)`` once per distinct message, then retried with doubling delays
@@ -282,10 +292,10 @@ class GitPoller:
     """
 
     def __init__(self, root_for: Callable[[str], Path], interval: Callable[[ServiceSpec], float],
-                 on_revision: Callable[[str, str], None], on_error: Callable[[str, str], None]):
+                 on_error: Callable[[str, str], None]):
+        super().__init__()
         self.root_for = root_for
         self.interval = interval
-        self.on_revision = on_revision
         self.on_error = on_error
         self.tasks: dict[str, tuple[ServiceSpec, asyncio.Task]] = {}
         self.known: dict[str, str] = {}
@@ -329,9 +339,11 @@ class GitPoller:
             known = self.known.get(spec.name)
             if known is None or not same_revision(commit, known):
                 self.known[spec.name] = commit
-                self.on_revision(spec.name, commit)
+                self.update(spec.name, commit, revision=commit, trigger="poll")
 
     def stop(self) -> None:
+        """Stop polling and end the event stream."""
         for _spec, task in self.tasks.values():
             task.cancel()
         self.tasks.clear()
+        self.close()

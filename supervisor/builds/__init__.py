@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 from collections import deque
@@ -26,6 +27,8 @@ from ..sources import SourceError
 from ..sources.git import GitSource
 from ..sources.path import content_hash
 from ..sources.pip import PipSource, venv_env
+
+log = logging.getLogger("supervise")
 
 #: How many of the build's last output lines a build-failed report carries.
 TAIL_LINES = 10
@@ -62,6 +65,20 @@ def make_version(revision: str, spec: ServiceSpec) -> str:
 def source_root(state_dir: Path, service: str) -> Path:
     """``STATE_DIR/sources/NAME``: the bare repository and version worktrees of a git source."""
     return state_dir / "sources" / service
+
+
+async def fast_forward(state_dir: Path, spec: ServiceSpec, old: str, new: str) -> bool:
+    """For a git source: is commit ``old`` an ancestor of ``new`` in the service's fetched
+    repository (git's ``merge-base --is-ancestor``)? False means ``new`` was force-pushed.
+    True for other sources, and when git cannot tell (a timeout is not a force push)."""
+    if spec.source.kind != "git":
+        return True
+    source = GitSource(spec.source, source_root(state_dir, spec.name))
+    try:
+        return await asyncio.to_thread(source.is_ancestor, old, new)
+    except SourceError as exc:
+        log.warning("%s: %s", spec.name, exc)
+        return True
 
 
 class Preparer:

@@ -16,9 +16,9 @@ resolves from the engine's event stream (Docker ``die`` events), ``stop`` is ``d
 its labels, and output is a log stream pumped into the sink.
 
 ``[supervise] runtime`` and a service's ``runtime`` key choose the executor by name
-(:func:`executor_names`); only ``"local"`` is plugged in in this version. The container
-engine client (:mod:`supervisor.executors.container`) is built to these same operations and is
-plugged in here, behind :class:`Executor`, when ``runtime = "container"`` is enabled.
+(:func:`executor_names`): ``"local"`` (:mod:`supervisor.executors.local`) and ``"container"``
+(:mod:`supervisor.executors.containers`, over the Engine API client in
+:mod:`supervisor.executors.container`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from typing import Any, Mapping, Protocol
 
 from ..builds import Artifact
 from ..logs import LogSink
-from ..model import Exit, ServiceSpec
+from ..model import Check, Exit, ServiceSpec
+from ..state import ReplicaRecord
 
 
 class StartFailed(Exception):
@@ -77,6 +78,24 @@ class Executor(abc.ABC):
         """Fetch and build ``spec``'s source into an artifact; ``protect`` names versions to
         keep. Raises :class:`supervisor.builds.PrepareError` (``stage`` "fetch" or "build")."""
 
+    def prepares_in_background(self, spec: ServiceSpec) -> bool:
+        """True when preparing ``spec`` may wait on something remote for long (a git fetch,
+        an image pull or build): the daemon then runs it as a task of its own, so one slow
+        remote holds that service alone, never a whole pass. The default: a git source."""
+        return spec.source.kind == "git"
+
+    async def fast_forward(self, spec: ServiceSpec, old_revision: str, new_revision: str) -> bool:
+        """False when ``new_revision`` does not descend from ``old_revision`` (a force push, to
+        be reported); True when it does or cannot be known. The default asks git for a git
+        source (:func:`supervisor.builds.fast_forward`)."""
+        return True
+
+    async def sweep_unrecorded(self) -> int:
+        """After adoption: stop replicas of ours that no state record named (a supervisor
+        killed between starting one and recording it), so none runs twice. Returns how many.
+        Local processes are swept by the reconciler's instance marks; the default does nothing."""
+        return 0
+
     @abc.abstractmethod
     def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
               label: str) -> Running:
@@ -111,12 +130,13 @@ class Executor(abc.ABC):
         """What a later supervisor needs to :meth:`adopt` the replica (JSON-able)."""
 
     @abc.abstractmethod
-    def adopt(self, record: Mapping[str, Any], sink: LogSink, label: str) -> Running | None:
-        """Take over a replica from its :meth:`record` after a supervisor restart, verifying it
-        is the same one (not a reused pid or id); None when it is gone."""
+    def adopt(self, record: ReplicaRecord, sink: LogSink, label: str) -> Running | None:
+        """Take over a replica from its state record (``record.handle`` is what :meth:`record`
+        returned) after a supervisor restart, verifying it is the same one (not a reused pid
+        or id); None when it is gone or the record is not one of ours."""
 
     @abc.abstractmethod
-    def forget(self, record: Mapping[str, Any]) -> None:
+    def forget(self, record: ReplicaRecord) -> None:
         """A recorded replica is gone: remove what it left (its output FIFO)."""
 
     @abc.abstractmethod
@@ -124,7 +144,7 @@ class Executor(abc.ABC):
         """Stop following the replica without stopping it (it is left for adoption)."""
 
     @abc.abstractmethod
-    async def probe(self, check: Mapping[str, object], running: Running, env: Mapping[str, str], cwd: Path,
+    async def probe(self, check: Check, running: Running, env: Mapping[str, str], cwd: Path,
                     user: str | None = None) -> bool:
         """Run one ready/live check (tcp, http, exec) against the replica; an exec check runs
         as the service's ``user`` where it has one."""
@@ -141,4 +161,4 @@ class ExecutorUnavailable(Exception):
 
 def executor_names() -> tuple[str, ...]:
     """The runtime names that have an executor in this version."""
-    return ("local",)
+    return ("local", "container")

@@ -14,17 +14,60 @@ import functools
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, cast
 
-from .. import cgroups, health, logs, procs, safefs, state
+from .. import builds, cgroups, health, logs, procs, safefs, state
 from ..builds import Artifact, Preparer
 from ..environ import command_argv
 from ..logs import LogSink
-from ..model import Exit, ServiceSpec
+from ..model import Check, Exit, ServiceSpec
+from ..state import ReplicaRecord
 from . import Executor, Running, StartFailed
 
 log = logging.getLogger("supervise")
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A local replica's part of its state record: ``pid`` and its psutil ``create_time``
+    (seconds since the epoch; a pid alone is no identity, pids are reused), its process group,
+    its output FIFO and cgroup (paths, None when it has none) and the instance mark we put in
+    its environment. The on-disk keys are the field names (the format of older versions)."""
+
+    pid: int
+    create_time: float
+    pgid: int = 0
+    fifo: Path | None = None
+    cgroup: Path | None = None
+    instance: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ProcessRecord":
+        """Raises :class:`supervisor.state.RecordError` for a missing or mistyped field."""
+        pid, created, pgid = data.get("pid"), data.get("create_time"), data.get("pgid", 0)
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2 ** 31:
+            raise state.RecordError("pid: expected a process id")
+        if isinstance(created, bool) or not isinstance(created, (int, float)):
+            raise state.RecordError("create_time: expected a number")
+        if isinstance(pgid, bool) or not isinstance(pgid, int) or not 0 <= pgid < 2 ** 31:
+            raise state.RecordError("pgid: expected a process group id")
+        paths = []
+        for key in ("fifo", "cgroup"):
+            value = data.get(key)
+            if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+                raise state.RecordError(f"{key}: expected a path")
+            paths.append(Path(value) if value else None)
+        instance = data.get("instance") or ""
+        if not isinstance(instance, str):
+            raise state.RecordError("instance: expected a string")
+        return cls(pid=pid, create_time=float(created), pgid=pgid, fifo=paths[0], cgroup=paths[1], instance=instance)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "pgid": self.pgid, "create_time": self.create_time,
+                "fifo": str(self.fifo) if self.fifo else None, "cgroup": str(self.cgroup) if self.cgroup else None,
+                "instance": self.instance}
 
 
 class LocalExecutor(Executor):
@@ -89,6 +132,9 @@ class LocalExecutor(Executor):
     async def prepare(self, spec: ServiceSpec, protect: set[str]) -> Artifact:
         assert self.preparer is not None
         return await self.preparer.prepare(spec, protect)
+
+    async def fast_forward(self, spec: ServiceSpec, old_revision: str, new_revision: str) -> bool:
+        return await builds.fast_forward(self.state_dir, spec, old_revision, new_revision)
 
     def kill_preparing(self) -> None:
         """SIGKILL every build under way (a second stop signal)."""
@@ -157,25 +203,27 @@ class LocalExecutor(Executor):
 
     def record(self, running: Running) -> dict[str, Any]:
         handle = _handle(running)
-        return {"pid": handle.pid, "pgid": handle.pgid, "create_time": handle.create_time,
-                "fifo": str(handle.fifo) if handle.fifo else None,
-                "cgroup": str(handle.cgroup) if handle.cgroup else None, "instance": handle.instance}
+        return ProcessRecord(pid=handle.pid, pgid=handle.pgid, create_time=handle.create_time, fifo=handle.fifo,
+                             cgroup=handle.cgroup, instance=handle.instance or "").to_dict()
 
-    def adopt(self, record: Mapping[str, Any], sink: LogSink, label: str) -> Running | None:
+    def adopt(self, record: ReplicaRecord, sink: LogSink, label: str) -> Running | None:
         """The process must be the one we started (pid + create_time + our instance mark in its
         environment), its FIFO a FIFO of ours in ``STATE_DIR/run``, its cgroup one of ours."""
         try:
-            fifo = Path(str(record["fifo"])) if record.get("fifo") else None
-            if fifo is not None and not logs.fifo_is_ours(self.state_dir, fifo):
-                log.warning("ignoring a state record whose FIFO %s is not in %s", fifo, logs.run_dir(self.state_dir))
-                fifo = None
-            recorded = Path(str(record["cgroup"])) if record.get("cgroup") else None
-            if recorded is not None and (self.cgroup_parent is None or recorded.parent != self.cgroup_parent):
-                recorded = None
-            handle = procs.adopt(asyncio.get_running_loop(), int(record["pid"]), float(record["create_time"]),
-                                 instance=str(record.get("instance") or ""), tag=procs.state_tag(self.state_dir),
-                                 cgroup=recorded)
-        except (KeyError, TypeError, ValueError, OverflowError):
+            ours = ProcessRecord.from_dict(record.handle)
+        except state.RecordError:
+            return None
+        fifo = ours.fifo
+        if fifo is not None and not logs.fifo_is_ours(self.state_dir, fifo):
+            log.warning("ignoring a state record whose FIFO %s is not in %s", fifo, logs.run_dir(self.state_dir))
+            fifo = None
+        recorded = ours.cgroup
+        if recorded is not None and (self.cgroup_parent is None or recorded.parent != self.cgroup_parent):
+            recorded = None
+        try:
+            handle = procs.adopt(asyncio.get_running_loop(), ours.pid, ours.create_time, instance=ours.instance,
+                                 tag=procs.state_tag(self.state_dir), cgroup=recorded)
+        except (TypeError, ValueError, OverflowError):
             return None
         if handle is None:
             return None
@@ -188,8 +236,11 @@ class LocalExecutor(Executor):
                    logs.reopen_fifo(logs.err_fifo(handle.fifo)))
         return handle
 
-    def forget(self, record: Mapping[str, Any]) -> None:
-        fifo = Path(str(record["fifo"])) if record.get("fifo") else None
+    def forget(self, record: ReplicaRecord) -> None:
+        try:
+            fifo = ProcessRecord.from_dict(record.handle).fifo
+        except state.RecordError:
+            return
         if fifo is not None and logs.fifo_is_ours(self.state_dir, fifo):
             _unlink(fifo)
             _unlink(logs.err_fifo(fifo))
@@ -199,7 +250,7 @@ class LocalExecutor(Executor):
         for pump in handle.pumps:
             pump.detach()
 
-    async def probe(self, check: Mapping[str, object], running: Running, env: Mapping[str, str], cwd: Path,
+    async def probe(self, check: Check, running: Running, env: Mapping[str, str], cwd: Path,
                     user: str | None = None) -> bool:
         return await health.probe(check, dict(env), str(cwd), user=user)
 

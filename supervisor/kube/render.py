@@ -49,7 +49,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from ..environ import expand
-from ..model import Desired, RestartPolicy, ServiceSpec
+from ..model import Check, Desired, RestartPolicy, ServiceSpec
 from .schema import KubeConfig
 
 MANAGED_BY = "supervise"
@@ -223,34 +223,34 @@ def render_service(spec: ServiceSpec, kube: KubeConfig, version: str | None = No
     return objects, notes
 
 
-def probe(check: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def probe(check: Check | Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """A validated ``ready``/``live`` table -> a Kubernetes Probe (see the module table).
 
     A loopback host (127.0.0.1, localhost, ::1) is dropped: the kubelet probes the pod's own
     IP, which is what a local check of 127.0.0.1 means.
     """
-    kind = check["kind"]
+    check = Check.of(check)
     result: dict[str, Any]
-    if kind == "exec":
-        result = {"exec": {"command": [expand(str(a), env) for a in check["exec"]]}}
-    elif kind == "tcp":
-        host, _, port = expand(str(check["tcp"]), env).rpartition(":")
+    if check.kind == "exec":
+        result = {"exec": {"command": [expand(a, env) for a in check.argv]}}
+    elif check.kind == "tcp":
+        host, _, port = expand(check.target, env).rpartition(":")
         result = {"tcpSocket": {"port": int(port)}}
         if host.strip("[]") not in _LOOPBACK:
             result["tcpSocket"]["host"] = host.strip("[]")
     else:
-        parts = urlsplit(expand(str(check["http"]), env))
+        parts = urlsplit(expand(check.target, env))
         http: dict[str, Any] = {"path": (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
                                 "port": parts.port or (443 if parts.scheme == "https" else 80),
                                 "scheme": parts.scheme.upper()}
         if (parts.hostname or "") not in _LOOPBACK:
             http["host"] = parts.hostname
         result = {"httpGet": http}
-    result["periodSeconds"] = _whole(check.get("interval", 1.0))
-    result["timeoutSeconds"] = _whole(check.get("timeout", 1.0))
-    if check.get("start_period"):
-        result["initialDelaySeconds"] = math.ceil(float(check["start_period"]))
-    result["failureThreshold"] = int(check.get("retries") or 3)
+    result["periodSeconds"] = _whole(check.interval)
+    result["timeoutSeconds"] = _whole(check.timeout)
+    if check.start_period:
+        result["initialDelaySeconds"] = math.ceil(check.start_period)
+    result["failureThreshold"] = check.retries
     return result
 
 

@@ -23,7 +23,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
-from ..events import Event
+from ..events import Event, UpdateNotifier
 
 @dataclass
 class Service:
@@ -43,7 +43,7 @@ class Service:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-class Notifier(abc.ABC):
+class Notifier(UpdateNotifier):
     """A stream of events: iterate :meth:`notify` until :meth:`close` (from any thread).
 
     Given to a runtime (``with_notifier``) it is an *input*: the runtime reads it and acts on

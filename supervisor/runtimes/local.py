@@ -18,7 +18,7 @@ creates again instead of starting duplicates, and stops the others at its :meth:
 
 Other sources go in ``metadata``: ``{"pip": "REQUIREMENT", "index": URL, "extra_index": "URL,URL"}``
 (a package from an index, one venv per version), ``{"image": "NAME:TAG"}`` or ``{"dockerfile":
-"Dockerfile", "context": "."}`` (containers: refused by this version, as in services.toml).
+"Dockerfile", "context": "."}`` (containers, through the Docker Engine API, as in services.toml).
 """
 
 from __future__ import annotations
@@ -32,14 +32,12 @@ from types import MappingProxyType
 from typing import IO, Any, Iterator, Mapping, Sequence
 
 from .. import config, state
-from ..builds import source_root
 from ..config import ConfigError
 from ..engine import Engine
 from ..redaction import redact
 from ..events import Event, EventType, Notifier as Bus
 from ..model import Desired, RestartPolicy, ServiceSpec, Settings
 from ..sources import SourceError
-from ..sources.git import GitSource
 from .base import (
     CreateOption, CreateOptions, Notifier, Option, Options, ReadOption, ReadOptions, Runtime, RuntimeError_, Service,
     env_mapping,
@@ -292,26 +290,10 @@ class LocalRuntime(Runtime):
 
     async def _update(self, name: str, version: str) -> None:
         assert self.engine is not None
-        spec = self.specs[name]
-        if spec.source.kind == "git":
-            source = GitSource(spec.source, source_root(self.state_dir, name))
-            try:
-                commit = await asyncio.to_thread(source.remote_revision)
-            except SourceError as exc:
-                raise RuntimeError_(str(exc)) from None
-        elif spec.source.kind == "pip":
-            from ..sources.pip import PipSource
-
-            try:
-                commit = await asyncio.to_thread(PipSource(spec.source, source_root(self.state_dir, name)).latest)
-            except SourceError as exc:
-                raise RuntimeError_(str(exc)) from None
-        else:
-            from ..sources.path import content_hash
-
-            assert spec.source.path is not None
-            commit = await asyncio.to_thread(content_hash, spec.source.path, [self.state_dir])
-        self.engine.new_revision(name, commit)
+        try:  # the engine's one way in for a new version (as for the poller and the watcher)
+            await self.engine.deploy(name, version or None, spec=self.specs[name], trigger="update")
+        except SourceError as exc:
+            raise RuntimeError_(str(exc)) from None
         await self._apply()
         self.bus.emit(EventType.UPDATE, name, version or None, reason="update")
 
@@ -351,11 +333,11 @@ class LocalRuntime(Runtime):
         created (yet): shown so that nothing runs unseen; :meth:`stop` stops them."""
         out = []
         for name, record in state.load_all(self.state_dir).items():
-            if name in self.specs or not record.get("replicas"):
+            if name in self.specs or not record.replicas:
                 continue
             if options.type is not None and options.type != "service":
                 continue
-            pids = ",".join(str(r.get("pid")) for _, r in sorted(record["replicas"].items()))
+            pids = ",".join(str(r.handle.get("pid", r.handle.get("id", "?"))) for _, r in sorted(record.replicas.items()))
             out.append(Service(name=name, metadata={"status": "left running", "pids": pids}))
         return out
 

@@ -220,6 +220,10 @@ def test_the_library_runs_a_pip_source_and_updates_it(index, tmp_path):
         wait_until(lambda: runtime.read(service="hello")[0].metadata["build"].startswith("1.1-"), timeout=30,
                    message="1.1 running")
         wait_until(lambda: get(f"http://127.0.0.1:{port}/") == "1.1", timeout=20, message="1.1 serving")
-        with pytest.raises(RuntimeError_, match="containers are not available"):
+        # an image source is accepted and routed to containers; with no engine (or no registry)
+        # here its create fails with one clear error, and the pip service keeps running
+        with pytest.raises(RuntimeError_, match="fetch or build failed"):
             runtime.create(Service("web", metadata={"image": "nginx:1.25"}), command=["nginx"])
+        runtime.delete(Service("web"))
+        assert get(f"http://127.0.0.1:{port}/") == "1.1"
         runtime.delete(hello)

@@ -18,7 +18,7 @@ from supervisor.executors.container import (
     parse_port,
     parse_volume,
 )
-from supervisor.model import ServiceSpec, SourceSpec
+from supervisor.model import ImageBuild, ServiceSpec, SourceSpec
 from supervisor.plan import plan, same_revision
 from supervisor.sources.pip import index_args, parse_requirement, venv_env
 
@@ -131,9 +131,7 @@ def test_pip_source_config(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [
-    ('[services.w]\nsource = { image = "nginx:1.25" }\nports = ["8080:80"]\n', 2, "containers are not available"),
-    ('[services.w]\nsource = "."\nbuild = { dockerfile = "Dockerfile" }\n', 3, "containers are not available"),
-    ('[services.w]\nruntime = "container"\ncommand = ["x"]\n', 2, "containers are not available"),
+    ('[supervise]\nruntime = "kubernetes"\n[services.w]\nsource = { image = "nginx" }\n', 2, "not run by a local supervisor"),
     ('[services.w]\nsource = { image = "nginx" }\nruntime = "local"\n', 3, 'runtime = "local" contradicts it'),
     ('[services.w]\ncommand = ["x"]\nports = ["8080:80"]\n', 3, '"ports" applies to containers'),
     ('[services.w]\ncommand = ["x"]\nvolumes = ["nope"]\n', 3, "bad volume 'nope'"),
@@ -153,13 +151,42 @@ def test_docker_host_setting(tmp_path):
     assert config.load(tmp_path / "services.toml").settings.docker_host == "unix:///run/podman/podman.sock"
 
 
-def test_container_runtime_is_refused_even_where_every_runtime_is_checked(tmp_path):
-    """`check` and `render` accept every runtime they can act on; containers are none of those."""
-    text = '[supervise]\nruntime = "container"\n[services.w]\ncommand = ["x"]\n'
-    with pytest.raises(config.ConfigError) as failure:
-        config.parse(text, tmp_path / "services.toml", runtimes=config.RUNTIMES)
-    [found] = failure.value.diagnostics
-    assert found.line == 2 and "containers are not available" in found.message
+@pytest.mark.parametrize(("text", "runtime", "ports", "image_build", "command"), [
+    ('[services.w]\nsource = { image = "nginx:1.25" }\nports = ["8080:80"]\n', "container", ("8080:80",), None, ()),
+    ('[services.w]\nsource = "."\nbuild = { dockerfile = "Dockerfile" }\n', "container", (),
+     ImageBuild("Dockerfile", "."), ()),
+    ('[services.w]\nruntime = "container"\ncommand = ["x"]\n', "container", (), None, ("x",)),
+    ('[supervise]\nruntime = "container"\n[services.w]\ncommand = ["x"]\n', None, (), None, ("x",)),
+])
+def test_container_services_are_routed_to_the_container_runtime(tmp_path, text, runtime, ports, image_build, command):
+    """An image source or a Dockerfile build implies a container; no command runs the image's CMD."""
+    (tmp_path / "services.toml").write_text(text)
+    desired = config.load(tmp_path / "services.toml")
+    spec = desired.services["w"]
+    assert (spec.runtime, spec.ports, spec.image_build, spec.command) == (runtime, ports, image_build, command)
+    assert (spec.runtime or desired.settings.runtime) == "container"
+
+
+def test_volumes_are_kept_with_host_folders_made_absolute(tmp_path):
+    (tmp_path / "services.toml").write_text('[services.w]\nsource = { image = "nginx" }\n'
+                                            'volumes = ["./data:/data:ro", "cache:/cache"]\n')
+    spec = config.load(tmp_path / "services.toml").services["w"]
+    assert spec.volumes == (f"{tmp_path / 'data'}:/data:ro", "cache:/cache:rw")
+
+
+def test_a_container_in_a_cluster_file_is_refused_where_every_runtime_is_checked(tmp_path):
     mixed = '[services.w]\nruntime = "kubernetes"\ncommand = ["x"]\n'
-    with pytest.raises(config.ConfigError, match="mixing runtimes is not supported"):
+    with pytest.raises(config.ConfigError, match="mixing a cluster with this machine is not supported"):
         config.parse(mixed, tmp_path / "services.toml", runtimes=config.RUNTIMES)
+
+
+def test_plan_shows_image_pulls_and_builds_with_their_reasons(tmp_path):
+    from supervisor.model import Observed
+    from supervisor.plan import plan
+
+    (tmp_path / "services.toml").write_text(
+        '[services.web]\nsource = { image = "nginx:1.25" }\n'
+        '[services.app]\nsource = "."\nbuild = { dockerfile = "Dockerfile", context = "docker" }\n')
+    lines = plan(config.load(tmp_path / "services.toml"), Observed({})).lines()
+    assert lines == ["pull web: new service (image nginx:1.25)", "start web[0]: new service",
+                     "build app: new service (image from Dockerfile in docker)", "start app[0]: new service"]

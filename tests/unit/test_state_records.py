@@ -1,0 +1,78 @@
+"""The state-file record is typed at the border: parsed once, validated, written back in the
+format older supervise versions wrote (an upgrade adopts what they left)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from supervisor import state
+from supervisor.executors.local import ProcessRecord
+from supervisor.model import Check
+
+#: A record as supervise wrote it before the typed records (and still writes it).
+OLDER = {"service": "api", "held": False, "replicas": {"0": {
+    "pid": 4242, "pgid": 4242, "create_time": 1764500000.25, "fifo": "/s/run/api.0.fifo", "cgroup": None,
+    "instance": "abc", "version": "main-0123456789ab", "revision": "0123456789abcdef", "workdir": "/s/src/api/x",
+    "started_at": 1764500001.0, "restarts": 2, "fingerprint": "f" * 64}},
+    "command": ["python", "app.py"], "stop_signal": 15, "stop_timeout": 10.0}
+
+
+def test_an_older_record_parses_and_writes_back_unchanged():
+    record = state.ServiceRecord.from_dict(json.loads(json.dumps(OLDER)))
+    replica = record.replicas[0]
+    assert (replica.version, replica.workdir, replica.restarts, replica.runtime) == (
+        "main-0123456789ab", Path("/s/src/api/x"), 2, "local")
+    assert ProcessRecord.from_dict(replica.handle) == ProcessRecord(
+        pid=4242, create_time=1764500000.25, pgid=4242, fifo=Path("/s/run/api.0.fifo"), instance="abc")
+    assert record.to_dict() == OLDER
+
+
+def test_a_container_replica_names_its_runtime():
+    replica = state.ReplicaRecord(version="v", workdir=Path("/w"), runtime="container", handle={"id": "c0ffee"})
+    assert state.ReplicaRecord.from_dict(replica.to_dict()) == replica
+
+
+@pytest.mark.parametrize("entry, why", [
+    ("nonsense", "JSON object"),
+    ({"workdir": "/"}, "version"),
+    ({"version": 1, "workdir": "/"}, "version"),
+    ({"version": "v", "workdir": ""}, "workdir"),
+    ({"version": "v", "workdir": "/", "restarts": -1}, "restarts"),
+    ({"version": "v", "workdir": "/", "started_at": "yesterday"}, "started_at"),
+])
+def test_bad_replica_entries_are_set_aside_with_the_reason(entry, why):
+    record = state.ServiceRecord.from_dict({"service": "api", "replicas": {"0": entry, "x": {}}})
+    assert record.replicas == {}
+    assert why in record.invalid["0"] and "index" in record.invalid["x"]
+
+
+@pytest.mark.parametrize("data", [[], {"replicas": []}, {"held": "yes"}, {"service": 3}])
+def test_a_record_of_the_wrong_shape_is_refused(data):
+    with pytest.raises(state.RecordError):
+        state.ServiceRecord.from_dict(data)
+
+
+def test_a_record_of_the_wrong_shape_is_reported_unreadable(tmp_path):
+    state.save(tmp_path, "api", {"service": "api", "replicas": ["0"]})
+    state.save(tmp_path, "db", state.ServiceRecord.from_dict(OLDER))
+    unreadable: dict[str, str] = {}
+    assert set(state.load_all(tmp_path, unreadable)) == {"db"}
+    assert "replicas" in unreadable["api"]
+
+
+@pytest.mark.parametrize("handle", [{}, {"pid": "1", "create_time": 1.0}, {"pid": 1, "create_time": "x"},
+                                    {"pid": True, "create_time": 1.0}, {"pid": 5, "create_time": 1.0, "fifo": 7}])
+def test_process_records_are_checked(handle):
+    with pytest.raises(state.RecordError):
+        ProcessRecord.from_dict(handle)
+
+
+def test_checks_are_typed_and_keep_their_table():
+    check = Check.of({"kind": "exec", "exec": ["true"], "interval": 2, "retries": 1})
+    assert (check.argv, check.interval, check.timeout, check.retries) == (("true",), 2.0, 1.0, 1)
+    assert Check.of(check.to_dict()) == check
+    for bad in ({"kind": "udp"}, {"kind": "tcp", "tcp": 80}, {"kind": "tcp", "tcp": "a:1", "retries": 0},
+                {"kind": "http", "http": "http://a/", "interval": "1s"}):
+        with pytest.raises(ValueError):
+            Check.of(bad)
