@@ -8,11 +8,13 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from harness import PY, DaemonRun, run
 
+from supervisor import config
 from supervisor.control import socket_path
 from supervisor.control.client import Client, ControlError
 
@@ -168,8 +170,21 @@ def slow_file(count: int) -> str:
                    f'depends_on = ["missing-service-{i:05d}"]\n' for i in range(count))
 
 
-def test_a_slow_reload_leaves_restarts_and_status_running(tmp_path):
+def test_a_slow_reload_leaves_restarts_and_status_running(tmp_path, monkeypatch):
     path = tmp_path / "services.toml"
+    real_load = config.load
+    slow = threading.Event()
+
+    def slow_load(*args, **kwargs):
+        """config.load made 1.5 s slower once ``slow`` is set: a fast machine rejects even the
+        pathological file below in under 0.5 s (tomli), too fast to show the loop going on."""
+        try:
+            return real_load(*args, **kwargs)
+        finally:
+            if slow.is_set():
+                threading.Event().wait(1.5)  # the validation thread's own work, not a test wait
+
+    monkeypatch.setattr(config, "load", slow_load)
     good = GOOD + f"""
 [services.crash]
 command = ["{PY}", "-c", "raise SystemExit(1)"]
@@ -183,7 +198,8 @@ start_limit = {{ burst = 100000, interval = "1s" }}
             await d.until(lambda: d.pid("api"))
             crash = d.controllers["crash"]
             await d.until(lambda: crash.replicas and crash.replicas[0].restarts > 2, message="crash loop")
-            path.write_text(slow_file(3_000))  # ~270 kB: seconds to parse and reject
+            path.write_text(slow_file(3_000))  # ~270 kB: slow to reject
+            slow.set()
             d.daemon.file_watcher.debouncer.cancel()  # this test drives the reload itself
             started = time.monotonic()
             reload = asyncio.create_task(asyncio.to_thread(ask, d.daemon.state_dir, "reload", 60.0))
