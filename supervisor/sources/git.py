@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from . import SourceError
+from . import SourceError, prune_versions
 from .. import safefs
 from ..redaction import redact
 from ..model import SourceSpec
@@ -157,15 +157,7 @@ class GitSource:
     def prune(self, keep: int, protect: set[str]) -> list[str]:
         """Remove version folders beyond the ``keep`` newest, never those in ``protect``
         (12-digit commit prefixes). Returns the removed prefixes."""
-        if not self.versions.is_dir():
-            return []
-        folders = sorted(self.versions.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-        removed = []
-        for folder in folders[keep:]:
-            if folder.name in protect:
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder.name)
+        removed = prune_versions(self.versions, keep, protect)
         if removed:
             with self._repo() as repo:
                 try:

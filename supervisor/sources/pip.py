@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 # packaging (with ipaddress, platform, ...) is imported where it is used: a supervisor whose
 # file has no pip source never needs it, and every module it loads stays in its memory.
 
-from . import SourceError
+from . import SourceError, prune_versions
 from ..model import SourceSpec
 
 #: Seconds for resolving a requirement against the index.
@@ -149,16 +149,7 @@ class PipSource:
     def prune(self, keep: int, protect: set[str]) -> list[str]:
         """Remove venvs beyond the ``keep`` newest (by install time), never those whose
         version is in ``protect``. Returns the removed versions."""
-        if not self.versions.is_dir():
-            return []
-        folders = sorted(self.versions.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-        removed = []
-        for folder in folders[keep:]:
-            if folder.name in protect:
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder.name)
-        return removed
+        return prune_versions(self.versions, keep, protect)
 
 
 def _last_error(stderr: str) -> str:
