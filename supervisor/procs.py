@@ -206,6 +206,8 @@ class Reaper:
                     pgid = os.getpgid(pid)  # a zombie keeps its process group until reaped
                 except OSError:
                     return False
+                if pgid in private_groups:
+                    return False  # an exec check's leader: its owner reaps it for the status
                 stray = self.subreaper and pgid != self.own_pgid
                 if pgid not in self.groups and not stray:
                     return False
