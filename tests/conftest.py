@@ -101,3 +101,25 @@ def terminate(proc, timeout: float = 30.0) -> None:
 
 #: The podman Engine API service and base image fixtures of the container tests.
 pytest_plugins = ["podman_engine"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel's choice)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 2.0) -> str | None:
+    """The body of ``url`` as text, or None when it is refused, times out, or is cut off (e.g.
+    while a service is being replaced)."""
+    import http.client
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read().decode()
+    except (OSError, http.client.HTTPException):
+        return None

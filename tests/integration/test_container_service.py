@@ -6,39 +6,22 @@ Figures (build, start to ready, stop) are printed with ``-s``."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import docker
 import git
 
-from conftest import terminate, wait_until, write
+from conftest import free_port, http_get as get, terminate, wait_until, write
 
 PY = sys.executable
 SERVER = 'trap "exit 0" TERM; httpd -f -p 8080 -h /www & wait'
 COUNTER = 'trap "exit 0" TERM; i=0; while true; do echo "out $i"; i=$((i+1)); usleep 20000; done'
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.read().decode()
-    except (OSError, http.client.HTTPException):  # refused, or cut off while being replaced
-        return None
 
 
 def status(path: Path) -> dict[str, dict]:

@@ -13,20 +13,18 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import docker
 import git
 import pytest
 
-from conftest import wait_until, write
+from conftest import free_port, http_get as get, wait_until, write
 from supervisor import logs
 from supervisor.model import SourceSpec
 from supervisor.sources.git import GitSource
@@ -43,19 +41,6 @@ FIGURES: dict[str, float] = {}
 SERVER = ('trap "echo stopping; exit 0" TERM; echo "hello $GREETING in $(pwd) as $(id -u)"; '
           'echo "to stderr" >&2; httpd -f -p 8080 -h /www & wait')
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.read().decode()
-    except OSError:
-        return None
 
 
 class Exits:

@@ -13,17 +13,15 @@ import asyncio
 import base64
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
+from conftest import free_port, http_get as get, wait_until
 from harness import DaemonRun, run
 from supervisor.model import SourceSpec
 from supervisor.sources import SourceError
@@ -97,19 +95,6 @@ def make_wheel(index: Path, version: str, crash: bool = False) -> Path:
     temp.rename(wheel)  # published at once: a poll never sees half a wheel
     return wheel
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.read().decode()
-    except OSError:
-        return None
 
 
 @pytest.fixture
