@@ -62,6 +62,17 @@ def running(tmp_path):
     terminate(state["proc"], timeout=30)
 
 
+def waiter(pilot, default_timeout: float):
+    """``await until(predicate, timeout=, message=)``: the pilot's bounded wait for the view,
+    pausing the app 50 ms between looks (Textual's own clock, not a bare sleep)."""
+    async def until(predicate, timeout: float = default_timeout, message: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {message}"
+            await pilot.pause(0.05)
+    return until
+
+
 def test_pilot_shows_replicas_usage_order_and_log_and_keys_drive_the_supervisor(running, tmp_path):
     path, state = running
     from supervisor.top import make_app
@@ -69,11 +80,7 @@ def test_pilot_shows_replicas_usage_order_and_log_and_keys_drive_the_supervisor(
     async def scenario() -> None:
         app = make_app(path, interval=0.2)
         async with app.run_test(size=(150, 40)) as pilot:
-            async def until(predicate, timeout: float = 20.0, message: str = "condition"):
-                deadline = time.monotonic() + timeout
-                while not predicate():
-                    assert time.monotonic() < deadline, f"timed out waiting for {message}"
-                    await pilot.pause(0.05)
+            until = waiter(pilot, 20.0)
 
             def table_rows() -> list[tuple[str, str, str]]:
                 table = app.query_one("#services")
@@ -132,11 +139,7 @@ command = {SLEEP}
     async def scenario() -> None:
         app = make_app(path, interval=0.2)
         async with app.run_test(size=(150, 40)) as pilot:
-            async def until(predicate, timeout: float = 30.0, message: str = "condition"):
-                deadline = time.monotonic() + timeout
-                while not predicate():
-                    assert time.monotonic() < deadline, f"timed out waiting for {message}"
-                    await pilot.pause(0.05)
+            until = waiter(pilot, 30.0)
 
             def message() -> str:
                 rows = app.snapshot.rows
