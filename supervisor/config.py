@@ -14,7 +14,7 @@ import re
 import shlex
 import signal
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -52,7 +52,9 @@ SERVICE_KEYS = (
     "watch", "shell", "user", "log", "kubernetes", "runtime", "ports", "volumes",
 )
 LOG_KEYS = ("max_size", "backups", "timestamps")
-SOURCE_KEYS = ("git", "ref", "poll", "path", "pip", "index", "extra_index", "image")
+SOURCE_KEYS = ("git", "ref", "poll", "path", "mode", "pip", "index", "extra_index", "image")
+#: The values of a local source's ``mode``.
+SOURCE_MODES = ("snapshot", "in-place")
 IMAGE_BUILD_KEYS = ("dockerfile", "context")
 RUNTIMES = ("local", "container", "kubernetes")
 #: Runtimes nothing in this version runs yet: checked in full (their keys too), then refused with
@@ -904,8 +906,8 @@ class _Validator:
         return env
 
     def source(self, keys: tuple[str, ...], value: Any) -> SourceSpec | None:
-        if value is None:
-            return SourceSpec(kind="path", path=self.base)
+        if value is None:  # the config's own folder: run in place (it holds the state dir)
+            return SourceSpec(kind="path", path=self.base, mode="in-place")
         if isinstance(value, str):
             return self.local_source(keys, value)
         if not isinstance(value, dict):
@@ -930,10 +932,20 @@ class _Validator:
         for key in ("index", "extra_index"):
             if key in value:
                 self.error(keys + (key,), f'"{key}" applies to a pip source only')
+        if "mode" in value and "path" not in value:
+            self.error(keys + ("mode",), '"mode" applies to a local folder source only (source = { path = "...", mode = "in-place" })')
+            return None
         if "path" in value and "git" not in value:
             if self.expect(keys + ("path",), value["path"], str, "a path string") is None:
                 return None
-            return self.local_source(keys + ("path",), value["path"])
+            mode = "snapshot"
+            if "mode" in value:
+                mode = self.expect(keys + ("mode",), value["mode"], str, '"snapshot" or "in-place"') or "snapshot"
+                if mode not in SOURCE_MODES:
+                    self.error(keys + ("mode",), f'"mode" must be "snapshot" or "in-place", got {_show(mode)}')
+                    return None
+            found = self.local_source(keys + ("path",), value["path"])
+            return replace(found, mode=mode) if found is not None else None
         if "git" not in value:
             self.error(keys, 'source table needs "git" (a repository URL or path), "path", "pip" or "image"')
             return None

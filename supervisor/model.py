@@ -77,7 +77,10 @@ class SourceSpec:
     commit, and ``poll`` the seconds between remote checks (None: the global default). For pip,
     ``requirement`` is a PEP 508 requirement, ``index``/``extra_index`` pip's index URLs (None:
     pip's own configuration), ``poll`` the seconds between index checks. For image, ``image``
-    is ``NAME[:TAG]``.
+    is ``NAME[:TAG]``. ``mode`` (a local folder only): ``"snapshot"`` runs each revision from
+    its own immutable copy under STATE_DIR (so a rollback runs the previous files),
+    ``"in-place"`` runs the folder itself (no rollback); a service with no ``source`` runs in
+    the config's folder in place.
     """
 
     kind: str  # "path" | "git" | "pip" | "image"
@@ -89,6 +92,12 @@ class SourceSpec:
     index: str | None = None
     extra_index: tuple[str, ...] = ()
     image: str | None = None
+    mode: str = "snapshot"  # "snapshot" | "in-place": local folders only
+
+    @property
+    def in_place(self) -> bool:
+        """A local folder run as it is (no snapshot, so no rollback)."""
+        return self.kind == "path" and self.mode == "in-place"
 
     def describe(self) -> str:
         """``git URL@REF``, ``pip REQUIREMENT``, ``image NAME:TAG`` or the folder, for
@@ -99,7 +108,7 @@ class SourceSpec:
             return f"pip {self.requirement}" + (f" from {redact(str(self.index))}" if self.index else "")
         if self.kind == "image":
             return f"image {self.image}"
-        return str(self.path)
+        return str(self.path) + (" (in place)" if self.mode == "in-place" else "")
 
 
 @dataclass(frozen=True)

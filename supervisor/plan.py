@@ -35,6 +35,7 @@ REBUILD_FIELDS = ("source", "build", "image_build")
 class ActionKind(str, enum.Enum):
     """What an :class:`Action` does; ``update`` applies settings in place, restarting nothing."""
     FETCH = "fetch"
+    SNAPSHOT = "snapshot"  # a local folder copied into an immutable snapshot (sources/path.py)
     PULL = "pull"  # an image source: inspected, pulled when the engine lacks it
     BUILD = "build"
     START = "start"
@@ -212,6 +213,8 @@ def _deploy(spec: ServiceSpec, reason: str, indices: Iterable[int], kind: Action
     actions: list[Action] = []
     if spec.source.kind in ("git", "pip"):  # pip: resolve, and install into a new venv
         actions.append(Action(ActionKind.FETCH, spec.name, None, reason))
+    if spec.source.kind == "path" and not spec.source.in_place:
+        actions.append(Action(ActionKind.SNAPSHOT, spec.name, None, reason))
     if spec.source.kind == "image":
         actions.append(Action(ActionKind.PULL, spec.name, None, f"{reason} (image {spec.source.image})"))
     if spec.build:

@@ -36,7 +36,7 @@ log = logging.getLogger("supervise")
 #: Builds and fetches that may run at once (the machines we target have few cores).
 PREPARE_CONCURRENCY = 4
 #: The actions that need a new artifact (the executor's prepare).
-PREPARE_KINDS = (ActionKind.FETCH, ActionKind.PULL, ActionKind.BUILD)
+PREPARE_KINDS = (ActionKind.FETCH, ActionKind.SNAPSHOT, ActionKind.PULL, ActionKind.BUILD)
 #: Seconds a pass waits for a git fetch before it goes on without that service.
 FETCH_WAIT = 2.0
 
@@ -244,7 +244,7 @@ class Reconciler:
         if spec is None and alive:  # removed from the file: adopted to be stopped
             runtime = alive[0][1].runtime
             spec = ServiceSpec(name=name, command=record.command or ("?",),
-                               source=SourceSpec(kind="path", path=alive[0][1].workdir),
+                               source=SourceSpec(kind="path", path=alive[0][1].workdir, mode="in-place"),
                                stop_signal=record.stop_signal, stop_timeout=record.stop_timeout, replicas=0,
                                runtime=None if runtime == "local" else runtime)
         if spec is None or (not alive and not record.held):
@@ -465,6 +465,8 @@ class Reconciler:
                 # revision (its content hash, from an edit) still needs a new artifact: else
                 # the replicas restart on the old version and every later pass restarts again.
                 artifact = None
+            elif artifact is not None and (controller.spec.source != spec.source or controller.spec.build != spec.build):
+                artifact = None  # a folder run in place moved (or its build changed): prepare it anew
         for action in actions:
             if action.kind is ActionKind.UPDATE:
                 controller.apply_settings(spec)

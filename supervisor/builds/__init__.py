@@ -4,7 +4,9 @@
 An :class:`Artifact` is a folder the replicas run in plus its version,
 ``REVISION12-BUILDHASH8``. A git source builds in a fresh worktree per commit, so a build never
 disturbs the folder the running version uses; a successful build of a version is remembered
-(``STATE_DIR/sources/NAME/built/VERSION``) and not repeated. A local folder builds in place. A
+(``STATE_DIR/sources/NAME/built/VERSION``) and not repeated. A local folder is copied
+into a snapshot per content hash (``sources/path.py``) and builds there; one with
+``mode = "in-place"`` builds in place. A
 pip source's revision is the package version pip resolves (kept whole: ``1.10-BUILDHASH8``), and
 each version is installed into its own venv (``sources/pip.py``), the folder its replicas run in.
 """
@@ -12,6 +14,7 @@ each version is installed into its own venv (``sources/pip.py``), the folder its
 from __future__ import annotations
 
 import asyncio
+import glob
 import hashlib
 import logging
 import os
@@ -25,7 +28,7 @@ from ..environ import replica_env
 from ..model import ServiceSpec, Version
 from ..sources import SourceError
 from ..sources.git import GitSource
-from ..sources.path import content_hash
+from ..sources.path import FolderSource, content_hash
 from ..sources.pip import PipSource, venv_env
 
 log = logging.getLogger("supervise")
@@ -118,6 +121,12 @@ class Preparer:
         assert source.path is not None
         if not source.path.is_dir():
             raise PrepareError("fetch", f"source folder {source.path} does not exist")
+        if not source.in_place:  # an immutable copy per content hash (sources/path.py)
+            folder = FolderSource(source.path, source_root(self.state_dir, spec.name), self.state_dir)
+            try:
+                return await asyncio.to_thread(folder.snapshot)
+            except (SourceError, safefs.UnsafeStateDir) as exc:
+                raise PrepareError("fetch", str(exc)) from None
         if not spec.watch:
             # Without watch globs nothing follows the folder's contents, and hashing a large
             # folder (often the config's own) costs seconds: name the version by the folder.
@@ -130,27 +139,44 @@ class Preparer:
         workdir, revision = await self.resolve(spec)
         version = make_version(revision, spec)
         marker = source_root(self.state_dir, spec.name) / "built" / version
+        versioned = spec.source.kind in ("git", "pip") or (spec.source.kind == "path" and not spec.source.in_place)
         if spec.source.kind == "pip":
             await self.install(spec, revision, version)
-        if spec.build and not (spec.source.kind in ("git", "pip") and marker.exists()):
+        if spec.build and not (versioned and marker.exists()):
             await self.build(spec, workdir, version)
-            if spec.source.kind in ("git", "pip"):
+            if versioned:
                 safefs.ensure_dir(safefs.ensure_dir(marker.parent.parent) / "built")
                 safefs.write_atomic(marker.parent, marker.name, b"")
-        if spec.source.kind == "path" and spec.watch and spec.build:
+        if spec.source.in_place and spec.watch and spec.build:
             # A watched folder's revision is its content *after* the build: the build's own
             # output (a stamp, a bundle) then never looks like an edit to rebuild for.
             revision = await asyncio.to_thread(content_hash, workdir, [self.state_dir])
             version = make_version(revision, spec)
-        if spec.source.kind == "git":
-            keep = {Version.parse(v).revision for v in protect} | {Version.of(revision, "").revision}
-            git_source = GitSource(spec.source, source_root(self.state_dir, spec.name))
-            await asyncio.to_thread(git_source.prune, self.keep_versions, keep)
-        if spec.source.kind == "pip":
-            keep = {v.rsplit("-", 1)[0] for v in protect} | {revision}
-            pip = PipSource(spec.source, source_root(self.state_dir, spec.name))
-            await asyncio.to_thread(pip.prune, self.keep_versions, keep)
+        await asyncio.to_thread(self.prune, spec, protect | {version})
         return Artifact(workdir=workdir, version=version, revision=revision)
+
+    def prune(self, spec: ServiceSpec, protect: set[str]) -> list[str]:
+        """Keep ``keep_versions`` versions of ``spec``'s source on disk (git worktrees, pip
+        venvs, folder snapshots), never one of the versions in ``protect`` (what runs, what
+        is good, what is pinned); the build markers of removed ones go too (a version checked
+        out again is built again). Blocking. Returns the removed folder names."""
+        root = source_root(self.state_dir, spec.name)
+        source = spec.source
+        removed: list[str] = []
+        if source.kind == "git":
+            keep = {Version.parse(v).revision for v in protect}
+            removed = GitSource(source, root).prune(self.keep_versions, keep)
+        elif source.kind == "pip":
+            keep = {v.rsplit("-", 1)[0] for v in protect}
+            removed = PipSource(source, root).prune(self.keep_versions, keep)
+        elif source.kind == "path" and source.path is not None and not source.in_place:
+            keep = {Version.parse(v).revision for v in protect}
+            removed = FolderSource(source.path, root, self.state_dir).prune(self.keep_versions, keep)
+        built = root / "built"
+        for name in removed:
+            for marker in built.glob(f"{glob.escape(name)}-*") if built.is_dir() else ():
+                safefs.unlink_in(built, marker.name)
+        return removed
 
     async def install(self, spec: ServiceSpec, package_version: str, version: str) -> None:
         """Make the venv of ``package_version`` (a pip source) unless it is complete; pip's
@@ -183,7 +209,7 @@ class Preparer:
                 raise PrepareError("build", "no process reaper")
             if spec.user:  # the build runs as the service's user, like its replicas
                 safefs.check_not_writable_by(self.state_dir, spec.user)
-                if spec.source.kind == "git":
+                if spec.source.kind == "git" or (spec.source.kind == "path" and not spec.source.in_place):
                     _give_to(workdir, spec.user)
             handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=write_fd, user=spec.user,
                                  tag=procs.state_tag(self.state_dir))

@@ -56,7 +56,7 @@ def test_defaults(tmp_path):
     assert spec == ServiceSpec(
         name="api",
         command=("app",),
-        source=SourceSpec(kind="path", path=tmp_path.resolve()),
+        source=SourceSpec(kind="path", path=tmp_path.resolve(), mode="in-place"),
     )
     # spelled out, so a changed default is a visible decision
     assert spec.build is None
@@ -219,7 +219,9 @@ PATHS = [
     ('source = "./api"', lambda c: SourceSpec(kind="path", path=(c / "api").resolve())),
     ('source = "api"', lambda c: SourceSpec(kind="path", path=(c / "api").resolve())),
     ('source = { path = "api/../api" }', lambda c: SourceSpec(kind="path", path=(c / "api").resolve())),
-    ("", lambda c: SourceSpec(kind="path", path=c.resolve())),
+    ("", lambda c: SourceSpec(kind="path", path=c.resolve(), mode="in-place")),
+    ('source = { path = "api", mode = "in-place" }', lambda c: SourceSpec(kind="path", path=(c / "api").resolve(),
+                                                                       mode="in-place")),
     ('source = { git = "repos/lib.git", ref = "v1" }',
      lambda c: SourceSpec(kind="git", url=str((c / "repos/lib.git").resolve()), ref="v1")),
 ]

@@ -189,4 +189,5 @@ def test_plan_shows_image_pulls_and_builds_with_their_reasons(tmp_path):
         '[services.app]\nsource = "."\nbuild = { dockerfile = "Dockerfile", context = "docker" }\n')
     lines = plan(config.load(tmp_path / "services.toml"), Observed({})).lines()
     assert lines == ["pull web: new service (image nginx:1.25)", "start web[0]: new service",
+                     "snapshot app: new service",  # the build context is the folder's snapshot
                      "build app: new service (image from Dockerfile in docker)", "start app[0]: new service"]
