@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("services", nargs="*", metavar="NAME", help="service names or shell globs ('web-*')")
         one.add_argument("--all", action="store_true", help="every service of the running supervisor")
     sub.add_parser("reload", parents=[common], help="re-read the config file and apply it now")
+    versions = sub.add_parser("versions", parents=[common, as_json],
+                              help="a service's versions on disk: which proved good, which runs, which is pinned")
+    versions.add_argument("service", metavar="NAME", help="the service")
+    rollback = sub.add_parser("rollback", parents=[common],
+                              help="run an earlier version (default: the newest good one) and pin it until the next change")
+    rollback.add_argument("service", metavar="NAME", help="the service")
+    rollback.add_argument("version", nargs="?", default=None, metavar="VERSION",
+                          help="a version (or a unique prefix) from `supervise versions NAME`")
     events = sub.add_parser("events", parents=[common, names], help="stream events as JSON lines")
     del events
     add_import_verb(sub)
@@ -311,10 +319,23 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
     """The verbs answered by the running supervisor over its control socket."""
     state_dir = state_dir_of(path)
     try:
-        with Client(state_dir, timeout=None if verb in ("events", "reload", "restart", "start", "stop") else 30) as client:
+        with Client(state_dir, timeout=None if verb in ("events", "reload", "restart", "start", "stop", "rollback")
+                    else 30) as client:
             if verb == "events":
                 for event in client.stream("events", services=args.services):
                     print(json.dumps(event, separators=(",", ":")), flush=True)
+                return EXIT_OK
+            if verb == "versions":
+                reply = client.call(verb, service=args.service)
+                if args.json:
+                    print(json.dumps(reply, indent=2))
+                else:
+                    print_versions(reply)
+                return EXIT_OK
+            if verb == "rollback":
+                reply = client.call(verb, service=args.service, version=args.version)
+                print(f"{args.service}: running {reply['version']}, pinned until the next change")
+                print_status(reply["services"])
                 return EXIT_OK
             services = getattr(args, "services", [])
             if verb in ("start", "stop", "restart"):
@@ -369,18 +390,62 @@ def choose_services(client: Client, verb: str, words: list[str], every: bool) ->
 
 def print_status(rows: list[dict]) -> None:
     """The status table: one line per replica."""
-    header = ("SERVICE", "REPLICA", "PHASE", "PID", "VERSION", "UPTIME", "RESTARTS", "LAST EXIT", "READY", "MESSAGE")
+    header = ("SERVICE", "REPLICA", "PHASE", "PID", "VERSION", "UPTIME", "RESTARTS", "LAST EXIT", "READY", "GOOD",
+              "MESSAGE")
     table = [header]
+    rules: dict[str, str] = {}
     for row in rows:
+        good = row.get("good")
         table.append((
             row["service"], "-" if row["replica"] is None else str(row["replica"]),
             row["phase"] + (" (held)" if row.get("held") else ""), str(row["pid"] or "-"),
             row["version"] or "-", format_duration(row["uptime"]) if row["uptime"] is not None else "-",
-            str(row["restarts"]), row["last_exit"] or "-", "yes" if row["ready"] else "no", row.get("message") or "",
+            str(row["restarts"]), row["last_exit"] or "-", "yes" if row["ready"] else "no",
+            "-" if good is None else "yes" if good else "no", row.get("message") or "",
         ))
+        if row.get("good_rule"):
+            rules[row["service"]] = rollback_line(row)
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+    if rules:
+        print()
+        for name, line in rules.items():
+            print(f"{name}: {line}")
+
+
+def print_versions(reply: dict) -> None:
+    """The table of ``supervise versions NAME``: newest first, with what is good, runs, pinned."""
+    header = ("VERSION", "GOOD", "RUNNING", "PINNED", "BUILT", "FOLDER")
+    table = [header]
+    for row in reply["versions"]:
+        running = ",".join(map(str, row["running"])) if row["running"] else "-"
+        table.append((row["version"] + (" (newest)" if row.get("newest") else ""), "yes" if row["good"] else "no",
+                      running, "yes" if row["pinned"] else "-",
+                      "-" if row["built"] is None else "yes" if row["built"] else "no", row["folder"] or "(not on disk)"))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+    print()
+    print(f"{reply['service']}: {reply['source']}; "
+          + rollback_line({"in_place": reply.get("in_place"), "good_rule": reply.get("good_rule"),
+                           "pinned": reply.get("pinned"), "rollback_to": reply.get("rollback_to")})
+          + f"; keep_versions = {reply.get('keep_versions')}")
+
+
+def rollback_line(row: dict) -> str:
+    """The rollback rule of a status row in words: ``good = up for 10s without a crash;
+    a failing update rolls back to abc-123``."""
+    if row.get("in_place"):
+        return "runs its folder in place: no snapshot, no rollback"
+    line = f"good = {row['good_rule']}; "
+    if row.get("pinned"):
+        line += f"pinned to {row['pinned']} by `supervise rollback` until the next change"
+    elif row.get("rollback_to"):
+        line += f"a failing update rolls back to {row['rollback_to']}"
+    else:
+        line += "no good version yet: a failing update has nothing to roll back to"
+    return line
 
 
 def cmd_logs(path: Path, args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 SHELLS = ("bash", "zsh", "fish")
 #: Verbs whose positional arguments are service names.
-NAME_VERBS = ("status", "logs", "top", "start", "stop", "restart", "events", "exec")
+NAME_VERBS = ("status", "logs", "top", "start", "stop", "restart", "events", "exec", "versions", "rollback")
 #: Options whose value is a file.
 FILE_OPTIONS = ("-c", "--config", "--env")
 

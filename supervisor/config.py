@@ -49,7 +49,7 @@ SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "kuber
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
-    "watch", "shell", "user", "log", "kubernetes", "runtime", "ports", "volumes",
+    "watch", "shell", "user", "log", "kubernetes", "runtime", "ports", "volumes", "good_after",
 )
 LOG_KEYS = ("max_size", "backups", "timestamps")
 SOURCE_KEYS = ("git", "ref", "poll", "path", "mode", "pip", "index", "extra_index", "image")
@@ -831,6 +831,7 @@ class _Validator:
 
         ready = self.check(get("ready"), table["ready"]) if "ready" in table else None
         live = self.check(get("live"), table["live"]) if "live" in table else None
+        good_after = self.duration(get("good_after"), table["good_after"]) if "good_after" in table else None
 
         update = "recreate"
         if "update" in table:
@@ -874,7 +875,7 @@ class _Validator:
             restart=restart, backoff=backoff, start_limit=start_limit, stop_signal=stop_signal,
             stop_timeout=stop_timeout, depends_on=(), shell=shell, ready=ready, live=live,
             update=update, watch=watch, user=user, log=log, runtime=runtime, ports=ports, volumes=volumes,
-            image_build=image_build,
+            image_build=image_build, good_after=good_after,
         )
 
     def env_file(self, keys: tuple[str, ...], value: str, path: Path) -> dict[str, str]:

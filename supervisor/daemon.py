@@ -30,6 +30,7 @@ from . import views
 from .plan import Plan
 from .reconciler import dependency_levels
 from .watch import FileWatcher
+from .versions import VersionError
 
 log = logging.getLogger("supervise")
 
@@ -163,7 +164,8 @@ class Daemon:
 
     def handlers(self) -> dict[str, Any]:
         return {"ping": self.h_ping, "status": self.h_status, "plan": self.h_plan, "reload": self.h_reload,
-                "start": self.h_start, "stop": self.h_stop, "restart": self.h_restart, "events": self.h_events}
+                "start": self.h_start, "stop": self.h_stop, "restart": self.h_restart, "events": self.h_events,
+                "versions": self.h_versions, "rollback": self.h_rollback}
 
     async def h_ping(self, request: dict, writer: asyncio.StreamWriter) -> dict:
         return {"pid": os.getpid(), "version": __version__, "config": str(self.path)}
@@ -243,6 +245,27 @@ class Daemon:
             await asyncio.gather(*(self.reconciler.controllers[n].user_restart() for n in level if n in roots))
         await self.reconciler.apply(self.desired)
         return {"services": self.status_rows([c.name for c in controllers])}
+
+    async def h_versions(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        """``{"service": NAME}``: the versions of NAME on disk, which proved good, which runs."""
+        name = request.get("service")
+        if not isinstance(name, str) or name not in self.reconciler.controllers:
+            return {"ok": False, "error": f"unknown service: {name}", "code": Code.UNKNOWN_SERVICE}
+        return self.reconciler.versions(name)
+
+    async def h_rollback(self, request: dict, writer: asyncio.StreamWriter) -> dict:
+        """``{"service": NAME, "version": VERSION or null}``: run that version (default: the
+        newest good one other than what runs) and pin it until the next change."""
+        name, wanted = request.get("service"), request.get("version")
+        if not isinstance(name, str) or name not in self.reconciler.controllers:
+            return {"ok": False, "error": f"unknown service: {name}", "code": Code.UNKNOWN_SERVICE}
+        if wanted is not None and not isinstance(wanted, str):
+            return {"ok": False, "error": "version: expected a string", "code": Code.FAILED}
+        try:
+            version = await self.reconciler.rollback(name, wanted or None)
+        except VersionError as exc:
+            return {"ok": False, "error": str(exc), "code": Code.FAILED}
+        return {"version": version, "services": self.status_rows([name])}
 
     async def h_events(self, request: dict, writer: asyncio.StreamWriter) -> None:
         names = set(request.get("services") or [])

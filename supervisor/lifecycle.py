@@ -27,7 +27,8 @@ from .model import Backoff, Check, Exit, Phase, RestartPolicy, ServiceSpec, Star
 UP = (Phase.RUNNING, Phase.READY)
 #: Crashes of a new version, before it has proven itself, that roll it back.
 ROLLBACK_CRASHES = 3
-#: Seconds a new version without a ready check must stay up to count as good.
+#: Seconds a version without a ready check must stay up (without a crash) to count as good:
+#: the default of ``good_after`` (with a ready check the default is 0: good once ready).
 PROBATION = 10.0
 #: Seconds a start-first replacement without a ready check must stay up before the old stops.
 START_FIRST_GRACE = 1.0
@@ -38,6 +39,7 @@ class Timer(str, enum.Enum):
 
     BACKOFF = "backoff"      # the restart after a crash
     PROBATION = "probation"  # a new version's time to prove itself
+    GOOD = "good"            # ready for good_after seconds: the version is good
     TRIAL = "trial"          # a start-first candidate's time to become ready
 
 
@@ -57,13 +59,38 @@ class Policy:
     live_retries: int = 3
     probation: float = PROBATION
     grace: float = START_FIRST_GRACE
+    good_after: float | None = None  # seconds; None: the default rule (see good_delay)
+    rollback: bool = True  # False: a folder run in place has no previous files to go back to
 
     @classmethod
     def of(cls, spec: ServiceSpec) -> "Policy":
         """The policy of ``spec``."""
         return cls(name=spec.name, restart=spec.restart, backoff=spec.backoff, start_limit=spec.start_limit,
                    stop_signal=spec.stop_signal, stop_timeout=spec.stop_timeout, has_ready=spec.ready is not None,
-                   ready_deadline=ready_deadline(spec), live_retries=spec.live.retries if spec.live else 3)
+                   ready_deadline=ready_deadline(spec), live_retries=spec.live.retries if spec.live else 3,
+                   good_after=spec.good_after, rollback=not spec.source.in_place)
+
+    @property
+    def good_delay(self) -> float:
+        """The rule of a good version (README, "Rollback"): a replica is *good* once it has been
+        ready (its ``ready`` check passed; without one: running) for this many seconds without
+        a crash. ``good_after`` when set; else 0 with a ready check (good once ready) and
+        :data:`PROBATION` (10 s) without one."""
+        if self.good_after is not None:
+            return self.good_after
+        return 0.0 if self.has_ready else self.probation
+
+    @property
+    def probation_deadline(self) -> float:
+        """Seconds a new version on probation gets to become good: its ready deadline (with a
+        ready check) plus :attr:`good_delay`."""
+        return (self.ready_deadline if self.has_ready else 0.0) + self.good_delay
+
+    def describe_good(self) -> str:
+        """The rule in words, for status: ``"ready for 10s"``, ``"ready"``, ``"up for 10s"``."""
+        what = "ready" if self.has_ready else "up"
+        delay = self.good_delay
+        return f"{what} for {delay:g}s without a crash" if delay else f"{what}"
 
 
 def ready_deadline(spec: ServiceSpec) -> float:
@@ -96,6 +123,7 @@ class ReplicaState:
     stopping: bool = False
     stale: bool = False  # adopted, started from another config: the next plan replaces it
     probation: bool = False  # a new version with a last good one to roll back to
+    good: bool = False  # ready for good_after seconds without a crash (Policy.good_delay)
     probation_crashes: int = 0
     trial: bool = False  # a start-first candidate beside the old replica
     live_failures: int = 0
@@ -255,6 +283,12 @@ class Rollback:
 
 
 @dataclass(frozen=True)
+class Good:
+    """The replica's launch proved itself (:attr:`Policy.good_delay`): remember its version as
+    good, the one a later bad version rolls back to."""
+
+
+@dataclass(frozen=True)
 class Promote:
     """The start-first candidate is good: it replaces the old replica."""
 
@@ -266,7 +300,7 @@ class Abandon:
     why: str
 
 
-Effect = Union[Spawn, Arm, Cancel, StopProcess, Emit, Note, Rollback, Promote, Abandon]
+Effect = Union[Spawn, Arm, Cancel, StopProcess, Emit, Note, Rollback, Good, Promote, Abandon]
 
 
 def emit(type: EventType, **data: object) -> Emit:
@@ -324,6 +358,8 @@ def _on_spawn_failed(policy: Policy, out: _Out, event: Any, now: float, who: str
 def _on_adopted(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
     out.state = replace(out.state, phase=Phase.RUNNING, pid=event.pid, started=now, started_at=event.started_at,
                         restarts=event.restarts, stale=event.stale, ready=not policy.has_ready)
+    if out.state.ready:
+        _became_ready(policy, out)
 
 
 def _on_exited(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
@@ -331,7 +367,9 @@ def _on_exited(policy: Policy, out: _Out, event: Any, now: float, who: str) -> N
     if state.stopping or state.pid is None:
         return
     uptime = now - state.started if state.started is not None else 0.0
-    out.state = replace(state, pid=None, last_exit=event.exit)
+    out.state = replace(state, pid=None, last_exit=event.exit, good=False)
+    if not state.good:
+        out.effects.append(Cancel(Timer.GOOD))
     out.effects += [Note(f"{who} pid {state.pid} exited: {event.exit}"),
                     emit(EventType.EXITED, pid=state.pid, exit=str(event.exit), code=event.exit.code,
                          signal=event.exit.signal, uptime=round(uptime, 3))]
@@ -347,6 +385,24 @@ def _on_ready(policy: Policy, out: _Out, event: Any, now: float, who: str) -> No
         if state.trial:
             out.state = replace(out.state, trial=False)
             out.effects += [Cancel(Timer.TRIAL), Promote()]
+        _became_ready(policy, out)
+
+
+def _became_ready(policy: Policy, out: _Out) -> None:
+    """Ready now: good at once (``good_delay`` 0) or after ``good_delay`` s up without a crash."""
+    if out.state.good:
+        return
+    if policy.good_delay <= 0:
+        _good(out)
+    else:
+        out.effects.append(Arm(Timer.GOOD, policy.good_delay))
+
+
+def _good(out: _Out) -> None:
+    """The replica proved itself: its probation (if any) ends well."""
+    cancel: list[Effect] = [Cancel(Timer.PROBATION)] if out.state.probation else []
+    out.state = replace(out.state, good=True, probation=False, probation_crashes=0)
+    out.effects += [*cancel, Good()]
 
 
 def _on_live(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
@@ -377,19 +433,15 @@ _HANDLERS: dict[type, Callable[[Policy, _Out, Any, float, str], None]] = {
 
 
 def proven(policy: Policy, state: ReplicaState, now: float) -> bool:
-    """Up now, past probation, and ready if it has a check: a launch worth going back to."""
-    if state.pid is None or not state.up or state.probation or state.trial:
-        return False
-    if policy.has_ready:
-        return state.ready
-    return state.started is not None and now - state.started >= policy.probation
+    """Up now and good (:attr:`Policy.good_delay`): a launch worth going back to."""
+    return state.pid is not None and state.up and state.good and not state.trial
 
 
 def _start(policy: Policy, out: _Out, event: Start, now: float) -> None:
     out.state = replace(out.state, reason=event.reason, probation=event.probation, trial=event.trial,
                         probation_crashes=0)
     if event.probation:
-        out.effects.append(Arm(Timer.PROBATION, policy.ready_deadline if policy.has_ready else policy.probation))
+        out.effects.append(Arm(Timer.PROBATION, policy.probation_deadline))
     if event.waiting:
         out.state = replace(out.state, phase=Phase.PENDING, message=f"waiting for {event.waiting}")
         return
@@ -411,11 +463,13 @@ def _spawn(policy: Policy, out: _Out, reason: str, now: float, count: bool) -> N
 def _spawned(policy: Policy, out: _Out, event: Spawned, now: float, who: str) -> None:
     state = out.state
     out.state = replace(state, phase=Phase.RUNNING, pid=event.pid, started=now, started_at=event.at,
-                        ready=not policy.has_ready, message="", start_error="", live_failures=0)
+                        ready=not policy.has_ready, message="", start_error="", live_failures=0, good=False)
     out.effects += [Note(f"started {who} pid {event.pid}: {state.reason}"),
                     emit(EventType.STARTED, pid=event.pid, reason=state.reason)]
     if state.trial:
         out.effects.append(Arm(Timer.TRIAL, policy.ready_deadline if policy.has_ready else policy.grace))
+    if out.state.ready:
+        _became_ready(policy, out)
 
 
 def _exited(policy: Policy, out: _Out, exit: Exit, now: float, uptime: float, jitter: float, who: str) -> None:
@@ -483,7 +537,11 @@ def _fired(policy: Policy, out: _Out, timer: Timer, now: float) -> None:
         if policy.has_ready and not (state.ready and state.up):
             out.effects.append(Rollback(f"never became ready within {policy.ready_deadline:g}s"))
         elif not state.up:
-            out.effects.append(Rollback(f"not running {policy.probation:g}s after the update ({state.phase.value})"))
+            out.effects.append(Rollback(f"not running {policy.probation_deadline:g}s after the update "
+                                        f"({state.phase.value})"))
+    elif timer is Timer.GOOD:
+        if state.up and state.ready and state.pid is not None and not state.stopping and not state.good:
+            _good(out)
     elif timer is Timer.TRIAL:
         if not state.trial:
             return

@@ -261,6 +261,10 @@ class ServiceSpec:
     ports: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     image_build: ImageBuild | None = None
+    #: Seconds a replica must be ready (without a ready check: up) without a crash for its
+    #: version to count as good, the one a bad update rolls back to (None: 0 with a ready
+    #: check, 10 s without; :attr:`supervisor.lifecycle.Policy.good_delay`).
+    good_after: float | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServiceSpec):
@@ -386,6 +390,7 @@ class ReplicaObserved:
     ready: bool = False  # its ready check passed (or it has none) while it runs
     message: str = ""  # why it is in its phase (waiting for, restart in, start limit hit, ...)
     running: bool = False  # a process (or container) of it is held, even while it is stopped
+    good: bool = False  # its version proved itself (ready for good_after s without a crash)
 
 
 @dataclass(frozen=True)
@@ -412,6 +417,11 @@ class ServiceObserved:
     preparing: str = ""  # "fetching" or "building" while a version is prepared, else ""
     preparing_since: float | None = None  # when that began (seconds since the epoch)
     build_line: str = ""  # the last line of output of the build under way ("" when none)
+    good_rule: str = ""  # the rule of a good version in words ("up for 10s without a crash")
+    good_versions: tuple[str, ...] = ()  # versions that proved good, oldest first
+    rollback_to: str | None = None  # the good version a failing update goes back to (None: none)
+    pinned: str | None = None  # the version `supervise rollback` pinned (until the next change)
+    in_place: bool = False  # a folder run in place: no snapshot, no rollback
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Awaitable, Callable, Mapping, cast
+from typing import Any, Awaitable, Callable, Mapping, cast
 
-from . import cgroups, errors, graph, logs, procs, safefs, state
+from . import cgroups, errors, graph, logs, procs, safefs, state, versions
 from .backoff import next_delay
 from .clock import SYSTEM, Clock
 from .builds import Artifact, PrepareError, Preparer
@@ -261,6 +261,7 @@ class Reconciler:
                 continue
             artifact = Artifact(workdir=item.workdir, version=item.version,
                                 revision=item.revision or Version.parse(item.version).revision)
+            controller.restore_good(record.good, record.pinned)
             stale = wanted is None or item.fingerprint != current
             controller.adopt(index, handle, spec, artifact, item.started_at, item.restarts, stale)
         return len(alive)
@@ -374,7 +375,9 @@ class Reconciler:
 
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
         controller = self.controllers[spec.name]
+        # what runs, what proved good (rollback targets) and what is pinned stay on disk
         protect = {r.launch.artifact.version for r in controller.replicas.values()}
+        protect |= set(controller.good_versions()) | ({controller.pinned} if controller.pinned else set())
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
         controller.preparing_since = self.clock.time()
         controller.changed()
@@ -481,6 +484,53 @@ class Reconciler:
             (controller.restart_replica if a.kind is ActionKind.RESTART else controller.start_replica)(
                 a.replica, spec, artifact, a.reason)  # type: ignore[arg-type]
             for a in starts))
+
+    # -- versions on disk and a user's rollback (supervise versions / rollback) -------------
+
+    def versions(self, name: str) -> dict[str, Any]:
+        """What ``supervise versions NAME`` shows: the rule, then a row per version (see
+        :func:`supervisor.versions.listing`). Raises KeyError for an unknown service."""
+        controller = self.controllers[name]
+        spec = controller.spec
+        observed = controller.observe()
+        running = {i: r.launch.artifact.version for i, r in controller.replicas.items() if r.handle is not None}
+        rows = versions.listing(self.state_dir, spec, running, [g.artifact for g in controller.good],
+                                controller.pinned, self.revisions.get(name))
+        return {"service": name, "source": spec.source.describe(), "in_place": observed.in_place,
+                "good_rule": observed.good_rule, "rollback_to": observed.rollback_to, "pinned": controller.pinned,
+                "keep_versions": self.settings.keep_versions, "versions": rows}
+
+    async def rollback(self, name: str, wanted: str | None) -> str:
+        """Run ``wanted`` (a version or a unique prefix; None: the newest good version other
+        than what runs) on every replica of ``name`` and pin it: the plan leaves it alone until
+        the file changes this service or its source shows a newer revision (then that deploys
+        as usual). Returns the version now pinned. Raises KeyError (unknown service) or
+        :class:`~supervisor.versions.VersionError` (nothing to roll back to, in place, ...)."""
+        async with self.lock:
+            controller = self.controllers[name]
+            spec = controller.spec
+            if spec.source.in_place:
+                raise versions.VersionError(f'{name} runs its folder in place (mode = "in-place"): there is no '
+                                            "earlier version on disk to roll back to")
+            if controller.executor is not self.local:
+                raise versions.VersionError(f"{name}: rollback of {controller.executor.name} services is not "
+                                            "supported yet")
+            if controller.held:
+                raise versions.VersionError(f"{name} is stopped by a user: `supervise start {name}` first")
+            current = controller.artifact
+            good = [g.artifact for g in controller.good]
+            artifact = await asyncio.to_thread(versions.choose, self.state_dir, spec, wanted,
+                                               current.version if current else None, good)
+            newest = self.revisions.get(name) or (current.revision if current else None)
+            reason = f"rolled back by user to {artifact.version}"
+            log.info("%s: %s", name, reason)
+            self.notifier.emit(EventType.ROLLED_BACK, name, artifact.version, reason="by user",
+                               bad_version=current.version if current else None)
+            await asyncio.gather(*(controller.restart_replica(i, spec, artifact, reason, probation=False)
+                                   for i in range(spec.replicas)))
+            controller.pin(artifact.version, newest)
+        self.on_change()
+        return artifact.version
 
     async def _remove(self, name: str) -> None:
         controller = self.controllers[name]

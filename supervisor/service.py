@@ -29,7 +29,7 @@ from .executors import Executor, Running, StartFailed
 from .sources.pip import venv_env
 from .events import EventType, Notifier
 from .lifecycle import (
-    UP, Abandon, Adopted, Arm, Cancel, DependenciesChanged, Effect, Emit, Exited, Fired, LiveProbe, Note, Policy,
+    UP, Abandon, Adopted, Arm, Cancel, DependenciesChanged, Effect, Emit, Exited, Fired, Good, LiveProbe, Note, Policy,
     Promote, Ready, ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer,
 )
 from .model import Condition, Exit, Phase, ReplicaObserved, ServiceObserved, ServiceSpec
@@ -134,6 +134,10 @@ class ServiceController:
         self.preparing: Phase | None = None  # FETCHING/BUILDING while a version is prepared
         self.preparing_since: float | None = None  # when it began (seconds since the epoch)
         self.held = False
+        #: Launches whose version proved good (Policy.good_delay), oldest first, one per version:
+        #: the last is what a failing update rolls back to.
+        self.good: list[Launch] = []
+        self.pinned: str | None = None  # the version `supervise rollback` pinned
         self._persist_pending = False
         self._persisted: state.ServiceRecord | None = None  # the record last written
         self._persist_error = ""
@@ -145,12 +149,16 @@ class ServiceController:
 
     def observe(self) -> ServiceObserved:
         """This service as the planner sees it."""
+        good = self.good_versions()
         replicas = {
             i: ReplicaObserved(index=i, phase=r.phase, pid=r.pid, version=r.launch.artifact.version,
                                restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at,
-                               stale=r.stale, ready=r.ready, message=r.message, running=r.handle is not None)
+                               stale=r.stale, ready=r.ready, message=r.message, running=r.handle is not None,
+                               good=r.launch.artifact.version in good)
             for i, r in self.replicas.items()
         }
+        policy = Policy.of(self.spec)
+        target = self.good_launch
         failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
                                version=self.artifact.version if self.artifact else None,
@@ -159,7 +167,53 @@ class ServiceController:
                                log_error=self.sink.trouble or "",
                                preparing=self.preparing.value if self.preparing is not None else "",
                                preparing_since=self.preparing_since if self.preparing is not None else None,
-                               build_line=self.sink.last_build_line if self.preparing is Phase.BUILDING else "")
+                               build_line=self.sink.last_build_line if self.preparing is Phase.BUILDING else "",
+                               good_rule=policy.describe_good() if policy.rollback else "in place: no rollback",
+                               good_versions=good, rollback_to=target.artifact.version if target else None,
+                               pinned=self.pinned, in_place=not policy.rollback)
+
+    # -- good versions (the rollback targets) --------------------------------------------------
+
+    #: How many good versions are remembered (and kept on disk).
+    GOOD_KEPT = 5
+
+    def good_versions(self) -> tuple[str, ...]:
+        """The versions that proved good, oldest first."""
+        return tuple(launch.artifact.version for launch in self.good)
+
+    @property
+    def good_launch(self) -> Launch | None:
+        """The newest launch that proved good: what a failing update rolls back to."""
+        return self.good[-1] if self.good else None
+
+    def mark_good(self, launch: Launch) -> None:
+        """``launch`` proved itself: it becomes the newest good one (README, "Rollback")."""
+        if not Policy.of(launch.spec).rollback:  # a folder run in place: its files change under it
+            return
+        self.good = [g for g in self.good if g.artifact.version != launch.artifact.version][-(self.GOOD_KEPT - 1):]
+        self.good.append(launch)
+        self.persist()
+
+    def pin(self, version: str, newest: str | None) -> None:
+        """``supervise rollback`` ran ``version``: hold it until the next change. ``newest``
+        is the newest revision the source showed; the plan does not deploy it again (as after
+        an automatic rollback), a newer one or a change of the file does (start_replica unpins)."""
+        self.pinned = version
+        self.build_failed = True
+        self.failed_revision = newest
+        self.deploy_message = f"pinned to {version} by `supervise rollback`; the next change deploys as usual"
+        self.sink.note(f"{self.name}: {self.deploy_message}")
+        self.changed()
+        self.persist()
+
+    def restore_good(self, good: tuple[tuple[str, str, str], ...], pinned: str) -> None:
+        """Take the good versions (and the pin) a previous supervisor recorded, with the
+        current spec (their folders are checked when a rollback needs them)."""
+        from .builds import Artifact
+
+        if not self.good:
+            self.good = [Launch(self.spec, Artifact(workdir=Path(w), version=v, revision=r)) for v, r, w in good]
+        self.pinned = pinned or self.pinned
 
     @property
     def phase(self) -> Phase:
@@ -228,6 +282,8 @@ class ServiceController:
             self._cancel(replica, effect.timer)
         elif isinstance(effect, Rollback):
             self._rollback(replica, effect.why)
+        elif isinstance(effect, Good):
+            self.mark_good(replica.launch)
         elif isinstance(effect, (Promote, Abandon)):
             if replica.trial is not None and not replica.trial.done():
                 replica.trial.set_result((True, "") if isinstance(effect, Promote) else (False, effect.why))
@@ -290,6 +346,7 @@ class ServiceController:
         self.spec = spec
         self.artifact = artifact
         self.build_failed = False
+        self.pinned = None  # a new version or config: the pin of `supervise rollback` ends
         self.deploy_message = ""
         self.sink.policy = spec.log
         old = self.replicas.get(index)
@@ -306,27 +363,29 @@ class ServiceController:
         if waiting:
             self._task(replica, self._start_after_dependencies(replica))
 
-    async def restart_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
+    async def restart_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str,
+                              probation: bool = True) -> None:
         """Replace replica ``index`` with a new process of ``spec``/``artifact``.
 
         ``update = "recreate"``: the old process is fully stopped before the new one starts,
         so two never run at once. ``"start-first"``: the new one starts beside the old, and the
         old stops only once the new one is ready (or, without a ready check, has stayed up
         :data:`~supervisor.lifecycle.START_FIRST_GRACE` seconds). Either way a new version that
-        crash-loops or never becomes ready is rolled back to the last good one.
+        crash-loops or never becomes ready is rolled back to the last good one (``probation``
+        False: no probation, as for a user's rollback to a good version).
         """
         old = self.replicas.get(index)
         previous = None
         if old is not None:
             new_launch = (old.launch.artifact.version != artifact.version
                           or state.fingerprint(old.launch.spec) != state.fingerprint(spec))
-            if new_launch:
-                # Roll back only to a launch that proved itself (ready, or up PROBATION s);
-                # one still on probation hands on its own last good launch.
-                if lifecycle.proven(self.policy(old), old.state, self.clock.monotonic()):
-                    previous = old.launch
-                elif old.state.probation:
-                    previous = old.previous
+            target = self.good_launch
+            if new_launch and probation and target is not None and Policy.of(spec).rollback and (
+                    target.artifact.version != artifact.version
+                    or state.fingerprint(target.spec) != state.fingerprint(spec)):
+                # Roll back only to a launch that proved good (Policy.good_delay: the rule in
+                # README, "Rollback"); with none yet, a failing update has nothing to go back to.
+                previous = target
             healthy = old.handle is not None and old.handle.running and old.phase in UP
             if old.launch.artifact.version != artifact.version:
                 reason = f"{reason} ({old.launch.artifact.version} -> {artifact.version})"
@@ -474,7 +533,7 @@ class ServiceController:
         """A user start: drop the hold and forget replicas that do not run (stopped, exited,
         failed), so the next plan starts them afresh with a clean start limit."""
         self.held = False
-        self.build_failed = False
+        self.build_failed = self.pinned is not None  # a pin outlives a user start or restart
         self.persist()
         for index, replica in list(self.replicas.items()):
             if replica.handle is None:  # stopped, exited, failed, in backoff or pending
@@ -636,9 +695,10 @@ class ServiceController:
                 started_at=replica.started_at, restarts=replica.restarts,
                 fingerprint=state.fingerprint(replica.launch.spec), runtime=self.executor.name,
                 handle=self.executor.record(handle))
+        good = tuple((g.artifact.version, g.artifact.revision, str(g.artifact.workdir)) for g in self.good)
         record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
                                      command=tuple(self.spec.command), stop_signal=self.spec.stop_signal,
-                                     stop_timeout=self.spec.stop_timeout)
+                                     stop_timeout=self.spec.stop_timeout, good=good, pinned=self.pinned or "")
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
         try:

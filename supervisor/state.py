@@ -113,7 +113,9 @@ class ServiceRecord:
     holds it, and what is needed to stop replicas of a service no longer in the file
     (``command`` for display, ``stop_signal`` a signal number, ``stop_timeout`` seconds).
     ``invalid`` lists the replica entries that could not be parsed (index: reason); they are
-    never adopted."""
+    never adopted. ``good`` holds the versions that proved good (oldest first), each as
+    ``(version, revision, workdir)``, so a later supervisor still knows what to roll back to;
+    ``pinned`` the version ``supervise rollback`` pinned ("" when none)."""
 
     service: str
     held: bool = False
@@ -122,6 +124,8 @@ class ServiceRecord:
     stop_signal: int = 15
     stop_timeout: float = 10.0
     invalid: Mapping[str, str] = field(default_factory=dict)
+    good: tuple[tuple[str, str, str], ...] = ()
+    pinned: str = ""
 
     @classmethod
     def from_dict(cls, data: object, name: str = "") -> "ServiceRecord":
@@ -156,14 +160,24 @@ class ServiceRecord:
             stop_timeout = _number(data, "stop_timeout", 10.0)
         except RecordError:
             stop_timeout = 10.0
+        good = []
+        raw_good = data.get("good") or []
+        for item in raw_good if isinstance(raw_good, list) else []:  # older records have none
+            if (isinstance(item, list) and len(item) == 3 and all(isinstance(x, str) and x and "\0" not in x
+                                                                   for x in item)):
+                good.append((item[0], item[1], item[2]))
+        pinned = data.get("pinned") or ""
         return cls(service=service, held=held, replicas=replicas, command=tuple(command), stop_signal=stop_signal,
-                   stop_timeout=stop_timeout, invalid=invalid)
+                   stop_timeout=stop_timeout, invalid=invalid, good=tuple(good),
+                   pinned=pinned if isinstance(pinned, str) else "")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object on disk (the format older supervise versions wrote and read)."""
         return {"service": self.service, "held": self.held,
                 "replicas": {str(i): r.to_dict() for i, r in sorted(self.replicas.items())},
-                "command": list(self.command), "stop_signal": self.stop_signal, "stop_timeout": self.stop_timeout}
+                "command": list(self.command), "stop_signal": self.stop_signal, "stop_timeout": self.stop_timeout,
+                **({"good": [list(g) for g in self.good]} if self.good else {}),
+                **({"pinned": self.pinned} if self.pinned else {})}
 
 
 #: Fingerprinted only when set (they came after the format; see :func:`fingerprint`).

@@ -45,6 +45,12 @@ def status_rows(observed: Observed, names: Iterable[str], now: float,
     """One row per replica (one per service with none), for the services in ``names`` (all
     with none), as ``supervise status --json`` prints them; ``now`` gives the uptimes.
 
+    The rollback rule of each service is in every row (README, "Rollback"): ``good`` (the
+    replica's version proved good; None: in place, no such thing), ``good_rule`` (the rule in
+    words), ``good_versions`` (oldest first), ``rollback_to`` (what a failing update goes back
+    to, None: nothing yet), ``pinned`` (the version ``supervise rollback`` pinned) and
+    ``in_place`` (a folder run in place: no rollback).
+
     ``listed``: the services the file names. One the engine has not taken up yet (before the
     first plan, or while a reload applies) gets a ``pending`` row, so a status taken right
     after start-up never reads as "all running" with nothing listed."""
@@ -63,14 +69,17 @@ def status_rows(observed: Observed, names: Iterable[str], now: float,
         if obs.preparing and obs.preparing_since is not None:  # "building for 12s: compiling x.c"
             progress = f"{obs.preparing} for {max(0, round(now - obs.preparing_since))}s"
             progress += f": {obs.build_line}" if obs.build_line else ""
+        rule = {"good_rule": obs.good_rule or None, "good_versions": list(obs.good_versions),
+                "rollback_to": obs.rollback_to, "pinned": obs.pinned, "in_place": obs.in_place}
         if not obs.replicas:
-            rows.append({"service": name, "replica": None, "phase": obs.phase.value, "pid": None,
+            rows.append({**rule, "good": None, "service": name, "replica": None, "phase": obs.phase.value, "pid": None,
                          "version": obs.version, "uptime": None, "restarts": 0, "last_exit": None, "ready": False,
                          "held": obs.held, "desired": desired, "log_error": obs.log_error or None,
                          "message": "; ".join(filter(None, (progress, obs.message))) or ("replicas = 0" if not desired else "")})
         for index, replica in sorted(obs.replicas.items()):
             up = replica.phase in UP and replica.started_at is not None
             rows.append({
+                **rule, "good": None if obs.in_place else replica.good,
                 "service": name, "replica": index, "phase": replica.phase.value, "pid": replica.pid,
                 "version": replica.version,
                 "uptime": round(now - replica.started_at, 3) if up and replica.started_at is not None else None,

@@ -11,6 +11,7 @@ import pytest
 from supervisor.lifecycle import (
     Abandon, Adopted, Arm, Cancel, DependenciesChanged, Emit, Exited, Fired, LiveProbe, Policy, Promote, Ready,
     ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer, proven, step,
+    Good, PROBATION,
 )
 from supervisor.model import Backoff, Exit, Phase, RestartPolicy, StartLimit
 
@@ -44,7 +45,8 @@ def test_a_start_spawns_then_runs():
     state, history = run(up())
     assert history[0] == [Spawn("planned")]
     assert state.phase is Phase.RUNNING and state.pid == 100 and state.ready
-    assert kinds(history[1]) == ["Note", "Emit:started"]
+    assert kinds(history[1]) == ["Note", "Emit:started", "Arm"]  # the good_after timer
+    assert history[1][-1] == Arm(Timer.GOOD, PROBATION)
 
 
 def test_a_ready_check_makes_it_wait_for_ready():
@@ -52,7 +54,8 @@ def test_a_ready_check_makes_it_wait_for_ready():
     state, _ = run(up(), policy)
     assert state.phase is Phase.RUNNING and not state.ready
     state, history = run([(1.0, Ready())], policy, state)
-    assert state.phase is Phase.READY and state.ready and kinds(history[0]) == ["Emit:ready"]
+    assert state.phase is Phase.READY and state.ready and kinds(history[0]) == ["Emit:ready", "Good"]
+    assert state.good  # with a ready check, good_after defaults to 0: good once ready
 
 
 def test_waits_on_dependencies_then_starts():
@@ -165,8 +168,8 @@ def test_three_crashes_on_probation_roll_back():
 
 def test_probation_passes_when_up_at_the_end():
     state, history = run([(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)),
-                          (10.0, Fired(Timer.PROBATION))])
-    assert history[-1] == [] and not state.probation
+                          (10.0, Fired(Timer.GOOD))])
+    assert history[-1] == [Cancel(Timer.PROBATION), Good()] and not state.probation
     assert proven(POLICY, state, 10.0)
 
 
@@ -187,7 +190,9 @@ def test_probation_rolls_back_a_replica_never_ready():
 
 def test_proven_needs_the_probation_time_or_ready():
     state, _ = run(up())
-    assert not proven(POLICY, state, 9.9) and proven(POLICY, state, 10.0)
+    assert not proven(POLICY, state, 9.9)
+    state, _ = run([(10.0, Fired(Timer.GOOD))], POLICY, state)
+    assert proven(POLICY, state, 10.0)
     policy = Policy(name="api", has_ready=True)
     state, _ = run(up(), policy)
     assert not proven(policy, state, 100.0)
@@ -206,7 +211,7 @@ def test_start_first_promotes_after_the_grace_without_a_ready_check():
 def test_start_first_promotes_when_ready():
     policy = Policy(name="api", has_ready=True, ready_deadline=5)
     _, history = run([(0.0, Start("update", trial=True)), (0.0, Spawned(100, at=0)), (0.2, Ready())], policy)
-    assert history[-1][-2:] == [Cancel(Timer.TRIAL), Promote()]
+    assert history[-1][-3:] == [Cancel(Timer.TRIAL), Promote(), Good()]
 
 
 def test_start_first_abandons_a_candidate_never_ready():
@@ -273,3 +278,55 @@ def test_adopted_replica_runs_and_restarts_on_exit():
     assert state.phase is Phase.RUNNING and state.stale and state.restarts == 2
     state, _ = run([(100.0, Exited(Exit()))], POLICY, state)
     assert state.phase is Phase.BACKOFF and state.restarts == 3
+
+
+# -- the rule of a good version (issue 12, item 3) ------------------------------------------
+
+def _update_after(uptime: float, policy: Policy = POLICY) -> bool:
+    """Version A starts at 0 and its GOOD timer fires when due; a new version replaces it at
+    ``uptime`` s. True when A counts as good then: what a crash-looping new version rolls back to."""
+    state, history = run(up(), policy)
+    due = next((e.delay for e in history[1] if isinstance(e, Arm) and e.timer is Timer.GOOD), None)
+    if due is not None and due <= uptime:
+        state, _ = run([(due, Fired(Timer.GOOD))], policy, state)
+    return proven(policy, state, uptime)
+
+
+def test_a_bad_commit_5s_after_start_is_not_rolled_back_by_default_but_16s_after_is():
+    """The issue's case, made a written rule: good once up good_after (default 10 s) without a
+    crash. At 5 s version A has not proven itself, so there is nothing good to go back to."""
+    assert not _update_after(5.0)
+    assert _update_after(16.0)
+    assert POLICY.describe_good() == "up for 10s without a crash"
+
+
+def test_good_after_is_configurable():
+    quick = Policy(name="api", good_after=3.0)
+    assert _update_after(5.0, quick)
+    slow = Policy(name="api", good_after=30.0)
+    assert not _update_after(16.0, slow)
+    immediate = Policy(name="api", good_after=0.0)
+    state, history = run(up(), immediate)
+    assert Good() in history[1] and state.good
+
+
+def test_with_a_ready_check_good_after_counts_from_ready():
+    policy = Policy(name="api", has_ready=True, ready_deadline=5, good_after=4.0)
+    state, history = run(up() + [(1.0, Ready())], policy)
+    assert history[-1][-1] == Arm(Timer.GOOD, 4.0) and not state.good
+    assert policy.describe_good() == "ready for 4s without a crash"
+    assert policy.probation_deadline == 9.0
+
+
+def test_a_crash_before_good_after_cancels_it():
+    state, history = run(up() + [(5.0, Exited(CRASH))])
+    assert Cancel(Timer.GOOD) in history[-1] and not state.good
+    state, history = run([(10.0, Fired(Timer.GOOD))], POLICY, state)  # a late timer changes nothing
+    assert history[-1] == [] and not state.good
+
+
+def test_a_good_replica_that_restarts_must_prove_itself_again():
+    state, _ = run(up() + [(10.0, Fired(Timer.GOOD))])
+    assert state.good
+    state, _ = run([(20.0, Exited(CRASH)), (20.0, Fired(Timer.BACKOFF)), (20.0, Spawned(101, at=0))], POLICY, state)
+    assert not state.good and not proven(POLICY, state, 21.0)
