@@ -335,7 +335,7 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
             if verb == "rollback":
                 reply = client.call(verb, service=args.service, version=args.version)
                 print(f"{args.service}: running {reply['version']}, pinned until the next change")
-                print_status(reply["services"])
+                print_status(reply["services"], rules=True)
                 return EXIT_OK
             services = getattr(args, "services", [])
             if verb in ("start", "stop", "restart"):
@@ -350,7 +350,7 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(reply, indent=2))
         else:
-            print_status(rows)
+            print_status(rows, rules=True)
         # As asked: running or ready; a service scaled to zero with nothing of it running; a
         # replica that exited 0 and stays exited (restart "never" or "on-failure": a one-shot
         # such as a Procfile's release that completed, what depends_on "completed" waits for).
@@ -388,12 +388,13 @@ def choose_services(client: Client, verb: str, words: list[str], every: bool) ->
         raise CliError(str(exc)) from None
 
 
-def print_status(rows: list[dict]) -> None:
-    """The status table: one line per replica."""
+def print_status(rows: list[dict], rules: bool = False) -> None:
+    """The status table: one line per replica; with ``rules``, then the rollback rule of each
+    service (``NAME: good = ...; ...``) after a blank line."""
     header = ("SERVICE", "REPLICA", "PHASE", "PID", "VERSION", "UPTIME", "RESTARTS", "LAST EXIT", "READY", "GOOD",
               "MESSAGE")
     table = [header]
-    rules: dict[str, str] = {}
+    rules_of: dict[str, str] = {}
     for row in rows:
         good = row.get("good")
         table.append((
@@ -404,13 +405,13 @@ def print_status(rows: list[dict]) -> None:
             "-" if good is None else "yes" if good else "no", row.get("message") or "",
         ))
         if row.get("good_rule"):
-            rules[row["service"]] = rollback_line(row)
+            rules_of[row["service"]] = rollback_line(row)
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
-    if rules:
+    if rules and rules_of:
         print()
-        for name, line in rules.items():
+        for name, line in rules_of.items():
             print(f"{name}: {line}")
 
 
@@ -436,10 +437,12 @@ def print_versions(reply: dict) -> None:
 def rollback_line(row: dict) -> str:
     """The rollback rule of a status row in words: ``good = up for 10s without a crash;
     a failing update rolls back to abc-123``."""
-    if row.get("in_place"):
-        return "runs its folder in place: no snapshot, no rollback"
     line = f"good = {row['good_rule']}; "
-    if row.get("pinned"):
+    if row.get("in_place"):
+        line += "runs its folder in place: no rollback to earlier files"
+        if row.get("rollback_to"):
+            line += f" (a failing config change goes back to the last good config of {row['rollback_to']})"
+    elif row.get("pinned"):
         line += f"pinned to {row['pinned']} by `supervise rollback` until the next change"
     elif row.get("rollback_to"):
         line += f"a failing update rolls back to {row['rollback_to']}"

@@ -60,7 +60,6 @@ class Policy:
     probation: float = PROBATION
     grace: float = START_FIRST_GRACE
     good_after: float | None = None  # seconds; None: the default rule (see good_delay)
-    rollback: bool = True  # False: a folder run in place has no previous files to go back to
 
     @classmethod
     def of(cls, spec: ServiceSpec) -> "Policy":
@@ -68,7 +67,7 @@ class Policy:
         return cls(name=spec.name, restart=spec.restart, backoff=spec.backoff, start_limit=spec.start_limit,
                    stop_signal=spec.stop_signal, stop_timeout=spec.stop_timeout, has_ready=spec.ready is not None,
                    ready_deadline=ready_deadline(spec), live_retries=spec.live.retries if spec.live else 3,
-                   good_after=spec.good_after, rollback=not spec.source.in_place)
+                   good_after=spec.good_after)
 
     @property
     def good_delay(self) -> float:
@@ -389,8 +388,10 @@ def _on_ready(policy: Policy, out: _Out, event: Any, now: float, who: str) -> No
 
 
 def _became_ready(policy: Policy, out: _Out) -> None:
-    """Ready now: good at once (``good_delay`` 0) or after ``good_delay`` s up without a crash."""
-    if out.state.good:
+    """Ready now: good at once (``good_delay`` 0) or after ``good_delay`` s up without a crash.
+    A new version on probation is judged at its probation deadline instead (:func:`_fired`):
+    ready, then crashing before the deadline, is bad."""
+    if out.state.good or out.state.probation:
         return
     if policy.good_delay <= 0:
         _good(out)
@@ -399,10 +400,9 @@ def _became_ready(policy: Policy, out: _Out) -> None:
 
 
 def _good(out: _Out) -> None:
-    """The replica proved itself: its probation (if any) ends well."""
-    cancel: list[Effect] = [Cancel(Timer.PROBATION)] if out.state.probation else []
-    out.state = replace(out.state, good=True, probation=False, probation_crashes=0)
-    out.effects += [*cancel, Good()]
+    """The replica proved itself: its launch is good."""
+    out.state = replace(out.state, good=True, probation_crashes=0)
+    out.effects.append(Good())
 
 
 def _on_live(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
@@ -539,6 +539,10 @@ def _fired(policy: Policy, out: _Out, timer: Timer, now: float) -> None:
         elif not state.up:
             out.effects.append(Rollback(f"not running {policy.probation_deadline:g}s after the update "
                                         f"({state.phase.value})"))
+        elif state.probation_crashes == 0 and state.ready and state.pid is not None:
+            _good(out)  # ready (or up) through its whole probation: good
+        else:  # it crashed on probation but runs now: kept, and must prove itself from here
+            _became_ready(policy, out)
     elif timer is Timer.GOOD:
         if state.up and state.ready and state.pid is not None and not state.stopping and not state.good:
             _good(out)

@@ -375,9 +375,10 @@ class Reconciler:
 
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
         controller = self.controllers[spec.name]
-        # what runs, what proved good (rollback targets) and what is pinned stay on disk
+        # what runs, the rollback target (the newest good version) and a pinned one stay on disk
         protect = {r.launch.artifact.version for r in controller.replicas.values()}
-        protect |= set(controller.good_versions()) | ({controller.pinned} if controller.pinned else set())
+        target = controller.good_launch
+        protect |= {v for v in (controller.pinned, target.artifact.version if target else None) if v}
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
         controller.preparing_since = self.clock.time()
         controller.changed()

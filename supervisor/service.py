@@ -158,7 +158,7 @@ class ServiceController:
             for i, r in self.replicas.items()
         }
         policy = Policy.of(self.spec)
-        target = self.good_launch
+        target = self.rollback_target(self.artifact)
         failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
                                version=self.artifact.version if self.artifact else None,
@@ -168,9 +168,9 @@ class ServiceController:
                                preparing=self.preparing.value if self.preparing is not None else "",
                                preparing_since=self.preparing_since if self.preparing is not None else None,
                                build_line=self.sink.last_build_line if self.preparing is Phase.BUILDING else "",
-                               good_rule=policy.describe_good() if policy.rollback else "in place: no rollback",
-                               good_versions=good, rollback_to=target.artifact.version if target else None,
-                               pinned=self.pinned, in_place=not policy.rollback)
+                               good_rule=policy.describe_good(), good_versions=good,
+                               rollback_to=target.artifact.version if target else None,
+                               pinned=self.pinned, in_place=self.spec.source.in_place)
 
     # -- good versions (the rollback targets) --------------------------------------------------
 
@@ -186,10 +186,18 @@ class ServiceController:
         """The newest launch that proved good: what a failing update rolls back to."""
         return self.good[-1] if self.good else None
 
+    def rollback_target(self, artifact: Artifact | None) -> Launch | None:
+        """The launch a failing deploy of ``artifact`` goes back to: the newest good one. A
+        folder run in place keeps no earlier files, so there only a config change goes back
+        (to the good launch of the same version, with its config); never another version."""
+        target = self.good_launch
+        if target is None or (self.spec.source.in_place and (
+                artifact is None or target.artifact.version != artifact.version)):
+            return None
+        return target
+
     def mark_good(self, launch: Launch) -> None:
         """``launch`` proved itself: it becomes the newest good one (README, "Rollback")."""
-        if not Policy.of(launch.spec).rollback:  # a folder run in place: its files change under it
-            return
         self.good = [g for g in self.good if g.artifact.version != launch.artifact.version][-(self.GOOD_KEPT - 1):]
         self.good.append(launch)
         self.persist()
@@ -345,9 +353,11 @@ class ServiceController:
         """
         self.spec = spec
         self.artifact = artifact
-        self.build_failed = False
-        self.pinned = None  # a new version or config: the pin of `supervise rollback` ends
-        self.deploy_message = ""
+        if self.pinned is not None and artifact.version != self.pinned:
+            self.pinned = None  # another version deploys: the pin of `supervise rollback` ends
+        self.build_failed = self.pinned is not None  # a user restart of the pinned version keeps it
+        if self.pinned is None:
+            self.deploy_message = ""
         self.sink.policy = spec.log
         old = self.replicas.get(index)
         if old is not None and (old.handle is not None or old.tasks):
@@ -379,8 +389,8 @@ class ServiceController:
         if old is not None:
             new_launch = (old.launch.artifact.version != artifact.version
                           or state.fingerprint(old.launch.spec) != state.fingerprint(spec))
-            target = self.good_launch
-            if new_launch and probation and target is not None and Policy.of(spec).rollback and (
+            target = self.rollback_target(artifact)
+            if new_launch and probation and target is not None and (
                     target.artifact.version != artifact.version
                     or state.fingerprint(target.spec) != state.fingerprint(spec)):
                 # Roll back only to a launch that proved good (Policy.good_delay: the rule in

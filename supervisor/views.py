@@ -46,10 +46,11 @@ def status_rows(observed: Observed, names: Iterable[str], now: float,
     with none), as ``supervise status --json`` prints them; ``now`` gives the uptimes.
 
     The rollback rule of each service is in every row (README, "Rollback"): ``good`` (the
-    replica's version proved good; None: in place, no such thing), ``good_rule`` (the rule in
+    replica's version proved good; None in a row without a replica), ``good_rule`` (the rule in
     words), ``good_versions`` (oldest first), ``rollback_to`` (what a failing update goes back
     to, None: nothing yet), ``pinned`` (the version ``supervise rollback`` pinned) and
-    ``in_place`` (a folder run in place: no rollback).
+    ``in_place`` (a folder run in place: a failing config change goes back to the last good
+    config, never to earlier files).
 
     ``listed``: the services the file names. One the engine has not taken up yet (before the
     first plan, or while a reload applies) gets a ``pending`` row, so a status taken right
@@ -79,7 +80,7 @@ def status_rows(observed: Observed, names: Iterable[str], now: float,
         for index, replica in sorted(obs.replicas.items()):
             up = replica.phase in UP and replica.started_at is not None
             rows.append({
-                **rule, "good": None if obs.in_place else replica.good,
+                **rule, "good": replica.good,
                 "service": name, "replica": index, "phase": replica.phase.value, "pid": replica.pid,
                 "version": replica.version,
                 "uptime": round(now - replica.started_at, 3) if up and replica.started_at is not None else None,

@@ -138,6 +138,10 @@ class Preparer:
         """Fetch and build ``spec``; raises PrepareError. ``protect``: versions to keep on disk."""
         workdir, revision = await self.resolve(spec)
         version = make_version(revision, spec)
+        if spec.user and (spec.source.kind == "git" or (spec.source.kind == "path" and not spec.source.in_place)):
+            # a checkout or snapshot is ours, in STATE_DIR: hand it to the service's user, as a
+            # checkout by that user would be, so its build and replicas may write there
+            await asyncio.to_thread(_give_to, workdir, spec.user)
         marker = source_root(self.state_dir, spec.name) / "built" / version
         versioned = spec.source.kind in ("git", "pip") or (spec.source.kind == "path" and not spec.source.in_place)
         if spec.source.kind == "pip":
@@ -209,8 +213,6 @@ class Preparer:
                 raise PrepareError("build", "no process reaper")
             if spec.user:  # the build runs as the service's user, like its replicas
                 safefs.check_not_writable_by(self.state_dir, spec.user)
-                if spec.source.kind == "git" or (spec.source.kind == "path" and not spec.source.in_place):
-                    _give_to(workdir, spec.user)
             handle = procs.spawn(self.reaper, argv, env=env, cwd=cwd, output=write_fd, user=spec.user,
                                  tag=procs.state_tag(self.state_dir))
         except (procs.SpawnError, OSError) as exc:

@@ -34,11 +34,10 @@ from pathlib import Path
 from typing import Any, Mapping, cast
 
 from .. import builds, health, logs
-from ..builds import Artifact, PrepareError, Preparer, make_version, source_root
+from ..builds import Artifact, PrepareError, Preparer, make_version
 from ..environ import replica_env
 from ..logs import LogSink
 from ..model import Check, Exit, ServiceSpec
-from ..sources.git import GitSource
 from ..state import ReplicaRecord
 from . import Executor, Running, StartFailed
 from .container import ContainerExecutor, ContainerSpec, EngineError, ImageBuildError, exit_of, image_tag
@@ -84,7 +83,7 @@ class Containers(Executor):
         self.client: ContainerExecutor | None = None
         self.handles: dict[str, ContainerHandle] = {}
         self.early: dict[str, int] = {}  # exits seen before their start returned
-        self.fetcher = Preparer(state_dir, None, logs_, keep_versions)  # git fetches and folder hashes only
+        self.fetcher = Preparer(state_dir, None, logs_, keep_versions)  # git fetches and folder snapshots only
         self._connecting: asyncio.Lock | None = None
 
     # -- life ------------------------------------------------------------------------------
@@ -170,10 +169,8 @@ class Containers(Executor):
             sink.note(f"build {version} succeeded")
         keep = {image_tag(spec.name, v) for v in protect} | {tag}  # the running versions and the new one
         await asyncio.to_thread(client.prune_images, spec.name, keep)
-        if spec.source.kind == "git":
-            kept = {v.split("-")[0] for v in protect} | {revision[:12]}
-            await asyncio.to_thread(GitSource(spec.source, source_root(self.state_dir, spec.name)).prune,
-                                    self.keep_versions, kept)
+        # the checkouts and folder snapshots the images were built from: keep_versions of them
+        await asyncio.to_thread(self.fetcher.prune, spec, set(protect) | {version})
         return Artifact(workdir=workdir, version=version, revision=revision)
 
     # -- replicas --------------------------------------------------------------------------

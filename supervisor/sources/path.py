@@ -48,9 +48,10 @@ LARGE_FILE = 8 * 1024 * 1024
 def content_hash(root: Path, exclude: Iterable[Path] = ()) -> str:
     """40 hex digits (sha1) over the relative paths and contents of every file below ``root``.
 
-    Skips IGNORED_DIRS and the folders in ``exclude`` (e.g. the state dir). Unreadable files,
-    FIFOs, sockets and devices count by name only (never opened for reading, so never waited
-    on). Symlinks are hashed as their target text, not followed.
+    Skips IGNORED_DIRS and the folders in ``exclude`` (e.g. the state dir), and FIFOs, sockets
+    and devices (never opened, so never waited on; a snapshot does not copy them either, so a
+    folder and its snapshot hash alike). Unreadable files count by name only. Symlinks are
+    hashed as their target text, not followed.
     """
     excluded = {Path(p).resolve() for p in exclude}
     digest = hashlib.sha1()
@@ -59,9 +60,15 @@ def content_hash(root: Path, exclude: Iterable[Path] = ()) -> str:
         for name in sorted(files):
             path = Path(folder) / name
             rel = os.path.relpath(path, root)
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                continue
             digest.update(rel.encode("utf-8", "surrogateescape") + b"\0")
             try:
-                if path.is_symlink():
+                if stat.S_ISLNK(mode):
                     digest.update(os.readlink(path).encode("utf-8", "surrogateescape"))
                     continue
                 # O_NONBLOCK and fstat: a FIFO or a socket a service made in its folder (or a
@@ -170,6 +177,8 @@ def copy_folder(source: Path, target: Path, exclude: Iterable[Path] = ()) -> Non
     shutil.copytree(top, target, symlinks=True, ignore=ignore)
     for live, link in links:
         os.symlink(live, link)
+    for folder, _dirs, _files in os.walk(target):  # folders in STATE_DIR are 0700 (safefs)
+        os.chmod(folder, 0o700, follow_symlinks=False)
 
 
 def _first_error(exc: BaseException) -> str:

@@ -40,9 +40,8 @@ def test_build_probes_and_replicas_run_as_the_user_with_its_identity(tmp_path):
     who = pwd.getpwnam("nobody")
     expected = f"{who.pw_uid} {who.pw_gid} {who.pw_dir} nobody nobody {who.pw_shell}"
     os.chmod(tmp_path, 0o755)
-    app = tmp_path / "app"  # a local folder the user owns: builds in place
+    app = tmp_path / "app"  # a local folder: its snapshot is handed to the user, as a checkout is
     app.mkdir()
-    os.chown(app, who.pw_uid, who.pw_gid)
     repo = commit_repo(tmp_path / "remote", {"README": "x\n"})
     text = f"""
 [supervise]
@@ -65,10 +64,13 @@ user = "nobody"
         async with Stack(tmp_path) as stack:
             await stack.apply(text)
             await stack.until(lambda: stack.replica("local") and stack.replica("local").ready, timeout=20)
+            snapshot = stack.replica("local").launch.artifact.workdir
+            assert snapshot.parent == tmp_path / "state" / "sources" / "local" / "versions"
             for name in ("build.txt", "run.txt", "ready.txt"):
-                assert (app / name).read_text().strip() == expected, name
-            await stack.until(lambda: (app / "live.txt").exists())
-            assert (app / "live.txt").read_text().strip() == expected
+                assert (snapshot / name).read_text().strip() == expected, name
+            await stack.until(lambda: (snapshot / "live.txt").exists())
+            assert (snapshot / "live.txt").read_text().strip() == expected
+            assert not (app / "build.txt").exists()  # the live folder is left as it is
             await stack.until(lambda: stack.pid("fromgit"), timeout=20)
             workdir = stack.replica("fromgit").launch.artifact.workdir
             await stack.until(lambda: (workdir / "run.txt").exists())

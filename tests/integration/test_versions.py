@@ -153,6 +153,10 @@ def test_a_rollback_runs_the_previous_files_and_the_cli_pins_versions(tmp_path, 
     assert row(path)["pinned"] == version_a
     assert cli(path, "reload").returncode == 0 and row(path)["version"] == version_a  # a reload keeps the pin
     assert "nothing to do" in cli(path, "plan").stdout
+    pid = row(path)["pid"]
+    assert cli(path, "restart", "site").returncode == 0  # so does a user restart
+    mark, _ = wait_until(lambda: (m := running_mark(path)) and row(path)["pid"] != pid and m, timeout=30)
+    assert mark == "A" and row(path)["pinned"] == version_a and "nothing to do" in cli(path, "plan").stdout
     # an explicit version by prefix
     result = cli(path, "rollback", "site", version_c[:8])
     assert result.returncode == 0, result.stderr
@@ -196,8 +200,9 @@ def test_in_place_runs_the_live_folder_and_claims_no_rollback(tmp_path, start):
     mark, folder = wait_until(lambda: running_mark(path), timeout=30, message="A running")
     assert folder == (tmp_path / "app").resolve()
     current = row(path)
-    assert current["in_place"] and current["good"] is None and current["rollback_to"] is None
-    assert "runs its folder in place: no snapshot, no rollback" in cli(path, "status").stdout
+    assert current["in_place"]
+    assert "site: good = up for 10s without a crash; runs its folder in place: no rollback to earlier files" \
+        in cli(path, "status").stdout
     refused = cli(path, "rollback", "site")
     assert refused.returncode == 1 and "in place" in refused.stderr
     assert not (tmp_path / ".supervise" / "sources" / "site").exists()

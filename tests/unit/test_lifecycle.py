@@ -168,8 +168,9 @@ def test_three_crashes_on_probation_roll_back():
 
 def test_probation_passes_when_up_at_the_end():
     state, history = run([(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)),
-                          (10.0, Fired(Timer.GOOD))])
-    assert history[-1] == [Cancel(Timer.PROBATION), Good()] and not state.probation
+                          (10.0, Fired(Timer.PROBATION))])
+    assert history[1][-1] != Arm(Timer.GOOD, PROBATION)  # on probation, the deadline judges it
+    assert history[-1] == [Good()] and not state.probation and state.good
     assert proven(POLICY, state, 10.0)
 
 
@@ -330,3 +331,23 @@ def test_a_good_replica_that_restarts_must_prove_itself_again():
     assert state.good
     state, _ = run([(20.0, Exited(CRASH)), (20.0, Fired(Timer.BACKOFF)), (20.0, Spawned(101, at=0))], POLICY, state)
     assert not state.good and not proven(POLICY, state, 21.0)
+
+
+def test_ready_then_crashing_on_probation_is_still_rolled_back():
+    """With a ready check (good_after 0) a new version on probation is not good at ready: it is
+    judged at its deadline, so ready-then-crashing rolls back (the rule before good_after)."""
+    policy = Policy(name="api", has_ready=True, ready_deadline=5)
+    script = [(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)), (0.05, Ready())]
+    for pid, now in ((101, 0.1), (102, 0.2)):
+        script += [(now, Exited(CRASH)), (now, Fired(Timer.BACKOFF)), (now, Spawned(pid, at=0))]
+    script.append((0.3, Exited(CRASH)))
+    state, history = run(script, policy)
+    assert Good() not in [e for step_ in history for e in step_]
+    assert history[-1][-2:] == [Cancel(Timer.PROBATION), Rollback("crashed 3 times (exit 1)")]
+
+
+def test_a_version_that_crashed_on_probation_but_runs_at_the_deadline_must_prove_itself_again():
+    script = [(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)), (1.0, Exited(CRASH)),
+              (1.0, Fired(Timer.BACKOFF)), (1.0, Spawned(101, at=0)), (10.0, Fired(Timer.PROBATION))]
+    state, history = run(script)
+    assert history[-1] == [Arm(Timer.GOOD, PROBATION)] and not state.good and not state.probation
