@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import config, state
-from supervisor.builds import Artifact, make_version
-from supervisor.model import Observed, Phase, ReplicaObserved, ServiceObserved
-from supervisor.plan import plan, same_revision
-from supervisor.sources.path import FolderSource, content_hash
-from supervisor.versions import VersionError, choose, listing
+from supervisor.decide.plan import plan, same_revision
+from supervisor.desired import config
+from supervisor.desired.model import Observed, Phase, ReplicaObserved, ServiceObserved
+from supervisor.execute.builds import Artifact, make_version
+from supervisor.execute.sources.path import FolderSource, content_hash
+from supervisor.execute.versions import VersionError, choose, listing
+from supervisor.observe import state
 
 
 def folder(tmp_path: Path) -> Path:
@@ -80,7 +81,7 @@ def test_the_state_dir_inside_the_folder_is_never_copied(tmp_path):
 
 
 def test_a_missing_folder_is_one_clear_error(tmp_path):
-    from supervisor.sources import SourceError
+    from supervisor.execute.sources import SourceError
 
     with pytest.raises(SourceError, match="does not exist"):
         FolderSource(tmp_path / "gone", tmp_path / "s" / "x", tmp_path / "s").snapshot()

@@ -1,0 +1,727 @@
+"""One service's replicas on the local machine: the thin driver of the replica life cycle.
+
+Every decision (restart or not, when, rollback, promote, fail) is made by the pure state machine
+in :mod:`supervisor.decide.lifecycle`; a :class:`ServiceController` feeds it what happens (a spawn, an
+exit, a probe result, a timer) and runs the effects it returns (spawn a process, arm a timer,
+stop a process group, emit an event, write a log note). Exits arrive as futures from the reaper
+(SIGCHLD) or a pidfd; nothing here polls a process. The one clock is injected.
+
+Each replica keeps the launch (spec and artifact) it was started with, so an automatic restart
+brings back the same version and command even when the file has changed since; supervision
+settings (restart policy, backoff, start limit, stop signal and timeout) are read from the
+newest spec, so they apply in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Coroutine, Any
+
+from ..decide import lifecycle
+from . import logs
+from ..observe import state, views
+from .builds import Artifact
+from ..clock import SYSTEM, Clock
+from ..desired.environ import replica_env
+from .executors import Executor, Running, StartFailed
+from .sources.pip import venv_env
+from ..observe.events import EventType, Notifier
+from ..decide.lifecycle import (
+    UP, Abandon, Adopted, Arm, Cancel, DependenciesChanged, Effect, Emit, Exited, Fired, Good, LiveProbe, Note, Policy,
+    Promote, Ready, ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer,
+)
+from ..desired.model import Condition, Exit, Phase, ReplicaObserved, ServiceObserved, ServiceSpec
+
+log = logging.getLogger("supervise")
+
+__all__ = ["Launch", "Replica", "ServiceController", "UP", "replica_label"]
+
+
+def replica_label(name: str, replicas: int, index: int) -> str:
+    """Console prefix of a replica: ``NAME`` for a single replica, ``NAME.i`` otherwise."""
+    return name if replicas <= 1 and index == 0 else f"{name}.{index}"
+
+
+@dataclass
+class Launch:
+    """What a replica process is made of: the spec and artifact it was started from."""
+
+    spec: ServiceSpec
+    artifact: Artifact
+
+
+@dataclass
+class Replica:
+    """One replica: its launch, its life-cycle state (:class:`~supervisor.decide.lifecycle.ReplicaState`)
+    and the driver's handles (process, timers, tasks)."""
+
+    index: int
+    launch: Launch
+    state: ReplicaState
+    handle: Running | None = None
+    timers: dict[Timer, asyncio.TimerHandle] = field(default_factory=dict)
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    previous: Launch | None = None  # the last good launch, while this new one is on probation
+    trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
+
+    @property
+    def pid(self) -> int | None:
+        return self.handle.pid if self.handle is not None and self.handle.running else None
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    @property
+    def restarts(self) -> int:
+        return self.state.restarts
+
+    @property
+    def last_exit(self) -> Exit | None:
+        return self.state.last_exit
+
+    @property
+    def started_at(self) -> float | None:
+        return self.state.started_at
+
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
+
+    @property
+    def stale(self) -> bool:
+        return self.state.stale
+
+    @property
+    def message(self) -> str:
+        return self.state.message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self.state = replace(self.state, message=value)
+
+
+class ServiceController:
+    """Runs the replicas of one service. All methods run on the event loop thread.
+
+    ``lookup`` finds another service's controller (for ``depends_on``); ``changed`` is called
+    after every phase change (the reconciler uses it to re-check dependents). Replicas are
+    reached only through ``executor`` (the seam: local processes, containers, ...). ``clock``
+    is the one clock read here; ``rng`` draws the backoff jitter in [0, 1).
+    """
+
+    def __init__(self, spec: ServiceSpec, *, state_dir: Path, executor: Executor, notifier: Notifier,
+                 lookup: Callable[[str], "ServiceController | None"], changed: Callable[[], None],
+                 sink: logs.LogSink, clock: Clock = SYSTEM, rng: Callable[[], float] = random.random):
+        self.spec = spec
+        self.name = spec.name
+        self.state_dir = state_dir
+        self.executor = executor
+        self.notifier = notifier
+        self.lookup = lookup
+        self.changed = changed
+        self.clock = clock
+        self.rng = rng
+        self.replicas: dict[int, Replica] = {}
+        self.candidates: dict[int, Replica] = {}  # start-first replacements on trial
+        self.artifact: Artifact | None = None
+        self.failed_stage = "build"  # which step failed when build_failed: "fetch" or "build"
+        self.build_failed = False
+        self.failed_revision: str | None = None
+        self.deploy_message = ""  # why the newest version is not what runs (failed build, rollback)
+        self.preparing: Phase | None = None  # FETCHING/BUILDING while a version is prepared
+        self.preparing_since: float | None = None  # when it began (seconds since the epoch)
+        self.held = False
+        #: Launches whose version proved good (Policy.good_delay), oldest first, one per version:
+        #: the last is what a failing update rolls back to.
+        self.good: list[Launch] = []
+        self.pinned: str | None = None  # the version `supervise rollback` pinned
+        self._persist_pending = False
+        self._persisted: state.ServiceRecord | None = None  # the record last written
+        self._persist_error = ""
+        self._tasks: set[asyncio.Task] = set()
+        self.phase_changed = asyncio.Event()
+        self.sink = sink
+
+    # -- observation -----------------------------------------------------------------------
+
+    def observe(self) -> ServiceObserved:
+        """This service as the planner sees it."""
+        good = self.good_versions()
+        replicas = {
+            i: ReplicaObserved(index=i, phase=r.phase, pid=r.pid, version=r.launch.artifact.version,
+                               restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at,
+                               stale=r.stale, ready=r.ready, message=r.message, running=r.handle is not None,
+                               good=r.launch.artifact.version in good)
+            for i, r in self.replicas.items()
+        }
+        policy = Policy.of(self.spec)
+        target = self.rollback_target(self.artifact)
+        failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
+        return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
+                               version=self.artifact.version if self.artifact else None,
+                               held=self.held, failed=failed, build_failed=self.build_failed,
+                               failed_revision=self.failed_revision, phase=self.phase, message=self.deploy_message,
+                               log_error=self.sink.trouble or "",
+                               preparing=self.preparing.value if self.preparing is not None else "",
+                               preparing_since=self.preparing_since if self.preparing is not None else None,
+                               build_line=self.sink.last_build_line if self.preparing is Phase.BUILDING else "",
+                               good_rule=policy.describe_good(), good_versions=good,
+                               rollback_to=target.artifact.version if target else None,
+                               pinned=self.pinned, in_place=self.spec.source.in_place)
+
+    # -- good versions (the rollback targets) --------------------------------------------------
+
+    #: How many good versions are remembered (and kept on disk).
+    GOOD_KEPT = 5
+
+    def good_versions(self) -> tuple[str, ...]:
+        """The versions that proved good, oldest first."""
+        return tuple(launch.artifact.version for launch in self.good)
+
+    @property
+    def good_launch(self) -> Launch | None:
+        """The newest launch that proved good: what a failing update rolls back to."""
+        return self.good[-1] if self.good else None
+
+    def rollback_target(self, artifact: Artifact | None) -> Launch | None:
+        """The launch a failing deploy of ``artifact`` goes back to: the newest good one. A
+        folder run in place keeps no earlier files, so there only a config change goes back
+        (to the good launch of the same version, with its config); never another version."""
+        target = self.good_launch
+        if target is None or (self.spec.source.in_place and (
+                artifact is None or target.artifact.version != artifact.version)):
+            return None
+        return target
+
+    def mark_good(self, launch: Launch) -> None:
+        """``launch`` proved itself: it becomes the newest good one (README, "Rollback")."""
+        self.good = [g for g in self.good if g.artifact.version != launch.artifact.version][-(self.GOOD_KEPT - 1):]
+        self.good.append(launch)
+        self.persist()
+
+    def pin(self, version: str, newest: str | None) -> None:
+        """``supervise rollback`` ran ``version``: hold it until the next change. ``newest``
+        is the newest revision the source showed; the plan does not deploy it again (as after
+        an automatic rollback), a newer one or a change of the file does (start_replica unpins)."""
+        self.pinned = version
+        self.build_failed = True
+        self.failed_revision = newest
+        self.deploy_message = f"pinned to {version} by `supervise rollback`; the next change deploys as usual"
+        self.sink.note(f"{self.name}: {self.deploy_message}")
+        self.changed()
+        self.persist()
+
+    def restore_good(self, good: tuple[tuple[str, str, str], ...], pinned: str) -> None:
+        """Take the good versions (and the pin) a previous supervisor recorded, with the
+        current spec (their folders are checked when a rollback needs them)."""
+        from .builds import Artifact
+
+        if not self.good:
+            self.good = [Launch(self.spec, Artifact(workdir=Path(w), version=v, revision=r)) for v, r, w in good]
+        self.pinned = pinned or self.pinned
+
+    @property
+    def phase(self) -> Phase:
+        """The service's phase: the least advanced of its replicas' (or, with none yet,
+        ``fetching``/``building`` while its first version is being prepared)."""
+        if self.preparing is not None and not self.replicas:
+            return self.preparing
+        if self.build_failed and not self.replicas:
+            return Phase.FETCH_FAILED if self.failed_stage == "fetch" else Phase.BUILD_FAILED
+        if not self.replicas:
+            return Phase.STOPPED
+        order = (Phase.FAILED, Phase.BACKOFF, Phase.PENDING, Phase.STARTING, Phase.STOPPING,
+                 Phase.EXITED, Phase.STOPPED, Phase.RUNNING, Phase.READY)
+        phases = {r.phase for r in self.replicas.values()}
+        return next(p for p in order if p in phases)
+
+    def reached(self, condition: Condition) -> bool | None:
+        """True when every replica meets ``condition``; None when it never will; False
+        otherwise (:func:`supervisor.observe.views.reached` of :meth:`observe`)."""
+        return views.reached(self.observe(), condition)
+
+    # -- the state machine and its effects ---------------------------------------------------
+
+    def policy(self, replica: Replica) -> Policy:
+        """The life-cycle policy of ``replica``: supervision settings from the newest spec,
+        checks from the spec it was started with."""
+        launch = replica.launch.spec
+        policy = Policy.of(self.spec)
+        if launch is not self.spec:
+            own = Policy.of(launch)
+            policy = replace(policy, has_ready=own.has_ready, ready_deadline=own.ready_deadline,
+                             live_retries=own.live_retries)
+        return policy
+
+    def _feed(self, replica: Replica, event: lifecycle.Event) -> list[StopProcess]:
+        """Step ``replica``'s state machine with ``event`` and run the effects; the process
+        stops it asks for are returned for the caller to await."""
+        before = replica.state.phase
+        replica.state, effects = lifecycle.step(self.policy(replica), replica.state, event, self.clock.monotonic())
+        stops: list[StopProcess] = []
+        spawn: Spawn | None = None
+        for effect in effects:
+            if isinstance(effect, StopProcess):
+                stops.append(effect)
+            elif isinstance(effect, Spawn):
+                spawn = effect  # last: the spawn feeds the state machine again
+            else:
+                self._run(replica, effect)
+        if replica.state.phase is not before:
+            self._phase_changed()
+        if spawn is not None:
+            self._spawn(replica, spawn.reason)
+        return stops
+
+    def _run(self, replica: Replica, effect: Effect) -> None:
+        if isinstance(effect, Emit):
+            self.notifier.emit(effect.type, self.name, replica.launch.artifact.version, replica=replica.index,
+                               **dict(effect.data))
+        elif isinstance(effect, Note):
+            self.sink.note(effect.text)
+        elif isinstance(effect, Arm):
+            self._cancel(replica, effect.timer)
+            replica.timers[effect.timer] = asyncio.get_running_loop().call_later(
+                effect.delay, self._fire, replica, effect.timer)
+        elif isinstance(effect, Cancel):
+            self._cancel(replica, effect.timer)
+        elif isinstance(effect, Rollback):
+            self._rollback(replica, effect.why)
+        elif isinstance(effect, Good):
+            self.mark_good(replica.launch)
+        elif isinstance(effect, (Promote, Abandon)):
+            if replica.trial is not None and not replica.trial.done():
+                replica.trial.set_result((True, "") if isinstance(effect, Promote) else (False, effect.why))
+
+    def _fire(self, replica: Replica, timer: Timer) -> None:
+        replica.timers.pop(timer, None)
+        if self._owns(replica):
+            self._feed(replica, Fired(timer))
+
+    def _owns(self, replica: Replica) -> bool:
+        return self.replicas.get(replica.index) is replica or self.candidates.get(replica.index) is replica
+
+    @staticmethod
+    def _cancel(replica: Replica, timer: Timer | None = None) -> None:
+        for key in [timer] if timer is not None else list(replica.timers):
+            handle = replica.timers.pop(key, None)
+            if handle is not None:
+                handle.cancel()
+
+    def _phase_changed(self) -> None:
+        self.phase_changed.set()
+        self.changed()
+        self.persist()
+
+    # -- changes from the plan -------------------------------------------------------------
+
+    def apply_settings(self, spec: ServiceSpec) -> None:
+        """Take a new spec whose changes need no restart (policy, backoff, limits, signals)."""
+        if spec.start_limit != self.spec.start_limit or spec.backoff != self.spec.backoff:
+            for replica in self.replicas.values():
+                replica.state = replace(replica.state, attempt=0, last_delay=0.0, starts=())
+        self.spec = spec
+        self.sink.policy = spec.log
+        for replica in self.replicas.values():  # still waiting on dependencies: on the new ones
+            if replica.phase is Phase.PENDING and replica.handle is None:
+                for task in list(replica.tasks):
+                    task.cancel()
+                replica.launch = Launch(spec, replica.launch.artifact)
+                self._task(replica, self._start_after_dependencies(replica))
+
+    def mark_build_failed(self, spec: ServiceSpec, revision: str | None, message: str = "",
+                          stage: str = "build") -> None:
+        """The fetch or build (``stage``) of ``spec`` at ``revision`` failed; running replicas stay."""
+        self.spec = spec
+        self.build_failed = True
+        self.failed_stage = stage
+        self.failed_revision = revision
+        running = self.artifact.version if self.artifact and self.replicas else None
+        self.deploy_message = f"{message or 'build failed'}" + (f"; still running {running}" if running else "")
+        self.changed()
+
+    async def start_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str,
+                            previous: Launch | None = None) -> None:
+        """Start replica ``index`` of ``spec``/``artifact``; an old process there is stopped first.
+
+        Returns once the process is spawned, or, when ``depends_on`` is not yet met, at once:
+        the replica then waits in phase ``pending`` and starts when its dependencies allow.
+        ``previous``: the last good launch, to roll back to while this one is on probation.
+        """
+        self.spec = spec
+        self.artifact = artifact
+        if self.pinned is not None and artifact.version != self.pinned:
+            self.pinned = None  # another version deploys: the pin of `supervise rollback` ends
+        self.build_failed = self.pinned is not None  # a user restart of the pinned version keeps it
+        if self.pinned is None:
+            self.deploy_message = ""
+        self.sink.policy = spec.log
+        old = self.replicas.get(index)
+        if old is not None and (old.handle is not None or old.tasks):
+            await self.stop_replica(index, reason)
+        replica = Replica(index=index, launch=Launch(spec, artifact), state=ReplicaState(index=index),
+                          previous=previous)
+        if old is not None:
+            replica.state = replace(replica.state, restarts=old.restarts, last_exit=old.last_exit)
+            self._cancel(old)
+        self.replicas[index] = replica
+        waiting = self._waiting(replica) if spec.depends_on else ""
+        self._feed(replica, Start(reason, waiting=waiting, probation=previous is not None))
+        if waiting:
+            self._task(replica, self._start_after_dependencies(replica))
+
+    async def restart_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str,
+                              probation: bool = True) -> None:
+        """Replace replica ``index`` with a new process of ``spec``/``artifact``.
+
+        ``update = "recreate"``: the old process is fully stopped before the new one starts,
+        so two never run at once. ``"start-first"``: the new one starts beside the old, and the
+        old stops only once the new one is ready (or, without a ready check, has stayed up
+        :data:`~supervisor.decide.lifecycle.START_FIRST_GRACE` seconds). Either way a new version that
+        crash-loops or never becomes ready is rolled back to the last good one (``probation``
+        False: no probation, as for a user's rollback to a good version).
+        """
+        old = self.replicas.get(index)
+        previous = None
+        if old is not None:
+            new_launch = (old.launch.artifact.version != artifact.version
+                          or state.fingerprint(old.launch.spec) != state.fingerprint(spec))
+            target = self.rollback_target(artifact)
+            if new_launch and probation and target is not None and (
+                    target.artifact.version != artifact.version
+                    or state.fingerprint(target.spec) != state.fingerprint(spec)):
+                # Roll back only to a launch that proved good (Policy.good_delay: the rule in
+                # README, "Rollback"); with none yet, a failing update has nothing to go back to.
+                previous = target
+            healthy = old.handle is not None and old.handle.running and old.phase in UP
+            if old.launch.artifact.version != artifact.version:
+                reason = f"{reason} ({old.launch.artifact.version} -> {artifact.version})"
+            if spec.update == "start-first" and healthy:
+                await self._start_first(old, spec, artifact, reason)
+                return
+            self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index, reason=reason)
+            await self.stop_replica(index, reason, remove=False)
+            old.state = replace(old.state, restarts=old.state.restarts + 1)
+        await self.start_replica(index, spec, artifact, reason, previous=previous)
+
+    async def stop_replica(self, index: int, reason: str, remove: bool = False) -> Exit | None:
+        """Stop replica ``index``: stop signal, ``stop_timeout``, SIGKILL to the group."""
+        replica = self.replicas.get(index)
+        if replica is None:
+            return None
+        exit = await self._stop_process(replica, reason)
+        if remove and self.replicas.get(index) is replica:
+            self.replicas.pop(index, None)
+            self.changed()
+            self.persist()
+        return exit
+
+    async def _stop_process(self, replica: Replica, reason: str) -> Exit | None:
+        """Stop ``replica``'s process (in the dict or not) and wait until its output is in."""
+        for task in list(replica.tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        handle = replica.handle
+        alive = handle is not None and self.executor.alive(handle)
+        stops = self._feed(replica, Stop(reason, alive=alive))
+        exit = None
+        if handle is not None and stops:
+            exit = await self.executor.stop(handle, stops[0].signal, stops[0].timeout)
+            replica.handle = None
+            self._feed(replica, Stopped(exit))
+        replica.handle = None
+        return exit
+
+    # -- safe updates: start-first and rollback ---------------------------------------------
+
+    async def _start_first(self, old: Replica, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
+        index = old.index
+        candidate = Replica(index=index, launch=Launch(spec, artifact),
+                            state=ReplicaState(index=index, restarts=old.restarts + 1),
+                            trial=asyncio.get_running_loop().create_future())
+        assert candidate.trial is not None
+        self.candidates[index] = candidate
+        self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index,
+                           reason=f"{reason}; start-first")
+        try:
+            self._feed(candidate, Start(f"{reason}; start-first", trial=True))
+            ok, why = await candidate.trial
+        finally:
+            if self.candidates.get(index) is candidate:
+                del self.candidates[index]
+        if self.replicas.get(index) is not old:  # a stop or another change came meanwhile
+            await self._stop_process(candidate, "superseded")
+            return
+        if not ok:
+            await self._stop_process(candidate, f"new version {why}")
+            self._mark_rolled_back(index, artifact, old.launch.artifact, why)
+            return
+        self.replicas[index] = candidate
+        self.spec, self.artifact = spec, artifact
+        self.changed()
+        await self._stop_process(old, f"replaced by {artifact.version} (start-first)")
+        self.persist()
+
+    def _rollback(self, replica: Replica, why: str) -> None:
+        """Put the last good launch back in place of ``replica``'s new one."""
+        target = replica.previous
+        if target is None:
+            return
+        replica.previous = None
+        self._mark_rolled_back(replica.index, replica.launch.artifact, target.artifact, why)
+
+        async def put_back() -> None:
+            await self._stop_process(replica, f"rolling back: {why}")
+            if self.replicas.get(replica.index) is not replica:
+                return
+            back = Replica(index=replica.index, launch=target,
+                           state=ReplicaState(index=replica.index, restarts=replica.restarts + 1))
+            self.replicas[replica.index] = back
+            self.artifact = target.artifact
+            self._feed(back, Start(f"rolled back to {target.artifact.version}"))
+
+        self._background(put_back())
+
+    def _mark_rolled_back(self, index: int, bad: Artifact, good: Artifact, why: str) -> None:
+        self.build_failed = True  # "the newest version could not be deployed": not retried
+        self.failed_revision = bad.revision
+        if bad.version != good.version:
+            message = f"rolled back {bad.version} -> {good.version}: {why}"
+        else:
+            message = f"rolled back to the previous config (same version {good.version}): {why}"
+        self.deploy_message = message
+        self.sink.note(f"{self.name}[{index}] {message}")
+        self.notifier.emit(EventType.ROLLED_BACK, self.name, good.version, replica=index, reason=why,
+                           bad_version=bad.version)
+        self.changed()
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop_all(self, reason: str) -> None:
+        """Stop and forget every replica, concurrently."""
+        self.signal_all()
+        await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
+
+    def signal_all(self) -> None:
+        """Send every running replica its stop signal now (the stops that follow wait)."""
+        for replica in self.replicas.values():
+            if replica.handle is not None:
+                self.executor.signal(replica.handle, self.spec.stop_signal)
+
+    def detach(self) -> None:
+        """Stop watching without stopping (see Reconciler.detach); the state file is written
+        now, with every live replica in it."""
+        for task in list(self._tasks):
+            task.cancel()
+        for replica in self.replicas.values():
+            self._cancel(replica)
+            for task in list(replica.tasks):
+                task.cancel()
+            if replica.handle is not None:
+                self.executor.detach(replica.handle)
+        self._persist_now()
+
+    # -- user verbs (supervise start/stop/restart) ------------------------------------------
+
+    async def hold(self, reason: str) -> None:
+        """A user stop: stop every replica and hold the service until :meth:`release`
+        (survives reloads of the file, like ``systemctl stop`` survives ``daemon-reload``)."""
+        self.held = True
+        await asyncio.gather(*(self.stop_replica(i, reason) for i in sorted(self.replicas)))
+        for replica in self.replicas.values():
+            replica.message = reason
+        self.changed()
+        self.persist()
+
+    def release(self) -> None:
+        """A user start: drop the hold and forget replicas that do not run (stopped, exited,
+        failed), so the next plan starts them afresh with a clean start limit."""
+        self.held = False
+        self.build_failed = self.pinned is not None  # a pin outlives a user start or restart
+        self.persist()
+        for index, replica in list(self.replicas.items()):
+            if replica.handle is None:  # stopped, exited, failed, in backoff or pending
+                self._cancel(replica)
+                for task in list(replica.tasks):
+                    task.cancel()
+                del self.replicas[index]
+        self.changed()
+
+    async def user_restart(self) -> None:
+        """A user restart: running replicas are replaced now, the others start on the next
+        plan. Neither counts towards the start limit (a fresh limiter per replica)."""
+        running = [i for i, r in self.replicas.items() if r.handle is not None and r.handle.running]
+        self.release()
+        if self.artifact is not None:
+            artifact = self.artifact
+            await asyncio.gather(*(self.restart_replica(i, self.spec, artifact, "restarted by user")
+                                   for i in running))
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _waiting(self, replica: Replica) -> str:
+        """The ``depends_on`` entries not met yet, for messages ("" when all are)."""
+        waiting = []
+        for dep in replica.launch.spec.depends_on:
+            other = self.lookup(dep.service)
+            reached = other.reached(dep.condition) if other is not None else None
+            if reached is None:
+                waiting.append(f"{dep.service} ({dep.condition.value}; it cannot get there now)")
+            elif not reached:
+                waiting.append(f"{dep.service} ({dep.condition.value})")
+        return ", ".join(waiting)
+
+    async def _start_after_dependencies(self, replica: Replica) -> None:
+        """Wait (woken by the dependencies' phase changes, no polling) and then start."""
+        while self.replicas.get(replica.index) is replica and replica.phase is Phase.PENDING:
+            waiting = self._waiting(replica)
+            self._feed(replica, DependenciesChanged(waiting))
+            if not waiting:
+                return
+            waits = []
+            for dep in replica.launch.spec.depends_on:
+                other = self.lookup(dep.service)
+                if other is not None:
+                    other.phase_changed.clear()
+                    waits.append(asyncio.ensure_future(other.phase_changed.wait()))
+            if not waits:  # a dependency removed from the file: nothing will wake us
+                return
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+
+    def _spawn(self, replica: Replica, reason: str) -> None:
+        """Run the Spawn effect through the executor, then watch the replica."""
+        spec, artifact = replica.launch.spec, replica.launch.artifact
+        env = replica_env(self.name, spec.environment, replica.index, user=spec.user)
+        env["SUPERVISE_VERSION"] = artifact.version
+        if spec.source.kind == "pip":  # the version's venv, as `activate` sets it
+            env.update(venv_env(artifact.workdir, env))
+        try:
+            handle = self.executor.start(spec, artifact, replica.index, env, self.sink, self._label(replica.index))
+        except StartFailed as exc:
+            self._feed(replica, SpawnFailed(str(exc)))
+            return
+        replica.handle = handle
+        self._feed(replica, Spawned(handle.pid, at=self.clock.time()))
+        self._watch_checks(replica, handle, env)
+
+    def _watch_checks(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
+        spec = replica.launch.spec
+        self._task(replica, self._watch(replica, handle))
+        if spec.ready is not None:
+            self._task(replica, self._readiness(replica, handle, env))
+        if spec.live is not None:
+            self._task(replica, self._liveness(replica, handle, env))
+
+    def adopt(self, index: int, handle: Running, spec: ServiceSpec, artifact: Artifact,
+              started_at: float | None, restarts: int, stale: bool) -> None:
+        """Take over a replica that survived a supervisor restart (``handle`` from the
+        executor's :meth:`~supervisor.execute.executors.Executor.adopt`). ``stale``: it was started
+        from another config, and the next plan replaces it."""
+        self.spec = spec
+        self.artifact = artifact
+        replica = Replica(index=index, launch=Launch(spec, artifact), state=ReplicaState(index=index),
+                          handle=handle)
+        self.replicas[index] = replica
+        self.sink.note(f"adopted {self.name}[{index}] pid {handle.pid} version {artifact.version}")
+        self.notifier.emit(EventType.ADOPTED, self.name, artifact.version, replica=index, pid=handle.pid)
+        self._feed(replica, Adopted(handle.pid, started_at, restarts, stale))
+        self._watch_checks(replica, handle, replica_env(self.name, spec.environment, index, user=spec.user))
+
+    def _label(self, index: int) -> str:
+        return replica_label(self.name, self.spec.replicas, index)
+
+    def _task(self, replica: Replica, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        replica.tasks.add(task)
+        task.add_done_callback(replica.tasks.discard)
+
+    async def _watch(self, replica: Replica, handle: Running) -> None:
+        exit = await asyncio.shield(handle.exited)
+        if replica.handle is not handle or replica.state.stopping or not self._owns(replica):
+            return
+        # Whatever the leader left behind goes too (systemd KillMode=control-group)
+        await self.executor.cleanup(handle, self.spec.stop_signal, self.spec.stop_timeout)
+        if replica.handle is not handle:
+            return
+        replica.handle = None
+        self._feed(replica, Exited(exit, jitter=self.rng()))
+
+    async def _readiness(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
+        check = replica.launch.spec.ready
+        assert check is not None
+        await asyncio.sleep(check.start_period)
+        while handle.running and replica.handle is handle:
+            if await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd,
+                                          user=replica.launch.spec.user):
+                if replica.handle is handle and handle.running:
+                    self._feed(replica, Ready())
+                return
+            await asyncio.sleep(check.interval)
+
+    async def _liveness(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
+        check = replica.launch.spec.live
+        assert check is not None
+        await asyncio.sleep(check.start_period)
+        while handle.running and replica.handle is handle:
+            await asyncio.sleep(check.interval)
+            ok = await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd,
+                                          user=replica.launch.spec.user)
+            if replica.handle is not handle:
+                return
+            for stop in self._feed(replica, LiveProbe(ok)):
+                # the watcher sees the exit and the state machine restarts it as for a crash
+                await self.executor.stop(handle, stop.signal, stop.timeout)
+                return
+
+    # -- the state file --------------------------------------------------------------------
+
+    def persist(self) -> None:
+        """Write this service's state file soon (coalesced: once per loop iteration)."""
+        if self._persist_pending:
+            return
+        self._persist_pending = True
+        asyncio.get_running_loop().call_soon(self._persist_now)
+
+    def _persist_now(self) -> None:
+        self._persist_pending = False
+        replicas = {}
+        for index, replica in self.replicas.items():
+            handle = replica.handle
+            if handle is None or not handle.running:
+                continue
+            artifact = replica.launch.artifact
+            replicas[index] = state.ReplicaRecord(
+                version=artifact.version, revision=artifact.revision, workdir=artifact.workdir,
+                started_at=replica.started_at, restarts=replica.restarts,
+                fingerprint=state.fingerprint(replica.launch.spec), runtime=self.executor.name,
+                handle=self.executor.record(handle))
+        good = tuple((g.artifact.version, g.artifact.revision, str(g.artifact.workdir)) for g in self.good)
+        record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
+                                     command=tuple(self.spec.command), stop_signal=self.spec.stop_signal,
+                                     stop_timeout=self.spec.stop_timeout, good=good, pinned=self.pinned or "")
+        if record == self._persisted:  # most phase changes (starting -> running) change nothing here
+            return
+        try:
+            state.save(self.state_dir, self.name, record)
+        except OSError as exc:  # disk full, state dir gone: supervision goes on; retried next change
+            if self._persist_error != str(exc):
+                log.error("%s: cannot write its state record (%s); a restarted supervisor may not adopt "
+                          "its replicas until it can", self.name, exc)
+            self._persist_error = str(exc)
+            return
+        if self._persist_error:
+            log.info("%s: state record written again", self.name)
+        self._persist_error = ""
+        self._persisted = record

@@ -1,0 +1,179 @@
+"""Git sources with GitPython: one bare repository per service, one worktree per version.
+
+Layout under ``STATE_DIR/sources/NAME/``: ``repo.git`` (bare, fetched into) and
+``versions/COMMIT12/`` (a detached worktree per checked-out commit). A running version's folder
+is never touched by a fetch: new commits get new folders, and old ones are pruned to the newest
+``keep`` (the running one always kept).
+
+Git never prompts (``GIT_TERMINAL_PROMPT=0``, no askpass) and every call has a timeout, so an
+unreachable remote is an error, not a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from . import SourceError, prune_versions
+from ...observe import safefs
+from ...redaction import redact
+from ...desired.model import SourceSpec
+
+
+class _LazyGit:
+    """GitPython, imported on first use (it replaces itself in this module's globals): with
+    gitdb and smmap it adds ~5 MB to every supervisor, most of which run no git source."""
+
+    def __getattr__(self, name: str):
+        import git as module
+
+        globals()["git"] = module
+        return getattr(module, name)
+
+
+if TYPE_CHECKING:
+    import git
+else:
+    git = _LazyGit()
+
+GIT_TIMEOUT = 120.0  # seconds for any one git command
+_SHA = re.compile(r"^[0-9a-f]{7,40}$")
+#: GIT_MARK marks our git commands, so a stopping supervisor kills those (procs.kill_git_children)
+#: and never a git process a host program (the library's user) runs itself.
+GIT_MARK = "SUPERVISE_GIT"
+_ENV = {GIT_MARK: "1", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20"}
+
+
+class GitSource:
+    """Fetch and check out ``spec`` (a git SourceSpec) under ``root``. Blocking: run in a thread."""
+
+    def __init__(self, spec: SourceSpec, root: Path):
+        assert spec.kind == "git" and spec.url
+        self.spec = spec
+        self.url = spec.url
+        self.root = root
+        self.versions = root / "versions"
+
+    @contextlib.contextmanager
+    def _repo(self) -> Iterator[git.Repo]:
+        """The bare repository, closed after use (GitPython keeps ``git cat-file`` helpers
+        running per Repo object until it is closed)."""
+        repo = self._open()
+        try:
+            yield repo
+        finally:
+            repo.close()
+
+    def _open(self) -> git.Repo:
+        path = self.root / "repo.git"
+        try:
+            if path.exists():
+                repo = git.Repo(path)
+            else:
+                safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name)
+                repo = git.Repo.init(path, bare=True)
+        except (git.GitError, OSError) as exc:
+            raise SourceError(f"cannot open {path}: {exc}") from None
+        repo.git.update_environment(**_ENV)
+        return repo
+
+    def remote_revision(self) -> str:
+        """The commit ``ref`` points to on the remote now (``git ls-remote``), without fetching.
+
+        A ref that looks like a commit id is returned as is. Raises SourceError.
+        """
+        ref = self.spec.ref
+        if _SHA.match(ref):
+            return ref
+        try:
+            with self._repo() as repo:
+                out = repo.git.ls_remote(self.url, ref, kill_after_timeout=GIT_TIMEOUT)
+        except git.GitCommandError as exc:
+            raise SourceError(f"cannot reach {redact(self.url)}: {_stderr(exc)}") from None
+        candidates = {}
+        for line in str(out).splitlines():
+            sha, name = line.split("\t", 1)
+            candidates[name] = sha
+        for name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
+            if name in candidates:
+                return candidates[name]
+        raise SourceError(f"ref {ref!r} not found in {redact(self.url)}")
+
+    def fetch(self) -> str:
+        """Fetch ``ref`` and return its full commit id. Raises SourceError."""
+        with self._repo() as repo:
+            return self._fetch(repo, self.spec.ref)
+
+    def _fetch(self, repo: git.Repo, ref: str) -> str:
+        try:
+            repo.git.fetch("--force", "--no-tags", "--", self.url, ref, kill_after_timeout=GIT_TIMEOUT)
+            return repo.git.rev_parse("FETCH_HEAD^{commit}")
+        except git.GitCommandError as exc:
+            if not _SHA.match(ref):
+                raise SourceError(f"cannot fetch {ref!r} from {redact(self.url)}: {_stderr(exc)}") from None
+        try:  # a commit id the server will not hand out by itself: fetch everything, look it up
+            repo.git.fetch("--force", "--tags", "--", self.url, "+refs/heads/*:refs/remotes/origin/*",
+                           kill_after_timeout=GIT_TIMEOUT)
+            return repo.git.rev_parse(f"{ref}^{{commit}}")
+        except git.GitCommandError as exc:
+            raise SourceError(f"cannot fetch commit {ref} from {redact(self.url)}: {_stderr(exc)}") from None
+
+    def is_ancestor(self, old: str, new: str) -> bool:
+        """True when ``old`` is an ancestor of ``new`` (a fast-forward); False after a force
+        push. ``git merge-base --is-ancestor`` says "no" with status 1 only (GitPython's
+        ``Repo.is_ancestor`` rule); any other failure (a timeout, ``old`` no longer in the
+        repository) raises :class:`SourceError`, so it is never taken for a force push."""
+        with self._repo() as repo:
+            try:
+                repo.git.merge_base("--is-ancestor", old, new, kill_after_timeout=GIT_TIMEOUT)
+                return True
+            except git.GitCommandError as exc:
+                if exc.status == 1:
+                    return False
+                raise SourceError(f"cannot tell whether {old[:12]} is an ancestor of {new[:12]}: "
+                                  f"{_stderr(exc)}") from None
+
+    def checkout(self, commit: str) -> Path:
+        """A worktree of ``commit`` at ``versions/COMMIT12`` (reused when it exists)."""
+        path = self.versions / commit[:12]
+        if (path / ".git").exists():
+            return path
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        safefs.ensure_dir(self.versions)
+        with self._repo() as repo:
+            try:
+                repo.git.worktree("prune")
+                repo.git.worktree("add", "--detach", "--force", str(path), commit, kill_after_timeout=GIT_TIMEOUT)
+            except git.GitCommandError as exc:
+                raise SourceError(f"cannot check out {commit[:12]}: {_stderr(exc)}") from None
+        return path
+
+    def prune(self, keep: int, protect: set[str]) -> list[str]:
+        """Remove version folders beyond the ``keep`` newest, never those in ``protect``
+        (12-digit commit prefixes). Returns the removed prefixes."""
+        removed = prune_versions(self.versions, keep, protect)
+        if removed:
+            with self._repo() as repo:
+                try:
+                    repo.git.worktree("prune")
+                except git.GitCommandError:
+                    pass
+        return removed
+
+
+def _stderr(exc: git.GitCommandError) -> str:
+    text = (exc.stderr or str(exc)).strip()
+    text = re.sub(r"^stderr: ", "", text).strip().strip("'").strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return redact(lines[-1] if lines else "git failed")
+
+
+def environment() -> dict[str, str]:
+    """The git environment used for every call (no prompts)."""
+    return {**os.environ, **_ENV}
