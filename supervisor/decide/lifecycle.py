@@ -539,10 +539,12 @@ def _fired(policy: Policy, out: _Out, timer: Timer, now: float) -> None:
         elif not state.up:
             out.effects.append(Rollback(f"not running {policy.probation_deadline:g}s after the update "
                                         f"({state.phase.value})"))
-        elif state.probation_crashes == 0 and state.ready and state.pid is not None:
-            _good(out)  # ready (or up) through its whole probation: good
-        else:  # it crashed on probation but runs now: kept, and must prove itself from here
-            _became_ready(policy, out)
+        elif state.probation_crashes:  # it must be good by its deadline: a crash on the way is bad
+            out.effects.append(Rollback(f"crashed {state.probation_crashes} time"
+                                        f"{'s' if state.probation_crashes > 1 else ''} within "
+                                        f"{policy.probation_deadline:g}s of the update ({state.last_exit})"))
+        elif state.ready and state.pid is not None:
+            _good(out)  # ready (or up) through its whole probation without a crash: good
     elif timer is Timer.GOOD:
         if state.up and state.ready and state.pid is not None and not state.stopping and not state.good:
             _good(out)

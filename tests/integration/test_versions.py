@@ -121,13 +121,13 @@ def test_a_rollback_runs_the_previous_files_and_the_cli_pins_versions(tmp_path, 
     running, `rollback` pins a version, and a new revision unpins it."""
     write(tmp_path / "app" / "app.py", APP.format(mark="A"))
     path = write(tmp_path / "services.toml", site(f'watch = ["*.py"]\nbuild = ["{PY}", "-m", "py_compile", "app.py"]\n'
-                                                  'good_after = "1s"'))
+                                                  'good_after = "3s"'))
     start(path)
     wait_until(lambda: row(path).get("good"), timeout=30, message="A good")
     version_a = row(path)["version"]
-    assert row(path)["good_rule"] == "up for 1s without a crash"
+    assert row(path)["good_rule"] == "up for 3s without a crash"
     table = cli(path, "status").stdout
-    assert "GOOD" in table.splitlines()[0] and "site: good = up for 1s without a crash" in table
+    assert "GOOD" in table.splitlines()[0] and "site: good = up for 3s without a crash" in table
 
     write(tmp_path / "app" / "app.py", BAD.format(mark="B"))
     wait_until(lambda: "rolled back" in (row(path).get("message") or ""), timeout=30, message="rolled back")

@@ -346,8 +346,11 @@ def test_ready_then_crashing_on_probation_is_still_rolled_back():
     assert history[-1][-2:] == [Cancel(Timer.PROBATION), Rollback("crashed 3 times (exit 1)")]
 
 
-def test_a_version_that_crashed_on_probation_but_runs_at_the_deadline_must_prove_itself_again():
+def test_a_new_version_must_be_good_by_its_deadline_one_crash_is_enough_to_roll_back():
+    """A new version replacing a good one must itself be good by its deadline (ready deadline
+    plus good_after): running at the deadline after a crash on the way is not good."""
     script = [(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)), (1.0, Exited(CRASH)),
               (1.0, Fired(Timer.BACKOFF)), (1.0, Spawned(101, at=0)), (10.0, Fired(Timer.PROBATION))]
     state, history = run(script)
-    assert history[-1] == [Arm(Timer.GOOD, PROBATION)] and not state.good and not state.probation
+    assert history[-1] == [Rollback("crashed 1 time within 10s of the update (exit 1)")]
+    assert not state.good and not state.probation
