@@ -110,11 +110,19 @@ class FolderSource:
 
     def snapshot(self) -> tuple[Path, str]:
         """Copy the folder now: ``(snapshot folder, content hash)``. An identical snapshot
-        already on disk is reused (its mtime refreshed: pruning keeps the newest). Raises
-        SourceError (a missing folder, a full disk)."""
+        already on disk is reused (its mtime refreshed: pruning keeps the newest). The copy is
+        hashed again, so a file edited during the copy never gives a snapshot whose name is
+        not its content. Raises SourceError (a missing folder, a full disk)."""
         if not self.path.is_dir():
             raise SourceError(f"source folder {self.path} does not exist")
         safefs.ensure_dir(safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name) / "versions")
+        # Unchanged content (a restart for a config change, a reload) reuses its snapshot
+        # without copying: hashing reads the files, a copy also writes them.
+        revision = content_hash(self.path, [self.state_dir])
+        existing = self.folder(revision)
+        if existing.is_dir() and not existing.is_symlink():
+            os.utime(existing)
+            return existing, revision
         temp = self.versions / f".new-{os.urandom(6).hex()}"
         try:
             copy_folder(self.path, temp, [self.state_dir])
