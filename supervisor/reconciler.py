@@ -263,7 +263,7 @@ class Reconciler:
                 continue
             artifact = Artifact(workdir=item.workdir, version=item.version,
                                 revision=item.revision or Version.parse(item.version).revision)
-            controller.restore_good(record.good, record.pinned)
+            controller.restore_good(record)
             stale = wanted is None or item.fingerprint != current
             controller.adopt(index, handle, spec, artifact, item.started_at, item.restarts, stale)
         return len(alive)

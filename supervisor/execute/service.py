@@ -140,6 +140,7 @@ class ServiceController:
         #: the last is what a failing update rolls back to.
         self.good: list[Launch] = []
         self.pinned: str | None = None  # the version `supervise rollback` pinned
+        self.pinned_over: str | None = None  # the newest revision then, not deployed while pinned
         self._persist_pending = False
         self._persisted: state.ServiceRecord | None = None  # the record last written
         self._persist_error = ""
@@ -176,7 +177,8 @@ class ServiceController:
 
     # -- good versions (the rollback targets) --------------------------------------------------
 
-    #: How many good versions are remembered (and kept on disk).
+    #: How many good versions are remembered (the newest is kept on disk whatever keep_versions
+    #: says; the others as long as keep_versions keeps them).
     GOOD_KEPT = 5
 
     def good_versions(self) -> tuple[str, ...]:
@@ -209,6 +211,7 @@ class ServiceController:
         is the newest revision the source showed; the plan does not deploy it again (as after
         an automatic rollback), a newer one or a change of the file does (start_replica unpins)."""
         self.pinned = version
+        self.pinned_over = newest
         self.build_failed = True
         self.failed_revision = newest
         self.deploy_message = f"pinned to {version} by `supervise rollback`; the next change deploys as usual"
@@ -216,14 +219,14 @@ class ServiceController:
         self.changed()
         self.persist()
 
-    def restore_good(self, good: tuple[tuple[str, str, str], ...], pinned: str) -> None:
-        """Take the good versions (and the pin) a previous supervisor recorded, with the
-        current spec (their folders are checked when a rollback needs them)."""
-        from .builds import Artifact
-
+    def restore_good(self, record: state.ServiceRecord) -> None:
+        """Take the good versions and the pin a previous supervisor recorded, with the current
+        spec (their folders are checked when a rollback needs them)."""
         if not self.good:
-            self.good = [Launch(self.spec, Artifact(workdir=Path(w), version=v, revision=r)) for v, r, w in good]
-        self.pinned = pinned or self.pinned
+            self.good = [Launch(self.spec, Artifact(workdir=Path(w), version=v, revision=r))
+                         for v, r, w in record.good]
+        if record.pinned and self.pinned is None:
+            self.pin(record.pinned, record.pinned_over or None)
 
     @property
     def phase(self) -> Phase:
@@ -710,7 +713,8 @@ class ServiceController:
         good = tuple((g.artifact.version, g.artifact.revision, str(g.artifact.workdir)) for g in self.good)
         record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
                                      command=tuple(self.spec.command), stop_signal=self.spec.stop_signal,
-                                     stop_timeout=self.spec.stop_timeout, good=good, pinned=self.pinned or "")
+                                     stop_timeout=self.spec.stop_timeout, good=good, pinned=self.pinned or "",
+                                     pinned_over=(self.pinned_over or "") if self.pinned else "")
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
         try:

@@ -115,7 +115,8 @@ class ServiceRecord:
     ``invalid`` lists the replica entries that could not be parsed (index: reason); they are
     never adopted. ``good`` holds the versions that proved good (oldest first), each as
     ``(version, revision, workdir)``, so a later supervisor still knows what to roll back to;
-    ``pinned`` the version ``supervise rollback`` pinned ("" when none)."""
+    ``pinned`` the version ``supervise rollback`` pinned ("" when none) and ``pinned_over`` the
+    newest revision the source showed then (not deployed again while the pin holds)."""
 
     service: str
     held: bool = False
@@ -126,6 +127,7 @@ class ServiceRecord:
     invalid: Mapping[str, str] = field(default_factory=dict)
     good: tuple[tuple[str, str, str], ...] = ()
     pinned: str = ""
+    pinned_over: str = ""
 
     @classmethod
     def from_dict(cls, data: object, name: str = "") -> "ServiceRecord":
@@ -167,9 +169,11 @@ class ServiceRecord:
                                                                    for x in item)):
                 good.append((item[0], item[1], item[2]))
         pinned = data.get("pinned") or ""
+        pinned_over = data.get("pinned_over") or ""
         return cls(service=service, held=held, replicas=replicas, command=tuple(command), stop_signal=stop_signal,
                    stop_timeout=stop_timeout, invalid=invalid, good=tuple(good),
-                   pinned=pinned if isinstance(pinned, str) else "")
+                   pinned=pinned if isinstance(pinned, str) else "",
+                   pinned_over=pinned_over if isinstance(pinned_over, str) and isinstance(pinned, str) else "")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object on disk (the format older supervise versions wrote and read)."""
@@ -177,7 +181,7 @@ class ServiceRecord:
                 "replicas": {str(i): r.to_dict() for i, r in sorted(self.replicas.items())},
                 "command": list(self.command), "stop_signal": self.stop_signal, "stop_timeout": self.stop_timeout,
                 **({"good": [list(g) for g in self.good]} if self.good else {}),
-                **({"pinned": self.pinned} if self.pinned else {})}
+                **({"pinned": self.pinned, "pinned_over": self.pinned_over} if self.pinned else {})}
 
 
 #: Fingerprinted only when set (they came after the format; see :func:`fingerprint`).

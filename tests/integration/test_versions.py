@@ -206,3 +206,28 @@ def test_in_place_runs_the_live_folder_and_claims_no_rollback(tmp_path, start):
     refused = cli(path, "rollback", "site")
     assert refused.returncode == 1 and "in place" in refused.stderr
     assert not (tmp_path / ".supervise" / "sources" / "site").exists()
+
+
+def test_good_versions_and_a_pin_survive_a_supervisor_restart(tmp_path, start):
+    """SIGQUIT leaves the replica running; the next supervisor adopts it and still knows which
+    versions proved good (so a failing update still has somewhere to go back to) and the pin."""
+    import signal
+
+    write(tmp_path / "app" / "app.py", APP.format(mark="A"))
+    path = write(tmp_path / "services.toml", site('watch = ["*.py"]\ngood_after = "1s"'))
+    first = start(path)
+    wait_until(lambda: row(path).get("good"), timeout=30, message="A good")
+    version_a = row(path)["version"]
+    write(tmp_path / "app" / "app.py", APP.format(mark="B"))
+    wait_until(lambda: (m := running_mark(path)) and m[0] == "B" and row(path).get("good"), timeout=30,
+               message="B good")
+    assert cli(path, "rollback", "site", version_a).returncode == 0
+    pid = wait_until(lambda: (m := running_mark(path)) and m[0] == "A" and row(path)["pid"], timeout=30)
+
+    first.send_signal(signal.SIGQUIT)
+    assert first.wait(timeout=30) == 0
+    start(path)
+    wait_until(lambda: row(path).get("pid") == pid, timeout=30, message="A adopted")
+    listed = versions(path)
+    assert listed["pinned"] == version_a and {v["version"] for v in listed["versions"] if v["good"]} >= {version_a}
+    assert row(path)["pinned"] == version_a and "nothing to do" in cli(path, "plan").stdout

@@ -140,11 +140,11 @@ def test_good_after_is_a_duration(tmp_path):
 
 def test_records_keep_the_good_versions_and_the_pin_and_old_records_still_read(tmp_path):
     record = state.ServiceRecord(service="site", good=(("aaaaaaaaaaaa-bbbbbbbb", "a" * 40, "/x/aaaaaaaaaaaa"),),
-                                 pinned="aaaaaaaaaaaa-bbbbbbbb")
+                                 pinned="aaaaaaaaaaaa-bbbbbbbb", pinned_over="c" * 40)
     state.save(tmp_path, "site", record)
     assert state.load_all(tmp_path)["site"] == record
     older = state.ServiceRecord.from_dict({"service": "site", "replicas": {}})
-    assert older.good == () and older.pinned == ""
+    assert older.good == () and older.pinned == "" and older.pinned_over == ""
     hostile = state.ServiceRecord.from_dict({"service": "site", "good": [["a", "b"], 3, ["v", "r", "w\0"]],
                                              "pinned": 7})
     assert hostile.good == () and hostile.pinned == ""
