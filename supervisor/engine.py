@@ -375,9 +375,11 @@ class Engine:
                 storm.append(-1.0)
             return False
         preparer = self.reconciler.preparer
-        if preparer is not None and (name in preparer.builds or last_edit <= preparer.last_build_end.get(name, 0.0)):
-            # The last edit came while it was being built: the build's own output (a build
-            # writing into a watched folder). Rebuilding for it would loop forever.
+        if spec.source.in_place and preparer is not None and (
+                name in preparer.builds or last_edit <= preparer.last_build_end.get(name, 0.0)):
+            # The last edit came while it was being built in place: the build's own output (a
+            # build writing into its watched folder). Rebuilding for it would loop forever. A
+            # snapshot builds in its copy: an edit then is the user's, and deploys.
             log.debug("%s: ignoring edits made while it was being built", name)
             return False
         storm.append(now)

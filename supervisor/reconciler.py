@@ -387,6 +387,7 @@ class Reconciler:
         controller.preparing = Phase.BUILDING if spec.build else Phase.FETCHING
         controller.preparing_since = self.clock.time()
         controller.changed()
+        known = self.revisions.get(spec.name)
         try:
             if self.background_fetches and controller.executor.prepares_in_background(spec):
                 artifact = await self._prepare_in_background(spec, protect)
@@ -425,7 +426,10 @@ class Reconciler:
                                    previous=previous.revision, revision=artifact.revision)
         if spec.build:
             self.notifier.emit(EventType.BUILT, spec.name, artifact.version)
-        self.revisions[spec.name] = artifact.revision
+        if self.revisions.get(spec.name) == known:
+            self.revisions[spec.name] = artifact.revision
+        # else a trigger saw a newer revision while this one was prepared (an edit during a
+        # snapshot's build): it stays the newest known, and the next pass deploys it
         return artifact
 
     def _requeue(self, name: str) -> None:

@@ -231,3 +231,17 @@ def test_good_versions_and_a_pin_survive_a_supervisor_restart(tmp_path, start):
     listed = versions(path)
     assert listed["pinned"] == version_a and {v["version"] for v in listed["versions"] if v["good"]} >= {version_a}
     assert row(path)["pinned"] == version_a and "nothing to do" in cli(path, "plan").stdout
+
+
+def test_an_edit_made_while_a_snapshot_builds_is_deployed_too(tmp_path, start):
+    """A snapshot builds in its copy, so an edit of the live folder during that build is the
+    user's (not the build's output, as it can be for a folder built in place) and deploys."""
+    write(tmp_path / "app" / "app.py", APP.format(mark="A"))
+    path = write(tmp_path / "services.toml", site(f'watch = ["*.py"]\nbuild = ["{PY}", "-c", '
+                                                  '"import time; time.sleep(2)"]'))
+    start(path)
+    wait_until(lambda: (m := running_mark(path)) and m[0] == "A", timeout=30, message="A running")
+    write(tmp_path / "app" / "app.py", APP.format(mark="B"))
+    wait_until(lambda: row(path).get("message", "").startswith("building"), timeout=30, message="B building")
+    write(tmp_path / "app" / "app.py", APP.format(mark="C"))
+    wait_until(lambda: (m := running_mark(path)) and m[0] == "C", timeout=40, message="C running")
