@@ -24,7 +24,7 @@ from typing import Callable, Coroutine, Any
 from ..decide import lifecycle
 from . import logs
 from ..observe import state, views
-from .builds import Artifact
+from .builds import Artifact, source_root
 from ..clock import SYSTEM, Clock
 from ..desired.environ import replica_env
 from .executors import Executor, Running, StartFailed
@@ -222,9 +222,12 @@ class ServiceController:
     def restore_good(self, record: state.ServiceRecord) -> None:
         """Take the good versions and the pin a previous supervisor recorded, with the current
         spec (their folders are checked when a rollback needs them)."""
-        if not self.good:
+        versions = source_root(self.state_dir, self.name) / "versions"
+        if not self.good:  # a local replica may run only our version folders, or the folder in place
             self.good = [Launch(self.spec, Artifact(workdir=Path(w), version=v, revision=r))
-                         for v, r, w in record.good]
+                         for v, r, w in record.good
+                         if self.executor.name != "local" or Path(w).parent == versions
+                         or Path(w) == self.spec.source.path]
         if record.pinned and self.pinned is None:
             self.pin(record.pinned, record.pinned_over or None)
 
