@@ -71,7 +71,7 @@ class Policy:
 
     @property
     def good_delay(self) -> float:
-        """The rule of a good version (README, "Rollback"): a replica is *good* once it has been
+        """The rule of a good version (README, "Rollback has a written rule"): a replica is *good* once it has been
         ready (its ``ready`` check passed; without one: running) for this many seconds without
         a crash. ``good_after`` when set; else 0 with a ready check (good once ready) and
         :data:`PROBATION` (10 s) without one."""
@@ -86,7 +86,7 @@ class Policy:
         return (self.ready_deadline if self.has_ready else 0.0) + self.good_delay
 
     def describe_good(self) -> str:
-        """The rule in words, for status: ``"ready for 10s"``, ``"ready"``, ``"up for 10s"``."""
+        """The rule in words, for status: ``"up for 10s without a crash"``, ``"ready"``."""
         what = "ready" if self.has_ready else "up"
         delay = self.good_delay
         return f"{what} for {delay:g}s without a crash" if delay else f"{what}"

@@ -201,7 +201,7 @@ class ServiceController:
         return target
 
     def mark_good(self, launch: Launch) -> None:
-        """``launch`` proved itself: it becomes the newest good one (README, "Rollback")."""
+        """``launch`` proved itself: it becomes the newest good one (README, "Rollback has a written rule")."""
         self.good = [g for g in self.good if g.artifact.version != launch.artifact.version][-(self.GOOD_KEPT - 1):]
         self.good.append(launch)
         self.persist()
@@ -402,7 +402,7 @@ class ServiceController:
                     target.artifact.version != artifact.version
                     or state.fingerprint(target.spec) != state.fingerprint(spec)):
                 # Roll back only to a launch that proved good (Policy.good_delay: the rule in
-                # README, "Rollback"); with none yet, a failing update has nothing to go back to.
+                # README, "Rollback has a written rule"); with none yet, nothing to go back to.
                 previous = target
             healthy = old.handle is not None and old.handle.running and old.phase in UP
             if old.launch.artifact.version != artifact.version:

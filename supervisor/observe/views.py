@@ -45,7 +45,7 @@ def status_rows(observed: Observed, names: Iterable[str], now: float,
     """One row per replica (one per service with none), for the services in ``names`` (all
     with none), as ``supervise status --json`` prints them; ``now`` gives the uptimes.
 
-    The rollback rule of each service is in every row (README, "Rollback"): ``good`` (the
+    The rollback rule of each service is in every row (README, "Rollback has a written rule"): ``good`` (the
     replica's version proved good; None in a row without a replica), ``good_rule`` (the rule in
     words), ``good_versions`` (oldest first), ``rollback_to`` (what a failing update goes back
     to, None: nothing yet), ``pinned`` (the version ``supervise rollback`` pinned) and
