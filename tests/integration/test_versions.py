@@ -245,3 +245,39 @@ def test_an_edit_made_while_a_snapshot_builds_is_deployed_too(tmp_path, start):
     wait_until(lambda: row(path).get("message", "").startswith("building"), timeout=30, message="B building")
     write(tmp_path / "app" / "app.py", APP.format(mark="C"))
     wait_until(lambda: (m := running_mark(path)) and m[0] == "C", timeout=40, message="C running")
+
+
+def test_versions_and_rollback_of_a_git_source(tmp_path, start):
+    """The same verbs over git worktrees: both commits on disk, the first pinned back by a
+    prefix of its commit, the next pushed commit deploys and ends the pin."""
+    import git
+
+    repo = git.Repo.init(tmp_path / "remote", initial_branch="main")
+    try:
+        with repo.config_writer() as cfg:
+            cfg.set_value("user", "name", "t").set_value("user", "email", "t@example.invalid")
+
+        def commit(mark: str) -> str:
+            write(tmp_path / "remote" / "app.py", APP.format(mark=mark))
+            repo.index.add(["app.py"])
+            return repo.index.commit(mark).hexsha
+
+        first = commit("A")
+        path = write(tmp_path / "services.toml", site('good_after = "1s"', source='{ git = "remote", ref = "main", '
+                                                                               'poll = "500ms" }'))
+        start(path)
+        wait_until(lambda: (m := running_mark(path)) and m[0] == "A" and row(path).get("good"), timeout=30,
+                   message="A good")
+        second = commit("B")
+        wait_until(lambda: (m := running_mark(path)) and m[0] == "B", timeout=30, message="B deployed")
+        listed = {v["revision"]: v for v in versions(path)["versions"]}
+        assert {first[:12], second[:12]} <= set(listed) and listed[second[:12]]["newest"]
+        result = cli(path, "rollback", "site", first[:8])
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: (m := running_mark(path)) and m[0] == "A", timeout=30, message="A pinned")
+        assert row(path)["version"].startswith(first[:12]) and row(path)["pinned"]
+        commit("C")  # the poller sees a newer commit: it deploys, the pin ends
+        wait_until(lambda: (m := running_mark(path)) and m[0] == "C", timeout=30, message="C deployed")
+        assert row(path)["pinned"] is None
+    finally:
+        repo.close()
