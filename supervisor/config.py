@@ -281,6 +281,22 @@ def _peek(path: Path) -> tuple[bytes, Any]:
     return raw, section
 
 
+def located(path: str | os.PathLike[str], problems: list[tuple[tuple[str, ...], str]]) -> ConfigError:
+    """A ConfigError whose diagnostics point at the keys of each ``(keys, message)`` in the file
+    at ``path`` (for mistakes found after validation, such as ``supervise render``'s: the same
+    file:line:col as ``check`` gives). A file that cannot be read again gives line 0."""
+    try:
+        locator: Any = _LazyLocator(read_regular_file(Path(path)).decode("utf-8", "replace"))
+    except (OSError, ValueError):
+        locator = None
+    diagnostics = []
+    for keys, message in problems:
+        line, col = locator.find(keys) if locator is not None else (0, 0)
+        service = keys[1] if len(keys) >= 2 and keys[0] == "services" else None
+        diagnostics.append(Diagnostic(str(path), line, col, message, service))
+    return ConfigError(diagnostics)
+
+
 def runtime_of(path: str | os.PathLike[str]) -> str:
     """``[supervise] runtime`` of the file, quickly (tomli, no validation; "local" when the
     file cannot be read that way): which way the client verbs go."""
@@ -770,7 +786,8 @@ class _Validator:
         elif "build" in table:
             build = self.argv(get("build"), table["build"])
         container_runtime, ports, volumes = self.container(keys, table, source)
-        if command is None and container_runtime == "container" and "command" not in table:
+        if command is None and "command" not in table and (
+                container_runtime == "container" or (container_runtime == "kubernetes" and image_build is not None)):
             command = ()  # the image's CMD
 
         cwd = "."
@@ -1030,6 +1047,9 @@ class _Validator:
         elif isinstance(table.get("build"), dict):
             implied = keys + ("build",)
         found: dict[str, tuple[str, ...]] = {"ports": (), "volumes": ()}
+        if implied is not None and implied[-1] == "build" and runtime == "kubernetes":
+            # on a cluster a Dockerfile build makes the image pushed to kubernetes.registry
+            implied = None
         if implied is not None and runtime_key is not None and runtime != "container":
             self.error(runtime_key, f'an image source or a Dockerfile build runs as a container: runtime = "{runtime}" contradicts it')
             return runtime, (), ()

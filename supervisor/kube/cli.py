@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
-from ..config import ConfigError, Diagnostic
+from ..config import ConfigError
 from .render import RenderError, render, to_yaml
 from .schema import KubeConfig
 
@@ -45,7 +45,7 @@ def manifests(path: Path, tag: str | None = None) -> tuple[list[dict[str, Any]],
     try:
         rendered = render(desired, kube, versions)
     except RenderError as exc:
-        raise ConfigError([Diagnostic(str(path), 0, 0, problem) for problem in exc.problems]) from None
+        raise config.located(path, exc.located) from None
     return list(rendered.manifests), kube, list(rendered.notes)
 
 

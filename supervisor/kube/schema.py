@@ -142,14 +142,30 @@ def validate(data: Mapping[str, Any], error: Error) -> KubeConfig:
                         'starting with a letter, at most 63 characters')
         user = service.get("user")
         if isinstance(user, str) and settings.uid(user) is None:
-            error(keys + ("user",), f'user "{user}" has no numeric id for Kubernetes (runAsUser): write a uid '
+            error(keys + ("user",), f'user "{user}" has no numeric id for Kubernetes: write a uid '
                                     f'like "1000" or map it in [supervise] kubernetes.users = {{ {user.partition(":")[0]} = 1000 }}')
-        if not options.image and not settings.registry:
-            error(keys, 'has no image for Kubernetes: set kubernetes = { image = "..." } here, or '
-                        '[supervise] kubernetes.registry to push built images to')
+        problem = image_problem(options.image, settings.registry, isinstance(service.get("build"), dict))
+        if problem is not None:
+            error(keys, problem)
     return KubeConfig(namespace=settings.namespace, context=settings.context, registry=settings.registry,
                       progress_deadline=settings.progress_deadline, interval=settings.interval, users=settings.users,
                       services=MappingProxyType(services))
+
+
+def image_problem(image: str | None, registry: str | None, builds: bool) -> str | None:
+    """Why a service that runs on a cluster has no image, or None when it has one: its own
+    ``kubernetes.image``, or a Dockerfile ``build`` whose images are pushed to ``registry``
+    (``REGISTRY/NAME:VERSION``, one per version). The one message ``check``, ``render`` and
+    ``plan`` give (``render`` and ``plan`` through :mod:`.render`)."""
+    if image:
+        return None
+    if registry is None:
+        return ('has no image for Kubernetes: set kubernetes = { image = "..." }, or [supervise] '
+                'kubernetes.registry and build = { dockerfile = "Dockerfile" } to build and push one per version')
+    if not builds:
+        return (f'has no image for Kubernetes: nothing builds one to push to {registry}: add build = '
+                '{ dockerfile = "Dockerfile" } or set kubernetes = { image = "..." }')
+    return None
 
 
 def _settings(value: Any, error: Error) -> KubeConfig:
