@@ -49,6 +49,44 @@ def manifests(path: Path, tag: str | None = None) -> tuple[list[dict[str, Any]],
     return list(rendered.manifests), kube, list(rendered.notes)
 
 
+def images_for(path: Path, notifier=None):
+    """An :class:`.images.Images` for the file's services whose images are built and pushed
+    to ``kubernetes.registry`` (None when it has none): sources fetched into its state dir,
+    images built by the container engine (``[supervise] docker_host``)."""
+    from .images import Images, Publisher, builds_image
+
+    desired, kube = load(path)
+    if kube.registry is None or not any(builds_image(spec, kube.service(name).image)
+                                        for name, spec in desired.services.items()):
+        return None
+    def output(service: str, data: bytes) -> None:  # the build and push output, at -v
+        log.debug("%s | %s", service, data.decode("utf-8", "replace").rstrip())
+
+    return Images(Publisher(desired.settings.state_dir, kube.registry, desired.settings.docker_host, output), notifier)
+
+
+def built_manifests(path: Path, images, build: bool = True) -> tuple[list[dict[str, Any]], KubeConfig, list[str], set[str]]:
+    """``(manifests, kube config, notes, held)``: as :func:`manifests`, each built service at
+    the version ``images`` (an :class:`.images.Images`, or None) publishes now (``build``
+    False: the source's version, not built); ``held`` names the built services with no version
+    pushed yet, left out of the manifests (their objects stay as they are)."""
+    desired, kube = load(path)
+    versions: dict[str, str] = {}
+    held: set[str] = set()
+    if images is not None:
+        versions, held = images.versions(desired, kube, build=build)
+    if held:
+        from dataclasses import replace
+        from types import MappingProxyType
+
+        desired = replace(desired, services=MappingProxyType({n: s for n, s in desired.services.items() if n not in held}))
+    try:
+        rendered = render(desired, kube, versions)
+    except RenderError as exc:
+        raise config.located(path, exc.located) from None
+    return list(rendered.manifests), kube, list(rendered.notes), held
+
+
 def cmd_render(path: Path, tag: str | None = None) -> int:
     """``supervise render``: the manifests as YAML on stdout; notes on stderr."""
     objects, _, notes = manifests(path, tag)
@@ -83,9 +121,14 @@ def cmd_plan(path: Path, as_json: bool = False) -> int:
     ``--json``: ``{"ok": true, "against": "cluster", "actions": [line, ...]}``."""
     from .converge import Converger
 
-    objects, kube, _ = manifests(path)
+    images = images_for(path)
+    try:  # a built service at its source's version now (fetched, not built): what run would push
+        objects, kube, _, held = built_manifests(path, images, build=False)
+    finally:
+        if images is not None:
+            images.publisher.close()
     cluster = _cluster(kube)
-    actions = _calling("plan", Converger(cluster).plan, objects)
+    actions = _calling("plan", Converger(cluster).plan, objects, held)
     if as_json:
         print(json.dumps({"ok": True, "against": "cluster", "actions": [a.line() for a in actions]}, indent=2))
         return 0
@@ -197,24 +240,30 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
     from ..events import Notifier
     from .converge import Converger
 
-    objects, kube, notes = manifests(path)
-    for note in notes:
-        log.info("note: %s", note)
-    cluster = _cluster(kube)
     notifier = Notifier()
     if not quiet:
         notifier.add_listener(lambda e: log.info("%s %s%s%s", e.type.value, e.service or "",
                                                  f" {e.version}" if e.version else "",
-                                                 f": {e.data['reason']}" if e.data.get("reason") else ""))
+                                                 f": {e.data.get('reason') or e.data.get('image') or ''}"
+                                                 if e.data.get("reason") or e.data.get("image") else ""))
+    _, kube = load(path)
+    cluster = _cluster(kube)
+    images = images_for(path, notifier)
+    objects, kube, notes, held = built_manifests(path, images)
+    for note in notes:
+        log.info("note: %s", note)
     converger = Converger(cluster, notifier)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    state: dict[str, Any] = {"objects": objects, "error": None}
+    state: dict[str, Any] = {"objects": objects, "held": held, "error": None, "first": True}
 
     def desired() -> list[dict[str, Any]]:
+        if state["first"]:  # the pass above
+            state["first"] = False
+            return state["objects"]
         try:
-            new, new_kube, _ = manifests(path)
+            new, new_kube, _, held = built_manifests(path, images)
         except ConfigError as exc:
             if str(exc) != state["error"]:
                 state["error"] = str(exc)
@@ -224,9 +273,13 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
         if new_kube.namespace != kube.namespace or new_kube.context != kube.context:
             log.error("kubernetes namespace or context changed: restart supervise to move (kept %s)", kube.namespace)
             return state["objects"]
-        state["objects"] = new
+        state["objects"], state["held"] = new, held
         return new
 
     log.info("kubernetes: converging namespace %s at %s", kube.namespace, cluster.api_client.configuration.host)
-    converger.run(desired, stop, kube.interval)
+    try:
+        converger.run(desired, stop, kube.interval, hold=lambda: state["held"])
+    finally:
+        if images is not None:
+            images.publisher.close()
     return 0

@@ -43,6 +43,7 @@ SERVICE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 PORT_RE = re.compile(r"^(?:(\d{1,5}):)?(\d{1,5})(?:/(tcp|udp|sctp))?$", re.IGNORECASE)
 #: Well-known names that need no ``users`` entry (their uid is the same on every Linux image).
 WELL_KNOWN_UIDS = MappingProxyType({"root": 0, "nobody": 65534})
+_TAG_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
 Error = Callable[[tuple[str, ...], str], None]
 
@@ -94,7 +95,7 @@ class KubeConfig:
         if own:
             return own
         if self.registry and version:
-            return f"{self.registry.rstrip('/')}/{name}:{version}"
+            return f"{self.registry.rstrip('/')}/{name}:{tag_of(version)}"
         return None
 
     def uid(self, user: str) -> tuple[int, int | None] | None:
@@ -150,6 +151,12 @@ def validate(data: Mapping[str, Any], error: Error) -> KubeConfig:
     return KubeConfig(namespace=settings.namespace, context=settings.context, registry=settings.registry,
                       progress_deadline=settings.progress_deadline, interval=settings.interval, users=settings.users,
                       services=MappingProxyType(services))
+
+
+def tag_of(version: str) -> str:
+    """A version as a Docker tag (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``): other characters
+    become ``_``, as :func:`supervisor.executors.container.image_tag` does."""
+    return _TAG_BAD.sub("_", version)[:128] or "_"
 
 
 def image_problem(image: str | None, registry: str | None, builds: bool) -> str | None:
