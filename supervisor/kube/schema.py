@@ -120,7 +120,7 @@ def validate(data: Mapping[str, Any], error: Error) -> KubeConfig:
     ``error(keys, message)`` and return what is valid (defaults in place of bad values).
 
     Service names, ``user`` mappings and images are only required to fit Kubernetes when the
-    file's ``runtime`` is ``"kubernetes"``; the ``kubernetes`` tables themselves are always
+    file's ``runtime`` is ``"kubernetes"`` (or, in a local file, the service's own); the ``kubernetes`` tables themselves are always
     checked (a typo there is a typo whichever runtime runs the file).
     """
     raw_supervise = data.get("supervise")
@@ -136,7 +136,7 @@ def validate(data: Mapping[str, Any], error: Error) -> KubeConfig:
         keys = ("services", name)
         options = _service(keys + ("kubernetes",), service.get("kubernetes", {}), error)
         services[name] = options
-        if not on_cluster:
+        if not (on_cluster or service.get("runtime") == "kubernetes"):
             continue
         if not SERVICE_NAME_RE.match(name):
             error(keys, f'"{name}" is not a Kubernetes object name: use lowercase letters, digits and "-", '
