@@ -10,7 +10,6 @@ import json
 import logging
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -211,22 +210,37 @@ def cmd_logs(path: Path, services: list[str], lines: int, follow: bool) -> int:
     return 0
 
 
-def cmd_events(path: Path, services: list[str], interval: float = 2.0) -> int:
-    """``supervise events`` from the cluster's Events (one JSON object a line), then new ones
-    as they come (polled every ``interval`` seconds) until interrupted."""
+def cmd_events(path: Path, services: list[str]) -> int:
+    """``supervise events`` from the cluster's Events (one JSON object a line): the ones there
+    now, oldest first, then new ones as a watch streams them (:meth:`.cluster.Cluster.watch_events`:
+    no polling; a 410 Gone lists again), until interrupted."""
     from .readback import events
 
     desired, kube = load(path)
     cluster = _cluster(kube)
     names = services or list(desired.services)
-    seen: set[str] = set()
-    while True:
-        for event in events(_calling("events", cluster.events), names):
-            key = json.dumps(event.to_dict(), sort_keys=True, default=str)
-            if key not in seen:
-                seen.add(key)
+    backlog: list[dict[str, Any]] | None = []  # None once live
+    for item in _calling_each("events", cluster.watch_events()):
+        if item is None:  # the first list ended: print it in time order, then stream
+            for event in events(backlog or [], names):
                 print(event.to_json(), flush=True)
-        time.sleep(interval)
+            backlog = None
+        elif backlog is not None:
+            backlog.append(item)
+        else:
+            for event in events([item], names):
+                print(event.to_json(), flush=True)
+    return 0
+
+
+def _calling_each(what: str, iterator):
+    from ..cli import CliError
+    from .cluster import ClusterError
+
+    try:
+        yield from iterator
+    except ClusterError as exc:
+        raise CliError(f"{what}: {exc}") from None
 
 
 def cmd_run(path: Path, quiet: bool = False) -> int:

@@ -9,6 +9,7 @@ nothing else; the test double in tests/kube serves exactly these):
 - ``GET`` list of Deployments, Services, Pods by label selector; ``GET`` core/v1 Events
 - ``DELETE`` a Deployment or a Service
 - ``GET`` a Pod's ``/log`` (``tailLines``, ``follow``)
+- ``GET`` core/v1 Events with ``watch=true`` from a ``resourceVersion`` (``supervise events``)
 
 Errors: :class:`ClusterUnreachable` for anything that is not an HTTP answer (refused,
 timeout, DNS, TLS) and for 5xx/429 answers (transient: retry with backoff);
@@ -156,6 +157,60 @@ class Cluster:
     def events(self) -> list[dict[str, Any]]:
         """The namespace's core/v1 Events (the cluster keeps about an hour of them)."""
         return self._call(self.core.list_namespaced_event, self.namespace).get("items", [])
+
+    def watch_events(self, stop: Any = None, timeout: int = 60) -> Iterator[dict[str, Any] | None]:
+        """The namespace's Events: the ones there now (a list, then one ``None``: the stream is
+        live from there), then each new or changed one as it comes, through a watch from the
+        list's ``resourceVersion`` (``watch=true``; no polling). Each watch request lasts ``timeout`` seconds (``timeoutSeconds``) and the
+        next one resumes from the last resourceVersion seen; a 410 Gone (the version was
+        compacted away) lists again and watches from there, as client-go's reflector does,
+        never yielding an Event twice. Ends when ``stop`` (a ``threading.Event``) is set
+        (checked between Events and at each request's end). Raises :class:`ClusterError`
+        (:class:`ClusterUnreachable` when the server does not answer)."""
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        seen: dict[str, str] = {}  # name -> resourceVersion already yielded
+        version: str | None = None
+
+        def fresh(obj: dict[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            key, rv = meta.get("uid") or meta.get("name", ""), meta.get("resourceVersion", "")
+            if seen.get(key) == rv:
+                return False
+            seen[key] = rv
+            return True
+
+        while stop is None or not stop.is_set():
+            if version is None:
+                listing = self._call(self.core.list_namespaced_event, self.namespace)
+                version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
+                for item in listing.get("items", []):
+                    if fresh(item):
+                        yield item
+                yield None
+            stream = watch.Watch()
+            try:
+                for event in stream.stream(self.core.list_namespaced_event, self.namespace, resource_version=version,
+                                           timeout_seconds=timeout, _request_timeout=(TIMEOUT[0], timeout + 10)):
+                    obj = event["raw_object"]
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if event["type"] in ("ADDED", "MODIFIED") and fresh(obj):
+                        yield obj
+                    if stop is not None and stop.is_set():
+                        stream.stop()
+                        break
+            except ApiException as exc:
+                if exc.status == 410:  # Gone: our resourceVersion was compacted; list again
+                    version = None
+                    continue
+                if (exc.status or 0) >= 500 or exc.status == 429 or not exc.status:
+                    raise ClusterUnreachable(f"API server answered {exc.status}: {exc.reason}") from None
+                raise ClusterError(f"{exc.status} {exc.reason}") from None
+            except (HTTPError, OSError) as exc:
+                raise ClusterUnreachable(f"cannot reach the API server at {self.api_client.configuration.host}: "
+                                         f"{_root_cause(exc)}") from None
 
     def log(self, pod: str, *, tail: int | None = None, container: str | None = None) -> str:
         """The last ``tail`` lines (all when None) of a pod's log, as text."""

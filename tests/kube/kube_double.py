@@ -10,6 +10,10 @@ loading, URL and query building, content types, status codes, error bodies):
   ``application/merge-patch+json`` is an Update by another ``fieldManager`` (``kubectl edit``)
 - ``GET`` lists with ``labelSelector`` (equality terms), ``GET`` one object, ``DELETE``
 - ``GET`` core/v1 Pods, a Pod's ``/log``, core/v1 Events
+- ``GET`` core/v1 Events with ``watch=true&resourceVersion=N``: a chunked stream of
+  ``{"type": "ADDED", "object": ...}`` lines from resourceVersion N on, open until
+  ``timeoutSeconds``; a resourceVersion older than the last :meth:`ApiDouble.compact` gets
+  the apiserver's ``ERROR`` event with a 410 ``Expired`` Status (etcd compacted it)
 
 A toy controller stands in for the Deployment controller and the kubelet: applying a
 Deployment bumps ``metadata.generation``; unless its image is in ``broken_images`` the rollout
@@ -58,6 +62,10 @@ class ApiDouble:
         self.logs: dict[str, list[str]] = {}
         self.down = False  # True: every connection is closed without an answer (an outage)
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # notified on every new Event object
+        self.version = 10  # the resourceVersion of the last change (Events only are watchable)
+        self.compacted = 0  # watches from a resourceVersion below this get 410 Gone
+        self.closing = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), name="api-double", daemon=True)
@@ -71,6 +79,9 @@ class ApiDouble:
         return self
 
     def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.closing = True
+            self.changed.notify_all()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
@@ -109,6 +120,14 @@ class ApiDouble:
                                "lastUpdateTime": _now(), "lastTransitionTime": _now()})
             obj["status"]["conditions"] = conditions
             self._event(obj, "Warning", "ProgressDeadlineExceeded", conditions[-1]["message"])
+
+    def compact(self) -> None:
+        """What etcd's compaction does to watches: every resourceVersion seen so far is too old
+        (a watch from one gets 410 Gone and must list again)."""
+        with self.lock:
+            self.version += 1  # the compaction's own revision: lists answer it, older ones are gone
+            self.compacted = self.version
+            self.changed.notify_all()
 
     def names(self, plural: str, namespace: str = "default") -> list[str]:
         with self.lock:
@@ -261,8 +280,11 @@ class ApiDouble:
         namespace = obj["metadata"]["namespace"]
         count = sum(1 for k in self.objects if k[0] == "events")
         name = f"{obj['metadata']['name']}.{count:08x}"
+        self.version += 1  # called with self.lock held (from _control)
+        self.changed.notify_all()
         self.objects[("events", namespace, name)] = {
-            "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": namespace},
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": str(self.version)},
             "involvedObject": {"kind": obj["kind"], "name": obj["metadata"]["name"], "namespace": namespace},
             "type": type_, "reason": reason, "message": message, "count": 1,
             "firstTimestamp": _now(), "lastTimestamp": _now(), "source": {"component": "deployment-controller"},
@@ -370,6 +392,45 @@ def _handler(double: ApiDouble):
         def do_DELETE(self) -> None:
             self._dispatch("DELETE")
 
+        def _chunk(self, line: dict) -> None:
+            data = json.dumps(line).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        def _watch(self, plural: str, namespace: str, query: dict) -> None:
+            """A watch of Events (see the module doc), as the apiserver streams one."""
+            if plural != "events":
+                self._send(405, _status(405, "MethodNotAllowed", "the double watches events only"))
+                return
+            since = int(query.get("resourceVersion") or double.version)
+            deadline = time.monotonic() + float(query.get("timeoutSeconds") or 30)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                while True:
+                    with double.lock:
+                        if since < double.compacted:
+                            self._chunk({"type": "ERROR", "object": _status(
+                                410, "Expired", f"too old resource version: {since} ({double.compacted})")})
+                            break
+                        new = sorted((int(o["metadata"]["resourceVersion"]), o) for k, o in double.objects.items()
+                                     if k[0] == "events" and k[1] == namespace
+                                     and int(o["metadata"]["resourceVersion"]) > since)
+                        if not new:
+                            if double.closing or time.monotonic() >= deadline:
+                                break
+                            double.changed.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+                            continue
+                    for version, obj in new:
+                        self._chunk({"type": "ADDED", "object": obj})
+                        since = version
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except OSError:  # the client went away
+                self.close_connection = True
+
         def _dispatch(self, method: str) -> None:
             double.requests.append((method, self.path))
             if double.down:  # no answer at all, as from a cluster that is not there
@@ -382,6 +443,9 @@ def _handler(double: ApiDouble):
                 return
             namespace, plural, name, sub, query = route
             key = (plural, namespace, name)
+            if method == "GET" and name is None and query.get("watch") in ("true", "True", "1"):
+                self._watch(plural, namespace, query)
+                return
             with double.lock:
                 if method == "GET" and name is None:
                     items = [double._with_fields(k, o) for k, o in sorted(double.objects.items())
@@ -390,8 +454,8 @@ def _handler(double: ApiDouble):
                     for item in items:
                         item.pop("kind", None), item.pop("apiVersion", None)  # as in a real list
                     api_version, kind = PLURALS[plural]
-                    body = {"apiVersion": api_version, "kind": f"{kind}List", "metadata": {"resourceVersion": "9"},
-                            "items": items}
+                    body = {"apiVersion": api_version, "kind": f"{kind}List",
+                            "metadata": {"resourceVersion": str(double.version)}, "items": items}
                     self._send(200, body)
                     return
                 obj = double.objects.get(key)
