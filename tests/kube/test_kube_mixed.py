@@ -123,3 +123,48 @@ def test_a_kubernetes_file_still_refuses_a_local_service(tmp_path):
                     'kubernetes = { image = "a:1" }\n')
     with pytest.raises(ConfigError, match='services.a: runtime "local" in a file whose runtime is "kubernetes"'):
         config.load(path, runtimes=config.RUNTIMES)
+
+
+def test_a_built_cluster_service_beside_a_local_one_is_pushed_and_rolled_out_per_commit(
+        tmp_path, double, podman_api, registry):
+    """The image of the cluster service is built for real (the private podman), pushed to a real
+    docker-registry on loopback, and the Deployment on the double names that exact reference;
+    a new commit of its source rolls out a new one, the local process untouched."""
+    from test_kube_images import DOCKERFILE, commit, git
+
+    repo = tmp_path / "app"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    first = commit(repo, {"Dockerfile": DOCKERFILE, "version": "1\n"}, "v1")
+    port = free_port()
+    text = mixed(port, web=False).replace(
+        'kubernetes = { interval = "100ms" }',
+        f'docker_host = "{podman_api}"\nkubernetes = {{ interval = "100ms", registry = "{registry.host}" }}')
+    text += textwrap.dedent("""
+        [services.web]
+        runtime = "kubernetes"
+        source = { git = "./app", ref = "main" }
+        build = { dockerfile = "Dockerfile" }
+        ready = { http = "http://127.0.0.1:8000/version", interval = "100ms" }   # ready: rolled out
+        kubernetes = { ports = ["80:8000"] }
+    """)
+
+    async def scenario() -> None:
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            await stack.until(lambda: stack.phase("web") is Phase.READY and stack.phase("local") is Phase.READY,
+                              timeout=60, message="the image built and pushed, the rollout complete")
+            version = stack.r.controllers["web"].artifact.version
+            assert version.startswith(first[:12])
+            assert registry.tags("web") == [version]
+            assert image_of(double) == f"{registry.host}/web:{version}"
+            pid = stack.pid("local")
+
+            second = commit(repo, {"version": "2\n"}, "v2")
+            stack.r.revisions["web"] = second  # what the git poller reports
+            await stack.apply(text)
+            await stack.until(lambda: (image_of(double) or "").endswith(second[:12] + version[12:]), timeout=60,
+                              message="the new version rolled out")
+            assert len(registry.tags("web")) == 2 and stack.pid("local") == pid
+
+    asyncio.run(asyncio.wait_for(scenario(), 150))
