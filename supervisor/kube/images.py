@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..builds import PrepareError, Preparer, make_version
-from ..logs import LogRegistry
-from ..model import ServiceSpec
+from ..execute.builds import PrepareError, Preparer, make_version
+from ..execute.logs import LogRegistry
+from ..desired.model import ServiceSpec
 from .schema import tag_of
 
 log = logging.getLogger("supervise")
@@ -75,7 +75,7 @@ class Publisher:
 
     def __init__(self, state_dir: Path, registry: str, docker_host: str | None = None,
                  on_output: Callable[[str, bytes], None] | None = None):
-        from ..safefs import ensure_dir
+        from ..observe.safefs import ensure_dir
 
         self.state_dir = ensure_dir(Path(state_dir))  # 0700, ours (SafetyError otherwise)
         self.registry = registry
@@ -87,7 +87,7 @@ class Publisher:
         self.published: dict[str, Published] = {}  # by service: the last version pushed
 
     def _engine(self):
-        from ..executors.container import ContainerExecutor, EngineError
+        from ..execute.executors.container import ContainerExecutor, EngineError
 
         if self.client is None:
             try:
@@ -129,7 +129,7 @@ class Publisher:
     def _build_and_push(self, spec: ServiceSpec, workdir: Path, version: str) -> Published:
         import docker.errors
 
-        from ..executors.container import EngineError, ImageBuildError
+        from ..execute.executors.container import EngineError, ImageBuildError
 
         assert spec.image_build is not None
         client = self._engine()
@@ -194,7 +194,7 @@ class Images:
         :class:`~.schema.KubeConfig`: the version to render for each built service, and the
         built services that have none. ``build`` False (``plan``) only looks: the source's
         version now, built or not."""
-        from ..events import EventType
+        from ..observe.events import EventType
 
         versions: dict[str, str] = {}
         held: set[str] = set()

@@ -20,7 +20,7 @@ import pytest
 from kube_double import ApiDouble
 from podman_engine import BASE_IMAGE
 
-from supervisor.events import EventType, Notifier
+from supervisor.observe.events import EventType, Notifier
 from supervisor.kube import cli as kube_cli
 from supervisor.kube.cluster import Cluster, connect
 from supervisor.kube.converge import Converger

@@ -16,9 +16,9 @@ from conftest import free_port, http_get
 from integration.harness import PY, Stack
 from kube_double import ApiDouble
 
-from supervisor import config
-from supervisor.config import ConfigError
-from supervisor.model import Phase
+from supervisor.desired import config
+from supervisor.desired.config import ConfigError
+from supervisor.desired.model import Phase
 
 
 def mixed(port: int, image: str = "registry.example/web:1", replicas: int = 2, web: bool = True) -> str:

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..builds import Artifact, PrepareError, make_version
-from ..events import EventType, Notifier
+from ...observe.events import EventType, Notifier
 from ..logs import LogRegistry, LogSink
-from ..model import Check, Desired, Exit, ServiceSpec
-from ..state import ReplicaRecord
+from ...desired.model import Check, Desired, Exit, ServiceSpec
+from ...observe.state import ReplicaRecord
 from . import Executor, Running, StartFailed
 
 log = logging.getLogger("supervise")
@@ -95,7 +95,7 @@ class KubeExecutor(Executor):
     # -- the kube settings and the services on the cluster ----------------------------------
 
     def kube(self):
-        from ..kube.schema import KubeConfig
+        from ...kube.schema import KubeConfig
 
         kube = self.desired().kubernetes
         return kube if isinstance(kube, KubeConfig) else KubeConfig()
@@ -113,7 +113,7 @@ class KubeExecutor(Executor):
     def _ensure_loop(self) -> None:
         """The converge loop, started on the engine's loop at first use (the executor is made
         when the first kubernetes service is, after the others were opened)."""
-        from ..kube.policy import Reachability
+        from ...kube.policy import Reachability
 
         if self.task is None:
             self.wake = asyncio.Event()
@@ -152,8 +152,8 @@ class KubeExecutor(Executor):
     def _connect(self) -> bool:
         """The converger, connected; False (reported once, retried with backoff) when no
         cluster can be reached or configured yet."""
-        from ..kube.cluster import Cluster, ClusterError, connect
-        from ..kube.converge import Converger
+        from ...kube.cluster import Cluster, ClusterError, connect
+        from ...kube.converge import Converger
 
         if self.converger is not None:
             return True
@@ -198,7 +198,7 @@ class KubeExecutor(Executor):
     async def prepare(self, spec: ServiceSpec, protect: set[str]) -> Artifact:
         """The image of the version to run: ``kubernetes.image`` as it is (its version names
         the reference), or the source's version built and pushed to ``kubernetes.registry``."""
-        from ..kube.images import Images, Publisher, PublishError, builds_image
+        from ...kube.images import Images, Publisher, PublishError, builds_image
 
         self._ensure_loop()
         kube = self.kube()
@@ -232,8 +232,8 @@ class KubeExecutor(Executor):
               label: str) -> Running:
         """Render the service at ``artifact``'s version and hand it to the converge loop
         (nothing here waits on the cluster). Raises StartFailed when it cannot be rendered."""
-        from ..kube.images import builds_image
-        from ..kube.render import RenderError, render_service
+        from ...kube.images import builds_image
+        from ...kube.render import RenderError, render_service
 
         self._ensure_loop()
         kube = self.kube()
