@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -180,10 +181,35 @@ class Images:
     ``image``, the reference pushed), ``build-failed``, ``fetch-failed``.
     """
 
-    def __init__(self, publisher: Publisher, notifier: Any = None):
+    def __init__(self, publisher: Publisher, notifier: Any = None, clock: Callable[[], float] = time.monotonic):
         self.publisher = publisher
         self.notifier = notifier
+        self.clock = clock
         self.failed: dict[str, str] = {}  # by service: the version that failed (or the fetch error)
+        #: git sources: (when asked, (checkout, version) or the fetch's error)
+        self.checked: dict[str, tuple[float, Any]] = {}
+
+    def _resolve(self, spec: ServiceSpec, poll: float) -> tuple[Path, str]:
+        """The source's checkout and version; a git remote is asked at most every ``poll``
+        seconds (the source's ``poll``, else ``[supervise] poll``), as the local git poller
+        does, not at every converge pass (a failed fetch waits for the next poll too).
+        Raises PublishError."""
+        now = self.clock()
+        git = spec.source.kind == "git"
+        last = self.checked.get(spec.name) if git else None
+        if last is not None and now - last[0] < (spec.source.poll or poll):
+            if isinstance(last[1], PublishError):
+                raise last[1]
+            return last[1]
+        try:
+            result = asyncio.run(self.publisher.version(spec))
+        except PublishError as exc:
+            if git:
+                self.checked[spec.name] = (now, exc)
+            raise
+        if git:
+            self.checked[spec.name] = (now, result)
+        return result
 
     def _emit(self, type_: Any, service: str, version: str | None = None, **data: Any) -> None:
         if self.notifier is not None:
@@ -203,7 +229,7 @@ class Images:
                 continue
             last = self.publisher.published.get(name)
             try:
-                workdir, version = asyncio.run(self.publisher.version(spec))
+                workdir, version = self._resolve(spec, desired.settings.poll)
             except PublishError as exc:
                 if self.failed.get(name) != str(exc):
                     self.failed[name] = str(exc)

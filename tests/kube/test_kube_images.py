@@ -68,6 +68,7 @@ def setup(tmp_path, podman_api, registry, monkeypatch):
         monkeypatch.setenv("KUBECONFIG", str(double.kubeconfig(tmp_path / "kubeconfig")))
         images = kube_cli.images_for(path, notifier)
         assert images is not None
+        images.clock = Clock()  # moved past [supervise] poll by the test, after each commit
         api = connect()
         try:
             yield {"repo": repo, "path": path, "images": images, "events": events, "double": double,
@@ -76,6 +77,20 @@ def setup(tmp_path, podman_api, registry, monkeypatch):
         finally:
             images.publisher.close()
             api.close()
+
+
+class Clock:
+    """Monotonic seconds, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def next_poll(images) -> None:
+    images.clock.now += 61  # [supervise] poll defaults to 60 s
 
 
 def deployed_image(double: ApiDouble) -> str:
@@ -112,6 +127,9 @@ def test_each_commit_is_built_pushed_to_the_registry_and_rolled_out(setup):
     # a new commit: a new version built, pushed and rolled out
     commit(setup["repo"], {"version": "2\n"}, "v2")
     objects, _, _, _ = kube_cli.built_manifests(setup["path"], images)
+    assert images.publisher.published["web"] == first  # the remote is asked once per poll, not per pass
+    next_poll(images)
+    objects, _, _, _ = kube_cli.built_manifests(setup["path"], images)
     second = images.publisher.published["web"]
     assert second.version != first.version
     assert registry.tags("web") == sorted([first.version, second.version])
@@ -138,6 +156,7 @@ def test_a_version_that_fails_to_build_is_reported_once_and_what_runs_stays(setu
     converger.step(objects)
     commit(setup["repo"], {"Dockerfile": DOCKERFILE + 'RUN ["/bin/false"]\n'}, "broken")
     for _ in range(2):  # the failed version is not built again until the source changes
+        next_poll(images)
         objects, _, _, held = kube_cli.built_manifests(setup["path"], images)
         assert held == set()
         converger.step(objects)
