@@ -17,6 +17,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from conftest import wait_until
 from kube_double import ApiDouble
 from podman_engine import BASE_IMAGE
 
@@ -172,3 +173,29 @@ def test_a_version_that_fails_to_build_is_reported_once_and_what_runs_stays(setu
     actions = converger.step(objects, held)
     assert not [a for a in actions if a.kind == "delete"]
     assert deployed_image(double) == good.reference and double.get("services", "web") is not None
+
+
+def test_supervise_run_builds_pushes_and_applies(setup, tmp_path):
+    """The same through the command line: `supervise run` on the file (a subprocess), the
+    image pushed to the real registry, the Deployment on the double naming it."""
+    import signal
+    import sys
+
+    path, registry, double = setup["path"], setup["registry"], setup["double"]
+    path.write_text(path.read_text().replace(f'kubernetes = {{ registry = "{registry.host}" }}',
+                                             f'kubernetes = {{ registry = "{registry.host}", interval = "100ms" }}'))
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--config", str(path)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: double.get("deployments", "web") is not None, timeout=60,
+                   message="the image built, pushed and applied")
+        (version,) = registry.tags("web")
+        assert deployed_image(double) == f"{registry.host}/web:{version}"
+        wait_until(lambda: "ready web" in log.read_text(), timeout=20, message="the rollout reported")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    text = log.read_text()
+    assert f"building web {version}" in text and f"built web {version}: {registry.host}/web:{version}" in text, text
