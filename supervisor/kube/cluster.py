@@ -9,7 +9,8 @@ nothing else; the test double in tests/kube serves exactly these):
 - ``GET`` list of Deployments, Services, Pods by label selector; ``GET`` core/v1 Events
 - ``DELETE`` a Deployment or a Service
 - ``GET`` a Pod's ``/log`` (``tailLines``, ``follow``)
-- ``GET`` core/v1 Events with ``watch=true`` from a ``resourceVersion`` (``supervise events``)
+- ``GET`` core/v1 Events and our Deployments with ``watch=true`` from a ``resourceVersion``
+  (``supervise events``; the rollouts of services of a local file)
 
 Errors: :class:`ClusterUnreachable` for anything that is not an HTTP answer (refused,
 timeout, DNS, TLS) and for 5xx/429 answers (transient: retry with backoff);
@@ -159,19 +160,34 @@ class Cluster:
         return self._call(self.core.list_namespaced_event, self.namespace).get("items", [])
 
     def watch_events(self, stop: Any = None, timeout: int = 60) -> Iterator[dict[str, Any] | None]:
-        """The namespace's Events: the ones there now (a list, then one ``None``: the stream is
-        live from there), then each new or changed one as it comes, through a watch from the
-        list's ``resourceVersion`` (``watch=true``; no polling). Each watch request lasts ``timeout`` seconds (``timeoutSeconds``) and the
-        next one resumes from the last resourceVersion seen; a 410 Gone (the version was
-        compacted away) lists again and watches from there, as client-go's reflector does,
-        never yielding an Event twice. Ends when ``stop`` (a ``threading.Event``) is set
-        (checked between Events and at each request's end). Raises :class:`ClusterError`
-        (:class:`ClusterUnreachable` when the server does not answer)."""
+        """The namespace's Events, as :meth:`watch` streams them (new and changed ones)."""
+        return self.watch("Event", stop, timeout)
+
+    def watch(self, kind: str, stop: Any = None, timeout: int = 60) -> Iterator[dict[str, Any] | None]:
+        """Objects of ``kind`` (``"Event"``: the namespace's; ``"Deployment"``: ours, by label):
+        the ones there now (a list, then one ``None``: the stream is live from there), then
+        each one as it changes, through a watch from the list's ``resourceVersion``
+        (``watch=true``; no polling): added or modified, and for Deployments deleted ones too.
+        Each watch request lasts ``timeout`` seconds (``timeoutSeconds``) and the next one
+        resumes from the last resourceVersion seen; a 410 Gone (the version was compacted
+        away) lists again and watches from there, as client-go's reflector does, never
+        yielding the same version of an object twice. Ends when ``stop`` (a
+        ``threading.Event``) is set (checked between objects and at each request's end).
+        Raises :class:`ClusterError` (:class:`ClusterUnreachable` when the server does not
+        answer)."""
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        seen: dict[str, str] = {}  # name -> resourceVersion already yielded
+        method: Any
+        extra: dict[str, Any]
+        types: tuple[str, ...]
+        if kind == "Event":
+            method, extra, types = self.core.list_namespaced_event, {}, ("ADDED", "MODIFIED")
+        else:
+            method, types = self.apps.list_namespaced_deployment, ("ADDED", "MODIFIED", "DELETED")
+            extra = {"label_selector": f"{LABEL_MANAGED_BY}={MANAGED_BY}"}
+        seen: dict[str, str] = {}  # uid (or name) -> resourceVersion already yielded
         version: str | None = None
 
         def fresh(obj: dict[str, Any]) -> bool:
@@ -184,7 +200,7 @@ class Cluster:
 
         while stop is None or not stop.is_set():
             if version is None:
-                listing = self._call(self.core.list_namespaced_event, self.namespace)
+                listing = self._call(method, self.namespace, **extra)
                 version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
                 for item in listing.get("items", []):
                     if fresh(item):
@@ -192,11 +208,11 @@ class Cluster:
                 yield None
             stream = watch.Watch()
             try:
-                for event in stream.stream(self.core.list_namespaced_event, self.namespace, resource_version=version,
-                                           timeout_seconds=timeout, _request_timeout=(TIMEOUT[0], timeout + 10)):
+                for event in stream.stream(method, self.namespace, resource_version=version, timeout_seconds=timeout,
+                                           _request_timeout=(TIMEOUT[0], timeout + 10), **extra):
                     obj = event["raw_object"]
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                    if event["type"] in ("ADDED", "MODIFIED") and fresh(obj):
+                    if event["type"] in types and fresh(obj):
                         yield obj
                     if stop is not None and stop.is_set():
                         stream.stop()

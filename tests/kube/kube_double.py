@@ -10,8 +10,9 @@ loading, URL and query building, content types, status codes, error bodies):
   ``application/merge-patch+json`` is an Update by another ``fieldManager`` (``kubectl edit``)
 - ``GET`` lists with ``labelSelector`` (equality terms), ``GET`` one object, ``DELETE``
 - ``GET`` core/v1 Pods, a Pod's ``/log``, core/v1 Events
-- ``GET`` core/v1 Events with ``watch=true&resourceVersion=N``: a chunked stream of
-  ``{"type": "ADDED", "object": ...}`` lines from resourceVersion N on, open until
+- ``GET`` core/v1 Events and apps/v1 Deployments with ``watch=true&resourceVersion=N``: a
+  chunked stream of ``{"type": "ADDED"|"MODIFIED"|"DELETED", "object": ...}`` lines from
+  resourceVersion N on (one sequence for every kind, as etcd's revision), open until
   ``timeoutSeconds``; a resourceVersion older than the last :meth:`ApiDouble.compact` gets
   the apiserver's ``ERROR`` event with a 410 ``Expired`` Status (etcd compacted it)
 
@@ -65,6 +66,7 @@ class ApiDouble:
         self.changed = threading.Condition(self.lock)  # notified on every new Event object
         self.version = 10  # the resourceVersion of the last change (Events only are watchable)
         self.compacted = 0  # watches from a resourceVersion below this get 410 Gone
+        self.tombstones: list[tuple[str, str, dict[str, Any]]] = []  # deleted objects, for DELETED events
         self.closing = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -119,6 +121,8 @@ class ApiDouble:
                                "message": f'ReplicaSet "{name}-{self._rs_hash(obj)}" has timed out progressing.',
                                "lastUpdateTime": _now(), "lastTransitionTime": _now()})
             obj["status"]["conditions"] = conditions
+            self.version += 1  # a status change is a new resourceVersion (watches see it)
+            obj["metadata"]["resourceVersion"] = str(self.version)
             self._event(obj, "Warning", "ProgressDeadlineExceeded", conditions[-1]["message"])
 
     def compact(self) -> None:
@@ -204,15 +208,17 @@ class ApiDouble:
         meta = new.setdefault("metadata", {})
         meta.update(name=name, namespace=namespace)
         meta.pop("managedFields", None)
+        self.version += 1  # one resourceVersion sequence for every kind, as etcd's revision
+        self.changed.notify_all()
         if old is None:
             meta.update(uid=hashlib.sha1(f"{key}{time.time()}".encode()).hexdigest(), creationTimestamp=_now(),
-                        generation=1, resourceVersion="1")
+                        generation=1, resourceVersion=str(self.version))
         else:
             for field in ("uid", "creationTimestamp"):
                 meta[field] = old["metadata"][field]
             changed = new.get("spec") != old.get("spec")
             meta["generation"] = old["metadata"]["generation"] + (1 if changed else 0)
-            meta["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
+            meta["resourceVersion"] = str(self.version)
             new["status"] = old.get("status", {})
         new.setdefault("status", {})
         return new
@@ -398,10 +404,11 @@ def _handler(double: ApiDouble):
             self.wfile.flush()
 
         def _watch(self, plural: str, namespace: str, query: dict) -> None:
-            """A watch of Events (see the module doc), as the apiserver streams one."""
-            if plural != "events":
-                self._send(405, _status(405, "MethodNotAllowed", "the double watches events only"))
+            """A watch of Events or Deployments (see the module doc), as the apiserver streams one."""
+            if plural not in ("events", "deployments"):
+                self._send(405, _status(405, "MethodNotAllowed", "the double watches events and deployments only"))
                 return
+            selector = query.get("labelSelector")
             since = int(query.get("resourceVersion") or double.version)
             deadline = time.monotonic() + float(query.get("timeoutSeconds") or 30)
             self.send_response(200)
@@ -415,16 +422,20 @@ def _handler(double: ApiDouble):
                             self._chunk({"type": "ERROR", "object": _status(
                                 410, "Expired", f"too old resource version: {since} ({double.compacted})")})
                             break
-                        new = sorted((int(o["metadata"]["resourceVersion"]), o) for k, o in double.objects.items()
-                                     if k[0] == "events" and k[1] == namespace
-                                     and int(o["metadata"]["resourceVersion"]) > since)
+                        live = [("ADDED" if o["metadata"].get("generation", 1) == 1 else "MODIFIED", o)
+                                for k, o in double.objects.items() if k[0] == plural and k[1] == namespace]
+                        live += [("DELETED", o) for p, ns, o in double.tombstones if p == plural and ns == namespace]
+                        new = sorted(((int(o["metadata"]["resourceVersion"]), kind, copy.deepcopy(o)) for kind, o in live
+                                      if int(o["metadata"]["resourceVersion"]) > since
+                                      and _selects(selector, o["metadata"].get("labels") or {})),
+                                     key=lambda item: item[0])
                         if not new:
                             if double.closing or time.monotonic() >= deadline:
                                 break
                             double.changed.wait(min(0.1, max(0.0, deadline - time.monotonic())))
                             continue
-                    for version, obj in new:
-                        self._chunk({"type": "ADDED", "object": obj})
+                    for version, kind, obj in new:
+                        self._chunk({"type": kind, "object": obj})
                         since = version
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
@@ -478,8 +489,12 @@ def _handler(double: ApiDouble):
                     if obj is None:
                         self._send(404, _status(404, "NotFound", f'{plural} "{name}" not found'))
                         return
-                    del double.objects[key]
+                    gone = double.objects.pop(key)
                     double.owners.pop(key, None)
+                    double.version += 1
+                    gone["metadata"]["resourceVersion"] = str(double.version)
+                    double.tombstones.append((plural, namespace, gone))  # for watches: DELETED
+                    double.changed.notify_all()
                     if plural == "deployments":
                         for pod in [k for k, p in double.objects.items() if k[0] == "pods" and k[1] == namespace
                                     and p["metadata"]["labels"].get("app.kubernetes.io/name") == name]:

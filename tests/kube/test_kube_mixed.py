@@ -107,6 +107,22 @@ def test_a_change_rolls_out_and_a_removed_service_is_deleted_from_the_cluster(tm
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+def test_a_rollout_is_seen_when_it_completes_through_a_watch_not_at_the_next_interval(tmp_path, double):
+    """With an interval of an hour only the watch of our Deployments (watch=true, served by
+    the double as a chunked stream) can tell the executor that the rollout completed."""
+    port = free_port()
+
+    async def scenario() -> None:
+        async with Stack(tmp_path) as stack:
+            await stack.apply(mixed(port).replace('kubernetes = { interval = "100ms" }', 'kubernetes = { interval = "1h" }'))
+            await stack.until(lambda: stack.phase("web") is Phase.READY, timeout=15, message="web ready")
+            assert any(m == "GET" and "/deployments?" in p and "watch=" in p for m, p in double.requests)
+            double.edit("deployments", "web", {"spec": {"replicas": 5}})  # kubectl scale: drift, seen at once
+            await stack.until(lambda: stack.of_type("drift", "web"), timeout=15, message="the drift reported")
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_check_locates_a_cluster_service_that_cannot_run_there(tmp_path):
     path = tmp_path / "services.toml"
     path.write_text('[services.local]\ncommand = ["x"]\n\n[services.Web]\nruntime = "kubernetes"\ncommand = ["x"]\n')

@@ -20,7 +20,8 @@ adopt after restart    the objects are on the cluster: the replica is taken over
 =====================  ==========================================================================
 
 The converge loop (:class:`supervisor.kube.converge.Converger`, in a thread, one pass every
-``kubernetes.interval`` or sooner when a replica starts) owns every cluster call, so nothing
+``kubernetes.interval``, and at once when a replica starts or a watch of our Deployments
+reports a change: a rollout's end is seen when it happens) owns every cluster call, so nothing
 the engine waits on (a pass, a local service's start) ever waits on the cluster. An
 unreachable cluster (no answer, 5xx, or no kubeconfig yet) is a transient error: retried with
 backoff (1 s doubling to 60 s), reported once (``cluster-unreachable``, then
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +93,9 @@ class KubeExecutor(Executor):
         self.wake: asyncio.Event | None = None
         self.task: asyncio.Task | None = None
         self._reachability: Any = None
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self._watcher: threading.Thread | None = None
+        self._watch_stop = threading.Event()
 
     # -- the kube settings and the services on the cluster ----------------------------------
 
@@ -116,11 +121,13 @@ class KubeExecutor(Executor):
         from ...kube.policy import Reachability
 
         if self.task is None:
+            self._loop_ref = asyncio.get_running_loop()
             self.wake = asyncio.Event()
             self._reachability = Reachability()
             self.task = asyncio.get_running_loop().create_task(self._loop(), name="kubernetes-converge")
 
     async def close(self) -> None:
+        self._watch_stop.set()
         if self.task is not None:
             self.task.cancel()
             try:
@@ -170,7 +177,35 @@ class KubeExecutor(Executor):
                 self.notifier.emit(EventType.CLUSTER_UNREACHABLE, error=str(exc))
             return False
         self.converger = Converger(Cluster(api, kube.namespace), self.notifier, self.clock, self._reachability)
+        self._watch()
         return True
+
+    def _watch(self) -> None:
+        """Watch our Deployments (a thread): each change (a rollout completing, an edit, a
+        deletion) asks for a pass at once, so a rollout's end is seen when it happens, not at
+        the next ``interval``. A broken watch is started again after a backoff (1 s doubling
+        to 60 s); the interval passes go on meanwhile."""
+        from ...kube.cluster import ClusterError
+
+        loop, cluster, stop = self._loop_ref, self.converger.cluster, self._watch_stop
+
+        def run() -> None:
+            delay = 1.0
+            while not stop.is_set():
+                try:
+                    for _ in cluster.watch("Deployment", stop, timeout=30):
+                        delay = 1.0
+                        assert loop is not None
+                        loop.call_soon_threadsafe(self._request)
+                except ClusterError as exc:
+                    log.debug("kubernetes: watch of Deployments: %s", exc)
+                except RuntimeError:  # the engine's loop is closed: we are done
+                    return
+                stop.wait(delay)
+                delay = min(delay * 2, 60.0)
+
+        self._watcher = threading.Thread(target=run, name="kubernetes-watch", daemon=True)
+        self._watcher.start()
 
     def _pass(self) -> None:
         """One converge pass (in a thread): the started services' manifests applied, the
