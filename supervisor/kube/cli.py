@@ -243,9 +243,28 @@ def _calling_each(what: str, iterator):
         raise CliError(f"{what}: {exc}") from None
 
 
+def _watch_deployments(cluster, stop: threading.Event, wake: threading.Event) -> None:
+    """Wake the converge loop at each change of our Deployments (a rollout completing, an
+    edit), through a watch (:meth:`.cluster.Cluster.watch`); a broken watch starts again
+    after a backoff (1 s doubling to 60 s) while the interval passes go on."""
+    from .cluster import ClusterError
+
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            for _ in cluster.watch("Deployment", stop, timeout=30):
+                delay = 1.0
+                wake.set()
+        except ClusterError as exc:
+            log.debug("kubernetes: watch of Deployments: %s", exc)
+        stop.wait(delay)
+        delay = min(delay * 2, 60.0)
+
+
 def cmd_run(path: Path, quiet: bool = False) -> int:
     """``supervise run`` for ``runtime = "kubernetes"``: converge the cluster to the file and
-    keep it there, a pass every ``kubernetes.interval``, re-reading the file each pass (a file that does not
+    keep it there, a pass every ``kubernetes.interval`` and at each change a watch of our
+    Deployments reports, re-reading the file each pass (a file that does not
     validate is reported once; the last good one stays in force). Events are printed as
     ``supervise | ...`` lines. SIGINT/SIGTERM end the loop and leave the cluster as it is:
     the objects belong to the cluster, not to this process."""
@@ -267,9 +286,16 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
     for note in notes:
         log.info("note: %s", note)
     converger = Converger(cluster, notifier)
-    stop = threading.Event()
+    stop, wake = threading.Event(), threading.Event()
+
+    def ending(*_: Any) -> None:
+        stop.set()
+        wake.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, ending)
+    threading.Thread(target=_watch_deployments, args=(cluster, stop, wake), name="kubernetes-watch",
+                     daemon=True).start()
     state: dict[str, Any] = {"objects": objects, "held": held, "error": None, "first": True}
 
     def desired() -> list[dict[str, Any]]:
@@ -292,7 +318,7 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
 
     log.info("kubernetes: converging namespace %s at %s", kube.namespace, cluster.api_client.configuration.host)
     try:
-        converger.run(desired, stop, kube.interval, hold=lambda: state["held"])
+        converger.run(desired, stop, kube.interval, hold=lambda: state["held"], wake=wake)
     finally:
         if images is not None:
             images.publisher.close()

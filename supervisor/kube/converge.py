@@ -84,16 +84,20 @@ class Converger:
         return actions
 
     def run(self, desired: Callable[[], Sequence[Mapping[str, Any]]], stop, interval: float = 5.0,
-            hold: Callable[[], Collection[str]] = lambda: ()) -> None:
+            hold: Callable[[], Collection[str]] = lambda: (), wake=None) -> None:
         """Pass after pass until ``stop`` (a ``threading.Event``) is set; ``desired()`` is
-        asked anew each pass (a reloaded file applies at the next one), then ``hold()``."""
+        asked anew each pass (a reloaded file applies at the next one), then ``hold()``. A
+        pass comes every ``interval`` seconds, or as soon as ``wake`` (a ``threading.Event``
+        set by a watch, and by whoever sets ``stop``) is set."""
         while not stop.is_set():
             wanted = desired()
             self.step(wanted, hold())
             wait = interval
             if self.reachability.retry_at:
                 wait = max(0.0, min(interval, self.reachability.retry_at - self.clock()))
-            stop.wait(wait or interval)
+            (wake or stop).wait(wait or interval)
+            if wake is not None:
+                wake.clear()
 
     def _act(self, action: policy.Action, now: float) -> None:
         kind, service, version = action.kind, action.service, action.version
