@@ -33,6 +33,8 @@ class Converger:
         self.records: dict[str, policy.Record] = {}
         self.reachability = reachability or policy.Reachability()
         self._reported: dict[tuple[str, policy.Key], str] = {}
+        #: Our objects as the last pass observed them (before its actions).
+        self.observed: list[dict[str, Any]] = []
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -68,7 +70,7 @@ class Converger:
         if not self.reachability.due(now):
             return []
         try:
-            observed = self.cluster.owned()
+            observed = self.observed = self.cluster.owned()
             self.records = policy.adopt(self.records, desired, observed, now)
             actions = policy.decide(desired, observed, self.records, now, hold)
             for action in actions:

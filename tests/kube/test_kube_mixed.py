@@ -12,7 +12,7 @@ import asyncio
 import textwrap
 
 import pytest
-from conftest import free_port, http_get
+from conftest import free_port, http_get, wait_until
 from integration.harness import PY, Stack
 from kube_double import ApiDouble
 
@@ -184,3 +184,49 @@ def test_a_built_cluster_service_beside_a_local_one_is_pushed_and_rolled_out_per
             assert len(registry.tags("web")) == 2 and stack.pid("local") == pid
 
     asyncio.run(asyncio.wait_for(scenario(), 150))
+
+
+def test_a_restarted_supervisor_adopts_the_cluster_service_as_it_is(tmp_path, double):
+    """SIGKILL the supervisor (a subprocess; the local process survives, the Deployment stays),
+    start it again: the cluster service is adopted and ready from the cluster's word, nothing
+    is deleted or re-applied, and the local process is the same one."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import terminate
+
+    path = tmp_path / "services.toml"
+    path.write_text(mixed(free_port()))
+    out = tmp_path / "out.txt"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "supervisor", "--config", str(path)], stdout=open(out, "a"),
+                                stderr=subprocess.STDOUT)
+
+    def phases() -> dict[str, tuple[str, int | None]]:
+        result = subprocess.run([sys.executable, "-m", "supervisor", "status", "--json", "--config", str(path)],
+                                capture_output=True, text=True, timeout=30)
+        rows = json.loads(result.stdout)["services"] if result.stdout.startswith("{") else []
+        return {r["service"]: (r["phase"], r["pid"]) for r in rows}
+
+    def both_ready() -> dict | None:
+        found = phases()
+        return found if {found.get("web", ("",))[0], found.get("local", ("",))[0]} == {"ready"} else None
+
+    first = start()
+    second = None
+    try:
+        before = wait_until(both_ready, timeout=30, message="both services ready")
+        first.kill()
+        first.wait(10)
+        changes = len([r for r in double.requests if r[0] in ("PATCH", "DELETE")])
+        second = start()
+        after = wait_until(both_ready, timeout=30, message="both services adopted and ready")
+        assert after["local"] == before["local"]  # the same process
+        assert len([r for r in double.requests if r[0] in ("PATCH", "DELETE")]) == changes
+        assert image_of(double) == "registry.example/web:1"
+    finally:
+        terminate(first)
+        if second is not None:
+            terminate(second)

@@ -216,10 +216,17 @@ class KubeExecutor(Executor):
         for handle in list(self.handles.values()):
             if handle.running:
                 objects.extend(handle.manifests)
+        from ...kube.policy import rollout_state
+
         wanted = self.wanted()
         started = {h.service for h in self.handles.values() if h.running}
-        self.converger.step(objects, hold=wanted - started)
-        self.available = {name for name, record in self.converger.records.items() if record.done}
+        held = wanted - started
+        self.converger.step(objects, hold=held)
+        # started here: our own rollout record; held (adopted after a restart): the cluster's word
+        complete = {o["metadata"]["name"] for o in self.converger.observed
+                    if o.get("kind") == "Deployment" and rollout_state(o)[0] == "complete"}
+        self.available = ({name for name, record in self.converger.records.items() if record.done and name in started}
+                          | (complete & held))
 
     def _request(self) -> None:
         if self.wake is not None:
