@@ -126,6 +126,11 @@ class Reconciler:
 
             executor = self.executors[name] = Containers(self.state_dir, self.logs, self.settings.keep_versions,
                                                          self.settings.docker_host)
+        if executor is None and name == "kubernetes":
+            from .execute.executors.kubernetes import KubeExecutor
+
+            executor = self.executors[name] = KubeExecutor(self.state_dir, self.logs, self.notifier,
+                                                           lambda: self.desired, self.clock.monotonic)
         if executor is None:
             raise ExecutorUnavailable(f'runtime "{name}" is not available in this version')
         return executor
@@ -541,7 +546,7 @@ class Reconciler:
             self.notifier.emit(EventType.ROLLED_BACK, name, artifact.version, reason="by user",
                                bad_version=current.version if current else None)
             await asyncio.gather(*(controller.restart_replica(i, spec, artifact, reason, probation=False)
-                                   for i in range(spec.replicas)))
+                                   for i in range(spec.slots)))
             controller.pin(artifact.version, newest)
         self.on_change()
         return artifact.version
