@@ -68,7 +68,8 @@ user = "nobody"
             assert snapshot.parent == tmp_path / "state" / "sources" / "local" / "versions"
             for name in ("build.txt", "run.txt", "ready.txt"):
                 assert (snapshot / name).read_text().strip() == expected, name
-            await stack.until(lambda: (snapshot / "live.txt").exists())
+            # the check rewrites it every 50 ms (truncate, then write): wait for a whole line
+            await stack.until(lambda: (snapshot / "live.txt").exists() and (snapshot / "live.txt").read_text().strip())
             assert (snapshot / "live.txt").read_text().strip() == expected
             assert not (app / "build.txt").exists()  # the live folder is left as it is
             await stack.until(lambda: stack.pid("fromgit"), timeout=20)
