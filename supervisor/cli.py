@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("--all", action="store_true", help="every service of the running supervisor")
     sub.add_parser("reload", parents=[common], help="re-read the config file and apply it now")
     events = sub.add_parser("events", parents=[common, names], help="stream events as JSON lines")
-    del events
+    events.add_argument("--since", metavar="DURATION", default=None,
+                        help='first replay the kept history of the last DURATION ("10m"), then follow')
     add_import_verb(sub)
     sub.add_parser("init", parents=[common],
                    help="write a commented starter services.toml (from ./Procfile if there is one)")
@@ -211,6 +212,8 @@ def cmd_kubernetes(verb: str, path: Path, args: argparse.Namespace) -> int:
             raise CliError("logs --since, --grep, --json, --replica and --stream read local log files; "
                            "not on Kubernetes yet", EXIT_USAGE)
         return kube_cli.cmd_logs(path, args.services, 10 if args.lines is None else args.lines, args.follow)
+    if args.since is not None:
+        raise CliError("events --since replays the local supervisor's history; not on Kubernetes yet", EXIT_USAGE)
     return kube_cli.cmd_events(path, args.services)
 
 
@@ -329,13 +332,29 @@ def cmd_run(path: Path, quiet: bool = False, until=None) -> int:
         raise CliError(str(exc)) from None
 
 
+def events_since(args: argparse.Namespace) -> float | None:
+    """``events --since DURATION`` as seconds since the epoch (None without it). Raises CliError."""
+    import time
+
+    from .durations import parse_duration
+
+    if getattr(args, "since", None) is None:
+        return None
+    try:
+        return time.time() - parse_duration(args.since)
+    except ValueError as exc:
+        raise CliError(f"--since: {exc}", EXIT_USAGE) from None
+
+
 def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
     """The verbs answered by the running supervisor over its control socket."""
     state_dir = state_dir_of(path)
+    since = events_since(args) if verb == "events" else None
     try:
         with Client(state_dir, timeout=None if verb in ("events", "reload", "restart", "start", "stop") else 30) as client:
             if verb == "events":
-                for event in client.stream("events", services=args.services):
+                request = {"services": args.services, **({"since": since} if since is not None else {})}
+                for event in client.stream("events", **request):
                     print(json.dumps(event, separators=(",", ":")), flush=True)
                 return EXIT_OK
             services = getattr(args, "services", [])
@@ -343,6 +362,12 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
                 services = choose_services(client, verb, services, args.all)
             reply = client.call(verb, services=services)
     except NotRunning as exc:
+        if since is not None:  # the history is in files: it can be read with no supervisor
+            from . import history
+
+            for raw in history.read(state_dir, since, args.services):
+                print(json.dumps(raw, separators=(",", ":")), flush=True)
+            raise CliError(f"{exc} (the kept history is printed; nothing to follow)") from None
         raise CliError(str(exc)) from None
     except ControlError as exc:
         raise CliError(str(exc), errors.exit_code(exc.code)) from None

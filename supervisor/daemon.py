@@ -9,6 +9,7 @@ the control socket and sd_notify. A save, SIGHUP and the ``reload`` verb all go 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from .notify import UnitReporter
 from .engine import AlreadyRunning, Engine, StateLock
 from .errors import Code
 from . import runonce, views
+from .history import History, snapshot as history_snapshot
 from .runonce import Until
 from .plan import Plan
 from .reconciler import dependency_levels
@@ -77,6 +79,7 @@ class Daemon:
         self.file_watcher: FileWatcher | None = None
         self.control: ControlServer | None = None
         self.state_dir_check: asyncio.TimerHandle | None = None
+        self.history = History(self.state_dir, desired.settings.event_history)  # opened by run()
         #: Run once (``run --exit-when-done``/``--exit-when NAME``): what ends the run, its
         #: outcome once over, the signal that stopped it first (then 128+N is the status).
         self.until = until
@@ -275,10 +278,26 @@ class Daemon:
         return {"services": self.status_rows([c.name for c in controllers])}
 
     async def h_events(self, request: dict, writer: asyncio.StreamWriter) -> None:
+        """Stream events; with ``since`` (seconds since the epoch), first the history's events
+        from then on. The queue is subscribed and the history's files opened at one instant
+        (nothing runs between on the loop), and the replay stops at the last event written
+        before it: every event is sent once, none lost at the seam."""
         names = set(request.get("services") or [])
+        since = request.get("since")
         queue = self.notifier.subscribe()
         try:
+            replay: list[dict] = []
+            if isinstance(since, (int, float)) and not isinstance(since, bool):
+                try:
+                    shot = history_snapshot(self.state_dir, self.history.last_seq)
+                except OSError:
+                    shot = None
+                if shot is not None:
+                    replay = await asyncio.to_thread(shot.read, float(since), names)
             await send(writer, {"ok": True})
+            for raw in replay:
+                writer.write((json.dumps(raw, default=str, separators=(",", ":")) + "\n").encode())
+            await writer.drain()
             while True:
                 event = await queue.get()
                 if event is None:
@@ -310,6 +329,11 @@ class Daemon:
             log.warning("%d services need about %d file descriptors, but the limit is %d; raise "
                         "LimitNOFILE= (or ulimit -Hn) or some will not start", len(self.desired.services), needed, soft)
         await self.engine.open()
+        # the history is ours to write once we hold the state dir's lock; numbers go on from it
+        self.history = History(self.state_dir, self.desired.settings.event_history)
+        self.history.open()
+        self.notifier.seq = max(self.notifier.seq, self.history.last_seq)
+        self.notifier.add_listener(self.history.write)
         self.control = ControlServer(socket_path(self.state_dir), self.handlers())
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
@@ -352,6 +376,7 @@ class Daemon:
         if self.console_out is not None:
             self.console_out.close()
         self.notifier.close()
+        self.history.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             loop.remove_signal_handler(sig)
         log.info("detached" if self.detaching else "stopped")
@@ -376,6 +401,7 @@ class Daemon:
                             self.state_dir)
                 self.lock.recreate()
                 self.reconciler.recreate_state_dir()
+                self.history.reopen()
                 if self.control is not None:
                     loop.create_task(self.control.restart())
                 log.warning("state dir %s recreated", self.state_dir)
