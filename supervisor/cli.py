@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='first replay the kept history of the last DURATION ("10m"), then follow')
     add_import_verb(sub)
     sub.add_parser("init", parents=[common],
-                   help="write a commented starter services.toml (from ./Procfile if there is one)")
+                   help="write a commented starter services.toml (from the Procfile beside it, if there is one)")
     one_off = sub.add_parser("exec", parents=[common],
                              help="run a one-off command with a service's environment, folder and user")
     one_off.add_argument("service", metavar="NAME", help="the service whose environment to use")
