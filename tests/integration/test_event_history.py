@@ -124,7 +124,7 @@ command = {SERVER}
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # the seam: none twice, none missing
     assert [e["type"] for e in live if e["service"] == "db"][-2:] == ["stopped", "started"]
     text = "".join((folder / name).read_text() for name in ("events.jsonl.1", "events.jsonl"))
-    assert "hunter2" not in text
+    assert "hunter2" not in text and "https://***@example.invalid/web.git" in text
 
     # no supervisor: the history is printed, and the verb says there is nothing to follow
     after = cli(path, "events", "--since", "1h", "db")
