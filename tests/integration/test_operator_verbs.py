@@ -173,6 +173,39 @@ def test_zsh_and_fish_scripts(tmp_path):
     assert supervise("completion").returncode == 2
 
 
+def test_zsh_completion_in_a_real_terminal(tmp_path):
+    """The zsh script (bash's, through bashcompinit) in an interactive zsh (tmux): verbs, and
+    service names from the file given with --config, not from the current folder."""
+    tmux, zsh = shutil.which("tmux"), shutil.which("zsh")
+    if tmux is None or zsh is None:
+        if os.environ.get("CI"):
+            pytest.fail("tmux or zsh is missing; .ci/run installs them")
+        pytest.skip("tmux or zsh is not installed here (CI installs them)")
+    config = write(tmp_path / "project" / "services.toml", '[services.web-a]\ncommand = ["sleep", "300"]\n'
+                                                           '[services.web-b]\ncommand = ["sleep", "300"]\n')
+    write(tmp_path / "elsewhere" / "services.toml", '[services.other]\ncommand = ["sleep", "300"]\n')
+    script = write(tmp_path / "supervise.zsh", supervise("completion", "zsh").stdout)
+    socket = f"supervise-test-zsh-{os.getpid()}-{tmp_path.name}"
+    shell = (f"env -i PATH={BIN}:/usr/bin:/bin HOME={tmp_path} TERM=xterm "
+             f"SUPERVISE_TEST_MARK={os.environ['SUPERVISE_TEST_MARK']} {zsh} -f -i")
+
+    def screen() -> str:
+        return subprocess.run([tmux, "-L", socket, "capture-pane", "-p"], capture_output=True, text=True).stdout
+
+    try:
+        subprocess.run([tmux, "-L", socket, "-f", "/dev/null", "new-session", "-d", "-x", "200", "-y", "10", shell],
+                       check=True)
+        subprocess.run([tmux, "-L", socket, "send-keys", f"autoload -U +X compinit && compinit -u; source {script}; "
+                        f"cd {tmp_path / 'elsewhere'}; echo READY", "Enter"], check=True)
+        wait_until(lambda: "\nREADY" in screen(), timeout=20, message="zsh to source the script")
+        subprocess.run([tmux, "-L", socket, "send-keys", f"supervise stop --config {config} we", "Tab", "Q"], check=True)
+        wait_until(lambda: f"supervise stop --config {config} web-Q" in screen(), timeout=20, message="the names")
+        subprocess.run([tmux, "-L", socket, "send-keys", "C-u", "supervise rest", "Tab", "Q"], check=True)
+        wait_until(lambda: "supervise restart Q" in screen(), timeout=20, message="the verb")
+    finally:
+        subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
+
+
 def fish_complete(script: Path, line: str, cwd: Path) -> list[str]:
     """What a real fish offers for ``line`` (``complete -C``) with the script sourced."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
