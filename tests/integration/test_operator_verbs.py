@@ -66,7 +66,8 @@ def test_init_with_supervise_config_uses_the_procfile_beside_that_file(tmp_path)
 
 
 @pytest.mark.parametrize("verb", [["run"], ["check"], ["plan"], ["status"], ["stop", "x"], ["logs"], ["top"],
-                                  ["exec", "x", "--", "true"]])
+                                  ["exec", "x", "--", "true"], ["events", "--since", "1m"],
+                                  ["run", "--exit-when-done"]])
 def test_a_missing_config_file_says_so_in_one_line(tmp_path, verb):
     result = supervise(*verb, cwd=tmp_path)
     assert result.returncode == 2
