@@ -17,11 +17,13 @@ from typing import Sequence
 
 # Only what every verb needs is imported here; the client verbs (status, stop, ...) must answer
 # fast, so asyncio, watchdog and tomlkit are imported inside the verbs that use them.
-from . import __version__, config, errors
-from .config import ConfigError
+from . import __version__
+from .desired import config
+from .decide import errors
+from .desired.config import ConfigError
 from .control.client import Client, ControlError, NotRunning
-from .durations import format_duration
-from .errors import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
+from .desired.durations import format_duration
+from .decide.errors import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
 
 log = logging.getLogger("supervise")
 
@@ -136,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verb == "completion":
             return cmd_completion(path, args, parser)
         if verb == "exec":
-            from .oneoff import ExecError, run as run_one_off, split_argv
+            from .execute.oneoff import ExecError, run as run_one_off, split_argv
 
             try:
                 replica, argv = split_argv(args.argv, args.replica)
@@ -157,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verb == "run":
             until = None
             if getattr(args, "exit_when_done", False) or getattr(args, "exit_when", None):
-                from .runonce import Until
+                from .decide.runonce import Until
 
                 until = Until(tuple(args.exit_when or ()))
             return cmd_run(path, quiet=getattr(args, "quiet", False), until=until)
@@ -223,7 +225,7 @@ NO_CONFIG_VERBS = ("import", "init", "completion")
 
 def cmd_init(path: Path) -> int:
     """``supervise init``: write a starter config at ``path`` (never over an existing file)."""
-    from .scaffold import InitError, init
+    from .desired.scaffold import InitError, init
 
     try:
         origin = init(path)
@@ -272,8 +274,8 @@ def cmd_check(path: Path, as_json: bool = False) -> int:
 
 def cmd_plan(path: Path, as_json: bool = False) -> int:
     """``supervise plan``: against the running supervisor if one answers, else from nothing."""
-    from .model import Observed
-    from .plan import plan as make_plan
+    from .desired.model import Observed
+    from .decide.plan import plan as make_plan
 
     desired = config.load(path)
     against = "running"
@@ -296,7 +298,7 @@ def cmd_plan(path: Path, as_json: bool = False) -> int:
 
 def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
     """Print the services.toml equivalent of the Procfile or supervisord.conf at ``path``."""
-    from .importers import Finding, ImportFailed, import_file
+    from .desired.importers import Finding, ImportFailed, import_file
 
     findings: list[Finding] = []
     try:
@@ -316,11 +318,11 @@ def cmd_run(path: Path, quiet: bool = False, until=None) -> int:
 
     from .daemon import AlreadyRunning, Daemon
 
-    from .safefs import UnsafeStateDir
+    from .observe.safefs import UnsafeStateDir
 
     desired = config.load(path)
     if until is not None:
-        from .runonce import RunOnceError, check
+        from .decide.runonce import RunOnceError, check
 
         try:
             check(until, desired.services)
@@ -336,7 +338,7 @@ def events_since(args: argparse.Namespace) -> float | None:
     """``events --since DURATION`` as seconds since the epoch (None without it). Raises CliError."""
     import time
 
-    from .durations import parse_duration
+    from .desired.durations import parse_duration
 
     if getattr(args, "since", None) is None:
         return None
@@ -363,7 +365,7 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
             reply = client.call(verb, services=services)
     except NotRunning as exc:
         if since is not None:  # the history is in files: it can be read with no supervisor
-            from . import history
+            from .observe import history
 
             for raw in history.read(state_dir, since, args.services):
                 print(json.dumps(raw, separators=(",", ":")), flush=True)
@@ -395,7 +397,7 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
 def choose_services(client: Client, verb: str, words: list[str], every: bool) -> list[str]:
     """The names ``start``/``stop``/``restart`` act on: ``--all``, or NAMEs and globs expanded
     against the running supervisor's services (:mod:`patterns`). Raises CliError."""
-    from .patterns import NoMatch, expand, is_pattern
+    from .desired.patterns import NoMatch, expand, is_pattern
 
     if every and words:
         raise CliError(f"{verb}: give NAMEs or --all, not both", EXIT_USAGE)
@@ -440,8 +442,9 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
     import threading
     import time
 
-    from . import logs, logview
-    from .durations import parse_duration
+    from .execute import logs
+    from .observe import logview
+    from .desired.durations import parse_duration
 
     try:
         since = time.time() - parse_duration(args.since) if args.since is not None else None
@@ -511,7 +514,7 @@ def setup_logging(verbose: bool = False) -> None:
 
     journal = False
     if os.environ.get("JOURNAL_STREAM"):  # notify imports asyncio: only when it can matter
-        from .notify import journal_stream
+        from .observe.notify import journal_stream
 
         journal = journal_stream(sys.stderr) and not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from supervisor import history
-from supervisor.events import Event, EventType, Notifier
+from supervisor.observe import history
+from supervisor.observe.events import Event, EventType, Notifier
 
 
 def test_rotation_keeps_between_half_and_all_and_numbers_go_on(tmp_path):

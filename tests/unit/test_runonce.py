@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import config
-from supervisor.model import Exit, Observed, Phase, ReplicaObserved, ServiceObserved
-from supervisor.runonce import RunOnceError, Until, check, exit_status, outcome
+from supervisor.desired import config
+from supervisor.desired.model import Exit, Observed, Phase, ReplicaObserved, ServiceObserved
+from supervisor.decide.runonce import RunOnceError, Until, check, exit_status, outcome
 
 FILE = """
 [services.db]

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .model import Exit, Observed, Phase, RestartPolicy, ServiceObserved, ServiceSpec
+from ..desired.model import Exit, Observed, Phase, RestartPolicy, ServiceObserved, ServiceSpec
 
 
 class RunOnceError(ValueError):
