@@ -356,7 +356,10 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
         with Client(state_dir, timeout=None if verb in ("events", "reload", "restart", "start", "stop") else 30) as client:
             if verb == "events":
                 request = {"services": args.services, **({"since": since} if since is not None else {})}
-                for event in client.stream("events", **request):
+                opened, events = client.subscribe("events", **request)
+                if opened.get("note"):  # --since reaches back past the kept history
+                    print(f"supervise: note: {opened['note']}", file=sys.stderr, flush=True)
+                for event in events:
                     print(json.dumps(event, separators=(",", ":")), flush=True)
                 return EXIT_OK
             services = getattr(args, "services", [])
@@ -367,7 +370,10 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
         if since is not None:  # the history is in files: it can be read with no supervisor
             from .observe import history
 
-            for raw in history.read(state_dir, since, args.services):
+            kept, note = history.read(state_dir, since, args.services)
+            if note:
+                print(f"supervise: note: {note}", file=sys.stderr)
+            for raw in kept:
                 print(json.dumps(raw, separators=(",", ":")), flush=True)
             raise CliError(f"{exc} (the kept history is printed; nothing to follow)") from None
         raise CliError(str(exc)) from None

@@ -291,6 +291,7 @@ class Daemon:
         queue = self.notifier.subscribe()
         try:
             replay: list[dict] = []
+            note = None
             if isinstance(since, (int, float)) and not isinstance(since, bool):
                 try:
                     shot = history_snapshot(self.state_dir, self.history.last_seq)
@@ -298,7 +299,8 @@ class Daemon:
                     shot = None
                 if shot is not None:
                     replay = await asyncio.to_thread(shot.read, float(since), names)
-            await send(writer, {"ok": True})
+                    note = shot.note(float(since))
+            await send(writer, {"ok": True, **({"note": note} if note else {})})
             for raw in replay:
                 writer.write((json.dumps(raw, default=str, separators=(",", ":")) + "\n").encode())
             await writer.drain()

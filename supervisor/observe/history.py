@@ -171,18 +171,24 @@ class Snapshot:
 
     fds: list[int]
     upto: int  # the seq of the last event written before the instant
+    #: After :meth:`read`: the time of the oldest event kept when older ones were let go (its
+    #: seq is above 1), else None: a ``since`` before it asked for more than is kept.
+    kept_from: float | None = None
 
     def read(self, since: float | None, names: Iterable[str] = ()) -> list[dict[str, Any]]:
         """The events with ``seq <= upto`` and ``timestamp >= since`` (all with None), of the
         services ``names`` (all when empty), oldest first, each once. Closes the fds."""
         wanted = set(names)
         found: dict[int, dict[str, Any]] = {}
+        oldest: dict[str, Any] | None = None
         try:
             for fd in self.fds:
                 for line in _lines(fd, 4 * MAX_FILE_BYTES):
                     event = _parse(line)
                     if event is None or event["seq"] > self.upto:
                         continue
+                    if oldest is None or event["seq"] < oldest["seq"]:
+                        oldest = event
                     if since is not None and not (isinstance(event.get("timestamp"), (int, float))
                                                   and event["timestamp"] >= since):
                         continue
@@ -191,7 +197,19 @@ class Snapshot:
                     found[event["seq"]] = event
         finally:
             self.close()
+        stamp = oldest.get("timestamp") if oldest is not None else None
+        self.kept_from = float(stamp) if oldest is not None and oldest["seq"] > 1 and isinstance(
+            stamp, (int, float)) else None
         return [found[seq] for seq in sorted(found)]
+
+    def note(self, since: float | None) -> str | None:
+        """One line for the user when ``since`` reaches back past what is kept, else None."""
+        if since is None or self.kept_from is None or since >= self.kept_from:
+            return None
+        import time
+
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.kept_from))
+        return f"events before {when} are no longer kept (raise [supervise] event_history to keep more)"
 
     def close(self) -> None:
         for fd in self.fds:
@@ -219,11 +237,11 @@ def snapshot(state_dir: Path, upto: int) -> Snapshot:
     return Snapshot(fds, upto)
 
 
-def read(state_dir: Path, since: float | None, names: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Every event of the history with ``timestamp >= since`` (for ``events --since`` with no
-    supervisor running). [] when there is no history."""
+def read(state_dir: Path, since: float | None, names: Iterable[str] = ()) -> tuple[list[dict[str, Any]], str | None]:
+    """(every event of the history with ``timestamp >= since``, :meth:`Snapshot.note`), for
+    ``events --since`` with no supervisor running. No events when there is no history."""
     try:
         shot = snapshot(state_dir, upto=1 << 62)
     except OSError:
-        return []
-    return shot.read(since, names)
+        return [], None
+    return shot.read(since, names), shot.note(since)

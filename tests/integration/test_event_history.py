@@ -29,7 +29,8 @@ class Follower:
 
     def __init__(self, path: Path, *args: str):
         self.proc = subprocess.Popen([PY, "-m", "supervisor", "events", *args, "--config", str(path)],
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stderr = ""
         self.lines: queue.Queue[dict] = queue.Queue()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -46,8 +47,10 @@ class Follower:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=20)
         self.thread.join(timeout=20)
-        assert self.proc.stdout is not None
+        assert self.proc.stdout is not None and self.proc.stderr is not None
         self.proc.stdout.close()
+        self.stderr = self.proc.stderr.read()
+        self.proc.stderr.close()
 
 
 def test_replay_then_follow_has_no_gap_or_duplicate_at_the_seam(tmp_path):
@@ -75,6 +78,7 @@ command = {SERVER}
                 follower.stop()
             seqs = [event["seq"] for event in got]
             assert seqs[0] == 1 and seqs == list(range(1, 121)), seqs
+            assert "note" not in follower.stderr  # everything since seq 1 is kept
             # redacted as the live stream is: a URL's credentials never reach the history
             created = next(e for e in got if e["type"] == "create" and e["service"] == "web")
             assert created["source"] == "git https://***@example.invalid/web.git@HEAD"
@@ -114,6 +118,7 @@ command = {SERVER}
             follower.stop()
     finally:
         terminate(proc)
+    assert follower.stderr.startswith("supervise: note: events before ")  # 1h asks for more than 10
     folder = tmp_path / ".supervise" / "events"
     kept = [json.loads(line) for name in ("events.jsonl.1", "events.jsonl")
             for line in (folder / name).read_text().splitlines()]
@@ -128,6 +133,7 @@ command = {SERVER}
     # no supervisor: the history is printed, and the verb says there is nothing to follow
     after = cli(path, "events", "--since", "1h", "db")
     assert after.returncode == 1 and "no supervisor is running" in after.stderr
+    assert after.stderr.startswith("supervise: note: events before ")  # 1h reaches past the 10 kept
     printed = [json.loads(line) for line in after.stdout.splitlines()]
     assert printed and all(e["service"] == "db" for e in printed)
     assert printed[-1]["seq"] <= kept[-1]["seq"]
