@@ -831,6 +831,38 @@ def _anything_left(handle: ProcessHandle, snapshot: list[psutil.Process]) -> boo
     return False
 
 
+def listens_on(handle: ProcessHandle, port: int, known: Collection[int] = ()) -> bool:
+    """True when a process of ``handle``'s replica (its leader or a :func:`members` process)
+    holds a TCP socket listening on ``port``: the kernel's socket table, read per process
+    (psutil ``net_connections``, matched by socket inode), so it costs the replica's few
+    processes, not a scan of the machine. ``known``: as for :func:`members`. Blocking (reads
+    /proc): call it in a thread."""
+    try:
+        processes = [psutil.Process(handle.pid), *members(handle, known)]
+    except psutil.Error:
+        processes = members(handle, known)
+    for process in processes:
+        try:
+            connections = process.net_connections(kind="tcp")
+        except (psutil.Error, OSError):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections):
+            return True
+    return False
+
+
+def listeners(port: int) -> list[int]:
+    """The pids of the processes this user may see that listen on TCP ``port`` (empty when
+    none, or when only processes of other users do and we are not root). Blocking: reads
+    every process's fds; for a message, not for a decision."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return []
+    return sorted({c.pid for c in connections
+                   if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid})
+
+
 def too_many_files() -> str:
     """The message for EMFILE, naming the limit and how to raise it."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -594,9 +594,14 @@ class ServiceController:
         while handle.running and replica.handle is handle:
             if await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd,
                                           user=replica.launch.spec.user):
-                if replica.handle is handle and handle.running:
-                    self._feed(replica, Ready())
-                return
+                # Passing is not enough: the answer must be this replica's (during a
+                # start-first update the old replica answers on the same port).
+                foreign = await self.executor.foreign_answer(check, handle, env)
+                if replica.handle is not handle:
+                    return
+                self._feed(replica, Ready(alive=handle.running, foreign=foreign))
+                if not foreign:
+                    return
             await asyncio.sleep(check.interval)
 
     async def _liveness(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:

@@ -149,6 +149,14 @@ class Executor(abc.ABC):
         """Run one ready/live check (tcp, http, exec) against the replica; an exec check runs
         as the service's ``user`` where it has one."""
 
+    async def foreign_answer(self, check: Check, running: Running, env: Mapping[str, str]) -> str:
+        """After a ``tcp``/``http`` ready check passed: "" when the replica itself listens on
+        the port the check reached, or when that cannot be told here (a remote host, an exec
+        check, a port published by a container engine); else why the answer was not its own
+        (another process listens there: the old replica, during a start-first update). The
+        default cannot tell."""
+        return ""
+
     @abc.abstractmethod
     async def sweep(self) -> list[int]:
         """At shutdown, stop processes services left behind outside their replicas; returns

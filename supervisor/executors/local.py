@@ -254,11 +254,28 @@ class LocalExecutor(Executor):
                     user: str | None = None) -> bool:
         return await health.probe(check, dict(env), str(cwd), user=user)
 
+    async def foreign_answer(self, check: Check, running: Running, env: Mapping[str, str]) -> str:
+        """The listening socket on the checked port must be held by a process of this replica
+        (its leader, descendants, cgroup, orphans with its instance mark): a process that has
+        not bound the port yet, or that is already gone, did not answer. Read in a thread."""
+        handle = _handle(running)
+        known = self._known()
+        return await asyncio.to_thread(_foreign_answer, check, handle, dict(env), known)
+
     async def sweep(self) -> list[int]:
         return await procs.sweep_orphans(self._known(), self.reaper)
 
     def _known(self) -> set[int]:
         return set(self.reaper.waiters) if self.reaper is not None else set()
+
+
+def _foreign_answer(check: Check, handle: procs.ProcessHandle, env: Mapping[str, str], known: set[int]) -> str:
+    port = health.local_port(check, env)
+    if port is None or procs.listens_on(handle, port, known):
+        return ""
+    others = [pid for pid in procs.listeners(port) if pid != handle.pid]
+    who = f"pid {', '.join(map(str, others))}" if others else "a process that is not this replica"
+    return f"port {port} is listened on by {who}, not by pid {handle.pid} or its children"
 
 
 def _handle(running: Running) -> procs.ProcessHandle:
