@@ -65,6 +65,7 @@ class Replica:
     tasks: set[asyncio.Task] = field(default_factory=set)
     previous: Launch | None = None  # the last good launch, while this new one is on probation
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
+    stop: asyncio.Future[Exit | None] | None = None  # the stop under way (or done): one per process
 
     @property
     def pid(self) -> int | None:
@@ -351,19 +352,37 @@ class ServiceController:
         return exit
 
     async def _stop_process(self, replica: Replica, reason: str) -> Exit | None:
-        """Stop ``replica``'s process (in the dict or not) and wait until its output is in."""
+        """Stop ``replica``'s process (in the dict or not) and wait until its output is in.
+        A caller cancelled meanwhile does not cancel the stop: a stop always finishes."""
+        return await asyncio.shield(self._begin_stop(replica, reason))
+
+    def _begin_stop(self, replica: Replica, reason: str) -> asyncio.Future[Exit | None]:
+        """The synchronous half of a stop: checks and timers end and the life cycle learns of
+        the stop now (the ``stopping`` event and note), so the exit that follows, however soon,
+        is this stop's (a ``stopped`` event with its status), never a crash nor a silent end.
+        Returns the future of the whole stop; a second stop of the same process gets the same
+        one (its ``stop_signal``, ``stop_timeout``, then SIGKILL run once)."""
+        if replica.stop is not None:
+            return replica.stop
         for task in list(replica.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
         handle = replica.handle
         alive = handle is not None and self.executor.alive(handle)
         stops = self._feed(replica, Stop(reason, alive=alive))
-        exit = None
+        loop = asyncio.get_running_loop()
         if handle is not None and stops:
-            exit = await self.executor.stop(handle, stops[0].signal, stops[0].timeout)
+            replica.stop = loop.create_task(self._finish_stop(replica, handle, stops[0]))
+        else:
             replica.handle = None
-            self._feed(replica, Stopped(exit))
+            replica.stop = loop.create_future()
+            replica.stop.set_result(None)
+        return replica.stop
+
+    async def _finish_stop(self, replica: Replica, handle: Running, stop: StopProcess) -> Exit:
+        exit = await self.executor.stop(handle, stop.signal, stop.timeout)
         replica.handle = None
+        self._feed(replica, Stopped(exit))
         return exit
 
     # -- safe updates: start-first and rollback ---------------------------------------------
@@ -436,14 +455,20 @@ class ServiceController:
 
     async def stop_all(self, reason: str) -> None:
         """Stop and forget every replica, concurrently."""
-        self.signal_all()
+        self.signal_all(reason)
         await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
 
-    def signal_all(self) -> None:
-        """Send every running replica its stop signal now (the stops that follow wait)."""
-        for replica in self.replicas.values():
-            if replica.handle is not None:
-                self.executor.signal(replica.handle, self.spec.stop_signal)
+    def signal_all(self, reason: str = "supervisor stopping") -> None:
+        """Begin the stop of every replica now (shutdown: the signals of a whole dependency
+        level leave at once, the waits follow in :meth:`stop_all`). Each stop is begun in the
+        life cycle before its signal is sent, so a replica that exits at once is reported
+        stopped, as any other (not lost between the signal and the wait)."""
+        for replica in list(self.replicas.values()):
+            handle = replica.handle
+            if replica.stop is None and handle is not None:
+                self._begin_stop(replica, reason)
+                if replica.handle is handle and handle.running:
+                    self.executor.signal(handle, self.spec.stop_signal)
 
     def detach(self) -> None:
         """Stop watching without stopping (see Reconciler.detach); the state file is written
@@ -542,6 +567,7 @@ class ServiceController:
             self._feed(replica, SpawnFailed(str(exc)))
             return
         replica.handle = handle
+        replica.stop = None  # a new process: a stop of it is a new stop
         self._feed(replica, Spawned(handle.pid, at=self.clock.time()))
         self._watch_checks(replica, handle, env)
 
