@@ -64,6 +64,7 @@ class Replica:
     timers: dict[Timer, asyncio.TimerHandle] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
     previous: Launch | None = None  # the last good launch, while this new one is on probation
+    proven: bool = False  # stopped ahead of its restart (a dependency restarts) while proven good
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
     stop: asyncio.Future[Exit | None] | None = None  # the stop under way (or done): one per process
 
@@ -324,7 +325,7 @@ class ServiceController:
             if new_launch:
                 # Roll back only to a launch that proved itself (ready, or up PROBATION s);
                 # one still on probation hands on its own last good launch.
-                if lifecycle.proven(self.policy(old), old.state, self.clock.monotonic()):
+                if old.proven or lifecycle.proven(self.policy(old), old.state, self.clock.monotonic()):
                     previous = old.launch
                 elif old.state.probation:
                     previous = old.previous
@@ -338,6 +339,18 @@ class ServiceController:
             await self.stop_replica(index, reason, remove=False)
             old.state = replace(old.state, restarts=old.state.restarts + 1)
         await self.start_replica(index, spec, artifact, reason, previous=previous)
+
+    async def stop_for_dependency(self, indices: list[int], reason: str) -> None:
+        """Stop replicas ``indices`` ahead of their restart, because a dependency of theirs is
+        about to go down (``depends_on`` ... ``restart = true``); the plan's restart of each
+        starts it again. Whether each was proven good is kept, so the restart can still roll
+        back to it."""
+        now = self.clock.monotonic()
+        for index in indices:
+            replica = self.replicas.get(index)
+            if replica is not None:
+                replica.proven = lifecycle.proven(self.policy(replica), replica.state, now)
+        await asyncio.gather(*(self.stop_replica(i, reason) for i in indices))
 
     async def stop_replica(self, index: int, reason: str, remove: bool = False) -> Exit | None:
         """Stop replica ``index``: stop signal, ``stop_timeout``, SIGKILL to the group."""
