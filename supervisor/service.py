@@ -67,6 +67,7 @@ class Replica:
     proven: bool = False  # stopped ahead of its restart (a dependency restarts) while proven good
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
     stop: asyncio.Future[Exit | None] | None = None  # the stop under way (or done): one per process
+    spawning: asyncio.Task[None] | None = None  # the executor's start under way (a container is created)
 
     @property
     def pid(self) -> int | None:
@@ -213,7 +214,11 @@ class ServiceController:
         if replica.state.phase is not before:
             self._phase_changed()
         if spawn is not None:
-            self._spawn(replica, spawn.reason)
+            # The executor's start may wait on an engine (a container is created): it runs as
+            # a task, never on the loop's time; start_replica awaits it, and a stop that comes
+            # meanwhile waits for it (see _begin_stop).
+            replica.stop = None  # a new process: a stop of it is a new stop
+            replica.spawning = asyncio.get_running_loop().create_task(self._spawn(replica, spawn.reason))
         return stops
 
     def _run(self, replica: Replica, effect: Effect) -> None:
@@ -307,6 +312,8 @@ class ServiceController:
         self._feed(replica, Start(reason, waiting=waiting, probation=previous is not None))
         if waiting:
             self._task(replica, self._start_after_dependencies(replica))
+        else:
+            await self._spawned(replica)
 
     async def restart_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
         """Replace replica ``index`` with a new process of ``spec``/``artifact``.
@@ -377,6 +384,16 @@ class ServiceController:
         one (its ``stop_signal``, ``stop_timeout``, then SIGKILL run once)."""
         if replica.stop is not None:
             return replica.stop
+        if replica.spawning is not None and not replica.spawning.done():
+            # its process is being made (a container): stop it once it is there (or failed)
+            async def after_spawn() -> Exit | None:
+                await self._spawned(replica)
+                replica.stop = None
+                return await self._begin_stop(replica, reason)
+
+            pending: asyncio.Future[Exit | None] = asyncio.get_running_loop().create_task(after_spawn())
+            replica.stop = pending
+            return pending
         for task in list(replica.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -384,15 +401,17 @@ class ServiceController:
         alive = handle is not None and self.executor.alive(handle)
         stops = self._feed(replica, Stop(reason, alive=alive))
         loop = asyncio.get_running_loop()
+        stop: asyncio.Future[Exit | None]
         if handle is not None and stops:
-            replica.stop = loop.create_task(self._finish_stop(replica, handle, stops[0]))
+            stop = loop.create_task(self._finish_stop(replica, handle, stops[0]))
         else:
             replica.handle = None
-            replica.stop = loop.create_future()
-            replica.stop.set_result(None)
-        return replica.stop
+            stop = loop.create_future()
+            stop.set_result(None)
+        replica.stop = stop
+        return stop
 
-    async def _finish_stop(self, replica: Replica, handle: Running, stop: StopProcess) -> Exit:
+    async def _finish_stop(self, replica: Replica, handle: Running, stop: StopProcess) -> Exit | None:
         exit = await self.executor.stop(handle, stop.signal, stop.timeout)
         replica.handle = None
         self._feed(replica, Stopped(exit))
@@ -567,7 +586,7 @@ class ServiceController:
                 for wait in waits:
                     wait.cancel()
 
-    def _spawn(self, replica: Replica, reason: str) -> None:
+    async def _spawn(self, replica: Replica, reason: str) -> None:
         """Run the Spawn effect through the executor, then watch the replica."""
         spec, artifact = replica.launch.spec, replica.launch.artifact
         env = replica_env(self.name, spec.environment, replica.index, user=spec.user)
@@ -575,14 +594,20 @@ class ServiceController:
         if spec.source.kind == "pip":  # the version's venv, as `activate` sets it
             env.update(venv_env(artifact.workdir, env))
         try:
-            handle = self.executor.start(spec, artifact, replica.index, env, self.sink, self._label(replica.index))
+            handle = await self.executor.start(spec, artifact, replica.index, env, self.sink,
+                                               self._label(replica.index))
         except StartFailed as exc:
             self._feed(replica, SpawnFailed(str(exc)))
             return
         replica.handle = handle
-        replica.stop = None  # a new process: a stop of it is a new stop
         self._feed(replica, Spawned(handle.pid, at=self.clock.time()))
         self._watch_checks(replica, handle, env)
+
+    async def _spawned(self, replica: Replica) -> None:
+        """Wait until the start under way (if any) has a process, or has failed."""
+        spawning = replica.spawning
+        if spawning is not None and not spawning.done():
+            await asyncio.wait([spawning])
 
     def _watch_checks(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         spec = replica.launch.spec

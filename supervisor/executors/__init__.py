@@ -97,10 +97,11 @@ class Executor(abc.ABC):
         return 0
 
     @abc.abstractmethod
-    def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
-              label: str) -> Running:
+    async def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
+                    label: str) -> Running:
         """Start replica ``index`` of ``artifact`` with environment ``env``; its output goes
-        to ``sink`` with the console prefix ``label``. Raises :class:`StartFailed`."""
+        to ``sink`` with the console prefix ``label``. Raises :class:`StartFailed`. What
+        waits on something outside (an engine's API) runs off the loop (a thread)."""
 
     @abc.abstractmethod
     def alive(self, running: Running) -> bool:

@@ -144,8 +144,9 @@ class LocalExecutor(Executor):
 
     # -- replicas --------------------------------------------------------------------------
 
-    def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
-              label: str) -> Running:
+    async def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
+                    label: str) -> Running:
+        """fork+exec on the loop's thread (a few ms; the reaper and the pumps are the loop's)."""
         assert self.reaper is not None
         argv = command_argv(spec.command, spec.shell, dict(env))
         try:
