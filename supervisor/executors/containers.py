@@ -41,7 +41,8 @@ from ..model import Check, Exit, ServiceSpec
 from ..sources.git import GitSource
 from ..state import ReplicaRecord
 from . import Executor, Running, StartFailed
-from .container import ContainerExecutor, ContainerSpec, EngineError, ImageBuildError, exit_of, image_tag
+from .container import (BuildCancel, ContainerExecutor, ContainerSpec, EngineError, ImageBuildError, exit_of,
+                        image_tag)
 
 log = logging.getLogger("supervise")
 
@@ -159,9 +160,13 @@ class Containers(Executor):
             def output(data: bytes) -> None:
                 loop.call_soon_threadsafe(sink.write, data if data.endswith(b"\n") else data + b"\n")
 
+            cancel = BuildCancel()
             try:
                 await asyncio.to_thread(client.build_version, spec.name, version, workdir, spec.image_build.dockerfile,
-                                        spec.image_build.context, output)
+                                        spec.image_build.context, output, cancel)
+            except asyncio.CancelledError:  # superseded, or a stop: the build must not run on
+                cancel.cancel()
+                raise
             except ImageBuildError as exc:
                 sink.note(f"build {version} failed: {exc}")
                 raise PrepareError("build", str(exc), version, exc.tail) from None
