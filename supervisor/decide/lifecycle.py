@@ -166,8 +166,8 @@ class Ready:
     """The ready check passed. ``alive``: the replica's process still ran when it did (a check
     that passes for a process already gone was answered by someone else, e.g. the old
     replica of a start-first update: never ready). ``foreign``: why the answer was not this
-    replica's (another process listens on the checked port), "" when it was: then it is not
-    ready either, and its message says so."""
+    replica's (another replica of the service listens on the checked port, and this one does
+    not), "" when it was; with a reason it is not ready either, and its message says so."""
 
     alive: bool = True
     foreign: str = ""

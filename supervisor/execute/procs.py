@@ -851,18 +851,6 @@ def listens_on(handle: ProcessHandle, port: int, known: Collection[int] = ()) ->
     return False
 
 
-def listeners(port: int) -> list[int]:
-    """The pids of the processes this user may see that listen on TCP ``port`` (empty when
-    none, or when only processes of other users do and we are not root). Blocking: reads
-    every process's fds; for a message, not for a decision."""
-    try:
-        connections = psutil.net_connections(kind="tcp")
-    except (psutil.Error, OSError):
-        return []
-    return sorted({c.pid for c in connections
-                   if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid})
-
-
 def too_many_files() -> str:
     """The message for EMFILE, naming the limit and how to raise it."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -662,7 +662,9 @@ class ServiceController:
                                           user=replica.launch.spec.user):
                 # Passing is not enough: the answer must be this replica's (during a
                 # start-first update the old replica answers on the same port).
-                foreign = await self.executor.foreign_answer(check, handle, env)
+                siblings = [r.handle for r in (*self.replicas.values(), *self.candidates.values())
+                            if r is not replica and r.handle is not None]
+                foreign = await self.executor.foreign_answer(check, handle, env, siblings)
                 if replica.handle is not handle:
                     return
                 self._feed(replica, Ready(alive=handle.running, foreign=foreign))

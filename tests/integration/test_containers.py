@@ -341,7 +341,7 @@ def test_a_cancelled_image_build_stops_reading_at_once(podman_api, base_image, t
     while the RUN step still runs. (Docker then stops the build, its client having gone away;
     podman's compat API does not, podman PR #10295: the build runs to its end there, and
     its image is pruned with the other unkept versions. This test ends the RUN step itself.)"""
-    from supervisor.executors.container import BuildCancel
+    from supervisor.execute.executors.container import BuildCancel
 
     executor = ContainerExecutor(tmp_path / "state", docker_host=podman_api)
     marker = f"{os.getpid() % 1000 + 4000}"  # a sleep length no other test uses: finds its process

@@ -190,7 +190,9 @@ ready = {{ {kind} = "{target}", interval = "200ms" }}
 def test_start_first_is_not_fooled_by_the_old_replica_answering_the_new_ones_check(tmp_path, kind):
     """The new version runs for a moment, then raises at start: its check on the shared port is
     answered by the old replica meanwhile. It is never ready, it is not promoted, the old one
-    keeps serving, and the rollback event says why (the port's listener is the old pid)."""
+    keeps serving, and the rollback event says why (the port's listener is the old pid).
+    Wanted: "exited during start-up (exit 1; port P is answered by pid OLD (another replica
+    of the service), not by pid NEW or its children)"."""
     from conftest import free_port, http_get
     from harness import DaemonRun
 
@@ -207,7 +209,7 @@ def test_start_first_is_not_fooled_by_the_old_replica_answering_the_new_ones_che
             new = [e.data["pid"] for e in d.of_type("started", "site") if e.data["pid"] != old]
             assert len(new) == 1, new
             reason = rolled[0].data["reason"]
-            assert "exited during start-up" in reason and f"listened on by pid {old}" in reason, reason
+            assert "exited during start-up" in reason and f"answered by pid {old} (another replica" in reason, reason
             assert not [e for e in d.of_type("ready", "site") if e.data["pid"] == new[0]]
             assert not [e for e in d.of_type("stopping", "site") if e.data["pid"] == old]
             assert d.pid("site") == old and psutil.pid_exists(old)

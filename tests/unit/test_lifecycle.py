@@ -227,7 +227,7 @@ def test_start_first_abandons_a_candidate_that_cannot_start():
     assert history[-1][-1] == Abandon("could not start: permission denied")
 
 
-FOREIGN = "port 8661 is listened on by pid 7, not by pid 100 or its children"
+FOREIGN = "port 8661 is answered by pid 7 (another replica of the service), not by pid 100 or its children"
 TRIAL_READY = Policy(name="api", has_ready=True, ready_deadline=5)
 
 

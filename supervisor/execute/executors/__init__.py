@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 from ..builds import Artifact
 from ..logs import LogSink
@@ -150,12 +150,15 @@ class Executor(abc.ABC):
         """Run one ready/live check (tcp, http, exec) against the replica; an exec check runs
         as the service's ``user`` where it has one."""
 
-    async def foreign_answer(self, check: Check, running: Running, env: Mapping[str, str]) -> str:
-        """After a ``tcp``/``http`` ready check passed: "" when the replica itself listens on
-        the port the check reached, or when that cannot be told here (a remote host, an exec
-        check, a port published by a container engine); else why the answer was not its own
-        (another process listens there: the old replica, during a start-first update). The
-        default cannot tell."""
+    async def foreign_answer(self, check: Check, running: Running, env: Mapping[str, str],
+                             siblings: Sequence[Running] = ()) -> str:
+        """After a ``tcp``/``http`` ready check of ``running`` passed: why the answer was not
+        its own, or "". Not its own: it does not listen on the port the check reached, and
+        one of ``siblings`` (the other replicas of its service: the old one during a
+        start-first update) does. "" when it listens there itself, or when that cannot be
+        told (a remote host, an exec check, a listener outside the service such as a
+        container engine's proxy: the check is trusted then, as before). The default cannot
+        tell."""
         return ""
 
     @abc.abstractmethod
