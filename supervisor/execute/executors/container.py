@@ -664,7 +664,10 @@ class ContainerExecutor:
 
     def _call(self, fn: Callable, *args: object) -> None:
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(fn, *args)
+            if self.loop.is_closed():  # an exit seen after the supervisor's loop ended: nobody waits
+                return
+            with contextlib.suppress(RuntimeError):  # the loop closed between the look and the call
+                self.loop.call_soon_threadsafe(fn, *args)
         else:
             fn(*args)
 
