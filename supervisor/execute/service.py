@@ -601,6 +601,10 @@ class ServiceController:
         except StartFailed as exc:
             self._feed(replica, SpawnFailed(str(exc)))
             return
+        except Exception as exc:  # noqa: BLE001 - a bug in an executor: a failed start, never a stuck one
+            log.exception("%s: starting replica %d failed", self.name, replica.index)
+            self._feed(replica, SpawnFailed(f"cannot start: {exc!r}"[:300]))
+            return
         replica.handle = handle
         self._feed(replica, Spawned(handle.pid, at=self.clock.time()))
         self._watch_checks(replica, handle, env)
