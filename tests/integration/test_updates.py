@@ -241,3 +241,32 @@ def test_start_first_promotes_a_new_version_that_listens_beside_the_old_one(tmp_
             assert not d.of_type("rolled-back", "site")
 
     run(body())
+
+
+def test_a_port_held_outside_the_service_is_trusted_as_before(tmp_path):
+    """A listener that is no replica's (a container engine's port proxy for a local
+    ``docker run -p``, here a plain process of the test) cannot be told apart: the check is
+    trusted, and a start-first update goes through."""
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    port = free_port()
+    listener = subprocess.Popen([sys.executable, "-c", f"import socket,time; s=socket.socket(); "
+                                 f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(300)"])
+    extra = f'update = "start-first"\nready = {{ tcp = "127.0.0.1:{port}", interval = "50ms" }}'
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(service(SLEEP, extra))
+            old = await stack.until(lambda: stack.replica("app") and stack.replica("app").ready and stack.pid("app"))
+            await stack.apply(service(SLEEP, extra + '\nenv = { V = "2" }'))
+            await stack.until(lambda: stack.pid("app") not in (None, old), message="the new one promoted")
+            assert not stack.of_type("rolled-back", "app")
+
+    try:
+        run(body())
+    finally:
+        listener.kill()
+        listener.wait()
