@@ -4,7 +4,21 @@
 it. See ARCHITECTURE.md for the architecture and ``man 5 services.toml`` for the file format.
 """
 
-__version__ = "0.1.0"
+
+
+def _installed_version() -> str:
+    """The version of the installed ``supervise`` distribution (importlib.metadata: what pip
+    installed, so each install beside another, e.g. a self-update, knows its own), or
+    ``"0+unknown"`` when run from a folder that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("supervise")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 
 def __getattr__(name: str):

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("services", nargs="*", metavar="NAME", help="service names or shell globs ('web-*')")
         one.add_argument("--all", action="store_true", help="every service of the running supervisor")
     sub.add_parser("reload", parents=[common], help="re-read the config file and apply it now")
+    sub.add_parser("upgrade", parents=[common],
+                   help="install the newest supervise from [supervise] self, check it, and exec it in place "
+                        "(same pid, services adopted)")
     events = sub.add_parser("events", parents=[common, names], help="stream events as JSON lines")
     del events
     add_import_verb(sub)
@@ -152,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_logs(path, args)
         if verb == "import":
             return cmd_import(args.file, args.env, args.format)
+        if verb == "upgrade":
+            return cmd_upgrade(path)
         if verb == "top" or (verb == "status" and args.watch):
             from . import top
 
@@ -300,11 +305,59 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
 
     from .safefs import UnsafeStateDir
 
+    from . import selfupdate
+
+    handover = selfupdate.take_handover()  # before anything reads the environment (services inherit it)
     desired = config.load(path)
+    daemon = Daemon(path, desired, console=not quiet, handover=handover)
     try:
-        return asyncio.run(Daemon(path, desired, console=not quiet).run())
+        code = asyncio.run(daemon.run())
     except (AlreadyRunning, UnsafeStateDir) as exc:
         raise CliError(str(exc)) from None
+    if daemon.exec_plan is not None:  # an upgrade: every service was let go; same pid from here on
+        selfupdate.exec_new(daemon.exec_plan, daemon.lock.handover_fds())
+    return code
+
+
+def cmd_upgrade(path: Path) -> int:
+    """``supervise upgrade``: the running supervisor installs and checks the newest version of
+    ``[supervise] self`` and execs it in place; wait (bounded) for the new one to answer, then
+    say from which version to which, or why it was not done (exit 1)."""
+    import time
+
+    from .selfupdate import READY_DEADLINE
+
+    state_dir = state_dir_of(path)
+    try:
+        with Client(state_dir, timeout=None) as client:
+            reply = client.call("upgrade")
+    except NotRunning as exc:
+        raise CliError(str(exc)) from None
+    except ControlError as exc:
+        raise CliError(f"upgrade: {exc}", errors.exit_code(exc.code)) from None
+    if not reply.get("exec"):
+        print(reply.get("message", "nothing to do"))
+        return EXIT_OK
+    pid, ident = reply["pid"], reply["id"]
+    deadline = time.monotonic() + READY_DEADLINE + 30.0
+    while time.monotonic() < deadline:
+        try:
+            with Client(state_dir, timeout=10) as client:
+                ping = client.call("ping")
+        except (NotRunning, ControlError, OSError):  # between the exec and the new socket
+            time.sleep(0.05)
+            continue
+        outcome = ping.get("upgrade") or {}
+        if ping.get("pid") != pid:
+            raise CliError(f"upgrade: supervise pid {pid} is gone; pid {ping.get('pid')} answers now")
+        if outcome.get("id") != ident:  # still the old one, before its exec
+            time.sleep(0.05)
+            continue
+        if not outcome.get("ok"):
+            raise CliError(f"upgrade failed: {outcome.get('error')}")
+        print(f"supervise upgraded from {outcome.get('from')} to {outcome.get('to')} (pid {pid})")
+        return EXIT_OK
+    raise CliError(f"upgrade: supervise pid {pid} did not answer within {READY_DEADLINE + 30:g}s after its exec")
 
 
 def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:

@@ -12,11 +12,12 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, logs, procs, safefs
+from . import __version__, config, logs, procs, safefs, selfupdate
 from .config import ConfigError
 from .control import socket_path
 from .control.server import ControlServer, send
@@ -56,7 +57,8 @@ class Daemon:
     config file watcher, signals, the control socket and sd_notify.
     """
 
-    def __init__(self, path: Path, desired: Desired, console: bool = True):
+    def __init__(self, path: Path, desired: Desired, console: bool = True,
+                 handover: selfupdate.Handover | None = None):
         self.path = path
         self.desired = desired
         self.state_dir = desired.settings.state_dir
@@ -76,6 +78,14 @@ class Daemon:
         self.file_watcher: FileWatcher | None = None
         self.control: ControlServer | None = None
         self.state_dir_check: asyncio.TimerHandle | None = None
+        # self-update ([supervise] self, `supervise upgrade`): see supervisor/selfupdate.py
+        self.handover = handover or selfupdate.Handover()
+        self.engine.lock.inherited = self.handover.lock
+        self.revision = self.handover.revision  # what this install was made from (None: unknown)
+        self.bad_revisions: set[str] = set(self.handover.bad)
+        self.last_upgrade: dict[str, Any] | None = None  # the last upgrade's outcome, for `upgrade`
+        self.exec_plan: selfupdate.Exec | None = None  # set: exec it once every service is let go
+        self.upgrading: asyncio.Lock | None = None
 
     @property
     def lock(self) -> StateLock:
@@ -163,10 +173,119 @@ class Daemon:
 
     def handlers(self) -> dict[str, Any]:
         return {"ping": self.h_ping, "status": self.h_status, "plan": self.h_plan, "reload": self.h_reload,
-                "start": self.h_start, "stop": self.h_stop, "restart": self.h_restart, "events": self.h_events}
+                "start": self.h_start, "stop": self.h_stop, "restart": self.h_restart, "events": self.h_events,
+                "upgrade": self.h_upgrade}
 
     async def h_ping(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        return {"pid": os.getpid(), "version": __version__, "config": str(self.path)}
+        return {"pid": os.getpid(), "version": __version__, "revision": self.revision, "config": str(self.path),
+                "upgrade": self.last_upgrade}
+
+    async def h_upgrade(self, request: dict, writer: asyncio.StreamWriter) -> dict | None:
+        """``supervise upgrade``: install and check the newest version of ``[supervise] self``
+        now; the reply (from, to, pid) is sent before the exec, which ends this connection."""
+        reply = await self.upgrade("upgrade verb", force=True)
+        if reply.get("ok") and reply.get("exec"):
+            await send(writer, reply)
+            self._hand_over()
+            return None
+        return reply
+
+    # -- self-update ---------------------------------------------------------------------
+
+    async def upgrade(self, trigger: str, force: bool = False) -> dict[str, Any]:
+        """Install the newest version of ``[supervise] self`` beside this one and check it;
+        when it passes, set :attr:`exec_plan` (the caller then lets the services go and execs).
+        Returns a control reply: ``{"ok": True, "exec": True, "from", "to", "pid"}``, ``{"ok":
+        True, "exec": False, "message"}`` (nothing new), or ``{"ok": False, "error", "code"}``.
+        ``force``: also try a revision that failed before (a user asked)."""
+        if self.upgrading is None:
+            self.upgrading = asyncio.Lock()
+        if self.upgrading.locked():
+            return {"ok": False, "error": "an upgrade is already under way", "code": Code.UPGRADE_FAILED}
+        async with self.upgrading:
+            spec = self.desired.settings.self_source
+            if spec is None:
+                return {"ok": False, "error": f"{self.path}: no [supervise] self = {{ git = ... }} or "
+                        "{ pip = ... } to upgrade from", "code": Code.UPGRADE_FAILED}
+            source = selfupdate.SelfSource(spec, self.state_dir)
+            current = selfupdate.label(__version__, self.revision)
+            try:
+                revision = await asyncio.to_thread(source.latest)
+                if revision == self.revision or (spec.kind == "pip" and revision == __version__ and not force):
+                    return {"ok": True, "exec": False, "message": f"supervise {current} is the newest version"}
+                if revision in self.bad_revisions and not force:
+                    return {"ok": True, "exec": False,
+                            "message": f"{revision[:12]} failed before; still {current} (`supervise upgrade` tries again)"}
+                log.info("%s: installing supervise %s beside %s", trigger, revision[:12], current)
+                revision, venv = await asyncio.to_thread(source.install, revision)
+                version = await asyncio.to_thread(source.check, venv, self.path)
+                boot = await asyncio.to_thread(selfupdate.boot_file, self.state_dir)
+            except selfupdate.UpgradeError as exc:
+                return self._upgrade_failed(str(exc), locals().get("revision"))
+            new = selfupdate.label(version, revision if spec.kind == "git" else None)
+            try:
+                await asyncio.to_thread(source.prune, max(2, self.desired.settings.keep_versions),
+                                        {venv.name, Path(sys.prefix).name})
+            except OSError as exc:
+                log.warning("cannot prune old supervise installs: %s", exc)
+            ident = os.urandom(8).hex()  # names this upgrade's outcome for the client that waits for it
+            mine = {"version": __version__, "revision": self.revision, "id": ident}
+            bad = sorted(self.bad_revisions)
+            self.exec_plan = selfupdate.Exec(
+                venv=venv, boot=boot, version=version, revision=revision,
+                handover={"revision": revision, "from": mine, "bad": bad},
+                fallback={"revision": self.revision, "bad": sorted({*bad, revision}),
+                          "failed": {"to": new, "revision": revision, "error": "", "id": ident}})
+            log.info("%s: supervise %s passed its checks; handing over to it (pid %d)", trigger, new, os.getpid())
+            return {"ok": True, "exec": True, "from": current, "to": new, "pid": os.getpid(), "id": ident}
+
+    def _upgrade_failed(self, error: str, revision: str | None) -> dict[str, Any]:
+        log.error("upgrade of supervise failed, %s keeps running: %s",
+                  selfupdate.label(__version__, self.revision), error)
+        if revision:
+            self.bad_revisions.add(revision)
+        self.last_upgrade = {"ok": False, "error": error, "revision": revision}
+        self.notifier.emit(EventType.UPGRADE_FAILED, None, __version__, error=error)
+        return {"ok": False, "error": error, "code": Code.UPGRADE_FAILED}
+
+    def _hand_over(self) -> None:
+        """Let every service go (as for SIGQUIT) and end :meth:`run`; the CLI then execs
+        :attr:`exec_plan` (same pid)."""
+        self.detaching = True
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    async def _poll_self(self) -> None:
+        """Check ``[supervise] self`` for a new version at start and every ``poll`` seconds
+        (only when ``poll`` is set); a good one is installed and exec'd, a bad one reported
+        (once per revision) while this one keeps running."""
+        while True:
+            spec = self.desired.settings.self_source
+            if spec is None or spec.poll is None:
+                await asyncio.sleep(60.0)  # the file may gain one on a reload
+                continue
+            reply = await self.upgrade("self poll")
+            if reply.get("ok") and reply.get("exec"):
+                self._hand_over()
+                return
+            await asyncio.sleep(spec.poll)
+
+    def _announce_handover(self) -> None:
+        """After the exec: say from which version to which this supervise was upgraded, or
+        (the old one back) why the new one failed."""
+        came = self.handover.upgraded_from
+        now = selfupdate.label(__version__, self.revision)
+        if came is not None:
+            old = selfupdate.label(str(came.get("version")), came.get("revision"))
+            log.info("supervise upgraded from %s to %s (pid %d)", old, now, os.getpid())
+            self.last_upgrade = {"ok": True, "from": old, "to": now, "id": came.get("id")}
+            self.notifier.emit(EventType.UPGRADED, None, __version__, **{"from": old, "to": now})
+        failed = self.handover.failed
+        if failed is not None:
+            error = f"supervise {failed.get('to')} did not start: {failed.get('error') or 'unknown'}; {now} runs again"
+            log.error("upgrade failed: %s", error)
+            self.last_upgrade = {"ok": False, "error": error, "revision": failed.get("revision"), "id": failed.get("id")}
+            self.notifier.emit(EventType.UPGRADE_FAILED, None, __version__, error=error)
 
     async def h_status(self, request: dict, writer: asyncio.StreamWriter) -> dict:
         names = request.get("services") or []
@@ -271,7 +390,8 @@ class Daemon:
         try:
             return await self._run(loop)
         finally:
-            self.engine.release()
+            if self.exec_plan is None:
+                self.engine.release()  # else held across the exec (selfupdate.exec_new)
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
         soft, _hard = procs.raise_fd_limit()
@@ -298,6 +418,9 @@ class Daemon:
         adopted = await self.reconciler.adopt(self.desired)
         if adopted:
             log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
+        selfupdate.say_ready(self.handover)  # every replica adopted, the socket open: this version started
+        self._announce_handover()
+        poller = asyncio.create_task(self._poll_self())
         runner = asyncio.create_task(self.engine.run(self.load_async))
         self.reconciler.request()
         self.unit.start()
@@ -306,13 +429,17 @@ class Daemon:
         failed = runner.done() and not runner.cancelled() and runner.exception() is not None
         if failed:  # a bug: still stop cleanly, and exit non-zero so systemd restarts us
             log.error("reconciler failed", exc_info=runner.exception())
-        self.unit.stopping()
+        if self.exec_plan is not None:
+            self.unit.sd.reloading()  # the same pid goes on: a reload to systemd, not a stop
+        else:
+            self.unit.stopping()
         log.info("leaving every service running for the next supervise" if self.detaching
                  else "stopping every service")
         runner.cancel()
         stopper.cancel()
+        poller.cancel()
         self.reconciler.cancel_fetches()  # before the pass in progress is awaited
-        await asyncio.gather(runner, stopper, return_exceptions=True)
+        await asyncio.gather(runner, stopper, poller, return_exceptions=True)
         await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
         if self.state_dir_check is not None:
             self.state_dir_check.cancel()
@@ -324,7 +451,8 @@ class Daemon:
         self.notifier.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             loop.remove_signal_handler(sig)
-        log.info("detached" if self.detaching else "stopped")
+        log.info("handing over to supervise %s" % self.exec_plan.version if self.exec_plan is not None
+                 else "detached" if self.detaching else "stopped")
         return 1 if failed else 0
 
     def _check_state_dir(self) -> None:

@@ -41,6 +41,8 @@ class EventType(str, enum.Enum):
     ROLLED_BACK = "rolled-back"
     RELOADED = "reloaded"
     CONFIG_ERROR = "config-error"
+    UPGRADED = "upgraded"                        # supervise itself: ``from`` and ``to`` versions (self-update)
+    UPGRADE_FAILED = "upgrade-failed"            # a new supervise failed its checks or its start: ``to``, ``error``
     DRIFT = "drift"                              # Kubernetes: an object edited by another field manager
     CLUSTER_UNREACHABLE = "cluster-unreachable"  # Kubernetes: reported once per outage
     CLUSTER_REACHABLE = "cluster-reachable"
