@@ -315,7 +315,7 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
     except (AlreadyRunning, UnsafeStateDir) as exc:
         raise CliError(str(exc)) from None
     if daemon.exec_plan is not None:  # an upgrade: every service was let go; same pid from here on
-        selfupdate.exec_new(daemon.exec_plan, daemon.lock.handover_fds())
+        selfupdate.exec_new(daemon.exec_plan, daemon.lock.handover_fds(), daemon.control_fd)
     return code
 
 
@@ -355,7 +355,7 @@ def cmd_upgrade(path: Path) -> int:
             continue
         if not outcome.get("ok"):
             raise CliError(f"upgrade failed: {outcome.get('error')}")
-        print(f"supervise upgraded from {outcome.get('from')} to {outcome.get('to')} (pid {pid})")
+        print(f"supervise upgraded from {outcome.get('from')} to {outcome.get('to')}, pid {pid}")
         return EXIT_OK
     raise CliError(f"upgrade: supervise pid {pid} did not answer within {READY_DEADLINE + 30:g}s after its exec")
 
@@ -363,12 +363,10 @@ def cmd_upgrade(path: Path) -> int:
 def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
     """The verbs answered by the running supervisor over its control socket."""
     state_dir = state_dir_of(path)
+    if verb == "events":
+        return stream_events(state_dir, args.services)
     try:
-        with Client(state_dir, timeout=None if verb in ("events", "reload", "restart", "start", "stop") else 30) as client:
-            if verb == "events":
-                for event in client.stream("events", services=args.services):
-                    print(json.dumps(event, separators=(",", ":")), flush=True)
-                return EXIT_OK
+        with Client(state_dir, timeout=None if verb in ("reload", "restart", "start", "stop") else 30) as client:
             services = getattr(args, "services", [])
             if verb in ("start", "stop", "restart"):
                 services = choose_services(client, verb, services, args.all)
@@ -396,6 +394,33 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
         return EXIT_OK
     print_status(reply["services"])
     return EXIT_OK
+
+
+def stream_events(state_dir: Path, services: list[str]) -> int:
+    """``supervise events``: print every event as a JSON line until the supervisor hangs up.
+    A stream that ends on ``upgrading`` (supervise exec'ing its new version, same pid) goes on
+    with the new one: connected again at once (the listening socket is handed over, so the
+    connection waits in its backlog), bounded by the upgrade's own deadline."""
+    import time
+
+    from .selfupdate import READY_DEADLINE
+
+    follow_until = 0.0
+    while True:
+        last = None
+        try:
+            with Client(state_dir, timeout=None) as client:
+                for event in client.stream("events", services=services):
+                    print(json.dumps(event, separators=(",", ":")), flush=True)
+                    last = event.get("type")
+        except (NotRunning, ControlError) as exc:
+            if time.monotonic() >= follow_until:
+                raise CliError(str(exc), errors.exit_code(getattr(exc, "code", None))) from None
+            time.sleep(0.05)
+            continue
+        if last != "upgrading":
+            return EXIT_OK
+        follow_until = time.monotonic() + READY_DEADLINE + 30.0
 
 
 def choose_services(client: Client, verb: str, words: list[str], every: bool) -> list[str]:

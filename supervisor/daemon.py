@@ -37,6 +37,9 @@ log = logging.getLogger("supervise")
 __all__ = ["AlreadyRunning", "Daemon", "StateLock", "print_event"]
 
 
+#: Events about supervise itself, streamed to every ``events`` client whatever services it named.
+SUPERVISOR_EVENTS = (EventType.UPGRADING, EventType.UPGRADED, EventType.UPGRADE_FAILED)
+
 #: Seconds between checks that STATE_DIR is still there (one lstat each).
 STATE_DIR_CHECK = 1.0
 
@@ -86,6 +89,7 @@ class Daemon:
         self.last_upgrade: dict[str, Any] | None = None  # the last upgrade's outcome, for `upgrade`
         self.exec_plan: selfupdate.Exec | None = None  # set: exec it once every service is let go
         self.upgrading: asyncio.Lock | None = None
+        self.control_fd: int | None = None  # the listening socket, kept for the next supervise
 
     @property
     def lock(self) -> StateLock:
@@ -232,7 +236,7 @@ class Daemon:
             mine = {"version": __version__, "revision": self.revision, "id": ident}
             bad = sorted(self.bad_revisions)
             self.exec_plan = selfupdate.Exec(
-                venv=venv, boot=boot, version=version, revision=revision,
+                venv=venv, boot=boot, version=version, revision=revision, label=new,
                 handover={"revision": revision, "from": mine, "bad": bad},
                 fallback={"revision": self.revision, "bad": sorted({*bad, revision}),
                           "failed": {"to": new, "revision": revision, "error": "", "id": ident}})
@@ -252,6 +256,10 @@ class Daemon:
         """Let every service go (as for SIGQUIT) and end :meth:`run`; the CLI then execs
         :attr:`exec_plan` (same pid)."""
         self.detaching = True
+        plan = self.exec_plan
+        if plan is not None:
+            self.notifier.emit(EventType.UPGRADING, None, __version__, **{
+                "from": selfupdate.label(__version__, self.revision), "to": plan.label, "pid": os.getpid()})
         if self.stop_event is not None:
             self.stop_event.set()
 
@@ -259,6 +267,8 @@ class Daemon:
         """Check ``[supervise] self`` for a new version at start and every ``poll`` seconds
         (only when ``poll`` is set); a good one is installed and exec'd, a bad one reported
         (once per revision) while this one keeps running."""
+        while not self.reconciler.applied:  # the first pass first: no exec in the middle of a start
+            await asyncio.sleep(0.5)
         while True:
             spec = self.desired.settings.self_source
             if spec is None or spec.poll is None:
@@ -277,7 +287,7 @@ class Daemon:
         now = selfupdate.label(__version__, self.revision)
         if came is not None:
             old = selfupdate.label(str(came.get("version")), came.get("revision"))
-            log.info("supervise upgraded from %s to %s (pid %d)", old, now, os.getpid())
+            log.info("supervise upgraded from %s to %s, pid %d", old, now, os.getpid())
             self.last_upgrade = {"ok": True, "from": old, "to": now, "id": came.get("id")}
             self.notifier.emit(EventType.UPGRADED, None, __version__, **{"from": old, "to": now})
         failed = self.handover.failed
@@ -372,7 +382,7 @@ class Daemon:
                 event = await queue.get()
                 if event is None:
                     return
-                if names and event.service not in names:
+                if names and event.service not in names and event.type not in SUPERVISOR_EVENTS:
                     continue
                 writer.write((event.to_json() + "\n").encode())
                 await writer.drain()
@@ -400,7 +410,7 @@ class Daemon:
             log.warning("%d services need about %d file descriptors, but the limit is %d; raise "
                         "LimitNOFILE= (or ulimit -Hn) or some will not start", len(self.desired.services), needed, soft)
         await self.engine.open()
-        self.control = ControlServer(socket_path(self.state_dir), self.handlers())
+        self.control = ControlServer(socket_path(self.state_dir), self.handlers(), inherited=self.handover.control)
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
         self._watch(self.desired)
@@ -445,10 +455,13 @@ class Daemon:
             self.state_dir_check.cancel()
         self.file_watcher.stop()
         await self.engine.close(detach=self.detaching)
-        await self.control.close()
+        self.notifier.close()  # event streams end after the last event, before their connection
+        if self.exec_plan is not None:
+            self.control_fd = await self.control.hand_over()
+        else:
+            await self.control.close()
         if self.console_out is not None:
             self.console_out.close()
-        self.notifier.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             loop.remove_signal_handler(sig)
         log.info("handing over to supervise %s" % self.exec_plan.version if self.exec_plan is not None
@@ -500,8 +513,8 @@ class Daemon:
 
 def print_event(event: Event) -> None:
     """One readable log line per life-cycle event (JSON is what ``supervise events`` gives)."""
-    if event.type is EventType.CONFIG_ERROR:
-        return
+    if event.type in (EventType.CONFIG_ERROR, EventType.UPGRADING, EventType.UPGRADED, EventType.UPGRADE_FAILED):
+        return  # each already said in a line of its own
     data = event.data
     who = event.service or ""
     if "replica" in data:

@@ -41,6 +41,7 @@ class EventType(str, enum.Enum):
     ROLLED_BACK = "rolled-back"
     RELOADED = "reloaded"
     CONFIG_ERROR = "config-error"
+    UPGRADING = "upgrading"                      # supervise itself: checks passed, exec'ing ``to`` (same ``pid``)
     UPGRADED = "upgraded"                        # supervise itself: ``from`` and ``to`` versions (self-update)
     UPGRADE_FAILED = "upgrade-failed"            # a new supervise failed its checks or its start: ``to``, ``error``
     DRIFT = "drift"                              # Kubernetes: an object edited by another field manager

@@ -16,7 +16,7 @@ a dependency only if the new version asks for one the running install lacks.
 What crosses the exec, in the environment (each taken out again at start, by :func:`take_handover`,
 so a service's environment never sees it):
 
-- ``SUPERVISE_HANDOVER``: JSON ``{"lock": [anchor_fd, lock_fd], "revision": ..., "from": {"version",
+- ``SUPERVISE_HANDOVER``: JSON ``{"lock": [anchor_fd, lock_fd], "control": listening_fd, "revision": ..., "from": {"version",
   "revision"}, "failed": {"to", "revision", "error"}, "bad": [revisions]}``;
 - ``SUPERVISE_BOOT``: the guard's instructions (:mod:`upgrade_boot`);
 - ``SUPERVISE_READY_FD``: the pipe the new supervise writes ``ready`` to once it adopted every
@@ -74,7 +74,8 @@ class UpgradeError(Exception):
 class Handover:
     """What the previous supervise of this pid handed over (all empty for a fresh start).
 
-    ``lock``: the state lock's fds (anchor socket, lock file); ``revision``: what this process
+    ``lock``: the state lock's fds (anchor socket, lock file); ``control``: the control
+    socket's listening fd; ``revision``: what this process
     was installed from (None: not by a self-update); ``upgraded_from``: ``{"version",
     "revision"}`` of the supervise that exec'd this one; ``failed``: ``{"to", "revision",
     "error"}`` when this process is the old one back after a new one failed; ``bad``: revisions
@@ -82,6 +83,7 @@ class Handover:
     """
 
     lock: tuple[int, int] | None = None
+    control: int | None = None
     revision: str | None = None
     upgraded_from: dict[str, Any] | None = None
     failed: dict[str, Any] | None = None
@@ -108,6 +110,9 @@ def take_handover(environ: dict[str, str] | None = None) -> Handover:
         lock = data.get("lock")
         if isinstance(lock, list) and len(lock) == 2 and all(isinstance(fd, int) and fd > 2 for fd in lock):
             handover.lock = (lock[0], lock[1])
+        control = data.get("control")
+        if isinstance(control, int) and not isinstance(control, bool) and control > 2:
+            handover.control = control
         handover.revision = data.get("revision") if isinstance(data.get("revision"), str) else None
         handover.upgraded_from = data.get("from") if isinstance(data.get("from"), dict) else None
         handover.failed = data.get("failed") if isinstance(data.get("failed"), dict) else None
@@ -278,23 +283,27 @@ class Exec:
     boot: Path
     version: str
     revision: str
+    label: str
     handover: dict[str, Any]
     fallback: dict[str, Any]
 
 
-def exec_new(plan: Exec, lock_fds: tuple[int, int] | None, environ: Mapping[str, str] | None = None) -> NoReturn:
+def exec_new(plan: Exec, lock_fds: tuple[int, int] | None, control_fd: int | None = None,
+             environ: Mapping[str, str] | None = None) -> NoReturn:
     """Replace this process (same pid) with the new supervise of ``plan``; ``lock_fds`` (the
-    state lock) stay open across the exec. Returns only by raising OSError (then nothing
-    changed: the caller starts the old one again)."""
+    state lock) and ``control_fd`` (the control socket, listening) stay open across the exec.
+    Never returns: if the new one cannot be exec'd, this version is exec'd again, told why."""
     env = dict((ORIGINAL_ENV or os.environ) if environ is None else environ)
     keep = list(lock_fds or ())
-    for fd in keep:
-        os.set_inheritable(fd, True)
-    handover = {**plan.handover, "lock": keep or None}
-    fallback = {**plan.fallback, "lock": keep or None}
+    for fd in [*keep, control_fd]:
+        if fd is not None:
+            os.set_inheritable(fd, True)
+    handover = {**plan.handover, "lock": keep or None, "control": control_fd}
+    fallback = {**plan.fallback, "lock": keep or None, "control": control_fd}
     old_argv = [sys.executable, *sys.orig_argv[1:]]
     env[ENV_HANDOVER] = json.dumps(handover)
-    env[ENV_BOOT] = json.dumps({"fallback": old_argv, "handover": json.dumps(fallback), "keep_fds": keep,
+    env[ENV_BOOT] = json.dumps({"fallback": old_argv, "handover": json.dumps(fallback),
+                                "keep_fds": [*keep, *([control_fd] if control_fd is not None else [])],
                                 "deadline": READY_DEADLINE})
     python = str(plan.venv / "bin" / "python")
     argv = [python, "-P", str(plan.boot), *sys.argv[1:]]
