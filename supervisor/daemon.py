@@ -215,7 +215,7 @@ class Daemon:
             current = selfupdate.label(__version__, self.revision)
             try:
                 revision = await asyncio.to_thread(source.latest)
-                if revision == self.revision or (spec.kind == "pip" and revision == __version__ and not force):
+                if revision == self.revision or (spec.kind == "pip" and revision == __version__):
                     return {"ok": True, "exec": False, "message": f"supervise {current} is the newest version"}
                 if revision in self.bad_revisions and not force:
                     return {"ok": True, "exec": False,
@@ -278,6 +278,7 @@ class Daemon:
             if reply.get("ok") and reply.get("exec"):
                 self._hand_over()
                 return
+            log.debug("self poll: %s", reply.get("message") or reply.get("error"))
             await asyncio.sleep(spec.poll)
 
     def _announce_handover(self) -> None:

@@ -166,7 +166,9 @@ class SelfSource:
                 return GitSource(self.spec, self.root / "source").remote_revision()
             from .sources.pip import PipSource
 
-            return PipSource(self.spec, self.root / "source", python=self.python).latest()
+            # the newest release alone: its dependencies are pip's business at install time,
+            # where the running install's packages already satisfy most of them
+            return PipSource(self.spec, self.root / "source", python=self.python).latest(deps=False)
         except SourceError as exc:
             raise UpgradeError(str(exc)) from None
 

@@ -87,12 +87,14 @@ class PipSource:
         self.versions = root / "versions"
         self.python = python
 
-    def latest(self) -> str:
-        """The version pip would install for the requirement now. Raises SourceError with
-        pip's last error line (nothing found, unreachable index, bad requirement)."""
+    def latest(self, deps: bool = True) -> str:
+        """The version pip would install for the requirement now (``deps=False``: resolving the
+        package alone, not its dependencies). Raises SourceError with pip's last error line
+        (nothing found, unreachable index, bad requirement)."""
         with tempfile.TemporaryDirectory(prefix="supervise-pip-") as temp:
             report = Path(temp) / "report.json"
             argv = [self.python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                    *([] if deps else ["--no-deps"]),
                     "--disable-pip-version-check", "--no-input", "--report", str(report),
                     *index_args(self.spec), "--", str(self.spec.requirement)]
             try:

@@ -198,3 +198,101 @@ def test_a_new_version_that_crashes_on_start_gives_way_to_the_old_one(tmp_path, 
         assert got == list(range(len(got))), "lines lost or repeated"
     finally:
         terminate(proc)
+
+
+def supervise_wheel(index: Path, version: str) -> Path:
+    """A wheel of this project as it is, at ``version``, written with zipfile (building one
+    with a build backend would need the network for the backend), into ``index/supervise/``.
+    It keeps the project's dependencies (Requires-Dist): installing it offline proves the new
+    venv sees the running install's packages."""
+    import base64
+    import hashlib
+    import tomllib
+    import zipfile
+
+    dist = f"supervise-{version}.dist-info"
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    files: dict[str, bytes] = {}
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard",
+                             "supervisor"], check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if name.endswith(".py") and (ROOT / name).is_file():
+            files[name] = (ROOT / name).read_bytes()
+    files[f"{dist}/METADATA"] = ("Metadata-Version: 2.1\nName: supervise\nVersion: %s\n%s" % (
+        version, "".join(f"Requires-Dist: {d}\n" for d in deps))).encode()
+    files[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{dist}/entry_points.txt"] = b"[console_scripts]\nsupervise = supervisor.cli:main\n"
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    folder = index / "supervise"
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"supervise-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return wheel
+
+
+@pytest.fixture
+def index(tmp_path, monkeypatch):
+    """(folder, URL) of a package index served over loopback; pip's machine-wide configuration
+    off, so that only this index is asked."""
+    from conftest import free_port, http_get
+
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    folder = tmp_path / "index"
+    folder.mkdir()
+    port = free_port()
+    server = subprocess.Popen([PY, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(folder), str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until(lambda: http_get(url) is not None, timeout=10, message="the index server")
+        yield folder, url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_polled_pip_source_upgrades_at_start_and_then_stays(tmp_path, index):
+    """``self = { pip = ..., poll = ... }``: checked once the first pass is done; the new
+    release is installed (offline: its dependencies are the running install's) and exec'd;
+    the new supervise's own first check finds nothing newer."""
+    folder, url = index
+    supervise_wheel(folder, "0.2.0")
+    path = write(tmp_path / "services.toml", f"""
+[supervise]
+self = {{ pip = "supervise>=0.2", index = "{url}", poll = "1h" }}
+
+[services.counter]
+command = ["{PY}", "-c", "{COUNTER}"]
+""")
+    out = tmp_path / "out.txt"
+    proc = subprocess.Popen([PY, "-m", "supervisor", "-v", "--config", str(path)], stdout=open(out, "a"),
+                            stderr=subprocess.STDOUT)
+    try:
+        text = wait_until(lambda: "supervise upgraded from" in (t := out.read_text()) and t, timeout=60,
+                          message="the upgrade at start")
+        assert f"supervise upgraded from 0.1.0 to 0.2.0, pid {proc.pid}" in text
+        started = text.split("handing over", 1)[0]
+        assert started.count("started counter[0]") == 1
+        info = ping(path)["supervisor"]
+        assert info["pid"] == proc.pid
+        wait_until(lambda: "self poll: supervise 0.2.0 is the newest version" in out.read_text(), timeout=30,
+                   message="the new version's own first check")
+        assert out.read_text().count("handing over to supervise") == 1  # once: no loop
+        assert "started counter[0]" not in out.read_text().split("handing over", 1)[1]
+        venv = tmp_path / ".supervise" / "self" / "versions" / "0.2.0"
+        assert (venv / "bin" / "supervise").exists()
+        site = next((venv / "lib").glob("python*/site-packages"))
+        assert (site / "supervisor").is_dir() and not (site / "watchdog").exists()  # deps: the running install's
+        seen = len(numbers(tmp_path / ".supervise", "counter"))
+        wait_until(lambda: len(numbers(tmp_path / ".supervise", "counter")) > seen + 20, message="more lines")
+        got = numbers(tmp_path / ".supervise", "counter")
+        assert got == list(range(len(got))), "lines lost or repeated"
+    finally:
+        terminate(proc)
