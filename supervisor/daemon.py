@@ -90,6 +90,7 @@ class Daemon:
         self.exec_plan: selfupdate.Exec | None = None  # set: exec it once every service is let go
         self.upgrading: asyncio.Lock | None = None
         self.control_fd: int | None = None  # the listening socket, kept for the next supervise
+        self.self_source: selfupdate.SelfSource | None = None  # the last upgrade's (cancelled at a stop)
 
     @property
     def lock(self) -> StateLock:
@@ -211,7 +212,7 @@ class Daemon:
             if spec is None:
                 return {"ok": False, "error": f"{self.path}: no [supervise] self = {{ git = ... }} or "
                         "{ pip = ... } to upgrade from", "code": Code.UPGRADE_FAILED}
-            source = selfupdate.SelfSource(spec, self.state_dir)
+            source = self.self_source = selfupdate.SelfSource(spec, self.state_dir)
             current = selfupdate.label(__version__, self.revision)
             try:
                 revision = await asyncio.to_thread(source.latest)
@@ -449,6 +450,8 @@ class Daemon:
         runner.cancel()
         stopper.cancel()
         poller.cancel()
+        if self.self_source is not None and self.exec_plan is None:
+            self.self_source.cancel()  # an install or check under way: killed, not waited for
         self.reconciler.cancel_fetches()  # before the pass in progress is awaited
         await asyncio.gather(runner, stopper, poller, return_exceptions=True)
         await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop

@@ -155,6 +155,18 @@ class SelfSource:
         self.root = state_dir / "self"
         self.versions = self.root / "versions"
         self.python = python
+        self.children: set[subprocess.Popen] = set()  # the install's and checks' processes, running
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Kill the install or check under way (the supervisor is stopping); the step then
+        fails with :class:`UpgradeError`. Thread-safe."""
+        self.cancelled = True
+        for child in list(self.children):
+            try:
+                child.kill()
+            except OSError:
+                pass
 
     def latest(self) -> str:
         """The revision the source offers now: the ref's commit on the remote, or the version
@@ -168,7 +180,7 @@ class SelfSource:
 
             # the newest release alone: its dependencies are pip's business at install time,
             # where the running install's packages already satisfy most of them
-            return PipSource(self.spec, self.root / "source", python=self.python).latest(deps=False)
+            return PipSource(self.spec, self.root / "source", python=self.python).latest_alone()
         except SourceError as exc:
             raise UpgradeError(str(exc)) from None
 
@@ -243,26 +255,47 @@ class SelfSource:
         return match.group(1)
 
     def prune(self, keep: int, protect: set[str]) -> list[str]:
-        """Remove installs beyond the ``keep`` newest, never those in ``protect`` (folder names)."""
-        return prune_versions(self.versions, keep, protect)
+        """Remove installs beyond the ``keep`` newest, never those in ``protect`` (folder names),
+        and the git checkouts they were installed from but the newest (pip copied them)."""
+        removed = prune_versions(self.versions, keep, protect)
+        if self.spec.kind == "git" and (self.root / "source" / "repo.git").exists():
+            from .sources.git import GitSource
+
+            try:
+                GitSource(self.spec, self.root / "source").prune(1, protect)
+            except SourceError as exc:
+                log.warning("cannot prune supervise's checkouts: %s", exc)
+        return removed
 
     def _run(self, argv: list[str], what: str, timeout: float = INSTALL_TIMEOUT) -> str:
         """Run ``argv`` (no shell, stdin from /dev/null); return its stdout. Raises
         :class:`UpgradeError` with the last line it printed when it fails."""
+        if self.cancelled:
+            raise UpgradeError(f"{what}: cancelled, supervise is stopping")
+        # (in our own process group, as git's children: the reaper leaves them to us)
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, "PIP_NO_INPUT": "1"})
-        except subprocess.TimeoutExpired:
-            raise UpgradeError(f"{what}: no result in {timeout:g}s") from None
+            child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     stdin=subprocess.DEVNULL, env={**os.environ, "PIP_NO_INPUT": "1"})
         except OSError as exc:
             raise UpgradeError(f"{what}: {exc.strerror or exc}") from None
-        if result.returncode != 0:
-            lines = [line.strip() for line in (result.stderr + "\n" + result.stdout).splitlines()
+        self.children.add(child)
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise UpgradeError(f"{what}: no result in {timeout:g}s") from None
+        finally:
+            self.children.discard(child)
+        if self.cancelled:
+            raise UpgradeError(f"{what}: cancelled, supervise is stopping")
+        if child.returncode != 0:
+            lines = [line.strip() for line in (stderr + "\n" + stdout).splitlines()
                      if line.strip() and "is ignored: it is neither a file nor a directory" not in line]
             errors = [line for line in lines if line.startswith("ERROR:") or "Error" in line]
-            last = (errors or lines or [f"exit status {result.returncode}"])[-1]
+            last = (errors or lines or [f"exit status {child.returncode}"])[-1]
             raise UpgradeError(f"{what} failed: {last[:300]}")
-        return result.stdout
+        return stdout
 
 
 def boot_file(state_dir: Path) -> Path:

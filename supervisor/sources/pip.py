@@ -87,10 +87,17 @@ class PipSource:
         self.versions = root / "versions"
         self.python = python
 
-    def latest(self, deps: bool = True) -> str:
-        """The version pip would install for the requirement now (``deps=False``: resolving the
-        package alone, not its dependencies). Raises SourceError with pip's last error line
-        (nothing found, unreachable index, bad requirement)."""
+    def latest(self) -> str:
+        """The version pip would install for the requirement now. Raises SourceError with
+        pip's last error line (nothing found, unreachable index, bad requirement)."""
+        return self._resolve(deps=True)
+
+    def latest_alone(self) -> str:
+        """:meth:`latest`, resolving the package alone (``--no-deps``): its newest satisfying
+        release, whatever its dependencies need. Raises SourceError."""
+        return self._resolve(deps=False)
+
+    def _resolve(self, deps: bool) -> str:
         with tempfile.TemporaryDirectory(prefix="supervise-pip-") as temp:
             report = Path(temp) / "report.json"
             argv = [self.python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
