@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -296,3 +297,37 @@ command = ["{PY}", "-c", "{COUNTER}"]
         assert got == list(range(len(got))), "lines lost or repeated"
     finally:
         terminate(proc)
+
+
+def test_a_stop_during_an_install_kills_it_and_stops_at_once(tmp_path, project):
+    """SIGTERM while pip installs the new version: the install is killed (the leak check sees
+    no pip left), the services stop as usual, nothing waits for pip to finish."""
+    bump(project, "0.1.4")
+    path = config(tmp_path, project)
+    out = tmp_path / "out.txt"
+    proc = start(path, out)
+    upgrade = None
+    try:
+        wait_until(lambda: (r := replicas(path)) and len(r) == 2, timeout=30, message="two services")
+        upgrade = subprocess.Popen([PY, "-m", "supervisor", "upgrade", "--config", str(path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        def installing() -> bool:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    if "pip" in child.cmdline() and "install" in child.cmdline():
+                        return True
+                except psutil.Error:
+                    continue
+            return False
+
+        wait_until(installing, timeout=60, message="pip installing")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        _, err = upgrade.communicate(timeout=20)
+        assert upgrade.returncode == 1 and len(err.strip().splitlines()) == 1, err
+        assert "stopped" in out.read_text() and "supervise upgraded" not in out.read_text()
+    finally:
+        terminate(proc)
+        if upgrade is not None and upgrade.poll() is None:
+            upgrade.kill()
+            upgrade.wait()
