@@ -152,6 +152,11 @@ def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path,
         # a second upgrade finds nothing new
         again = supervise(path, "upgrade")
         assert again.returncode == 0 and "newest version" in again.stdout, again.stderr
+        # the replicas are still this pid's children: their exit status is known, as before
+        os.kill(before["other"][0], signal.SIGKILL)
+        row = wait_until(lambda: [r for r in ping(path)["services"] if r["service"] == "other" and r["restarts"] == 1
+                                  and r["pid"] and r["pid"] != before["other"][0]], timeout=30, message="a restart")
+        assert row[0]["last_exit"] == "signal 9 (SIGKILL)"
     finally:
         terminate(proc)
         if events is not None:
