@@ -44,6 +44,17 @@ SUPERVISOR_EVENTS = (EventType.UPGRADING, EventType.UPGRADED, EventType.UPGRADE_
 STATE_DIR_CHECK = 1.0
 
 
+def process_started() -> float:
+    """When this process started (seconds since the epoch, psutil's ``create_time``): the same
+    across a self-update's exec, as systemd's view of the unit is."""
+    import psutil
+
+    try:
+        return psutil.Process(os.getpid()).create_time()
+    except psutil.Error:
+        return time.time()
+
+
 def check_state_dir(state_dir: Path, desired: Desired) -> None:
     """Refuse (``safefs.UnsafeStateDir``) a STATE_DIR that is not ours, or that lies inside a
     folder one of the ``user =`` services could write (it could swap the folder for its own)."""
@@ -77,7 +88,7 @@ class Daemon:
         self.last_error = ""
         self.reloads = 0  # reloads asked for by saves, SIGHUP and the reload verb
         self.detaching = False  # SIGQUIT: leave the services running for the next supervise
-        self.started = time.time()
+        self.started = process_started()  # the pid's start: an upgrade's exec does not reset it
         self.file_watcher: FileWatcher | None = None
         self.control: ControlServer | None = None
         self.state_dir_check: asyncio.TimerHandle | None = None
@@ -259,6 +270,7 @@ class Daemon:
         self.detaching = True
         plan = self.exec_plan
         if plan is not None:
+            plan.handover["paused_at"] = time.monotonic()
             self.notifier.emit(EventType.UPGRADING, None, __version__, **{
                 "from": selfupdate.label(__version__, self.revision), "to": plan.label, "pid": os.getpid()})
         if self.stop_event is not None:
@@ -289,9 +301,15 @@ class Daemon:
         now = selfupdate.label(__version__, self.revision)
         if came is not None:
             old = selfupdate.label(str(came.get("version")), came.get("revision"))
-            log.info("supervise upgraded from %s to %s, pid %d", old, now, os.getpid())
-            self.last_upgrade = {"ok": True, "from": old, "to": now, "id": came.get("id")}
-            self.notifier.emit(EventType.UPGRADED, None, __version__, **{"from": old, "to": now})
+            figures = {}
+            for key, at in (("paused", self.handover.paused_at), ("exec", self.handover.exec_at)):
+                if at is not None:
+                    figures[key] = round(time.monotonic() - at, 3)
+            log.info("supervise upgraded from %s to %s, pid %d%s", old, now, os.getpid(),
+                     " (services unattended %.2fs, of which %.2fs from exec to ready)" % (
+                         figures["paused"], figures["exec"]) if len(figures) == 2 else "")
+            self.last_upgrade = {"ok": True, "from": old, "to": now, "id": came.get("id"), **figures}
+            self.notifier.emit(EventType.UPGRADED, None, __version__, **{"from": old, "to": now}, **figures)
         failed = self.handover.failed
         if failed is not None:
             error = f"supervise {failed.get('to')} did not start: {failed.get('error') or 'unknown'}; {now} runs again"
@@ -306,6 +324,7 @@ class Daemon:
             return {"ok": False, "error": "unknown service: " + ", ".join(unknown), "code": Code.UNKNOWN_SERVICE}
         return {"services": self.status_rows(names), "supervisor": {
             "pid": os.getpid(), "uptime": time.time() - self.started, "config": str(self.path),
+            "version": __version__, "revision": self.revision,
             "config_error": self.last_error or None}}
 
     def status_rows(self, names: list[str]) -> list[dict[str, Any]]:

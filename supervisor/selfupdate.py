@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NoReturn
@@ -89,6 +90,8 @@ class Handover:
     failed: dict[str, Any] | None = None
     bad: list[str] = field(default_factory=list)
     ready_fd: int | None = None
+    paused_at: float | None = None  # time.monotonic() when the previous one began to let go
+    exec_at: float | None = None  # time.monotonic() at its exec (CLOCK_MONOTONIC: the same clock here)
 
 
 def take_handover(environ: dict[str, str] | None = None) -> Handover:
@@ -117,6 +120,10 @@ def take_handover(environ: dict[str, str] | None = None) -> Handover:
         handover.upgraded_from = data.get("from") if isinstance(data.get("from"), dict) else None
         handover.failed = data.get("failed") if isinstance(data.get("failed"), dict) else None
         handover.bad = [r for r in data.get("bad") or [] if isinstance(r, str)]
+        for key in ("paused_at", "exec_at"):
+            value = data.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(handover, key, float(value))
     except (ValueError, AttributeError) as exc:
         log.warning("ignoring a malformed %s: %s", ENV_HANDOVER, exc)
     return handover
@@ -333,7 +340,7 @@ def exec_new(plan: Exec, lock_fds: tuple[int, int] | None, control_fd: int | Non
     for fd in [*keep, control_fd]:
         if fd is not None:
             os.set_inheritable(fd, True)
-    handover = {**plan.handover, "lock": keep or None, "control": control_fd}
+    handover = {**plan.handover, "lock": keep or None, "control": control_fd, "exec_at": time.monotonic()}
     fallback = {**plan.fallback, "lock": keep or None, "control": control_fd}
     old_argv = [sys.executable, *sys.orig_argv[1:]]
     env[ENV_HANDOVER] = json.dumps(handover)

@@ -136,7 +136,8 @@ def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path,
         psutil_proc = psutil.Process(proc.pid)
         assert str(tmp_path / ".supervise" / "self" / "versions") in " ".join(psutil_proc.cmdline())
         info = ping(path)["supervisor"]
-        assert info["pid"] == proc.pid
+        assert (info["pid"], info["version"]) == (proc.pid, "0.1.1")
+        assert info["uptime"] > 1.0  # the process's, not reset by the exec
         assert replicas(path) == before  # same replica pids, no restart
         version = supervise(path, "--version").stdout  # the client is the test venv's: 0.1.0
         assert "0.1.0" in version
