@@ -279,10 +279,13 @@ class SelfSource:
         :class:`UpgradeError` with the last line it printed when it fails."""
         if self.cancelled:
             raise UpgradeError(f"{what}: cancelled, supervise is stopping")
+        # pip's cache and temporary files stay in STATE_DIR/self too (nothing written outside it)
+        cache, temp = safefs.ensure_dir(self.root / "cache"), safefs.ensure_dir(self.root / "tmp")
+        env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_CACHE_DIR": str(cache), "TMPDIR": str(temp)}
         # (in our own process group, as git's children: the reaper leaves them to us)
         try:
             child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     stdin=subprocess.DEVNULL, env={**os.environ, "PIP_NO_INPUT": "1"})
+                                     stdin=subprocess.DEVNULL, env=env)
         except OSError as exc:
             raise UpgradeError(f"{what}: {exc.strerror or exc}") from None
         self.children.add(child)
