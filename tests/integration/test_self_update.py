@@ -106,10 +106,14 @@ def upgrade_and_check(tmp_path: Path, path: Path, out: Path, proc: subprocess.Po
     return before, result
 
 
-def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path, project):
+def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path, project, monkeypatch):
+    from test_notify_run import NotifyListener  # systemd's side of $NOTIFY_SOCKET, as there
+
     bump(project, "0.1.1")
     path = config(tmp_path, project)
     out = tmp_path / "out.txt"
+    unit = NotifyListener()
+    monkeypatch.setenv("NOTIFY_SOCKET", unit.address)
     proc = start(path, out)
     events_out = tmp_path / "events.jsonl"
     events = None
@@ -118,10 +122,16 @@ def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path,
         events = subprocess.Popen([PY, "-m", "supervisor", "events", "counter", "--config", str(path)],
                                   stdout=open(events_out, "w"), stderr=subprocess.STDOUT)
         wait_until(lambda: "started" in events_out.read_text() or replicas(path), message="events stream")
+        unit.until("READY", "1", timeout=30)
         sock = os.stat(tmp_path / ".supervise" / "control.sock").st_ino
         before, result = upgrade_and_check(tmp_path, path, out, proc)
         assert result.returncode == 0, result.stderr + out.read_text()
         assert os.stat(tmp_path / ".supervise" / "control.sock").st_ino == sock  # handed over, not made anew
+        # systemd sees a reload of the same process: RELOADING=1, then READY=1 from the new code
+        seen = len(unit.messages)
+        unit.until("RELOADING", "1", timeout=30)
+        unit.until("READY", "1", timeout=30, after=seen)
+        assert not [m for _, m in unit.messages if "STOPPING" in m]
         # `events` goes on across the exec (one client, two supervise versions, the same pid)
         def kinds() -> dict[str, dict]:
             return {e["type"]: e for e in map(json.loads, events_out.read_text().splitlines())}
@@ -158,8 +168,12 @@ def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path,
         row = wait_until(lambda: [r for r in ping(path)["services"] if r["service"] == "other" and r["restarts"] == 1
                                   and r["pid"] and r["pid"] != before["other"][0]], timeout=30, message="a restart")
         assert row[0]["last_exit"] == "signal 9 (SIGKILL)"
+        # started by the new code, with the environment the old one gave: nothing of the hand-over
+        env = psutil.Process(row[0]["pid"]).environ()
+        assert not {"NOTIFY_SOCKET", "SUPERVISE_HANDOVER", "SUPERVISE_BOOT", "SUPERVISE_READY_FD"} & set(env)
     finally:
         terminate(proc)
+        unit.close()
         if events is not None:
             events.wait(timeout=30)  # its stream ends with the supervisor
     for pid, _ in before.values():
