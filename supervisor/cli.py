@@ -17,11 +17,13 @@ from typing import Sequence
 
 # Only what every verb needs is imported here; the client verbs (status, stop, ...) must answer
 # fast, so asyncio, watchdog and tomlkit are imported inside the verbs that use them.
-from . import __version__, config, errors
-from .config import ConfigError
+from . import __version__
+from .desired import config
+from .decide import errors
+from .desired.config import ConfigError
 from .control.client import Client, ControlError, NotRunning
-from .durations import format_duration
-from .errors import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
+from .desired.durations import format_duration
+from .decide.errors import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
 
 log = logging.getLogger("supervise")
 
@@ -131,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verb == "completion":
             return cmd_completion(path, args, parser)
         if verb == "exec":
-            from .oneoff import ExecError, run as run_one_off, split_argv
+            from .execute.oneoff import ExecError, run as run_one_off, split_argv
 
             try:
                 replica, argv = split_argv(args.argv, args.replica)
@@ -211,7 +213,7 @@ NO_CONFIG_VERBS = ("import", "init", "completion")
 
 def cmd_init(path: Path) -> int:
     """``supervise init``: write a starter config at ``path`` (never over an existing file)."""
-    from .scaffold import InitError, init
+    from .desired.scaffold import InitError, init
 
     try:
         origin = init(path)
@@ -260,8 +262,8 @@ def cmd_check(path: Path, as_json: bool = False) -> int:
 
 def cmd_plan(path: Path, as_json: bool = False) -> int:
     """``supervise plan``: against the running supervisor if one answers, else from nothing."""
-    from .model import Observed
-    from .plan import plan as make_plan
+    from .desired.model import Observed
+    from .decide.plan import plan as make_plan
 
     desired = config.load(path)
     against = "running"
@@ -284,7 +286,7 @@ def cmd_plan(path: Path, as_json: bool = False) -> int:
 
 def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
     """Print the services.toml equivalent of the Procfile or supervisord.conf at ``path``."""
-    from .importers import Finding, ImportFailed, import_file
+    from .desired.importers import Finding, ImportFailed, import_file
 
     findings: list[Finding] = []
     try:
@@ -303,7 +305,7 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
 
     from .daemon import AlreadyRunning, Daemon
 
-    from .safefs import UnsafeStateDir
+    from .observe.safefs import UnsafeStateDir
 
     from . import selfupdate
 
@@ -426,7 +428,7 @@ def stream_events(state_dir: Path, services: list[str]) -> int:
 def choose_services(client: Client, verb: str, words: list[str], every: bool) -> list[str]:
     """The names ``start``/``stop``/``restart`` act on: ``--all``, or NAMEs and globs expanded
     against the running supervisor's services (:mod:`patterns`). Raises CliError."""
-    from .patterns import NoMatch, expand, is_pattern
+    from .desired.patterns import NoMatch, expand, is_pattern
 
     if every and words:
         raise CliError(f"{verb}: give NAMEs or --all, not both", EXIT_USAGE)
@@ -471,8 +473,9 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
     import threading
     import time
 
-    from . import logs, logview
-    from .durations import parse_duration
+    from .execute import logs
+    from .observe import logview
+    from .desired.durations import parse_duration
 
     try:
         since = time.time() - parse_duration(args.since) if args.since is not None else None
@@ -542,7 +545,7 @@ def setup_logging(verbose: bool = False) -> None:
 
     journal = False
     if os.environ.get("JOURNAL_STREAM"):  # notify imports asyncio: only when it can matter
-        from .notify import journal_stream
+        from .observe.notify import journal_stream
 
         journal = journal_stream(sys.stderr) and not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)

@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
-from . import safefs
-from .model import SourceSpec
-from .sources import SourceError, prune_versions
+from .observe import safefs
+from .desired.model import SourceSpec
+from .execute.sources import SourceError, prune_versions
 
 log = logging.getLogger("supervise")
 
@@ -180,10 +180,10 @@ class SelfSource:
         pip would install. Raises :class:`UpgradeError`."""
         try:
             if self.spec.kind == "git":
-                from .sources.git import GitSource
+                from .execute.sources.git import GitSource
 
                 return GitSource(self.spec, self.root / "source").remote_revision()
-            from .sources.pip import PipSource
+            from .execute.sources.pip import PipSource
 
             # the newest release alone: its dependencies are pip's business at install time,
             # where the running install's packages already satisfy most of them
@@ -198,7 +198,7 @@ class SelfSource:
         safefs.ensure_dir(self.root)
         safefs.ensure_dir(self.versions)
         if self.spec.kind == "git":
-            from .sources.git import GitSource
+            from .execute.sources.git import GitSource
 
             git = GitSource(self.spec, self.root / "source")
             try:
@@ -208,7 +208,7 @@ class SelfSource:
             target: str | None = None
             venv = self.venv(revision[:12])
         else:
-            from .sources.pip import index_args, parse_requirement
+            from .execute.sources.pip import index_args, parse_requirement
 
             venv = self.venv(revision)
             name = parse_requirement(str(self.spec.requirement)).name
@@ -266,7 +266,7 @@ class SelfSource:
         and the git checkouts they were installed from but the newest (pip copied them)."""
         removed = prune_versions(self.versions, keep, protect)
         if self.spec.kind == "git" and (self.root / "source" / "repo.git").exists():
-            from .sources.git import GitSource
+            from .execute.sources.git import GitSource
 
             try:
                 GitSource(self.spec, self.root / "source").prune(1, protect)

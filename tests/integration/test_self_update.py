@@ -118,10 +118,12 @@ def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path,
     events_out = tmp_path / "events.jsonl"
     events = None
     try:
-        wait_until(lambda: ping(path), timeout=30, message="the supervisor")
-        events = subprocess.Popen([PY, "-m", "supervisor", "events", "counter", "--config", str(path)],
+        wait_until(lambda: ping(path).get("supervisor"), timeout=30, message="the supervisor")
+        events = subprocess.Popen([PY, "-m", "supervisor", "events", "--config", str(path)],
                                   stdout=open(events_out, "w"), stderr=subprocess.STDOUT)
-        wait_until(lambda: "started" in events_out.read_text() or replicas(path), message="events stream")
+        # subscribed for sure once it has seen an event caused after it started
+        wait_until(lambda: supervise(path, "reload").returncode == 0 and '"reloaded"' in events_out.read_text(),
+                   timeout=30, message="the events stream")
         unit.until("READY", "1", timeout=30)
         sock = os.stat(tmp_path / ".supervise" / "control.sock").st_ino
         before, result = upgrade_and_check(tmp_path, path, out, proc)
@@ -181,7 +183,7 @@ def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path,
 
 
 def test_a_new_version_that_fails_its_check_is_reported_and_the_old_one_keeps_running(tmp_path, project):
-    bump(project, "0.1.2", ("supervisor/config.py", "def load(", "def load(  # broken\n  syntax error here\n"))
+    bump(project, "0.1.2", ("supervisor/desired/config.py", "def load(", "def load(  # broken\n  syntax error here\n"))
     path = config(tmp_path, project)
     out = tmp_path / "out.txt"
     proc = start(path, out)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import config, selfupdate
-from supervisor.config import ConfigError
+from supervisor import selfupdate
+from supervisor.desired import config
+from supervisor.desired.config import ConfigError
 from supervisor.control.server import ControlServer
 from supervisor.engine import AlreadyRunning, StateLock
-from supervisor.model import SourceSpec
+from supervisor.desired.model import SourceSpec
 
 
 def load(tmp_path: Path, table: str):

@@ -1,4 +1,4 @@
-"""services.toml (format v1, see services.toml(5)) -> :class:`~supervisor.model.Desired`.
+"""services.toml (format v1, see services.toml(5)) -> :class:`~supervisor.desired.model.Desired`.
 
 Parsing uses tomlkit; validation collects *every* mistake before raising, each located like a
 compiler error: ``services.toml:12:5: services.api: unknown key "comand" (did you mean
@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .graph import find_cycle
+from ..decide.graph import find_cycle
 from .durations import parse_duration, parse_size
 from .model import (
     Check,
@@ -675,7 +675,7 @@ class _Validator:
         self.dependencies(services_table, services)
         kubernetes = None
         if settings.runtime == "kubernetes" or _mentions_kubernetes(data):
-            from .kube.schema import validate as validate_kubernetes  # its keys, located like ours
+            from ..kube.schema import validate as validate_kubernetes  # its keys, located like ours
 
             kubernetes = validate_kubernetes(data, self.error)
         if self.diagnostics:
@@ -974,7 +974,7 @@ class _Validator:
 
     def pip_source(self, keys: tuple[str, ...], value: dict[str, Any]) -> SourceSpec | None:
         """``{ pip = "REQUIREMENT", index = URL, extra_index = [URL...], poll = "60s" }``."""
-        from .sources.pip import parse_requirement
+        from ..execute.sources.pip import parse_requirement
 
         for key in ("ref", "path"):
             if key in value:
@@ -1053,7 +1053,7 @@ class _Validator:
                 continue
             # imported only now: executors.container imports the docker SDK (requests, urllib3:
             # 80 ms and megabytes of every supervisor's memory, for a file without a container)
-            from .executors.container import parse_port, parse_volume
+            from ..execute.executors.container import parse_port, parse_volume
 
             items = table[key]
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -1284,7 +1284,7 @@ class _Validator:
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (:func:`supervisor.graph.find_cycle`)."""
+    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (:func:`supervisor.decide.graph.find_cycle`)."""
     return find_cycle(graph)
 
 
