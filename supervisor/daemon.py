@@ -101,6 +101,7 @@ class Daemon:
         self.revision = self.handover.revision  # what this install was made from (None: unknown)
         self.bad_revisions: set[str] = set(self.handover.bad)
         self.last_upgrade: dict[str, Any] | None = None  # the last upgrade's outcome, for `upgrade`
+        self.pending_plan: selfupdate.Exec | None = None  # checked, waiting for _hand_over
         self.exec_plan: selfupdate.Exec | None = None  # set: exec it once every service is let go
         self.upgrading: asyncio.Lock | None = None
         self.control_fd: int | None = None  # the listening socket, kept for the next supervise
@@ -209,6 +210,9 @@ class Daemon:
             return None
         return reply
 
+    def _stopping(self) -> bool:
+        return self.stop_event is not None and self.stop_event.is_set()
+
     # -- self-update ---------------------------------------------------------------------
 
     async def upgrade(self, trigger: str, force: bool = False) -> dict[str, Any]:
@@ -222,12 +226,15 @@ class Daemon:
         if self.upgrading.locked():
             return {"ok": False, "error": "an upgrade is already under way", "code": Code.UPGRADE_FAILED}
         async with self.upgrading:
+            if self._stopping():
+                return {"ok": False, "error": "supervise is stopping", "code": Code.UPGRADE_FAILED}
             spec = self.desired.settings.self_source
             if spec is None:
                 return {"ok": False, "error": f"{self.path}: no [supervise] self = {{ git = ... }} or "
                         "{ pip = ... } to upgrade from", "code": Code.UPGRADE_FAILED}
             source = self.self_source = selfupdate.SelfSource(spec, self.state_dir)
             current = selfupdate.label(__version__, self.revision)
+            revision: str | None = None
             try:
                 revision = await asyncio.to_thread(source.latest)
                 if revision == self.revision or (spec.kind == "pip" and revision == __version__):
@@ -236,12 +243,13 @@ class Daemon:
                     return {"ok": True, "exec": False,
                             "message": f"{revision[:12]} failed before; still {current} (`supervise upgrade` tries again)"}
                 log.info("%s: installing supervise %s beside %s", trigger, revision[:12], current)
-                revision, venv = await asyncio.to_thread(source.install, revision)
+                installed, venv = await asyncio.to_thread(source.install, revision)
+                revision = installed  # (a git ref may have moved on since it was asked)
                 version = await asyncio.to_thread(source.check, venv, self.path)
                 boot = await asyncio.to_thread(selfupdate.boot_file, self.state_dir)
             except selfupdate.UpgradeError as exc:
-                return self._upgrade_failed(str(exc), locals().get("revision"))
-            new = selfupdate.label(version, revision if spec.kind == "git" else None)
+                return self._upgrade_failed(str(exc), revision)
+            new = selfupdate.label(version, installed if spec.kind == "git" else None)
             try:
                 await asyncio.to_thread(source.prune, max(2, self.desired.settings.keep_versions),
                                         {venv.name, Path(sys.prefix).name})
@@ -250,11 +258,13 @@ class Daemon:
             ident = os.urandom(8).hex()  # names this upgrade's outcome for the client that waits for it
             mine = {"version": __version__, "revision": self.revision, "id": ident}
             bad = sorted(self.bad_revisions)
-            self.exec_plan = selfupdate.Exec(
-                venv=venv, boot=boot, version=version, revision=revision, label=new,
-                handover={"revision": revision, "from": mine, "bad": bad},
-                fallback={"revision": self.revision, "bad": sorted({*bad, revision}),
-                          "failed": {"to": new, "revision": revision, "error": "", "id": ident}})
+            if self._stopping():  # a stop signal came during the install: no exec
+                return {"ok": False, "error": "supervise is stopping", "code": Code.UPGRADE_FAILED}
+            self.pending_plan = selfupdate.Exec(
+                venv=venv, boot=boot, version=version, revision=installed, label=new,
+                handover={"revision": installed, "from": mine, "bad": bad},
+                fallback={"revision": self.revision, "bad": sorted({*bad, installed}),
+                          "failed": {"to": new, "revision": installed, "error": "", "id": ident}})
             log.info("%s: supervise %s passed its checks; handing over to it (pid %d)", trigger, new, os.getpid())
             return {"ok": True, "exec": True, "from": current, "to": new, "pid": os.getpid(), "id": ident}
 
@@ -270,8 +280,10 @@ class Daemon:
     def _hand_over(self) -> None:
         """Let every service go (as for SIGQUIT) and end :meth:`run`; the CLI then execs
         :attr:`exec_plan` (same pid)."""
+        if self._stopping():
+            return
         self.detaching = True
-        plan = self.exec_plan
+        plan = self.exec_plan = self.pending_plan
         if plan is not None:
             plan.handover["paused_at"] = time.monotonic()
             self.notifier.emit(EventType.UPGRADING, None, __version__, **{
@@ -454,6 +466,9 @@ class Daemon:
             log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
         selfupdate.say_ready(self.handover)  # every replica adopted, the socket open: this version started
         self._announce_handover()
+        if self.handover.stop:  # a stop signal came while the previous one was handing over
+            log.info("stopping, as asked during the upgrade")
+            self.stop_event.set()
         poller = asyncio.create_task(self._poll_self())
         runner = asyncio.create_task(self.engine.run(self.load_async))
         self.reconciler.request()
@@ -519,6 +534,10 @@ class Daemon:
         """SIGINT/SIGTERM: stop gracefully; a second one while stopping: SIGKILL everything now
         (a second Ctrl-C means "I will not wait for stop_timeout")."""
         assert self.stop_event is not None
+        if self.exec_plan is not None:  # handing over: the services are being let go, not stopped
+            log.warning("stop signal during an upgrade: the new supervise stops every service once it has started")
+            self.exec_plan.handover["stop"] = self.exec_plan.fallback["stop"] = True
+            return
         if not self.stop_event.is_set():
             self.stop_event.set()
             return

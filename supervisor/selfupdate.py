@@ -90,6 +90,7 @@ class Handover:
     failed: dict[str, Any] | None = None
     bad: list[str] = field(default_factory=list)
     ready_fd: int | None = None
+    stop: bool = False  # a stop signal came while the previous one was handing over: stop at once
     paused_at: float | None = None  # time.monotonic() when the previous one began to let go
     exec_at: float | None = None  # time.monotonic() at its exec (CLOCK_MONOTONIC: the same clock here)
 
@@ -120,6 +121,7 @@ def take_handover(environ: dict[str, str] | None = None) -> Handover:
         handover.upgraded_from = data.get("from") if isinstance(data.get("from"), dict) else None
         handover.failed = data.get("failed") if isinstance(data.get("failed"), dict) else None
         handover.bad = [r for r in data.get("bad") or [] if isinstance(r, str)]
+        handover.stop = data.get("stop") is True
         for key in ("paused_at", "exec_at"):
             value = data.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
