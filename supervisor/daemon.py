@@ -83,7 +83,7 @@ class Daemon:
         self.notifier = Notifier()
         self.console_out = logs.Console() if console else None
         self.unit = UnitReporter.from_environ()  # sd_notify(3); a no-op outside systemd
-        self.engine = Engine(desired, bus=self.notifier, on_change=self.unit.changed, console=self.console_out)
+        self.engine = Engine(desired, bus=self.notifier, on_change=self._on_change, console=self.console_out)
         self.reconciler = self.engine.reconciler
         self.reconciler.background_fetches = True  # a slow remote holds its own service only
         self.unit.attach(self.reconciler)
@@ -209,6 +209,14 @@ class Daemon:
             self._hand_over()
             return None
         return reply
+
+    def _on_change(self) -> None:
+        """After every plan and phase change: systemd's STATUS, and a new version's proof."""
+        self.unit.changed()
+        if self.handover.ready_fd is not None and self.reconciler.applied:
+            # exec'd by an upgrade: every replica adopted, the socket open, one pass applied
+            selfupdate.say_ready(self.handover)
+            self._announce_handover()
 
     def _stopping(self) -> bool:
         return self.stop_event is not None and self.stop_event.is_set()
@@ -436,8 +444,8 @@ class Daemon:
         try:
             return await self._run(loop)
         finally:
-            if self.exec_plan is None:
-                self.engine.release()  # else held across the exec (selfupdate.exec_new)
+            if self.exec_plan is None and self.handover.ready_fd is None:
+                self.engine.release()  # else held across the exec (selfupdate.exec_new, or back)
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
         soft, _hard = procs.raise_fd_limit()
@@ -464,10 +472,12 @@ class Daemon:
         adopted = await self.reconciler.adopt(self.desired)
         if adopted:
             log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
-        selfupdate.say_ready(self.handover)  # every replica adopted, the socket open: this version started
-        self._announce_handover()
+        if self.handover.ready_fd is None:
+            self._announce_handover()  # (the old one back after a failed upgrade)
         if self.handover.stop:  # a stop signal came while the previous one was handing over
             log.info("stopping, as asked during the upgrade")
+            selfupdate.say_ready(self.handover)  # this version does the stop: no going back
+            self._announce_handover()
             self.stop_event.set()
         poller = asyncio.create_task(self._poll_self())
         runner = asyncio.create_task(self.engine.run(self.load_async))
@@ -478,6 +488,9 @@ class Daemon:
         failed = runner.done() and not runner.cancelled() and runner.exception() is not None
         if failed:  # a bug: still stop cleanly, and exit non-zero so systemd restarts us
             log.error("reconciler failed", exc_info=runner.exception())
+            if self.handover.ready_fd is not None:  # a new version that never proved itself
+                log.error("leaving every service running for the previous version, which takes over again")
+                self.detaching = True
         if self.exec_plan is not None:
             self.unit.sd.reloading()  # the same pid goes on: a reload to systemd, not a stop
         else:
@@ -497,7 +510,7 @@ class Daemon:
         self.file_watcher.stop()
         await self.engine.close(detach=self.detaching)
         self.notifier.close()  # event streams end after the last event, before their connection
-        if self.exec_plan is not None:
+        if self.exec_plan is not None or self.handover.ready_fd is not None:  # to the next one, or back
             self.control_fd = await self.control.hand_over()
         else:
             await self.control.close()

@@ -20,7 +20,7 @@ so a service's environment never sees it):
   "revision"}, "failed": {"to", "revision", "error"}, "bad": [revisions]}``;
 - ``SUPERVISE_BOOT``: the guard's instructions (:mod:`upgrade_boot`);
 - ``SUPERVISE_READY_FD``: the pipe the new supervise writes ``ready`` to once it adopted every
-  replica and listens on its control socket.
+  replica, listens on its control socket and applied its first reconcile pass.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ ENV_READY = "SUPERVISE_READY_FD"
 INSTALL_TIMEOUT = 900.0
 #: Seconds for each check of a new version (``--version``, ``check``).
 CHECK_TIMEOUT = 120.0
-#: Seconds a new supervise has, after the exec, to adopt its services and say it is ready.
+#: Seconds a new supervise has, after the exec, to adopt its services, apply one pass and say it is ready.
 READY_DEADLINE = 60.0
 #: The marker of a complete install (an interrupted one is made again, never run).
 COMPLETE = ".supervise-installed"
@@ -132,8 +132,9 @@ def take_handover(environ: dict[str, str] | None = None) -> Handover:
 
 
 def say_ready(handover: Handover) -> None:
-    """Tell the guard (:mod:`upgrade_boot`) this supervise started: it adopted every replica
-    and listens on its control socket. Once only; nothing when not exec'd by an upgrade."""
+    """Tell the guard (:mod:`upgrade_boot`) this supervise started: it adopted every replica,
+    listens on its control socket and applied one pass. Once only; nothing when not exec'd by
+    an upgrade."""
     fd, handover.ready_fd = handover.ready_fd, None
     if fd is None:
         return

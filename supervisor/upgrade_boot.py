@@ -7,8 +7,8 @@ if the new code cannot even be imported (a syntax error, a missing dependency), 
 returns before it says it is ready, or says nothing within the deadline, this file execs the
 previous install again (``fallback``: its argv and environment), which adopts the services once
 more and reports why the upgrade failed. A new supervise proves itself by writing ``ready`` to
-the pipe whose write end is named by ``SUPERVISE_READY_FD`` (after it adopted every replica and
-opened its control socket).
+the pipe whose write end is named by ``SUPERVISE_READY_FD`` (after it adopted every replica,
+opened its control socket and applied one reconcile pass).
 
 ``SUPERVISE_BOOT`` (JSON, taken out of the environment first) holds ``fallback`` (argv list),
 ``handover`` (the ``SUPERVISE_HANDOVER`` the fallback gets: a JSON object whose ``failed.error``

@@ -51,6 +51,7 @@ class ControlServer:
         #: The listening socket's fd, left open across a self-update's exec by the previous
         #: supervise of this pid: connections made meanwhile wait in its backlog, none is refused.
         self.inherited = inherited
+        self.took: int | None = None  # the fd number it was inherited at (handed over at the same)
 
     def _take_inherited(self) -> socket.socket | None:
         """The inherited listening socket, if it is the one bound to our path (else None, and
@@ -71,6 +72,7 @@ class ControlServer:
             sock.detach()
             return None
         sock.set_inheritable(False)
+        self.took = fd
         return sock
 
     async def start(self) -> None:
@@ -112,6 +114,10 @@ class ControlServer:
         fd = os.dup(sockets[0].fileno())
         os.set_inheritable(fd, True)
         self.server.close()
+        if self.took is not None:  # at the number it came at: a guard that goes back names that one
+            os.dup2(fd, self.took, inheritable=True)
+            os.close(fd)
+            fd = self.took
         if self.clients:
             await asyncio.wait(list(self.clients), timeout=grace)
         for task in list(self.clients):

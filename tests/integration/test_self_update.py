@@ -199,17 +199,33 @@ def test_a_new_version_that_fails_its_check_is_reported_and_the_old_one_keeps_ru
         terminate(proc)
 
 
-def test_a_new_version_that_crashes_on_start_gives_way_to_the_old_one(tmp_path, project):
-    """Its checks pass (the daemon module is not imported by `--version` or `check`), but `run`
-    dies at once: the old version's guard execs the old one again, which adopts everything."""
-    bump(project, "0.1.3", ("supervisor/daemon.py", "class Daemon:", "raise RuntimeError('broken on start')\n\n\nclass Daemon:"))
+BROKEN_STARTS = {
+    # the daemon module is not imported by `--version` or `check`: run dies before anything
+    "dies at import": ("supervisor/daemon.py", "class Daemon:", "raise RuntimeError('broken on start')\n\n\nclass Daemon:",
+                       "broken on start"),
+    # it adopts every replica, then its reconcile loop fails before its first pass is applied
+    "reconcile fails": ("supervisor/reconciler.py", "        while not self.stopping:\n            await self.wake.wait()",
+                        "        raise RuntimeError('broken reconcile')\n        while not self.stopping:\n"
+                        "            await self.wake.wait()", "it exited with status 1 before it was ready"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_STARTS)
+def test_a_new_version_that_does_not_start_gives_way_to_the_old_one(tmp_path, project, case):
+    """Its checks pass, but it does not prove itself: the old version's guard execs the old one
+    again (same pid), which adopts everything once more (the new one left every service running)."""
+    file, old, new, reason = BROKEN_STARTS[case]
+    bump(project, "0.1.3", (file, old, new))
     path = config(tmp_path, project)
     out = tmp_path / "out.txt"
     proc = start(path, out)
     try:
+        wait_until(lambda: ping(path).get("supervisor"), timeout=30, message="the supervisor")
+        sock = os.stat(tmp_path / ".supervise" / "control.sock").st_ino
         before, result = upgrade_and_check(tmp_path, path, out, proc)
         assert result.returncode == 1, result.stdout
-        assert "upgrade failed: supervise 0.1.3" in result.stderr and "broken on start" in result.stderr, result.stderr
+        assert "upgrade failed: supervise 0.1.3" in result.stderr and reason in result.stderr, result.stderr
+        assert os.stat(tmp_path / ".supervise" / "control.sock").st_ino == sock  # handed there and back
         assert proc.poll() is None
         info = ping(path)["supervisor"]
         assert info["pid"] == proc.pid
