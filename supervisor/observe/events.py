@@ -53,6 +53,11 @@ class EventType(str, enum.Enum):
         return self.value
 
 
+#: Events about supervise itself (no service): streamed to every ``events`` client, whatever
+#: services it named.
+SUPERVISOR_EVENTS = (EventType.UPGRADING, EventType.UPGRADED, EventType.UPGRADE_FAILED)
+
+
 @dataclass(frozen=True)
 class Event:
     """``{type, timestamp, service, version, ...}``; ``timestamp`` is seconds since the epoch.
