@@ -18,12 +18,15 @@ def _installed_version() -> str:
         return "0+unknown"
 
 
-__version__ = _installed_version()
 
 
 def __getattr__(name: str):
     """The library API, imported on first use so the CLI starts fast:
-    ``from supervisor import LocalRuntime, Service, Runtime, Notifier, Event``."""
+    ``from supervisor import LocalRuntime, Service, Runtime, Notifier, Event``; and
+    ``__version__`` (the installed distribution's, :func:`_installed_version`)."""
+    if name == "__version__":  # on first use: importlib.metadata costs a client verb ~50 ms
+        version = globals()["__version__"] = _installed_version()
+        return version
     if name in ("Runtime", "Service", "Notifier", "RuntimeError_"):
         from .runtimes import base
 

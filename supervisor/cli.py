@@ -22,7 +22,6 @@ from typing import Sequence
 
 # Only what every verb needs is imported here; the client verbs (status, stop, ...) must answer
 # fast, so asyncio, watchdog and tomlkit are imported inside the verbs that use them.
-from . import __version__
 from .desired import config
 from .desired.config import ConfigError
 from .control.verbs import COMMANDS
@@ -32,6 +31,20 @@ from .decide.errors import EXIT_ERROR, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
 log = logging.getLogger("supervise")
 
 __all__ = ["CliError", "build_parser", "main"]
+
+
+class VersionAction(argparse.Action):
+    """``--version``: ``supervise VERSION``, the installed distribution's (importlib.metadata),
+    looked up only when asked (every other call stays as fast as without it)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        print(f"supervise {__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supervise", parents=[common],
         description="Converge this machine to services.toml and keep it there.")
-    parser.add_argument("--version", action="version", version=f"supervise {__version__}")
+    parser.add_argument("--version", action=VersionAction, help="print the installed version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="also log debug messages")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     quiet = argparse.ArgumentParser(add_help=False)

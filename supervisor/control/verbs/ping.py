@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ... import __version__
 from .base import Command
 
 if TYPE_CHECKING:
@@ -23,5 +22,7 @@ class Ping(Command):
     name = "ping"
 
     async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
+        from ... import __version__
+
         return {"pid": os.getpid(), "version": __version__, "revision": daemon.revision, "config": str(daemon.path),
                 "upgrade": daemon.last_upgrade}

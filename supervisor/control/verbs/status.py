@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ... import __version__
 from ...decide.errors import EXIT_NOT_RUNNING, EXIT_OK, Code
 from .base import Command, Parents, print_status
 
@@ -55,6 +54,8 @@ class Status(Command):
         return EXIT_OK if up else EXIT_NOT_RUNNING
 
     async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
+        from ... import __version__
+
         names = request.get("services") or []
         reconciler = daemon.reconciler
         unknown = [n for n in names if n not in reconciler.controllers and n not in reconciler.desired.services]
