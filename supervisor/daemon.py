@@ -104,6 +104,7 @@ class Daemon:
         self.upgrading: asyncio.Lock | None = None
         self.control_fd: int | None = None  # the listening socket, kept for the next supervise
         self.self_source: selfupdate.SelfSource | None = None  # the last upgrade's (cancelled at a stop)
+        self.self_poller: asyncio.Task | None = None  # the [supervise] self poll, when it has one
 
     @property
     def lock(self) -> StateLock:
@@ -157,6 +158,8 @@ class Daemon:
             log.warning("state_dir changes take effect at the next start; still using %s", self.state_dir)
             new = Desired(settings=self.desired.settings, services=new.services, path=new.path)
         self.desired = new
+        if self.stop_event is not None:  # (running)
+            self._follow_self()
         try:
             self._watch(new)
         except Exception:  # noqa: BLE001 - e.g. out of inotify watches: run without following
@@ -197,6 +200,7 @@ class Daemon:
     def _on_change(self) -> None:
         """After every plan and phase change: systemd's STATUS, and a new version's proof."""
         self.unit.changed()
+        self._follow_self()
         if self.handover.ready_fd is not None and self.reconciler.applied:
             # exec'd by an upgrade: every replica adopted, the socket open, one pass applied
             selfupdate.say_ready(self.handover)
@@ -227,6 +231,7 @@ class Daemon:
             source = self.self_source = selfupdate.SelfSource(spec, self.state_dir)
             current = selfupdate.label(__version__, self.revision)
             revision: str | None = None
+            installed: str | None = None  # once installed, a failure is the version's: not tried again by the poll
             try:
                 revision = await asyncio.to_thread(source.latest)
                 if revision == self.revision or (spec.kind == "pip" and revision == __version__):
@@ -235,12 +240,13 @@ class Daemon:
                     return {"ok": True, "exec": False,
                             "message": f"{revision[:12]} failed before; still {current} (`supervise upgrade` tries again)"}
                 log.info("%s: installing supervise %s beside %s", trigger, revision[:12], current)
-                installed, venv = await asyncio.to_thread(source.install, revision)
-                revision = installed  # (a git ref may have moved on since it was asked)
+                revision, venv = await asyncio.to_thread(source.install, revision)  # (a ref may have moved on)
+                installed = revision
                 version = await asyncio.to_thread(source.check, venv, self.path)
                 boot = await asyncio.to_thread(selfupdate.boot_file, self.state_dir)
             except selfupdate.UpgradeError as exc:
-                return self._upgrade_failed(str(exc), revision)
+                return self._upgrade_failed(str(exc), installed)
+            assert installed is not None
             new = selfupdate.label(version, installed if spec.kind == "git" else None)
             try:
                 await asyncio.to_thread(source.prune, max(2, self.desired.settings.keep_versions),
@@ -261,6 +267,8 @@ class Daemon:
             return {"ok": True, "exec": True, "from": current, "to": new, "pid": os.getpid(), "id": ident}
 
     def _upgrade_failed(self, error: str, revision: str | None) -> dict[str, Any]:
+        """Report a failed upgrade; ``revision`` (a version that failed its checks) is not tried
+        again by the poll. A failed fetch or install (maybe the network) is retried at the next."""
         log.error("upgrade of supervise failed, %s keeps running: %s",
                   selfupdate.label(__version__, self.revision), error)
         if revision:
@@ -283,17 +291,23 @@ class Daemon:
         if self.stop_event is not None:
             self.stop_event.set()
 
+    def _follow_self(self) -> None:
+        """Run the ``[supervise] self`` poll when the file asks for one (a ``poll`` in it) and
+        the first pass is done (no exec in the middle of a start); none otherwise: an idle
+        supervisor without it has no timer for it."""
+        spec = self.desired.settings.self_source
+        wanted = spec is not None and spec.poll is not None and self.reconciler.applied > 0 and not self._stopping()
+        if wanted and (self.self_poller is None or self.self_poller.done()):
+            self.self_poller = asyncio.get_running_loop().create_task(self._poll_self())
+
     async def _poll_self(self) -> None:
-        """Check ``[supervise] self`` for a new version at start and every ``poll`` seconds
-        (only when ``poll`` is set); a good one is installed and exec'd, a bad one reported
-        (once per revision) while this one keeps running."""
-        while not self.reconciler.applied:  # the first pass first: no exec in the middle of a start
-            await asyncio.sleep(0.5)
+        """Check ``[supervise] self`` now and every ``poll`` seconds while the file has one: a
+        new version is installed and exec'd, a bad one reported (and not tried again by the
+        poll) while this one keeps running."""
         while True:
             spec = self.desired.settings.self_source
             if spec is None or spec.poll is None:
-                await asyncio.sleep(60.0)  # the file may gain one on a reload
-                continue
+                return  # (a reload that brings one back starts the poll again)
             reply = await self.upgrade("self poll")
             if reply.get("ok") and reply.get("exec"):
                 self.hand_over()
@@ -376,7 +390,6 @@ class Daemon:
             selfupdate.say_ready(self.handover)  # this version does the stop: no going back
             self._announce_handover()
             self.stop_event.set()
-        poller = asyncio.create_task(self._poll_self())
         runner = asyncio.create_task(self.engine.run(self.load_async))
         self.reconciler.request()
         self.unit.start()
@@ -396,11 +409,12 @@ class Daemon:
                  else "stopping every service")
         runner.cancel()
         stopper.cancel()
-        poller.cancel()
+        if self.self_poller is not None:
+            self.self_poller.cancel()
         if self.self_source is not None and self.exec_plan is None:
             self.self_source.cancel()  # an install or check under way: killed, not waited for
         self.reconciler.cancel_fetches()  # before the pass in progress is awaited
-        await asyncio.gather(runner, stopper, poller, return_exceptions=True)
+        await asyncio.gather(runner, stopper, *([self.self_poller] if self.self_poller else []), return_exceptions=True)
         await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
         if self.state_dir_check is not None:
             self.state_dir_check.cancel()
