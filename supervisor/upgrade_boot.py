@@ -22,6 +22,7 @@ interpreter, before (and whatever) the new package is.
 
 import json
 import os
+import select
 import sys
 import threading
 
@@ -42,8 +43,9 @@ def main() -> None:
     os.environ["SUPERVISE_READY_FD"] = str(write_fd)
 
     def fall_back(reason: str) -> None:
+        """Exec the previous version, told ``reason``; nothing once the new one said ready."""
         with lock:
-            if ready.is_set():
+            if said_ready(0):  # (it may have said so just before it returned or raised)
                 return
             handover = json.loads(boot["handover"])
             handover.setdefault("failed", {})["error"] = reason[:500]
@@ -59,16 +61,20 @@ def main() -> None:
             argv = boot["fallback"]
             os.execve(argv[0], argv, env)
 
-    def watch() -> None:
-        import select
+    def said_ready(wait: float) -> bool:
+        """True once the new code wrote ``ready`` (waiting up to ``wait`` seconds for it).
+        Called with ``lock`` held, so the watcher and the main thread never both read."""
+        if ready.is_set():
+            return True
+        readable, _, _ = select.select([read_fd], [], [], wait)
+        if readable and os.read(read_fd, 64).startswith(b"ready"):
+            ready.set()
+        return ready.is_set()
 
-        readable, _, _ = select.select([read_fd], [], [], float(boot.get("deadline", 60)))
-        data = os.read(read_fd, 64) if readable else b""
-        if data.startswith(b"ready"):
-            with lock:
-                ready.set()
-            return
-        fall_back("it did not say it was ready within %gs" % float(boot.get("deadline", 60)) if not readable
+    def watch() -> None:
+        deadline = float(boot.get("deadline", 60))
+        readable, _, _ = select.select([read_fd], [], [], deadline)
+        fall_back("it did not say it was ready within %gs" % deadline if not readable
                   else "it ended before it was ready")
 
     threading.Thread(target=watch, name="upgrade-watch", daemon=True).start()
@@ -81,8 +87,7 @@ def main() -> None:
     except BaseException as exc:  # noqa: BLE001 - whatever the new code does, the old one takes over
         fall_back(f"{type(exc).__name__}: {exc}")
         raise
-    if not ready.is_set():
-        fall_back(f"it exited with status {code} before it was ready")
+    fall_back(f"it exited with status {code} before it was ready")
     sys.exit(code)
 
 
