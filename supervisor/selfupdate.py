@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
 from .observe import safefs
+from .redaction import redact
 from .desired.model import SourceSpec
 from .execute.sources import SourceError, prune_versions
 
@@ -307,7 +308,7 @@ class SelfSource:
                      if line.strip() and "is ignored: it is neither a file nor a directory" not in line]
             errors = [line for line in lines if line.startswith("ERROR:") or "Error" in line]
             last = (errors or lines or [f"exit status {child.returncode}"])[-1]
-            raise UpgradeError(f"{what} failed: {last[:300]}")
+            raise UpgradeError(f"{what} failed: {redact(last[:300])}")  # (an index URL may carry a token)
         return stdout
 
 

@@ -369,3 +369,15 @@ def test_a_stop_during_an_install_kills_it_and_stops_at_once(tmp_path, project):
         if upgrade is not None and upgrade.poll() is None:
             upgrade.kill()
             upgrade.wait()
+
+
+def test_a_failing_step_is_one_line_without_the_credentials_of_a_url(tmp_path):
+    """What pip printed last is the reason given, with ``user:token@`` taken out of any URL."""
+    from supervisor import selfupdate
+    from supervisor.desired.model import SourceSpec
+
+    source = selfupdate.SelfSource(SourceSpec(kind="pip", requirement="supervise"), tmp_path / "state")
+    script = "import sys; print('noise'); sys.exit('ERROR: cannot reach https://me:s3cret@index.example/simple')"
+    with pytest.raises(selfupdate.UpgradeError) as failure:
+        source._run([PY, "-c", script], "pip install")
+    assert str(failure.value) == "pip install failed: ERROR: cannot reach https://***@index.example/simple"
