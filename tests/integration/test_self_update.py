@@ -381,3 +381,26 @@ def test_a_failing_step_is_one_line_without_the_credentials_of_a_url(tmp_path):
     with pytest.raises(selfupdate.UpgradeError) as failure:
         source._run([PY, "-c", script], "pip install")
     assert str(failure.value) == "pip install failed: ERROR: cannot reach https://***@index.example/simple"
+
+
+def test_without_a_self_source_upgrade_says_so_and_a_reload_that_adds_one_polls_it(tmp_path, index):
+    folder, url = index
+    supervise_wheel(folder, "0.3.0")
+    body = f'[services.counter]\ncommand = ["{PY}", "-c", "{COUNTER}"]\n'
+    path = write(tmp_path / "services.toml", body)
+    out = tmp_path / "out.txt"
+    proc = start(path, out)
+    try:
+        before = wait_until(lambda: replicas(path), timeout=30, message="the service")
+        result = supervise(path, "upgrade")
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [
+            f"supervise: upgrade: {path}: no [supervise] self = {{ git = ... }} or {{ pip = ... }} to upgrade from"]
+        path.write_text(f'[supervise]\nself = {{ pip = "supervise", index = "{url}", poll = "1h" }}\n\n' + body)
+        assert supervise(path, "reload").returncode == 0
+        text = wait_until(lambda: "supervise upgraded from" in (t := out.read_text()) and t, timeout=60,
+                          message="the upgrade the reload's poll found")
+        assert f"supervise upgraded from 0.1.0 to 0.3.0, pid {proc.pid}" in text
+        assert replicas(path) == before
+    finally:
+        terminate(proc)
