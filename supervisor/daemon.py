@@ -241,6 +241,8 @@ class Daemon:
                             "message": f"{revision[:12]} failed before; still {current} (`supervise upgrade` tries again)"}
                 log.info("%s: installing supervise %s beside %s", trigger, revision[:12], current)
                 revision, venv = await asyncio.to_thread(source.install, revision)  # (a ref may have moved on)
+                if revision == self.revision:  # ... back to what runs
+                    return {"ok": True, "exec": False, "message": f"supervise {current} is the newest version"}
                 installed = revision
                 version = await asyncio.to_thread(source.check, venv, self.path)
                 boot = await asyncio.to_thread(selfupdate.boot_file, self.state_dir)
