@@ -246,10 +246,12 @@ class SelfSource:
 
     def _layer(self, venv: Path) -> None:
         """Let ``venv`` see the running install's packages (after its own): a ``.pth`` naming
-        every ``site-packages`` folder on our ``sys.path``."""
+        every ``site-packages`` folder on our ``sys.path`` but those of other self-update
+        installs (pruned some day: what one of them added, pip installs into this one)."""
         site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
         paths = [p for p in dict.fromkeys(sys.path)
-                 if p and os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+                 if p and os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)
+                 and not Path(os.path.realpath(p)).is_relative_to(os.path.realpath(self.versions))]
         safefs.write_atomic(safefs.ensure_dir(site), BASE_PTH, "".join(f"{p}\n" for p in paths).encode())
 
     def check(self, venv: Path, config_path: Path) -> str:

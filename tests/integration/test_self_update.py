@@ -165,6 +165,18 @@ def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path,
         # a second upgrade finds nothing new
         again = supervise(path, "upgrade")
         assert again.returncode == 0 and "newest version" in again.stdout, again.stderr
+        # and the next commit goes on from the upgraded one (its guard, its venv's packages)
+        bump(project, "0.1.2")
+        third = supervise(path, "upgrade")
+        assert third.returncode == 0, third.stderr + out.read_text()
+        assert re.search(r"upgraded from 0\.1\.1 \(git [0-9a-f]{12}\) to 0\.1\.2 \(git [0-9a-f]{12}\), pid %d"
+                         % proc.pid, third.stdout), third.stdout
+        assert replicas(path) == before
+        assert ping(path)["supervisor"]["version"] == "0.1.2"
+        # each install layers on the first one's packages only, never on another install (pruned some day)
+        layers = {f.read_text() for f in (tmp_path / ".supervise" / "self" / "versions").glob(
+            "*/lib/python*/site-packages/_supervise_base.pth")}
+        assert len(layers) == 1 and ".supervise" not in layers.pop()
         # the replicas are still this pid's children: their exit status is known, as before
         os.kill(before["other"][0], signal.SIGKILL)
         row = wait_until(lambda: [r for r in ping(path)["services"] if r["service"] == "other" and r["restarts"] == 1
