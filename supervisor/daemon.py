@@ -431,6 +431,14 @@ class Daemon:
             self.console_out.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             loop.remove_signal_handler(sig)
+        plan = self.exec_plan
+        if plan is not None:  # until the exec, a stop signal is passed on, not the end of the process
+
+            def stop_later(signum: int, frame: object) -> None:
+                plan.handover["stop"] = plan.fallback["stop"] = True
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, stop_later)
         log.info("handing over to supervise %s" % self.exec_plan.version if self.exec_plan is not None
                  else "detached" if self.detaching else "stopped")
         return 1 if failed else 0
