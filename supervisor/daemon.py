@@ -97,7 +97,7 @@ class Daemon:
         self.handover = handover or selfupdate.Handover()
         self.engine.lock.inherited = self.handover.lock
         self.revision = self.handover.revision  # what this install was made from (None: unknown)
-        self.bad_revisions: set[str] = set(self.handover.bad)
+        self.bad_revisions: set[str] = set(self.handover.bad) | selfupdate.load_failed(self.state_dir)
         self.last_upgrade: dict[str, Any] | None = None  # the last upgrade's outcome, for `upgrade`
         self.pending_plan: selfupdate.Exec | None = None  # checked, waiting for hand_over
         self.exec_plan: selfupdate.Exec | None = None  # set: exec it once every service is let go
@@ -275,6 +275,7 @@ class Daemon:
                   selfupdate.label(__version__, self.revision), error)
         if revision:
             self.bad_revisions.add(revision)
+            selfupdate.save_failed(self.state_dir, self.bad_revisions)
         self.last_upgrade = {"ok": False, "error": error, "revision": revision}
         self.notifier.emit(EventType.UPGRADE_FAILED, None, __version__, error=error)
         return {"ok": False, "error": error, "code": Code.UPGRADE_FAILED}
@@ -332,12 +333,18 @@ class Daemon:
                      " (services unattended %.2fs, of which %.2fs from exec to ready)" % (
                          figures["paused"], figures["exec"]) if len(figures) == 2 else "")
             self.last_upgrade = {"ok": True, "from": old, "to": now, "id": came.get("id"), **figures}
+            if self.revision in self.bad_revisions:  # tried again by hand, and good this time
+                self.bad_revisions.discard(self.revision)
+                selfupdate.save_failed(self.state_dir, self.bad_revisions)
             self.notifier.emit(EventType.UPGRADED, None, __version__, **{"from": old, "to": now}, **figures)
         failed = self.handover.failed
         if failed is not None:
             error = f"supervise {failed.get('to')} did not start: {failed.get('error') or 'unknown'}; {now} runs again"
             log.error("upgrade failed: %s", error)
             self.last_upgrade = {"ok": False, "error": error, "revision": failed.get("revision"), "id": failed.get("id")}
+            if isinstance(failed.get("revision"), str):
+                self.bad_revisions.add(failed["revision"])
+                selfupdate.save_failed(self.state_dir, self.bad_revisions)
             self.notifier.emit(EventType.UPGRADE_FAILED, None, __version__, error=error)
 
 

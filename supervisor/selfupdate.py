@@ -314,6 +314,29 @@ class SelfSource:
         return stdout
 
 
+#: Revisions that failed their checks or their start, kept across restarts of supervise.
+FAILED_FILE = "failed.json"
+
+
+def load_failed(state_dir: Path) -> set[str]:
+    """The revisions recorded by :func:`save_failed` (none when there is no readable record)."""
+    try:
+        data = json.loads(safefs.read_regular(state_dir / "self", FAILED_FILE))
+    except (OSError, ValueError, safefs.UnsafeStateDir):
+        return set()
+    return {r for r in data if isinstance(r, str)} if isinstance(data, list) else set()
+
+
+def save_failed(state_dir: Path, revisions: set[str]) -> None:
+    """Record the revisions the poll must not try again (``STATE_DIR/self/failed.json``);
+    a failure to write is logged, never raised."""
+    try:
+        folder = safefs.ensure_dir(safefs.ensure_dir(state_dir) / "self")
+        safefs.write_atomic(folder, FAILED_FILE, json.dumps(sorted(revisions)[-100:]).encode())
+    except (OSError, safefs.UnsafeStateDir) as exc:
+        log.warning("cannot record the supervise versions that failed: %s", exc)
+
+
 def boot_file(state_dir: Path) -> Path:
     """The guard (:mod:`upgrade_boot`) of *this* version, copied to ``STATE_DIR/self`` (named
     by its hash: each version's own guard stays as it was)."""

@@ -238,6 +238,9 @@ def test_a_new_version_that_does_not_start_gives_way_to_the_old_one(tmp_path, pr
         assert result.returncode == 1, result.stdout
         assert "upgrade failed: supervise 0.1.3" in result.stderr and reason in result.stderr, result.stderr
         assert os.stat(tmp_path / ".supervise" / "control.sock").st_ino == sock  # handed there and back
+        # not tried again by the poll, even after a restart of supervise: recorded in STATE_DIR
+        failed = json.loads((tmp_path / ".supervise" / "self" / "failed.json").read_text())
+        assert failed == [git(project, "rev-parse", "HEAD").strip()]
         assert proc.poll() is None
         info = ping(path)["supervisor"]
         assert info["pid"] == proc.pid

@@ -147,3 +147,12 @@ def test_an_inherited_fd_that_is_not_our_socket_is_left_alone(tmp_path):
         other.close()
 
     asyncio.run(body())
+
+
+def test_failed_revisions_are_kept_in_the_state_dir(tmp_path):
+    state = tmp_path / "state"
+    assert selfupdate.load_failed(state) == set()  # none yet (no folder either)
+    selfupdate.save_failed(state, {"b" * 40, "a" * 40})
+    assert selfupdate.load_failed(state) == {"a" * 40, "b" * 40}
+    (state / "self" / "failed.json").write_text("{not json")
+    assert selfupdate.load_failed(state) == set()  # unreadable: as if none
