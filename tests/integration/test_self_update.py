@@ -99,7 +99,8 @@ command = ["{PY}", "-c", "{COUNTER}"]
 """)
 
 
-def upgrade_and_check(tmp_path: Path, path: Path, out: Path, proc: subprocess.Popen) -> tuple[dict, subprocess.CompletedProcess]:
+def upgrade_when_running(tmp_path: Path, path: Path) -> tuple[dict, subprocess.CompletedProcess]:
+    """Once both services run and wrote some lines: (their replicas, `supervise upgrade`'s result)."""
     before = wait_until(lambda: (r := replicas(path)) and len(r) == 2 and r, timeout=30, message="two services")
     wait_until(lambda: len(numbers(tmp_path / ".supervise", "counter")) > 20, message="counter lines")
     result = supervise(path, "upgrade")
@@ -126,7 +127,7 @@ def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path,
                    timeout=30, message="the events stream")
         unit.until("READY", "1", timeout=30)
         sock = os.stat(tmp_path / ".supervise" / "control.sock").st_ino
-        before, result = upgrade_and_check(tmp_path, path, out, proc)
+        before, result = upgrade_when_running(tmp_path, path)
         assert result.returncode == 0, result.stderr + out.read_text()
         assert os.stat(tmp_path / ".supervise" / "control.sock").st_ino == sock  # handed over, not made anew
         # systemd sees a reload of the same process: RELOADING=1, then READY=1 from the new code
@@ -200,7 +201,7 @@ def test_a_new_version_that_fails_its_check_is_reported_and_the_old_one_keeps_ru
     out = tmp_path / "out.txt"
     proc = start(path, out)
     try:
-        before, result = upgrade_and_check(tmp_path, path, out, proc)
+        before, result = upgrade_when_running(tmp_path, path)
         assert result.returncode == 1
         assert "--version" in result.stderr and "SyntaxError" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -234,7 +235,7 @@ def test_a_new_version_that_does_not_start_gives_way_to_the_old_one(tmp_path, pr
     try:
         wait_until(lambda: ping(path).get("supervisor"), timeout=30, message="the supervisor")
         sock = os.stat(tmp_path / ".supervise" / "control.sock").st_ino
-        before, result = upgrade_and_check(tmp_path, path, out, proc)
+        before, result = upgrade_when_running(tmp_path, path)
         assert result.returncode == 1, result.stdout
         assert "upgrade failed: supervise 0.1.3" in result.stderr and reason in result.stderr, result.stderr
         assert os.stat(tmp_path / ".supervise" / "control.sock").st_ino == sock  # handed there and back
