@@ -22,7 +22,6 @@ from typing import Sequence
 
 # Only what every verb needs is imported here; the client verbs (status, stop, ...) must answer
 # fast, so asyncio, watchdog and tomlkit are imported inside the verbs that use them.
-from . import __version__
 from .desired import config
 from .desired.config import ConfigError
 from .control.verbs import COMMANDS
@@ -32,6 +31,20 @@ from .decide.errors import EXIT_ERROR, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
 log = logging.getLogger("supervise")
 
 __all__ = ["CliError", "build_parser", "main"]
+
+
+class VersionAction(argparse.Action):
+    """``--version``: ``supervise VERSION``, the installed distribution's (importlib.metadata),
+    looked up only when asked (every other call stays as fast as without it)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        print(f"supervise {__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supervise", parents=[common],
         description="Converge this machine to services.toml and keep it there.")
-    parser.add_argument("--version", action="version", version=f"supervise {__version__}")
+    parser.add_argument("--version", action=VersionAction, help="print the installed version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="also log debug messages")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     quiet = argparse.ArgumentParser(add_help=False)
@@ -81,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs_.add_argument("--replica", metavar="N", type=int, default=None,
                        help="only the output of replica N (and the notes about it)")
     logs_.add_argument("--stream", choices=("stdout", "stderr"), default=None, help="only this output stream")
-    for verb in ("start", "stop", "restart", "reload", "versions", "rollback", "events"):
+    for verb in ("start", "stop", "restart", "reload", "versions", "rollback", "upgrade", "events"):
         COMMANDS[verb].add_parser(sub, shared)
     add_import_verb(sub)
     sub.add_parser("init", parents=[common],
@@ -278,6 +291,9 @@ def cmd_run(path: Path, quiet: bool = False, until=None) -> int:
 
     from .observe.safefs import UnsafeStateDir
 
+    from . import selfupdate
+
+    handover = selfupdate.take_handover()  # before anything reads the environment (services inherit it)
     desired = config.load(path)
     if until is not None:
         from .decide.runonce import RunOnceError, check
@@ -286,10 +302,14 @@ def cmd_run(path: Path, quiet: bool = False, until=None) -> int:
             check(until, desired.services)
         except RunOnceError as exc:
             raise CliError(str(exc), exc.code) from None
+    daemon = Daemon(path, desired, console=not quiet, until=until, handover=handover)
     try:
-        return asyncio.run(Daemon(path, desired, console=not quiet, until=until).run())
+        code = asyncio.run(daemon.run())
     except (AlreadyRunning, UnsafeStateDir) as exc:
         raise CliError(str(exc)) from None
+    if daemon.exec_plan is not None:  # an upgrade: every service was let go; same pid from here on
+        selfupdate.exec_new(daemon.exec_plan, daemon.lock.handover_fds(), daemon.control_fd)
+    return code
 
 
 def cmd_logs(path: Path, args: argparse.Namespace) -> int:

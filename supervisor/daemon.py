@@ -13,11 +13,12 @@ import functools
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, selfupdate
 from .desired import config
 from .execute import logs, procs
 from .observe import safefs
@@ -30,6 +31,7 @@ from .observe.events import Event, EventType, Notifier
 from .desired.model import Desired
 from .observe.notify import UnitReporter
 from .engine import AlreadyRunning, Engine, StateLock
+from .decide.errors import Code
 from .decide import runonce
 from .decide.runonce import Until
 from .observe import views
@@ -44,6 +46,17 @@ __all__ = ["AlreadyRunning", "Daemon", "StateLock", "print_event"]
 
 #: Seconds between checks that STATE_DIR is still there (one lstat each).
 STATE_DIR_CHECK = 1.0
+
+
+def process_started() -> float:
+    """When this process started (seconds since the epoch, psutil's ``create_time``): the same
+    across a self-update's exec, as systemd's view of the unit is."""
+    import psutil
+
+    try:
+        return psutil.Process(os.getpid()).create_time()
+    except psutil.Error:
+        return time.time()
 
 
 def check_state_dir(state_dir: Path, desired: Desired) -> None:
@@ -62,7 +75,8 @@ class Daemon:
     config file watcher, signals, the control socket and sd_notify.
     """
 
-    def __init__(self, path: Path, desired: Desired, console: bool = True, until: Until | None = None):
+    def __init__(self, path: Path, desired: Desired, console: bool = True, until: Until | None = None,
+                 handover: selfupdate.Handover | None = None):
         self.path = path
         self.desired = desired
         self.state_dir = desired.settings.state_dir
@@ -78,7 +92,7 @@ class Daemon:
         self.last_error = ""
         self.reloads = 0  # reloads asked for by saves, SIGHUP and the reload verb
         self.detaching = False  # SIGQUIT: leave the services running for the next supervise
-        self.started = time.time()
+        self.started = process_started()  # the pid's start: an upgrade's exec does not reset it
         self.file_watcher: FileWatcher | None = None
         self.control: ControlServer | None = None
         self.state_dir_check: asyncio.TimerHandle | None = None
@@ -89,6 +103,18 @@ class Daemon:
         self.outcome: runonce.Outcome | None = None
         self.stop_signal: int | None = None
         self._judging = False
+        # self-update ([supervise] self, `supervise upgrade`): see supervisor/selfupdate.py
+        self.handover = handover or selfupdate.Handover()
+        self.engine.lock.inherited = self.handover.lock
+        self.revision = self.handover.revision  # what this install was made from (None: unknown)
+        self.bad_revisions: set[str] = set(self.handover.bad) | selfupdate.load_failed(self.state_dir)
+        self.last_upgrade: dict[str, Any] | None = None  # the last upgrade's outcome, for `upgrade`
+        self.pending_plan: selfupdate.Exec | None = None  # checked, waiting for hand_over
+        self.exec_plan: selfupdate.Exec | None = None  # set: exec it once every service is let go
+        self.upgrading: asyncio.Lock | None = None
+        self.control_fd: int | None = None  # the listening socket, kept for the next supervise
+        self.self_source: selfupdate.SelfSource | None = None  # the last upgrade's (cancelled at a stop)
+        self.self_poller: asyncio.Task | None = None  # the [supervise] self poll, when it has one
 
     @property
     def lock(self) -> StateLock:
@@ -147,6 +173,8 @@ class Daemon:
             log.warning("state_dir changes take effect at the next start; still using %s", self.state_dir)
             new = Desired(settings=self.desired.settings, services=new.services, path=new.path)
         self.desired = new
+        if self.stop_event is not None:  # (running)
+            self._follow_self()
         try:
             self._watch(new)
         except Exception:  # noqa: BLE001 - e.g. out of inotify watches: run without following
@@ -177,9 +205,15 @@ class Daemon:
     # -- wake-ups --------------------------------------------------------------------------
 
     def changed(self) -> None:
-        """A phase changed or a plan was applied: tell systemd, and in a run-once see (soon,
-        once per burst of changes) whether the run is over."""
+        """A phase changed or a plan was applied: tell systemd, follow ``[supervise] self``
+        once the first pass is done, prove a new version (exec'd by an upgrade) once it applied
+        one, and in a run-once see (soon, once per burst of changes) whether the run is over."""
         self.unit.changed()
+        self._follow_self()
+        if self.handover.ready_fd is not None and self.reconciler.applied:
+            # exec'd by an upgrade: every replica adopted, the socket open, one pass applied
+            selfupdate.say_ready(self.handover)
+            self._announce_handover()
         if self.until is not None and not self._judging and self.outcome is None:
             self._judging = True
             asyncio.get_running_loop().call_soon(self._judge)
@@ -209,6 +243,148 @@ class Daemon:
         :class:`~supervisor.control.verbs.base.Command` (one file each in control/verbs/)."""
         return {name: functools.partial(command.handle, self) for name, command in COMMANDS.items()}
 
+    def _stopping(self) -> bool:
+        return self.stop_event is not None and self.stop_event.is_set()
+
+    # -- self-update ---------------------------------------------------------------------
+
+    async def upgrade(self, trigger: str, force: bool = False) -> dict[str, Any]:
+        """Install the newest version of ``[supervise] self`` beside this one and check it;
+        when it passes, set :attr:`exec_plan` (the caller then lets the services go and execs).
+        Returns a control reply: ``{"ok": True, "exec": True, "from", "to", "pid"}``, ``{"ok":
+        True, "exec": False, "message"}`` (nothing new), or ``{"ok": False, "error", "code"}``.
+        ``force``: also try a revision that failed before (a user asked)."""
+        if self.upgrading is None:
+            self.upgrading = asyncio.Lock()
+        if self.upgrading.locked():
+            return {"ok": False, "error": "an upgrade is already under way", "code": Code.UPGRADE_FAILED}
+        async with self.upgrading:
+            if self._stopping():
+                return {"ok": False, "error": "supervise is stopping", "code": Code.UPGRADE_FAILED}
+            spec = self.desired.settings.self_source
+            if spec is None:
+                return {"ok": False, "error": f"{self.path}: no [supervise] self = {{ git = ... }} or "
+                        "{ pip = ... } to upgrade from", "code": Code.UPGRADE_FAILED}
+            source = self.self_source = selfupdate.SelfSource(spec, self.state_dir)
+            current = selfupdate.label(__version__, self.revision)
+            revision: str | None = None
+            installed: str | None = None  # once installed, a failure is the version's: not tried again by the poll
+            try:
+                revision = await asyncio.to_thread(source.latest)
+                if revision == self.revision or (spec.kind == "pip" and revision == __version__):
+                    return {"ok": True, "exec": False, "message": f"supervise {current} is the newest version"}
+                if revision in self.bad_revisions and not force:
+                    return {"ok": True, "exec": False,
+                            "message": f"{revision[:12]} failed before; still {current} (`supervise upgrade` tries again)"}
+                log.info("%s: installing supervise %s beside %s", trigger, revision[:12], current)
+                revision, venv = await asyncio.to_thread(source.install, revision)  # (a ref may have moved on)
+                if revision == self.revision:  # ... back to what runs
+                    return {"ok": True, "exec": False, "message": f"supervise {current} is the newest version"}
+                installed = revision
+                version = await asyncio.to_thread(source.check, venv, self.path)
+                boot = await asyncio.to_thread(selfupdate.boot_file, self.state_dir)
+            except selfupdate.UpgradeError as exc:
+                return self._upgrade_failed(str(exc), installed)
+            assert installed is not None
+            new = selfupdate.label(version, installed if spec.kind == "git" else None)
+            try:
+                await asyncio.to_thread(source.prune, max(2, self.desired.settings.keep_versions),
+                                        {venv.name, Path(sys.prefix).name})
+            except OSError as exc:
+                log.warning("cannot prune old supervise installs: %s", exc)
+            ident = os.urandom(8).hex()  # names this upgrade's outcome for the client that waits for it
+            mine = {"version": __version__, "revision": self.revision, "id": ident}
+            bad = sorted(self.bad_revisions)
+            if self._stopping():  # a stop signal came during the install: no exec
+                return {"ok": False, "error": "supervise is stopping", "code": Code.UPGRADE_FAILED}
+            self.pending_plan = selfupdate.Exec(
+                venv=venv, boot=boot, version=version, revision=installed, label=new,
+                handover={"revision": installed, "from": mine, "bad": bad},
+                fallback={"revision": self.revision, "bad": sorted({*bad, installed}),
+                          "failed": {"to": new, "revision": installed, "error": "", "id": ident}})
+            log.info("%s: supervise %s passed its checks; handing over to it (pid %d)", trigger, new, os.getpid())
+            return {"ok": True, "exec": True, "from": current, "to": new, "pid": os.getpid(), "id": ident}
+
+    def _upgrade_failed(self, error: str, revision: str | None) -> dict[str, Any]:
+        """Report a failed upgrade; ``revision`` (a version that failed its checks) is not tried
+        again by the poll. A failed fetch or install (maybe the network) is retried at the next."""
+        log.error("upgrade of supervise failed, %s keeps running: %s",
+                  selfupdate.label(__version__, self.revision), error)
+        if revision:
+            self.bad_revisions.add(revision)
+            selfupdate.save_failed(self.state_dir, self.bad_revisions)
+        self.last_upgrade = {"ok": False, "error": error, "revision": revision}
+        self.notifier.emit(EventType.UPGRADE_FAILED, None, __version__, error=error)
+        return {"ok": False, "error": error, "code": Code.UPGRADE_FAILED}
+
+    def hand_over(self) -> None:
+        """Let every service go (as for SIGQUIT) and end :meth:`run`; the CLI then execs
+        :attr:`exec_plan` (same pid)."""
+        if self._stopping():
+            return
+        self.detaching = True
+        plan = self.exec_plan = self.pending_plan
+        if plan is not None:
+            plan.handover["paused_at"] = time.monotonic()
+            self.notifier.emit(EventType.UPGRADING, None, __version__, **{
+                "from": selfupdate.label(__version__, self.revision), "to": plan.label, "pid": os.getpid()})
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    def _follow_self(self) -> None:
+        """Run the ``[supervise] self`` poll when the file asks for one (a ``poll`` in it) and
+        the first pass is done (no exec in the middle of a start); none otherwise: an idle
+        supervisor without it has no timer for it."""
+        spec = self.desired.settings.self_source
+        wanted = spec is not None and spec.poll is not None and self.reconciler.applied > 0 and not self._stopping()
+        if wanted and (self.self_poller is None or self.self_poller.done()):
+            self.self_poller = asyncio.get_running_loop().create_task(self._poll_self())
+
+    async def _poll_self(self) -> None:
+        """Check ``[supervise] self`` now and every ``poll`` seconds while the file has one: a
+        new version is installed and exec'd, a bad one reported (and not tried again by the
+        poll) while this one keeps running."""
+        while True:
+            spec = self.desired.settings.self_source
+            if spec is None or spec.poll is None:
+                return  # (a reload that brings one back starts the poll again)
+            reply = await self.upgrade("self poll")
+            if reply.get("ok") and reply.get("exec"):
+                self.hand_over()
+                return
+            log.debug("self poll: %s", reply.get("message") or reply.get("error"))
+            await asyncio.sleep(spec.poll)
+
+    def _announce_handover(self) -> None:
+        """After the exec: say from which version to which this supervise was upgraded, or
+        (the old one back) why the new one failed."""
+        came = self.handover.upgraded_from
+        now = selfupdate.label(__version__, self.revision)
+        if came is not None:
+            old = selfupdate.label(str(came.get("version")), came.get("revision"))
+            figures = {}
+            for key, at in (("paused", self.handover.paused_at), ("exec", self.handover.exec_at)):
+                if at is not None:
+                    figures[key] = round(time.monotonic() - at, 3)
+            log.info("supervise upgraded from %s to %s, pid %d%s", old, now, os.getpid(),
+                     " (services unattended %.2fs, of which %.2fs from exec to ready)" % (
+                         figures["paused"], figures["exec"]) if len(figures) == 2 else "")
+            self.last_upgrade = {"ok": True, "from": old, "to": now, "id": came.get("id"), **figures}
+            if self.revision in self.bad_revisions:  # tried again by hand, and good this time
+                self.bad_revisions.discard(self.revision)
+                selfupdate.save_failed(self.state_dir, self.bad_revisions)
+            self.notifier.emit(EventType.UPGRADED, None, __version__, **{"from": old, "to": now}, **figures)
+        failed = self.handover.failed
+        if failed is not None:
+            error = f"supervise {failed.get('to')} did not start: {failed.get('error') or 'unknown'}; {now} runs again"
+            log.error("upgrade failed: %s", error)
+            self.last_upgrade = {"ok": False, "error": error, "revision": failed.get("revision"), "id": failed.get("id")}
+            if isinstance(failed.get("revision"), str):
+                self.bad_revisions.add(failed["revision"])
+                selfupdate.save_failed(self.state_dir, self.bad_revisions)
+            self.notifier.emit(EventType.UPGRADE_FAILED, None, __version__, error=error)
+
+
     def status_rows(self, names: list[str]) -> list[dict[str, Any]]:
         """The status rows of ``names`` (all with none): a pure view of the observed state."""
         listed = [n for n, spec in self.reconciler.desired.services.items() if spec.replicas > 0]  # 0: as asked
@@ -225,7 +401,8 @@ class Daemon:
         try:
             return await self._run(loop)
         finally:
-            self.engine.release()
+            if self.exec_plan is None and self.handover.ready_fd is None:
+                self.engine.release()  # else held across the exec (selfupdate.exec_new, or back)
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
         soft, _hard = procs.raise_fd_limit()
@@ -239,7 +416,7 @@ class Daemon:
         self.history.open()
         self.notifier.seq = max(self.notifier.seq, self.history.last_seq)
         self.notifier.add_listener(self.history.write)
-        self.control = ControlServer(socket_path(self.state_dir), self.handlers())
+        self.control = ControlServer(socket_path(self.state_dir), self.handlers(), inherited=self.handover.control)
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
         self._watch(self.desired)
@@ -257,6 +434,13 @@ class Daemon:
         adopted = await self.reconciler.adopt(self.desired)
         if adopted:
             log.info("adopted %d replica%s left running by the previous supervisor", adopted, "s" if adopted != 1 else "")
+        if self.handover.ready_fd is None:
+            self._announce_handover()  # (the old one back after a failed upgrade)
+        if self.handover.stop:  # a stop signal came while the previous one was handing over
+            log.info("stopping, as asked during the upgrade")
+            selfupdate.say_ready(self.handover)  # this version does the stop: no going back
+            self._announce_handover()
+            self.stop_event.set()
         runner = asyncio.create_task(self.engine.run(self.load_async))
         self.reconciler.request()
         self.unit.start()
@@ -265,26 +449,48 @@ class Daemon:
         failed = runner.done() and not runner.cancelled() and runner.exception() is not None
         if failed:  # a bug: still stop cleanly, and exit non-zero so systemd restarts us
             log.error("reconciler failed", exc_info=runner.exception())
-        self.unit.stopping()
+            if self.handover.ready_fd is not None:  # a new version that never proved itself
+                log.error("leaving every service running for the previous version, which takes over again")
+                self.detaching = True
+        if self.exec_plan is not None:
+            self.unit.sd.reloading()  # the same pid goes on: a reload to systemd, not a stop
+        else:
+            self.unit.stopping()
         log.info("leaving every service running for the next supervise" if self.detaching
                  else "stopping every service")
         runner.cancel()
         stopper.cancel()
+        if self.self_poller is not None:
+            self.self_poller.cancel()
+        if self.self_source is not None and self.exec_plan is None:
+            self.self_source.cancel()  # an install or check under way: killed, not waited for
         self.reconciler.cancel_fetches()  # before the pass in progress is awaited
-        await asyncio.gather(runner, stopper, return_exceptions=True)
+        await asyncio.gather(runner, stopper, *([self.self_poller] if self.self_poller else []), return_exceptions=True)
         await self.unit.close()  # a SIGHUP reload in progress ends here, before the services stop
         if self.state_dir_check is not None:
             self.state_dir_check.cancel()
         self.file_watcher.stop()
         await self.engine.close(detach=self.detaching)
-        await self.control.close()
+        self.notifier.close()  # event streams end after the last event, before their connection
+        if self.exec_plan is not None or self.handover.ready_fd is not None:  # to the next one, or back
+            self.control_fd = await self.control.hand_over()
+        else:
+            await self.control.close()
         if self.console_out is not None:
             self.console_out.close()
-        self.notifier.close()
         self.history.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             loop.remove_signal_handler(sig)
-        log.info("detached" if self.detaching else "stopped")
+        plan = self.exec_plan
+        if plan is not None:  # until the exec, a stop signal is passed on, not the end of the process
+
+            def stop_later(signum: int, frame: object) -> None:
+                plan.handover["stop"] = plan.fallback["stop"] = True
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, stop_later)
+        log.info("handing over to supervise %s" % self.exec_plan.version if self.exec_plan is not None
+                 else "detached" if self.detaching else "stopped")
         if failed:
             return 1
         if self.until is not None and not self.detaching:  # run once: how the run ended
@@ -319,6 +525,10 @@ class Daemon:
         """SIGINT/SIGTERM: stop gracefully; a second one while stopping: SIGKILL everything now
         (a second Ctrl-C means "I will not wait for stop_timeout")."""
         assert self.stop_event is not None
+        if self.exec_plan is not None:  # handing over: the services are being let go, not stopped
+            log.warning("stop signal during an upgrade: the new supervise stops every service once it has started")
+            self.exec_plan.handover["stop"] = self.exec_plan.fallback["stop"] = True
+            return
         if not self.stop_event.is_set():
             self.stop_signal = signum
             self.stop_event.set()
@@ -340,8 +550,8 @@ class Daemon:
 
 def print_event(event: Event) -> None:
     """One readable log line per life-cycle event (JSON is what ``supervise events`` gives)."""
-    if event.type is EventType.CONFIG_ERROR:
-        return
+    if event.type in (EventType.CONFIG_ERROR, EventType.UPGRADING, EventType.UPGRADED, EventType.UPGRADE_FAILED):
+        return  # each already said in a line of its own
     data = event.data
     who = event.service or ""
     if "replica" in data:

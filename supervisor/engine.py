@@ -76,6 +76,9 @@ class StateLock:
         self.fd: int | None = None
         self.dir_fd: int | None = None
         self.anchor: socket.socket | None = None
+        #: (anchor fd, lock file fd) handed over by the supervise this process exec'd from (a
+        #: self-update): :meth:`acquire` takes them when they prove to be this state dir's lock.
+        self.inherited: tuple[int, int] | None = None
 
     def _anchor_name(self) -> bytes:
         real = os.path.realpath(self.state_dir)
@@ -89,6 +92,8 @@ class StateLock:
 
     def acquire(self) -> None:
         safefs.ensure_dir(self.state_dir)
+        if self.inherited is not None and self._take_inherited(*self.inherited):
+            return
         anchor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             anchor.bind(self._anchor_name())
@@ -104,6 +109,43 @@ class StateLock:
         except BaseException:
             self.release()
             raise
+
+    def _take_inherited(self, anchor_fd: int, lock_fd: int) -> bool:
+        """Hold the lock through fds the previous supervise of this pid left open across its
+        exec, if they are this state dir's anchor socket and lock file; else False (and those
+        fds are left alone: not ours to close)."""
+        self.inherited = None
+        try:
+            anchor = socket.socket(fileno=anchor_fd)
+        except OSError:
+            return False
+        try:
+            if anchor.family != socket.AF_UNIX or anchor.getsockname() != self._anchor_name():
+                anchor.detach()
+                return False
+            st, held = os.fstat(lock_fd), os.lstat(self.path)
+        except OSError:
+            anchor.detach()
+            return False
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino) or st.st_uid != os.geteuid():
+            anchor.detach()
+            return False
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already: the same open file
+        except OSError:
+            anchor.detach()
+            return False
+        os.set_inheritable(anchor_fd, False)
+        os.set_inheritable(lock_fd, False)
+        self.anchor, self.fd = anchor, lock_fd
+        self.dir_fd = safefs.open_dir(self.state_dir)
+        return True
+
+    def handover_fds(self) -> tuple[int, int] | None:
+        """(anchor fd, lock file fd) for the next supervise of this pid (a self-update's exec)."""
+        if self.anchor is None or self.fd is None:
+            return None
+        return self.anchor.fileno(), self.fd
 
     def _lock_file(self) -> None:
         self.dir_fd = safefs.open_dir(self.state_dir)

@@ -28,6 +28,7 @@ class Client:
     """A connection to the supervisor of ``state_dir``. Raises NotRunning when none answers."""
 
     def __init__(self, state_dir: Path, timeout: float | None = 30.0):
+        self.state_dir = state_dir
         self.path = socket_path(state_dir)
         self.timeout = timeout
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -42,15 +42,46 @@ class ControlServer:
     """Serves ``handlers[verb](request, writer)`` on ``path``. A handler returns the reply
     object (``ok`` is added), or None when it wrote its own replies (streams)."""
 
-    def __init__(self, path: Path, handlers: dict[str, Handler]):
+    def __init__(self, path: Path, handlers: dict[str, Handler], inherited: int | None = None):
         self.path = path
         self.handlers = handlers
         self.server: asyncio.AbstractServer | None = None
         self.allowed = {os.geteuid(), 0}
         self.clients: set[asyncio.Task] = set()
+        #: The listening socket's fd, left open across a self-update's exec by the previous
+        #: supervise of this pid: connections made meanwhile wait in its backlog, none is refused.
+        self.inherited = inherited
+        self.took: int | None = None  # the fd number it was inherited at (handed over at the same)
+
+    def _take_inherited(self) -> socket.socket | None:
+        """The inherited listening socket, if it is the one bound to our path (else None, and
+        the fd is left alone)."""
+        fd, self.inherited = self.inherited, None
+        if fd is None:
+            return None
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            return None
+        try:
+            if (sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or sock.getsockname() != str(self.path)
+                    or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+                sock.detach()
+                return None
+        except OSError:
+            sock.detach()
+            return None
+        sock.set_inheritable(False)
+        self.took = fd
+        return sock
 
     async def start(self) -> None:
-        """Listen on the socket (0600 in a 0700 folder; a stale socket file is replaced)."""
+        """Listen on the socket (0600 in a 0700 folder; a stale socket file is replaced), or
+        go on listening on the one the previous supervise of this pid handed over."""
+        inherited = self._take_inherited()
+        if inherited is not None:
+            self.server = await asyncio.start_unix_server(self._serve, sock=inherited, limit=MAX_LINE)
+            return
         safefs.ensure_dir(self.path.parent)
         try:
             self.path.unlink()  # stale, from a supervisor that died; we hold the lock
@@ -70,6 +101,31 @@ class ControlServer:
             self.server.close()
             self.server = None
         await self.start()
+
+    async def hand_over(self, grace: float = 1.0) -> int | None:
+        """Stop serving but keep the listening socket for the next supervise of this pid (a
+        self-update's exec): returns a duplicate of its fd, inheritable (None when not
+        listening). Open connections get ``grace`` seconds to end (an events stream ends once
+        the bus is closed), then are cut."""
+        sockets = getattr(self.server, "sockets", None) or ()
+        if self.server is None or not sockets:
+            await self.close()
+            return None
+        fd = os.dup(sockets[0].fileno())
+        os.set_inheritable(fd, True)
+        self.server.close()
+        if self.took is not None:  # at the number it came at: a guard that goes back names that one
+            os.dup2(fd, self.took, inheritable=True)
+            os.close(fd)
+            fd = self.took
+        if self.clients:
+            await asyncio.wait(list(self.clients), timeout=grace)
+        for task in list(self.clients):
+            task.cancel()
+        await asyncio.gather(*self.clients, return_exceptions=True)
+        await self.server.wait_closed()
+        self.server = None
+        return fd
 
     async def close(self) -> None:
         """Stop listening, end open connections, remove the socket file."""

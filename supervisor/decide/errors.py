@@ -27,6 +27,7 @@ class Code(str, enum.Enum):
     ALREADY_RUNNING = "already-running"
     FETCH_FAILED = "fetch-failed"
     BUILD_FAILED = "build-failed"
+    UPGRADE_FAILED = "upgrade-failed"
     FAILED = "failed"
 
 
@@ -46,6 +47,8 @@ TABLE: dict[Code, Rule] = {
     Code.ALREADY_RUNNING: Rule(EXIT_ERROR, False, "another supervisor holds the state dir"),
     Code.FETCH_FAILED: Rule(EXIT_ERROR, True, "a fetch or a remote check failed; retried with backoff"),
     Code.BUILD_FAILED: Rule(EXIT_ERROR, False, "the build failed for this revision; waits for a new one"),
+    Code.UPGRADE_FAILED: Rule(EXIT_ERROR, False, "a new supervise failed to install, its checks or its start; "
+                              "the running one stays and that revision is not tried again by itself"),
     Code.FAILED: Rule(EXIT_ERROR, False, "any other failure"),
 }
 

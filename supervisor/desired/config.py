@@ -45,7 +45,7 @@ _INDEX_URL = re.compile(r"^(https?|file)://\S+$")
 NAME_MAX, PATH_MAX = 255, 4095
 
 TOP_KEYS = ("supervise", "env", "services")
-SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "kubernetes", "docker_host", "event_history")
+SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "kubernetes", "docker_host", "event_history", "self")
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
@@ -755,9 +755,21 @@ class _Validator:
         if "docker_host" in table:
             docker_host = self.expect(keys + ("docker_host",), table["docker_host"], str,
                                       'an Engine API address ("unix:///run/podman/podman.sock", "tcp://host:2375")')
+        self_source = self.self_source(keys + ("self",), table["self"]) if "self" in table else None
         self.global_runtime = runtime
         return Settings(state_dir=state_dir, runtime=runtime, poll=poll, keep_versions=keep, log=log,
-                        docker_host=docker_host, event_history=history)
+                        docker_host=docker_host, event_history=history,
+                        self_source=self_source)
+
+    def self_source(self, keys: tuple[str, ...], value: Any) -> SourceSpec | None:
+        """``self = { git = "URL-or-path", ref = "main", poll = "1h" }`` or ``self = { pip =
+        "supervise>=0.2", index = URL, poll = "1h" }``: the source of supervise's own new
+        versions, read by the same rules as a service's git or pip source."""
+        if not isinstance(value, dict) or not ("git" in value or "pip" in value):
+            self.error(keys, '"self" must be a table { git = "URL or path", ref = "main", poll = "1h" } '
+                       'or { pip = "supervise>=0.2", poll = "1h" }')
+            return None
+        return self.source(keys, value)
 
     def service(self, name: str, table: Any, global_env: dict[str, str]) -> ServiceSpec | None:
         keys = ("services", name)

@@ -300,7 +300,8 @@ class ServiceSpec:
 @dataclass(frozen=True)
 class Settings:
     """The ``[supervise]`` table. ``poll`` is seconds; ``state_dir`` absolute; ``docker_host``
-    the container engine's Engine API address as written; ``event_history`` a count of events."""
+    the container engine's Engine API address as written; ``event_history`` a count of events;
+    ``self_source`` the source of supervise's own new versions (a git or pip :class:`SourceSpec`)."""
 
     state_dir: Path
     runtime: str = "local"
@@ -309,6 +310,10 @@ class Settings:
     log: LogPolicy = LogPolicy()
     docker_host: str | None = None  # the Engine API address (None: $DOCKER_HOST, usual sockets)
     event_history: int = 10_000  # events kept in STATE_DIR/events for `events --since`
+    #: ``self = { git = ..., ref = ..., poll = ... }`` or ``{ pip = ..., ... }``: where new
+    #: versions of supervise itself come from (None: no self-update). Its ``poll`` (seconds)
+    #: None means checked by ``supervise upgrade`` only.
+    self_source: SourceSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -452,8 +452,12 @@ def identity_matches(process: psutil.Process, instance: str, cgroup: Path | None
 
 
 def adopt(loop: asyncio.AbstractEventLoop, pid: int, create_time: float, instance: str = "",
-          tag: str = "", cgroup: Path | None = None) -> ProcessHandle | None:
+          tag: str = "", cgroup: Path | None = None, reaper: "Reaper | None" = None) -> ProcessHandle | None:
     """Watch a running process we did not start (a supervisor restart), by pidfd.
+
+    One that is still our child (this pid exec'd a new supervise: a self-update) is tracked
+    by ``reaper`` instead, when it reaps by SIGCHLD: its exit status is then known as for a
+    replica we started.
 
     Returns None when ``pid`` is gone or is another process now (``create_time`` differs by
     more than 10 ms: the pid was reused), or is not the process we recorded: it must carry
@@ -473,6 +477,10 @@ def adopt(loop: asyncio.AbstractEventLoop, pid: int, create_time: float, instanc
         pgid = os.getpgid(pid)
         if pgid == os.getpgid(0) or pgid <= 1:
             return None
+        if reaper is not None and reaper.use_signals and process.ppid() == os.getpid():
+            # (no reap can run between the check above and this: the loop runs us)
+            return ProcessHandle(pid=pid, pgid=pgid, create_time=create_time, exited=reaper.track(pid, pgid),
+                                 adopted=True, cgroup=cgroups.of_pid(pid), instance=instance or None)
         pidfd = os.pidfd_open(pid)
     except (psutil.Error, OSError):
         return None

@@ -41,6 +41,9 @@ class EventType(str, enum.Enum):
     ROLLED_BACK = "rolled-back"
     RELOADED = "reloaded"
     CONFIG_ERROR = "config-error"
+    UPGRADING = "upgrading"                      # supervise itself: checks passed, exec'ing ``to`` (same ``pid``)
+    UPGRADED = "upgraded"                        # supervise itself: ``from`` and ``to`` versions (self-update)
+    UPGRADE_FAILED = "upgrade-failed"            # a new supervise failed its checks or its start: ``to``, ``error``
     DRIFT = "drift"                              # Kubernetes: an object edited by another field manager
     CLUSTER_UNREACHABLE = "cluster-unreachable"  # Kubernetes: reported once per outage
     CLUSTER_REACHABLE = "cluster-reachable"
@@ -48,6 +51,11 @@ class EventType(str, enum.Enum):
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value
+
+
+#: Events about supervise itself (no service): streamed to every ``events`` client, whatever
+#: services it named.
+SUPERVISOR_EVENTS = (EventType.UPGRADING, EventType.UPGRADED, EventType.UPGRADE_FAILED)
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,8 @@ def test_quiet_run_keeps_output_in_the_log_only(tmp_path):
 
 
 @pytest.mark.parametrize("verb", [["status"], ["status", "--json"], ["plan"], ["logs"], ["events"], ["stop", "a"],
-                                  ["reload"], ["top"], ["exec", "a", "--", "true"], ["completion", "--names"]])
+                                  ["reload"], ["upgrade"], ["top"], ["exec", "a", "--", "true"],
+                                  ["completion", "--names"]])
 def test_a_config_that_is_a_fifo_is_refused_by_every_verb_not_waited_on(tmp_path, verb):
     """Every verb reads the file without blocking: a FIFO (or device) saved under the config's
     name is one line and exit 2 (completion: no names), never a verb stuck in open()."""

@@ -15,8 +15,9 @@ from .rollback import Rollback
 from .start import Start
 from .status import Status
 from .stop import Stop
+from .upgrade import Upgrade
 from .versions import Versions
 
 #: Every verb the control socket answers, by name.
 COMMANDS: dict[str, Command] = {c.name: c for c in (Ping(), Status(), Plan(), Reload(), Start(), Stop(), Restart(),
-                                                    Versions(), Rollback(), Events())}
+                                                    Versions(), Rollback(), Upgrade(), Events())}

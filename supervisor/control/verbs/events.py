@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,8 @@ class Events(Command):
         state_dir = config.state_dir_of(path)
         try:
             with Client(state_dir, timeout=self.timeout) as client:
-                self.follow(client, args.services, since)
+                last = self.follow(client, args.services, since)
+            self.follow_upgrades(state_dir, args.services, last)
         except NotRunning as exc:
             if since is not None:
                 from ...observe import history
@@ -80,14 +82,37 @@ class Events(Command):
             raise CliError(str(exc), errors.exit_code(exc.code)) from None
         return EXIT_OK
 
-    def follow(self, client: Client, services: list[str], since: float | None) -> None:
-        """Ask for the stream (and the replay since ``since``) and print it until it ends."""
+    def follow(self, client: Client, services: list[str], since: float | None) -> str | None:
+        """Ask for the stream (and the replay since ``since``) and print it until it ends;
+        returns the type of the last event."""
         request: dict[str, Any] = {"services": services, **({"since": since} if since is not None else {})}
         opened, events = client.subscribe(self.name, **request)
         if opened.get("note"):  # --since reaches back past the kept history
             print(f"supervise: note: {opened['note']}", file=sys.stderr, flush=True)
+        last = None
         for event in events:
             _print(event)
+            last = event.get("type")
+        return last
+
+    def follow_upgrades(self, state_dir: Path, services: list[str], last: str | None) -> None:
+        """A stream that ended on ``upgrading`` (supervise exec'ing its new version, same pid)
+        goes on with the new one: connected again at once (the listening socket is handed
+        over, so the connection waits in its backlog), for as long as an upgrade may take to
+        answer. Raises NotRunning or ControlError past that."""
+        from .upgrade import ANSWER_WAIT
+
+        follow_until = time.monotonic() + ANSWER_WAIT
+        while last == "upgrading":
+            try:
+                with Client(state_dir, timeout=self.timeout) as client:
+                    last = self.follow(client, services, None)
+            except (NotRunning, ControlError):
+                if time.monotonic() >= follow_until:
+                    raise
+                time.sleep(0.05)
+                continue
+            follow_until = time.monotonic() + ANSWER_WAIT
 
     async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         """The queue is subscribed and the history's files opened at one instant (nothing runs
@@ -95,6 +120,7 @@ class Events(Command):
         event is sent once, none lost at the seam."""
         import asyncio
 
+        from ...observe.events import SUPERVISOR_EVENTS
         from ...observe.history import snapshot
         from ..server import send
 
@@ -120,7 +146,7 @@ class Events(Command):
                 event = await queue.get()
                 if event is None:
                     return
-                if names and event.service not in names:
+                if names and event.service not in names and event.type not in SUPERVISOR_EVENTS:
                     continue
                 writer.write((event.to_json() + "\n").encode())
                 await writer.drain()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ... import __version__
 from .base import Command
 
 if TYPE_CHECKING:
@@ -15,9 +14,15 @@ if TYPE_CHECKING:
 
 
 class Ping(Command):
-    """Reply ``{"pid", "version", "config"}``: the supervisor's pid, its version and its file."""
+    """Reply ``{"pid", "version", "revision", "config", "upgrade"}``: the supervisor's pid, its
+    version (and the commit it was installed from by a self-update, else None), its file, and
+    the outcome of the last self-update (``{"ok", "id", "from", "to"}`` or ``{"ok": false,
+    "error"}``; None before any), which ``supervise upgrade`` waits for."""
 
     name = "ping"
 
     async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
-        return {"pid": os.getpid(), "version": __version__, "config": str(daemon.path)}
+        from ... import __version__
+
+        return {"pid": os.getpid(), "version": __version__, "revision": daemon.revision, "config": str(daemon.path),
+                "upgrade": daemon.last_upgrade}

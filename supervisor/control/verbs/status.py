@@ -54,6 +54,8 @@ class Status(Command):
         return EXIT_OK if up else EXIT_NOT_RUNNING
 
     async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
+        from ... import __version__
+
         names = request.get("services") or []
         reconciler = daemon.reconciler
         unknown = [n for n in names if n not in reconciler.controllers and n not in reconciler.desired.services]
@@ -61,4 +63,4 @@ class Status(Command):
             return {"ok": False, "error": "unknown service: " + ", ".join(unknown), "code": Code.UNKNOWN_SERVICE}
         return {"services": daemon.status_rows(names), "supervisor": {
             "pid": os.getpid(), "uptime": time.time() - daemon.started, "config": str(daemon.path),
-            "config_error": daemon.last_error or None}}
+            "version": __version__, "revision": daemon.revision, "config_error": daemon.last_error or None}}

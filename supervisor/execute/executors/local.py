@@ -224,7 +224,7 @@ class LocalExecutor(Executor):
             recorded = None
         try:
             handle = procs.adopt(asyncio.get_running_loop(), ours.pid, ours.create_time, instance=ours.instance,
-                                 tag=procs.state_tag(self.state_dir), cgroup=recorded)
+                                 tag=procs.state_tag(self.state_dir), cgroup=recorded, reaper=self.reaper)
         except (TypeError, ValueError, OverflowError):
             return None
         if handle is None:

@@ -90,9 +90,18 @@ class PipSource:
     def latest(self) -> str:
         """The version pip would install for the requirement now. Raises SourceError with
         pip's last error line (nothing found, unreachable index, bad requirement)."""
+        return self._resolve(deps=True)
+
+    def latest_alone(self) -> str:
+        """:meth:`latest`, resolving the package alone (``--no-deps``): its newest satisfying
+        release, whatever its dependencies need. Raises SourceError."""
+        return self._resolve(deps=False)
+
+    def _resolve(self, deps: bool) -> str:
         with tempfile.TemporaryDirectory(prefix="supervise-pip-") as temp:
             report = Path(temp) / "report.json"
             argv = [self.python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                    *([] if deps else ["--no-deps"]),
                     "--disable-pip-version-check", "--no-input", "--report", str(report),
                     *index_args(self.spec), "--", str(self.spec.requirement)]
             try:
