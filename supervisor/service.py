@@ -38,6 +38,10 @@ log = logging.getLogger("supervise")
 
 __all__ = ["Launch", "Replica", "ServiceController", "UP", "replica_label"]
 
+#: A service's phase is the first of these that one of its replicas is in.
+_PHASE_ORDER = (Phase.FAILED, Phase.BACKOFF, Phase.PENDING, Phase.STARTING, Phase.STOPPING,
+                Phase.EXITED, Phase.STOPPED, Phase.RUNNING, Phase.READY)
+
 
 def replica_label(name: str, replicas: int, index: int) -> str:
     """Console prefix of a replica: ``NAME`` for a single replica, ``NAME.i`` otherwise."""
@@ -171,10 +175,10 @@ class ServiceController:
             return Phase.FETCH_FAILED if self.failed_stage == "fetch" else Phase.BUILD_FAILED
         if not self.replicas:
             return Phase.STOPPED
-        order = (Phase.FAILED, Phase.BACKOFF, Phase.PENDING, Phase.STARTING, Phase.STOPPING,
-                 Phase.EXITED, Phase.STOPPED, Phase.RUNNING, Phase.READY)
-        phases = {r.phase for r in self.replicas.values()}
-        return next(p for p in order if p in phases)
+        # A list, not a set: `in` on a list compares identity first, where a set hashes each
+        # enum member in Python (Enum.__hash__); status asks this of every service.
+        phases = [r.phase for r in self.replicas.values()]
+        return next(p for p in _PHASE_ORDER if p in phases)
 
     def reached(self, condition: Condition) -> bool | None:
         """True when every replica meets ``condition``; None when it never will; False
