@@ -86,6 +86,9 @@ def order(specs: Mapping[str, ServiceSpec]) -> list[str]:
     for name in specs:
         if name in placed:
             continue
+        if all(dep in placed or dep not in graph for dep in graph[name]):
+            placed[name] = None  # nothing of it left to place first: no sorter (one per service was most of a plan)
+            continue
         wanted, todo = {name}, [name]  # name and its dependencies not placed yet
         while todo:
             for dep in graph[todo.pop()]:
