@@ -646,7 +646,12 @@ class ServiceController:
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
         try:
-            state.save(self.state_dir, self.name, record)
+            if not replicas and not self.held:
+                # Nothing to adopt and no hold: no file, which every reader takes for exactly
+                # that (an unlink costs a tenth of a new file: a stop of 2,000 wrote 2,000 files)
+                state.remove(self.state_dir, self.name)
+            else:
+                state.save(self.state_dir, self.name, record)
         except OSError as exc:  # disk full, state dir gone: supervision goes on; retried next change
             if self._persist_error != str(exc):
                 log.error("%s: cannot write its state record (%s); a restarted supervisor may not adopt "
