@@ -640,48 +640,52 @@ def make_fifo(state_dir: Path, name: str, index: int) -> tuple[Path, int, int]:
     doc). Pass it as stdout and stderr, then close it here.
     """
     folder = safefs.ensure_dir(run_dir(state_dir))
-    path = folder / f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo"
     dfd = safefs.open_dir(folder)
     try:
-        os.mkfifo(path.name, 0o600, dir_fd=dfd)  # fails on any existing entry: never reused
-        read_fd = os.open(path.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        child_fd = os.open(path.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        return _make_fifo_at(folder, dfd, f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo")
     finally:
         os.close(dfd)
+
+
+def _make_fifo_at(folder: Path, dfd: int, entry: str) -> tuple[Path, int, int]:
+    """:func:`make_fifo` of ``folder/entry``, ``dfd`` an fd on the (checked) folder."""
+    os.mkfifo(entry, 0o600, dir_fd=dfd)  # fails on any existing entry: never reused
+    read_fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        child_fd = os.open(entry, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        os.close(read_fd)
+        raise
     try:
         fcntl.fcntl(read_fd, F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
         pass  # smaller pipes still work; only the buffer during a supervisor restart shrinks
-    return path, read_fd, child_fd
+    return folder / entry, read_fd, child_fd
 
 
 def make_fifos(state_dir: Path, name: str, index: int) -> tuple[Path, int, int, int, int]:
     """A replica's two output FIFOs: ``(stdout path, stdout read fd, stdout child fd, stderr
-    read fd, stderr child fd)``; the stderr FIFO is at :func:`err_fifo` of the stdout path."""
-    path, out_read, out_child = make_fifo(state_dir, name, index)
-    err = err_fifo(path)
-    dfd = safefs.open_dir(path.parent)
-    opened: list[int] = []
+    read fd, stderr child fd)``; the stderr FIFO is at :func:`err_fifo` of the stdout path.
+    Both are made through one checked fd on ``STATE_DIR/run`` (a replica start is mostly
+    such file-system calls)."""
+    folder = safefs.ensure_dir(run_dir(state_dir))
+    dfd = safefs.open_dir(folder)
     try:
-        os.mkfifo(err.name, 0o600, dir_fd=dfd)
-        opened.append(os.open(err.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd))
-        opened.append(os.open(err.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd))
-        err_read, err_child = opened
-    except OSError:
-        for fd in (out_read, out_child, *opened):
-            os.close(fd)
-        for stale in (path, err):
-            try:
-                os.unlink(stale)
-            except OSError:
-                pass
-        raise
+        path, out_read, out_child = _make_fifo_at(folder, dfd, f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo")
+        err = err_fifo(path)
+        try:
+            err_path, err_read, err_child = _make_fifo_at(folder, dfd, err.name)
+        except OSError:
+            for fd in (out_read, out_child):
+                os.close(fd)
+            for stale in (path, err):
+                try:
+                    os.unlink(stale)
+                except OSError:
+                    pass
+            raise
     finally:
         os.close(dfd)
-    try:
-        fcntl.fcntl(err_read, F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass
     return path, out_read, out_child, err_read, err_child
 
 

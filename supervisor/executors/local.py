@@ -86,6 +86,7 @@ class LocalExecutor(Executor):
         self.reaper: procs.Reaper | None = None
         self.cgroup_parent: Path | None = None
         self.preparer: Preparer | None = None
+        self.tag = ""  # the prefix of our instance marks (procs.state_tag: a hash, made once at open)
 
     # -- life ------------------------------------------------------------------------------
 
@@ -93,6 +94,7 @@ class LocalExecutor(Executor):
         """The state dir, the reaper (SIGCHLD), a cgroup where possible; a build the previous
         supervisor left running is stopped before anything builds there again."""
         loop = asyncio.get_running_loop()
+        self.tag = procs.state_tag(self.state_dir)
         self.reaper = procs.Reaper(loop)  # the state dir's folders are the engine's (safefs)
         tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
         self.cgroup_parent = cgroups.make_parent(f"supervise-{tag}")
@@ -159,7 +161,7 @@ class LocalExecutor(Executor):
             handle = procs.spawn(self.reaper, argv, env=dict(env), cwd=artifact.workdir / spec.cwd, output=child_fd,
                                  errors=err_child, user=spec.user, cgroup_parent=self.cgroup_parent,
                                  cgroup_name=f"{spec.name}.{index}.{os.urandom(4).hex()}",
-                                 tag=procs.state_tag(self.state_dir))
+                                 tag=self.tag or procs.state_tag(self.state_dir))
         except (procs.SpawnError, safefs.UnsafeStateDir) as exc:
             for fd, path in ((read_fd, fifo), (err_read, logs.err_fifo(fifo))):
                 os.close(fd)
@@ -222,7 +224,7 @@ class LocalExecutor(Executor):
             recorded = None
         try:
             handle = procs.adopt(asyncio.get_running_loop(), ours.pid, ours.create_time, instance=ours.instance,
-                                 tag=procs.state_tag(self.state_dir), cgroup=recorded)
+                                 tag=self.tag or procs.state_tag(self.state_dir), cgroup=recorded)
         except (TypeError, ValueError, OverflowError):
             return None
         if handle is None:
