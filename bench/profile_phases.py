@@ -1,20 +1,22 @@
-"""Per-call profile of a real supervisor, phase by phase: cold start, reload of one service,
-stop (cProfile, deterministic: call counts and CPU per call, not wall time, so it stays
-meaningful on a shared machine).
+"""Per-call profile of a real supervisor, phase by phase: cold start, the settling after it,
+reload of one service, `supervise status` commands, stop (cProfile of the event loop thread,
+deterministic call counts; timed by that thread's CPU time by default, so the figures hold on a
+shared machine where wall-clock comparisons are noise).
 
     bench/.venv-supervise/bin/python bench/profile_phases.py --n 500 [--out /tmp/prof] [--top 25]
 
-The supervisor runs as ``python bench/profile_phases.py --child OUT -q --config F`` (this file
-again): cProfile around ``supervisor.cli.main``, and SIGUSR2 dumps the profile so far to
-``OUT/PHASE.prof`` and starts a new one. The parent writes N ``sleep 1000`` services, waits for
-all N processes (children of the supervisor that exec'd sleep), dumps ``cold``; saves the file
-with one command changed, waits for the new process, dumps ``reload``; sends SIGTERM (the last
-profile, ``stop``, is written at exit). Each phase prints its top functions by own time and
-the per-service figure (CPU ms / N). ``--status`` also imports the ``status`` path under
-``-X importtime`` and prints the total.
+The supervisor runs as ``python bench/profile_phases.py --child OUT TIMER -q --config F`` (this
+file again): cProfile around ``supervisor.cli.main``; each SIGUSR2 writes the profile so far
+and starts a new one, the last is written at exit. The parent writes N ``sleep 1000`` services
+(the config alone in its folder), waits for all N processes (children of the supervisor that
+exec'd sleep): ``cold``; waits 1 s: ``settle`` (state records, the plan's echo); saves the file
+with one command changed and waits for the new process: ``reload``; runs 5 ``supervise status``
+commands: ``status`` (the supervisor's side; the client processes' own CPU is printed apart);
+sends SIGTERM: ``stop``. Each phase prints its top functions by own time and the figure per
+unit (per service, per reload, per status command).
 
-The supervisor is started in a session of its own and its whole process group is killed at
-the end, whatever happened (by pid, never by name).
+The supervisor is started in a session of its own and its process group is killed at the end,
+whatever happened, and its services by pid if it did not stop them (never by name).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def child(out: str, timer: str, argv: list[str]) -> int:
-    """Run the supervisor under cProfile; SIGUSR2 starts the next phase's profile."""
-    phases = iter(["cold", "reload", "extra1", "extra2"])
+    """Run the supervisor under cProfile; SIGUSR2 writes the profile so far to
+    ``OUT/part-K.prof`` (K = 1, 2, ...) and starts the next; the last is ``OUT/stop.prof``."""
+    count = [0]
 
     def profile() -> cProfile.Profile:
         # cpu: the loop thread's own CPU time (user + system), so a busy machine's waits for a
@@ -46,7 +49,8 @@ def child(out: str, timer: str, argv: list[str]) -> int:
 
     def next_phase(*_: object) -> None:
         box["prof"].disable()
-        box["prof"].dump_stats(os.path.join(out, next(phases) + ".prof"))
+        count[0] += 1
+        box["prof"].dump_stats(os.path.join(out, f"part-{count[0]}.prof"))
         box["prof"] = profile()
         box["prof"].enable()
 
@@ -94,12 +98,16 @@ def _wait(what: str, test, timeout: float) -> None:
         time.sleep(0.02)
 
 
+#: How many `supervise status` commands the status phase runs.
+STATUS_RUNS = 5
+
+
 def _report(path: Path, n: int, top: int, label: str) -> None:
     stats = pstats.Stats(str(path))
     idle = sum(v[2] for k, v in stats.stats.items() if k[2] == "<method 'poll' of 'select.epoll' objects>")  # type: ignore[attr-defined]
     total = stats.total_tt - idle  # type: ignore[attr-defined]
-    print(f"\n== {label}: {total * 1000:.0f} ms on the loop thread, {total * 1000 / n:.2f} ms per service "
-          f"(N={n}), {stats.total_calls:,} calls = {stats.total_calls / n:.0f} per service")  # type: ignore[attr-defined]
+    print(f"\n== {label}: {total * 1000:.0f} ms on the loop thread, {total * 1000 / n:.2f} ms per unit "
+          f"({n} units), {stats.total_calls:,} calls = {stats.total_calls / n:.0f} per unit")  # type: ignore[attr-defined]
     stats.sort_stats("tottime").print_stats(top)
 
 
@@ -120,7 +128,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--out", type=Path, default=None, help="where the .prof files go (default: a temp dir)")
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--phases", default="cold,reload,stop")
+    parser.add_argument("--phases", default="cold,settle,reload,status,stop",
+                        help="which profiles to print (units: services for cold, settle and stop; one reload; "
+                             "one status command)")
     parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
                         help="cpu: the loop thread's CPU time (default; steady on a shared machine); wall: elapsed")
     args = parser.parse_args()
@@ -135,21 +145,34 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(out), args.timer, "-q", "--config", str(config)],
                             env=env, start_new_session=True, stderr=open(work / "supervise.err", "wb"))
+    parts = [0]
+
+    def phase(name: str) -> None:
+        """End the profile of the phase ``name`` (SIGUSR2) and wait until it is written."""
+        parts[0] += 1
+        os.kill(proc.pid, signal.SIGUSR2)
+        part = out / f"part-{parts[0]}.prof"
+        _wait(f"{name}.prof", lambda: part.exists() and part.stat().st_size > 0, 30)
+        time.sleep(0.1)
+        part.rename(out / f"{name}.prof")
+
+    status_cpu = 0.0
     try:
         _wait("every service", lambda: len(_sleepers(proc.pid)) >= args.n, 120 + args.n / 10)
-        os.kill(proc.pid, signal.SIGUSR2)
-        _wait("cold.prof", lambda: (out / "cold.prof").exists(), 30)
-        time.sleep(1.0)  # let the start-up settle (the first status, watchers) outside the reload
-        changed = args.n // 2
-        os.kill(proc.pid, signal.SIGUSR2)  # "reload" starts here: throw away what came between
-        _wait("the restart profile", lambda: (out / "reload.prof").exists(), 30)
-        (out / "reload.prof").rename(out / "settle.prof")
-        write_config(config, work / "state", args.n, changed=changed)
+        phase("cold")
+        time.sleep(1.0)  # the start-up settles (state records, the first plan's echo) outside the reload
+        phase("settle")
+        write_config(config, work / "state", args.n, changed=args.n // 2)
         _wait("the changed service", lambda: any(b"1001" in _args_of(p) for p in _sleepers(proc.pid)), 60)
         time.sleep(0.2)  # the state record and the log note that follow the spawn
-        os.kill(proc.pid, signal.SIGUSR2)
-        _wait("the reload profile", lambda: (out / "extra1.prof").exists(), 30)
-        (out / "extra1.prof").rename(out / "reload.prof")
+        phase("reload")
+        before = os.times()
+        for _ in range(STATUS_RUNS):
+            subprocess.run([sys.executable, "-m", "supervisor", "status", "--config", str(config)], env=env,
+                           stdout=subprocess.DEVNULL, check=False, timeout=60)
+        after = os.times()
+        status_cpu = (after.children_user - before.children_user + after.children_system - before.children_system)
+        phase("status")
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(120)
     finally:
@@ -161,8 +184,11 @@ def main() -> int:
         except ProcessLookupError:
             pass
         proc.wait()
-    for phase in args.phases.split(","):
-        _report(out / f"{phase}.prof", args.n if phase != "reload" else 1, args.top, phase)
+    per = {"cold": args.n, "settle": args.n, "reload": 1, "status": STATUS_RUNS, "stop": args.n}
+    for name in args.phases.split(","):
+        _report(out / f"{name}.prof", per[name], args.top, name)
+    print(f"\nstatus command (client process, whole: interpreter, imports, parse, table): "
+          f"{status_cpu * 1000 / STATUS_RUNS:.1f} ms CPU each, mean of {STATUS_RUNS}")
     print(f"\nprofiles in {out}")
     return 0
 
