@@ -448,6 +448,51 @@ def _tee(fd_in: int, fd_out: int, length: int) -> int:
     return copied
 
 
+class CopyPipe:
+    """The pipe a :class:`Pump` tee(2)s a FIFO's bytes into to look at them, shared by the
+    pumps of one event loop: each pump empties it before it returns to the loop, so one pipe
+    serves them all. Two fds in all instead of two per pump matter: every fork copies the
+    supervisor's fd table and every exec closes it, and at 2 copy fds per pump (4 per replica)
+    starting the 2,000th service cost a millisecond and more than starting the first (issue 17).
+    Made on first use; :meth:`get` gives None when no pipe can be made (the pump then reads
+    plainly) or after :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.fds: tuple[int, int] | None = None
+        self.closed = False
+
+    def get(self) -> tuple[int, int] | None:
+        """``(read fd, write fd)``, or None (see the class doc)."""
+        if self.fds is None and not self.closed:
+            try:
+                fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                return None
+            try:
+                fcntl.fcntl(fds[1], F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass
+            self.fds = fds
+        return self.fds
+
+    def drain(self) -> None:
+        """Throw away whatever a failed copy left in the pipe (the next pump must find it empty)."""
+        if self.fds is not None:
+            try:
+                while os.read(self.fds[0], READ_SIZE):
+                    pass
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Close the pipe for good."""
+        self.closed = True
+        if self.fds is not None:
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = None
+
+
 class Pump:
     """Moves a pipe's output into a sink, whole lines at a time, from the event loop.
 
@@ -456,7 +501,8 @@ class Pump:
     splice(2): a supervisor killed at any instant leaves every line either in the log or still
     in the FIFO for the next one, never both, never neither. (With ``timestamps`` the lines
     are written first and consumed after: a kill in between repeats a line, never loses it.)
-    Without it (build pipes) it reads plainly.
+    Without it (build pipes) it reads plainly. ``copy_pipe``: the :class:`CopyPipe` to use (one
+    of its own otherwise, closed with it).
 
     ``done`` resolves at end of file: every writer (the child and anything it left running with
     the same stdout) has closed it. A last line without a newline is written with one.
@@ -464,7 +510,7 @@ class Pump:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: Sink,
                  on_eof: Callable[[], None] | None = None, keep_until_written: bool = False,
-                 label: str | None = None, origin: str | None = None):
+                 label: str | None = None, origin: str | None = None, copy_pipe: CopyPipe | None = None):
         self.loop = loop
         self.fd = fd
         self.sink = sink
@@ -476,22 +522,23 @@ class Pump:
         self.unfinished_since: float | None = None
         self.paused = False
         self.done: asyncio.Future[None] = loop.create_future()
-        self.copy: tuple[int, int] | None = None
+        self.copy: CopyPipe | None = None
+        self._own_copy = False
         if keep_until_written:
-            try:
-                self.copy = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                fcntl.fcntl(self.copy[1], F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass
+            self.copy = copy_pipe if copy_pipe is not None else CopyPipe()
+            self._own_copy = copy_pipe is None
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._readable)
 
     def _readable(self) -> None:
-        if self.copy is not None:
+        fds = self.copy.get() if self.copy is not None else None
+        if fds is not None:
             try:
-                self._pump_copying()
+                self._pump_copying(fds)
             except OSError as exc:
                 if exc.errno != errno.EAGAIN:
+                    assert self.copy is not None
+                    self.copy.drain()
                     self.close()
             return
         chunks = []
@@ -514,14 +561,16 @@ class Pump:
         if eof:
             self.close()
 
-    def _pump_copying(self) -> None:
-        read_copy, write_copy = self.copy  # type: ignore[misc]
+    def _pump_copying(self, fds: tuple[int, int]) -> None:
+        read_copy, write_copy = fds
         for _ in range(16):  # at most 16 MiB per wake-up, then let others run
             copied = _tee(self.fd, write_copy, READ_SIZE)
             if copied == 0:  # no data and no writer left: end of file
                 self.close()
                 return
             data = os.read(read_copy, copied)
+            while len(data) < copied:  # the copy pipe is shared: leave nothing of ours in it
+                data += os.read(read_copy, copied - len(data))
             buffer = self.partial + data
             cut = buffer.rfind(b"\n") + 1
             if cut == 0 and len(buffer) <= MAX_PARTIAL and not self.force:
@@ -607,9 +656,8 @@ class Pump:
         if end_line and self.origin is not None and isinstance(self.sink, LogSink):
             self.sink.end_line(self.origin)
         os.close(self.fd)
-        if self.copy is not None:
-            os.close(self.copy[0])
-            os.close(self.copy[1])
+        if self.copy is not None and self._own_copy:
+            self.copy.close()
         self.done.set_result(None)
         if self.on_eof is not None:
             self.on_eof()

@@ -87,6 +87,7 @@ class LocalExecutor(Executor):
         self.cgroup_parent: Path | None = None
         self.preparer: Preparer | None = None
         self.tag = ""  # the prefix of our instance marks (procs.state_tag: a hash, made once at open)
+        self.copy_pipe = logs.CopyPipe()  # shared by every replica's pumps (see logs.CopyPipe)
 
     # -- life ------------------------------------------------------------------------------
 
@@ -118,6 +119,7 @@ class LocalExecutor(Executor):
             state.remove_build(self.state_dir, name)
 
     async def close(self) -> None:
+        self.copy_pipe.close()
         if self.reaper is not None:
             self.reaper.close()
         if self.cgroup_parent is not None:
@@ -126,6 +128,7 @@ class LocalExecutor(Executor):
 
     def detach_all(self) -> None:
         """Stop watching children (SIGQUIT: the replicas are left for the next supervisor)."""
+        self.copy_pipe.close()  # every pump has detached by now
         if self.reaper is not None:
             self.reaper.close()
 
@@ -171,7 +174,7 @@ class LocalExecutor(Executor):
             os.close(child_fd)
             os.close(err_child)
         handle.fifo = fifo
-        _pumps(handle, sink, label, f"{spec.name}[{index}]", read_fd, err_read)
+        _pumps(handle, sink, label, f"{spec.name}[{index}]", read_fd, err_read, self.copy_pipe)
         return handle
 
     def alive(self, running: Running) -> bool:
@@ -235,7 +238,7 @@ class LocalExecutor(Executor):
         if handle.fifo is not None:
             index = label[len(sink.name) + 1:] if label.startswith(sink.name + ".") else "0"  # NAME or NAME.i
             _pumps(handle, sink, label, f"{sink.name}[{index}]", logs.reopen_fifo(handle.fifo),
-                   logs.reopen_fifo(logs.err_fifo(handle.fifo)))
+                   logs.reopen_fifo(logs.err_fifo(handle.fifo)), self.copy_pipe)
         return handle
 
     def forget(self, record: ReplicaRecord) -> None:
@@ -279,7 +282,7 @@ async def _drain(handle: procs.ProcessHandle, timeout: float = 2.0) -> None:
 
 
 def _pumps(handle: procs.ProcessHandle, sink: LogSink, label: str, who: str, out_fd: int | None,
-           err_fd: int | None) -> None:
+           err_fd: int | None, copy_pipe: logs.CopyPipe) -> None:
     """Pumps for a replica's stdout and stderr FIFOs (an fd may be None: that FIFO is not
     there), writing as ``who`` (``NAME[INDEX]``) and stream. When the leader exits, what its
     pipes hold (an unfinished line too) is written at once: the exit's note, which comes from
@@ -289,7 +292,8 @@ def _pumps(handle: procs.ProcessHandle, sink: LogSink, label: str, who: str, out
     for fd, path, stream in ((out_fd, handle.fifo, "stdout"), (err_fd, logs.err_fifo(handle.fifo), "stderr")):
         if fd is not None:
             handle.pumps.append(logs.Pump(loop, fd, sink, on_eof=functools.partial(_unlink, path),
-                                          keep_until_written=True, label=label, origin=f"{who} {stream}"))
+                                          keep_until_written=True, label=label, origin=f"{who} {stream}",
+                                          copy_pipe=copy_pipe))
 
     def flush(_: object) -> None:
         for pump in handle.pumps:
