@@ -69,6 +69,20 @@ class Replica:
     tasks: set[asyncio.Task] = field(default_factory=set)
     previous: Launch | None = None  # the last good launch, while this new one is on probation
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
+    # The callback on the process's exit future (see ServiceController._watch): a callback, not
+    # a task per replica, until the exit comes (2,000 idle tasks were 2 MB and a frame each).
+    watcher: tuple[asyncio.Future[Exit], Callable[[asyncio.Future[Exit]], None]] | None = None
+
+    def unwatch(self) -> None:
+        """Cancel every task of this replica and its exit callback (what a stop, a detach or
+        a release does before it takes over)."""
+        for task in list(self.tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self.watcher is not None:
+            future, callback = self.watcher
+            future.remove_done_callback(callback)
+            self.watcher = None
 
     @property
     def pid(self) -> int | None:
@@ -267,8 +281,7 @@ class ServiceController:
         self.sink.policy = spec.log
         for replica in self.replicas.values():  # still waiting on dependencies: on the new ones
             if replica.phase is Phase.PENDING and replica.handle is None:
-                for task in list(replica.tasks):
-                    task.cancel()
+                replica.unwatch()
                 replica.launch = Launch(spec, replica.launch.artifact)
                 self._task(replica, self._start_after_dependencies(replica))
 
@@ -297,7 +310,7 @@ class ServiceController:
         self.deploy_message = ""
         self.sink.policy = spec.log
         old = self.replicas.get(index)
-        if old is not None and (old.handle is not None or old.tasks):
+        if old is not None and (old.handle is not None or old.tasks or old.watcher):
             await self.stop_replica(index, reason)
         replica = Replica(index=index, launch=Launch(spec, artifact), state=ReplicaState(index=index),
                           previous=previous)
@@ -356,9 +369,7 @@ class ServiceController:
 
     async def _stop_process(self, replica: Replica, reason: str) -> Exit | None:
         """Stop ``replica``'s process (in the dict or not) and wait until its output is in."""
-        for task in list(replica.tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
+        replica.unwatch()
         handle = replica.handle
         alive = handle is not None and self.executor.alive(handle)
         stops = self._feed(replica, Stop(reason, alive=alive))
@@ -456,8 +467,7 @@ class ServiceController:
             task.cancel()
         for replica in self.replicas.values():
             self._cancel(replica)
-            for task in list(replica.tasks):
-                task.cancel()
+            replica.unwatch()
             if replica.handle is not None:
                 self.executor.detach(replica.handle)
         self._persist_now()
@@ -483,8 +493,7 @@ class ServiceController:
         for index, replica in list(self.replicas.items()):
             if replica.handle is None:  # stopped, exited, failed, in backoff or pending
                 self._cancel(replica)
-                for task in list(replica.tasks):
-                    task.cancel()
+                replica.unwatch()
                 del self.replicas[index]
         self.changed()
 
@@ -551,7 +560,7 @@ class ServiceController:
 
     def _watch_checks(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         spec = replica.launch.spec
-        self._task(replica, self._watch(replica, handle))
+        self._watch(replica, handle)
         if spec.ready is not None:
             self._task(replica, self._readiness(replica, handle, env))
         if spec.live is not None:
@@ -580,8 +589,18 @@ class ServiceController:
         replica.tasks.add(task)
         task.add_done_callback(replica.tasks.discard)
 
-    async def _watch(self, replica: Replica, handle: Running) -> None:
-        exit = await asyncio.shield(handle.exited)
+    def _watch(self, replica: Replica, handle: Running) -> None:
+        """Handle the exit of ``handle``'s process when it comes (:meth:`_exited`, as a task
+        then); :meth:`Replica.unwatch` takes the callback off again."""
+        def exited(future: asyncio.Future[Exit]) -> None:
+            replica.watcher = None
+            if not future.cancelled() and future.exception() is None:
+                self._task(replica, self._exited(replica, handle, future.result()))
+
+        handle.exited.add_done_callback(exited)
+        replica.watcher = (handle.exited, exited)
+
+    async def _exited(self, replica: Replica, handle: Running, exit: Exit) -> None:
         if replica.handle is not handle or replica.state.stopping or not self._owns(replica):
             return
         # Whatever the leader left behind goes too (systemd KillMode=control-group)
