@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import signal
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -50,6 +52,22 @@ def child(out: str, timer: str, argv: list[str]) -> int:
     def next_phase(*_: object) -> None:
         box["prof"].disable()
         count[0] += 1
+        if tracemalloc.is_tracing():  # --memory: what the heap holds now, by line and in all
+            gc.collect()
+            snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+            top = snapshot.statistics("lineno")
+            with open(os.path.join(out, f"part-{count[0]}.mem"), "w") as f:
+                f.write(f"total {sum(s.size for s in top)} bytes in {sum(s.count for s in top)} blocks\n")
+                try:
+                    import asyncio
+                    from collections import Counter
+
+                    tasks = Counter(t.get_coro().__qualname__ for t in asyncio.all_tasks(asyncio.get_running_loop()))
+                    f.write(f"tasks {sum(tasks.values())}: {dict(tasks.most_common(8))}\n")
+                except RuntimeError:
+                    pass
+                for stat in top[:40]:
+                    f.write(f"{stat.size} {stat.count} {stat.traceback}\n")
         box["prof"].dump_stats(os.path.join(out, f"part-{count[0]}.prof"))
         box["prof"] = profile()
         box["prof"].enable()
@@ -131,6 +149,8 @@ def main() -> int:
     parser.add_argument("--phases", default="cold,settle,reload,status,stop",
                         help="which profiles to print (units: services for cold, settle and stop; one reload; "
                              "one status command)")
+    parser.add_argument("--memory", action="store_true",
+                        help="trace allocations (tracemalloc) and write PHASE.mem: the heap by line after each phase")
     parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
                         help="cpu: the loop thread's CPU time (default; steady on a shared machine); wall: elapsed")
     args = parser.parse_args()
@@ -143,8 +163,9 @@ def main() -> int:
     config = work / "conf" / "services.toml"
     write_config(config, work / "state", args.n)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    child_env = {**env, "PYTHONTRACEMALLOC": "1"} if args.memory else env
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(out), args.timer, "-q", "--config", str(config)],
-                            env=env, start_new_session=True, stderr=open(work / "supervise.err", "wb"))
+                            env=child_env, start_new_session=True, stderr=open(work / "supervise.err", "wb"))
     parts = [0]
 
     def phase(name: str) -> None:
@@ -152,9 +173,11 @@ def main() -> int:
         parts[0] += 1
         os.kill(proc.pid, signal.SIGUSR2)
         part = out / f"part-{parts[0]}.prof"
-        _wait(f"{name}.prof", lambda: part.exists() and part.stat().st_size > 0, 30)
+        _wait(f"{name}.prof", lambda: part.exists() and part.stat().st_size > 0, 120)
         time.sleep(0.1)
         part.rename(out / f"{name}.prof")
+        if part.with_suffix(".mem").exists():
+            part.with_suffix(".mem").rename(out / f"{name}.mem")
 
     status_cpu = 0.0
     try:
@@ -189,6 +212,9 @@ def main() -> int:
         _report(out / f"{name}.prof", per[name], args.top, name)
     print(f"\nstatus command (client process, whole: interpreter, imports, parse, table): "
           f"{status_cpu * 1000 / STATUS_RUNS:.1f} ms CPU each, mean of {STATUS_RUNS}")
+    cold_mem = out / "cold.mem"
+    if cold_mem.exists():
+        print(f"\nheap after the cold start ({cold_mem}): {cold_mem.read_text().splitlines()[0]}")
     print(f"\nprofiles in {out}")
     return 0
 
