@@ -44,14 +44,20 @@ def child(out: str, timer: str, argv: list[str]) -> int:
 
     def profile() -> cProfile.Profile:
         # cpu: the loop thread's own CPU time (user + system), so a busy machine's waits for a
-        # core do not count; wall: what the loop was kept from doing (waits included).
-        return cProfile.Profile(time.thread_time) if timer == "cpu" else cProfile.Profile()
+        # core do not count; wall: what the loop was kept from doing (waits included); none:
+        # no profiler (its overhead is not in the figures), the CPU time of each phase alone.
+        return cProfile.Profile(time.thread_time) if timer in ("cpu", "none") else cProfile.Profile()
 
     box = {"prof": profile()}
+    started = [time.thread_time()]
 
     def next_phase(*_: object) -> None:
         box["prof"].disable()
         count[0] += 1
+        now = time.thread_time()
+        with open(os.path.join(out, f"part-{count[0]}.cpu"), "w") as f:
+            f.write(f"{now - started[0]}\n")
+        started[0] = now
         if tracemalloc.is_tracing():  # --memory: what the heap holds now, by line and in all
             gc.collect()
             snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
@@ -70,17 +76,21 @@ def child(out: str, timer: str, argv: list[str]) -> int:
                     f.write(f"{stat.size} {stat.count} {stat.traceback}\n")
         box["prof"].dump_stats(os.path.join(out, f"part-{count[0]}.prof"))
         box["prof"] = profile()
-        box["prof"].enable()
+        if timer != "none":
+            box["prof"].enable()
 
     signal.signal(signal.SIGUSR2, next_phase)
     from supervisor.cli import main
 
-    box["prof"].enable()
+    if timer != "none":
+        box["prof"].enable()
     try:
         return main(argv)
     finally:
         box["prof"].disable()
         box["prof"].dump_stats(os.path.join(out, "stop.prof"))
+        with open(os.path.join(out, "stop.cpu"), "w") as f:
+            f.write(f"{time.thread_time() - started[0]}\n")
 
 
 def _sleepers(pid: int) -> list[int]:
@@ -149,10 +159,13 @@ def main() -> int:
     parser.add_argument("--phases", default="cold,settle,reload,status,stop",
                         help="which profiles to print (units: services for cold, settle and stop; one reload; "
                              "one status command)")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds between the cold start and the reload (state records written meanwhile)")
     parser.add_argument("--memory", action="store_true",
                         help="trace allocations (tracemalloc) and write PHASE.mem: the heap by line after each phase")
-    parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
-                        help="cpu: the loop thread's CPU time (default; steady on a shared machine); wall: elapsed")
+    parser.add_argument("--timer", choices=("cpu", "wall", "none"), default="cpu",
+                        help="cpu: the loop thread's CPU time (default; steady on a shared machine); wall: elapsed; "
+                             "none: no profiler, each phase's CPU time on the loop thread alone")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="supervise-prof-"))
     out = args.out or work / "prof"
@@ -176,14 +189,15 @@ def main() -> int:
         _wait(f"{name}.prof", lambda: part.exists() and part.stat().st_size > 0, 120)
         time.sleep(0.1)
         part.rename(out / f"{name}.prof")
-        if part.with_suffix(".mem").exists():
-            part.with_suffix(".mem").rename(out / f"{name}.mem")
+        for suffix in (".mem", ".cpu"):
+            if part.with_suffix(suffix).exists():
+                part.with_suffix(suffix).rename(out / f"{name}{suffix}")
 
     status_cpu = 0.0
     try:
         _wait("every service", lambda: len(_sleepers(proc.pid)) >= args.n, 120 + args.n / 10)
         phase("cold")
-        time.sleep(1.0)  # the start-up settles (state records, the first plan's echo) outside the reload
+        time.sleep(args.settle)  # the start-up settles (state records, the first plan's echo) outside the reload
         phase("settle")
         write_config(config, work / "state", args.n, changed=args.n // 2)
         _wait("the changed service", lambda: any(b"1001" in _args_of(p) for p in _sleepers(proc.pid)), 60)
@@ -209,6 +223,13 @@ def main() -> int:
         proc.wait()
     per = {"cold": args.n, "settle": args.n, "reload": 1, "status": STATUS_RUNS, "stop": args.n}
     for name in args.phases.split(","):
+        if args.timer == "none":
+            cpu = out / f"{name}.cpu"
+            if cpu.exists():
+                seconds = float(cpu.read_text())
+                print(f"== {name}: {seconds * 1000:.0f} ms CPU on the loop thread, "
+                      f"{seconds * 1000 / per[name]:.2f} ms per unit ({per[name]} units), no profiler")
+            continue
         _report(out / f"{name}.prof", per[name], args.top, name)
     print(f"\nstatus command (client process, whole: interpreter, imports, parse, table): "
           f"{status_cpu * 1000 / STATUS_RUNS:.1f} ms CPU each, mean of {STATUS_RUNS}")
