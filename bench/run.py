@@ -424,7 +424,9 @@ class Supervise(Adapter):
     def reloads_on_save(self) -> bool:
         if self.reload_mode != "auto":
             return self.reload_mode == "save"
-        probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('supervisor.watch') else 1)"
+        # supervisor/triggers/watch.py, or supervisor/watch.py in a checkout from before the layout
+        probe = ("import pathlib, sys, supervisor; p = pathlib.Path(supervisor.__file__).parent; "
+                 "sys.exit(0 if (p / 'triggers' / 'watch.py').exists() or (p / 'watch.py').exists() else 1)")
         return run_quiet([self.python, "-c", probe]) == 0
 
     def reload(self) -> str:
@@ -702,7 +704,7 @@ def ctl(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
 
 def remove_supervise_cgroups(state_dir: Path) -> None:
     """Remove the (empty) cgroups supervise made for this state dir, if it was killed before it
-    could (supervisor/cgroups.py names them supervise-SHA1(state_dir)[:8] under its cgroup)."""
+    could (supervisor/execute/cgroups.py names them supervise-SHA1(state_dir)[:8] under its cgroup)."""
     import hashlib
     tag = hashlib.sha1(str(state_dir).encode()).hexdigest()[:8]
     try:

@@ -19,7 +19,7 @@ def __getattr__(name: str):
 
         return LocalRuntime
     if name in ("Event", "EventType"):
-        from . import events
+        from .observe import events
 
         return getattr(events, name)
     raise AttributeError(f"module 'supervisor' has no attribute {name!r}")

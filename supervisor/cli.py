@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Sequence
 # fast (the whole `supervise status` of 2,000 services within 100 ms, issue 17), so the
 # validator and the model (config: dataclasses, inspect), logging, asyncio, watchdog and
 # tomlkit are imported inside the verbs that use them. tests/unit/test_cli_imports.py holds it.
-from . import __version__, errors
+from . import __version__
 from .control.client import Client, ControlError, NotRunning
-from .durations import format_duration
-from .errors import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
-from .peek import ConfigError, default_config_path, escape, runtime_of
+from .decide import errors
+from .decide.errors import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
+from .desired.durations import format_duration
+from .desired.peek import ConfigError, default_config_path, escape, runtime_of
 
 if TYPE_CHECKING:
-    from .config import Diagnostic
+    from .desired.config import Diagnostic
 
 #: Verbs answered by the running supervisor over the control socket: nothing on their way
 #: logs, so they set up no logging (importing it is a tenth of their time).
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verb == "completion":
             return cmd_completion(path, args, parser)
         if verb == "exec":
-            from .oneoff import ExecError, run as run_one_off, split_argv
+            from .execute.oneoff import ExecError, run as run_one_off, split_argv
 
             try:
                 replica, argv = split_argv(args.argv, args.replica)
@@ -214,7 +215,7 @@ NO_CONFIG_VERBS = ("import", "init", "completion")
 
 def cmd_init(path: Path) -> int:
     """``supervise init``: write a starter config at ``path`` (never over an existing file)."""
-    from .scaffold import InitError, init
+    from .desired.scaffold import InitError, init
 
     try:
         origin = init(path)
@@ -239,8 +240,8 @@ def cmd_completion(path: Path, args: argparse.Namespace, parser: argparse.Argume
 
 
 def state_dir_of(path: Path) -> Path:
-    """``[supervise] state_dir`` of the file at ``path`` (:func:`supervisor.peek.state_dir_of`)."""
-    from .peek import state_dir_of as peek_state_dir
+    """``[supervise] state_dir`` of the file at ``path`` (:func:`supervisor.desired.peek.state_dir_of`)."""
+    from .desired.peek import state_dir_of as peek_state_dir
 
     return peek_state_dir(path)
 
@@ -255,7 +256,7 @@ def diagnostic_object(diagnostic: Diagnostic) -> dict:
 def cmd_check(path: Path, as_json: bool = False) -> int:
     """``supervise check``: 0 with a one-line summary, or ConfigError (exit 2). Every runtime
     of the file format is checked, including ``kubernetes`` and its keys."""
-    from . import config
+    from .desired import config
 
     desired = config.load(path, runtimes=config.RUNTIMES)
     count = len(desired.services)
@@ -268,9 +269,9 @@ def cmd_check(path: Path, as_json: bool = False) -> int:
 
 def cmd_plan(path: Path, as_json: bool = False) -> int:
     """``supervise plan``: against the running supervisor if one answers, else from nothing."""
-    from . import config
-    from .model import Observed
-    from .plan import plan as make_plan
+    from .desired import config
+    from .desired.model import Observed
+    from .decide.plan import plan as make_plan
 
     desired = config.load(path)
     against = "running"
@@ -293,7 +294,7 @@ def cmd_plan(path: Path, as_json: bool = False) -> int:
 
 def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
     """Print the services.toml equivalent of the Procfile or supervisord.conf at ``path``."""
-    from .importers import Finding, ImportFailed, import_file
+    from .desired.importers import Finding, ImportFailed, import_file
 
     findings: list[Finding] = []
     try:
@@ -312,8 +313,8 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
 
     from .daemon import AlreadyRunning, Daemon
 
-    from . import config
-    from .safefs import UnsafeStateDir
+    from .desired import config
+    from .observe.safefs import UnsafeStateDir
 
     desired = config.load(path)
     try:
@@ -363,7 +364,7 @@ def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
 def choose_services(client: Client, verb: str, words: list[str], every: bool) -> list[str]:
     """The names ``start``/``stop``/``restart`` act on: ``--all``, or NAMEs and globs expanded
     against the running supervisor's services (:mod:`patterns`). Raises CliError."""
-    from .patterns import NoMatch, expand, is_pattern
+    from .desired.patterns import NoMatch, expand, is_pattern
 
     if every and words:
         raise CliError(f"{verb}: give NAMEs or --all, not both", EXIT_USAGE)
@@ -408,8 +409,9 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
     import threading
     import time
 
-    from . import logs, logview
-    from .durations import parse_duration
+    from .execute import logs
+    from .observe import logview
+    from .desired.durations import parse_duration
 
     try:
         since = time.time() - parse_duration(args.since) if args.since is not None else None
@@ -420,7 +422,7 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
     except re.error as exc:
         raise CliError(f"--grep: not a regular expression: {exc}", EXIT_USAGE) from None
     count = args.lines if args.lines is not None else (None if since is not None else 10)
-    from . import config
+    from .desired import config
 
     try:
         desired = config.load(path)
@@ -484,7 +486,7 @@ def setup_logging(verbose: bool = False) -> None:
 
     journal = False
     if os.environ.get("JOURNAL_STREAM"):  # notify imports asyncio: only when it can matter
-        from .notify import journal_stream
+        from .observe.notify import journal_stream
 
         journal = journal_stream(sys.stderr) and not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)

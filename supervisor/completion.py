@@ -22,7 +22,7 @@ FILE_OPTIONS = ("-c", "--config", "--env")
 
 def service_names(path: Path) -> list[str]:
     """The running supervisor's service names, else the config file's; [] when neither."""
-    from . import config
+    from .desired import config
     from .control.client import Client, ControlError, NotRunning
 
     try:

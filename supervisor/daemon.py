@@ -16,20 +16,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, logs, procs, safefs
-from .config import ConfigError
+from . import __version__
+from .desired import config
+from .execute import logs, procs
+from .observe import safefs
+from .desired.config import ConfigError
 from .control import socket_path
 from .control.server import ControlServer, send
-from .durations import format_duration
-from .events import Event, EventType, Notifier
-from .model import Desired
-from .notify import UnitReporter
+from .desired.durations import format_duration
+from .observe.events import Event, EventType, Notifier
+from .desired.model import Desired
+from .observe.notify import UnitReporter
 from .engine import AlreadyRunning, Engine, StateLock
-from .errors import Code
-from . import views
-from .plan import Plan
+from .decide.errors import Code
+from .observe import views
+from .decide.plan import Plan
 from .reconciler import dependency_levels
-from .watch import FileWatcher
+from .triggers.watch import FileWatcher
 
 log = logging.getLogger("supervise")
 

@@ -29,19 +29,20 @@ import threading
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from . import logs, safefs
-from .builds import source_root
+from .execute import logs
+from .observe import safefs
+from .execute.builds import source_root
 from .clock import SYSTEM, Clock
 from .control import LOCK_NAME, lock_path
-from .events import Event, EventType, Notifier, UpdateNotifier
-from .model import Desired, ServiceSpec
-from .plan import Plan, same_revision
+from .observe.events import Event, EventType, Notifier, UpdateNotifier
+from .desired.model import Desired, ServiceSpec
+from .decide.plan import Plan, same_revision
 from .reconciler import Reconciler
-from .sources import SourceError
-from .sources.git import GitSource
-from .sources.path import content_hash
-from .sources.pip import PipSource
-from .watch import GitPoller, SourceWatcher
+from .execute.sources import SourceError
+from .execute.sources.git import GitSource
+from .execute.sources.path import content_hash
+from .execute.sources.pip import PipSource
+from .triggers.watch import GitPoller, SourceWatcher
 
 log = logging.getLogger("supervise")
 
@@ -310,7 +311,7 @@ class Engine:
         polled commit), else the revision ``spec``'s source holds now (default: the followed
         spec): its ref's commit on the remote, the newest release on the index, a folder's
         content hash. Records it and asks for a pass; False when it is what runs or the
-        service is unknown. Raises :class:`~supervisor.sources.SourceError` when the source
+        service is unknown. Raises :class:`~supervisor.execute.sources.SourceError` when the source
         cannot be asked."""
         spec = spec or self.desired.services.get(name)
         if spec is None:

@@ -1,7 +1,7 @@
 """observe -> plan -> execute. The reconciler knows nothing about why it was woken.
 
 Level-triggered, like controller-runtime: every wake-up re-reads the desired state (the file)
-and the observed state (the controllers), computes :func:`~supervisor.plan.plan` and applies
+and the observed state (the controllers), computes :func:`~supervisor.decide.plan.plan` and applies
 it. Wake-ups that arrive while a pass runs are coalesced into one more pass.
 
 Execution order of a plan: removed services stop (dependents first); every fetch and build
@@ -19,17 +19,19 @@ import random
 from pathlib import Path
 from typing import Awaitable, Callable, Mapping, cast
 
-from . import cgroups, errors, graph, logs, procs, safefs, state
-from .backoff import next_delay
+from .execute import cgroups, logs, procs
+from .decide import errors, graph
+from .observe import safefs, state
+from .decide.backoff import next_delay
 from .clock import SYSTEM, Clock
-from .builds import Artifact, PrepareError, Preparer
-from .events import EventType, Notifier
-from .config import NAME_RE
-from .model import Backoff, Desired, Observed, Phase, ServiceSpec, SourceSpec, Version
-from .plan import ActionKind, Plan, _same_revision, plan
-from .executors import Executor, ExecutorUnavailable, Running
-from .executors.local import LocalExecutor
-from .service import ServiceController, replica_label
+from .execute.builds import Artifact, PrepareError, Preparer
+from .observe.events import EventType, Notifier
+from .desired.config import NAME_RE
+from .desired.model import Backoff, Desired, Observed, Phase, ServiceSpec, SourceSpec, Version
+from .decide.plan import ActionKind, Plan, _same_revision, plan
+from .execute.executors import Executor, ExecutorUnavailable, Running
+from .execute.executors.local import LocalExecutor
+from .execute.service import ServiceController, replica_label
 
 log = logging.getLogger("supervise")
 
@@ -43,7 +45,7 @@ FETCH_WAIT = 2.0
 
 def dependency_levels(specs: Mapping[str, ServiceSpec]) -> list[list[str]]:
     """Services grouped by depth: level 0 depends on nothing, level n on levels < n
-    (:func:`supervisor.graph.levels`)."""
+    (:func:`supervisor.decide.graph.levels`)."""
     return graph.levels(specs)
 
 
@@ -62,7 +64,7 @@ class Reconciler:
         self.controllers: dict[str, ServiceController] = {}
         self.logs = logs.LogRegistry(self.state_dir, console)
         self.revisions: dict[str, str] = {}
-        #: The executors by runtime name (the seam: see supervisor.executors).
+        #: The executors by runtime name (the seam: see supervisor.execute.executors).
         #: "container" is made on first use (the Docker SDK is not imported for a file without one).
         self.executors: dict[str, Executor] = {"local": LocalExecutor(self.state_dir, self.logs, self.settings.keep_versions)}
         self.lock = asyncio.Lock()
@@ -117,7 +119,7 @@ class Reconciler:
         """The executor for runtime ``name``, made on first use. Raises ExecutorUnavailable."""
         executor = self.executors.get(name)
         if executor is None and name == "container":
-            from .executors.containers import Containers
+            from .execute.executors.containers import Containers
 
             executor = self.executors[name] = Containers(self.state_dir, self.logs, self.settings.keep_versions,
                                                          self.settings.docker_host)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .control.client import Client, ControlError, NotRunning
-from .durations import format_duration
+from .desired.durations import format_duration
 
 #: Seconds between two status requests: the supervisor serves at most one a second per ``top``.
 INTERVAL = 1.0
@@ -117,7 +117,7 @@ class Order:
         except OSError:
             return self.levels
         if mtime != self.mtime:
-            from . import config
+            from .desired import config
             from .reconciler import dependency_levels
 
             self.mtime = mtime
@@ -135,7 +135,7 @@ def build_progress(state_dir: Path, service: str, now: float) -> str:
     """``building 12s: <the build's last output line>``, read from the service's log file
     (status says only that it builds): the time since the last ``[supervise TIME] build``
     note, and the last line after it. Empty when no build note is in the last lines."""
-    from . import logs
+    from .execute import logs
 
     lines = logs.last_lines(logs.log_path(state_dir, service), 200)
     for index in range(len(lines) - 1, -1, -1):
@@ -259,7 +259,8 @@ def make_app(path: Path, services: list[str] | None = None, interval: float = IN
     from textual.widgets import DataTable, Footer, Log, Static
     from textual.widgets.data_table import CellDoesNotExist
 
-    from . import config, logs
+    from .desired import config
+    from .execute import logs
 
     state_dir = config.state_dir_of(path)
 

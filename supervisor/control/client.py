@@ -16,7 +16,7 @@ class NotRunning(Exception):
 
 class ControlError(Exception):
     """The supervisor answered with ``ok: false`` (the message is its ``error``, ``code`` its
-    error code: see :mod:`supervisor.errors`; None from an older supervisor), or did not
+    error code: see :mod:`supervisor.decide.errors`; None from an older supervisor), or did not
     answer usably: no reply within the timeout, a full accept backlog, a garbled reply."""
 
     def __init__(self, message: str, code: str | None = None):

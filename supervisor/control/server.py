@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from .. import safefs
+from ..observe import safefs
 from ..redaction import redact_value
 
 log = logging.getLogger("supervise")

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import config
-from ..config import ConfigError, Diagnostic
+from ..desired import config
+from ..desired.config import ConfigError, Diagnostic
 from .render import RenderError, render, to_yaml
 from .schema import KubeConfig
 
@@ -23,7 +23,7 @@ log = logging.getLogger("supervise")
 
 
 def runtime_of(path: Path) -> str:
-    """``[supervise] runtime`` of the file, quickly (see :func:`supervisor.config.runtime_of`:
+    """``[supervise] runtime`` of the file, quickly (see :func:`supervisor.desired.config.runtime_of`:
     tomli, no validation, read with :func:`config.read_regular_file` so that a FIFO or a device
     under the file's name is refused instead of blocking the verb; "local" when the file cannot
     be read that way, and the local verbs then report why)."""
@@ -194,7 +194,7 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
     the objects belong to the cluster, not to this process."""
     import signal
 
-    from ..events import Notifier
+    from ..observe.events import Notifier
     from .converge import Converger
 
     objects, kube, notes = manifests(path)

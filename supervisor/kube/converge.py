@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from ..events import EventType, Notifier
+from ..observe.events import EventType, Notifier
 from . import policy
 from .cluster import ApplyConflict, Cluster, ClusterError, ClusterUnreachable
 

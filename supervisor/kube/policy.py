@@ -21,7 +21,7 @@ The rules:
   with ``supervise`` among their field managers; anything else is left alone.
 
 :class:`Reachability` is the backoff of an unreachable cluster: retried with exponential
-backoff (supervise's own :class:`~supervisor.backoff.BackoffState`), reported once per outage.
+backoff (supervise's own :class:`~supervisor.decide.backoff.BackoffState`), reported once per outage.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from ..model import Backoff
+from ..desired.model import Backoff
 from . import fields
 from .render import LABEL_MANAGED_BY, LABEL_NAME, LABEL_VERSION, MANAGED_BY
 

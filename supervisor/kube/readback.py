@@ -23,8 +23,8 @@ import calendar
 import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from ..events import Event, EventType
-from ..model import Phase
+from ..observe.events import Event, EventType
+from ..desired.model import Phase
 from .render import LABEL_NAME, LABEL_VERSION
 
 _EVENT_TYPES = {

@@ -1,4 +1,4 @@
-"""Render (pure): a :class:`~supervisor.model.Desired` -> Kubernetes manifests (plain dicts).
+"""Render (pure): a :class:`~supervisor.desired.model.Desired` -> Kubernetes manifests (plain dicts).
 
 Each service becomes a ``apps/v1`` Deployment and, where it declares ``kubernetes.ports``, a
 ``v1`` Service, in file order (a service's Service before its Deployment, as ``kubectl apply``
@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from ..environ import expand
-from ..model import Check, Desired, RestartPolicy, ServiceSpec
+from ..desired.environ import expand
+from ..desired.model import Check, Desired, RestartPolicy, ServiceSpec
 from .schema import KubeConfig
 
 MANAGED_BY = "supervise"

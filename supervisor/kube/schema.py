@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from ..durations import parse_duration
+from ..desired.durations import parse_duration
 
 #: Keys of ``[supervise] kubernetes = {...}`` and of a service's ``kubernetes = {...}``.
 SETTINGS_KEYS = ("namespace", "context", "registry", "progress_deadline", "users", "interval")
@@ -252,7 +252,7 @@ def parse_port(item: Any) -> Port | None:
 
 
 def _unknown(keys: tuple[str, ...], table: Mapping[str, Any], allowed: tuple[str, ...], error: Error) -> None:
-    from ..config import suggest
+    from ..desired.config import suggest
 
     for key in table:
         if key not in allowed:

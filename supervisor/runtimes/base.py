@@ -23,7 +23,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
-from ..events import Event, UpdateNotifier
+from ..observe.events import Event, UpdateNotifier
 
 @dataclass
 class Service:
@@ -47,7 +47,7 @@ class Notifier(UpdateNotifier):
     """A stream of events: iterate :meth:`notify` until :meth:`close` (from any thread).
 
     Given to a runtime (``with_notifier``) it is an *input*: the runtime reads it and acts on
-    each ``update`` event (an :class:`~supervisor.events.Event` of type ``UPDATE``) by deploying
+    each ``update`` event (an :class:`~supervisor.observe.events.Event` of type ``UPDATE``) by deploying
     the version it names for its service (every service when it names none), as go-micro's
     runtime does. A webhook or a CI hook is one; so are the git poller and the folder watcher.
     """

@@ -31,13 +31,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any, Iterator, Mapping, Sequence
 
-from .. import config, state
-from ..config import ConfigError
+from ..desired import config
+from ..observe import state
+from ..desired.config import ConfigError
 from ..engine import Engine
 from ..redaction import redact
-from ..events import Event, EventType, Notifier as Bus
-from ..model import Desired, RestartPolicy, ServiceSpec, Settings
-from ..sources import SourceError
+from ..observe.events import Event, EventType, Notifier as Bus
+from ..desired.model import Desired, RestartPolicy, ServiceSpec, Settings
+from ..execute.sources import SourceError
 from .base import (
     CreateOption, CreateOptions, Notifier, Option, Options, ReadOption, ReadOptions, Runtime, RuntimeError_, Service,
     env_mapping,

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from supervisor import config
-from supervisor.events import Event, Notifier
-from supervisor.model import Phase
+from supervisor.desired import config
+from supervisor.observe.events import Event, Notifier
+from supervisor.desired.model import Phase
 from supervisor.reconciler import Reconciler
 
 T = TypeVar("T")

@@ -32,7 +32,7 @@ def status(path: Path) -> dict[str, dict]:
 
 
 def ours(url: str, state_dir: Path) -> list[dict]:
-    from supervisor.executors.container import L_INSTANCE, instance_id
+    from supervisor.execute.executors.container import L_INSTANCE, instance_id
 
     client = docker.DockerClient(base_url=url, timeout=30)
     try:
@@ -145,7 +145,7 @@ def test_with_no_engine_a_container_service_fails_in_one_line_and_the_rest_runs(
     import asyncio
 
     from harness import Stack
-    from supervisor.events import EventType
+    from supervisor.observe.events import EventType
 
     async def main():
         async with Stack(tmp_path) as stack:
@@ -167,7 +167,7 @@ def test_a_container_no_record_names_is_removed_before_anything_starts(podman_ap
     import asyncio
 
     from harness import Stack
-    from supervisor.executors.container import ContainerExecutor, ContainerSpec
+    from supervisor.execute.executors.container import ContainerExecutor, ContainerSpec
 
     state_dir = tmp_path / ".supervise"
     client = ContainerExecutor(state_dir, docker_host=podman_api)

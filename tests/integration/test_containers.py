@@ -1,6 +1,6 @@
 """Containers through the Docker Engine API, against a real podman (tests/podman_engine.py).
 
-These drive :class:`supervisor.executors.container.ContainerExecutor` through the operations of
+These drive :class:`supervisor.execute.executors.container.ContainerExecutor` through the operations of
 the engine's executor seam (prepare, start, stop, observe exits, adopt, logs); the daemon does not
 route container services to it yet (config refuses them with one clear error meanwhile).
 Figures (build, start-to-ready, stop) are printed with ``-s`` and kept in ``FIGURES``.
@@ -25,10 +25,10 @@ import git
 import pytest
 
 from conftest import free_port, http_get as get, wait_until, write
-from supervisor import logs
-from supervisor.model import SourceSpec
-from supervisor.sources.git import GitSource
-from supervisor.executors.container import (
+from supervisor.execute import logs
+from supervisor.desired.model import SourceSpec
+from supervisor.execute.sources.git import GitSource
+from supervisor.execute.executors.container import (
     ContainerExecutor,
     ContainerSpec,
     EngineError,
@@ -237,8 +237,8 @@ def test_a_new_commit_builds_beside_replaces_and_a_broken_dockerfile_keeps_the_o
 DRIVER = textwrap.dedent("""
     import sys, threading
     from pathlib import Path
-    from supervisor import logs
-    from supervisor.executors.container import ContainerExecutor, ContainerSpec
+    from supervisor.execute import logs
+    from supervisor.execute.executors.container import ContainerExecutor, ContainerSpec
     state, podman_api, image, log_path = sys.argv[1:5]
     executor = ContainerExecutor(Path(state), docker_host=podman_api)
     sink = logs.LogSink("counter", Path(log_path))

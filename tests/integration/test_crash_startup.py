@@ -172,7 +172,7 @@ def test_a_setsid_child_that_clears_its_environment_is_stopped_with_its_service(
     import asyncio
 
     from harness import Stack
-    from supervisor import cgroups
+    from supervisor.execute import cgroups
 
     if cgroups.make_parent("supervise-probe") is None:
         import pytest

@@ -31,8 +31,8 @@ from pathlib import Path
 import tomlkit
 from harness import PY, DaemonRun, run
 
-from supervisor import config
-from supervisor.config import SERVICE_KEYS, ConfigError
+from supervisor.desired import config
+from supervisor.desired.config import SERVICE_KEYS, ConfigError
 from supervisor.control.client import Client, ControlError
 
 SEED = int(os.environ.get("SUPERVISE_FUZZ_SEED", "20261130"))

@@ -6,7 +6,7 @@ import git
 import pytest
 
 from harness import PY, Stack, run
-from supervisor.model import Phase
+from supervisor.desired.model import Phase
 
 OPEN: list[git.Repo] = []
 APP = "import os, time\nprint('app', os.environ['SUPERVISE_VERSION'], open('built.txt').read(), flush=True)\ntime.sleep(300)\n"
@@ -117,7 +117,7 @@ def test_a_failed_fetch_is_retried_with_backoff_until_it_succeeds(tmp_path):
     else wakes it), unlike a failed build, which waits for a new revision."""
     import asyncio
 
-    from supervisor.model import Backoff
+    from supervisor.desired.model import Backoff
 
     OPEN.append(git.Repo.init(tmp_path / "remote", initial_branch="main"))  # no commit yet: no "main"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harness import PY, DaemonRun, run
 
-from supervisor import config
+from supervisor.desired import config
 from supervisor.control import socket_path
 from supervisor.control.client import Client, ControlError
 

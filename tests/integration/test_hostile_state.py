@@ -22,9 +22,10 @@ import pytest
 
 from conftest import write
 from harness import Stack
-from supervisor import logs, safefs, state
+from supervisor.execute import logs
+from supervisor.observe import safefs, state
 from supervisor.daemon import StateLock
-from supervisor.model import LogPolicy
+from supervisor.desired.model import LogPolicy
 
 PY = sys.executable
 SLEEP = f'["{PY}", "-c", "import time; time.sleep(300)"]'

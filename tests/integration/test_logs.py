@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from harness import PY, Stack, run
-from supervisor.logs import ConsoleTail
+from supervisor.execute.logs import ConsoleTail
 from conftest import wait_until
 
 

@@ -23,9 +23,9 @@ import pytest
 
 from conftest import free_port, http_get as get, wait_until
 from harness import DaemonRun, run
-from supervisor.model import SourceSpec
-from supervisor.sources import SourceError
-from supervisor.sources.pip import PipSource
+from supervisor.desired.model import SourceSpec
+from supervisor.execute.sources import SourceError
+from supervisor.execute.sources.pip import PipSource
 
 NAME = "sv-hello"
 MODULE = """\

@@ -6,7 +6,7 @@ import os
 import signal
 
 from harness import PY, Stack, run
-from supervisor.model import Phase
+from supervisor.desired.model import Phase
 
 
 def crashing(restart: str, code: str = "import sys; sys.exit(3)", burst: int = 4) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from supervisor import health
+from supervisor.execute import health
 
 from harness import PY, Stack, run
 
@@ -200,7 +200,7 @@ def test_toml_error_at_end_of_file_says_end_of_file_at_the_last_line(tmp_path: P
     the last line with content (not tomlkit's NUL sentinel, not a line past the end)."""
     import pytest
 
-    from supervisor import config
+    from supervisor.desired import config
 
     path = tmp_path / "services.toml"
     path.write_text('[services.a]\ncommand = ["true"]\nx = [1, 2\n\n\n')
@@ -335,7 +335,7 @@ def test_a_slow_build_does_not_hold_the_start_of_a_service_without_one(tmp_path:
     """``fast`` (no build) and ``slow`` (a 4 s build): fast runs while slow still builds, and
     status shows slow building with its elapsed time and the build's last output line; slow
     starts once its build is done."""
-    from supervisor import views
+    from supervisor.observe import views
     async def scenario() -> None:
         async with Stack(tmp_path) as stack:
             applying = asyncio.ensure_future(stack.apply(f'''

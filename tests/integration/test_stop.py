@@ -194,7 +194,7 @@ def test_a_group_of_zombies_counts_as_dead():
     import sys
 
     from conftest import wait_until
-    from supervisor import procs
+    from supervisor.execute import procs
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:

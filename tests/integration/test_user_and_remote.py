@@ -81,7 +81,7 @@ user = "nobody"
 
 
 def test_environment_identity_is_the_users_and_the_file_can_override_it():
-    from supervisor.environ import replica_env
+    from supervisor.desired.environ import replica_env
 
     who = pwd.getpwnam("nobody")
     env = replica_env("svc", {}, 0, base={"HOME": "/root", "USER": "root", "PATH": "/bin"}, user="nobody")

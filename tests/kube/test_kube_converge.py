@@ -21,8 +21,8 @@ import pytest
 from conftest import wait_until
 from kube_double import ApiDouble
 
-from supervisor import config
-from supervisor.events import EventType, Notifier
+from supervisor.desired import config
+from supervisor.observe.events import EventType, Notifier
 from supervisor.kube import readback
 from supervisor.kube.cluster import Cluster, ClusterError, connect
 from supervisor.kube.converge import Converger

@@ -25,7 +25,8 @@ import psutil
 import pytest
 from conftest import wait_until
 
-from supervisor import config, health
+from supervisor.desired import config
+from supervisor.execute import health
 from supervisor.kube.render import render, to_yaml
 
 BUSYBOX = Path("/bin/busybox")

@@ -10,8 +10,8 @@ import kubernetes_validate
 import kubernetes_validate.utils as kv_utils
 import pytest
 
-from supervisor import config
-from supervisor.config import ConfigError
+from supervisor.desired import config
+from supervisor.desired.config import ConfigError
 from supervisor.kube.render import RenderError, probe, render, to_yaml
 from supervisor.kube.schema import KubeConfig, Port, parse_port
 

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from supervisor.backoff import BackoffState, StartLimiter
-from supervisor.model import Backoff, StartLimit
+from supervisor.decide.backoff import BackoffState, StartLimiter
+from supervisor.desired.model import Backoff, StartLimit
 
 
 def delays(spec: Backoff, count: int, rng=lambda: 0.0, uptime: float = 0.0) -> list[float]:

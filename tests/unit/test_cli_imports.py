@@ -13,7 +13,7 @@ import pytest
 
 #: Never imported by a client verb: the validator and the model (dataclasses brings inspect,
 #: ast, dis), logging (threading, traceback), the event loop, the TOML writer, psutil.
-HEAVY = ("supervisor.config", "supervisor.model", "supervisor.graph", "dataclasses", "inspect", "logging",
+HEAVY = ("supervisor.desired.config", "supervisor.desired.model", "supervisor.decide.graph", "dataclasses", "inspect", "logging",
          "asyncio", "tomlkit", "psutil", "threading")
 
 PROBE = """
@@ -49,4 +49,4 @@ def test_a_broken_file_still_finds_the_state_dir_lightly(tmp_path: Path) -> None
     path.write_text('[supervise]\nstate_dir = "st"\n\n[services.a\ncommand = ["sleep", "1"]\n')
     code, modules = run_verb("status", "--config", str(path))
     assert code == 1
-    assert "supervisor.config" not in modules
+    assert "supervisor.desired.config" not in modules

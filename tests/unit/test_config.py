@@ -13,10 +13,10 @@ from types import MappingProxyType
 
 import pytest
 
-from supervisor import config
-from supervisor.config import ConfigError, Diagnostic
-from supervisor.environ import replica_env
-from supervisor.model import (
+from supervisor.desired import config
+from supervisor.desired.config import ConfigError, Diagnostic
+from supervisor.desired.environ import replica_env
+from supervisor.desired.model import (
     Check,
     Backoff,
     Condition,

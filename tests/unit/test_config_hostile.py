@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from supervisor import config
-from supervisor.config import ConfigError
-from supervisor.importers import procfile_to_toml
+from supervisor.desired import config
+from supervisor.desired.config import ConfigError
+from supervisor.desired.importers import procfile_to_toml
 
 BASE = '[services.api]\ncommand = "app"\n'
 LONG = "x" * 300

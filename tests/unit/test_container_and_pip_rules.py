@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import config
-from supervisor.builds import make_version
-from supervisor.executors.container import (
+from supervisor.desired import config
+from supervisor.execute.builds import make_version
+from supervisor.execute.executors.container import (
     EngineError,
     engine_url,
     exit_of,
@@ -18,9 +18,9 @@ from supervisor.executors.container import (
     parse_port,
     parse_volume,
 )
-from supervisor.model import ImageBuild, ServiceSpec, SourceSpec
-from supervisor.plan import plan, same_revision
-from supervisor.sources.pip import index_args, parse_requirement, venv_env
+from supervisor.desired.model import ImageBuild, ServiceSpec, SourceSpec
+from supervisor.decide.plan import plan, same_revision
+from supervisor.execute.sources.pip import index_args, parse_requirement, venv_env
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -90,7 +90,7 @@ def test_package_versions_are_whole_revisions():
 def test_a_new_package_version_fetches_then_restarts(tmp_path):
     (tmp_path / "services.toml").write_text('[services.p]\nsource = { pip = "x>=1" }\ncommand = ["x"]\n')
     desired = config.load(tmp_path / "services.toml")
-    from supervisor.model import Observed, Phase, ReplicaObserved, ServiceObserved
+    from supervisor.desired.model import Observed, Phase, ReplicaObserved, ServiceObserved
     spec = desired.services["p"]
     observed = Observed({"p": ServiceObserved(name="p", spec=spec, version="1.0-hash",
                                               replicas={0: ReplicaObserved(0, Phase.RUNNING, 1, "1.0-hash")})})
@@ -181,8 +181,8 @@ def test_a_container_in_a_cluster_file_is_refused_where_every_runtime_is_checked
 
 
 def test_plan_shows_image_pulls_and_builds_with_their_reasons(tmp_path):
-    from supervisor.model import Observed
-    from supervisor.plan import plan
+    from supervisor.desired.model import Observed
+    from supervisor.decide.plan import plan
 
     (tmp_path / "services.toml").write_text(
         '[services.web]\nsource = { image = "nginx:1.25" }\n'

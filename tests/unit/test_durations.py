@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from supervisor.durations import format_duration, parse_duration
+from supervisor.desired.durations import format_duration, parse_duration
 
 PARSE = [
     ("500ms", 0.5),

@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 import pytest
 
-from supervisor.environ import command_argv, expand, replica_env
+from supervisor.desired.environ import command_argv, expand, replica_env
 
 ENV = {"A": "1", "EMPTY": "", "SPACED": "a b", "DOLLAR": "$x"}
 

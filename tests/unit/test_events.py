@@ -2,7 +2,7 @@
 
 import json
 
-from supervisor.events import Event, EventType, Notifier
+from supervisor.observe.events import Event, EventType, Notifier
 
 
 def test_json_line_round_trip():

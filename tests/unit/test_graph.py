@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor import graph
-from supervisor.model import Dependency, ServiceSpec, SourceSpec
+from supervisor.decide import graph
+from supervisor.desired.model import Dependency, ServiceSpec, SourceSpec
 
 
 def specs(**deps: str) -> dict[str, ServiceSpec]:

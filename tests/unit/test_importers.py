@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import config
-from supervisor.environ import command_argv, replica_env
-from supervisor.importers import (
+from supervisor.desired import config
+from supervisor.desired.environ import command_argv, replica_env
+from supervisor.desired.importers import (
     Finding,
     ImportFailed,
     clean,
@@ -29,7 +29,7 @@ from supervisor.importers import (
     shell_to_argv,
     supervisord_to_toml,
 )
-from supervisor.model import Condition, RestartPolicy
+from supervisor.desired.model import Condition, RestartPolicy
 
 PROCFILE = """\
 # Procfile of a Rails app

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.lifecycle import (
+from supervisor.decide.lifecycle import (
     Abandon, Adopted, Arm, Cancel, DependenciesChanged, Emit, Exited, Fired, LiveProbe, Policy, Promote, Ready,
     ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer, proven, step,
 )
-from supervisor.model import Backoff, Exit, Phase, RestartPolicy, StartLimit
+from supervisor.desired.model import Backoff, Exit, Phase, RestartPolicy, StartLimit
 
 CRASH = Exit(code=1)
 OK = Exit(code=0)

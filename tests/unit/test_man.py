@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import cli, config
+from supervisor import cli
+from supervisor.desired import config
 
 ROOT = Path(__file__).resolve().parents[2]
 SUPERVISE_1 = ROOT / "man" / "supervise.1"

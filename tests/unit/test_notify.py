@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from supervisor.notify import SdNotify
+from supervisor.observe.notify import SdNotify
 
 
 @pytest.fixture(params=["path", "abstract"])

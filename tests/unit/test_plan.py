@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from supervisor import config
-from supervisor.model import (
+from supervisor.desired import config
+from supervisor.desired.model import (
     Condition,
     Dependency,
     Desired,
@@ -22,7 +22,7 @@ from supervisor.model import (
     ServiceSpec,
     SourceSpec,
 )
-from supervisor.plan import Action, ActionKind, Plan, dependency_order, plan
+from supervisor.decide.plan import Action, ActionKind, Plan, dependency_order, plan
 
 CONFIG_PATH = "/srv/app/services.toml"  # never read: parse() only anchors relative paths on it
 
@@ -391,7 +391,7 @@ def test_dependency_order_of_a_parsed_file():
 
 
 def test_a_version_is_written_and_read_back_in_one_place():
-    from supervisor.model import Version
+    from supervisor.desired.model import Version
 
     version = Version.of("0123456789abcdef0123", "89abcdef0123")
     assert str(version) == "0123456789ab-89abcdef"

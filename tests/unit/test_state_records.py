@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import state
-from supervisor.executors.local import ProcessRecord
-from supervisor.model import Check
+from supervisor.observe import state
+from supervisor.execute.executors.local import ProcessRecord
+from supervisor.desired.model import Check
 
 #: A record as supervise wrote it before the typed records (and still writes it).
 OLDER = {"service": "api", "held": False, "replicas": {"0": {

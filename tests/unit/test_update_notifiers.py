@@ -3,9 +3,9 @@ reads), the same shape as a caller's own notifier: one way in for new versions."
 
 import threading
 
-from supervisor.events import EventType, UpdateNotifier, Updates
+from supervisor.observe.events import EventType, UpdateNotifier, Updates
 from supervisor.runtimes.base import Notifier
-from supervisor.watch import GitPoller, SourceWatcher
+from supervisor.triggers.watch import GitPoller, SourceWatcher
 
 
 def test_the_poller_and_the_watcher_are_update_notifiers_like_a_callers():

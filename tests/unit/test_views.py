@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor import views
-from supervisor.model import (
+from supervisor.observe import views
+from supervisor.desired.model import (
     Condition, Exit, Observed, Phase, ReplicaObserved, ServiceObserved, ServiceSpec, SourceSpec,
 )
 

@@ -1,4 +1,4 @@
-"""services.toml (format v1, see services.toml(5)) -> :class:`~supervisor.model.Desired`.
+"""services.toml (format v1, see services.toml(5)) -> :class:`~supervisor.desired.model.Desired`.
 
 Parsing uses tomlkit; validation collects *every* mistake before raising, each located like a
 compiler error: ``services.toml:12:5: services.api: unknown key "comand" (did you mean
@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .graph import find_cycle
+from ..decide.graph import find_cycle
 # Re-exported: what the client verbs read without validating lives in peek (fast imports).
 from .peek import (  # noqa: F401
     MAX_FILE_BYTES, ConfigError, default_config_path, escape, fast_data, read_regular_file, runtime_of, state_dir_of,
@@ -117,7 +117,7 @@ def load(path: str | os.PathLike[str], *, runtimes: tuple[str, ...] = AVAILABLE_
     return parse(text, path, runtimes=runtimes)
 
 
-#: Larger config files are refused unread (:data:`supervisor.peek.MAX_FILE_BYTES`): tomlkit
+#: Larger config files are refused unread (:data:`supervisor.desired.peek.MAX_FILE_BYTES`): tomlkit
 #: parses about 300 kB/s, and a reload must stay a matter of seconds. 1 MiB holds some 10,000
 #: services.
 #: At most this many diagnostics are listed (then one line says how many more there were).
@@ -540,7 +540,7 @@ class _Validator:
         self.dependencies(services_table, services)
         kubernetes = None
         if settings.runtime == "kubernetes" or _mentions_kubernetes(data):
-            from .kube.schema import validate as validate_kubernetes  # its keys, located like ours
+            from ..kube.schema import validate as validate_kubernetes  # its keys, located like ours
 
             kubernetes = validate_kubernetes(data, self.error)
         if self.diagnostics:
@@ -828,7 +828,7 @@ class _Validator:
 
     def pip_source(self, keys: tuple[str, ...], value: dict[str, Any]) -> SourceSpec | None:
         """``{ pip = "REQUIREMENT", index = URL, extra_index = [URL...], poll = "60s" }``."""
-        from .sources.pip import parse_requirement
+        from ..execute.sources.pip import parse_requirement
 
         for key in ("ref", "path"):
             if key in value:
@@ -907,7 +907,7 @@ class _Validator:
                 continue
             # imported only now: executors.container imports the docker SDK (requests, urllib3:
             # 80 ms and megabytes of every supervisor's memory, for a file without a container)
-            from .executors.container import parse_port, parse_volume
+            from ..execute.executors.container import parse_port, parse_volume
 
             items = table[key]
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -1138,7 +1138,7 @@ class _Validator:
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (:func:`supervisor.graph.find_cycle`)."""
+    """A cycle in ``graph`` as ``[a, b, ..., a]``, or None (:func:`supervisor.decide.graph.find_cycle`)."""
     return find_cycle(graph)
 
 

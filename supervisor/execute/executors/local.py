@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, cast
 
-from .. import builds, cgroups, health, logs, procs, safefs, state
+from .. import builds, cgroups, health, logs, procs
+from ...observe import safefs, state
 from ..builds import Artifact, Preparer
-from ..environ import command_argv
+from ...desired.environ import command_argv
 from ..logs import LogSink
-from ..model import Check, Exit, ServiceSpec
-from ..state import ReplicaRecord
+from ...desired.model import Check, Exit, ServiceSpec
+from ...observe.state import ReplicaRecord
 from . import Executor, Running, StartFailed
 
 log = logging.getLogger("supervise")
@@ -45,7 +46,7 @@ class ProcessRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ProcessRecord":
-        """Raises :class:`supervisor.state.RecordError` for a missing or mistyped field."""
+        """Raises :class:`supervisor.observe.state.RecordError` for a missing or mistyped field."""
         pid, created, pgid = data.get("pid"), data.get("create_time"), data.get("pgid", 0)
         if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2 ** 31:
             raise state.RecordError("pid: expected a process id")

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from . import SourceError, prune_versions
-from .. import safefs
-from ..redaction import redact
-from ..model import SourceSpec
+from ...observe import safefs
+from ...redaction import redact
+from ...desired.model import SourceSpec
 
 
 class _LazyGit:

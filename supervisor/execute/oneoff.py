@@ -19,9 +19,10 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from . import config, state
-from .environ import replica_env
-from .model import ServiceSpec
+from ..desired import config
+from ..observe import state
+from ..desired.environ import replica_env
+from ..desired.model import ServiceSpec
 
 
 class ExecError(Exception):

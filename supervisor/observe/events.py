@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from .redaction import redact_value
+from ..redaction import redact_value
 
 class EventType(str, enum.Enum):
     """Event types: ``create``/``update``/``delete`` (the original notifier's) and life-cycle ones."""

@@ -8,7 +8,7 @@ engine's log sink (from which ``supervise logs`` and :meth:`Runtime.read` read).
 
 Every decision (restart, backoff, rollback, order) stays above the seam, in the engine and the
 pure life cycle; an executor only does what it is told and reports what happened. Local
-processes (:mod:`supervisor.executors.local`) are one implementation. A container executor fits
+processes (:mod:`supervisor.execute.executors.local`) are one implementation. A container executor fits
 the same shape: ``prepare`` pulls or builds an image (the artifact's version names it),
 ``start`` creates and starts a container labelled with the service and replica, ``exited``
 resolves from the engine's event stream (Docker ``die`` events), ``stop`` is ``docker stop -t``
@@ -16,9 +16,9 @@ resolves from the engine's event stream (Docker ``die`` events), ``stop`` is ``d
 its labels, and output is a log stream pumped into the sink.
 
 ``[supervise] runtime`` and a service's ``runtime`` key choose the executor by name
-(:func:`executor_names`): ``"local"`` (:mod:`supervisor.executors.local`) and ``"container"``
-(:mod:`supervisor.executors.containers`, over the Engine API client in
-:mod:`supervisor.executors.container`).
+(:func:`executor_names`): ``"local"`` (:mod:`supervisor.execute.executors.local`) and ``"container"``
+(:mod:`supervisor.execute.executors.containers`, over the Engine API client in
+:mod:`supervisor.execute.executors.container`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Mapping, Protocol
 
 from ..builds import Artifact
 from ..logs import LogSink
-from ..model import Check, Exit, ServiceSpec
-from ..state import ReplicaRecord
+from ...desired.model import Check, Exit, ServiceSpec
+from ...observe.state import ReplicaRecord
 
 
 class StartFailed(Exception):
@@ -43,7 +43,7 @@ class Running(Protocol):
     """A started (or adopted) replica as the engine holds it.
 
     ``pid`` is for display (None when there is no host process id to show); ``running`` is
-    False once the main process ended; ``exited`` resolves with its :class:`~supervisor.model.Exit`
+    False once the main process ended; ``exited`` resolves with its :class:`~supervisor.desired.model.Exit`
     (neither code nor signal when it cannot be known, as for an adopted process).
     """
 
@@ -76,7 +76,7 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     async def prepare(self, spec: ServiceSpec, protect: set[str]) -> Artifact:
         """Fetch and build ``spec``'s source into an artifact; ``protect`` names versions to
-        keep. Raises :class:`supervisor.builds.PrepareError` (``stage`` "fetch" or "build")."""
+        keep. Raises :class:`supervisor.execute.builds.PrepareError` (``stage`` "fetch" or "build")."""
 
     def prepares_in_background(self, spec: ServiceSpec) -> bool:
         """True when preparing ``spec`` may wait on something remote for long (a git fetch,
@@ -87,7 +87,7 @@ class Executor(abc.ABC):
     async def fast_forward(self, spec: ServiceSpec, old_revision: str, new_revision: str) -> bool:
         """False when ``new_revision`` does not descend from ``old_revision`` (a force push, to
         be reported); True when it does or cannot be known. The default asks git for a git
-        source (:func:`supervisor.builds.fast_forward`)."""
+        source (:func:`supervisor.execute.builds.fast_forward`)."""
         return True
 
     async def sweep_unrecorded(self) -> int:

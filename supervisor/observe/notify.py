@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Awaitable, Callable, MutableMapping
 from . import views
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .reconciler import Reconciler
+    from ..reconciler import Reconciler
 
 log = logging.getLogger("supervise")
 
@@ -135,12 +135,12 @@ def _status_field(text: str) -> str:
 
 
 def summarize(reconciler: "Reconciler") -> str:
-    """The STATUS line: :func:`supervisor.views.summarize` of the reconciler's observed state."""
+    """The STATUS line: :func:`supervisor.observe.views.summarize` of the reconciler's observed state."""
     return views.summarize(reconciler.observe())
 
 
 def not_up(reconciler: "Reconciler") -> tuple[list[str], list[str]]:
-    """:func:`supervisor.views.not_up` of the reconciler's desired and observed state."""
+    """:func:`supervisor.observe.views.not_up` of the reconciler's desired and observed state."""
     return views.not_up(reconciler.desired.services, reconciler.observe())
 
 
@@ -171,7 +171,7 @@ class UnitReporter:
         """The reporter for this process: ``$NOTIFY_SOCKET`` and ``$WATCHDOG_*`` are read, then
         removed so services do not inherit them. ``$SUPERVISE_READY_TIMEOUT`` (a duration or a
         number of seconds, default 60) bounds the wait for the first convergence."""
-        from .durations import parse_duration
+        from ..desired.durations import parse_duration
 
         raw = os.environ.get("SUPERVISE_READY_TIMEOUT", "").strip()
         timeout = 60.0

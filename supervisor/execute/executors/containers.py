@@ -1,8 +1,8 @@
 """Containers behind the executor seam: ``runtime = "container"`` (or an image source, or a
 Dockerfile build) routes a service here.
 
-This adapts the Engine API client (:class:`~supervisor.executors.container.ContainerExecutor`,
-blocking, Docker SDK) to :class:`~supervisor.executors.Executor`:
+This adapts the Engine API client (:class:`~supervisor.execute.executors.container.ContainerExecutor`,
+blocking, Docker SDK) to :class:`~supervisor.execute.executors.Executor`:
 
 =====================  ==========================================================================
 seam                   here
@@ -35,11 +35,11 @@ from typing import Any, Mapping, cast
 
 from .. import builds, health, logs
 from ..builds import Artifact, PrepareError, Preparer, make_version, source_root
-from ..environ import replica_env
+from ...desired.environ import replica_env
 from ..logs import LogSink
-from ..model import Check, Exit, ServiceSpec
+from ...desired.model import Check, Exit, ServiceSpec
 from ..sources.git import GitSource
-from ..state import ReplicaRecord
+from ...observe.state import ReplicaRecord
 from . import Executor, Running, StartFailed
 from .container import ContainerExecutor, ContainerSpec, EngineError, ImageBuildError, exit_of, image_tag
 

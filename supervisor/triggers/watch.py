@@ -15,7 +15,7 @@ nothing fetched). A failure is reported once per distinct message and retried wi
 to the poll interval; what runs keeps running.
 
 The source watcher and the git poller are notifiers for updates of go-micro's shape
-(:class:`supervisor.events.UpdateNotifier`): they only *say* a service has a new version, as an
+(:class:`supervisor.observe.events.UpdateNotifier`): they only *say* a service has a new version, as an
 ``update`` event; the engine reads them (``Engine.listen``) exactly as it reads a caller's own
 notifier, and decides.
 """
@@ -33,13 +33,13 @@ from typing import Callable, Iterable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .events import Updates
-from .model import ServiceSpec
-from .plan import same_revision
-from .sources import SourceError
-from .sources.git import GitSource
-from .sources.path import IGNORED_DIRS
-from .sources.pip import PipSource
+from ..observe.events import Updates
+from ..desired.model import ServiceSpec
+from ..decide.plan import same_revision
+from ..execute.sources import SourceError
+from ..execute.sources.git import GitSource
+from ..execute.sources.path import IGNORED_DIRS
+from ..execute.sources.pip import PipSource
 
 log = logging.getLogger("supervise")
 

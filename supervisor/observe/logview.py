@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable
 
-from . import logs
+from ..execute import logs
 
 _STAMP = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,6})? ")
 _NOTE = re.compile(rb"^\[supervise (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\] ")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from . import graph
-from .model import Desired, Observed, ServiceObserved, ServiceSpec, Version
+from ..desired.model import Desired, Observed, ServiceObserved, ServiceSpec, Version
 
 #: Fields whose change means new processes. Everything else is applied to the running ones.
 RESTART_FIELDS = ("command", "source", "build", "cwd", "environment", "shell", "user", "ports", "volumes",
@@ -90,7 +90,7 @@ class Plan:
 
 def dependency_order(specs: Mapping[str, ServiceSpec]) -> list[str]:
     """Names with every dependency before its dependents, otherwise in file order
-    (:func:`supervisor.graph.order`; config validation rejects cycles)."""
+    (:func:`supervisor.decide.graph.order`; config validation rejects cycles)."""
     return graph.order(specs)
 
 

@@ -8,7 +8,7 @@ dependencies, liveness restarts, and stops (the stop signal, then the executor's
 the caller and randomness (backoff jitter) comes in the event, so tests run on a fake clock in
 milliseconds.
 
-The driver (:class:`supervisor.service.ServiceController`) feeds events as they happen and runs
+The driver (:class:`supervisor.execute.service.ServiceController`) feeds events as they happen and runs
 the effects it gets back: spawn a process, arm or cancel a timer, stop a process, emit an event,
 write a log note, roll back, promote or abandon a candidate.
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Union
 
 from .backoff import allow_start, next_delay
-from .events import EventType
-from .model import Backoff, Check, Exit, Phase, RestartPolicy, ServiceSpec, StartLimit
+from ..observe.events import EventType
+from ..desired.model import Backoff, Check, Exit, Phase, RestartPolicy, ServiceSpec, StartLimit
 
 #: Phases in which a replica counts as up.
 UP = (Phase.RUNNING, Phase.READY)

@@ -1,4 +1,4 @@
-"""Read-only views of the observed state: pure functions of :class:`~supervisor.model.Observed`.
+"""Read-only views of the observed state: pure functions of :class:`~supervisor.desired.model.Observed`.
 
 The status rows (``supervise status``, the control socket), the systemd STATUS line, the
 dependency conditions and :meth:`Runtime.read` are all computed here from one snapshot, never
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable, Mapping
 
-from .model import Condition, Observed, Phase, ServiceObserved, ServiceSpec
+from ..desired.model import Condition, Observed, Phase, ServiceObserved, ServiceSpec
 
 #: Phases in which a replica counts as up.
 UP = (Phase.RUNNING, Phase.READY)

@@ -1,11 +1,11 @@
 """What the client verbs read of ``services.toml`` without validating it: the file's bytes
 (regular files only), its ``[supervise]`` table, ``state_dir`` and ``runtime``.
 
-Kept apart from :mod:`supervisor.config` so that ``supervise status`` imports neither the
+Kept apart from :mod:`supervisor.desired.config` so that ``supervise status`` imports neither the
 validator nor the model (dataclasses, inspect, the graph): the whole status command must stay
 under 100 ms with 2,000 services (issue 17), and imports were half of it. Only the standard
 library and tomli are imported here; a file that cannot be read this way falls back to
-:func:`supervisor.config.load`, imported then, for its located error.
+:func:`supervisor.desired.config.load`, imported then, for its located error.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _escape_char(ch: str) -> str:
 
 class ConfigError(Exception):
     """The config file cannot be used. ``diagnostics`` holds every mistake found, in order
-    (:class:`supervisor.config.Diagnostic`; defined here so that the client verbs can catch
+    (:class:`supervisor.desired.config.Diagnostic`; defined here so that the client verbs can catch
     it without importing the validator)."""
 
     def __init__(self, diagnostics: list[Diagnostic]):
@@ -87,7 +87,7 @@ def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
 
 def fast_data(text: str) -> dict[str, Any] | None:
     """The file's data by tomli (the stdlib's tomllib, compiled with mypyc: twice as fast), or
-    None when it refuses the file (tomlkit then reports why: see :mod:`supervisor.config`)."""
+    None when it refuses the file (tomlkit then reports why: see :mod:`supervisor.desired.config`)."""
     try:
         import tomli as toml_reader
     except ImportError:  # pragma: no cover - tomli is a dependency; tomllib is the same parser
@@ -137,7 +137,7 @@ def runtime_of(path: str | os.PathLike[str]) -> str:
 def state_dir_of(path: str | os.PathLike[str]) -> Path:
     """Only ``[supervise].state_dir`` of the file at ``path``, quickly (tomli, no
     validation): what the CLI's client verbs need to find the control socket. Falls back to a
-    full :func:`supervisor.config.load` (and its ConfigError) when the file cannot be read
+    full :func:`supervisor.desired.config.load` (and its ConfigError) when the file cannot be read
     that way."""
     path = Path(path)
     try:

@@ -20,9 +20,10 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import logs, procs, safefs, state
-from ..environ import replica_env
-from ..model import ServiceSpec, Version
+from .. import logs, procs
+from ...observe import safefs, state
+from ...desired.environ import replica_env
+from ...desired.model import ServiceSpec, Version
 from ..sources import SourceError
 from ..sources.git import GitSource
 from ..sources.path import content_hash
@@ -55,7 +56,7 @@ class PrepareError(Exception):
 
 
 def make_version(revision: str, spec: ServiceSpec) -> str:
-    """``REVISION12-BUILDHASH8``: what a build is of (see :class:`~supervisor.model.Version`). A
+    """``REVISION12-BUILDHASH8``: what a build is of (see :class:`~supervisor.desired.model.Version`). A
     package version (pip source) is kept whole: ``1.0.10`` and ``1.0.1`` must not fold into one."""
     if spec.source.kind == "pip":
         return str(Version(revision, spec.build_hash[:8]))

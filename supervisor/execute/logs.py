@@ -37,10 +37,10 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from . import safefs
-from .model import LogPolicy
-from .redaction import redact
-from .term import use_colour
+from ..observe import safefs
+from ..desired.model import LogPolicy
+from ..redaction import redact
+from ..term import use_colour
 
 COLOURS = (36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96)
 #: Longest piece of a line shown at once on the console; the file keeps the whole line.

@@ -10,8 +10,8 @@ import asyncio
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from .environ import expand
-from .model import Check
+from ..desired.environ import expand
+from ..desired.model import Check
 
 
 async def probe(check: Check | Mapping[str, object], env: Mapping[str, str], cwd: str | None = None,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # file has no pip source never needs it, and every module it loads stays in its memory.
 
 from . import SourceError, prune_versions
-from ..model import SourceSpec
+from ...desired.model import SourceSpec
 
 #: Seconds for resolving a requirement against the index.
 RESOLVE_TIMEOUT = 300.0

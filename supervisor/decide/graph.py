@@ -9,7 +9,7 @@ from __future__ import annotations
 import graphlib
 from typing import Iterable, Mapping
 
-from .model import ServiceSpec
+from ..desired.model import ServiceSpec
 
 
 def _sorter(graph: Mapping[str, Iterable[str]]) -> graphlib.TopologicalSorter[str]:

@@ -35,7 +35,7 @@ from typing import Any, Collection, Iterator, Mapping, Sequence
 import psutil
 
 from . import cgroups
-from .model import Exit
+from ..desired.model import Exit
 
 log = logging.getLogger("supervise")
 

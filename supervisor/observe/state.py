@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import safefs
-from .model import ServiceSpec
-from .plan import RESTART_FIELDS
+from ..desired.model import ServiceSpec
+from ..decide.plan import RESTART_FIELDS
 
 
 class RecordError(ValueError):

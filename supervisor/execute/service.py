@@ -1,7 +1,7 @@
 """One service's replicas on the local machine: the thin driver of the replica life cycle.
 
 Every decision (restart or not, when, rollback, promote, fail) is made by the pure state machine
-in :mod:`supervisor.lifecycle`; a :class:`ServiceController` feeds it what happens (a spawn, an
+in :mod:`supervisor.decide.lifecycle`; a :class:`ServiceController` feeds it what happens (a spawn, an
 exit, a probe result, a timer) and runs the effects it returns (spawn a process, arm a timer,
 stop a process group, emit an event, write a log note). Exits arrive as futures from the reaper
 (SIGCHLD) or a pidfd; nothing here polls a process. The one clock is injected.
@@ -21,18 +21,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Coroutine, Any
 
-from . import lifecycle, logs, state, views
+from ..decide import lifecycle
+from . import logs
+from ..observe import state, views
 from .builds import Artifact
-from .clock import SYSTEM, Clock
-from .environ import replica_env
+from ..clock import SYSTEM, Clock
+from ..desired.environ import replica_env
 from .executors import Executor, Running, StartFailed
 from .sources.pip import venv_env
-from .events import EventType, Notifier
-from .lifecycle import (
+from ..observe.events import EventType, Notifier
+from ..decide.lifecycle import (
     UP, Abandon, Adopted, Arm, Cancel, DependenciesChanged, Effect, Emit, Exited, Fired, LiveProbe, Note, Policy,
     Promote, Ready, ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer,
 )
-from .model import Condition, Exit, Phase, ReplicaObserved, ServiceObserved, ServiceSpec
+from ..desired.model import Condition, Exit, Phase, ReplicaObserved, ServiceObserved, ServiceSpec
 
 log = logging.getLogger("supervise")
 
@@ -58,7 +60,7 @@ class Launch:
 
 @dataclass
 class Replica:
-    """One replica: its launch, its life-cycle state (:class:`~supervisor.lifecycle.ReplicaState`)
+    """One replica: its launch, its life-cycle state (:class:`~supervisor.decide.lifecycle.ReplicaState`)
     and the driver's handles (process, timers, tasks)."""
 
     index: int
@@ -196,7 +198,7 @@ class ServiceController:
 
     def reached(self, condition: Condition) -> bool | None:
         """True when every replica meets ``condition``; None when it never will; False
-        otherwise (:func:`supervisor.views.reached` of :meth:`observe`)."""
+        otherwise (:func:`supervisor.observe.views.reached` of :meth:`observe`)."""
         return views.reached(self.observe(), condition)
 
     # -- the state machine and its effects ---------------------------------------------------
@@ -329,7 +331,7 @@ class ServiceController:
         ``update = "recreate"``: the old process is fully stopped before the new one starts,
         so two never run at once. ``"start-first"``: the new one starts beside the old, and the
         old stops only once the new one is ready (or, without a ready check, has stayed up
-        :data:`~supervisor.lifecycle.START_FIRST_GRACE` seconds). Either way a new version that
+        :data:`~supervisor.decide.lifecycle.START_FIRST_GRACE` seconds). Either way a new version that
         crash-loops or never becomes ready is rolled back to the last good one.
         """
         old = self.replicas.get(index)
@@ -569,7 +571,7 @@ class ServiceController:
     def adopt(self, index: int, handle: Running, spec: ServiceSpec, artifact: Artifact,
               started_at: float | None, restarts: int, stale: bool) -> None:
         """Take over a replica that survived a supervisor restart (``handle`` from the
-        executor's :meth:`~supervisor.executors.Executor.adopt`). ``stale``: it was started
+        executor's :meth:`~supervisor.execute.executors.Executor.adopt`). ``stale``: it was started
         from another config, and the next plan replaces it."""
         self.spec = spec
         self.artifact = artifact

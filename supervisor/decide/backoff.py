@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Callable
 
-from .model import Backoff, StartLimit
+from ..desired.model import Backoff, StartLimit
 
 
 def next_delay(spec: Backoff, attempt: int, last_delay: float, uptime: float,

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
-from .redaction import redact
+from ..redaction import redact
 
 
 class Phase(str, enum.Enum):
