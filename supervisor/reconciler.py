@@ -312,6 +312,7 @@ class Reconciler:
                 running = self.controllers[name].artifact
                 self.notifier.emit(EventType.UPDATE, name, running.version if running else None,
                                    reason="; ".join(sorted({a.reason for a in the_plan.for_service(name)})))
+        self._expect_starts(specs, the_plan)
         semaphore = asyncio.Semaphore(PREPARE_CONCURRENCY)
         artifacts: dict[str, Artifact | None] = {}
 
@@ -337,6 +338,22 @@ class Reconciler:
             for task in tasks.values():
                 task.cancel()
         self.on_change()
+
+    def _expect_starts(self, specs: Mapping[str, ServiceSpec], the_plan: Plan) -> None:
+        """Tell each executor which replicas the plan starts, so that it can make what they
+        need ahead (the local one's FIFOs and log files, beside the event loop)."""
+        by_executor: dict[int, tuple[Executor, list[str]]] = {}
+        for action in the_plan.actions:
+            spec = specs.get(action.service)
+            if spec is None or action.kind not in (ActionKind.START, ActionKind.RESTART):
+                continue
+            try:
+                executor = self.executor_for(spec)
+            except ExecutorUnavailable:
+                continue
+            by_executor.setdefault(id(executor), (executor, []))[1].append(action.service)
+        for executor, names in by_executor.values():
+            executor.expect_starts(names)
 
     def _controller(self, spec: ServiceSpec) -> ServiceController:
         return ServiceController(spec, state_dir=self.state_dir, executor=self.executor_for(spec),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 from ..builds import Artifact
 from ..logs import LogSink
@@ -89,6 +89,11 @@ class Executor(abc.ABC):
         be reported); True when it does or cannot be known. The default asks git for a git
         source (:func:`supervisor.execute.builds.fast_forward`)."""
         return True
+
+    def expect_starts(self, services: Sequence[str]) -> None:
+        """A hint: replicas of ``services`` (a name per replica) are about to start, so what
+        they will need may be made ahead (the local executor's output FIFOs and log files,
+        :class:`supervisor.execute.logs.Prefab`). The default does nothing."""
 
     async def sweep_unrecorded(self) -> int:
         """After adoption: stop replicas of ours that no state record named (a supervisor

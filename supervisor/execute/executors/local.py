@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, cast
+from typing import Any, Mapping, Sequence, cast
 
 from .. import builds, cgroups, health, logs, procs
 from ...observe import safefs, state
@@ -89,6 +89,7 @@ class LocalExecutor(Executor):
         self.preparer: Preparer | None = None
         self.tag = ""  # the prefix of our instance marks (procs.state_tag: a hash, made once at open)
         self.copy_pipe = logs.CopyPipe()  # shared by every replica's pumps (see logs.CopyPipe)
+        self.prefab = logs.Prefab(state_dir)  # FIFOs and log files made ahead of a burst of starts
 
     # -- life ------------------------------------------------------------------------------
 
@@ -97,6 +98,7 @@ class LocalExecutor(Executor):
         supervisor left running is stopped before anything builds there again."""
         loop = asyncio.get_running_loop()
         self.tag = procs.state_tag(self.state_dir)
+        self.prefab.remove_stale()  # spares a supervisor killed meanwhile left
         self.reaper = procs.Reaper(loop)  # the state dir's folders are the engine's (safefs)
         tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
         self.cgroup_parent = cgroups.make_parent(f"supervise-{tag}")
@@ -120,6 +122,7 @@ class LocalExecutor(Executor):
             state.remove_build(self.state_dir, name)
 
     async def close(self) -> None:
+        self.prefab.close()
         self.copy_pipe.close()
         if self.reaper is not None:
             self.reaper.close()
@@ -129,6 +132,7 @@ class LocalExecutor(Executor):
 
     def detach_all(self) -> None:
         """Stop watching children (SIGQUIT: the replicas are left for the next supervisor)."""
+        self.prefab.close()
         self.copy_pipe.close()  # every pump has detached by now
         if self.reaper is not None:
             self.reaper.close()
@@ -155,7 +159,8 @@ class LocalExecutor(Executor):
         assert self.reaper is not None
         argv = command_argv(spec.command, spec.shell, dict(env))
         try:
-            fifo, read_fd, child_fd, err_read, err_child = logs.make_fifos(self.state_dir, spec.name, index)
+            fifo, read_fd, child_fd, err_read, err_child = logs.make_fifos(self.state_dir, spec.name, index,
+                                                                           self.prefab)
         except OSError as exc:
             raise StartFailed(procs.too_many_files() if exc.errno in (errno.EMFILE, errno.ENFILE)
                               else f"cannot make output FIFO: {exc}") from None
@@ -177,6 +182,10 @@ class LocalExecutor(Executor):
         handle.fifo = fifo
         _pumps(handle, sink, label, f"{spec.name}[{index}]", read_fd, err_read, self.copy_pipe)
         return handle
+
+    def expect_starts(self, services: Sequence[str]) -> None:
+        """Make the FIFO pairs and log files of these starts ahead, in a thread (logs.Prefab)."""
+        self.prefab.expect(len(services), dict.fromkeys(services))
 
     def alive(self, running: Running) -> bool:
         handle = _handle(running)
