@@ -206,7 +206,7 @@ def main() -> int:
         before = os.times()
         for _ in range(STATUS_RUNS):
             subprocess.run([sys.executable, "-m", "supervisor", "status", "--config", str(config)], env=env,
-                           stdout=subprocess.DEVNULL, check=False, timeout=60)
+                           cwd=work, stdout=subprocess.DEVNULL, check=False, timeout=60)  # cwd: not a checkout
         after = os.times()
         status_cpu = (after.children_user - before.children_user + after.children_system - before.children_system)
         phase("status")
