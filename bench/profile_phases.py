@@ -74,6 +74,7 @@ def child(out: str, timer: str, argv: list[str]) -> int:
                     pass
                 for stat in top[:40]:
                     f.write(f"{stat.size} {stat.count} {stat.traceback}\n")
+                f.write(f"modules {len(sys.modules)}: {' '.join(sorted(sys.modules))}\n")
         box["prof"].dump_stats(os.path.join(out, f"part-{count[0]}.prof"))
         box["prof"] = profile()
         if timer != "none":
