@@ -15,6 +15,7 @@ newest spec, so they apply in place.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,12 @@ class Launch:
 
     spec: ServiceSpec
     artifact: Artifact
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """:func:`supervisor.observe.state.fingerprint` of :attr:`spec` (a hash of JSON: made
+        once per launch, not at every state record written)."""
+        return state.fingerprint(self.spec)
 
 
 @dataclass
@@ -165,13 +172,17 @@ class ServiceController:
 
     def observe(self) -> ServiceObserved:
         """This service as the planner sees it."""
-        replicas = {
-            i: ReplicaObserved(index=i, phase=r.phase, pid=r.pid, version=r.launch.artifact.version,
-                               restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at,
-                               stale=r.stale, ready=r.ready, message=r.message, running=r.handle is not None)
-            for i, r in self.replicas.items()
-        }
-        failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
+        # The replica's state read once, not through its properties: every status and every
+        # plan observes every service (2,000 of them: most of a status's time in the supervisor)
+        replicas = {}
+        failed = False
+        for i, r in self.replicas.items():
+            state_, handle = r.state, r.handle
+            failed = failed or state_.phase is Phase.FAILED
+            replicas[i] = ReplicaObserved(  # positional, in field order
+                i, state_.phase, handle.pid if handle is not None and handle.running else None,
+                r.launch.artifact.version, state_.restarts, state_.last_exit, state_.started_at, state_.stale,
+                state_.ready, state_.message, handle is not None)
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
                                version=self.artifact.version if self.artifact else None,
                                held=self.held, failed=failed, build_failed=self.build_failed,
@@ -338,7 +349,7 @@ class ServiceController:
         previous = None
         if old is not None:
             new_launch = (old.launch.artifact.version != artifact.version
-                          or state.fingerprint(old.launch.spec) != state.fingerprint(spec))
+                          or old.launch.fingerprint != state.fingerprint(spec))
             if new_launch:
                 # Roll back only to a launch that proved itself (ready, or up PROBATION s);
                 # one still on probation hands on its own last good launch.
@@ -659,7 +670,7 @@ class ServiceController:
             replicas[index] = state.ReplicaRecord(
                 version=artifact.version, revision=artifact.revision, workdir=artifact.workdir,
                 started_at=replica.started_at, restarts=replica.restarts,
-                fingerprint=state.fingerprint(replica.launch.spec), runtime=self.executor.name,
+                fingerprint=replica.launch.fingerprint, runtime=self.executor.name,
                 handle=self.executor.record(handle))
         record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
                                      command=tuple(self.spec.command), stop_signal=self.spec.stop_signal,
