@@ -1,5 +1,10 @@
 """``supervise``: the command line. Maps every error to an exit code in one place.
 
+The verbs answered by the running supervisor (status, plan, reload, start, stop, restart,
+events) are each a file of :mod:`supervisor.control.verbs` with their client and server
+halves; the verbs that need no supervisor (run, check, render, top, logs, import, init, exec,
+completion) are dispatched here to the modules that do them.
+
 Exit codes: 0 success; 1 runtime error (e.g. no supervisor running, state dir locked, no
 answer on the control socket in time, its backlog full: always one line, never a traceback);
 2 bad usage or an invalid config file; 3 ``status``: something asked about is not running.
@@ -16,13 +21,13 @@ from typing import TYPE_CHECKING, Sequence
 
 # Only what every verb needs is imported here: the client verbs (status, stop, ...) must answer
 # fast (the whole `supervise status` of 2,000 services within 100 ms, issue 17), so the
-# validator and the model (config: dataclasses, inspect), logging, asyncio, watchdog and
-# tomlkit are imported inside the verbs that use them. tests/unit/test_cli_imports.py holds it.
+# validator and the model (desired.config: dataclasses, inspect), logging, asyncio, watchdog
+# and tomlkit are imported inside the verbs that use them. tests/unit/test_cli_imports.py
+# holds it.
 from . import __version__
-from .control.client import Client, ControlError, NotRunning
-from .decide import errors
-from .decide.errors import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
-from .desired.durations import format_duration
+from .control.verbs import COMMANDS
+from .control.verbs.base import CliError, Parents
+from .decide.errors import EXIT_ERROR, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
 from .desired.peek import ConfigError, default_config_path, escape, runtime_of
 
 if TYPE_CHECKING:
@@ -32,13 +37,7 @@ if TYPE_CHECKING:
 #: logs, so they set up no logging (importing it is a tenth of their time).
 CLIENT_VERBS = ("status", "start", "stop", "restart", "reload", "events")
 
-
-class CliError(Exception):
-    """A failure to report in one line; ``code`` is the exit status."""
-
-    def __init__(self, message: str, code: int = EXIT_ERROR):
-        super().__init__(message)
-        self.code = code
+__all__ = ["CliError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,15 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub.add_parser("check", parents=[common, as_json], help="validate the config; exit 2 listing every error")
-    sub.add_parser("plan", parents=[common, as_json],
-                   help="print what a run would do now (against the running supervisor, if any)")
+    shared = Parents(common, names, as_json)
+    COMMANDS["plan"].add_parser(sub, shared)
     render = sub.add_parser("render", parents=[common],
                             help="print the Kubernetes manifests of the file as YAML (for review or GitOps)")
     render.add_argument("--tag", metavar="TAG", default=None,
                         help="image tag of services whose image is pushed to kubernetes.registry (REGISTRY/NAME:TAG)")
-    status = sub.add_parser("status", parents=[common, names, as_json],
-                            help="table of replicas; exit 3 when one asked about is not running")
-    status.add_argument("-w", "--watch", action="store_true", help="the live view of `supervise top`")
+    COMMANDS["status"].add_parser(sub, shared)
     sub.add_parser("top", parents=[common, names],
                    help="full-screen live view: replicas, CPU, memory, log tail; keys to start/stop/restart")
     logs_ = sub.add_parser("logs", parents=[common, names, as_json],
@@ -83,15 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs_.add_argument("--replica", metavar="N", type=int, default=None,
                        help="only the output of replica N (and the notes about it)")
     logs_.add_argument("--stream", choices=("stdout", "stderr"), default=None, help="only this output stream")
-    for verb, text in (("start", "start services a user stopped, or failed ones"),
-                       ("stop", "stop services and hold them stopped until a start"),
-                       ("restart", "restart services (not counted towards the start limit)")):
-        one = sub.add_parser(verb, parents=[common], help=text)
-        one.add_argument("services", nargs="*", metavar="NAME", help="service names or shell globs ('web-*')")
-        one.add_argument("--all", action="store_true", help="every service of the running supervisor")
-    sub.add_parser("reload", parents=[common], help="re-read the config file and apply it now")
-    events = sub.add_parser("events", parents=[common, names], help="stream events as JSON lines")
-    del events
+    for verb in ("start", "stop", "restart", "reload", "events"):
+        COMMANDS[verb].add_parser(sub, shared)
     add_import_verb(sub)
     sub.add_parser("init", parents=[common],
                    help="write a commented starter services.toml (from ./Procfile if there is one)")
@@ -153,19 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if runtime_of(path) == "kubernetes":  # the cluster answers these, not a local supervisor
                 setup_logging(args.verbose)
                 return cmd_kubernetes(verb, path, args)
-        if verb == "plan":
-            return cmd_plan(path, args.json)
         if verb == "run":
             return cmd_run(path, quiet=getattr(args, "quiet", False))
         if verb == "logs":
             return cmd_logs(path, args)
         if verb == "import":
             return cmd_import(args.file, args.env, args.format)
-        if verb == "top" or (verb == "status" and args.watch):
+        if verb == "top":
             from . import top
 
             return top.run(path, args.services)
-        return cmd_remote(verb, path, args)
+        return COMMANDS[verb].run(path, args)  # a control verb: supervisor/control/verbs/VERB.py
     except ConfigError as exc:
         if getattr(args, "json", False):  # scripts get the same mistakes as objects on stdout
             print(json.dumps({"ok": False, "errors": [diagnostic_object(d) for d in exc.diagnostics]}, indent=2))
@@ -267,31 +255,6 @@ def cmd_check(path: Path, as_json: bool = False) -> int:
     return EXIT_OK
 
 
-def cmd_plan(path: Path, as_json: bool = False) -> int:
-    """``supervise plan``: against the running supervisor if one answers, else from nothing."""
-    from .desired import config
-    from .desired.model import Observed
-    from .decide.plan import plan as make_plan
-
-    desired = config.load(path)
-    against = "running"
-    try:
-        with Client(desired.settings.state_dir) as client:
-            lines = client.call("plan", config=str(path.resolve()))["actions"]
-    except NotRunning:
-        lines, against = make_plan(desired, Observed.empty()).lines(), "nothing"
-    except ControlError as exc:
-        raise CliError(str(exc)) from None
-    if as_json:  # against: "running" (the live supervisor's state) or "nothing" (none runs)
-        print(json.dumps({"ok": True, "against": against, "actions": lines}, indent=2))
-        return EXIT_OK
-    for line in lines:
-        print(line)
-    if not lines:
-        print("nothing to do")
-    return EXIT_OK
-
-
 def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
     """Print the services.toml equivalent of the Procfile or supervisord.conf at ``path``."""
     from .desired.importers import Finding, ImportFailed, import_file
@@ -321,82 +284,6 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
         return asyncio.run(Daemon(path, desired, console=not quiet).run())
     except (AlreadyRunning, UnsafeStateDir) as exc:
         raise CliError(str(exc)) from None
-
-
-def cmd_remote(verb: str, path: Path, args: argparse.Namespace) -> int:
-    """The verbs answered by the running supervisor over its control socket."""
-    state_dir = state_dir_of(path)
-    try:
-        with Client(state_dir, timeout=None if verb in ("events", "reload", "restart", "start", "stop") else 30) as client:
-            if verb == "events":
-                for event in client.stream("events", services=args.services):
-                    print(json.dumps(event, separators=(",", ":")), flush=True)
-                return EXIT_OK
-            services = getattr(args, "services", [])
-            if verb in ("start", "stop", "restart"):
-                services = choose_services(client, verb, services, args.all)
-            reply = client.call(verb, services=services)
-    except NotRunning as exc:
-        raise CliError(str(exc)) from None
-    except ControlError as exc:
-        raise CliError(str(exc), errors.exit_code(exc.code)) from None
-    if verb == "status":
-        rows = reply["services"]
-        if args.json:
-            print(json.dumps(reply, indent=2))
-        else:
-            print_status(rows)
-        # As asked: running or ready; a service scaled to zero with nothing of it running; a
-        # replica that exited 0 and stays exited (restart "never" or "on-failure": a one-shot
-        # such as a Procfile's release that completed, what depends_on "completed" waits for).
-        up = all(row["phase"] in ("running", "ready") or (row.get("desired") == 0 and row["replica"] is None)
-                 or (row["phase"] == "exited" and row.get("last_exit") == "exit 0")
-                 for row in rows)
-        return EXIT_OK if up else EXIT_NOT_RUNNING
-    if verb == "reload":
-        for line in reply["actions"] or ["nothing to do"]:
-            print(line)
-        return EXIT_OK
-    print_status(reply["services"])
-    return EXIT_OK
-
-
-def choose_services(client: Client, verb: str, words: list[str], every: bool) -> list[str]:
-    """The names ``start``/``stop``/``restart`` act on: ``--all``, or NAMEs and globs expanded
-    against the running supervisor's services (:mod:`patterns`). Raises CliError."""
-    from .desired.patterns import NoMatch, expand, is_pattern
-
-    if every and words:
-        raise CliError(f"{verb}: give NAMEs or --all, not both", EXIT_USAGE)
-    if not every and not words:
-        raise CliError(f"{verb}: name the services (NAME or a glob such as 'web-*'), or give --all", EXIT_USAGE)
-    if not every and not any(is_pattern(w) for w in words):
-        return words
-    running = list(dict.fromkeys(row["service"] for row in client.call("status")["services"]))
-    if every:
-        if not running:
-            raise CliError(f"{verb} --all: the supervisor runs no service")
-        return running
-    try:
-        return expand(words, running)
-    except NoMatch as exc:
-        raise CliError(str(exc)) from None
-
-
-def print_status(rows: list[dict]) -> None:
-    """The status table: one line per replica."""
-    header = ("SERVICE", "REPLICA", "PHASE", "PID", "VERSION", "UPTIME", "RESTARTS", "LAST EXIT", "READY", "MESSAGE")
-    table = [header]
-    for row in rows:
-        table.append((
-            row["service"], "-" if row["replica"] is None else str(row["replica"]),
-            row["phase"] + (" (held)" if row.get("held") else ""), str(row["pid"] or "-"),
-            row["version"] or "-", format_duration(row["uptime"]) if row["uptime"] is not None else "-",
-            str(row["restarts"]), row["last_exit"] or "-", "yes" if row["ready"] else "no", row.get("message") or "",
-        ))
-    widths = [max(map(len, column)) for column in zip(*table)]
-    lines = ["  ".join([cell.ljust(width) for cell, width in zip(r, widths)]).rstrip() for r in table]
-    sys.stdout.write("\n".join(lines) + "\n")  # one write: 2,000 rows are one status
 
 
 def cmd_logs(path: Path, args: argparse.Namespace) -> int:
@@ -460,8 +347,6 @@ def setup_logging(verbose: bool = False) -> None:
     that is when ``$JOURNAL_STREAM`` names stderr (see :func:`notify.journal_stream`)."""
     import logging
 
-    from .term import use_colour
-
     class _Formatter(logging.Formatter):
         PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -483,6 +368,7 @@ def setup_logging(verbose: bool = False) -> None:
             return "\n".join(f"{prefix} {line}" for line in message.splitlines())
 
     log = logging.getLogger("supervise")
+    from .term import use_colour
 
     journal = False
     if os.environ.get("JOURNAL_STREAM"):  # notify imports asyncio: only when it can matter

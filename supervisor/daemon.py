@@ -9,6 +9,7 @@ the control socket and sd_notify. A save, SIGHUP and the ``reload`` verb all go 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -22,16 +23,15 @@ from .execute import logs, procs
 from .observe import safefs
 from .desired.config import ConfigError
 from .control import socket_path
-from .control.server import ControlServer, send
+from .control.server import ControlServer
+from .control.verbs import COMMANDS
 from .desired.durations import format_duration
 from .observe.events import Event, EventType, Notifier
 from .desired.model import Desired
 from .observe.notify import UnitReporter
 from .engine import AlreadyRunning, Engine, StateLock
-from .decide.errors import Code
 from .observe import views
 from .decide.plan import Plan
-from .reconciler import dependency_levels
 from .triggers.watch import FileWatcher
 
 log = logging.getLogger("supervise")
@@ -165,103 +165,14 @@ class Daemon:
     # -- control verbs ---------------------------------------------------------------------
 
     def handlers(self) -> dict[str, Any]:
-        return {"ping": self.h_ping, "status": self.h_status, "plan": self.h_plan, "reload": self.h_reload,
-                "start": self.h_start, "stop": self.h_stop, "restart": self.h_restart, "events": self.h_events}
-
-    async def h_ping(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        return {"pid": os.getpid(), "version": __version__, "config": str(self.path)}
-
-    async def h_status(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        names = request.get("services") or []
-        unknown = [n for n in names if n not in self.reconciler.controllers and n not in self.reconciler.desired.services]
-        if unknown:
-            return {"ok": False, "error": "unknown service: " + ", ".join(unknown), "code": Code.UNKNOWN_SERVICE}
-        return {"services": self.status_rows(names), "supervisor": {
-            "pid": os.getpid(), "uptime": time.time() - self.started, "config": str(self.path),
-            "config_error": self.last_error or None}}
+        """The control socket's verbs: the server half of each
+        :class:`~supervisor.control.verbs.base.Command` (one file each in control/verbs/)."""
+        return {name: functools.partial(command.handle, self) for name, command in COMMANDS.items()}
 
     def status_rows(self, names: list[str]) -> list[dict[str, Any]]:
         """The status rows of ``names`` (all with none): a pure view of the observed state."""
         listed = [n for n, spec in self.reconciler.desired.services.items() if spec.replicas > 0]  # 0: as asked
         return views.status_rows(self.reconciler.observe(), names, time.time(), listed)
-
-    async def h_plan(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        """The plan for ``request["config"]`` (default: our own file) against what runs."""
-        try:
-            desired = await asyncio.to_thread(config.load, Path(request.get("config") or self.path))
-        except ConfigError as exc:
-            return {"ok": False, "error": str(exc), "code": Code.CONFIG_INVALID}
-        return {"actions": self.reconciler.plan(desired).lines()}
-
-    async def h_reload(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        the_plan, error = await self.reload("reload verb")
-        if the_plan is None:
-            return {"ok": False, "error": error, "code": Code.CONFIG_INVALID}
-        return {"actions": the_plan.lines()}
-
-    def _controllers(self, request: dict):
-        names = request.get("services") or []
-        unknown = [n for n in names if n not in self.reconciler.controllers and n not in self.reconciler.desired.services]
-        if unknown:
-            raise KeyError("unknown service: " + ", ".join(unknown))
-        return [self.reconciler.controllers[n] for n in names]
-
-    async def h_start(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        try:
-            controllers = self._controllers(request)
-        except KeyError as exc:
-            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
-        for controller in controllers:
-            controller.release()
-        await self.reconciler.apply(self.desired)
-        return {"services": self.status_rows([c.name for c in controllers])}
-
-    async def h_stop(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        try:
-            controllers = self._controllers(request)
-        except KeyError as exc:
-            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
-        await asyncio.gather(*(c.hold("stopped by user") for c in controllers))
-        return {"services": self.status_rows([c.name for c in controllers])}
-
-    async def h_restart(self, request: dict, writer: asyncio.StreamWriter) -> dict:
-        try:
-            controllers = self._controllers(request)
-        except KeyError as exc:
-            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
-        # dependents that asked for it (depends_on ... restart = true) restart too, after
-        names = {c.name for c in controllers}
-        specs = {n: c.spec for n, c in self.reconciler.controllers.items()}
-        for level in dependency_levels(specs):
-            for name in level:
-                if name not in names and any(d.restart and d.service in names for d in specs[name].depends_on):
-                    names.add(name)
-        roots = {c.name for c in controllers}
-        # dependents stop first (deepest first), then the asked-for services restart, then the
-        # plan starts the dependents again, each after its dependencies (compose's order)
-        for level in reversed(dependency_levels(specs)):
-            await asyncio.gather(*(self.reconciler.controllers[n].stop_all("dependency restarts")
-                                   for n in level if n in names - roots))
-        for level in dependency_levels(specs):
-            await asyncio.gather(*(self.reconciler.controllers[n].user_restart() for n in level if n in roots))
-        await self.reconciler.apply(self.desired)
-        return {"services": self.status_rows([c.name for c in controllers])}
-
-    async def h_events(self, request: dict, writer: asyncio.StreamWriter) -> None:
-        names = set(request.get("services") or [])
-        queue = self.notifier.subscribe()
-        try:
-            await send(writer, {"ok": True})
-            while True:
-                event = await queue.get()
-                if event is None:
-                    return
-                if names and event.service not in names:
-                    continue
-                writer.write((event.to_json() + "\n").encode())
-                await writer.drain()
-        finally:
-            self.notifier.unsubscribe(queue)
 
     # -- the run ---------------------------------------------------------------------------
 

@@ -197,7 +197,8 @@ class Engine:
             raise
         loop = asyncio.get_running_loop()
         self.poller = GitPoller(lambda name: source_root(self.state_dir, name),
-                                lambda spec: spec.source.poll or self.desired.settings.poll, self.on_poll_error)
+                                lambda spec: spec.source.poll or self.desired.settings.poll, self.on_poll_error,
+                                self.reconciler.fetch_outages.discard)
         self.listen(self.poller)
         if self.watch_sources:
             self.source_watcher = SourceWatcher(loop, self.state_dir)
@@ -357,10 +358,13 @@ class Engine:
         self.request()
 
     def on_poll_error(self, name: str, message: str) -> None:
-        """A git remote could not be reached: reported (once per message by the poller),
-        retried with backoff, and what runs keeps running."""
+        """A git remote could not be reached: logged (once per distinct message by the poller),
+        retried with backoff, and what runs keeps running. One ``fetch-failed`` event per outage:
+        none when a prepare of the same service already reported it."""
         log.warning("%s: %s (retrying; what runs keeps running)", name, message)
-        self.bus.emit(EventType.FETCH_FAILED, name, None, error=message)
+        if name not in self.reconciler.fetch_outages:
+            self.reconciler.fetch_outages.add(name)
+            self.bus.emit(EventType.FETCH_FAILED, name, None, error=message)
 
     def _edits_wanted(self, name: str, last_edit: float) -> bool:
         """A watched local source was edited (debounced): deploy it, unless the edits are the

@@ -64,6 +64,9 @@ class Reconciler:
         self.controllers: dict[str, ServiceController] = {}
         self.logs = logs.LogRegistry(self.state_dir, console)
         self.revisions: dict[str, str] = {}
+        # services whose source is unreachable and already reported: one fetch-failed event per
+        # outage, whether the poller or a prepare saw it first (cleared when a fetch succeeds)
+        self.fetch_outages: set[str] = set()
         #: The executors by runtime name (the seam: see supervisor.execute.executors).
         #: "container" is made on first use (the Docker SDK is not imported for a file without one).
         self.executors: dict[str, Executor] = {"local": LocalExecutor(self.state_dir, self.logs, self.settings.keep_versions)}
@@ -412,7 +415,10 @@ class Reconciler:
             controller.preparing = None
             kind = EventType.FETCH_FAILED if exc.stage == "fetch" else EventType.BUILD_FAILED
             log.error("%s: %s%s", spec.name, exc, "".join(f"\n    {line}" for line in exc.tail))
-            self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
+            if kind is not EventType.FETCH_FAILED or spec.name not in self.fetch_outages:
+                self.notifier.emit(kind, spec.name, exc.version, error=str(exc), tail=exc.tail)
+            if kind is EventType.FETCH_FAILED:
+                self.fetch_outages.add(spec.name)
             tried = Version.parse(exc.version).revision if exc.version else self.revisions.get(spec.name)
             said = str(exc)  # "build failed (exit 1)" already says it: never "build failed: build failed"
             message = said if " failed" in said.split(":", 1)[0] else f"{exc.stage} failed: {said}"
@@ -421,6 +427,7 @@ class Reconciler:
                 self._requeue(spec.name)
             return None
         self._cancel_requeue(spec.name)
+        self.fetch_outages.discard(spec.name)
         controller.preparing = None
         previous = controller.artifact
         if previous is not None and previous.revision != artifact.revision:

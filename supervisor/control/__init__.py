@@ -4,6 +4,9 @@ Protocol (documented in supervise(1)): the client sends one JSON object per line
 ``{"verb": "status", "services": ["api"]}``; the server answers one JSON object per line,
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. ``events`` answers ``{"ok": true}``
 and then streams one event object per line until the client hangs up.
+
+:mod:`.server` and :mod:`.client` carry the lines; each verb is a file of :mod:`.verbs`, with
+its client half (what ``supervise VERB`` sends and prints) and its server half (the handler).
 """
 
 from pathlib import Path

@@ -105,7 +105,8 @@ def _observe(kube: KubeConfig):
 
 def cmd_status(path: Path, services: list[str], as_json: bool) -> int:
     """``supervise status`` from the cluster: a row per pod (exit 3 unless all run)."""
-    from ..cli import CliError, print_status
+    from ..cli import CliError
+    from ..control.verbs.base import print_status
     from .readback import status_rows
 
     desired, kube = load(path)

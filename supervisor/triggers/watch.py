@@ -11,7 +11,7 @@ close events) is picked up after :data:`QUIET` seconds of quiet. A burst of even
 in one rebuild and restart per burst of saves, after :data:`SOURCE_DEBOUNCE` seconds of quiet.
 
 **Git sources** are asked for their ref's commit every ``poll`` seconds (``git ls-remote``,
-nothing fetched). A failure is reported once per distinct message and retried with backoff, up
+nothing fetched). A failure is logged once per distinct message, reported as one event per outage, and retried with backoff, up
 to the poll interval; what runs keeps running.
 
 The source watcher and the git poller are notifiers for updates of go-micro's shape
@@ -288,15 +288,16 @@ class GitPoller(Updates):
 
     ``interval(spec)`` gives the poll period in seconds. Errors are reported through
     ``on_error(name, message)`` once per distinct message, then retried with doubling delays
-    from 1 s up to the poll period.
+    from 1 s up to the poll period; ``on_recovered(name)`` when the source answers again.
     """
 
     def __init__(self, root_for: Callable[[str], Path], interval: Callable[[ServiceSpec], float],
-                 on_error: Callable[[str, str], None]):
+                 on_error: Callable[[str, str], None], on_recovered: Callable[[str], None] = lambda name: None):
         super().__init__()
         self.root_for = root_for
         self.interval = interval
         self.on_error = on_error
+        self.on_recovered = on_recovered
         self.tasks: dict[str, tuple[ServiceSpec, asyncio.Task]] = {}
         self.known: dict[str, str] = {}
 
@@ -335,6 +336,7 @@ class GitPoller(Updates):
                 raise
             if last_error:
                 log.info("%s: %s reachable again", spec.name, spec.source.describe())
+                self.on_recovered(spec.name)
             last_error, retry = "", 1.0
             known = self.known.get(spec.name)
             if known is None or not same_revision(commit, known):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import cli
+from supervisor.decide import errors
 from supervisor.desired import config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ def test_exit_codes_signals_environment_and_files_have_sections():
     for section in ("SYNOPSIS", "OPTIONS", "VERBS", "EXIT STATUS", "SIGNALS", "ENVIRONMENT", "FILES", "EXAMPLES"):
         assert f".SH {section}" in roff, section
     tags = entries(roff)
-    for code in (cli.EXIT_OK, cli.EXIT_ERROR, cli.EXIT_USAGE, cli.EXIT_NOT_RUNNING):
+    for code in (errors.EXIT_OK, errors.EXIT_ERROR, errors.EXIT_USAGE, errors.EXIT_NOT_RUNNING):
         assert str(code) in tags
     assert {"SUPERVISE_CONFIG", "SUPERVISE_READY_TIMEOUT", "SIGHUP", "SIGTERM"} <= tags
 
