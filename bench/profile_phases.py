@@ -111,6 +111,18 @@ def _sleepers(pid: int) -> list[int]:
     return found
 
 
+def _pss_kb(pid: int) -> int:
+    """Proportional set size of ``pid`` in KiB (0 when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _args_of(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -195,11 +207,13 @@ def main() -> int:
                 part.with_suffix(suffix).rename(out / f"{name}{suffix}")
 
     status_cpu = 0.0
+    pss_kb = 0
     try:
         _wait("every service", lambda: len(_sleepers(proc.pid)) >= args.n, 120 + args.n / 10)
         phase("cold")
         time.sleep(args.settle)  # the start-up settles (state records, the first plan's echo) outside the reload
         phase("settle")
+        pss_kb = _pss_kb(proc.pid)
         write_config(config, work / "state", args.n, changed=args.n // 2)
         _wait("the changed service", lambda: any(b"1001" in _args_of(p) for p in _sleepers(proc.pid)), 60)
         time.sleep(0.2)  # the state record and the log note that follow the spawn
@@ -234,6 +248,8 @@ def main() -> int:
         _report(out / f"{name}.prof", per[name], args.top, name)
     print(f"\nstatus command (client process, whole: interpreter, imports, parse, table): "
           f"{status_cpu * 1000 / STATUS_RUNS:.1f} ms CPU each, mean of {STATUS_RUNS}")
+    print(f"\nsupervisor PSS after the settling: {pss_kb / 1024:.1f} MB (/proc/PID/smaps_rollup"
+          f"{'; tracemalloc and the profiler add to it' if args.memory or args.timer != 'none' else ''})")
     cold_mem = out / "cold.mem"
     if cold_mem.exists():
         print(f"\nheap after the cold start ({cold_mem}): {cold_mem.read_text().splitlines()[0]}")

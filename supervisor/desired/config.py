@@ -192,6 +192,10 @@ def validate(data: dict[str, Any], path: str | os.PathLike[str]) -> Desired:
     return _Validator(data, _Locator(""), Path(path)).run()
 
 
+#: The defaults every service without its own shares (frozen dataclasses).
+_DEFAULT_BACKOFF = Backoff()
+_DEFAULT_START_LIMIT = StartLimit()
+
 #: "did you mean" compares a word with at most this many candidates, each at most
 #: SUGGEST_LENGTH characters long: difflib's ratio is quadratic in length.
 SUGGEST_CANDIDATES = 50
@@ -677,10 +681,10 @@ class _Validator:
             else:
                 self.error(get("restart"), f'"restart" must be one of {", ".join(choices)}, got {_show(table["restart"])}{self.suggest(str(table["restart"]), choices)}')
 
-        backoff = Backoff()
+        backoff = _DEFAULT_BACKOFF  # frozen: one shared default, not an object per service
         if "backoff" in table:
             backoff = self.backoff(get("backoff"), table["backoff"])
-        start_limit = StartLimit()
+        start_limit = _DEFAULT_START_LIMIT
         if "start_limit" in table:
             start_limit = self.start_limit(get("start_limit"), table["start_limit"])
 

@@ -165,7 +165,7 @@ class ServiceController:
         self._persisted: state.ServiceRecord | None = None  # the record last written
         self._persist_error = ""
         self._tasks: set[asyncio.Task] = set()
-        self.phase_changed = asyncio.Event()
+        self._phase_event: asyncio.Event | None = None
         self.sink = sink
 
     # -- observation -----------------------------------------------------------------------
@@ -278,8 +278,17 @@ class ServiceController:
             if handle is not None:
                 handle.cancel()
 
+    @property
+    def phase_changed(self) -> asyncio.Event:
+        """Set at each phase change; what a dependent waiting in ``pending`` clears and waits
+        on. Made on first use: most services have no dependent (an Event is 0.7 KB)."""
+        if self._phase_event is None:
+            self._phase_event = asyncio.Event()
+        return self._phase_event
+
     def _phase_changed(self) -> None:
-        self.phase_changed.set()
+        if self._phase_event is not None:
+            self._phase_event.set()
         self.changed()
         self.persist()
 
