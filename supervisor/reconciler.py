@@ -305,8 +305,8 @@ class Reconciler:
         for level in reversed(dependency_levels(removed)):
             await asyncio.gather(*(self._remove(name) for name in level))
         # 2. fetch and build, concurrently, beside whatever runs (at most PREPARE_CONCURRENCY at once)
-        to_prepare = [n for n in the_plan.services() if n in specs and any(
-            a.kind in PREPARE_KINDS for a in the_plan.for_service(n))]
+        to_prepare = {n for n in the_plan.services() if n in specs and any(
+            a.kind in PREPARE_KINDS for a in the_plan.for_service(n))}  # a set: asked once per service
         for name in the_plan.services():
             if name in specs and name not in self.controllers:
                 self.controllers[name] = self._controller(specs[name])
