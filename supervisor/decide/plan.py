@@ -143,7 +143,7 @@ def _plan_service(
         return _deploy(spec, "new service", range(spec.replicas), ActionKind.START)
     if obs.held:
         return []  # a user stop holds until a user start
-    changed = spec.changed_fields(obs.spec)
+    changed = () if spec == obs.spec else spec.changed_fields(obs.spec)  # equal: most services of a reload
     running_revision = obs_revision(obs)
     if running_revision is not None:
         new_revision = (revision is not None and not same_revision(revision, running_revision)
