@@ -126,6 +126,11 @@ class Reconciler:
 
             executor = self.executors[name] = Containers(self.state_dir, self.logs, self.settings.keep_versions,
                                                          self.settings.docker_host)
+        if executor is None and name == "kubernetes":
+            from .execute.executors.kubernetes import KubeExecutor
+
+            executor = self.executors[name] = KubeExecutor(self.state_dir, self.logs, self.notifier,
+                                                           lambda: self.desired, self.clock.monotonic)
         if executor is None:
             raise ExecutorUnavailable(f'runtime "{name}" is not available in this version')
         return executor

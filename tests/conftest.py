@@ -99,8 +99,9 @@ def terminate(proc, timeout: float = 30.0) -> None:
             proc.wait()
 
 
-#: The podman Engine API service and base image fixtures of the container tests.
-pytest_plugins = ["podman_engine"]
+#: The podman Engine API service and base image fixtures of the container tests; a real image
+#: registry on loopback (the Kubernetes image pushes).
+pytest_plugins = ["podman_engine", "registry"]
 
 
 def free_port() -> int:

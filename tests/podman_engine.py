@@ -38,6 +38,15 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = "{root}/events.log"
 """
+#: registries.conf: registries on loopback speak plain HTTP (tests/registry.py starts one on a
+#: free port; "127.0.0.1" matches every port, as containers-registries.conf(5) prefixes do).
+REGISTRIES_CONF = """\
+unqualified-search-registries = []
+
+[[registry]]
+location = "127.0.0.1"
+insecure = true
+"""
 
 
 def _unavailable(reason: str):
@@ -67,6 +76,9 @@ def podman_engine():
     socket = root / "podman.sock"
     env = {k: v for k, v in os.environ.items() if k != MARK}
     env["CONTAINERS_CONF"] = str(conf)
+    registries = root / "registries.conf"
+    registries.write_text(REGISTRIES_CONF)
+    env["CONTAINERS_REGISTRIES_CONF"] = str(registries)
     argv = [podman, "--root", str(root / "storage"), "--runroot", str(root / "run"), "--tmpdir", str(root / "tmp"),
             "--network-config-dir", str(root / "net"), "--storage-driver", "vfs", "system", "service", "--time=0", f"unix://{socket}"]
     log = open(root / "service.log", "wb")

@@ -28,9 +28,9 @@ from ..desired.model import Desired, Observed, ServiceObserved, ServiceSpec, Ver
 
 #: Fields whose change means new processes. Everything else is applied to the running ones.
 RESTART_FIELDS = ("command", "source", "build", "cwd", "environment", "shell", "user", "ports", "volumes",
-                  "image_build", "runtime")
+                  "image_build", "runtime", "cluster")
 #: Fields whose change also needs a new fetch and build before the restart.
-REBUILD_FIELDS = ("source", "build", "image_build")
+REBUILD_FIELDS = ("source", "build", "image_build", "cluster")
 
 
 class ActionKind(str, enum.Enum):
@@ -138,9 +138,9 @@ def _plan_service(
 ) -> list[Action]:
     name = spec.name
     if obs is None or obs.spec is None:
-        if spec.replicas == 0:
+        if spec.slots == 0:
             return []
-        return _deploy(spec, "new service", range(spec.replicas), ActionKind.START)
+        return _deploy(spec, "new service", range(spec.slots), ActionKind.START)
     if obs.held:
         return []  # a user stop holds until a user start
     changed = () if spec == obs.spec else spec.changed_fields(obs.spec)  # equal: most services of a reload
@@ -155,7 +155,8 @@ def _plan_service(
         return []  # waits for a change of the file or the source, or a user restart
 
     rebuild = [f for f in changed if f in REBUILD_FIELDS]
-    restart = [f for f in changed if f in RESTART_FIELDS]
+    # on a cluster every change is applied by the one replica, the Deployment (its pods roll)
+    restart = [f for f in changed if f in RESTART_FIELDS or spec.cluster is not None]
     if restart:
         reason = _changed_reason(restart, obs.spec, spec)
     elif new_revision:
@@ -169,10 +170,10 @@ def _plan_service(
 
     actions: list[Action] = []
     running = sorted(obs.replicas)
-    keep = [i for i in running if i < spec.replicas]
-    for index in reversed([i for i in running if i >= spec.replicas]):
-        actions.append(Action(ActionKind.STOP, name, index, f"replicas {len(running)} -> {spec.replicas}"))
-    missing = [i for i in range(spec.replicas) if i not in obs.replicas]
+    keep = [i for i in running if i < spec.slots]
+    for index in reversed([i for i in running if i >= spec.slots]):
+        actions.append(Action(ActionKind.STOP, name, index, f"replicas {len(running)} -> {spec.slots}"))
+    missing = [i for i in range(spec.slots) if i not in obs.replicas]
 
     if rebuild or new_revision or obs.build_failed:
         actions.extend(_deploy(spec, reason, [], ActionKind.START))
@@ -188,7 +189,7 @@ def _plan_service(
         settings = [f for f in changed if f != "replicas"]
         actions.append(Action(ActionKind.UPDATE, name, None, _changed_reason(settings, obs.spec, spec, "applied in place")))
     if missing:
-        why = reason or (f"replicas {len(running)} -> {spec.replicas}" if "replicas" in changed else "not running")
+        why = reason or (f"replicas {len(running)} -> {spec.slots}" if "replicas" in changed else "not running")
         actions.extend(Action(ActionKind.START, name, i, why) for i in missing)
     return actions
 

@@ -185,6 +185,22 @@ def _tomlkit_data(text: str, path: Path) -> dict[str, Any]:
         raise ConfigError([Diagnostic(str(path), 0, 0, f"TOML syntax error: {exc}")]) from None
 
 
+def located(path: str | os.PathLike[str], problems: list[tuple[tuple[str, ...], str]]) -> ConfigError:
+    """A ConfigError whose diagnostics point at the keys of each ``(keys, message)`` in the file
+    at ``path`` (for mistakes found after validation, such as ``supervise render``'s: the same
+    file:line:col as ``check`` gives). A file that cannot be read again gives line 0."""
+    try:
+        locator: Any = _LazyLocator(read_regular_file(Path(path)).decode("utf-8", "replace"))
+    except (OSError, ValueError):
+        locator = None
+    diagnostics = []
+    for keys, message in problems:
+        line, col = locator.find(keys) if locator is not None else (0, 0)
+        service = keys[1] if len(keys) >= 2 and keys[0] == "services" else None
+        diagnostics.append(Diagnostic(str(path), line, col, message, service))
+    return ConfigError(diagnostics)
+
+
 def validate(data: dict[str, Any], path: str | os.PathLike[str]) -> Desired:
     """Validate a config given as data (what ``tomllib`` would give for the file), with the
     same rules and messages as :func:`parse`; ``path`` names it in errors (no line numbers)
@@ -547,6 +563,8 @@ class _Validator:
             from ..kube.schema import validate as validate_kubernetes  # its keys, located like ours
 
             kubernetes = validate_kubernetes(data, self.error)
+            if settings.runtime != "kubernetes":  # services of a local file on a cluster
+                services = {name: _on_cluster(spec, data, services_table) for name, spec in services.items()}
         if self.diagnostics:
             found = sorted(self.diagnostics, key=lambda d: (d.line, d.col))
             if self.dropped:
@@ -639,7 +657,8 @@ class _Validator:
         elif "build" in table:
             build = self.argv(get("build"), table["build"])
         container_runtime, ports, volumes = self.container(keys, table, source)
-        if command is None and container_runtime == "container" and "command" not in table:
+        if command is None and "command" not in table and (
+                container_runtime == "container" or (container_runtime == "kubernetes" and image_build is not None)):
             command = ()  # the image's CMD
 
         cwd = "."
@@ -729,7 +748,7 @@ class _Validator:
             log = self.log_policy(get("log"), table["log"], self.default_log)
 
         # checked in self.container(): the service's own key, or implied by an image
-        runtime = container_runtime if container_runtime in self.runtimes else None
+        runtime = container_runtime if container_runtime in self.runtimes or container_runtime == "kubernetes" else None
         if runtime == getattr(self, "global_runtime", "local") and "runtime" not in table and image_build is None \
                 and (source is None or source.kind != "image"):
             runtime = None
@@ -899,6 +918,9 @@ class _Validator:
         elif isinstance(table.get("build"), dict):
             implied = keys + ("build",)
         found: dict[str, tuple[str, ...]] = {"ports": (), "volumes": ()}
+        if implied is not None and implied[-1] == "build" and runtime == "kubernetes":
+            # on a cluster a Dockerfile build makes the image pushed to kubernetes.registry
+            implied = None
         if implied is not None and runtime_key is not None and runtime != "container":
             self.error(runtime_key, f'an image source or a Dockerfile build runs as a container: runtime = "{runtime}" contradicts it')
             return runtime, (), ()
@@ -940,9 +962,12 @@ class _Validator:
             # user asking for a container must not get a process on this machine instead.
             self.error(runtime_key, 'containers are not available in this version yet (runtime "container"): '
                        "nothing of this service runs")
-        elif runtime_key is not None and runtime != file_runtime and "kubernetes" in (runtime, file_runtime):
-            self.error(runtime_key, f'runtime "{runtime}" in a file whose runtime is "{file_runtime}": a file '
-                       "mixing a cluster with this machine is not supported")
+        elif runtime_key is not None and file_runtime == "kubernetes" and runtime != "kubernetes":
+            # `supervise run` of a kubernetes file converges a cluster and starts nothing here;
+            # the other way round works: runtime = "kubernetes" on services of a local file
+            self.error(runtime_key, f'runtime "{runtime}" in a file whose runtime is "kubernetes": put the file on '
+                       'this machine ([supervise] runtime = "local") and runtime = "kubernetes" on the services '
+                       "that go to the cluster")
         return runtime, found["ports"], found["volumes"]
 
     def local_source(self, keys: tuple[str, ...], value: str) -> SourceSpec | None:
@@ -1160,12 +1185,30 @@ def _cut(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _on_cluster(spec: ServiceSpec, data: dict[str, Any], services_table: dict[str, Any]) -> ServiceSpec:
+    """``spec`` with ``cluster`` set when it runs on Kubernetes from a local file: its
+    ``kubernetes`` table and ``[supervise] kubernetes`` as canonical JSON (see
+    :attr:`supervisor.model.ServiceSpec.cluster`)."""
+    if spec.runtime != "kubernetes":
+        return spec
+    import dataclasses
+    import json
+
+    raw_supervise, raw_table = data.get("supervise"), services_table.get(spec.name)
+    supervise: dict[str, Any] = raw_supervise if isinstance(raw_supervise, dict) else {}
+    table: dict[str, Any] = raw_table if isinstance(raw_table, dict) else {}
+    cluster = json.dumps({"service": table.get("kubernetes", {}), "settings": supervise.get("kubernetes", {})},
+                         sort_keys=True, default=str)
+    return dataclasses.replace(spec, cluster=cluster)
+
+
 def _mentions_kubernetes(data: dict[str, Any]) -> bool:
     """Whether the file has a ``kubernetes`` table anywhere (then it is checked on any runtime)."""
     supervise, services = data.get("supervise"), data.get("services")
     if isinstance(supervise, dict) and "kubernetes" in supervise:
         return True
-    return isinstance(services, dict) and any(isinstance(t, dict) and "kubernetes" in t for t in services.values())
+    return isinstance(services, dict) and any(isinstance(t, dict) and ("kubernetes" in t or t.get("runtime") == "kubernetes")
+                                              for t in services.values())
 
 
 def _is_local_repository(url: str) -> bool:

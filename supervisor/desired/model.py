@@ -253,6 +253,17 @@ class ServiceSpec:
     ports: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     image_build: ImageBuild | None = None
+    #: ``runtime = "kubernetes"`` in a local file: the service's ``kubernetes`` table and the
+    #: file's ``[supervise] kubernetes`` as canonical JSON (so that a change is a change of the
+    #: spec: a new image, new ports, another namespace); None for every other service.
+    cluster: str | None = None
+
+    @property
+    def slots(self) -> int:
+        """How many replicas the engine runs: ``replicas``, except for a service on a cluster
+        (``cluster`` set), which is one replica to the engine, its Deployment (of ``replicas``
+        pods); a Deployment of 0 pods is still one, so that the 0 reaches the cluster."""
+        return 1 if self.cluster is not None else self.replicas
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServiceSpec):

@@ -11,6 +11,8 @@ without knowing Kubernetes:
   unreachable cluster.
 - :mod:`.cluster` -- the effects, thin: server-side apply (field manager ``supervise``), list,
   delete, pod logs and events through the official ``kubernetes`` client.
+- :mod:`.images` -- a new version -> image build -> push to ``kubernetes.registry``
+  (``REGISTRY/NAME:VERSION``, the reference the Deployment renders).
 - :mod:`.converge` -- one pass of observe -> decide -> act, emitting supervise events.
 - :mod:`.readback` -- status rows, events and log lines from cluster objects (pure).
 """

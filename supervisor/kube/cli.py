@@ -10,12 +10,11 @@ import json
 import logging
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from ..desired import config
-from ..desired.config import ConfigError, Diagnostic
+from ..desired.config import ConfigError
 from .render import RenderError, render, to_yaml
 from .schema import KubeConfig
 
@@ -45,8 +44,46 @@ def manifests(path: Path, tag: str | None = None) -> tuple[list[dict[str, Any]],
     try:
         rendered = render(desired, kube, versions)
     except RenderError as exc:
-        raise ConfigError([Diagnostic(str(path), 0, 0, problem) for problem in exc.problems]) from None
+        raise config.located(path, exc.located) from None
     return list(rendered.manifests), kube, list(rendered.notes)
+
+
+def images_for(path: Path, notifier=None):
+    """An :class:`.images.Images` for the file's services whose images are built and pushed
+    to ``kubernetes.registry`` (None when it has none): sources fetched into its state dir,
+    images built by the container engine (``[supervise] docker_host``)."""
+    from .images import Images, Publisher, builds_image
+
+    desired, kube = load(path)
+    if kube.registry is None or not any(builds_image(spec, kube.service(name).image)
+                                        for name, spec in desired.services.items()):
+        return None
+    def output(service: str, data: bytes) -> None:  # the build and push output, at -v
+        log.debug("%s | %s", service, data.decode("utf-8", "replace").rstrip())
+
+    return Images(Publisher(desired.settings.state_dir, kube.registry, desired.settings.docker_host, output), notifier)
+
+
+def built_manifests(path: Path, images, build: bool = True) -> tuple[list[dict[str, Any]], KubeConfig, list[str], set[str]]:
+    """``(manifests, kube config, notes, held)``: as :func:`manifests`, each built service at
+    the version ``images`` (an :class:`.images.Images`, or None) publishes now (``build``
+    False: the source's version, not built); ``held`` names the built services with no version
+    pushed yet, left out of the manifests (their objects stay as they are)."""
+    desired, kube = load(path)
+    versions: dict[str, str] = {}
+    held: set[str] = set()
+    if images is not None:
+        versions, held = images.versions(desired, kube, build=build)
+    if held:
+        from dataclasses import replace
+        from types import MappingProxyType
+
+        desired = replace(desired, services=MappingProxyType({n: s for n, s in desired.services.items() if n not in held}))
+    try:
+        rendered = render(desired, kube, versions)
+    except RenderError as exc:
+        raise config.located(path, exc.located) from None
+    return list(rendered.manifests), kube, list(rendered.notes), held
 
 
 def cmd_render(path: Path, tag: str | None = None) -> int:
@@ -83,9 +120,14 @@ def cmd_plan(path: Path, as_json: bool = False) -> int:
     ``--json``: ``{"ok": true, "against": "cluster", "actions": [line, ...]}``."""
     from .converge import Converger
 
-    objects, kube, _ = manifests(path)
+    images = images_for(path)
+    try:  # a built service at its source's version now (fetched, not built): what run would push
+        objects, kube, _, held = built_manifests(path, images, build=False)
+    finally:
+        if images is not None:
+            images.publisher.close()
     cluster = _cluster(kube)
-    actions = _calling("plan", Converger(cluster).plan, objects)
+    actions = _calling("plan", Converger(cluster).plan, objects, held)
     if as_json:
         print(json.dumps({"ok": True, "against": "cluster", "actions": [a.line() for a in actions]}, indent=2))
         return 0
@@ -169,27 +211,61 @@ def cmd_logs(path: Path, services: list[str], lines: int, follow: bool) -> int:
     return 0
 
 
-def cmd_events(path: Path, services: list[str], interval: float = 2.0) -> int:
-    """``supervise events`` from the cluster's Events (one JSON object a line), then new ones
-    as they come (polled every ``interval`` seconds) until interrupted."""
+def cmd_events(path: Path, services: list[str]) -> int:
+    """``supervise events`` from the cluster's Events (one JSON object a line): the ones there
+    now, oldest first, then new ones as a watch streams them (:meth:`.cluster.Cluster.watch_events`:
+    no polling; a 410 Gone lists again), until interrupted."""
     from .readback import events
 
     desired, kube = load(path)
     cluster = _cluster(kube)
     names = services or list(desired.services)
-    seen: set[str] = set()
-    while True:
-        for event in events(_calling("events", cluster.events), names):
-            key = json.dumps(event.to_dict(), sort_keys=True, default=str)
-            if key not in seen:
-                seen.add(key)
+    backlog: list[dict[str, Any]] | None = []  # None once live
+    for item in _calling_each("events", cluster.watch_events()):
+        if item is None:  # the first list ended: print it in time order, then stream
+            for event in events(backlog or [], names):
                 print(event.to_json(), flush=True)
-        time.sleep(interval)
+            backlog = None
+        elif backlog is not None:
+            backlog.append(item)
+        else:
+            for event in events([item], names):
+                print(event.to_json(), flush=True)
+    return 0
+
+
+def _calling_each(what: str, iterator):
+    from ..cli import CliError
+    from .cluster import ClusterError
+
+    try:
+        yield from iterator
+    except ClusterError as exc:
+        raise CliError(f"{what}: {exc}") from None
+
+
+def _watch_deployments(cluster, stop: threading.Event, wake: threading.Event) -> None:
+    """Wake the converge loop at each change of our Deployments (a rollout completing, an
+    edit), through a watch (:meth:`.cluster.Cluster.watch`); a broken watch starts again
+    after a backoff (1 s doubling to 60 s) while the interval passes go on."""
+    from .cluster import ClusterError
+
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            for _ in cluster.watch("Deployment", stop, timeout=30):
+                delay = 1.0
+                wake.set()
+        except ClusterError as exc:
+            log.debug("kubernetes: watch of Deployments: %s", exc)
+        stop.wait(delay)
+        delay = min(delay * 2, 60.0)
 
 
 def cmd_run(path: Path, quiet: bool = False) -> int:
     """``supervise run`` for ``runtime = "kubernetes"``: converge the cluster to the file and
-    keep it there, a pass every ``kubernetes.interval``, re-reading the file each pass (a file that does not
+    keep it there, a pass every ``kubernetes.interval`` and at each change a watch of our
+    Deployments reports, re-reading the file each pass (a file that does not
     validate is reported once; the last good one stays in force). Events are printed as
     ``supervise | ...`` lines. SIGINT/SIGTERM end the loop and leave the cluster as it is:
     the objects belong to the cluster, not to this process."""
@@ -198,24 +274,37 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
     from ..observe.events import Notifier
     from .converge import Converger
 
-    objects, kube, notes = manifests(path)
-    for note in notes:
-        log.info("note: %s", note)
-    cluster = _cluster(kube)
     notifier = Notifier()
     if not quiet:
         notifier.add_listener(lambda e: log.info("%s %s%s%s", e.type.value, e.service or "",
                                                  f" {e.version}" if e.version else "",
-                                                 f": {e.data['reason']}" if e.data.get("reason") else ""))
+                                                 f": {e.data.get('reason') or e.data.get('image') or ''}"
+                                                 if e.data.get("reason") or e.data.get("image") else ""))
+    _, kube = load(path)
+    cluster = _cluster(kube)
+    images = images_for(path, notifier)
+    objects, kube, notes, held = built_manifests(path, images)
+    for note in notes:
+        log.info("note: %s", note)
     converger = Converger(cluster, notifier)
-    stop = threading.Event()
+    stop, wake = threading.Event(), threading.Event()
+
+    def ending(*_: Any) -> None:
+        stop.set()
+        wake.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    state: dict[str, Any] = {"objects": objects, "error": None}
+        signal.signal(signum, ending)
+    threading.Thread(target=_watch_deployments, args=(cluster, stop, wake), name="kubernetes-watch",
+                     daemon=True).start()
+    state: dict[str, Any] = {"objects": objects, "held": held, "error": None, "first": True}
 
     def desired() -> list[dict[str, Any]]:
+        if state["first"]:  # the pass above
+            state["first"] = False
+            return state["objects"]
         try:
-            new, new_kube, _ = manifests(path)
+            new, new_kube, _, held = built_manifests(path, images)
         except ConfigError as exc:
             if str(exc) != state["error"]:
                 state["error"] = str(exc)
@@ -225,9 +314,13 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
         if new_kube.namespace != kube.namespace or new_kube.context != kube.context:
             log.error("kubernetes namespace or context changed: restart supervise to move (kept %s)", kube.namespace)
             return state["objects"]
-        state["objects"] = new
+        state["objects"], state["held"] = new, held
         return new
 
     log.info("kubernetes: converging namespace %s at %s", kube.namespace, cluster.api_client.configuration.host)
-    converger.run(desired, stop, kube.interval)
+    try:
+        converger.run(desired, stop, kube.interval, hold=lambda: state["held"], wake=wake)
+    finally:
+        if images is not None:
+            images.publisher.close()
     return 0

@@ -9,6 +9,8 @@ nothing else; the test double in tests/kube serves exactly these):
 - ``GET`` list of Deployments, Services, Pods by label selector; ``GET`` core/v1 Events
 - ``DELETE`` a Deployment or a Service
 - ``GET`` a Pod's ``/log`` (``tailLines``, ``follow``)
+- ``GET`` core/v1 Events and our Deployments with ``watch=true`` from a ``resourceVersion``
+  (``supervise events``; the rollouts of services of a local file)
 
 Errors: :class:`ClusterUnreachable` for anything that is not an HTTP answer (refused,
 timeout, DNS, TLS) and for 5xx/429 answers (transient: retry with backoff);
@@ -156,6 +158,75 @@ class Cluster:
     def events(self) -> list[dict[str, Any]]:
         """The namespace's core/v1 Events (the cluster keeps about an hour of them)."""
         return self._call(self.core.list_namespaced_event, self.namespace).get("items", [])
+
+    def watch_events(self, stop: Any = None, timeout: int = 60) -> Iterator[dict[str, Any] | None]:
+        """The namespace's Events, as :meth:`watch` streams them (new and changed ones)."""
+        return self.watch("Event", stop, timeout)
+
+    def watch(self, kind: str, stop: Any = None, timeout: int = 60) -> Iterator[dict[str, Any] | None]:
+        """Objects of ``kind`` (``"Event"``: the namespace's; ``"Deployment"``: ours, by label):
+        the ones there now (a list, then one ``None``: the stream is live from there), then
+        each one as it changes, through a watch from the list's ``resourceVersion``
+        (``watch=true``; no polling): added or modified, and for Deployments deleted ones too.
+        Each watch request lasts ``timeout`` seconds (``timeoutSeconds``) and the next one
+        resumes from the last resourceVersion seen; a 410 Gone (the version was compacted
+        away) lists again and watches from there, as client-go's reflector does, never
+        yielding the same version of an object twice. Ends when ``stop`` (a
+        ``threading.Event``) is set (checked between objects and at each request's end).
+        Raises :class:`ClusterError` (:class:`ClusterUnreachable` when the server does not
+        answer)."""
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        method: Any
+        extra: dict[str, Any]
+        types: tuple[str, ...]
+        if kind == "Event":
+            method, extra, types = self.core.list_namespaced_event, {}, ("ADDED", "MODIFIED")
+        else:
+            method, types = self.apps.list_namespaced_deployment, ("ADDED", "MODIFIED", "DELETED")
+            extra = {"label_selector": f"{LABEL_MANAGED_BY}={MANAGED_BY}"}
+        seen: dict[str, str] = {}  # uid (or name) -> resourceVersion already yielded
+        version: str | None = None
+
+        def fresh(obj: dict[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            key, rv = meta.get("uid") or meta.get("name", ""), meta.get("resourceVersion", "")
+            if seen.get(key) == rv:
+                return False
+            seen[key] = rv
+            return True
+
+        while stop is None or not stop.is_set():
+            if version is None:
+                listing = self._call(method, self.namespace, **extra)
+                version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
+                for item in listing.get("items", []):
+                    if fresh(item):
+                        yield item
+                yield None
+            stream = watch.Watch()
+            try:
+                for event in stream.stream(method, self.namespace, resource_version=version, timeout_seconds=timeout,
+                                           _request_timeout=(TIMEOUT[0], timeout + 10), **extra):
+                    obj = event["raw_object"]
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if event["type"] in types and fresh(obj):
+                        yield obj
+                    if stop is not None and stop.is_set():
+                        stream.stop()
+                        break
+            except ApiException as exc:
+                if exc.status == 410:  # Gone: our resourceVersion was compacted; list again
+                    version = None
+                    continue
+                if (exc.status or 0) >= 500 or exc.status == 429 or not exc.status:
+                    raise ClusterUnreachable(f"API server answered {exc.status}: {exc.reason}") from None
+                raise ClusterError(f"{exc.status} {exc.reason}") from None
+            except (HTTPError, OSError) as exc:
+                raise ClusterUnreachable(f"cannot reach the API server at {self.api_client.configuration.host}: "
+                                         f"{_root_cause(exc)}") from None
 
     def log(self, pod: str, *, tail: int | None = None, container: str | None = None) -> str:
         """The last ``tail`` lines (all when None) of a pod's log, as text."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ..observe.events import EventType, Notifier
 from . import policy
@@ -33,10 +33,12 @@ class Converger:
         self.records: dict[str, policy.Record] = {}
         self.reachability = reachability or policy.Reachability()
         self._reported: dict[tuple[str, policy.Key], str] = {}
+        #: Our objects as the last pass observed them (before its actions).
+        self.observed: list[dict[str, Any]] = []
 
     # -- reading ----------------------------------------------------------------------------
 
-    def plan(self, desired: Sequence[Mapping[str, Any]]) -> list[policy.Action]:
+    def plan(self, desired: Sequence[Mapping[str, Any]], hold: Collection[str] = ()) -> list[policy.Action]:
         """What a pass would do now, touching nothing (for ``supervise plan``): each apply is
         also sent as a server-side dry run (``dryRun=All``), so a conflict with a field manager
         we cannot see (an object of that name that is not ours) shows as drift. Raises
@@ -44,7 +46,7 @@ class Converger:
         now = self.clock()
         observed = self.cluster.owned()
         records = policy.adopt(self.records, desired, observed, now)
-        actions = policy.decide(desired, observed, records, now)
+        actions = policy.decide(desired, observed, records, now, hold)
         result = []
         for action in actions:
             if action.kind in ("apply", "rollback") and action.manifest is not None:
@@ -59,17 +61,18 @@ class Converger:
 
     # -- acting -----------------------------------------------------------------------------
 
-    def step(self, desired: Sequence[Mapping[str, Any]]) -> list[policy.Action]:
+    def step(self, desired: Sequence[Mapping[str, Any]], hold: Collection[str] = ()) -> list[policy.Action]:
         """One pass: the actions carried out (or reported). An unreachable cluster raises
         nothing: the pass is skipped until the backoff says to retry, and the outage is
-        reported once (``cluster-unreachable``) and its end once (``cluster-reachable``)."""
+        reported once (``cluster-unreachable``) and its end once (``cluster-reachable``).
+        ``hold``: services in the file without manifests this pass (see :func:`policy.decide`)."""
         now = self.clock()
         if not self.reachability.due(now):
             return []
         try:
-            observed = self.cluster.owned()
+            observed = self.observed = self.cluster.owned()
             self.records = policy.adopt(self.records, desired, observed, now)
-            actions = policy.decide(desired, observed, self.records, now)
+            actions = policy.decide(desired, observed, self.records, now, hold)
             for action in actions:
                 self._act(action, now)
         except ClusterUnreachable as exc:
@@ -82,15 +85,21 @@ class Converger:
             self.notifier.emit(EventType.CLUSTER_REACHABLE)
         return actions
 
-    def run(self, desired: Callable[[], Sequence[Mapping[str, Any]]], stop, interval: float = 5.0) -> None:
+    def run(self, desired: Callable[[], Sequence[Mapping[str, Any]]], stop, interval: float = 5.0,
+            hold: Callable[[], Collection[str]] = lambda: (), wake=None) -> None:
         """Pass after pass until ``stop`` (a ``threading.Event``) is set; ``desired()`` is
-        asked anew each pass (a reloaded file applies at the next one)."""
+        asked anew each pass (a reloaded file applies at the next one), then ``hold()``. A
+        pass comes every ``interval`` seconds, or as soon as ``wake`` (a ``threading.Event``
+        set by a watch, and by whoever sets ``stop``) is set."""
         while not stop.is_set():
-            self.step(desired())
+            wanted = desired()
+            self.step(wanted, hold())
             wait = interval
             if self.reachability.retry_at:
                 wait = max(0.0, min(interval, self.reachability.retry_at - self.clock()))
-            stop.wait(wait or interval)
+            (wake or stop).wait(wait or interval)
+            if wake is not None:
+                wake.clear()
 
     def _act(self, action: policy.Action, now: float) -> None:
         kind, service, version = action.kind, action.service, action.version

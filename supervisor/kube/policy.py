@@ -30,7 +30,7 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ..desired.model import Backoff
 from . import fields
@@ -210,11 +210,13 @@ def rollout_state(obj: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def decide(desired: Sequence[Mapping[str, Any]], observed: Sequence[Mapping[str, Any]],
-           records: Mapping[str, Record], now: float) -> list[Action]:
+           records: Mapping[str, Record], now: float, hold: Collection[str] = ()) -> list[Action]:
     """The actions of one pass, in order: applies (Services before Deployments, file order),
     rollout checks, then deletions. ``observed`` is every object carrying our managed-by label
     in the namespace (plus, where known, the desired names even without it); ``records`` is
-    keyed by service name; ``now`` is seconds on the same clock as the records."""
+    keyed by service name; ``now`` is seconds on the same clock as the records. ``hold`` names
+    services still in the file that have no manifest this pass (their first image is not built
+    yet, or its build failed): their objects are left as they are, never deleted."""
     seen = {key_of(obj): obj for obj in observed}
     wanted = {key_of(m): m for m in desired}
     actions: list[Action] = []
@@ -248,7 +250,7 @@ def decide(desired: Sequence[Mapping[str, Any]], observed: Sequence[Mapping[str,
             continue
         actions.extend(_rollout(target, name, obj, record, now))
     for target, obj in seen.items():
-        if target in wanted or target[0] not in KINDS:
+        if target in wanted or target[0] not in KINDS or target[1] in hold:
             continue
         if owned(obj):
             actions.append(Action("delete", target, "no longer in the file", service=target[1],

@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 from ..desired.environ import expand
 from ..desired.model import Check, Desired, RestartPolicy, ServiceSpec
-from .schema import KubeConfig
+from .schema import KubeConfig, image_problem
 
 MANAGED_BY = "supervise"
 LABEL_NAME = "app.kubernetes.io/name"
@@ -63,11 +63,13 @@ _LOOPBACK = ("", "127.0.0.1", "localhost", "::1", "0.0.0.0")
 
 class RenderError(Exception):
     """A service cannot be expressed as Kubernetes objects; ``problems`` lists each one as
-    ``services.NAME: message`` (the config validator reports the same with a location)."""
+    ``services.NAME: message``; ``located`` the same as ``(keys, message)``, the keys of the
+    table at fault (``("services", NAME)``), for a file:line:col like ``check``'s."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+    def __init__(self, located: list[tuple[tuple[str, ...], str]]):
+        self.located = located
+        self.problems = [f"{'.'.join(keys[:2])}: {message}" for keys, message in located]
+        super().__init__("\n".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,13 @@ def render(desired: Desired, kube: KubeConfig | None = None,
     versions = versions or {}
     manifests: list[dict[str, Any]] = []
     notes: list[str] = []
-    problems: list[str] = []
+    problems: list[tuple[tuple[str, ...], str]] = []
     for name, spec in desired.services.items():
         try:
             objects, service_notes = render_service(spec, kube, versions.get(name),
                                                     keep_versions=desired.settings.keep_versions)
         except RenderError as exc:
-            problems.extend(exc.problems)
+            problems.extend(exc.located)
             continue
         manifests.extend(objects)
         notes.extend(f"services.{name}: {note}" for note in service_notes)
@@ -126,18 +128,17 @@ def render_service(spec: ServiceSpec, kube: KubeConfig, version: str | None = No
                    keep_versions: int = 3) -> tuple[list[dict[str, Any]], list[str]]:
     """``([Service?, Deployment], notes)`` for one service; raises :class:`RenderError`."""
     name = spec.name
-    problems: list[str] = []
+    problems: list[tuple[tuple[str, ...], str]] = []
     image = kube.image(name, version)
     if image is None:
-        problems.append(f"services.{name}: has no image for Kubernetes: set kubernetes = {{ image = \"...\" }}"
-                        + (f" (or name the version pushed to {kube.registry}: `supervise render --tag TAG`)" if kube.registry else
-                           " or [supervise] kubernetes.registry"))
+        problems.append((("services", name), no_image(kube.registry, spec.image_build is not None)))
     security: dict[str, int] = {}
     if spec.user is not None:
         ids = kube.uid(spec.user)
         if ids is None:
-            problems.append(f'services.{name}: user "{spec.user}" has no numeric id for Kubernetes: use a uid '
-                            f'or map it in [supervise] kubernetes.users')
+            problems.append((("services", name, "user"),
+                             f'user "{spec.user}" has no numeric id for Kubernetes: write a uid like "1000" or '
+                             f'map it in [supervise] kubernetes.users = {{ {spec.user.partition(":")[0]} = 1000 }}'))
         else:
             security["runAsUser"] = ids[0]
             if ids[1] is not None:
@@ -167,7 +168,9 @@ def render_service(spec: ServiceSpec, kube: KubeConfig, version: str | None = No
     if spec.depends_on:
         notes.append("depends_on is not carried over: a cluster has no start order (readiness gates traffic)")
     ports = kube.service(name).ports
-    container: dict[str, Any] = {"name": name, "image": image, "command": argv[:1]}
+    container: dict[str, Any] = {"name": name, "image": image}
+    if argv:  # none: the image's CMD (a Dockerfile build without command)
+        container["command"] = argv[:1]
     if argv[1:]:
         container["args"] = argv[1:]
     if spec.cwd.startswith("/"):
@@ -221,6 +224,17 @@ def render_service(spec: ServiceSpec, kube: KubeConfig, version: str | None = No
         })
     objects.append(deployment)
     return objects, notes
+
+
+def no_image(registry: str | None, builds: bool) -> str:
+    """The message for a service rendered without an image: ``check``'s
+    (:func:`.schema.image_problem`) when the file cannot give it one, else a request for the
+    version to name (``REGISTRY/NAME:VERSION``: ``supervise render --tag TAG``)."""
+    problem = image_problem(None, registry, builds)
+    if problem is None or (registry and not builds):  # a local file's images may be pushed by CI
+        return (f"has no image for Kubernetes: name the version pushed to {registry} "
+                "(`supervise render --tag TAG`) or set kubernetes = { image = \"...\" }")
+    return problem
 
 
 def probe(check: Check | Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

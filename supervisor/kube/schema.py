@@ -43,6 +43,7 @@ SERVICE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 PORT_RE = re.compile(r"^(?:(\d{1,5}):)?(\d{1,5})(?:/(tcp|udp|sctp))?$", re.IGNORECASE)
 #: Well-known names that need no ``users`` entry (their uid is the same on every Linux image).
 WELL_KNOWN_UIDS = MappingProxyType({"root": 0, "nobody": 65534})
+_TAG_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
 Error = Callable[[tuple[str, ...], str], None]
 
@@ -94,7 +95,7 @@ class KubeConfig:
         if own:
             return own
         if self.registry and version:
-            return f"{self.registry.rstrip('/')}/{name}:{version}"
+            return f"{self.registry.rstrip('/')}/{name}:{tag_of(version)}"
         return None
 
     def uid(self, user: str) -> tuple[int, int | None] | None:
@@ -119,7 +120,7 @@ def validate(data: Mapping[str, Any], error: Error) -> KubeConfig:
     ``error(keys, message)`` and return what is valid (defaults in place of bad values).
 
     Service names, ``user`` mappings and images are only required to fit Kubernetes when the
-    file's ``runtime`` is ``"kubernetes"``; the ``kubernetes`` tables themselves are always
+    file's ``runtime`` is ``"kubernetes"`` (or, in a local file, the service's own); the ``kubernetes`` tables themselves are always
     checked (a typo there is a typo whichever runtime runs the file).
     """
     raw_supervise = data.get("supervise")
@@ -135,21 +136,43 @@ def validate(data: Mapping[str, Any], error: Error) -> KubeConfig:
         keys = ("services", name)
         options = _service(keys + ("kubernetes",), service.get("kubernetes", {}), error)
         services[name] = options
-        if not on_cluster:
+        if not (on_cluster or service.get("runtime") == "kubernetes"):
             continue
         if not SERVICE_NAME_RE.match(name):
             error(keys, f'"{name}" is not a Kubernetes object name: use lowercase letters, digits and "-", '
                         'starting with a letter, at most 63 characters')
         user = service.get("user")
         if isinstance(user, str) and settings.uid(user) is None:
-            error(keys + ("user",), f'user "{user}" has no numeric id for Kubernetes (runAsUser): write a uid '
+            error(keys + ("user",), f'user "{user}" has no numeric id for Kubernetes: write a uid '
                                     f'like "1000" or map it in [supervise] kubernetes.users = {{ {user.partition(":")[0]} = 1000 }}')
-        if not options.image and not settings.registry:
-            error(keys, 'has no image for Kubernetes: set kubernetes = { image = "..." } here, or '
-                        '[supervise] kubernetes.registry to push built images to')
+        problem = image_problem(options.image, settings.registry, isinstance(service.get("build"), dict))
+        if problem is not None:
+            error(keys, problem)
     return KubeConfig(namespace=settings.namespace, context=settings.context, registry=settings.registry,
                       progress_deadline=settings.progress_deadline, interval=settings.interval, users=settings.users,
                       services=MappingProxyType(services))
+
+
+def tag_of(version: str) -> str:
+    """A version as a Docker tag (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``): other characters
+    become ``_``, as :func:`supervisor.executors.container.image_tag` does."""
+    return _TAG_BAD.sub("_", version)[:128] or "_"
+
+
+def image_problem(image: str | None, registry: str | None, builds: bool) -> str | None:
+    """Why a service that runs on a cluster has no image, or None when it has one: its own
+    ``kubernetes.image``, or a Dockerfile ``build`` whose images are pushed to ``registry``
+    (``REGISTRY/NAME:VERSION``, one per version). The one message ``check``, ``render`` and
+    ``plan`` give (``render`` and ``plan`` through :mod:`.render`)."""
+    if image:
+        return None
+    if registry is None:
+        return ('has no image for Kubernetes: set kubernetes = { image = "..." }, or [supervise] '
+                'kubernetes.registry and build = { dockerfile = "Dockerfile" } to build and push one per version')
+    if not builds:
+        return (f'has no image for Kubernetes: nothing builds one to push to {registry}: add build = '
+                '{ dockerfile = "Dockerfile" } or set kubernetes = { image = "..." }')
+    return None
 
 
 def _settings(value: Any, error: Error) -> KubeConfig:

@@ -10,6 +10,11 @@ loading, URL and query building, content types, status codes, error bodies):
   ``application/merge-patch+json`` is an Update by another ``fieldManager`` (``kubectl edit``)
 - ``GET`` lists with ``labelSelector`` (equality terms), ``GET`` one object, ``DELETE``
 - ``GET`` core/v1 Pods, a Pod's ``/log``, core/v1 Events
+- ``GET`` core/v1 Events and apps/v1 Deployments with ``watch=true&resourceVersion=N``: a
+  chunked stream of ``{"type": "ADDED"|"MODIFIED"|"DELETED", "object": ...}`` lines from
+  resourceVersion N on (one sequence for every kind, as etcd's revision), open until
+  ``timeoutSeconds``; a resourceVersion older than the last :meth:`ApiDouble.compact` gets
+  the apiserver's ``ERROR`` event with a 410 ``Expired`` Status (etcd compacted it)
 
 A toy controller stands in for the Deployment controller and the kubelet: applying a
 Deployment bumps ``metadata.generation``; unless its image is in ``broken_images`` the rollout
@@ -58,6 +63,11 @@ class ApiDouble:
         self.logs: dict[str, list[str]] = {}
         self.down = False  # True: every connection is closed without an answer (an outage)
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # notified on every new Event object
+        self.version = 10  # the resourceVersion of the last change (Events only are watchable)
+        self.compacted = 0  # watches from a resourceVersion below this get 410 Gone
+        self.tombstones: list[tuple[str, str, dict[str, Any]]] = []  # deleted objects, for DELETED events
+        self.closing = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), name="api-double", daemon=True)
@@ -71,6 +81,9 @@ class ApiDouble:
         return self
 
     def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.closing = True
+            self.changed.notify_all()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
@@ -108,7 +121,17 @@ class ApiDouble:
                                "message": f'ReplicaSet "{name}-{self._rs_hash(obj)}" has timed out progressing.',
                                "lastUpdateTime": _now(), "lastTransitionTime": _now()})
             obj["status"]["conditions"] = conditions
+            self.version += 1  # a status change is a new resourceVersion (watches see it)
+            obj["metadata"]["resourceVersion"] = str(self.version)
             self._event(obj, "Warning", "ProgressDeadlineExceeded", conditions[-1]["message"])
+
+    def compact(self) -> None:
+        """What etcd's compaction does to watches: every resourceVersion seen so far is too old
+        (a watch from one gets 410 Gone and must list again)."""
+        with self.lock:
+            self.version += 1  # the compaction's own revision: lists answer it, older ones are gone
+            self.compacted = self.version
+            self.changed.notify_all()
 
     def names(self, plural: str, namespace: str = "default") -> list[str]:
         with self.lock:
@@ -185,15 +208,17 @@ class ApiDouble:
         meta = new.setdefault("metadata", {})
         meta.update(name=name, namespace=namespace)
         meta.pop("managedFields", None)
+        self.version += 1  # one resourceVersion sequence for every kind, as etcd's revision
+        self.changed.notify_all()
         if old is None:
             meta.update(uid=hashlib.sha1(f"{key}{time.time()}".encode()).hexdigest(), creationTimestamp=_now(),
-                        generation=1, resourceVersion="1")
+                        generation=1, resourceVersion=str(self.version))
         else:
             for field in ("uid", "creationTimestamp"):
                 meta[field] = old["metadata"][field]
             changed = new.get("spec") != old.get("spec")
             meta["generation"] = old["metadata"]["generation"] + (1 if changed else 0)
-            meta["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
+            meta["resourceVersion"] = str(self.version)
             new["status"] = old.get("status", {})
         new.setdefault("status", {})
         return new
@@ -261,8 +286,11 @@ class ApiDouble:
         namespace = obj["metadata"]["namespace"]
         count = sum(1 for k in self.objects if k[0] == "events")
         name = f"{obj['metadata']['name']}.{count:08x}"
+        self.version += 1  # called with self.lock held (from _control)
+        self.changed.notify_all()
         self.objects[("events", namespace, name)] = {
-            "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": namespace},
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": str(self.version)},
             "involvedObject": {"kind": obj["kind"], "name": obj["metadata"]["name"], "namespace": namespace},
             "type": type_, "reason": reason, "message": message, "count": 1,
             "firstTimestamp": _now(), "lastTimestamp": _now(), "source": {"component": "deployment-controller"},
@@ -370,6 +398,50 @@ def _handler(double: ApiDouble):
         def do_DELETE(self) -> None:
             self._dispatch("DELETE")
 
+        def _chunk(self, line: dict) -> None:
+            data = json.dumps(line).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        def _watch(self, plural: str, namespace: str, query: dict) -> None:
+            """A watch of Events or Deployments (see the module doc), as the apiserver streams one."""
+            if plural not in ("events", "deployments"):
+                self._send(405, _status(405, "MethodNotAllowed", "the double watches events and deployments only"))
+                return
+            selector = query.get("labelSelector")
+            since = int(query.get("resourceVersion") or double.version)
+            deadline = time.monotonic() + float(query.get("timeoutSeconds") or 30)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                while True:
+                    with double.lock:
+                        if since < double.compacted:
+                            self._chunk({"type": "ERROR", "object": _status(
+                                410, "Expired", f"too old resource version: {since} ({double.compacted})")})
+                            break
+                        live = [("ADDED" if o["metadata"].get("generation", 1) == 1 else "MODIFIED", o)
+                                for k, o in double.objects.items() if k[0] == plural and k[1] == namespace]
+                        live += [("DELETED", o) for p, ns, o in double.tombstones if p == plural and ns == namespace]
+                        new = sorted(((int(o["metadata"]["resourceVersion"]), kind, copy.deepcopy(o)) for kind, o in live
+                                      if int(o["metadata"]["resourceVersion"]) > since
+                                      and _selects(selector, o["metadata"].get("labels") or {})),
+                                     key=lambda item: item[0])
+                        if not new:
+                            if double.closing or time.monotonic() >= deadline:
+                                break
+                            double.changed.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+                            continue
+                    for version, kind, obj in new:
+                        self._chunk({"type": kind, "object": obj})
+                        since = version
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except OSError:  # the client went away
+                self.close_connection = True
+
         def _dispatch(self, method: str) -> None:
             double.requests.append((method, self.path))
             if double.down:  # no answer at all, as from a cluster that is not there
@@ -382,6 +454,9 @@ def _handler(double: ApiDouble):
                 return
             namespace, plural, name, sub, query = route
             key = (plural, namespace, name)
+            if method == "GET" and name is None and query.get("watch") in ("true", "True", "1"):
+                self._watch(plural, namespace, query)
+                return
             with double.lock:
                 if method == "GET" and name is None:
                     items = [double._with_fields(k, o) for k, o in sorted(double.objects.items())
@@ -390,8 +465,8 @@ def _handler(double: ApiDouble):
                     for item in items:
                         item.pop("kind", None), item.pop("apiVersion", None)  # as in a real list
                     api_version, kind = PLURALS[plural]
-                    body = {"apiVersion": api_version, "kind": f"{kind}List", "metadata": {"resourceVersion": "9"},
-                            "items": items}
+                    body = {"apiVersion": api_version, "kind": f"{kind}List",
+                            "metadata": {"resourceVersion": str(double.version)}, "items": items}
                     self._send(200, body)
                     return
                 obj = double.objects.get(key)
@@ -414,8 +489,12 @@ def _handler(double: ApiDouble):
                     if obj is None:
                         self._send(404, _status(404, "NotFound", f'{plural} "{name}" not found'))
                         return
-                    del double.objects[key]
+                    gone = double.objects.pop(key)
                     double.owners.pop(key, None)
+                    double.version += 1
+                    gone["metadata"]["resourceVersion"] = str(double.version)
+                    double.tombstones.append((plural, namespace, gone))  # for watches: DELETED
+                    double.changed.notify_all()
                     if plural == "deployments":
                         for pod in [k for k, p in double.objects.items() if k[0] == "pods" and k[1] == namespace
                                     and p["metadata"]["labels"].get("app.kubernetes.io/name") == name]:

@@ -127,6 +127,23 @@ def test_run_converges_the_cluster_until_sigterm(double, tmp_path):
     assert double.names("deployments") == ["web"]  # the cluster's objects outlive the loop
 
 
+def test_run_sees_a_rollout_end_through_a_watch_not_at_the_next_interval(double, tmp_path):
+    """With an interval of an hour only the watch of our Deployments (watch=true, streamed by
+    the double) can wake the loop to see the rollout complete."""
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace('namespace = "default"', 'namespace = "default", interval = "1h"'))
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--config", str(path)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "ready web 1" in log.read_text(), timeout=20, message="the rollout to be reported ready")
+        assert any(m == "GET" and "/deployments?" in p and "watch=" in p for m, p in double.requests)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0  # at once, not after the hour: SIGTERM wakes the loop
+
+
 def test_events_prints_the_clusters_events_as_json_lines(double, tmp_path):
     path = write(tmp_path)
     from supervisor.kube.cli import manifests

@@ -388,3 +388,48 @@ def test_a_refusal_is_a_clear_error(tmp_path):
         with pytest.raises(ClusterError) as error:
             cluster.log("nope")
         assert str(error.value) == '404 Not Found: pods "nope" not found'
+
+
+def test_events_stream_through_a_watch_and_a_410_gone_lists_again(tmp_path):
+    """``supervise events``' read-back: a list, then a watch from its resourceVersion (no
+    polling); a compacted resourceVersion (410 Gone) lists again and watches on, without
+    repeating an Event. Against the API double only (it stands in for a cluster; a real one
+    cannot be compacted on demand), which streams ``watch=true`` as chunked JSON lines."""
+    import queue
+
+    backend = Backend("double", tmp_path)
+    assert backend.double is not None
+    try:
+        conv, _ = converger(backend)
+        conv.step(manifests(tmp_path, backend, "v1"))
+        stop = threading.Event()
+        got: queue.Queue = queue.Queue()
+
+        def consume() -> None:
+            for item in backend.cluster.watch_events(stop, timeout=1):
+                got.put(item)
+
+        thread = threading.Thread(target=consume, daemon=True)
+        thread.start()
+        first = got.get(timeout=5)
+        assert first["reason"] == "ScalingReplicaSet" and got.get(timeout=5) is None  # the list, then live
+        listed = first["metadata"]["resourceVersion"]
+        conv.step(manifests(tmp_path, backend, "v2"))
+        second = got.get(timeout=5)
+        assert second["message"] != first["message"] and second["reason"] == "ScalingReplicaSet"
+        assert any(m == "GET" and "watch=" in p and f"resourceVersion={listed}" in p for m, p in backend.double.requests)
+
+        backend.double.compact()  # the open watch's version is gone: ERROR 410 in the stream
+        assert got.get(timeout=5) is None  # listed again (nothing new to yield), then live again
+        conv.step(manifests(tmp_path, backend, "v3"))
+        third = got.get(timeout=5)
+        assert int(third["metadata"]["resourceVersion"]) > int(second["metadata"]["resourceVersion"])
+        stop.set()
+        thread.join(5)
+        left = [got.get() for _ in range(got.qsize())]
+        assert not thread.is_alive() and left == [], left  # nothing yielded twice
+        lists = [p for m, p in backend.double.requests if m == "GET" and p.split("?")[0].endswith("/events")
+                 and "watch=" not in p]
+        assert len(lists) == 2
+    finally:
+        backend.close()

@@ -117,6 +117,13 @@ def test_rollback_carries_the_good_spec():
     assert action.manifest == V1 and action.version == "v1" and action.details["from"] == "v2"
 
 
+def test_a_held_service_is_not_deleted():
+    """In the file but without a manifest this pass (its first image not pushed yet)."""
+    observed = [seen(service()), seen(V1)]
+    assert decide([], observed, {"api": GOOD}, 0, hold={"api"}) == []
+    assert [a.kind for a in decide([], observed, {"api": GOOD}, 0, hold={"other"})] == ["delete", "delete"]
+
+
 def test_delete_only_what_we_own():
     by_label_only = seen(V1, managers={"helm": set()})
     by_label_only["metadata"]["managedFields"] = [{"manager": "helm", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]

@@ -3,6 +3,7 @@ strict mode (unknown fields are errors) against three Kubernetes versions."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -53,6 +54,7 @@ ready = { http = "http://127.0.0.1:${PORT}/health?deep=1", interval = "500ms" }
 live = { tcp = "127.0.0.1:8000", interval = "10s", timeout = "2s", retries = 5, start_period = "3s" }
 kubernetes = { image = "reg.example/shop/api:1.4", ports = ["80:8000", "9090/udp"] }
 [services.worker]
+build = { dockerfile = "Dockerfile" }  # built and pushed to reg.example/shop per version
 command = "exec worker --id ${REPLICA}"
 shell = true
 user = "1000:2000"
@@ -172,8 +174,44 @@ def test_render_reports_what_cannot_be_mapped_when_the_file_runs_locally(tmp_pat
     with pytest.raises(RenderError) as error:
         render(desired)
     assert error.value.problems == [
-        'services.api: has no image for Kubernetes: set kubernetes = { image = "..." } or [supervise] kubernetes.registry',
-        'services.api: user "www" has no numeric id for Kubernetes: use a uid or map it in [supervise] kubernetes.users']
+        'services.api: has no image for Kubernetes: set kubernetes = { image = "..." }, or [supervise] '
+        'kubernetes.registry and build = { dockerfile = "Dockerfile" } to build and push one per version',
+        'services.api: user "www" has no numeric id for Kubernetes: write a uid like "1000" or map it in '
+        '[supervise] kubernetes.users = { www = 1000 }']
+    assert [keys for keys, _ in error.value.located] == [("services", "api"), ("services", "api", "user")]
+
+
+NO_IMAGE = 'has no image for Kubernetes: nothing builds one to push to 127.0.0.1:5000'
+
+
+@pytest.mark.parametrize("verb", [["check"], ["render"], ["render", "--tag", "v1"], ["plan", "--json"]])
+def test_a_service_without_an_image_is_refused_by_check_render_and_plan_at_its_table(tmp_path, capsys, verb):
+    """check used to pass a cluster service whose image nothing builds, while render and plan
+    refused it at line 0: now all three give check's located message (plan before it dials
+    the cluster)."""
+    from supervisor import cli
+
+    path = tmp_path / "services.toml"
+    path.write_text('[supervise]\nruntime = "kubernetes"\nkubernetes = { registry = "127.0.0.1:5000" }\n\n'
+                    '[services.api]\ncommand = ["api"]\n')
+    assert cli.main([*verb[:1], "--config", str(path), *verb[1:]]) == 2
+    out, err = capsys.readouterr()
+    if verb[-1] == "--json":
+        (error,) = json.loads(out)["errors"]
+        assert (error["line"], error["col"], error["service"]) == (5, 1, "api") and NO_IMAGE in error["message"]
+    else:
+        assert f"services.toml:5:1: services.api: {NO_IMAGE}" in err, err
+
+
+def test_render_without_a_version_locates_the_service(tmp_path, capsys):
+    """A local file's service whose image is REGISTRY/NAME:VERSION: render needs the version."""
+    from supervisor import cli
+
+    path = tmp_path / "services.toml"
+    path.write_text('[supervise]\nkubernetes = { registry = "127.0.0.1:5000" }\n[services.api]\ncommand = ["api"]\n')
+    assert cli.main(["render", "--config", str(path)]) == 2
+    assert "services.toml:3:1: services.api: has no image for Kubernetes: name the version pushed to 127.0.0.1:5000 " \
+           "(`supervise render --tag TAG`)" in capsys.readouterr().err
 
 
 def manifests_to_validate(tmp_path):

@@ -174,10 +174,12 @@ def test_volumes_are_kept_with_host_folders_made_absolute(tmp_path):
     assert spec.volumes == (f"{tmp_path / 'data'}:/data:ro", "cache:/cache:rw")
 
 
-def test_a_container_in_a_cluster_file_is_refused_where_every_runtime_is_checked(tmp_path):
-    mixed = '[services.w]\nruntime = "kubernetes"\ncommand = ["x"]\n'
-    with pytest.raises(config.ConfigError, match="mixing a cluster with this machine is not supported"):
+def test_a_cluster_service_in_a_local_file_needs_an_image_and_is_one_replica_to_the_engine(tmp_path):
+    mixed = '[services.w]\nruntime = "kubernetes"\ncommand = ["x"]\nreplicas = 3\n'
+    with pytest.raises(config.ConfigError, match="services.w: has no image for Kubernetes"):
         config.parse(mixed, tmp_path / "services.toml", runtimes=config.RUNTIMES)
+    spec = config.parse(mixed + 'kubernetes = { image = "w:1" }\n', tmp_path / "services.toml").services["w"]
+    assert (spec.runtime, spec.replicas, spec.slots) == ("kubernetes", 3, 1) and '"w:1"' in (spec.cluster or "")
 
 
 def test_plan_shows_image_pulls_and_builds_with_their_reasons(tmp_path):

@@ -18,7 +18,9 @@ its labels, and output is a log stream pumped into the sink.
 ``[supervise] runtime`` and a service's ``runtime`` key choose the executor by name
 (:func:`executor_names`): ``"local"`` (:mod:`supervisor.execute.executors.local`) and ``"container"``
 (:mod:`supervisor.execute.executors.containers`, over the Engine API client in
-:mod:`supervisor.execute.executors.container`).
+:mod:`supervisor.execute.executors.container`), and ``"kubernetes"`` for single services of a
+local file (:mod:`supervisor.execute.executors.kubernetes`: the service's Deployment is its one
+replica).
 """
 
 from __future__ import annotations
@@ -166,4 +168,4 @@ class ExecutorUnavailable(Exception):
 
 def executor_names() -> tuple[str, ...]:
     """The runtime names that have an executor in this version."""
-    return ("local", "container")
+    return ("local", "container", "kubernetes")
