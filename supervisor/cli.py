@@ -57,7 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                        help="do not echo service output (the log files still have it all)")
     parser._add_container_actions(quiet)  # `supervise -q` works without the verb too
-    sub.add_parser("run", parents=[common, quiet], help="run in the foreground (the default verb)")
+    run = sub.add_parser("run", parents=[common, quiet], help="run in the foreground (the default verb)")
+    once = run.add_mutually_exclusive_group()
+    once.add_argument("--exit-when-done", action="store_true",
+                      help='run once: exit when every job (restart = "never" or "on-failure") has finished, '
+                           "or at the first failure, stopping the rest; the exit status is the first failure's")
+    once.add_argument("--exit-when", action="append", metavar="NAME", default=None,
+                      help="run once: exit when service NAME has finished (repeatable), stopping the rest; "
+                           "the exit status is its own")
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub.add_parser("check", parents=[common, as_json], help="validate the config; exit 2 listing every error")
@@ -84,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         COMMANDS[verb].add_parser(sub, shared)
     add_import_verb(sub)
     sub.add_parser("init", parents=[common],
-                   help="write a commented starter services.toml (from ./Procfile if there is one)")
+                   help="write a commented starter services.toml (from the Procfile beside it, if there is one)")
     one_off = sub.add_parser("exec", parents=[common],
                              help="run a one-off command with a service's environment, folder and user")
     one_off.add_argument("service", metavar="NAME", help="the service whose environment to use")
@@ -144,7 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 setup_logging(args.verbose)
                 return cmd_kubernetes(verb, path, args)
         if verb == "run":
-            return cmd_run(path, quiet=getattr(args, "quiet", False))
+            until = None
+            if getattr(args, "exit_when_done", False) or getattr(args, "exit_when", None):
+                from .decide.runonce import Until
+
+                until = Until(tuple(args.exit_when or ()))
+            return cmd_run(path, quiet=getattr(args, "quiet", False), until=until)
         if verb == "logs":
             return cmd_logs(path, args)
         if verb == "import":
@@ -181,6 +193,8 @@ def cmd_kubernetes(verb: str, path: Path, args: argparse.Namespace) -> int:
     from .kube import cli as kube_cli
 
     if verb == "run":
+        if getattr(args, "exit_when_done", False) or getattr(args, "exit_when", None):
+            raise CliError("run --exit-when-done and --exit-when run local services; not on Kubernetes", EXIT_USAGE)
         return kube_cli.cmd_run(path, quiet=getattr(args, "quiet", False))
     if verb == "plan":
         return kube_cli.cmd_plan(path, args.json)
@@ -194,6 +208,8 @@ def cmd_kubernetes(verb: str, path: Path, args: argparse.Namespace) -> int:
             raise CliError("logs --since, --grep, --json, --replica and --stream read local log files; "
                            "not on Kubernetes yet", EXIT_USAGE)
         return kube_cli.cmd_logs(path, args.services, 10 if args.lines is None else args.lines, args.follow)
+    if args.since is not None:
+        raise CliError("events --since replays the local supervisor's history; not on Kubernetes yet", EXIT_USAGE)
     return kube_cli.cmd_events(path, args.services)
 
 
@@ -270,8 +286,9 @@ def cmd_import(path: Path, env: Path | None, format: str | None) -> int:
     return EXIT_OK
 
 
-def cmd_run(path: Path, quiet: bool = False) -> int:
-    """``supervise run``: the foreground supervisor until SIGINT/SIGTERM (SIGQUIT detaches)."""
+def cmd_run(path: Path, quiet: bool = False, until=None) -> int:
+    """``supervise run``: the foreground supervisor until SIGINT/SIGTERM (SIGQUIT detaches);
+    with ``until`` (a :class:`runonce.Until`), until the run once is over (its exit status)."""
     import asyncio
 
     from .daemon import AlreadyRunning, Daemon
@@ -280,8 +297,15 @@ def cmd_run(path: Path, quiet: bool = False) -> int:
     from .observe.safefs import UnsafeStateDir
 
     desired = config.load(path)
+    if until is not None:
+        from .decide.runonce import RunOnceError, check
+
+        try:
+            check(until, desired.services)
+        except RunOnceError as exc:
+            raise CliError(str(exc), exc.code) from None
     try:
-        return asyncio.run(Daemon(path, desired, console=not quiet).run())
+        return asyncio.run(Daemon(path, desired, console=not quiet, until=until).run())
     except (AlreadyRunning, UnsafeStateDir) as exc:
         raise CliError(str(exc)) from None
 

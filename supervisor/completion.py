@@ -154,6 +154,33 @@ def zsh(parser: argparse.ArgumentParser) -> str:
             "autoload -U +X bashcompinit && bashcompinit\n" + bash(parser))
 
 
+#: The fish function that lists service names: of the supervisor of the ``--config`` (``-c``,
+#: ``--config=``) on the command line so far, as the bash script does, else the default one.
+FISH_NAMES = """\
+function __supervise_names
+    set -l words (commandline -opc)
+    set -l config
+    set -l i 1
+    while test $i -le (count $words)
+        switch $words[$i]
+            case -c --config
+                set i (math $i + 1)
+                set config $words[$i]
+            case '--config=*'
+                set config (string replace -- --config= '' $words[$i])
+            case '-c?*'
+                set config (string sub -s 3 -- $words[$i])
+        end
+        set i (math $i + 1)
+    end
+    if test -n "$config"
+        supervise completion --names --config $config 2>/dev/null
+    else
+        supervise completion --names 2>/dev/null
+    end
+end"""
+
+
 def fish(parser: argparse.ArgumentParser) -> str:
     """The fish script: one ``complete`` line per verb and option."""
     verbs, options, choices = describe(parser)
@@ -177,8 +204,8 @@ def fish(parser: argparse.ArgumentParser) -> str:
                 extra = " -r -F"
             out.append(f"complete -c supervise -n {condition} {flag}{extra}")
     names = " ".join(NAME_VERBS)
-    out.append(f"complete -c supervise -n '__fish_seen_subcommand_from {names}' "
-               "-a '(supervise completion --names 2>/dev/null)'")
+    out += FISH_NAMES.splitlines()
+    out.append(f"complete -c supervise -n '__fish_seen_subcommand_from {names}' -a '(__supervise_names)'")
     out.append(f"complete -c supervise -n '__fish_seen_subcommand_from completion' -a '{' '.join(SHELLS)}'")
     out.append("complete -c supervise -n '__fish_seen_subcommand_from import' -F")
     return "\n".join(out) + "\n"

@@ -30,7 +30,10 @@ from .observe.events import Event, EventType, Notifier
 from .desired.model import Desired
 from .observe.notify import UnitReporter
 from .engine import AlreadyRunning, Engine, StateLock
+from .decide import runonce
+from .decide.runonce import Until
 from .observe import views
+from .observe.history import History
 from .decide.plan import Plan
 from .triggers.watch import FileWatcher
 
@@ -59,7 +62,7 @@ class Daemon:
     config file watcher, signals, the control socket and sd_notify.
     """
 
-    def __init__(self, path: Path, desired: Desired, console: bool = True):
+    def __init__(self, path: Path, desired: Desired, console: bool = True, until: Until | None = None):
         self.path = path
         self.desired = desired
         self.state_dir = desired.settings.state_dir
@@ -67,7 +70,7 @@ class Daemon:
         self.notifier = Notifier()
         self.console_out = logs.Console() if console else None
         self.unit = UnitReporter.from_environ()  # sd_notify(3); a no-op outside systemd
-        self.engine = Engine(desired, bus=self.notifier, on_change=self.unit.changed, console=self.console_out)
+        self.engine = Engine(desired, bus=self.notifier, on_change=self.changed, console=self.console_out)
         self.reconciler = self.engine.reconciler
         self.reconciler.background_fetches = True  # a slow remote holds its own service only
         self.unit.attach(self.reconciler)
@@ -79,6 +82,13 @@ class Daemon:
         self.file_watcher: FileWatcher | None = None
         self.control: ControlServer | None = None
         self.state_dir_check: asyncio.TimerHandle | None = None
+        self.history = History(self.state_dir, desired.settings.event_history)  # opened by run()
+        #: Run once (``run --exit-when-done``/``--exit-when NAME``): what ends the run, its
+        #: outcome once over, the signal that stopped it first (then 128+N is the status).
+        self.until = until
+        self.outcome: runonce.Outcome | None = None
+        self.stop_signal: int | None = None
+        self._judging = False
 
     @property
     def lock(self) -> StateLock:
@@ -159,6 +169,29 @@ class Daemon:
 
     # -- wake-ups --------------------------------------------------------------------------
 
+    def changed(self) -> None:
+        """A phase changed or a plan was applied: tell systemd, and in a run-once see (soon,
+        once per burst of changes) whether the run is over."""
+        self.unit.changed()
+        if self.until is not None and not self._judging and self.outcome is None:
+            self._judging = True
+            asyncio.get_running_loop().call_soon(self._judge)
+
+    def _judge(self) -> None:
+        """Run once: stop every service when :func:`runonce.outcome` says the run is over."""
+        self._judging = False
+        if self.until is None or self.outcome is not None or self.stop_event is None or self.stop_event.is_set():
+            return
+        if self.reconciler.applied == 0:  # the first plan has not run: nothing is known yet
+            return
+        outcome = runonce.outcome(self.until, self.reconciler.desired.services, self.reconciler.observe())
+        if outcome is None:
+            return
+        self.outcome = outcome
+        log.log(logging.INFO if outcome.code == 0 else logging.ERROR,
+                "run once: %s: stopping the rest, exit status %d", outcome.reason, outcome.code)
+        self.stop_event.set()
+
     def on_file_saved(self) -> None:
         self.engine.spawn(self.reload("save"))
 
@@ -194,6 +227,11 @@ class Daemon:
             log.warning("%d services need about %d file descriptors, but the limit is %d; raise "
                         "LimitNOFILE= (or ulimit -Hn) or some will not start", len(self.desired.services), needed, soft)
         await self.engine.open()
+        # the history is ours to write once we hold the state dir's lock; numbers go on from it
+        self.history = History(self.state_dir, self.desired.settings.event_history)
+        self.history.open()
+        self.notifier.seq = max(self.notifier.seq, self.history.last_seq)
+        self.notifier.add_listener(self.history.write)
         self.control = ControlServer(socket_path(self.state_dir), self.handlers())
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
@@ -202,7 +240,7 @@ class Daemon:
 
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.on_stop_signal)
+            loop.add_signal_handler(sig, self.on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
         procs.quiet_wakeup_fd()  # each add_signal_handler above turned the warnings back on
@@ -236,10 +274,17 @@ class Daemon:
         if self.console_out is not None:
             self.console_out.close()
         self.notifier.close()
+        self.history.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             loop.remove_signal_handler(sig)
         log.info("detached" if self.detaching else "stopped")
-        return 1 if failed else 0
+        if failed:
+            return 1
+        if self.until is not None and not self.detaching:  # run once: how the run ended
+            if self.outcome is not None:
+                return self.outcome.code
+            return 128 + (self.stop_signal or signal.SIGTERM)  # stopped before the end, as a shell says
+        return 0
 
     def _check_state_dir(self) -> None:
         """Every :data:`STATE_DIR_CHECK` s: if STATE_DIR was removed (or replaced) under us,
@@ -254,6 +299,7 @@ class Daemon:
                             self.state_dir)
                 self.lock.recreate()
                 self.reconciler.recreate_state_dir()
+                self.history.reopen()
                 if self.control is not None:
                     loop.create_task(self.control.restart())
                 log.warning("state dir %s recreated", self.state_dir)
@@ -262,11 +308,12 @@ class Daemon:
         if self.stop_event is None or not self.stop_event.is_set():
             self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
-    def on_stop_signal(self) -> None:
+    def on_stop_signal(self, signum: int = signal.SIGTERM) -> None:
         """SIGINT/SIGTERM: stop gracefully; a second one while stopping: SIGKILL everything now
         (a second Ctrl-C means "I will not wait for stop_timeout")."""
         assert self.stop_event is not None
         if not self.stop_event.is_set():
+            self.stop_signal = signum
             self.stop_event.set()
             return
         log.warning("second stop signal: SIGKILL to every service now")

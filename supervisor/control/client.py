@@ -94,7 +94,16 @@ class Client:
 
     def stream(self, verb: str, **args: Any) -> Iterator[dict[str, Any]]:
         """One request, then every further line until the server hangs up."""
+        _reply, lines = self.subscribe(verb, **args)
+        yield from lines
+
+    def subscribe(self, verb: str, **args: Any) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+        """One request now: (its first reply, ``{"ok": true, ...}``; every further line until
+        the server hangs up). Raises ControlError as :meth:`call`."""
         self.sock.settimeout(None)
-        self.call(verb, **args)
-        for line in self.reader:
-            yield json.loads(line)
+        reply = self.call(verb, **args)
+
+        def lines() -> Iterator[dict[str, Any]]:
+            for line in self.reader:
+                yield json.loads(line)
+        return reply, lines()

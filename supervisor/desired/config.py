@@ -48,7 +48,7 @@ _INDEX_URL = re.compile(r"^(https?|file)://\S+$")
 NAME_MAX, PATH_MAX = 255, 4095
 
 TOP_KEYS = ("supervise", "env", "services")
-SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "kubernetes", "docker_host")
+SUPERVISE_KEYS = ("state_dir", "runtime", "poll", "keep_versions", "log", "kubernetes", "docker_host", "event_history")
 SERVICE_KEYS = (
     "source", "build", "command", "cwd", "env", "env_file", "replicas", "restart", "backoff",
     "start_limit", "stop_signal", "stop_timeout", "depends_on", "ready", "live", "update",
@@ -609,6 +609,13 @@ class _Validator:
                 self.error(keys + ("keep_versions",), '"keep_versions" must be at most 1000')
             elif value is not None:
                 keep = value
+        history = defaults.event_history
+        if "event_history" in table:
+            value = self.expect(keys + ("event_history",), table["event_history"], int, "a whole number of events")
+            if value is not None and not 2 <= value <= 1_000_000:
+                self.error(keys + ("event_history",), '"event_history" must be from 2 to 1000000 events')
+            elif value is not None:
+                history = value
         log = self.log_policy(keys + ("log",), table["log"], LogPolicy()) if "log" in table else LogPolicy()
         self.default_log = log
         docker_host = None
@@ -617,7 +624,7 @@ class _Validator:
                                       'an Engine API address ("unix:///run/podman/podman.sock", "tcp://host:2375")')
         self.global_runtime = runtime
         return Settings(state_dir=state_dir, runtime=runtime, poll=poll, keep_versions=keep, log=log,
-                        docker_host=docker_host)
+                        docker_host=docker_host, event_history=history)
 
     def service(self, name: str, table: Any, global_env: dict[str, str]) -> ServiceSpec | None:
         keys = ("services", name)

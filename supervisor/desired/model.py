@@ -296,7 +296,7 @@ _SPEC_VALUES = operator.attrgetter(*_SPEC_FIELDS)
 @dataclass(frozen=True)
 class Settings:
     """The ``[supervise]`` table. ``poll`` is seconds; ``state_dir`` absolute; ``docker_host``
-    the container engine's Engine API address as written."""
+    the container engine's Engine API address as written; ``event_history`` a count of events."""
 
     state_dir: Path
     runtime: str = "local"
@@ -304,6 +304,7 @@ class Settings:
     keep_versions: int = 3
     log: LogPolicy = LogPolicy()
     docker_host: str | None = None  # the Engine API address (None: $DOCKER_HOST, usual sockets)
+    event_history: int = 10_000  # events kept in STATE_DIR/events for `events --since`
 
 
 @dataclass(frozen=True)

@@ -63,11 +63,15 @@ class Event:
     version: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     timestamp: float = field(default_factory=time.time)
+    #: Its number on the bus that published it: one more than the event before (the daemon
+    #: continues the numbers of the history it keeps, so they grow across its restarts).
+    seq: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as one flat JSON-able object."""
+        """The event as one flat JSON-able object (``seq`` only once a bus numbered it)."""
+        numbered = {"seq": self.seq} if self.seq is not None else {}
         return {"type": self.type.value, "timestamp": self.timestamp, "service": self.service,
-                "version": self.version, **self.data}
+                "version": self.version, **numbered, **self.data}
 
     def to_json(self) -> str:
         """One compact JSON line (no newline)."""
@@ -79,14 +83,14 @@ class Event:
         raw = dict(raw)
         return cls(type=EventType(raw.pop("type")), service=raw.pop("service", None),
                    version=raw.pop("version", None), timestamp=raw.pop("timestamp", time.time()),
-                   data=raw)
+                   seq=raw.pop("seq", None), data=raw)
 
 
 class Notifier:
     """An in-process event bus: ``notify(event)`` fans out to subscribers; ``close()`` ends them.
 
     Subscribers are plain callables (called in the notifying thread's loop) or asyncio queues
-    from :meth:`subscribe`. A slow queue subscriber loses nothing but is bounded: past
+    from :meth:`subscribe`. Each event published is numbered (``seq``), one more each time. A slow queue subscriber loses nothing but is bounded: past
     ``maxsize`` events the oldest are dropped and a ``dropped`` count is attached to the next.
     """
 
@@ -94,6 +98,8 @@ class Notifier:
         self._callbacks: list[Callable[[Event], None]] = []
         self._queues: list[asyncio.Queue[Event | None]] = []
         self.closed = False
+        #: The ``seq`` of the last event published (the next one gets one more).
+        self.seq = 0
 
     def add_listener(self, callback: Callable[[Event], None]) -> None:
         """Call ``callback(event)`` for every event, on the notifying thread."""
@@ -114,10 +120,10 @@ class Notifier:
         """Publish ``event`` to every listener and subscriber (a no-op once closed)."""
         if self.closed:
             return
-        clean = redact_value(event.data)
-        if clean != event.data:  # a git URL with credentials in it: never published
-            event = Event(type=event.type, service=event.service, version=event.version,
-                          timestamp=event.timestamp, data=clean)
+        clean = redact_value(event.data)  # a git URL with credentials in it: never published
+        self.seq += 1
+        event = Event(type=event.type, service=event.service, version=event.version,
+                      timestamp=event.timestamp, data=clean, seq=self.seq)
         for callback in list(self._callbacks):
             callback(event)
         for queue in list(self._queues):

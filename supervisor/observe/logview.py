@@ -124,7 +124,7 @@ def read(service: str, path: Path, count: int | None, since: float | None = None
     above it (the merge order), else None."""
     chunks: list[tuple[list[bytes], float]] = []
     if since is None and pattern is None and not only and count is not None:
-        chunks.append((logs.last_lines(path, 2 * count + 1), 0.0))  # (origin lines are not shown)
+        chunks.append((_last_with_context(path, count), 0.0))
     else:
         for file in files_of(path, since):
             try:
@@ -167,6 +167,26 @@ def read(service: str, path: Path, count: int | None, since: float | None = None
     if count is None:
         return out
     return out[-count:] if count > 0 else []
+
+
+#: The most lines :func:`read` looks back for the origin line and note above its last lines.
+CONTEXT_LINES = 100_000
+
+
+def _last_with_context(path: Path, count: int) -> list[bytes]:
+    """The last lines of ``path``: ``2 * count + 1`` (origin lines are not shown), and further
+    back, up to :data:`CONTEXT_LINES`, until an origin line and a supervisor note lie above
+    them, so the last lines of a busy replica still say whose they are and when it started
+    (``-n 2`` of a replica that wrote for hours has both far above)."""
+    shown = 2 * count + 1
+    window = shown
+    while True:
+        lines = logs.last_lines(path, window)
+        above = lines[:-shown]
+        if (len(lines) < window or window >= CONTEXT_LINES
+                or (any(_ORIGIN.match(line) for line in above) and any(_NOTE.match(line) for line in above))):
+            return lines
+        window = min(CONTEXT_LINES, window * 8)
 
 
 def merge(per_service: Iterable[list[Line]]) -> list[Line]:

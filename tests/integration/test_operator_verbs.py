@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,8 +47,27 @@ def test_init_from_a_procfile(tmp_path):
     assert json.loads(check.stdout)["services"] == ["web", "worker"]
 
 
+def test_init_with_supervise_config_uses_the_procfile_beside_that_file(tmp_path):
+    """$SUPERVISE_CONFIG names the file: the Procfile beside it is used, not one in the
+    current folder, and the file is written there."""
+    write(tmp_path / "here" / "Procfile", "wrong: sleep 1\n")
+    write(tmp_path / "there" / "Procfile", "right: sleep 1\n")
+    config = tmp_path / "there" / "services.toml"
+    env = {**os.environ, "SUPERVISE_CONFIG": str(config)}
+    result = supervise("init", cwd=tmp_path / "here", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"from {tmp_path / 'there' / 'Procfile'}" in result.stdout
+    assert "[services.right]" in config.read_text() and not (tmp_path / "here" / "services.toml").exists()
+    assert json.loads(supervise("check", "--json", cwd=tmp_path / "here", env=env).stdout)["services"] == ["right"]
+    relative = {**os.environ, "SUPERVISE_CONFIG": "there/services.toml"}
+    config.unlink()
+    assert supervise("init", cwd=tmp_path, env=relative).returncode == 0
+    assert "[services.right]" in config.read_text()
+
+
 @pytest.mark.parametrize("verb", [["run"], ["check"], ["plan"], ["status"], ["stop", "x"], ["logs"], ["top"],
-                                  ["exec", "x", "--", "true"]])
+                                  ["exec", "x", "--", "true"], ["events", "--since", "1m"],
+                                  ["run", "--exit-when-done"]])
 def test_a_missing_config_file_says_so_in_one_line(tmp_path, verb):
     result = supervise(*verb, cwd=tmp_path)
     assert result.returncode == 2
@@ -145,13 +165,77 @@ def test_zsh_and_fish_scripts(tmp_path):
     assert zsh.startswith("#compdef supervise") and "bashcompinit" in zsh and "complete -F _supervise supervise" in zsh
     fish = supervise("completion", "fish").stdout
     assert "complete -c supervise -n __fish_use_subcommand -a top" in fish
-    assert "(supervise completion --names 2>/dev/null)" in fish
+    assert "(__supervise_names)" in fish
     for shell, text in (("zsh", zsh), ("fish", fish)):
         if shutil.which(shell):  # not installed here; where it is, the script must at least parse
             flag = ["-n"] if shell == "zsh" else ["--no-execute"]
             (tmp_path / shell).write_text(text)
             assert subprocess.run([shell, *flag, str(tmp_path / shell)], capture_output=True).returncode == 0
     assert supervise("completion").returncode == 2
+
+
+def test_zsh_completion_in_a_real_terminal(tmp_path):
+    """The zsh script (bash's, through bashcompinit) in an interactive zsh (tmux): verbs, and
+    service names from the file given with --config, not from the current folder."""
+    tmux, zsh = shutil.which("tmux"), shutil.which("zsh")
+    if tmux is None or zsh is None:
+        if os.environ.get("CI"):
+            pytest.fail("tmux or zsh is missing; .ci/run installs them")
+        pytest.skip("tmux or zsh is not installed here (CI installs them)")
+    config = write(tmp_path / "project" / "services.toml", '[services.web-a]\ncommand = ["sleep", "300"]\n'
+                                                           '[services.web-b]\ncommand = ["sleep", "300"]\n')
+    write(tmp_path / "elsewhere" / "services.toml", '[services.other]\ncommand = ["sleep", "300"]\n')
+    script = write(tmp_path / "supervise.zsh", supervise("completion", "zsh").stdout)
+    socket = f"supervise-test-zsh-{os.getpid()}-{tmp_path.name}"
+    shell = (f"env -i PATH={BIN}:/usr/bin:/bin HOME={tmp_path} TERM=xterm "
+             f"SUPERVISE_TEST_MARK={os.environ['SUPERVISE_TEST_MARK']} {zsh} -f -i")
+
+    def screen() -> str:
+        return subprocess.run([tmux, "-L", socket, "capture-pane", "-p"], capture_output=True, text=True).stdout
+
+    try:
+        subprocess.run([tmux, "-L", socket, "-f", "/dev/null", "new-session", "-d", "-x", "200", "-y", "10", shell],
+                       check=True)
+        subprocess.run([tmux, "-L", socket, "send-keys", f"autoload -U +X compinit && compinit -u; source {script}; "
+                        f"cd {tmp_path / 'elsewhere'}; echo READY", "Enter"], check=True)
+        wait_until(lambda: "\nREADY" in screen(), timeout=20, message="zsh to source the script")
+        subprocess.run([tmux, "-L", socket, "send-keys", f"supervise stop --config {config} we", "Tab", "Q"], check=True)
+        wait_until(lambda: f"supervise stop --config {config} web-Q" in screen(), timeout=20, message="the names")
+        subprocess.run([tmux, "-L", socket, "send-keys", "C-u", "supervise rest", "Tab", "Q"], check=True)
+        wait_until(lambda: "supervise restart Q" in screen(), timeout=20, message="the verb")
+    finally:
+        subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
+
+
+def fish_complete(script: Path, line: str, cwd: Path) -> list[str]:
+    """What a real fish offers for ``line`` (``complete -C``) with the script sourced."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    result = subprocess.run(["fish", "--no-config", "-c", f"source {script}; complete -C {shlex.quote(line)}"],
+                            capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [w.split("\t")[0] for w in result.stdout.splitlines() if w]
+
+
+def test_fish_completion_takes_names_from_the_supervisor_of_the_given_config(tmp_path):
+    if shutil.which("fish") is None:
+        if os.environ.get("CI"):
+            pytest.fail("fish is missing; .ci/run installs it")
+        pytest.skip("fish is not installed here (CI installs it)")
+    write(tmp_path / "services.toml", '[services.here]\ncommand = ["sleep", "300"]\n')
+    other = write(tmp_path / "other" / "services.toml", '[services.there-a]\ncommand = ["sleep", "300"]\n'
+                                                        '[services.there-b]\ncommand = ["sleep", "300"]\n')
+    script = tmp_path / "supervise.fish"
+    script.write_text(supervise("completion", "fish").stdout)
+    assert fish_complete(script, "supervise stop ", tmp_path) == ["here"]
+    proc = subprocess.Popen([PY, "-m", "supervisor", "-q", "--config", str(other)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: supervise("status", "--config", str(other)).returncode == 0, timeout=30)
+        for line in (f"supervise stop --config {other} ", f"supervise --config={other} logs ",
+                     f"supervise -c {other} restart there-"):
+            assert fish_complete(script, line, tmp_path) == ["there-a", "there-b"], line
+    finally:
+        terminate(proc)
 
 
 def test_exec_runs_with_the_services_environment_folder_and_exit_code(tmp_path):

@@ -194,3 +194,21 @@ restart = "never"
         assert cli(path, "status").returncode == 3
     finally:
         terminate(proc)
+
+
+def test_logs_n_of_a_busy_replica_still_says_whose_and_when(tmp_path):
+    """``logs -n 2`` of a replica whose origin line and start note lie far above its last lines:
+    they are still its replica's and stream's, dated by its start (so the merge is in order)."""
+    path = write(tmp_path / "services.toml", '[services.web]\ncommand = ["true"]\n[services.job]\ncommand = ["true"]\n')
+    logs = tmp_path / ".supervise" / "logs"
+    started = time.time() - 3600
+    write(logs / "web.log", f"[supervise {stamp(started)}] started web[1] pid 7: new service\n"
+                            f"[supervise {stamp(started)}] >> web[1] stderr\n" + "busy\n" * 5000)
+    write(logs / "job.log", f"[supervise {stamp(started - 60)}] started job[0] pid 8: new service\n"
+                            f"[supervise {stamp(started - 60)}] >> job[0] stdout\nearlier\n")
+    result = cli(path, "logs", "--json", "-n", "2")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(x["service"], x["line"]) for x in lines] == [
+        ("job", f"[supervise {stamp(started - 60)}] started job[0] pid 8: new service"), ("job", "earlier"),
+        ("web", "busy"), ("web", "busy")]
+    assert lines[-1]["replica"] == 1 and lines[-1]["stream"] == "stderr" and lines[-1]["time"] == int(started)

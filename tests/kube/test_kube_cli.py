@@ -204,3 +204,15 @@ def test_the_live_view_is_refused_in_one_line_on_kubernetes(tmp_path, verb):
     shown = "top" if verb == ["top"] else "status --watch"
     assert result.stderr == f"supervise: {shown} shows a local supervisor; on Kubernetes, use status (a row per pod)\n"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("verb, message", [
+    (["run", "--exit-when-done"], "run --exit-when-done and --exit-when run local services; not on Kubernetes"),
+    (["run", "--exit-when", "web"], "run --exit-when-done and --exit-when run local services; not on Kubernetes"),
+    (["events", "--since", "10m"], "events --since replays the local supervisor's history; not on Kubernetes yet"),
+])
+def test_run_once_and_the_event_history_are_refused_in_one_line_on_kubernetes(tmp_path, verb, message):
+    """Run once and ``events --since`` are the local supervisor's; no cluster is needed to refuse them."""
+    result = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(write(tmp_path)), *verb],
+                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and result.stderr == f"supervise: {message}\n" and result.stdout == ""
