@@ -111,10 +111,11 @@ class Daemon:
         """The desired state from the file, or None (error reported once) if it is invalid."""
         return self._accept(self._read())
 
-    async def load_async(self) -> Desired | None:
+    async def load_async(self, report: bool = False) -> Desired | None:
         """:meth:`load` with the reading and validation in a thread: a slow file (a large one,
-        one with thousands of mistakes) never holds restarts, the socket or log pumping."""
-        return self._accept(await asyncio.to_thread(self._read))
+        one with thousands of mistakes) never holds restarts, the socket or log pumping.
+        ``report``: say what is wrong even when it was said already (see :meth:`_accept`)."""
+        return self._accept(await asyncio.to_thread(self._read), report)
 
     def _read(self) -> Desired | ConfigError:
         """The file's desired state, or the ConfigError saying why not; raises nothing (any
@@ -126,11 +127,15 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - config.load should not; a bad file never stops us
             return ConfigError([config.Diagnostic(str(self.path), 0, 0, f"cannot load: {exc!r}"[:300])])
 
-    def _accept(self, new: Desired | ConfigError) -> Desired | None:
+    def _accept(self, new: Desired | ConfigError, report: bool = False) -> Desired | None:
+        """Take a good desired state; for a bad one, log the error line and emit the
+        ``config-error`` event, once per distinct error (a wake-up or a second save of the same
+        mistake repeats nothing), or every time with ``report`` (an explicit reload: SIGHUP
+        and the verb always answer)."""
         if isinstance(new, ConfigError):
             exc = new
             text = str(exc)
-            if text != self.last_error:
+            if text != self.last_error or report:
                 log.error("config not applied, the last good one stays in force:\n%s", text)
                 self.notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[str(d) for d in exc.diagnostics])
             self.last_error = text
@@ -157,10 +162,12 @@ class Daemon:
     async def reload(self, trigger: str) -> tuple[Plan | None, str]:
         """The one reload path, for a save, SIGHUP and the ``reload`` verb alike: re-read the
         file and apply it. Returns (the plan, "") or (None, the error) for an invalid file,
-        which is reported the same way whatever the trigger and never announced as reloaded."""
+        which is reported the same way whatever the trigger and never announced as reloaded.
+        An explicit trigger (SIGHUP, the verb) reports an error even if a save reported it
+        already: whoever asked gets an answer; a save of the same mistake again does not."""
         self.reloads += 1
         log.info("%s: reloading %s", trigger, self.path.name)
-        desired = await self.load_async()
+        desired = await self.load_async(report=trigger != "save")
         if desired is None:
             return None, self.last_error
         the_plan = await self.engine.apply(desired)

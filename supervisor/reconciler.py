@@ -325,17 +325,24 @@ class Reconciler:
         artifacts: dict[str, Artifact | None] = {}
 
         tasks: dict[str, asyncio.Future[None]] = {}
+        prepares: dict[str, asyncio.Future[None]] = {}
+
+        async def prepare(name: str) -> None:
+            async with semaphore:
+                artifacts[name] = await self._prepare(specs[name])
 
         async def deploy(name: str) -> None:
             # 3. a service's processes as soon as its own artifact and its dependencies' actions
             # are done: one slow build holds only the services that depend on it
-            if name in to_prepare:
-                async with semaphore:
-                    artifacts[name] = await self._prepare(specs[name])
+            if name in prepares:
+                await prepares[name]
             await asyncio.gather(*(tasks[d.service] for d in specs[name].depends_on if d.service in tasks))
             if the_plan.for_service(name):
-                await self._guarded(specs[name], the_plan, artifacts)
+                await self._guarded(specs[name], the_plan, artifacts,
+                                    lambda: self._stop_dependents(name, specs, the_plan, artifacts, prepares))
 
+        for name in to_prepare:
+            prepares[name] = asyncio.ensure_future(prepare(name))
         for level in dependency_levels(specs):
             for name in level:
                 if name in to_prepare or the_plan.for_service(name):
@@ -343,7 +350,7 @@ class Reconciler:
         try:
             await asyncio.gather(*tasks.values())
         finally:
-            for task in tasks.values():
+            for task in [*tasks.values(), *prepares.values()]:
                 task.cancel()
         self.on_change()
 
@@ -362,6 +369,42 @@ class Reconciler:
             by_executor.setdefault(id(executor), (executor, []))[1].append(action.service)
         for executor, names in by_executor.values():
             executor.expect_starts(names)
+
+    async def _stop_dependents(self, name: str, specs: Mapping[str, ServiceSpec], the_plan: Plan,
+                               artifacts: Mapping[str, Artifact | None],
+                               prepares: Mapping[str, asyncio.Future[None]]) -> None:
+        """Before ``name``'s replicas are recreated (stopped, then started): stop first the
+        replicas of the services that restart with it because they asked to (``depends_on``
+        ... ``restart = true``, compose's rule; and theirs, transitively), dependents first, as
+        at shutdown. Their own restart in this plan then starts them again, after ``name``
+        and once their ``depends_on`` conditions hold. A dependent whose new version failed
+        to build does not restart, so it is not stopped either. With ``update =
+        "start-first"`` ``name`` never goes down: nothing is stopped here."""
+        if specs[name].update == "start-first":
+            return
+        cascade: set[str] = set()
+        frontier = {name}
+        while frontier:
+            found = {n for n, s in specs.items() if n != name and n not in cascade
+                     and any(d.restart and d.service in frontier for d in s.depends_on)}
+            cascade |= found
+            frontier = found
+        going: dict[str, list[int]] = {}
+        for dependent in cascade:
+            controller = self.controllers.get(dependent)
+            actions = the_plan.for_service(dependent)
+            indices = [a.replica for a in actions if a.kind is ActionKind.RESTART and a.replica is not None]
+            if controller is None or not indices:
+                continue
+            if any(a.kind in PREPARE_KINDS for a in actions):
+                if dependent in prepares:
+                    await asyncio.wait([prepares[dependent]])  # (never raises; its own task reports)
+                if artifacts.get(dependent) is None:
+                    continue  # its build failed: it keeps running, as it would without us
+            going[dependent] = indices
+        reason = f"dependency {name} restarts"
+        for level in reversed(dependency_levels({n: specs[n] for n in going})):
+            await asyncio.gather(*(self.controllers[n].stop_for_dependency(going[n], reason) for n in level))
 
     def _controller(self, spec: ServiceSpec) -> ServiceController:
         return ServiceController(spec, state_dir=self.state_dir, executor=self.executor_for(spec),
@@ -470,16 +513,20 @@ class Reconciler:
         if timer is not None:
             timer.cancel()
 
-    async def _guarded(self, spec: ServiceSpec, the_plan: Plan, artifacts: Mapping[str, Artifact | None]) -> None:
+    async def _guarded(self, spec: ServiceSpec, the_plan: Plan, artifacts: Mapping[str, Artifact | None],
+                       before_restart: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run one service's actions; a bug there is logged and leaves the others alone."""
         try:
-            await self._run_actions(spec, the_plan, artifacts)
+            await self._run_actions(spec, the_plan, artifacts, before_restart)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("%s: applying the plan failed; the other services are not affected", spec.name)
 
-    async def _run_actions(self, spec: ServiceSpec, the_plan: Plan, artifacts: Mapping[str, Artifact | None]) -> None:
+    async def _run_actions(self, spec: ServiceSpec, the_plan: Plan, artifacts: Mapping[str, Artifact | None],
+                           before_restart: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Apply ``spec``'s actions of ``the_plan``; ``before_restart`` runs once its new
+        artifact is in hand, before any replica restarts (dependents stop first)."""
         name = spec.name
         controller = self.controllers[name]
         actions = the_plan.for_service(name)
@@ -506,6 +553,8 @@ class Reconciler:
             artifact = await self._prepare(spec)
             if artifact is None:
                 return
+        if before_restart is not None and any(a.kind is ActionKind.RESTART for a in starts):
+            await before_restart()
         await asyncio.gather(*(
             (controller.restart_replica if a.kind is ActionKind.RESTART else controller.start_replica)(
                 a.replica, spec, artifact, a.reason)  # type: ignore[arg-type]

@@ -163,7 +163,14 @@ class Exited:
 
 @dataclass(frozen=True)
 class Ready:
-    """The ready check passed."""
+    """The ready check passed. ``alive``: the replica's process still ran when it did (a check
+    that passes for a process already gone was answered by someone else, e.g. the old
+    replica of a start-first update: never ready). ``foreign``: why the answer was not this
+    replica's (another replica of the service listens on the checked port, and this one does
+    not), "" when it was; with a reason it is not ready either, and its message says so."""
+
+    alive: bool = True
+    foreign: str = ""
 
 
 @dataclass(frozen=True)
@@ -340,9 +347,16 @@ def _on_exited(policy: Policy, out: _Out, event: Any, now: float, who: str) -> N
 
 def _on_ready(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
     state = out.state
+    if not event.alive:  # a gone process is never ready: its exit follows (a failed start)
+        return
+    if event.foreign:  # someone else answered (the old replica): not ready, and say why once
+        if state.up and state.pid is not None and not state.ready and state.message != event.foreign:
+            out.state = replace(state, message=event.foreign)
+            out.effects.append(Note(f"{who} pid {state.pid} is not ready: {event.foreign}"))
+        return
     if state.up and state.pid is not None and not state.stopping:
         # a new version's probation still runs its course: ready, then crashing, is bad
-        out.state = replace(state, ready=True, phase=Phase.READY)
+        out.state = replace(state, ready=True, phase=Phase.READY, message="")
         out.effects.append(emit(EventType.READY, pid=state.pid))
         if state.trial:
             out.state = replace(out.state, trial=False)
@@ -422,7 +436,8 @@ def _exited(policy: Policy, out: _Out, exit: Exit, now: float, uptime: float, ji
     state = out.state
     if state.trial:  # a start-first candidate that died: the old replica stays
         out.state = replace(state, phase=Phase.EXITED, trial=False)
-        out.effects += [Cancel(Timer.TRIAL), Abandon(f"exited during start-up ({exit})")]
+        seen = f"; {state.message}" if state.message else ""
+        out.effects += [Cancel(Timer.TRIAL), Abandon(f"exited during start-up ({exit}{seen})")]
         return
     # An adopted process is not our child: its exit status cannot be known. For on-failure,
     # running a one-shot job (a migration) twice is the worse mistake.
@@ -481,7 +496,8 @@ def _fired(policy: Policy, out: _Out, timer: Timer, now: float) -> None:
             return
         out.state = replace(state, probation=False)
         if policy.has_ready and not (state.ready and state.up):
-            out.effects.append(Rollback(f"never became ready within {policy.ready_deadline:g}s"))
+            seen = f" ({state.message})" if state.message and state.up else ""
+            out.effects.append(Rollback(f"never became ready within {policy.ready_deadline:g}s{seen}"))
         elif not state.up:
             out.effects.append(Rollback(f"not running {policy.probation:g}s after the update ({state.phase.value})"))
     elif timer is Timer.TRIAL:
@@ -489,7 +505,8 @@ def _fired(policy: Policy, out: _Out, timer: Timer, now: float) -> None:
             return
         out.state = replace(state, trial=False)
         if policy.has_ready and not state.ready:
-            out.effects.append(Abandon(f"never became ready within {policy.ready_deadline:g}s"))
+            seen = f" ({state.message})" if state.message else ""  # e.g. who answered its check instead
+            out.effects.append(Abandon(f"never became ready within {policy.ready_deadline:g}s{seen}"))
         else:
             out.effects.append(Promote())
 

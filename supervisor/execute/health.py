@@ -38,6 +38,41 @@ async def probe(check: Check | Mapping[str, object], env: Mapping[str, str], cwd
     return False
 
 
+def local_port(check: Check | Mapping[str, object], env: Mapping[str, str]) -> int | None:
+    """The TCP port a ``tcp``/``http`` check connects to when it connects to this machine (a
+    loopback or unspecified address, ``localhost``, or an address of one of its interfaces),
+    else None (an ``exec`` check, a remote host, a target that does not parse): then who
+    answers cannot be looked up here. Reads the interface list (psutil)."""
+    import ipaddress
+
+    import psutil
+
+    check = Check.of(check)
+    try:
+        if check.kind == "tcp":
+            host, port = _split_host_port(expand(check.target, env))
+        elif check.kind == "http":
+            parts = urlsplit(expand(check.target, env))
+            host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+        else:
+            return None
+    except ValueError:
+        return None
+    if host.lower() == "localhost":
+        return port
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: resolving it on every probe is not worth it
+    if address.is_loopback or address.is_unspecified:
+        return port
+    try:
+        ours = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    except OSError:
+        return None
+    return port if str(address) in ours else None
+
+
 def _split_host_port(target: str) -> tuple[str, int]:
     host, _, port = target.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)

@@ -831,6 +831,26 @@ def _anything_left(handle: ProcessHandle, snapshot: list[psutil.Process]) -> boo
     return False
 
 
+def listens_on(handle: ProcessHandle, port: int, known: Collection[int] = ()) -> bool:
+    """True when a process of ``handle``'s replica (its leader or a :func:`members` process)
+    holds a TCP socket listening on ``port``: the kernel's socket table, read per process
+    (psutil ``net_connections``, matched by socket inode), so it costs the replica's few
+    processes, not a scan of the machine. ``known``: as for :func:`members`. Blocking (reads
+    /proc): call it in a thread."""
+    try:
+        processes = [psutil.Process(handle.pid), *members(handle, known)]
+    except psutil.Error:
+        processes = members(handle, known)
+    for process in processes:
+        try:
+            connections = process.net_connections(kind="tcp")
+        except (psutil.Error, OSError):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections):
+            return True
+    return False
+
+
 def too_many_files() -> str:
     """The message for EMFILE, naming the limit and how to raise it."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)

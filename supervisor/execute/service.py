@@ -77,7 +77,10 @@ class Replica:
     timers: dict[Timer, asyncio.TimerHandle] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
     previous: Launch | None = None  # the last good launch, while this new one is on probation
+    proven: bool = False  # stopped ahead of its restart (a dependency restarts) while proven good
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
+    stop: asyncio.Future[Exit | None] | None = None  # the stop under way (or done): one per process
+    spawning: asyncio.Task[None] | None = None  # the executor's start under way (a container is created)
     # The callback on the process's exit future (see ServiceController._watch): a callback, not
     # a task per replica, until the exit comes (2,000 idle tasks were 2 MB and a frame each).
     watcher: tuple[asyncio.Future[Exit], Callable[[asyncio.Future[Exit]], None]] | None = None
@@ -242,7 +245,11 @@ class ServiceController:
         if replica.state.phase is not before:
             self._phase_changed()
         if spawn is not None:
-            self._spawn(replica, spawn.reason)
+            # The executor's start may wait on an engine (a container is created): it runs as
+            # a task, never on the loop's time; start_replica awaits it, and a stop that comes
+            # meanwhile waits for it (see _begin_stop).
+            replica.stop = None  # a new process: a stop of it is a new stop
+            replica.spawning = asyncio.get_running_loop().create_task(self._spawn(replica, spawn.reason))
         return stops
 
     def _run(self, replica: Replica, effect: Effect) -> None:
@@ -344,6 +351,8 @@ class ServiceController:
         self._feed(replica, Start(reason, waiting=waiting, probation=previous is not None))
         if waiting:
             self._task(replica, self._start_after_dependencies(replica))
+        else:
+            await self._spawned(replica)
 
     async def restart_replica(self, index: int, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
         """Replace replica ``index`` with a new process of ``spec``/``artifact``.
@@ -362,7 +371,7 @@ class ServiceController:
             if new_launch:
                 # Roll back only to a launch that proved itself (ready, or up PROBATION s);
                 # one still on probation hands on its own last good launch.
-                if lifecycle.proven(self.policy(old), old.state, self.clock.monotonic()):
+                if old.proven or lifecycle.proven(self.policy(old), old.state, self.clock.monotonic()):
                     previous = old.launch
                 elif old.state.probation:
                     previous = old.previous
@@ -377,6 +386,18 @@ class ServiceController:
             old.state = replace(old.state, restarts=old.state.restarts + 1)
         await self.start_replica(index, spec, artifact, reason, previous=previous)
 
+    async def stop_for_dependency(self, indices: list[int], reason: str) -> None:
+        """Stop replicas ``indices`` ahead of their restart, because a dependency of theirs is
+        about to go down (``depends_on`` ... ``restart = true``); the plan's restart of each
+        starts it again. Whether each was proven good is kept, so the restart can still roll
+        back to it."""
+        now = self.clock.monotonic()
+        for index in indices:
+            replica = self.replicas.get(index)
+            if replica is not None:
+                replica.proven = lifecycle.proven(self.policy(replica), replica.state, now)
+        await asyncio.gather(*(self.stop_replica(i, reason) for i in indices))
+
     async def stop_replica(self, index: int, reason: str, remove: bool = False) -> Exit | None:
         """Stop replica ``index``: stop signal, ``stop_timeout``, SIGKILL to the group."""
         replica = self.replicas.get(index)
@@ -390,17 +411,47 @@ class ServiceController:
         return exit
 
     async def _stop_process(self, replica: Replica, reason: str) -> Exit | None:
-        """Stop ``replica``'s process (in the dict or not) and wait until its output is in."""
-        replica.unwatch()
+        """Stop ``replica``'s process (in the dict or not) and wait until its output is in.
+        A caller cancelled meanwhile does not cancel the stop: a stop always finishes."""
+        return await asyncio.shield(self._begin_stop(replica, reason))
+
+    def _begin_stop(self, replica: Replica, reason: str) -> asyncio.Future[Exit | None]:
+        """The synchronous half of a stop: checks and timers end and the life cycle learns of
+        the stop now (the ``stopping`` event and note), so the exit that follows, however soon,
+        is this stop's (a ``stopped`` event with its status), never a crash nor a silent end.
+        Returns the future of the whole stop; a second stop of the same process gets the same
+        one (its ``stop_signal``, ``stop_timeout``, then SIGKILL run once)."""
+        if replica.stop is not None:
+            return replica.stop
+        if replica.spawning is not None and not replica.spawning.done():
+            # its process is being made (a container): stop it once it is there (or failed)
+            async def after_spawn() -> Exit | None:
+                await self._spawned(replica)
+                replica.stop = None
+                return await self._begin_stop(replica, reason)
+
+            pending: asyncio.Future[Exit | None] = asyncio.get_running_loop().create_task(after_spawn())
+            replica.stop = pending
+            return pending
+        replica.unwatch()  # its tasks, and the callback on its exit
         handle = replica.handle
         alive = handle is not None and self.executor.alive(handle)
         stops = self._feed(replica, Stop(reason, alive=alive))
-        exit = None
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[Exit | None]
         if handle is not None and stops:
-            exit = await self.executor.stop(handle, stops[0].signal, stops[0].timeout)
+            stop = loop.create_task(self._finish_stop(replica, handle, stops[0]))
+        else:
             replica.handle = None
-            self._feed(replica, Stopped(exit))
+            stop = loop.create_future()
+            stop.set_result(None)
+        replica.stop = stop
+        return stop
+
+    async def _finish_stop(self, replica: Replica, handle: Running, stop: StopProcess) -> Exit | None:
+        exit = await self.executor.stop(handle, stop.signal, stop.timeout)
         replica.handle = None
+        self._feed(replica, Stopped(exit))
         return exit
 
     # -- safe updates: start-first and rollback ---------------------------------------------
@@ -473,14 +524,20 @@ class ServiceController:
 
     async def stop_all(self, reason: str) -> None:
         """Stop and forget every replica, concurrently."""
-        self.signal_all()
+        self.signal_all(reason)
         await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
 
-    def signal_all(self) -> None:
-        """Send every running replica its stop signal now (the stops that follow wait)."""
-        for replica in self.replicas.values():
-            if replica.handle is not None:
-                self.executor.signal(replica.handle, self.spec.stop_signal)
+    def signal_all(self, reason: str = "supervisor stopping") -> None:
+        """Begin the stop of every replica now (shutdown: the signals of a whole dependency
+        level leave at once, the waits follow in :meth:`stop_all`). Each stop is begun in the
+        life cycle before its signal is sent, so a replica that exits at once is reported
+        stopped, as any other (not lost between the signal and the wait)."""
+        for replica in list(self.replicas.values()):
+            handle = replica.handle
+            if replica.stop is None and handle is not None:
+                self._begin_stop(replica, reason)
+                if replica.handle is handle and handle.running:
+                    self.executor.signal(handle, self.spec.stop_signal)
 
     def detach(self) -> None:
         """Stop watching without stopping (see Reconciler.detach); the state file is written
@@ -564,7 +621,7 @@ class ServiceController:
                 for wait in waits:
                     wait.cancel()
 
-    def _spawn(self, replica: Replica, reason: str) -> None:
+    async def _spawn(self, replica: Replica, reason: str) -> None:
         """Run the Spawn effect through the executor, then watch the replica."""
         spec, artifact = replica.launch.spec, replica.launch.artifact
         env = replica_env(self.name, spec.environment, replica.index, user=spec.user)
@@ -572,13 +629,24 @@ class ServiceController:
         if spec.source.kind == "pip":  # the version's venv, as `activate` sets it
             env.update(venv_env(artifact.workdir, env))
         try:
-            handle = self.executor.start(spec, artifact, replica.index, env, self.sink, self._label(replica.index))
+            handle = await self.executor.start(spec, artifact, replica.index, env, self.sink,
+                                               self._label(replica.index))
         except StartFailed as exc:
             self._feed(replica, SpawnFailed(str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug in an executor: a failed start, never a stuck one
+            log.exception("%s: starting replica %d failed", self.name, replica.index)
+            self._feed(replica, SpawnFailed(f"cannot start: {exc!r}"[:300]))
             return
         replica.handle = handle
         self._feed(replica, Spawned(handle.pid, at=self.clock.time()))
         self._watch_checks(replica, handle, env)
+
+    async def _spawned(self, replica: Replica) -> None:
+        """Wait until the start under way (if any) has a process, or has failed."""
+        spawning = replica.spawning
+        if spawning is not None and not spawning.done():
+            await asyncio.wait([spawning])
 
     def _watch_checks(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         spec = replica.launch.spec
@@ -639,9 +707,16 @@ class ServiceController:
         while handle.running and replica.handle is handle:
             if await self.executor.probe(check, handle, env, replica.launch.artifact.workdir / replica.launch.spec.cwd,
                                           user=replica.launch.spec.user):
-                if replica.handle is handle and handle.running:
-                    self._feed(replica, Ready())
-                return
+                # Passing is not enough: the answer must be this replica's (during a
+                # start-first update the old replica answers on the same port).
+                siblings = [r.handle for r in (*self.replicas.values(), *self.candidates.values())
+                            if r is not replica and r.handle is not None]
+                foreign = await self.executor.foreign_answer(check, handle, env, siblings)
+                if replica.handle is not handle:
+                    return
+                self._feed(replica, Ready(alive=handle.running, foreign=foreign))
+                if not foreign:
+                    return
             await asyncio.sleep(check.interval)
 
     async def _liveness(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:

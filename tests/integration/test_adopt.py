@@ -253,3 +253,59 @@ def test_an_unreadable_state_file_is_reported_and_never_becomes_a_duplicate_star
             await stack.until(lambda: stack.pid("a"), message="a started after the user start")
 
     run_async(body())
+
+
+def test_every_replica_is_reported_stopping_and_stopped_at_a_stop_after_an_adoption(tmp_path):
+    """Issue 12.9: SIGQUIT, start again (adopts), SIGKILL one replica, add a service, stop and
+    start it, then SIGINT: each replica that ran prints its stopping and its stopped line.
+    (A replica that died from the shutdown's signal before its stop was begun used to end
+    silently: the slow look at an adopted replica's processes gave it the time to.)"""
+    import re
+
+    base = "".join(f'[services.w{i}]\ncommand = ["{PY}", "-c", "import time; time.sleep(300)"]\nreplicas = 3\n'
+                   for i in range(3))
+    path = write(tmp_path / "services.toml", base)
+    out = tmp_path / "out.txt"
+    first = start(path, out)
+    second = None
+    pids: dict[str, int] = {}
+    try:
+        def replicas(count: int) -> dict[str, int] | None:
+            rows = status(path)
+            found = {f"{r['service']}[{r['replica']}]": r["pid"] for r in rows
+                     if r["phase"] in ("running", "ready") and r["pid"]}
+            return found if len(found) == count else None
+
+        pids = wait_until(lambda: replicas(9), timeout=30, message="9 replicas running")
+        first.send_signal(signal.SIGQUIT)
+        assert first.wait(timeout=20) == 0
+        second = start(path, out)
+        assert wait_until(lambda: replicas(9), timeout=30, message="9 replicas adopted") == pids
+        os.kill(pids["w1[1]"], signal.SIGKILL)
+        wait_until(lambda: (r := replicas(9)) and r["w1[1]"] != pids["w1[1]"], timeout=20, message="w1[1] again")
+        path.write_text(base + f'[services.extra]\ncommand = ["{PY}", "-c", "import time; time.sleep(300)"]\n')
+        wait_until(lambda: replicas(10), timeout=20, message="the added service")
+        for verb in ("stop", "start"):
+            result = subprocess.run([PY, "-m", "supervisor", verb, "extra", "--config", str(path)],
+                                    capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, result.stderr
+        running = wait_until(lambda: replicas(10), timeout=20, message="extra started again")
+        mark = out.stat().st_size
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=30) == 0
+        with open(out, "rb") as f:
+            f.seek(mark)
+            text = f.read().decode(errors="replace")
+        for word in ("stopping", "stopped"):
+            said = set(re.findall(rf"\b{word} (\w+\[\d+\]): pid (\d+)", text))
+            missing = {(who, str(pid)) for who, pid in running.items()} - said
+            assert not missing, f"no {word} line for {sorted(missing)}:\n{text}"
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+        for pid in pids.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

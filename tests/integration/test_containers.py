@@ -333,3 +333,55 @@ def test_no_engine_is_one_clear_error(tmp_path):
         ContainerExecutor(tmp_path, docker_host=f"unix://{tmp_path}/none.sock")
     assert "\n" not in str(failure.value)
     assert str(failure.value).startswith(f"cannot reach the container engine at unix://{tmp_path}/none.sock")
+
+
+def test_a_cancelled_image_build_stops_reading_at_once(podman_api, base_image, tmp_path):
+    """A build whose prepare was cancelled (a newer commit, a stop) must not run on in its
+    thread: BuildCancel cuts its API stream and the thread returns at once with "cancelled",
+    while the RUN step still runs. (Docker then stops the build, its client having gone away;
+    podman's compat API does not, podman PR #10295: the build runs to its end there, and
+    its image is pruned with the other unkept versions. This test ends the RUN step itself.)"""
+    from supervisor.execute.executors.container import BuildCancel
+
+    executor = ContainerExecutor(tmp_path / "state", docker_host=podman_api)
+    marker = f"{os.getpid() % 1000 + 4000}"  # a sleep length no other test uses: finds its process
+    write(tmp_path / "app" / "Dockerfile", f'FROM {base_image["tag"]}\nRUN echo building; sleep {marker}\n')
+    output: list[bytes] = []
+    cancel = BuildCancel()
+    outcome: list[BaseException | str] = []
+
+    def build() -> None:
+        try:
+            outcome.append(executor.build_version("app", "v1", tmp_path / "app", on_output=output.append,
+                                                  cancel=cancel))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    def sleepers() -> list:
+        import psutil
+
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            if cmdline[-1:] == [marker] and any("sleep" in part for part in cmdline):
+                found.append(process)
+        return found
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    try:
+        wait_until(lambda: b"building" in b"".join(output), timeout=60, message="the RUN step running")
+        wait_until(sleepers, timeout=20, message="the RUN step's sleep on the host")
+        started = time.monotonic()
+        cancel.cancel()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the build thread kept reading after the cancel"
+        figure("image build cancel to thread end", time.monotonic() - started)
+        assert isinstance(outcome[0], ImageBuildError) and "cancelled" in str(outcome[0])
+        assert sleepers(), "the RUN step ended before the cancel was seen: the test proves nothing"
+    finally:
+        cancel.cancel()
+        thread.join(timeout=30)
+        for process in sleepers():
+            process.kill()
+        executor.close()

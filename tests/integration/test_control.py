@@ -104,6 +104,44 @@ def test_plan_against_the_live_state_and_reload(daemon):
     assert len(status(path, "web")[1]["services"]) == 3
 
 
+def test_a_broken_file_gets_one_answer_from_a_save_sighup_and_the_reload_verb(daemon, tmp_path):
+    """Issue 12.9, with the real process: a broken save, then ``supervise reload``, then SIGHUP
+    (as ``systemctl reload`` sends): each gives the same located error line in the daemon's
+    output, the verb exits 2 with that error, nothing says "reloaded", and what runs keeps
+    running; once the file is good, the verb exits 0 and the daemon says "reloaded by reload
+    verb"."""
+    import signal
+
+    path, proc = daemon
+    output = tmp_path / "daemon.out"
+    good = path.read_text()
+    before = [row["pid"] for row in status(path, "web")[1]["services"]]
+    mark = output.stat().st_size
+    path.write_text(good.replace("[services.job]", "[services.job"))  # a save the watcher sees
+
+    def said() -> str:
+        with open(output, "rb") as f:
+            f.seek(mark)
+            return f.read().decode(errors="replace")
+
+    wait_until(lambda: "TOML syntax error" in said(), timeout=20, message="the save's error")
+    verb = cli("reload", config=path)
+    assert verb.returncode == 2 and "TOML syntax error" in verb.stderr
+    wait_until(lambda: said().count("TOML syntax error") >= 2, timeout=20, message="the verb's error line")
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: said().count("TOML syntax error") >= 3, timeout=20, message="the SIGHUP's error line")
+    errors = [line for line in said().splitlines() if "TOML syntax error" in line]
+    assert len(set(errors)) == 1, errors  # one truth: the same line whatever the trigger
+    assert str(path) in errors[0]
+    assert "reloaded" not in said()
+    assert [row["pid"] for row in status(path, "web")[1]["services"]] == before
+    path.write_text(good)
+    wait_until(lambda: "reloaded" in said(), timeout=20, message="the good save applied")
+    ok = cli("reload", config=path)
+    assert ok.returncode == 0 and ok.stdout.strip() == "nothing to do"
+    wait_until(lambda: "reloaded: by reload verb" in said(), timeout=20, message="the verb's reloaded line")
+
+
 def test_events_stream_json_lines(daemon, tmp_path):
     path, proc = daemon
     log = tmp_path / "events.jsonl"

@@ -193,3 +193,44 @@ command = {SLEEP}
             assert stack.r.controllers["slow"].phase.value == "running"
 
     run(body())
+
+
+def test_a_dependency_restarted_by_a_change_stops_its_dependents_first_and_starts_them_after(tmp_path):
+    """Issue 12.8: ``api`` (2 replicas) asks to restart with ``db``; a change to db's env
+    stops both api replicas before db gets its stop signal, and starts them only once db is
+    back: the order of a shutdown, then of a start. ``other`` did not ask: left alone."""
+    def stack_text(version: str) -> str:
+        return f"""
+[services.db]
+command = {SLEEP}
+env = {{ V = "{version}" }}
+[services.api]
+command = {SLEEP}
+replicas = 2
+depends_on = {{ db = {{ condition = "started", restart = true }} }}
+[services.other]
+command = {SLEEP}
+depends_on = ["db"]
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(stack_text("1"))
+            before = await stack.until(lambda: all(stack.pid(*r) for r in (("db",), ("api", 0), ("api", 1)))
+                                       and {r: stack.pid(*r) for r in (("db",), ("api", 0), ("api", 1), ("other",))})
+            mark = len(stack.events)
+            await stack.apply(stack_text("2"))
+            after = await stack.until(lambda: all(stack.pid(*r) not in (None, before[r]) for r in
+                                                  (("db",), ("api", 0), ("api", 1))) and True)
+            assert after and stack.pid("other") == before[("other",)]
+            order = [(e.type.value, f"{e.service}[{e.data.get('replica')}]") for e in stack.events[mark:]
+                     if e.type.value in ("stopping", "stopped", "started")]
+            where = {item: i for i, item in enumerate(order)}
+            for api in ("api[0]", "api[1]"):
+                assert where[("stopped", api)] < where[("stopping", "db[0]")], order
+                assert where[("started", "db[0]")] < where[("started", api)], order
+            assert all(e.data.get("reason") == "dependency db restarts" for e in stack.events[mark:]
+                       if e.type.value == "stopping" and e.service == "api")
+            assert not [e for e in stack.events[mark:] if e.service == "other" and e.type.value == "stopping"]
+
+    run(body())

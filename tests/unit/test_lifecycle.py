@@ -227,6 +227,35 @@ def test_start_first_abandons_a_candidate_that_cannot_start():
     assert history[-1][-1] == Abandon("could not start: permission denied")
 
 
+FOREIGN = "port 8661 is answered by pid 7 (another replica of the service), not by pid 100 or its children"
+TRIAL_READY = Policy(name="api", has_ready=True, ready_deadline=5)
+
+
+def test_a_check_passed_for_a_process_already_gone_is_not_ready_and_its_exit_abandons():
+    """A candidate whose check passes after its process is gone (the old replica answered) is
+    a failed start: never ready, never promoted."""
+    state, history = run([(0.0, Start("update", trial=True)), (0.0, Spawned(100, at=0)), (0.1, Ready(alive=False)),
+                          (0.1, Exited(CRASH))], TRIAL_READY)
+    assert history[2] == [] and not state.ready
+    assert history[-1][-1] == Abandon("exited during start-up (exit 1)")
+    assert not any(isinstance(e, Promote) for effects in history for e in effects)
+
+
+def test_a_check_answered_by_another_process_is_not_ready_and_the_reason_says_who():
+    script = [(0.0, Start("update", trial=True)), (0.0, Spawned(100, at=0)), (0.2, Ready(foreign=FOREIGN)),
+              (0.4, Ready(foreign=FOREIGN))]
+    state, history = run(script, TRIAL_READY)
+    assert not state.ready and state.phase is Phase.RUNNING and state.message == FOREIGN
+    assert kinds(history[2]) == ["Note"] and history[3] == []  # said once
+    _, exited = run([(0.6, Exited(CRASH))], TRIAL_READY, state)
+    assert exited[-1][-1] == Abandon(f"exited during start-up (exit 1; {FOREIGN})")
+    _, never = run([(5.0, Fired(Timer.TRIAL))], TRIAL_READY, state)
+    assert never[-1] == [Abandon(f"never became ready within 5s ({FOREIGN})")]
+    # its own answer later: ready and promoted
+    state, history = run([(0.8, Ready())], TRIAL_READY, state)
+    assert state.ready and state.message == "" and Promote() in history[-1]
+
+
 # -- liveness --------------------------------------------------------------------------------
 
 def test_liveness_restarts_after_retries_failures_in_a_row():

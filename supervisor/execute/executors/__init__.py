@@ -104,10 +104,11 @@ class Executor(abc.ABC):
         return 0
 
     @abc.abstractmethod
-    def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
-              label: str) -> Running:
+    async def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
+                    label: str) -> Running:
         """Start replica ``index`` of ``artifact`` with environment ``env``; its output goes
-        to ``sink`` with the console prefix ``label``. Raises :class:`StartFailed`."""
+        to ``sink`` with the console prefix ``label``. Raises :class:`StartFailed`. What
+        waits on something outside (an engine's API) runs off the loop (a thread)."""
 
     @abc.abstractmethod
     def alive(self, running: Running) -> bool:
@@ -155,6 +156,17 @@ class Executor(abc.ABC):
                     user: str | None = None) -> bool:
         """Run one ready/live check (tcp, http, exec) against the replica; an exec check runs
         as the service's ``user`` where it has one."""
+
+    async def foreign_answer(self, check: Check, running: Running, env: Mapping[str, str],
+                             siblings: Sequence[Running] = ()) -> str:
+        """After a ``tcp``/``http`` ready check of ``running`` passed: why the answer was not
+        its own, or "". Not its own: it does not listen on the port the check reached, and
+        one of ``siblings`` (the other replicas of its service: the old one during a
+        start-first update) does. "" when it listens there itself, or when that cannot be
+        told (a remote host, an exec check, a listener outside the service such as a
+        container engine's proxy: the check is trusted then, as before). The default cannot
+        tell."""
+        return ""
 
     @abc.abstractmethod
     async def sweep(self) -> list[int]:

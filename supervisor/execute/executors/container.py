@@ -49,6 +49,7 @@ from typing import Callable, Iterable, Mapping, Protocol
 
 import docker
 import docker.errors
+from docker.types.daemon import CancellableStream
 
 log = logging.getLogger("supervise")
 
@@ -77,6 +78,41 @@ class ImageBuildError(EngineError):
     def __init__(self, message: str, tail: list[str]):
         super().__init__(message)
         self.tail = tail
+
+
+class BuildCancel:
+    """Lets another thread (the event loop, when the prepare that waits for a build is
+    cancelled) end an image build under way: the build's API stream is cut (the SDK's
+    ``CancellableStream.close``: the socket shut down), so the thread reading it returns at
+    once and the engine, whose client went away, stops the build (Docker's documented
+    behaviour for ``POST /build``). Thread-safe; a cancel before the stream opens applies
+    when it does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._close: Callable[[], None] | None = None
+        self.cancelled = False
+
+    def attach(self, close: Callable[[], None]) -> None:
+        """The build's stream is open: ``close`` cuts it."""
+        with self._lock:
+            self._close = close
+            cancelled = self.cancelled
+        if cancelled:
+            self._cut(close)
+
+    def cancel(self) -> None:
+        """Cut the stream now (or as soon as it opens)."""
+        with self._lock:
+            self.cancelled = True
+            close = self._close
+        if close is not None:
+            self._cut(close)
+
+    @staticmethod
+    def _cut(close: Callable[[], None]) -> None:
+        with contextlib.suppress(Exception):  # already ended, or not a socket we can shut
+            close()
 
 
 class LineSink(Protocol):
@@ -309,18 +345,28 @@ class ContainerExecutor:
     # -- prepare -------------------------------------------------------------------------
 
     def build(self, context: Path, dockerfile: str, tag: str, service: str,
-              on_output: Callable[[bytes], None] | None = None) -> str:
+              on_output: Callable[[bytes], None] | None = None, cancel: BuildCancel | None = None) -> str:
         """Build ``context`` with ``dockerfile`` (relative to it) into ``tag``; the image id.
 
         The build's output goes to ``on_output`` line by line. A failed build raises
         ImageBuildError with its last lines; the tag then still names the previous image, so
-        whatever runs keeps running.
+        whatever runs keeps running. ``cancel``: another thread may end the build with it
+        (then ImageBuildError "image build cancelled"); the build then has an API client of its
+        own, whose response is caught with a requests response hook.
         """
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         image_id = None
+        api = self.api
+        if cancel is not None:
+            api = docker.APIClient(base_url=self.url, version=self.api.api_version, timeout=API_TIMEOUT)
+            responses: list = []
+            api.hooks["response"].append(lambda response, *args, **kwargs: responses.append(response))
         try:
-            for chunk in self.api.build(path=str(context), dockerfile=dockerfile, tag=tag, rm=True, forcerm=True,
-                                        decode=True, labels={L_INSTANCE: self.instance, L_SERVICE: service}):
+            stream = api.build(path=str(context), dockerfile=dockerfile, tag=tag, rm=True, forcerm=True,
+                               decode=True, labels={L_INSTANCE: self.instance, L_SERVICE: service})
+            if cancel is not None and responses:
+                cancel.attach(CancellableStream(stream, responses[-1]).close)
+            for chunk in stream:
                 text = chunk.get("stream") or ""
                 if "error" in chunk:
                     text = (chunk.get("error") or "").rstrip("\n") + "\n"
@@ -341,15 +387,25 @@ class ContainerExecutor:
             raise
         except docker.errors.BuildError as exc:
             raise ImageBuildError(f"image build failed: {_short(exc)}", list(tail)) from None
-        except (docker.errors.DockerException, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the SDK and urllib3 raise many kinds on a cut stream
+            if cancel is not None and cancel.cancelled:
+                raise ImageBuildError("image build cancelled", list(tail)) from None
+            if not isinstance(exc, (docker.errors.DockerException, OSError)):
+                raise
             raise ImageBuildError(f"image build failed: {_short(exc)}", list(tail)) from None
+        finally:
+            if api is not self.api:
+                api.close()
+        if cancel is not None and cancel.cancelled:
+            raise ImageBuildError("image build cancelled", list(tail))
         try:
             return image_id or self.api.inspect_image(tag)["Id"]
         except docker.errors.DockerException as exc:
             raise ImageBuildError(f"image build produced no image {tag}: {_short(exc)}", list(tail)) from None
 
     def build_version(self, service: str, version: str, workdir: Path, dockerfile: str = "Dockerfile",
-                      context: str = ".", on_output: Callable[[bytes], None] | None = None) -> str:
+                      context: str = ".", on_output: Callable[[bytes], None] | None = None,
+                      cancel: BuildCancel | None = None) -> str:
         """Build the image of one version of ``service`` from its checkout (or folder)
         ``workdir``: ``context`` relative to it, ``dockerfile`` relative to the context (Docker
         Compose's ``build.context`` / ``build.dockerfile``). Returns the tag,
@@ -363,7 +419,7 @@ class ContainerExecutor:
         if not file.is_file():
             raise ImageBuildError(f"{service}: no {dockerfile} in {folder}", [])
         tag = image_tag(service, version)
-        self.build(folder, str(file.relative_to(folder)), tag, service, on_output)
+        self.build(folder, str(file.relative_to(folder)), tag, service, on_output, cancel)
         return tag
 
     def ensure_image(self, ref: str) -> str:
@@ -608,7 +664,10 @@ class ContainerExecutor:
 
     def _call(self, fn: Callable, *args: object) -> None:
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(fn, *args)
+            if self.loop.is_closed():  # an exit seen after the supervisor's loop ended: nobody waits
+                return
+            with contextlib.suppress(RuntimeError):  # the loop closed between the look and the call
+                self.loop.call_soon_threadsafe(fn, *args)
         else:
             fn(*args)
 

@@ -41,7 +41,8 @@ from ...desired.model import Check, Exit, ServiceSpec
 from ..sources.git import GitSource
 from ...observe.state import ReplicaRecord
 from . import Executor, Running, StartFailed
-from .container import ContainerExecutor, ContainerSpec, EngineError, ImageBuildError, exit_of, image_tag
+from .container import (BuildCancel, ContainerExecutor, ContainerSpec, EngineError, ImageBuildError, exit_of,
+                        image_tag)
 
 log = logging.getLogger("supervise")
 
@@ -159,9 +160,13 @@ class Containers(Executor):
             def output(data: bytes) -> None:
                 loop.call_soon_threadsafe(sink.write, data if data.endswith(b"\n") else data + b"\n")
 
+            cancel = BuildCancel()
             try:
                 await asyncio.to_thread(client.build_version, spec.name, version, workdir, spec.image_build.dockerfile,
-                                        spec.image_build.context, output)
+                                        spec.image_build.context, output, cancel)
+            except asyncio.CancelledError:  # superseded, or a stop: the build must not run on
+                cancel.cancel()
+                raise
             except ImageBuildError as exc:
                 sink.note(f"build {version} failed: {exc}")
                 raise PrepareError("build", str(exc), version, exc.tail) from None
@@ -193,19 +198,20 @@ class Containers(Executor):
                              volumes=spec.volumes, user=spec.user, stop_signal=spec.stop_signal,
                              stop_timeout=spec.stop_timeout)
 
-    def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
-              label: str) -> Running:
+    async def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
+                    label: str) -> Running:
+        """Create and start the container in a thread (the engine's API calls take 0.1 to
+        0.4 s each: on the loop they stalled every other replica's output and checks)."""
         try:
             client = self._sync_client()
-            container_id = client.start(self.container_spec(spec, artifact, index), sink, label)
+            container_spec = self.container_spec(spec, artifact, index)
+            container_id, pid = await asyncio.to_thread(_start_container, client, container_spec, sink, label)
         except EngineError as exc:
             raise StartFailed(str(exc)) from None
-        return self._track(container_id, spec.stop_signal)
+        return self._track(container_id, spec.stop_signal, pid)
 
-    def _track(self, container_id: str, stop_signal: int) -> ContainerHandle:
-        pid = 0
-        with contextlib.suppress(Exception):  # display only
-            pid = int(self._sync_client().api.inspect_container(container_id)["State"].get("Pid") or 0)
+    def _track(self, container_id: str, stop_signal: int, pid: int = 0) -> ContainerHandle:
+        """The handle of a container (on the loop: its exit future); ``pid`` for display."""
         handle = ContainerHandle(container_id, asyncio.get_running_loop().create_future(), stop_signal, pid)
         self.handles[container_id] = handle
         if container_id in self.early:
@@ -216,11 +222,18 @@ class Containers(Executor):
         return running.running
 
     def signal(self, running: Running, sig: int) -> None:
+        """Sent from a thread (an API call): the caller, a shutdown signalling every replica at
+        once, never waits on the engine; the stop that follows waits."""
         handle = _handle(running)
-        if not handle.running:
+        if not handle.running or self.client is None:
             return
-        with contextlib.suppress(EngineError):
-            self._sync_client().signal(handle.id, sig)
+        client = self.client
+
+        def send() -> None:
+            with contextlib.suppress(EngineError):
+                client.signal(handle.id, sig)
+
+        asyncio.get_running_loop().run_in_executor(None, send)
 
     async def stop(self, running: Running, sig: int, timeout: float) -> Exit:
         handle = _handle(running)
@@ -269,7 +282,10 @@ class Containers(Executor):
         if found is None or found.status != "running":
             return None
         client.follow(container_id, sink, label)
-        return self._track(container_id, _signal.SIGTERM)
+        pid = 0
+        with contextlib.suppress(Exception):  # display only
+            pid = int(client.api.inspect_container(container_id)["State"].get("Pid") or 0)
+        return self._track(container_id, _signal.SIGTERM, pid)
 
     def _connect_now(self) -> ContainerExecutor | None:
         """Adoption runs before any pass: connect synchronously (None, logged, without an engine)."""
@@ -336,6 +352,16 @@ class Containers(Executor):
 
 def _handle(running: Running) -> ContainerHandle:
     return cast(ContainerHandle, running)
+
+
+def _start_container(client: ContainerExecutor, spec: ContainerSpec, sink: LogSink, label: str) -> tuple[str, int]:
+    """In a thread: create and start the container; its id and (for display, 0 when the
+    engine does not say) its main process's host pid. Raises EngineError."""
+    container_id = client.start(spec, sink, label)
+    pid = 0
+    with contextlib.suppress(Exception):  # display only
+        pid = int(client.api.inspect_container(container_id)["State"].get("Pid") or 0)
+    return container_id, pid
 
 
 def _has_image(client: ContainerExecutor, tag: str) -> bool:

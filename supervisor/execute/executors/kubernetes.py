@@ -270,8 +270,8 @@ class KubeExecutor(Executor):
 
     # -- replicas --------------------------------------------------------------------------
 
-    def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
-              label: str) -> Running:
+    async def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
+                    label: str) -> Running:
         """Render the service at ``artifact``'s version and hand it to the converge loop
         (nothing here waits on the cluster). Raises StartFailed when it cannot be rendered."""
         from ...kube.images import builds_image

@@ -154,8 +154,9 @@ class LocalExecutor(Executor):
 
     # -- replicas --------------------------------------------------------------------------
 
-    def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
-              label: str) -> Running:
+    async def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
+                    label: str) -> Running:
+        """fork+exec on the loop's thread (a few ms; the reaper and the pumps are the loop's)."""
         assert self.reaper is not None
         argv = command_argv(spec.command, spec.shell, dict(env))
         try:
@@ -269,11 +270,33 @@ class LocalExecutor(Executor):
                     user: str | None = None) -> bool:
         return await health.probe(check, dict(env), str(cwd), user=user)
 
+    async def foreign_answer(self, check: Check, running: Running, env: Mapping[str, str],
+                             siblings: Sequence[Running] = ()) -> str:
+        """Who holds the listening socket on the checked port, looked up per process tree
+        (leader, descendants, cgroup, orphans with the instance mark; psutil's socket table,
+        matched by inode): this replica's, or a sibling's. Read in a thread."""
+        handle = _handle(running)
+        others = [_handle(s) for s in siblings]
+        known = self._known()
+        return await asyncio.to_thread(_foreign_answer, check, handle, others, dict(env), known)
+
     async def sweep(self) -> list[int]:
         return await procs.sweep_orphans(self._known(), self.reaper)
 
     def _known(self) -> set[int]:
         return set(self.reaper.waiters) if self.reaper is not None else set()
+
+
+def _foreign_answer(check: Check, handle: procs.ProcessHandle, siblings: Sequence[procs.ProcessHandle],
+                    env: Mapping[str, str], known: set[int]) -> str:
+    port = health.local_port(check, env)
+    if port is None or not siblings or procs.listens_on(handle, port, known):
+        return ""
+    for sibling in siblings:
+        if procs.listens_on(sibling, port, known):
+            return (f"port {port} is answered by pid {sibling.pid} (another replica of the service), "
+                    f"not by pid {handle.pid} or its children")
+    return ""
 
 
 def _handle(running: Running) -> procs.ProcessHandle:
