@@ -14,21 +14,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-# Only what every verb needs is imported here; the client verbs (status, stop, ...) must answer
-# fast, so asyncio, watchdog and tomlkit are imported inside the verbs that use them.
-from .desired import config
-from .desired.config import ConfigError
+# Only what every verb needs is imported here: the client verbs (status, stop, ...) must answer
+# fast (the whole `supervise status` of 2,000 services within 100 ms, issue 17), so the
+# validator and the model (desired.config: dataclasses, inspect), logging, asyncio, watchdog
+# and tomlkit are imported inside the verbs that use them. tests/unit/test_cli_imports.py
+# holds it.
 from .control.verbs import COMMANDS
 from .control.verbs.base import CliError, Parents
 from .decide.errors import EXIT_ERROR, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE
+from .desired.peek import ConfigError, default_config_path, escape, runtime_of
 
-log = logging.getLogger("supervise")
+if TYPE_CHECKING:
+    from .desired.config import Diagnostic
+
+#: Verbs answered by the running supervisor over the control socket: nothing on their way
+#: logs, so they set up no logging (importing it is a tenth of their time).
+CLIENT_VERBS = ("status", "start", "stop", "restart", "reload", "events")
 
 __all__ = ["CliError", "build_parser", "main"]
 
@@ -127,9 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``supervise`` command: parse ``argv``, run the verb, return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    path = getattr(args, "config", None) or config.default_config_path()
     verb = args.verb or "run"
+    if verb not in CLIENT_VERBS or getattr(args, "watch", False):
+        setup_logging(args.verbose)
+    path = getattr(args, "config", None) or default_config_path()
     try:
         if verb not in NO_CONFIG_VERBS and not path.exists():
             raise CliError(f"{path}: no such file: write a starter one with `supervise init`, "
@@ -153,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return cmd_render(path, args.tag)
         if verb in ("run", "plan", "status", "top", "logs", "events"):
-            if config.runtime_of(path) == "kubernetes":  # the cluster answers these, not a local supervisor
+            if runtime_of(path) == "kubernetes":  # the cluster answers these, not a local supervisor
+                setup_logging(args.verbose)
                 return cmd_kubernetes(verb, path, args)
         if verb == "run":
             until = None
@@ -181,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "json", False) and verb != "logs":  # valid JSON on stdout, whatever happened
             print(json.dumps({"ok": False, "error": str(exc), **({"services": []} if verb == "status" else {})},
                              indent=2))
-        print(f"supervise: {config.escape(str(exc))}", file=sys.stderr)
+        print(f"supervise: {escape(str(exc))}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
@@ -189,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     except OSError as exc:  # the system refused something (a file, the socket): one line
-        print(f"supervise: {config.escape(str(exc))}", file=sys.stderr)
+        print(f"supervise: {escape(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -248,7 +256,14 @@ def cmd_completion(path: Path, args: argparse.Namespace, parser: argparse.Argume
     return EXIT_OK
 
 
-def diagnostic_object(diagnostic: config.Diagnostic) -> dict:
+def state_dir_of(path: Path) -> Path:
+    """``[supervise] state_dir`` of the file at ``path`` (:func:`supervisor.desired.peek.state_dir_of`)."""
+    from .desired.peek import state_dir_of as peek_state_dir
+
+    return peek_state_dir(path)
+
+
+def diagnostic_object(diagnostic: Diagnostic) -> dict:
     """A config mistake for ``--json``: ``{"file", "line", "col", "service", "message"}``
     (line and col 1-based, 0 when unknown; service null for a mistake outside a service)."""
     return {"file": diagnostic.path, "line": diagnostic.line, "col": diagnostic.col,
@@ -258,6 +273,8 @@ def diagnostic_object(diagnostic: config.Diagnostic) -> dict:
 def cmd_check(path: Path, as_json: bool = False) -> int:
     """``supervise check``: 0 with a one-line summary, or ConfigError (exit 2). Every runtime
     of the file format is checked, including ``kubernetes`` and its keys."""
+    from .desired import config
+
     desired = config.load(path, runtimes=config.RUNTIMES)
     count = len(desired.services)
     if as_json:
@@ -289,6 +306,7 @@ def cmd_run(path: Path, quiet: bool = False, until=None) -> int:
 
     from .daemon import AlreadyRunning, Daemon
 
+    from .desired import config
     from .observe.safefs import UnsafeStateDir
 
     from . import selfupdate
@@ -335,11 +353,13 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
     except re.error as exc:
         raise CliError(f"--grep: not a regular expression: {exc}", EXIT_USAGE) from None
     count = args.lines if args.lines is not None else (None if since is not None else 10)
+    from .desired import config
+
     try:
         desired = config.load(path)
         state_dir, known = desired.settings.state_dir, list(desired.services)
     except ConfigError:  # a broken file must not hide the logs: read what is on disk
-        state_dir = config.state_dir_of(path)
+        state_dir = state_dir_of(path)
         known = sorted(p.stem for p in logs.log_dir(state_dir).glob("*.log"))
     names = args.services or known
     unknown = [n for n in names if n not in known and not logs.log_path(state_dir, n).exists()]
@@ -366,30 +386,32 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _Formatter(logging.Formatter):
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-    def __init__(self, journal: bool, colour: bool):
-        super().__init__()
-        self.journal = journal
-        self.colour = colour
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.exc_info:
-            message += "\n" + self.formatException(record.exc_info)
-        if self.journal:
-            return "\n".join(f"<{self.PRIORITY.get(record.levelno, 6)}>{line}" for line in message.splitlines())
-        prefix = "supervise |"
-        if self.colour:
-            colour = "31" if record.levelno >= logging.ERROR else "33" if record.levelno >= logging.WARNING else "1"
-            prefix = f"\x1b[{colour}m{prefix}\x1b[0m"
-        return "\n".join(f"{prefix} {line}" for line in message.splitlines())
-
-
 def setup_logging(verbose: bool = False) -> None:
     """Our own messages on stderr; syslog priority prefixes under journald (sd-daemon(3)),
     that is when ``$JOURNAL_STREAM`` names stderr (see :func:`notify.journal_stream`)."""
+    import logging
+
+    class _Formatter(logging.Formatter):
+        PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+        def __init__(self, journal: bool, colour: bool):
+            super().__init__()
+            self.journal = journal
+            self.colour = colour
+
+        def format(self, record: logging.LogRecord) -> str:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + self.formatException(record.exc_info)
+            if self.journal:
+                return "\n".join(f"<{self.PRIORITY.get(record.levelno, 6)}>{line}" for line in message.splitlines())
+            prefix = "supervise |"
+            if self.colour:
+                colour = "31" if record.levelno >= logging.ERROR else "33" if record.levelno >= logging.WARNING else "1"
+                prefix = f"\x1b[{colour}m{prefix}\x1b[0m"
+            return "\n".join(f"{prefix} {line}" for line in message.splitlines())
+
+    log = logging.getLogger("supervise")
     from .term import use_colour
 
     journal = False

@@ -224,6 +224,7 @@ class Engine:
         self.edit_storms: dict[str, collections.deque[float]] = {}  # watch-triggered rebuild times
         self._tasks: set[asyncio.Task] = set()
         self._open = False
+        self._followed = False  # follow() has run for self.desired
 
     # -- life ------------------------------------------------------------------------------
 
@@ -244,6 +245,7 @@ class Engine:
         if self.watch_sources:
             self.source_watcher = SourceWatcher(loop, self.state_dir)
             self.listen(self.source_watcher)
+        self._followed = False  # the new triggers have not been given the services yet
         self._open = True
 
     async def close(self, detach: bool = False) -> None:
@@ -271,7 +273,12 @@ class Engine:
     # -- desired state ---------------------------------------------------------------------
 
     def follow(self, desired: Desired) -> None:
-        """Make ``desired`` the state the triggers watch (git poller, folder watcher, logs)."""
+        """Make ``desired`` the state the triggers watch (git poller, folder watcher, logs).
+        Following the very object already followed does nothing (a reload follows it when it
+        is loaded, then :meth:`apply` would again: 2,000 spec comparisons each time)."""
+        if desired is self.desired and self._followed:
+            return
+        self._followed = True
         for name, spec in desired.services.items():  # a changed service is followed again
             if self.desired.services.get(name) != spec:
                 self.edit_storms.pop(name, None)

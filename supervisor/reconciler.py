@@ -311,8 +311,8 @@ class Reconciler:
         for level in reversed(dependency_levels(removed)):
             await asyncio.gather(*(self._remove(name) for name in level))
         # 2. fetch and build, concurrently, beside whatever runs (at most PREPARE_CONCURRENCY at once)
-        to_prepare = [n for n in the_plan.services() if n in specs and any(
-            a.kind in PREPARE_KINDS for a in the_plan.for_service(n))]
+        to_prepare = {n for n in the_plan.services() if n in specs and any(
+            a.kind in PREPARE_KINDS for a in the_plan.for_service(n))}  # a set: asked once per service
         for name in the_plan.services():
             if name in specs and name not in self.controllers:
                 self.controllers[name] = self._controller(specs[name])
@@ -321,6 +321,7 @@ class Reconciler:
                 running = self.controllers[name].artifact
                 self.notifier.emit(EventType.UPDATE, name, running.version if running else None,
                                    reason="; ".join(sorted({a.reason for a in the_plan.for_service(name)})))
+        self._expect_starts(specs, the_plan)
         semaphore = asyncio.Semaphore(PREPARE_CONCURRENCY)
         artifacts: dict[str, Artifact | None] = {}
 
@@ -353,6 +354,22 @@ class Reconciler:
             for task in [*tasks.values(), *prepares.values()]:
                 task.cancel()
         self.on_change()
+
+    def _expect_starts(self, specs: Mapping[str, ServiceSpec], the_plan: Plan) -> None:
+        """Tell each executor which replicas the plan starts, so that it can make what they
+        need ahead (the local one's FIFOs and log files, beside the event loop)."""
+        by_executor: dict[int, tuple[Executor, list[str]]] = {}
+        for action in the_plan.actions:
+            spec = specs.get(action.service)
+            if spec is None or action.kind not in (ActionKind.START, ActionKind.RESTART):
+                continue
+            try:
+                executor = self.executor_for(spec)
+            except ExecutorUnavailable:
+                continue
+            by_executor.setdefault(id(executor), (executor, []))[1].append(action.service)
+        for executor, names in by_executor.values():
+            executor.expect_starts(names)
 
     async def _stop_dependents(self, name: str, specs: Mapping[str, ServiceSpec], the_plan: Plan,
                                artifacts: Mapping[str, Artifact | None],

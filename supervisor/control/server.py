@@ -191,5 +191,8 @@ class ControlServer:
 
 async def send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     """Write ``obj`` as one JSON line and wait until it is sent."""
-    writer.write((json.dumps(redact_value(obj), default=str) + "\n").encode())
+    text = json.dumps(obj, default=str)
+    if "@" in text:  # redaction only ever changes a string with an @ (never escaped by json)
+        text = json.dumps(redact_value(obj), default=str)
+    writer.write((text + "\n").encode())
     await writer.drain()

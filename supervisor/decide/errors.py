@@ -12,7 +12,7 @@ came.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Exit codes (sysexits-like, documented in supervise(1)).
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
@@ -31,9 +31,10 @@ class Code(str, enum.Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class Rule:
-    """How an error is handled: the exit code it gives, and whether it is retried."""
+class Rule(NamedTuple):
+    """How an error is handled: the exit code it gives, and whether it is retried. (A
+    NamedTuple, not a dataclass: the CLI's client verbs import this module, and dataclasses
+    brings inspect and ast with it.)"""
 
     exit: int
     transient: bool

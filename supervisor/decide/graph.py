@@ -29,8 +29,10 @@ def acyclic(graph: dict[str, list[str]]) -> dict[str, list[str]]:
     """``graph`` with each cycle broken in file order: the edge that leads back to the
     cycle's first service in the file is dropped (config validation rejects cycles; this keeps
     ordering total rather than raising)."""
-    position = {name: i for i, name in enumerate(graph)}
     graph = {name: list(deps) for name, deps in graph.items()}
+    if not any(graph.values()):
+        return graph  # no edge, no cycle: no sorter over the whole graph (a reload asks 4 times)
+    position = {name: i for i, name in enumerate(graph)}
     while (cycle := find_cycle(graph)) is not None:
         first = min(cycle, key=position.__getitem__)
         for name in cycle:
@@ -61,6 +63,8 @@ def levels(specs: Mapping[str, ServiceSpec]) -> list[list[str]]:
     level in file order. Raises :class:`graphlib.CycleError` on a cycle (the config check
     rejects those first)."""
     graph = edges(specs)
+    if not any(graph.values()):
+        return [list(specs)] if specs else []  # nothing waits for anything: one level
     position = {name: i for i, name in enumerate(specs)}
     depth: dict[str, int] = {}
     sorter = _sorter(graph)
@@ -85,6 +89,9 @@ def order(specs: Mapping[str, ServiceSpec]) -> list[str]:
     placed: dict[str, None] = {}
     for name in specs:
         if name in placed:
+            continue
+        if all(dep in placed or dep not in graph for dep in graph[name]):
+            placed[name] = None  # nothing of it left to place first: no sorter (one per service was most of a plan)
             continue
         wanted, todo = {name}, [name]  # name and its dependencies not placed yet
         while todo:

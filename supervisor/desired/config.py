@@ -13,13 +13,16 @@ import os
 import re
 import shlex
 import signal
-import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from ..decide.graph import find_cycle
+# Re-exported: what the client verbs read without validating lives in peek (fast imports).
+from .peek import (  # noqa: F401
+    MAX_FILE_BYTES, ConfigError, default_config_path, escape, fast_data, read_regular_file, runtime_of, state_dir_of,
+)
 from .durations import parse_duration, parse_size
 from .model import (
     Check,
@@ -90,38 +93,6 @@ class Diagnostic:
         return escape(f"{where}:{who} {self.message}")
 
 
-def escape(text: str) -> str:
-    """``text`` with every control, format (bidi overrides, zero-width), separator, surrogate
-    and unassigned character written as a Python escape (``\\x1b``, ``\\u202e``), so that a
-    diagnostic is one line that shows what the file holds and cannot restyle a terminal
-    (CVE-2021-42574, "Trojan Source")."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
-
-
-def _escape_char(ch: str) -> str:
-    code = ord(ch)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-class ConfigError(Exception):
-    """The config file cannot be used. ``diagnostics`` holds every mistake found, in order."""
-
-    def __init__(self, diagnostics: list[Diagnostic]):
-        self.diagnostics = diagnostics
-        super().__init__("\n".join(str(d) for d in diagnostics))
-
-
-def default_config_path() -> Path:
-    """``$SUPERVISE_CONFIG`` if set, else ``./services.toml``."""
-    return Path(os.environ.get("SUPERVISE_CONFIG") or "services.toml")
-
-
 def load(path: str | os.PathLike[str], *, runtimes: tuple[str, ...] = AVAILABLE_RUNTIMES) -> Desired:
     """Read and validate the config file at ``path``.
 
@@ -148,40 +119,11 @@ def load(path: str | os.PathLike[str], *, runtimes: tuple[str, ...] = AVAILABLE_
     return parse(text, path, runtimes=runtimes)
 
 
-#: Larger config files are refused unread: tomlkit parses about 300 kB/s, and a reload must
-#: stay a matter of seconds. 1 MiB holds some 10,000 services.
-MAX_FILE_BYTES = 1 << 20
+#: Larger config files are refused unread (:data:`supervisor.desired.peek.MAX_FILE_BYTES`): tomlkit
+#: parses about 300 kB/s, and a reload must stay a matter of seconds. 1 MiB holds some 10,000
+#: services.
 #: At most this many diagnostics are listed (then one line says how many more there were).
 MAX_DIAGNOSTICS = 200
-
-
-def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of the regular file at ``path``, at most ``limit`` of them.
-
-    Opened with O_NONBLOCK and checked with fstat before reading, so a FIFO or a device under
-    a regular-looking name raises (never blocks). Raises OSError, or ValueError for a file
-    that is not regular or is larger than ``limit`` bytes.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        if info.st_size > limit:
-            raise ValueError(f"{path} is {info.st_size} bytes, more than the {limit} allowed")
-        chunks = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
-            raise ValueError(f"{path} is more than the {limit} bytes allowed")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def parse(text: str, path: str | os.PathLike[str] = "services.toml", *,
@@ -212,23 +154,10 @@ def _parse(text: str, path: Path, runtimes: tuple[str, ...]) -> Desired:
     # tomlkit takes over a second; tomlkit only runs when tomllib refuses the file, to report the
     # syntax error exactly as before (tomlkit's message, line and column). Both implement
     # TOML 1.0 and give the same plain dicts, lists, strings, numbers and datetimes.
-    data = _fast_data(text)
+    data = fast_data(text)
     if data is None:
         data = _tomlkit_data(text, path)
     return _Validator(data, _LazyLocator(text), path, runtimes).run()
-
-
-def _fast_data(text: str) -> dict[str, Any] | None:
-    """The file's data by tomli (the stdlib's tomllib, compiled with mypyc: twice as fast), or
-    None when it refuses the file (tomlkit then reports why)."""
-    try:
-        import tomli as toml_reader
-    except ImportError:  # pragma: no cover - tomli is a dependency; tomllib is the same parser
-        import tomllib as toml_reader  # type: ignore[no-redef]
-    try:
-        return toml_reader.loads(text)
-    except (ValueError, OverflowError, RecursionError, TypeError):  # TOMLDecodeError is a ValueError
-        return None
 
 
 def _tomlkit_data(text: str, path: Path) -> dict[str, Any]:
@@ -258,31 +187,6 @@ def _tomlkit_data(text: str, path: Path) -> dict[str, Any]:
         raise ConfigError([Diagnostic(str(path), 0, 0, f"TOML syntax error: {exc}")]) from None
 
 
-#: the last file the client helpers parsed: ((length, hash) of its bytes, its [supervise]
-#: table ({} when missing, None when it is not TOML)); small on purpose: a daemon keeps it
-_peeked: tuple[tuple[int, int], Any] | None = None
-
-
-def _peek(path: Path) -> tuple[bytes, Any]:
-    """``(bytes, [supervise] table)`` of the file at ``path`` by tomli, no validation (the
-    table is None when the file is not TOML). The file is read at each call, but bytes equal to
-    the last ones are not parsed again: state_dir_of and runtime_of both ask for every client
-    verb, and parsing a 2,000-service file twice cost a third of a `supervise status`.
-    Raises OSError or ValueError (read_regular_file)."""
-    global _peeked
-    raw = read_regular_file(path)
-    key = (len(raw), hash(raw))
-    if _peeked is not None and _peeked[0] == key:
-        return raw, _peeked[1]
-    try:
-        data = _fast_data(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        data = None
-    section = None if data is None else data.get("supervise", {})
-    _peeked = (key, section)
-    return raw, section
-
-
 def located(path: str | os.PathLike[str], problems: list[tuple[tuple[str, ...], str]]) -> ConfigError:
     """A ConfigError whose diagnostics point at the keys of each ``(keys, message)`` in the file
     at ``path`` (for mistakes found after validation, such as ``supervise render``'s: the same
@@ -299,17 +203,6 @@ def located(path: str | os.PathLike[str], problems: list[tuple[tuple[str, ...], 
     return ConfigError(diagnostics)
 
 
-def runtime_of(path: str | os.PathLike[str]) -> str:
-    """``[supervise] runtime`` of the file, quickly (tomli, no validation; "local" when the
-    file cannot be read that way): which way the client verbs go."""
-    try:
-        _raw, section = _peek(Path(path))
-    except (OSError, ValueError):
-        return "local"
-    value = section.get("runtime", "local") if isinstance(section, dict) else "local"
-    return value if isinstance(value, str) else "local"
-
-
 def validate(data: dict[str, Any], path: str | os.PathLike[str]) -> Desired:
     """Validate a config given as data (what ``tomllib`` would give for the file), with the
     same rules and messages as :func:`parse`; ``path`` names it in errors (no line numbers)
@@ -317,33 +210,9 @@ def validate(data: dict[str, Any], path: str | os.PathLike[str]) -> Desired:
     return _Validator(data, _Locator(""), Path(path)).run()
 
 
-def state_dir_of(path: str | os.PathLike[str]) -> Path:
-    """Only ``[supervise].state_dir`` of the file at ``path``, quickly (tomli, no
-    validation): what the CLI's client verbs need to find the control socket. Falls back to a
-    full :func:`load` (and its ConfigError) when the file cannot be read that way."""
-    path = Path(path)
-    try:
-        text, section = _peek(path)
-    except (OSError, ValueError):
-        return load(path).settings.state_dir  # raises the located ConfigError
-    if section is not None:
-        try:
-            value = section.get("state_dir", ".supervise") if isinstance(section, dict) else None
-            if isinstance(value, str):
-                return (path.resolve().parent / os.path.expanduser(value)).resolve()
-        except (OSError, ValueError, RuntimeError):
-            pass
-    elif _fast_data(text.decode("utf-8", "replace")) is None:
-        # The file is broken (a save under way, a typo): exactly when `supervise status` is
-        # wanted. Find state_dir by its line, or use the default.
-        match = re.search(r"(?m)^\s*state_dir\s*=\s*[\"']([^\"'\n\0]*)[\"']", text.decode(errors="replace"))
-        value = match.group(1) if match else ".supervise"
-        try:
-            return (path.resolve().parent / os.path.expanduser(value)).resolve()
-        except (OSError, ValueError, RuntimeError):
-            pass
-    return load(path).settings.state_dir
-
+#: The defaults every service without its own shares (frozen dataclasses).
+_DEFAULT_BACKOFF = Backoff()
+_DEFAULT_START_LIMIT = StartLimit()
 
 #: "did you mean" compares a word with at most this many candidates, each at most
 #: SUGGEST_LENGTH characters long: difflib's ratio is quadratic in length.
@@ -852,10 +721,10 @@ class _Validator:
             else:
                 self.error(get("restart"), f'"restart" must be one of {", ".join(choices)}, got {_show(table["restart"])}{self.suggest(str(table["restart"]), choices)}')
 
-        backoff = Backoff()
+        backoff = _DEFAULT_BACKOFF  # frozen: one shared default, not an object per service
         if "backoff" in table:
             backoff = self.backoff(get("backoff"), table["backoff"])
-        start_limit = StartLimit()
+        start_limit = _DEFAULT_START_LIMIT
         if "start_limit" in table:
             start_limit = self.start_limit(get("start_limit"), table["start_limit"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import operator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -280,13 +281,16 @@ class ServiceSpec:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ServiceSpec):
             return NotImplemented
-        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self))
+        # Every field's value at once (operator.attrgetter, in C): a reload of 2,000 services
+        # compares each spec twice, and dataclasses.fields() per call was most of it.
+        return self is other or _SPEC_VALUES(self) == _SPEC_VALUES(other)
 
     __hash__ = None  # type: ignore[assignment]  # holds mappings
 
     def changed_fields(self, other: "ServiceSpec") -> tuple[str, ...]:
         """Names of the fields whose values differ between ``self`` and ``other``."""
-        return tuple(f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name))
+        return tuple(name for name, mine, theirs in zip(_SPEC_FIELDS, _SPEC_VALUES(self), _SPEC_VALUES(other))
+                     if mine != theirs)
 
     @property
     def build_hash(self) -> str:
@@ -295,6 +299,11 @@ class ServiceSpec:
         if self.image_build is not None:  # a Dockerfile build (older versions had none: same hash)
             data = json.dumps({"dockerfile": self.image_build.dockerfile, "context": self.image_build.context})
         return hashlib.sha256(data.encode()).hexdigest()[:12]
+
+
+#: ServiceSpec's field names, and a getter of all their values as one tuple.
+_SPEC_FIELDS = tuple(f.name for f in fields(ServiceSpec))
+_SPEC_VALUES = operator.attrgetter(*_SPEC_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ between lines, and a log file deleted or moved by hand is noticed (inode check) 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import errno
 import fcntl
@@ -31,7 +32,7 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import IO, Any, Callable, Protocol
+from typing import IO, Any, Callable, Iterable, Protocol
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -448,6 +449,51 @@ def _tee(fd_in: int, fd_out: int, length: int) -> int:
     return copied
 
 
+class CopyPipe:
+    """The pipe a :class:`Pump` tee(2)s a FIFO's bytes into to look at them, shared by the
+    pumps of one event loop: each pump empties it before it returns to the loop, so one pipe
+    serves them all. Two fds in all instead of two per pump matter: every fork copies the
+    supervisor's fd table and every exec closes it, and at 2 copy fds per pump (4 per replica)
+    starting the 2,000th service cost a millisecond and more than starting the first (issue 17).
+    Made on first use; :meth:`get` gives None when no pipe can be made (the pump then reads
+    plainly) or after :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.fds: tuple[int, int] | None = None
+        self.closed = False
+
+    def get(self) -> tuple[int, int] | None:
+        """``(read fd, write fd)``, or None (see the class doc)."""
+        if self.fds is None and not self.closed:
+            try:
+                fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                return None
+            try:
+                fcntl.fcntl(fds[1], F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass
+            self.fds = fds
+        return self.fds
+
+    def drain(self) -> None:
+        """Throw away whatever a failed copy left in the pipe (the next pump must find it empty)."""
+        if self.fds is not None:
+            try:
+                while os.read(self.fds[0], READ_SIZE):
+                    pass
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Close the pipe for good."""
+        self.closed = True
+        if self.fds is not None:
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = None
+
+
 class Pump:
     """Moves a pipe's output into a sink, whole lines at a time, from the event loop.
 
@@ -456,7 +502,8 @@ class Pump:
     splice(2): a supervisor killed at any instant leaves every line either in the log or still
     in the FIFO for the next one, never both, never neither. (With ``timestamps`` the lines
     are written first and consumed after: a kill in between repeats a line, never loses it.)
-    Without it (build pipes) it reads plainly.
+    Without it (build pipes) it reads plainly. ``copy_pipe``: the :class:`CopyPipe` to use (one
+    of its own otherwise, closed with it).
 
     ``done`` resolves at end of file: every writer (the child and anything it left running with
     the same stdout) has closed it. A last line without a newline is written with one.
@@ -464,7 +511,7 @@ class Pump:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: Sink,
                  on_eof: Callable[[], None] | None = None, keep_until_written: bool = False,
-                 label: str | None = None, origin: str | None = None):
+                 label: str | None = None, origin: str | None = None, copy_pipe: CopyPipe | None = None):
         self.loop = loop
         self.fd = fd
         self.sink = sink
@@ -476,22 +523,23 @@ class Pump:
         self.unfinished_since: float | None = None
         self.paused = False
         self.done: asyncio.Future[None] = loop.create_future()
-        self.copy: tuple[int, int] | None = None
+        self.copy: CopyPipe | None = None
+        self._own_copy = False
         if keep_until_written:
-            try:
-                self.copy = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                fcntl.fcntl(self.copy[1], F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass
+            self.copy = copy_pipe if copy_pipe is not None else CopyPipe()
+            self._own_copy = copy_pipe is None
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._readable)
 
     def _readable(self) -> None:
-        if self.copy is not None:
+        fds = self.copy.get() if self.copy is not None else None
+        if fds is not None:
             try:
-                self._pump_copying()
+                self._pump_copying(fds)
             except OSError as exc:
                 if exc.errno != errno.EAGAIN:
+                    assert self.copy is not None
+                    self.copy.drain()
                     self.close()
             return
         chunks = []
@@ -514,14 +562,16 @@ class Pump:
         if eof:
             self.close()
 
-    def _pump_copying(self) -> None:
-        read_copy, write_copy = self.copy  # type: ignore[misc]
+    def _pump_copying(self, fds: tuple[int, int]) -> None:
+        read_copy, write_copy = fds
         for _ in range(16):  # at most 16 MiB per wake-up, then let others run
             copied = _tee(self.fd, write_copy, READ_SIZE)
             if copied == 0:  # no data and no writer left: end of file
                 self.close()
                 return
             data = os.read(read_copy, copied)
+            while len(data) < copied:  # the copy pipe is shared: leave nothing of ours in it
+                data += os.read(read_copy, copied - len(data))
             buffer = self.partial + data
             cut = buffer.rfind(b"\n") + 1
             if cut == 0 and len(buffer) <= MAX_PARTIAL and not self.force:
@@ -607,9 +657,8 @@ class Pump:
         if end_line and self.origin is not None and isinstance(self.sink, LogSink):
             self.sink.end_line(self.origin)
         os.close(self.fd)
-        if self.copy is not None:
-            os.close(self.copy[0])
-            os.close(self.copy[1])
+        if self.copy is not None and self._own_copy:
+            self.copy.close()
         self.done.set_result(None)
         if self.on_eof is not None:
             self.on_eof()
@@ -640,49 +689,187 @@ def make_fifo(state_dir: Path, name: str, index: int) -> tuple[Path, int, int]:
     doc). Pass it as stdout and stderr, then close it here.
     """
     folder = safefs.ensure_dir(run_dir(state_dir))
-    path = folder / f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo"
     dfd = safefs.open_dir(folder)
     try:
-        os.mkfifo(path.name, 0o600, dir_fd=dfd)  # fails on any existing entry: never reused
-        read_fd = os.open(path.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        child_fd = os.open(path.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        return _make_fifo_at(folder, dfd, f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo")
     finally:
         os.close(dfd)
+
+
+def _make_fifo_at(folder: Path, dfd: int, entry: str, made: bool = False) -> tuple[Path, int, int]:
+    """:func:`make_fifo` of ``folder/entry``, ``dfd`` an fd on the (checked) folder; ``made``:
+    the FIFO is there already (a spare renamed into place: see :class:`Prefab`)."""
+    if not made:
+        os.mkfifo(entry, 0o600, dir_fd=dfd)  # fails on any existing entry: never reused
+    read_fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        child_fd = os.open(entry, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        os.close(read_fd)
+        raise
     try:
         fcntl.fcntl(read_fd, F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
         pass  # smaller pipes still work; only the buffer during a supervisor restart shrinks
-    return path, read_fd, child_fd
+    return folder / entry, read_fd, child_fd
 
 
-def make_fifos(state_dir: Path, name: str, index: int) -> tuple[Path, int, int, int, int]:
+def make_fifos(state_dir: Path, name: str, index: int,
+               spares: Prefab | None = None) -> tuple[Path, int, int, int, int]:
     """A replica's two output FIFOs: ``(stdout path, stdout read fd, stdout child fd, stderr
-    read fd, stderr child fd)``; the stderr FIFO is at :func:`err_fifo` of the stdout path."""
-    path, out_read, out_child = make_fifo(state_dir, name, index)
-    err = err_fifo(path)
-    dfd = safefs.open_dir(path.parent)
-    opened: list[int] = []
+    read fd, stderr child fd)``; the stderr FIFO is at :func:`err_fifo` of the stdout path.
+    Both are made through one checked fd on ``STATE_DIR/run`` (a replica start is mostly
+    such file-system calls); with ``spares``, a pair made ahead (:class:`Prefab`) is renamed
+    into place instead when there is one."""
+    folder = safefs.ensure_dir(run_dir(state_dir))
+    dfd = safefs.open_dir(folder)
     try:
-        os.mkfifo(err.name, 0o600, dir_fd=dfd)
-        opened.append(os.open(err.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd))
-        opened.append(os.open(err.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd))
-        err_read, err_child = opened
-    except OSError:
-        for fd in (out_read, out_child, *opened):
-            os.close(fd)
-        for stale in (path, err):
-            try:
-                os.unlink(stale)
-            except OSError:
-                pass
-        raise
+        entry = f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo"
+        spare = spares.take_fifos(dfd, entry) if spares is not None else False
+        path, out_read, out_child = _make_fifo_at(folder, dfd, entry, made=spare)
+        err = err_fifo(path)
+        try:
+            err_path, err_read, err_child = _make_fifo_at(folder, dfd, err.name, made=spare)
+        except OSError:
+            for fd in (out_read, out_child):
+                os.close(fd)
+            for stale in (path, err):
+                try:
+                    os.unlink(stale)
+                except OSError:
+                    pass
+            raise
     finally:
         os.close(dfd)
+    return path, out_read, out_child, err_read, err_child
+
+
+class Prefab:
+    """What a burst of replica starts will need from the file system, made ahead in a thread
+    beside the event loop: output FIFO pairs (spares, renamed into place at the start) and the
+    services' log files (created empty; a sink opens them at its first line).
+
+    Each is a new inode, and on ext4 a new inode cost ~0.4 ms of kernel time where the rename
+    that puts a spare in place costs a twentieth of it: three per replica start were most of
+    the supervisor's own time in a cold start of 500 (issue 17). :meth:`expect` is the hint
+    (the reconciler gives it the plan's starts); a start that finds no spare makes its FIFOs
+    itself, as before. Spares are ``STATE_DIR/run/.spare-RANDOM.fifo`` and
+    ``.spare-RANDOM.err.fifo`` (0600, like every FIFO there); :meth:`close` removes those left,
+    and :meth:`remove_stale` those a supervisor killed meanwhile left. Thread-safe."""
+
+    PREFIX = ".spare-"
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self._spares: collections.deque[str] = collections.deque()  # stems whose two FIFOs exist
+        self._todo: collections.deque[str | None] = collections.deque()  # log files to create; None: a FIFO pair
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def expect(self, fifo_pairs: int, services: Iterable[str] = ()) -> None:
+        """``fifo_pairs`` replica starts are coming, for ``services`` (their log files)."""
+        with self._lock:
+            if self._closed:
+                return
+            # validated names (config.NAME_RE); never a path however they came
+            self._todo.extend(name for name in services if name and "/" not in name and not name.startswith("."))
+            self._todo.extend([None] * max(0, fifo_pairs - len(self._spares)))
+            if self._thread is None and self._todo:
+                self._thread = threading.Thread(target=self._make, name="supervise-prefab", daemon=True)
+                self._thread.start()
+
+    def take_fifos(self, dfd: int, entry: str) -> bool:
+        """Rename a spare pair to ``entry`` and its :func:`err_fifo` name in the folder ``dfd``;
+        False when there is none (or the rename failed: the caller makes its own)."""
+        try:
+            stem = self._spares.popleft()
+        except IndexError:
+            return False
+        err = entry[: -len(".fifo")] + ".err.fifo"
+        try:
+            os.rename(stem + ".fifo", entry, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError:
+            _unlink_quietly(dfd, stem + ".err.fifo")
+            return False
+        try:
+            os.rename(stem + ".err.fifo", err, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError:
+            _unlink_quietly(dfd, entry)
+            return False
+        return True
+
+    def _make(self) -> None:
+        run_fd = log_fd = None
+        try:
+            run_fd = safefs.open_dir(safefs.ensure_dir(run_dir(self.state_dir)))
+            log_fd = safefs.open_dir(safefs.ensure_dir(log_dir(self.state_dir)))
+            while True:
+                with self._lock:
+                    if self._closed or not self._todo:
+                        self._thread = None
+                        return
+                    item = self._todo.popleft()
+                if item is None:
+                    stem = f"{self.PREFIX}{uuid.uuid4().hex[:12]}"
+                    os.mkfifo(stem + ".fifo", 0o600, dir_fd=run_fd)
+                    try:
+                        os.mkfifo(stem + ".err.fifo", 0o600, dir_fd=run_fd)
+                    except OSError:
+                        _unlink_quietly(run_fd, stem + ".fifo")
+                        raise
+                    self._spares.append(stem)
+                else:  # the log file, as LogSink._open makes it (never through a symlink)
+                    os.close(os.open(f"{item}.log", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                                     | os.O_CLOEXEC, 0o640, dir_fd=log_fd))
+        except OSError:  # a full disk, a removed state dir: the starts make their own, and say why
+            with self._lock:
+                self._todo.clear()
+                self._thread = None
+        finally:
+            for fd in (run_fd, log_fd):
+                if fd is not None:
+                    os.close(fd)
+
+    def close(self) -> None:
+        """Make nothing more and remove the spares left (waits for a file being made)."""
+        with self._lock:
+            self._closed = True
+            self._todo.clear()
+            thread = self._thread
+        if thread is not None:
+            thread.join(5.0)
+        self.remove_stale()
+
+    def remove_stale(self) -> None:
+        """Remove every spare FIFO in ``STATE_DIR/run`` (ours, or left by a supervisor killed
+        meanwhile): only FIFOs of ours named ``.spare-*``."""
+        self._spares.clear()
+        try:
+            folder = run_dir(self.state_dir)
+            names = [n for n in os.listdir(folder) if n.startswith(self.PREFIX) and n.endswith(".fifo")]
+            if not names:
+                return
+            dfd = safefs.open_dir(folder)
+        except OSError:
+            return
+        try:
+            for name in names:
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISFIFO(st.st_mode) and st.st_uid == os.geteuid():
+                    _unlink_quietly(dfd, name)
+        finally:
+            os.close(dfd)
+
+
+def _unlink_quietly(dfd: int, name: str) -> None:
     try:
-        fcntl.fcntl(err_read, F_SETPIPE_SZ, PIPE_SIZE)
+        os.unlink(name, dir_fd=dfd)
     except OSError:
         pass
-    return path, out_read, out_child, err_read, err_child
 
 
 def err_fifo(path: Path) -> Path:

@@ -15,6 +15,7 @@ newest spec, so they apply in place.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,10 @@ log = logging.getLogger("supervise")
 
 __all__ = ["Launch", "Replica", "ServiceController", "UP", "replica_label"]
 
+#: A service's phase is the first of these that one of its replicas is in.
+_PHASE_ORDER = (Phase.FAILED, Phase.BACKOFF, Phase.PENDING, Phase.STARTING, Phase.STOPPING,
+                Phase.EXITED, Phase.STOPPED, Phase.RUNNING, Phase.READY)
+
 
 def replica_label(name: str, replicas: int, index: int) -> str:
     """Console prefix of a replica: ``NAME`` for a single replica, ``NAME.i`` otherwise."""
@@ -52,6 +57,12 @@ class Launch:
 
     spec: ServiceSpec
     artifact: Artifact
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """:func:`supervisor.observe.state.fingerprint` of :attr:`spec` (a hash of JSON: made
+        once per launch, not at every state record written)."""
+        return state.fingerprint(self.spec)
 
 
 @dataclass
@@ -70,6 +81,20 @@ class Replica:
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
     stop: asyncio.Future[Exit | None] | None = None  # the stop under way (or done): one per process
     spawning: asyncio.Task[None] | None = None  # the executor's start under way (a container is created)
+    # The callback on the process's exit future (see ServiceController._watch): a callback, not
+    # a task per replica, until the exit comes (2,000 idle tasks were 2 MB and a frame each).
+    watcher: tuple[asyncio.Future[Exit], Callable[[asyncio.Future[Exit]], None]] | None = None
+
+    def unwatch(self) -> None:
+        """Cancel every task of this replica and its exit callback (what a stop, a detach or
+        a release does before it takes over)."""
+        for task in list(self.tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self.watcher is not None:
+            future, callback = self.watcher
+            future.remove_done_callback(callback)
+            self.watcher = None
 
     @property
     def pid(self) -> int | None:
@@ -148,24 +173,28 @@ class ServiceController:
         self._persisted: state.ServiceRecord | None = None  # the record last written
         self._persist_error = ""
         self._tasks: set[asyncio.Task] = set()
-        self.phase_changed = asyncio.Event()
+        self._phase_event: asyncio.Event | None = None
         self.sink = sink
 
     # -- observation -----------------------------------------------------------------------
 
     def observe(self) -> ServiceObserved:
         """This service as the planner sees it."""
+        # The replica's state read once, not through its properties: every status and every
+        # plan observes every service (2,000 of them: most of a status's time in the supervisor)
         good = self.good_versions()
-        replicas = {
-            i: ReplicaObserved(index=i, phase=r.phase, pid=r.pid, version=r.launch.artifact.version,
-                               restarts=r.restarts, last_exit=r.last_exit, started_at=r.started_at,
-                               stale=r.stale, ready=r.ready, message=r.message, running=r.handle is not None,
-                               good=r.launch.artifact.version in good)
-            for i, r in self.replicas.items()
-        }
+        replicas = {}
+        failed = False
+        for i, r in self.replicas.items():
+            state_, handle = r.state, r.handle
+            failed = failed or state_.phase is Phase.FAILED
+            version = r.launch.artifact.version
+            replicas[i] = ReplicaObserved(  # positional, in field order
+                i, state_.phase, handle.pid if handle is not None and handle.running else None,
+                version, state_.restarts, state_.last_exit, state_.started_at, state_.stale,
+                state_.ready, state_.message, handle is not None, version in good)
         policy = Policy.of(self.spec)
         target = self.rollback_target(self.artifact)
-        failed = any(r.phase is Phase.FAILED for r in self.replicas.values())
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
                                version=self.artifact.version if self.artifact else None,
                                held=self.held, failed=failed, build_failed=self.build_failed,
@@ -244,10 +273,10 @@ class ServiceController:
             return Phase.FETCH_FAILED if self.failed_stage == "fetch" else Phase.BUILD_FAILED
         if not self.replicas:
             return Phase.STOPPED
-        order = (Phase.FAILED, Phase.BACKOFF, Phase.PENDING, Phase.STARTING, Phase.STOPPING,
-                 Phase.EXITED, Phase.STOPPED, Phase.RUNNING, Phase.READY)
-        phases = {r.phase for r in self.replicas.values()}
-        return next(p for p in order if p in phases)
+        # A list, not a set: `in` on a list compares identity first, where a set hashes each
+        # enum member in Python (Enum.__hash__); status asks this of every service.
+        phases = [r.phase for r in self.replicas.values()]
+        return next(p for p in _PHASE_ORDER if p in phases)
 
     def reached(self, condition: Condition) -> bool | None:
         """True when every replica meets ``condition``; None when it never will; False
@@ -326,8 +355,17 @@ class ServiceController:
             if handle is not None:
                 handle.cancel()
 
+    @property
+    def phase_changed(self) -> asyncio.Event:
+        """Set at each phase change; what a dependent waiting in ``pending`` clears and waits
+        on. Made on first use: most services have no dependent (an Event is 0.7 KB)."""
+        if self._phase_event is None:
+            self._phase_event = asyncio.Event()
+        return self._phase_event
+
     def _phase_changed(self) -> None:
-        self.phase_changed.set()
+        if self._phase_event is not None:
+            self._phase_event.set()
         self.changed()
         self.persist()
 
@@ -342,8 +380,7 @@ class ServiceController:
         self.sink.policy = spec.log
         for replica in self.replicas.values():  # still waiting on dependencies: on the new ones
             if replica.phase is Phase.PENDING and replica.handle is None:
-                for task in list(replica.tasks):
-                    task.cancel()
+                replica.unwatch()
                 replica.launch = Launch(spec, replica.launch.artifact)
                 self._task(replica, self._start_after_dependencies(replica))
 
@@ -375,7 +412,7 @@ class ServiceController:
             self.deploy_message = ""
         self.sink.policy = spec.log
         old = self.replicas.get(index)
-        if old is not None and (old.handle is not None or old.tasks):
+        if old is not None and (old.handle is not None or old.tasks or old.watcher):
             await self.stop_replica(index, reason)
         replica = Replica(index=index, launch=Launch(spec, artifact), state=ReplicaState(index=index),
                           previous=previous)
@@ -405,7 +442,7 @@ class ServiceController:
         previous = None
         if old is not None:
             new_launch = (old.launch.artifact.version != artifact.version
-                          or state.fingerprint(old.launch.spec) != state.fingerprint(spec))
+                          or old.launch.fingerprint != state.fingerprint(spec))
             target = self.rollback_target(artifact)
             if new_launch and probation and target is not None and (
                     target.artifact.version != artifact.version
@@ -471,9 +508,7 @@ class ServiceController:
             pending: asyncio.Future[Exit | None] = asyncio.get_running_loop().create_task(after_spawn())
             replica.stop = pending
             return pending
-        for task in list(replica.tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
+        replica.unwatch()  # its tasks, and the callback on its exit
         handle = replica.handle
         alive = handle is not None and self.executor.alive(handle)
         stops = self._feed(replica, Stop(reason, alive=alive))
@@ -586,8 +621,7 @@ class ServiceController:
             task.cancel()
         for replica in self.replicas.values():
             self._cancel(replica)
-            for task in list(replica.tasks):
-                task.cancel()
+            replica.unwatch()
             if replica.handle is not None:
                 self.executor.detach(replica.handle)
         self._persist_now()
@@ -613,8 +647,7 @@ class ServiceController:
         for index, replica in list(self.replicas.items()):
             if replica.handle is None:  # stopped, exited, failed, in backoff or pending
                 self._cancel(replica)
-                for task in list(replica.tasks):
-                    task.cancel()
+                replica.unwatch()
                 del self.replicas[index]
         self.changed()
 
@@ -692,7 +725,7 @@ class ServiceController:
 
     def _watch_checks(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
         spec = replica.launch.spec
-        self._task(replica, self._watch(replica, handle))
+        self._watch(replica, handle)
         if spec.ready is not None:
             self._task(replica, self._readiness(replica, handle, env))
         if spec.live is not None:
@@ -721,8 +754,18 @@ class ServiceController:
         replica.tasks.add(task)
         task.add_done_callback(replica.tasks.discard)
 
-    async def _watch(self, replica: Replica, handle: Running) -> None:
-        exit = await asyncio.shield(handle.exited)
+    def _watch(self, replica: Replica, handle: Running) -> None:
+        """Handle the exit of ``handle``'s process when it comes (:meth:`_exited`, as a task
+        then); :meth:`Replica.unwatch` takes the callback off again."""
+        def exited(future: asyncio.Future[Exit]) -> None:
+            replica.watcher = None
+            if not future.cancelled() and future.exception() is None:
+                self._task(replica, self._exited(replica, handle, future.result()))
+
+        handle.exited.add_done_callback(exited)
+        replica.watcher = (handle.exited, exited)
+
+    async def _exited(self, replica: Replica, handle: Running, exit: Exit) -> None:
         if replica.handle is not handle or replica.state.stopping or not self._owns(replica):
             return
         # Whatever the leader left behind goes too (systemd KillMode=control-group)
@@ -786,7 +829,7 @@ class ServiceController:
             replicas[index] = state.ReplicaRecord(
                 version=artifact.version, revision=artifact.revision, workdir=artifact.workdir,
                 started_at=replica.started_at, restarts=replica.restarts,
-                fingerprint=state.fingerprint(replica.launch.spec), runtime=self.executor.name,
+                fingerprint=replica.launch.fingerprint, runtime=self.executor.name,
                 handle=self.executor.record(handle))
         good = tuple((g.artifact.version, g.artifact.revision, str(g.artifact.workdir)) for g in self.good)
         record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
@@ -796,7 +839,12 @@ class ServiceController:
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
         try:
-            state.save(self.state_dir, self.name, record)
+            if not replicas and not self.held:
+                # Nothing to adopt and no hold: no file, which every reader takes for exactly
+                # that (an unlink costs a tenth of a new file: a stop of 2,000 wrote 2,000 files)
+                state.remove(self.state_dir, self.name)
+            else:
+                state.save(self.state_dir, self.name, record)
         except OSError as exc:  # disk full, state dir gone: supervision goes on; retried next change
             if self._persist_error != str(exc):
                 log.error("%s: cannot write its state record (%s); a restarted supervisor may not adopt "

@@ -3,7 +3,8 @@
 Each file records, per replica, the pid with psutil's ``create_time`` (a pid alone is not an
 identity: pids are reused), the process group, the version and folder it runs, its output FIFO
 and restart count; and for the service a fingerprint of what the processes were made of. No
-environment value is written (they may be secrets): the fingerprint is a hash.
+environment value is written (they may be secrets): the fingerprint is a hash. A service with
+no replica running and no hold has no file: a missing record reads as exactly that.
 
 Writes are atomic (an O_EXCL temporary file with a random name + rename; nothing is
 opened through a symlink: see safefs), so a supervisor killed mid-write leaves the last

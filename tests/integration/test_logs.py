@@ -133,3 +133,34 @@ command = ["{PY}", "-c", "{code}"]
             await stack.until(lambda: "progress ...done\n" in stack.log("bar"), timeout=5)
 
     run(body())
+
+
+def test_writers_at_once_share_one_copy_pipe_and_lose_nothing(tmp_path):
+    """Every replica pump tees through the executor's one copy pipe (logs.CopyPipe): three
+    services writing stdout and stderr at once each get exactly their own lines, in order."""
+    lines = 20_000
+    code = ("import sys; n=sys.argv[1]; o=sys.stdout.write; e=sys.stderr.write; "
+            f"[(o('%s out %d\\\\n' % (n, i)), e('%s err %d\\\\n' % (n, i))) for i in range({lines})]; "
+            "sys.stdout.flush(); sys.stderr.flush()")
+    names = ("w1", "w2", "w3")
+    text = "".join(f"""
+[services.{name}]
+command = ["{PY}", "-c", "{code}", "{name}"]
+restart = "never"
+""" for name in names)
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            await stack.until(lambda: all(stack.replica(n) and stack.replica(n).phase.value == "exited" for n in names),
+                              timeout=60)
+            executor = stack.r.local
+            assert executor.copy_pipe.fds is not None  # one pipe, made once, for all of them
+            for name in names:
+                log = stack.log(name).splitlines()
+                for stream in ("out", "err"):
+                    got = [line for line in log if line.startswith(f"{name} {stream} ")]
+                    assert got == [f"{name} {stream} {i}" for i in range(lines)]
+                assert not [line for line in log if line.split(" ")[0] in names and not line.startswith(name)]
+
+    run(body())

@@ -9,21 +9,22 @@ folder with both of its halves (the shape of circus's ``commands/base.py``):
 
 The protocol (JSON lines, owner-only socket) is :mod:`supervisor.control.server` and
 :mod:`supervisor.control.client`; the exit codes come from :mod:`supervisor.decide.errors`.
-Kept light: the CLI imports every verb on each call, so asyncio and the engine are only named
-for type checking here, and a server half imports what it needs when it runs.
+Kept light: the CLI imports every verb on each call, so asyncio, the engine and the validator
+(:mod:`supervisor.desired.config`) are only named for type checking here, and a half imports
+what it needs when it runs (tests/unit/test_cli_imports.py holds it).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ...decide import errors
 from ...decide.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE
-from ...desired import config
 from ...desired.durations import format_duration
+from ...desired.peek import state_dir_of
 from ..client import Client, ControlError, NotRunning
 
 if TYPE_CHECKING:
@@ -41,10 +42,10 @@ class CliError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True)
-class Parents:
+class Parents(NamedTuple):
     """The shared argparse parents a verb's parser may take: ``common`` (``--config``),
-    ``names`` (``NAME...``: services, default all) and ``as_json`` (``--json``)."""
+    ``names`` (``NAME...``: services, default all) and ``as_json`` (``--json``). (A
+    NamedTuple: dataclasses brings inspect and ast into every `supervise status`.)"""
 
     common: argparse.ArgumentParser
     names: argparse.ArgumentParser
@@ -74,7 +75,7 @@ class Command:
         """``supervise VERB`` against the supervisor of ``path``'s state dir: the exit code.
         Raises :class:`CliError`: exit 1 when none runs, else the exit code of the error code
         the supervisor answered with (:func:`supervisor.decide.errors.exit_code`)."""
-        state_dir = config.state_dir_of(path)
+        state_dir = state_dir_of(path)  # peek: without importing the validator (issue 17)
         try:
             with Client(state_dir, timeout=self.timeout) as client:
                 reply = self.exchange(client, args)
@@ -167,9 +168,9 @@ def print_status(rows: list[dict], rules: bool = False) -> None:
         ))
         if row.get("good_rule"):
             rules_of[row["service"]] = rollback_line(row)
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for r in table:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+    widths = [max(map(len, column)) for column in zip(*table)]
+    lines = ["  ".join([cell.ljust(width) for cell, width in zip(r, widths)]).rstrip() for r in table]
+    sys.stdout.write("\n".join(lines) + "\n")  # one write: 2,000 rows are one status
     if rules and rules_of:
         print()
         for name, line in rules_of.items():

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...decide import errors
 from ...decide.errors import EXIT_OK, EXIT_USAGE
-from ...desired import config
+from ...desired.peek import state_dir_of
 from ..client import Client, ControlError, NotRunning
 from .base import CliError, Command, Parents
 
@@ -62,7 +62,7 @@ class Events(Command):
         """As :meth:`Command.run`; with ``--since`` and no supervisor, the kept history is
         printed before the one-line error (exit 1: there is nothing to follow)."""
         since = since_of(args)
-        state_dir = config.state_dir_of(path)
+        state_dir = state_dir_of(path)  # peek: without importing the validator (issue 17)
         try:
             with Client(state_dir, timeout=self.timeout) as client:
                 last = self.follow(client, args.services, since)

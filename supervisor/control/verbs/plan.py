@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...decide.errors import EXIT_OK, Code
-from ...desired import config
 from ..client import Client, ControlError, NotRunning
 from .base import CliError, Command, Parents
 
@@ -32,6 +31,7 @@ class Plan(Command):
 
     def run(self, path: Path, args: argparse.Namespace) -> int:
         from ...decide.plan import plan as make_plan
+        from ...desired import config
         from ...desired.model import Observed
 
         desired = config.load(path)
@@ -55,6 +55,7 @@ class Plan(Command):
     async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
         import asyncio
 
+        from ...desired import config
         from ...desired.config import ConfigError
 
         try:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...decide import errors
 from ...decide.errors import EXIT_OK
-from ...desired import config
+from ...desired.peek import state_dir_of
 from ..client import Client, ControlError, NotRunning
 from .base import CliError, Command, Parents
 
@@ -39,7 +39,7 @@ class Upgrade(Command):
         return sub.add_parser(self.name, parents=[parents.common], help=self.help)
 
     def run(self, path: Path, args: argparse.Namespace) -> int:
-        state_dir = config.state_dir_of(path)
+        state_dir = state_dir_of(path)
         try:
             with Client(state_dir, timeout=None) as client:
                 reply = client.call(self.name)

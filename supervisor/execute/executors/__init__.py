@@ -92,6 +92,11 @@ class Executor(abc.ABC):
         source (:func:`supervisor.execute.builds.fast_forward`)."""
         return True
 
+    def expect_starts(self, services: Sequence[str]) -> None:
+        """A hint: replicas of ``services`` (a name per replica) are about to start, so what
+        they will need may be made ahead (the local executor's output FIFOs and log files,
+        :class:`supervisor.execute.logs.Prefab`). The default does nothing."""
+
     async def sweep_unrecorded(self) -> int:
         """After adoption: stop replicas of ours that no state record named (a supervisor
         killed between starting one and recording it), so none runs twice. Returns how many.

@@ -87,6 +87,9 @@ class LocalExecutor(Executor):
         self.reaper: procs.Reaper | None = None
         self.cgroup_parent: Path | None = None
         self.preparer: Preparer | None = None
+        self.tag = ""  # the prefix of our instance marks (procs.state_tag: a hash, made once at open)
+        self.copy_pipe = logs.CopyPipe()  # shared by every replica's pumps (see logs.CopyPipe)
+        self.prefab = logs.Prefab(state_dir)  # FIFOs and log files made ahead of a burst of starts
 
     # -- life ------------------------------------------------------------------------------
 
@@ -94,6 +97,8 @@ class LocalExecutor(Executor):
         """The state dir, the reaper (SIGCHLD), a cgroup where possible; a build the previous
         supervisor left running is stopped before anything builds there again."""
         loop = asyncio.get_running_loop()
+        self.tag = procs.state_tag(self.state_dir)
+        self.prefab.remove_stale()  # spares a supervisor killed meanwhile left
         self.reaper = procs.Reaper(loop)  # the state dir's folders are the engine's (safefs)
         tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
         self.cgroup_parent = cgroups.make_parent(f"supervise-{tag}")
@@ -117,6 +122,8 @@ class LocalExecutor(Executor):
             state.remove_build(self.state_dir, name)
 
     async def close(self) -> None:
+        self.prefab.close()
+        self.copy_pipe.close()
         if self.reaper is not None:
             self.reaper.close()
         if self.cgroup_parent is not None:
@@ -125,6 +132,8 @@ class LocalExecutor(Executor):
 
     def detach_all(self) -> None:
         """Stop watching children (SIGQUIT: the replicas are left for the next supervisor)."""
+        self.prefab.close()
+        self.copy_pipe.close()  # every pump has detached by now
         if self.reaper is not None:
             self.reaper.close()
 
@@ -151,7 +160,8 @@ class LocalExecutor(Executor):
         assert self.reaper is not None
         argv = command_argv(spec.command, spec.shell, dict(env))
         try:
-            fifo, read_fd, child_fd, err_read, err_child = logs.make_fifos(self.state_dir, spec.name, index)
+            fifo, read_fd, child_fd, err_read, err_child = logs.make_fifos(self.state_dir, spec.name, index,
+                                                                           self.prefab)
         except OSError as exc:
             raise StartFailed(procs.too_many_files() if exc.errno in (errno.EMFILE, errno.ENFILE)
                               else f"cannot make output FIFO: {exc}") from None
@@ -161,7 +171,7 @@ class LocalExecutor(Executor):
             handle = procs.spawn(self.reaper, argv, env=dict(env), cwd=artifact.workdir / spec.cwd, output=child_fd,
                                  errors=err_child, user=spec.user, cgroup_parent=self.cgroup_parent,
                                  cgroup_name=f"{spec.name}.{index}.{os.urandom(4).hex()}",
-                                 tag=procs.state_tag(self.state_dir))
+                                 tag=self.tag or procs.state_tag(self.state_dir))
         except (procs.SpawnError, safefs.UnsafeStateDir) as exc:
             for fd, path in ((read_fd, fifo), (err_read, logs.err_fifo(fifo))):
                 os.close(fd)
@@ -171,8 +181,12 @@ class LocalExecutor(Executor):
             os.close(child_fd)
             os.close(err_child)
         handle.fifo = fifo
-        _pumps(handle, sink, label, f"{spec.name}[{index}]", read_fd, err_read)
+        _pumps(handle, sink, label, f"{spec.name}[{index}]", read_fd, err_read, self.copy_pipe)
         return handle
+
+    def expect_starts(self, services: Sequence[str]) -> None:
+        """Make the FIFO pairs and log files of these starts ahead, in a thread (logs.Prefab)."""
+        self.prefab.expect(len(services), dict.fromkeys(services))
 
     def alive(self, running: Running) -> bool:
         handle = _handle(running)
@@ -224,7 +238,7 @@ class LocalExecutor(Executor):
             recorded = None
         try:
             handle = procs.adopt(asyncio.get_running_loop(), ours.pid, ours.create_time, instance=ours.instance,
-                                 tag=procs.state_tag(self.state_dir), cgroup=recorded, reaper=self.reaper)
+                                 tag=self.tag or procs.state_tag(self.state_dir), cgroup=recorded, reaper=self.reaper)
         except (TypeError, ValueError, OverflowError):
             return None
         if handle is None:
@@ -235,7 +249,7 @@ class LocalExecutor(Executor):
         if handle.fifo is not None:
             index = label[len(sink.name) + 1:] if label.startswith(sink.name + ".") else "0"  # NAME or NAME.i
             _pumps(handle, sink, label, f"{sink.name}[{index}]", logs.reopen_fifo(handle.fifo),
-                   logs.reopen_fifo(logs.err_fifo(handle.fifo)))
+                   logs.reopen_fifo(logs.err_fifo(handle.fifo)), self.copy_pipe)
         return handle
 
     def forget(self, record: ReplicaRecord) -> None:
@@ -301,7 +315,7 @@ async def _drain(handle: procs.ProcessHandle, timeout: float = 2.0) -> None:
 
 
 def _pumps(handle: procs.ProcessHandle, sink: LogSink, label: str, who: str, out_fd: int | None,
-           err_fd: int | None) -> None:
+           err_fd: int | None, copy_pipe: logs.CopyPipe) -> None:
     """Pumps for a replica's stdout and stderr FIFOs (an fd may be None: that FIFO is not
     there), writing as ``who`` (``NAME[INDEX]``) and stream. When the leader exits, what its
     pipes hold (an unfinished line too) is written at once: the exit's note, which comes from
@@ -311,7 +325,8 @@ def _pumps(handle: procs.ProcessHandle, sink: LogSink, label: str, who: str, out
     for fd, path, stream in ((out_fd, handle.fifo, "stdout"), (err_fd, logs.err_fifo(handle.fifo), "stderr")):
         if fd is not None:
             handle.pumps.append(logs.Pump(loop, fd, sink, on_eof=functools.partial(_unlink, path),
-                                          keep_until_written=True, label=label, origin=f"{who} {stream}"))
+                                          keep_until_written=True, label=label, origin=f"{who} {stream}",
+                                          copy_pipe=copy_pipe))
 
     def flush(_: object) -> None:
         for pump in handle.pumps:
