@@ -171,6 +171,8 @@ class ControlServer:
                     continue
                 try:
                     reply = await handler(request, writer)
+                except ConnectionError:  # the client hung up (Ctrl-C on `events`, `q` in top)
+                    return
                 except Exception as exc:  # a bad request must not take the supervisor down
                     log.exception("control: %s failed", verb)
                     reply = {"ok": False, "error": f"{verb} failed: {exc}", "code": "failed"}

@@ -171,6 +171,33 @@ def test_events_stream_json_lines(daemon, tmp_path):
         out.close()
 
 
+def test_an_events_client_that_hangs_up_is_not_a_failure(daemon, tmp_path):
+    """Ctrl-C on `supervise events` (or `q` in `top`) then any event: the supervisor drops the
+    client quietly, with no traceback and no "events failed" line in its output."""
+    path, proc = daemon
+    log = tmp_path / "events.jsonl"
+    with open(log, "w") as out:
+        stream = subprocess.Popen([PY, "-m", "supervisor", "events", "--config", str(path)], stdout=out)
+
+        def seen() -> bool:
+            cli("restart", "web", config=path)
+            return '"started"' in log.read_text()
+
+        try:
+            wait_until(seen, timeout=20, interval=0.5, message="the stream subscribed")
+        finally:
+            stream.terminate()
+            stream.wait(timeout=10)
+    output = tmp_path / "daemon.out"
+    mark = output.stat().st_size
+    for _ in range(2):  # the first event may only fill the socket buffer; the second finds it closed
+        assert cli("restart", "web", config=path).returncode == 0
+    wait_until(lambda: output.read_bytes()[mark:].count(b"started web[1]") >= 2, timeout=20,
+               message="both restarts done")
+    said = output.read_bytes()[mark:].decode(errors="replace")
+    assert "Traceback" not in said and "events failed" not in said
+
+
 def test_second_instance_is_refused_and_socket_is_owner_only(daemon):
     path, proc = daemon
     second = subprocess.run([PY, "-m", "supervisor", "--config", str(path)], capture_output=True, text=True, timeout=30)
