@@ -120,6 +120,24 @@ def test_bash_completion_of_verbs_options_and_running_service_names(tmp_path):
 
 
 
+def test_bash_completion_names_work_when_supervise_is_not_on_path(tmp_path):
+    """The README installs into a venv that is not on PATH (``eval "$(/opt/supervise/bin/supervise
+    completion bash)"``): the script runs the supervise that generated it, by absolute path."""
+    write(tmp_path / "services.toml", '[services.web-a]\ncommand = ["sleep", "300"]\n'
+                                      '[services.web-b]\ncommand = ["sleep", "300"]\n')
+    result = subprocess.run([str(Path(BIN) / "supervise"), "completion", "bash"], capture_output=True, text=True,
+                            env={**os.environ, "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    script = write(tmp_path / "supervise.bash", result.stdout)
+    words = ["supervise", "stop", "web"]
+    program = (f"source {script}\nCOMP_WORDS=({' '.join(words)})\nCOMP_CWORD=2\n"
+               "COMP_LINE=\"${COMP_WORDS[*]}\"; COMP_POINT=${#COMP_LINE}\n_supervise supervise\n"
+               "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
+    done = subprocess.run(["bash", "--norc", "--noprofile", "-c", program], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert done.stdout.split() == ["web-a", "web-b"], done.stderr
+
+
 @pytest.mark.parametrize("typed, expect", [
     ("supervise --config={config} stop we", "supervise --config={config} stop web-Q"),  # names from the file
     ("supervise logs --since=10m --config={config} web-a", "supervise logs --since=10m --config={config} web-a Q"),
