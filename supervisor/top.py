@@ -448,6 +448,17 @@ def make_app(path: Path, services: list[str] | None = None, interval: float = IN
 
 
 def run(path: Path, services: list[str] | None = None) -> int:
-    """Run the full-screen view until ``q``; the exit code is 0."""
+    """Run the full-screen view until ``q``; the exit code is 0.
+
+    Raises CliError (exit 2) when stdin or stdout is not a terminal (``status --watch | head``):
+    a full-screen view in a pipe writes escape codes nobody reads and never ends."""
+    import sys
+
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        from .control.verbs.base import CliError
+        from .decide.errors import EXIT_USAGE
+
+        raise CliError("top and status --watch need a terminal; in a pipe use `supervise status` "
+                       "(--json) or `supervise events` to follow", EXIT_USAGE)
     make_app(path, services).run()
     return 0

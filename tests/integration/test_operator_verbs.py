@@ -303,3 +303,14 @@ def test_exec_runs_as_the_services_user(tmp_path):
     write(tmp_path / "services.toml", '[services.app]\ncommand = ["sleep", "300"]\nuser = "nobody"\n')
     result = supervise("exec", "app", "--", "id", "-u", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == str(nobody.pw_uid)
+
+
+def test_top_and_status_watch_refuse_a_pipe_instead_of_writing_escape_codes_into_it(tmp_path):
+    """``supervise status --watch | head -3`` used to fill the pipe with a full-screen view and
+    never end; not on a terminal, both say so in one line and exit 2."""
+    write(tmp_path / "services.toml", '[services.web-a]\ncommand = ["sleep", "300"]\n')
+    for argv in (("status", "--watch"), ("top",)):
+        result = subprocess.run([PY, "-m", "supervisor", *argv], capture_output=True, text=True, cwd=tmp_path,
+                                stdin=subprocess.DEVNULL, timeout=60)
+        assert result.returncode == 2 and result.stdout == ""
+        assert "need a terminal" in result.stderr and len(result.stderr.splitlines()) == 1
