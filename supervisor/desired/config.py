@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import shlex
@@ -478,6 +479,8 @@ class _Validator:
                 self.error(keys + (name,), f'bad environment variable name "{name}"')
             elif isinstance(item, bool):
                 env[name] = "true" if item else "false"
+            elif isinstance(item, float) and not math.isfinite(item):  # 1e400, inf, nan: TOML floats
+                self.error(keys + (name,), f'env "{name}" is {item}, not a finite number: quote it if you mean "{item}"')
             elif isinstance(item, (str, int, float)):
                 env[name] = str(item)
             else:

@@ -38,6 +38,8 @@ HOSTILE = [
     (BASE + 'log = { max_size = "999999999GiB" }\n', "max_size", "at most"),
     (BASE + "log = { max_size = " + "9" * 30 + " }\n", "max_size", "at most"),
     (BASE + "backoff = { initial = inf }\n", "initial", "finite"),
+    (BASE + "env = { A = 1e400 }\n", "A", "not a finite number"),  # 1e400 is inf in TOML
+    (BASE + "env = { A = nan }\n", "A", "not a finite number"),
     (BASE + "backoff = { initial = 1e308, max = 1e308 }\n", "initial", "at most"),
     (BASE + "stop_signal = " + "9" * 400 + "\n", "stop_signal", "unknown signal"),
     (BASE + 'ready = { tcp = "h:' + "9" * 5000 + '" }\n', "tcp", '"tcp" must be'),
