@@ -87,6 +87,10 @@ def render(desired: Desired, kube: KubeConfig | None = None,
     defaults); ``versions`` maps service names to the version built and pushed for them (used
     for ``REGISTRY/NAME:VERSION`` images and the version label).
 
+    In a local file where some services say ``runtime = "kubernetes"`` (a mixed file), only
+    those are rendered: the others run on this machine. Otherwise every service is (the file
+    as it would run with ``[supervise] runtime = "kubernetes"``).
+
     Raises :class:`RenderError` listing every service without an image or with a ``user``
     that has no numeric id.
     """
@@ -96,7 +100,10 @@ def render(desired: Desired, kube: KubeConfig | None = None,
     manifests: list[dict[str, Any]] = []
     notes: list[str] = []
     problems: list[tuple[tuple[str, ...], str]] = []
-    for name, spec in desired.services.items():
+    services = desired.services
+    if any(spec.runtime == "kubernetes" for spec in services.values()) and desired.settings.runtime != "kubernetes":
+        services = {name: spec for name, spec in services.items() if spec.runtime == "kubernetes"}
+    for name, spec in services.items():
         try:
             objects, service_notes = render_service(spec, kube, versions.get(name),
                                                     keep_versions=desired.settings.keep_versions)

@@ -230,3 +230,28 @@ def test_a_restarted_supervisor_adopts_the_cluster_service_as_it_is(tmp_path, do
         terminate(first)
         if second is not None:
             terminate(second)
+
+
+def test_render_of_a_mixed_file_renders_only_its_cluster_services(tmp_path):
+    """``supervise render`` (and ``--tag``) on a local file with one ``runtime = "kubernetes"``
+    service: that service's objects only; the local one runs here, it has no image and is
+    neither refused nor turned into a Deployment of an image nothing builds."""
+    import subprocess
+
+    path = tmp_path / "services.toml"
+    path.write_text(textwrap.dedent('''\
+        [supervise]
+        kubernetes = { namespace = "shop", registry = "registry.example.org/shop" }
+        [services.local]
+        command = ["sleep", "100"]
+        [services.api]
+        runtime = "kubernetes"
+        command = ["api", "--port", "8000"]
+        kubernetes = { image = "registry.example.org/shop/api:1.4", ports = ["80:8000"] }
+        '''))
+    for extra in ((), ("--tag", "v1")):
+        result = subprocess.run([PY, "-m", "supervisor", "render", "--config", str(path), *extra],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        names = [line.split(":", 1)[1].strip() for line in result.stdout.splitlines() if line.startswith("  name:")]
+        assert set(names) == {"api"}, result.stdout
