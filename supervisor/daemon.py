@@ -198,6 +198,8 @@ class Daemon:
         desired = await self.load_async(report=trigger != "save")
         if desired is None:
             return None, self.last_error
+        if trigger != "save":  # whoever asks by hand wants the folders' edits too
+            await self.engine.refresh_folders(desired)
         the_plan = await self.engine.apply(desired)
         self.notifier.emit(EventType.RELOADED, None, None, trigger=trigger, actions=len(the_plan.lines()))
         return the_plan, ""

@@ -371,6 +371,25 @@ class Engine:
         self._record(name, revision)
         return True
 
+    async def refresh_folders(self, desired: Desired) -> None:
+        """An explicit reload (SIGHUP, the ``reload`` verb) looks at every local folder source
+        run from snapshots again: edits made without ``watch`` (or that a watch missed) deploy
+        now, as a new content hash, instead of never. Folders run in place and services that
+        have not started yet are left to the plan. A folder that cannot be read is logged;
+        what runs keeps running."""
+        for name, spec in desired.services.items():
+            source = spec.source
+            if source.kind != "path" or source.path is None or source.mode != "snapshot":
+                continue
+            if name not in self.reconciler.controllers:
+                continue
+            try:
+                revision = await asyncio.to_thread(self._resolve, spec)
+            except (SourceError, OSError) as exc:
+                log.warning("%s: cannot read its folder: %s", name, exc)
+                continue
+            self.new_revision(name, revision)
+
     def _resolve(self, spec: ServiceSpec) -> str:
         """The revision ``spec``'s source holds now (blocking: a thread's)."""
         root = source_root(self.state_dir, spec.name)

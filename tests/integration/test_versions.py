@@ -115,6 +115,19 @@ def test_a_watched_folder_edit_runs_and_names_the_new_snapshot(tmp_path, start):
     assert cli(path, "plan").stdout.strip().endswith("nothing to do")
 
 
+def test_an_unwatched_folder_edit_deploys_at_an_explicit_reload(tmp_path, start):
+    """No ``watch``: an edit is not seen by itself, but ``supervise reload`` (and SIGHUP) looks
+    at the folder again and deploys the new snapshot; before, it said "nothing to do" forever."""
+    write(tmp_path / "app" / "app.py", APP.format(mark="A"))
+    path = write(tmp_path / "services.toml", site())
+    start(path)
+    wait_until(lambda: (m := running_mark(path)) and m[0] == "A", timeout=30, message="A running")
+    write(tmp_path / "app" / "app.py", APP.format(mark="B"))
+    assert cli(path, "reload").returncode == 0
+    wait_until(lambda: (m := running_mark(path)) and m[0] == "B", timeout=30, message="B running after the reload")
+    assert cli(path, "reload").stdout.strip().endswith("nothing to do")  # and only once
+
+
 def test_a_rollback_runs_the_previous_files_and_the_cli_pins_versions(tmp_path, start):
     """Input (b), with a build: a bad edit crash-loops and is rolled back to A's own snapshot
     (A's files run again, status says A); then `versions` shows what is on disk, good and
