@@ -164,9 +164,11 @@ class Spawned:
 
 @dataclass(frozen=True)
 class SpawnFailed:
-    """The process could not be started (the message says why)."""
+    """The process could not be started (the message says why); ``code`` the exit status a
+    shell gives it (127 not found, 126 not executable)."""
 
     message: str
+    code: int = 127
 
 
 @dataclass(frozen=True)
@@ -352,13 +354,14 @@ def _on_spawned(policy: Policy, out: _Out, event: Any, now: float, who: str) -> 
 
 def _on_spawn_failed(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
     state = out.state
-    out.state = replace(state, pid=None, message=event.message, start_error=event.message)
+    out.state = replace(state, pid=None, message=event.message, start_error=event.message,
+                        last_exit=Exit(code=event.code))
     out.effects += [Note(f"cannot start {who}: {event.message}"), emit(EventType.START_FAILED, error=event.message)]
     if state.trial:
         out.state = replace(out.state, phase=Phase.EXITED, trial=False)
         out.effects += [Cancel(Timer.TRIAL), Abandon(f"could not start: {event.message}")]
         return
-    _exited(policy, out, Exit(code=127), now, uptime=0.0, jitter=0.0, who=who)
+    _exited(policy, out, Exit(code=event.code), now, uptime=0.0, jitter=0.0, who=who)
 
 
 def _on_adopted(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:

@@ -97,7 +97,13 @@ class ProcessHandle:
 
 
 class SpawnError(Exception):
-    """The command could not be started at all (missing executable, bad cwd, permissions)."""
+    """The command could not be started at all (missing executable, bad cwd, permissions).
+    ``code``: a shell's exit status for it, 126 (permission denied, not an executable format)
+    or 127 (anything else)."""
+
+    def __init__(self, message: str, code: int = 127):
+        super().__init__(message)
+        self.code = code
 
 
 def quiet_wakeup_fd() -> None:
@@ -300,7 +306,8 @@ def spawn(
             stderr=output if errors is None else errors, start_new_session=True, close_fds=True, restore_signals=True, **identity,
         )
     except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-        raise SpawnError(_spawn_message(argv, cwd, exc)) from None
+        code = 126 if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.ENOEXEC else 127
+        raise SpawnError(_spawn_message(argv, cwd, exc), code) from None
     if _child_nofile is not None:
         try:
             resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, _child_nofile)

@@ -707,7 +707,7 @@ class ServiceController:
             handle = await self.executor.start(spec, artifact, replica.index, env, self.sink,
                                                self._label(replica.index))
         except StartFailed as exc:
-            self._feed(replica, SpawnFailed(str(exc)))
+            self._feed(replica, SpawnFailed(str(exc), exc.code))
             return
         except Exception as exc:  # noqa: BLE001 - a bug in an executor: a failed start, never a stuck one
             log.exception("%s: starting replica %d failed", self.name, replica.index)

@@ -78,6 +78,17 @@ restart = "never"
     assert run_once(path, "--exit-when-done", "-q").returncode == 128 + signal.SIGKILL
 
 
+def test_a_job_that_cannot_start_exits_127_or_126_as_a_shell_does(tmp_path):
+    """A command that is not there is 127, one that is not executable 126 (sh's ``$?``), not
+    an "unknown" exit 1."""
+    (tmp_path / "data.txt").write_text("not a program\n")
+    for command, code in (("/nonexistent/cmd", 127), (str(tmp_path / "data.txt"), 126)):
+        path = write(tmp_path / "services.toml", f'[services.job]\ncommand = ["{command}"]\nrestart = "never"\n')
+        result = run_once(path, "--exit-when-done")
+        assert result.returncode == code, result.stderr
+        assert f"exit {code}" in result.stderr
+
+
 def test_exit_when_a_named_service_finishes_while_a_server_runs(tmp_path):
     path = write(tmp_path / "services.toml", f"""
 [services.server]

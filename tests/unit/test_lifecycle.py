@@ -144,8 +144,11 @@ def test_starts_outside_the_interval_are_forgotten():
 def test_a_failed_spawn_is_a_crash_with_its_cause():
     state, history = run([(0.0, Start("planned")), (0.0, SpawnFailed("no such command: nope"))])
     assert kinds(history[1])[:2] == ["Note", "Emit:start-failed"]
-    assert state.phase is Phase.BACKOFF and state.last_exit is None
+    # its last exit is what a shell gives a command that cannot run: 127 (run once exits with it)
+    assert state.phase is Phase.BACKOFF and state.last_exit == Exit(code=127)
     assert state.message == "restart in 0.00s after exit 127: no such command: nope"
+    state, _ = run([(0.0, Start("planned")), (0.0, SpawnFailed("permission denied", 126))])
+    assert state.last_exit == Exit(code=126)
 
 
 def test_a_late_backoff_timer_does_nothing():

@@ -38,7 +38,13 @@ from ...observe.state import ReplicaRecord
 
 class StartFailed(Exception):
     """A replica could not be started; the message says why in one line (a missing command,
-    an unknown user, too many open files, an image that cannot be pulled)."""
+    an unknown user, too many open files, an image that cannot be pulled). ``code`` is the exit
+    status a shell gives such a command: 127 (not found, and every other failure to start),
+    126 (found but not executable: permission denied, not an executable format)."""
+
+    def __init__(self, message: str, code: int = 127):
+        super().__init__(message)
+        self.code = code
 
 
 class Running(Protocol):

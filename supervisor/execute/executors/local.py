@@ -176,7 +176,7 @@ class LocalExecutor(Executor):
             for fd, path in ((read_fd, fifo), (err_read, logs.err_fifo(fifo))):
                 os.close(fd)
                 _unlink(path)
-            raise StartFailed(str(exc)) from None
+            raise StartFailed(str(exc), getattr(exc, "code", 127)) from None
         finally:
             os.close(child_fd)
             os.close(err_child)
