@@ -454,6 +454,9 @@ def run(path: Path, services: list[str] | None = None) -> int:
     a full-screen view in a pipe writes escape codes nobody reads and never ends."""
     import sys
 
+    from .desired.peek import state_dir_of
+
+    state_dir_of(path)  # a missing or unreadable file is said first, as by every verb
     if not (sys.stdout.isatty() and sys.stdin.isatty()):
         from .control.verbs.base import CliError
         from .decide.errors import EXIT_USAGE
