@@ -39,6 +39,19 @@ def running_pids(path: Path, count: int) -> dict[str, int] | None:
 stop = terminate
 
 
+def end_all(first, second, pids) -> None:
+    """Stop both supervisors (the second may not have started) and SIGKILL any replica pid
+    still there, so a failed assertion leaks nothing."""
+    stop(first)
+    if second is not None:
+        stop(second)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_sigkilled_supervisor_adopts_20_services_with_no_lost_line(tmp_path):
     n = 20
     path = write(tmp_path / "services.toml", "".join(
@@ -146,14 +159,7 @@ def test_sigquit_leaves_services_running_for_an_in_place_upgrade(tmp_path):
                        if l.isdigit()]
             assert numbers == list(range(len(numbers))), f"c{i}: lines lost or repeated"
     finally:
-        stop(first)
-        if second is not None:
-            stop(second)
-        for pid in pids.values():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        end_all(first, second, pids.values())
 
 
 def test_build_left_running_by_a_killed_supervisor_is_stopped_first(tmp_path):
@@ -301,11 +307,4 @@ def test_every_replica_is_reported_stopping_and_stopped_at_a_stop_after_an_adopt
             missing = {(who, str(pid)) for who, pid in running.items()} - said
             assert not missing, f"no {word} line for {sorted(missing)}:\n{text}"
     finally:
-        stop(first)
-        if second is not None:
-            stop(second)
-        for pid in pids.values():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        end_all(first, second, pids.values())
