@@ -307,7 +307,7 @@ def cmd_run(path: Path, quiet: bool = False, until=None) -> int:
     from .daemon import AlreadyRunning, Daemon
 
     from .desired import config
-    from .observe.safefs import UnsafeStateDir
+    from .observe.safefs import UnsafeStateDir, UntrustedConfig
 
     from . import selfupdate
 
@@ -323,7 +323,7 @@ def cmd_run(path: Path, quiet: bool = False, until=None) -> int:
     daemon = Daemon(path, desired, console=not quiet, until=until, handover=handover)
     try:
         code = asyncio.run(daemon.run())
-    except (AlreadyRunning, UnsafeStateDir) as exc:
+    except (AlreadyRunning, UnsafeStateDir, UntrustedConfig) as exc:
         raise CliError(str(exc)) from None
     if daemon.exec_plan is not None:  # an upgrade: every service was let go; same pid from here on
         selfupdate.exec_new(daemon.exec_plan, daemon.lock.handover_fds(), daemon.control_fd)
