@@ -189,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "json", False) and verb != "logs":  # valid JSON on stdout, whatever happened
             print(json.dumps({"ok": False, "error": str(exc), **({"services": []} if verb == "status" else {})},
                              indent=2))
-        print(f"supervise: {escape(str(exc))}", file=sys.stderr)
+        # several diagnostics (a reload of a file with two mistakes) are several lines, each
+        # escaped: a literal "\x0a" between them helped nobody
+        for line in str(exc).splitlines() or [""]:
+            print(f"supervise: {escape(line)}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
