@@ -144,6 +144,12 @@ class Sink(Protocol):
     def write(self, data: bytes, source: int | None = None, label: str | None = None) -> None: ...
 
 
+#: Bytes a line may carry a log file past its ``max_bytes`` before it is split (a newline put
+#: in) and the file rotated: output that never writes a newline still rotates. journald splits
+#: lines longer than ``LineMax=`` (48K) the same way.
+LONG_LINE = 64 * 1024
+
+
 class LogSink:
     """Appends whole lines to one service's log file; rotates; survives the file being moved.
 
@@ -232,14 +238,38 @@ class LogSink:
                 data = data[len(stamp):]
         limit = self.policy.max_bytes
         rest = memoryview(data)
+        overshoot = min(LONG_LINE, limit)
+        fresh = self.size == 0  # nothing in the file yet but (maybe) our origin line
         while rest:
-            if self.mid_line or (self.size and self.size + len(rest) <= limit):
-                piece, rest = rest, rest[len(rest):]  # never rotate inside a line
-            elif self.size and self.size + len(rest) > limit:
+            if self.mid_line:
+                # never rotate inside a line, unless the line is past max_bytes + LONG_LINE
+                # (output with no newline): it is split there, as journald splits lines over
+                # LineMax, and the file stays bounded
+                allowed = limit + overshoot - self.size
+                if len(rest) <= allowed:
+                    piece, rest = rest, rest[len(rest):]
+                elif allowed > 0:
+                    piece, rest = rest[:allowed], rest[allowed:]
+                else:
+                    try:
+                        self._append(memoryview(b"\n"))
+                        self.mid_line = False
+                        self._rotate()
+                    except OSError as exc:
+                        self._failed(exc)
+                        self._drop(rest, source)
+                        break
+                    if origin is not None:
+                        self._switch(origin)
+                    fresh = True
+                    continue
+            elif self.size + len(rest) <= limit:
+                piece, rest = rest, rest[len(rest):]
+            else:
                 # the part that fits, up to its last whole line; none fits: rotate first
                 room = limit - self.size
                 cut = bytes(rest[:room]).rfind(b"\n") + 1 if room > 0 else 0
-                if cut == 0:
+                if cut == 0 and not fresh:
                     try:
                         self._rotate()
                     except OSError as exc:
@@ -248,13 +278,13 @@ class LogSink:
                         break
                     if origin is not None:
                         self._switch(origin)
+                    fresh = True
                     continue
+                if cut == 0:  # a fresh file, and its first line alone is over max_bytes
+                    newline = bytes(rest[:limit + overshoot]).find(b"\n")
+                    cut = newline + 1 if newline >= 0 else max(1, limit + overshoot - self.size)
                 piece, rest = rest[:cut], rest[cut:]
-            elif len(rest) > limit:
-                cut = bytes(rest[:limit]).rfind(b"\n") + 1 or len(rest)
-                piece, rest = rest[:cut], rest[cut:]
-            else:
-                piece, rest = rest, rest[len(rest):]
+            fresh = False
             if not self._append_or_drop(piece, source):
                 self._drop(rest, source)
                 break

@@ -94,6 +94,34 @@ log = {{ max_size = "64KiB", backups = 200 }}
     run(body())
 
 
+def test_output_with_no_newline_still_rotates(tmp_path):
+    """A user's report: 200 MB of ``y`` with no newline made a 142 MB log beside a 10 MiB
+    ``max_size``: rotation waited for a line's end. A line going past max_size + LONG_LINE is
+    split (as journald splits lines over LineMax) and the file rotated; nothing else is lost."""
+    from supervisor.execute.logs import LONG_LINE
+
+    code = "import sys; o=sys.stdout.buffer; [o.write(bytes([0x79])*100000) for _ in range(50)]; o.flush()"
+    text = f"""
+[services.noeol]
+command = ["{PY}", "-c", "{code}"]
+restart = "never"
+log = {{ max_size = "256KiB", backups = 100 }}
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            await stack.until(lambda: stack.replica("noeol") and stack.replica("noeol").phase.value == "exited", timeout=30)
+            folder = stack.r.state_dir / "logs"
+            files = [folder / "noeol.log", *folder.glob("noeol.log.*")]
+            assert len(files) >= 10
+            assert max(f.stat().st_size for f in files) <= 256 * 1024 + LONG_LINE + 200
+            ys = sum(line.count("y") for f in files for line in f.read_text().splitlines() if not line.startswith("[supervise"))
+            assert ys == 5_000_000  # split, never lost
+
+    run(body())
+
+
 def test_log_file_deleted_or_moved_by_hand_is_recreated(tmp_path):
     code = "import sys,time\\nfor i in range(100000):\\n    print(i, flush=True); time.sleep(0.002)"
     text = f"""
