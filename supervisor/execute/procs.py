@@ -741,25 +741,49 @@ def signal_group(handle: ProcessHandle, sig: int) -> None:
         log.warning("cannot signal process group %d: %s", handle.pgid, exc)
 
 
-def begin_stop(handle: ProcessHandle, sig: int, reaper: Reaper | None) -> list[psutil.Process]:
+def begin_stop(handle: ProcessHandle, sig: int, reaper: Reaper | None,
+               group_signalled: bool = False) -> list[psutil.Process]:
     """The first, synchronous half of :func:`stop`: snapshot the members and send ``sig``.
 
-    Called for every replica in one go when many stop together (shutdown), so that the
-    signals all leave at once instead of one per event-loop turn. The snapshot is kept on the
-    handle for the :func:`stop` that follows.
+    Called for every replica in one go when many stop together (shutdown, see
+    :func:`begin_stops`), so that the signals all leave at once instead of one per
+    event-loop turn. The snapshot is kept on the handle for the :func:`stop` that follows.
+    ``group_signalled``: the process group had ``sig`` (and SIGCONT) already; only the
+    members outside it get it now.
     """
     snapshot = members(handle, reaper.waiters if reaper is not None else ())
-    signal_group(handle, sig)
+    if not group_signalled:
+        signal_group(handle, sig)
     for process in snapshot:
         try:
             if os.getpgid(process.pid) != handle.pgid:
                 process.send_signal(sig)
         except (psutil.Error, OSError):
             pass
-    if sig not in (signal.SIGKILL, signal.SIGCONT):
+    if sig not in (signal.SIGKILL, signal.SIGCONT) and not group_signalled:
         signal_group(handle, signal.SIGCONT)  # a stopped (SIGSTOP'ed) group cannot act on it
     handle.stop_snapshot = snapshot
     return snapshot
+
+
+def begin_stops(stops: Sequence[tuple[ProcessHandle, int]], reaper: Reaper | None) -> None:
+    """:func:`begin_stop` of many replicas (a shutdown's dependency level): the process groups
+    of those in a cgroup get their signal first, all of them in one sweep of ``kill(2)``
+    calls, then each replica's snapshot is taken and its members outside the group are
+    signalled. A snapshot (/proc and cgroup reads) costs about 0.1 ms, and taken first it
+    held the last of 200 signals 20-60 ms behind the first. Safe for a replica in a cgroup
+    only: a member whose parent exits meanwhile is still listed in its cgroup; one without
+    a cgroup has its snapshot taken before its signal, as :func:`begin_stop` alone does."""
+    early = set()
+    for handle, sig in stops:
+        if handle.cgroup is not None and handle.stop_snapshot is None:
+            signal_group(handle, sig)
+            if sig not in (signal.SIGKILL, signal.SIGCONT):
+                signal_group(handle, signal.SIGCONT)
+            early.add(id(handle))
+    for handle, sig in stops:
+        if handle.stop_snapshot is None:
+            begin_stop(handle, sig, reaper, group_signalled=id(handle) in early)
 
 
 async def stop(handle: ProcessHandle, sig: int, timeout: float, reaper: Reaper | None) -> Exit:
@@ -873,13 +897,17 @@ def too_many_files() -> str:
             "(LimitNOFILE= in the systemd unit, ulimit -Hn)")
 
 
-def kill_git_children() -> list[int]:
+def kill_git_children(known: Collection[int] = ()) -> list[int]:
     """SIGKILL every ``git`` process that is a direct child of ours and runs for a source
     (``SUPERVISE_GIT=1`` in its environment: sources.git.GIT_MARK),
     with all its descendants (remote helpers, ssh). Returns the pids. Used at shutdown: git's
-    own timeout would otherwise keep us waiting on a remote that never answers."""
+    own timeout would otherwise keep us waiting on a remote that never answers. ``known``:
+    children that are not git (the replicas' leaders the reaper tracks), not even looked at:
+    reading each one's name cost a stop of 200 services 3 ms of its signal fan-out, twice."""
     killed = []
     for pid in _children_of(os.getpid()):
+        if pid in known:
+            continue
         try:  # one small read rules out the services (2,000 psutil lookups cost 0.2 s a stop)
             with open(f"/proc/{pid}/comm", "rb") as comm:
                 if comm.read().strip() != b"git":

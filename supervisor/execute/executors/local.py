@@ -197,6 +197,9 @@ class LocalExecutor(Executor):
         if handle.running and handle.stop_snapshot is None:
             procs.begin_stop(handle, sig, self.reaper)
 
+    def signal_many(self, stops: Sequence[tuple[Running, int]]) -> None:
+        procs.begin_stops([(_handle(r), sig) for r, sig in stops if _handle(r).running], self.reaper)
+
     async def stop(self, running: Running, sig: int, timeout: float) -> Exit:
         handle = _handle(running)
         exit = await procs.stop(handle, sig, timeout, self.reaper)
