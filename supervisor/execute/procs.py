@@ -269,8 +269,7 @@ def _children_of(pid: int) -> list[int]:
         return children
     for tid in tasks:
         try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children.extend(int(p) for p in f.read().split())
+            children.extend(map(int, cgroups.read_small(f"/proc/{pid}/task/{tid}/children").split()))
         except OSError:
             continue
     return children
@@ -636,26 +635,39 @@ def members(handle: ProcessHandle, known: Collection[int] = ()) -> list[psutil.P
 
 
 _own_children: list[int] | None = None  # set inside one_look_at_children()
+#: inside one_look_at_children(): (the ``known`` it was for, its size, the strays found)
+_own_strays: tuple[Collection[int], int, list[psutil.Process]] | None = None
 
 
 @contextlib.contextmanager
 def one_look_at_children() -> Iterator[None]:
     """Within this block, :func:`stray_children` reads our children list once, not once per
-    call: a shutdown signals 2,000 replicas in one synchronous sweep, and reading 2,000
-    children for each made it quadratic (10 s). Not reentrant; synchronous code only."""
-    global _own_children
+    call, and looks for strays in it once per ``known``: a shutdown signals 2,000 replicas
+    in one synchronous sweep, and reading 2,000 children for each made it quadratic (10 s),
+    as did checking each of them against ``known`` for each replica (4 million look-ups).
+    Not reentrant; synchronous code only."""
+    global _own_children, _own_strays
     _own_children = _children_of(os.getpid())
     try:
         yield
     finally:
-        _own_children = None
+        _own_children = _own_strays = None
 
 
 def stray_children(known: Collection[int] = ()) -> list[psutil.Process]:
     """Our direct children, other than those in ``known``, that came from a service (they
     carry :data:`INSTANCE_VAR`): orphans re-parented to us (we are a subreaper), builds."""
+    global _own_strays
+    if _own_children is None:
+        return _strays(_children_of(os.getpid()), known)
+    if _own_strays is None or _own_strays[0] is not known or _own_strays[1] != len(known):
+        _own_strays = (known, len(known), _strays(_own_children, known))
+    return list(_own_strays[2])
+
+
+def _strays(children: list[int], known: Collection[int]) -> list[psutil.Process]:
     out = []
-    for pid in _own_children if _own_children is not None else _children_of(os.getpid()):
+    for pid in children:
         if pid in known:
             continue
         try:

@@ -598,9 +598,25 @@ class ServiceController:
         task.add_done_callback(self._tasks.discard)
 
     async def stop_all(self, reason: str) -> None:
-        """Stop and forget every replica, concurrently."""
+        """Stop and forget every replica, concurrently. As :meth:`stop_replica` with
+        ``remove`` for each, without a task and a shield per replica (a shutdown awaits
+        2,000 of these): the stops are shielded together, a cancelled caller does not cancel
+        them; the first stop that failed is raised once the others are done and forgotten."""
         self.signal_all(reason)
-        await asyncio.gather(*(self.stop_replica(i, reason, remove=True) for i in sorted(self.replicas)))
+        stopping = [(i, r, self._begin_stop(r, reason)) for i, r in sorted(self.replicas.items())]
+        if not stopping:
+            return
+        results = await asyncio.shield(asyncio.gather(*(f for _, _, f in stopping), return_exceptions=True))
+        failed = None
+        for (index, replica, _), result in zip(stopping, results):
+            if isinstance(result, BaseException):
+                failed = failed or result
+            elif self.replicas.get(index) is replica:
+                self.replicas.pop(index, None)
+        self.changed()
+        self.persist()
+        if failed is not None:
+            raise failed
 
     def signal_all(self, reason: str = "supervisor stopping") -> None:
         """Begin the stop of every replica now: :meth:`send_stop_signals`, then

@@ -308,7 +308,7 @@ def _handle(running: Running) -> procs.ProcessHandle:
 
 async def _drain(handle: procs.ProcessHandle, timeout: float = 2.0) -> None:
     """Wait until the output of a stopped process is all in its log (the pump's end of file)."""
-    if not handle.pumps:
+    if all(pump.done.done() for pump in handle.pumps):  # (none, or at their end of file already)
         return
     try:
         await asyncio.wait_for(asyncio.shield(asyncio.gather(*(pump.done for pump in handle.pumps))), timeout)
