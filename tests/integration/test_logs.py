@@ -192,3 +192,39 @@ restart = "never"
                 assert not [line for line in log if line.split(" ")[0] in names and not line.startswith(name)]
 
     run(body())
+
+
+def test_a_streaming_fifo_is_read_in_batches_and_nothing_waits_or_is_lost(tmp_path):
+    """After a look that moved a little (under logs.BATCH_BYTES), the pump stops watching the
+    FIFO for logs.BATCH_WAIT s instead of waking at the writer's next write; then it reads what
+    came meanwhile, all of it, in order. A real FIFO and log file; the loop's own timer."""
+    import asyncio
+    import os
+
+    from supervisor.execute import logs
+
+    async def body():
+        loop = asyncio.get_running_loop()
+        path, read_fd, child_fd = logs.make_fifo(tmp_path, "w", 0)
+        sink = logs.LogSink("w", tmp_path / "w.log")
+        pump = logs.Pump(loop, read_fd, sink, keep_until_written=True, copy_pipe=logs.CopyPipe())
+        try:
+            os.write(child_fd, b"".join(b"first %d\n" % i for i in range(1000)))
+            pump._readable()  # the look the loop makes when the FIFO turns readable
+            assert pump.paused  # moved a little: not watching for the next write
+            assert sink.path.read_bytes().count(b"first ") == 1000
+            os.write(child_fd, b"".join(b"second %d\n" % i for i in range(1000)))
+            deadline = loop.time() + 10
+            while sink.path.read_bytes().count(b"second ") < 1000:
+                assert loop.time() < deadline, "the batch after the pause never came"
+                await asyncio.sleep(logs.BATCH_WAIT)  # the loop runs the pump's resume timer
+            lines = sink.path.read_bytes().splitlines()
+            assert lines == [b"first %d" % i for i in range(1000)] + [b"second %d" % i for i in range(1000)]
+        finally:
+            pump.close()
+            os.close(child_fd)
+            sink.close()
+            pump.copy.close()
+            os.unlink(path)
+
+    asyncio.run(body())
