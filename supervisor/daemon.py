@@ -434,18 +434,22 @@ class Daemon:
         self.history.open()
         self.notifier.seq = max(self.notifier.seq, self.history.last_seq)
         self.notifier.add_listener(self.history.write)
+        # signals before the control socket answers: whoever sees it answer may send SIGTERM
+        # and must get a clean stop (the default action would kill us and leave the adopted
+        # services running); a SIGHUP this early is applied once the first pass runs
+        self.stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
+        early_hups: list[int] = []
+        loop.add_signal_handler(signal.SIGHUP, early_hups.append, 1)
+        procs.quiet_wakeup_fd()  # each add_signal_handler above turned the warnings back on
         self.control = ControlServer(socket_path(self.state_dir), self.handlers(), inherited=self.handover.control)
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
         self._watch(self.desired)
         self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
-        self.stop_event = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
-        loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
-        procs.quiet_wakeup_fd()  # each add_signal_handler above turned the warnings back on
 
         log.info("supervise %s: %d services from %s (state in %s, pid %d)", __version__,
                  len(self.desired.services), self.path, self.state_dir, os.getpid())
@@ -462,6 +466,10 @@ class Daemon:
         runner = asyncio.create_task(self.engine.run(self.load_async))
         self.reconciler.request()
         self.unit.start()
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+        procs.quiet_wakeup_fd()
+        if early_hups:
+            self.on_sighup()
         stopper = asyncio.create_task(self.stop_event.wait())
         await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
         failed = runner.done() and not runner.cancelled() and runner.exception() is not None
