@@ -648,6 +648,9 @@ class _Validator:
         errors_before = len(self.diagnostics)
         if not NAME_RE.match(name) or name in (".", ".."):
             self.error(keys, f'bad service name "{name}": use letters, digits, "_", "." and "-" (at most 100, not starting with "." or "-")')
+        elif name.lower() == "supervise":
+            self.error(keys, 'the service name "supervise" is reserved: the console and the logs label the '
+                       "supervisor's own lines with it, so a service's output could pass for the supervisor's")
         if not isinstance(table, dict):
             self.error(keys, f'"services.{name}" must be a table')
             return None
