@@ -508,6 +508,10 @@ class Pump:
     the same stdout) has closed it. A last line without a newline is written with one.
     """
 
+    # two per replica: slots, not an instance dict each
+    __slots__ = ("loop", "fd", "sink", "label", "origin", "force", "on_eof", "partial", "unfinished_since",
+                 "paused", "done", "copy", "_own_copy")
+
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: Sink,
                  on_eof: Callable[[], None] | None = None, keep_until_written: bool = False,
                  label: str | None = None, origin: str | None = None, copy_pipe: CopyPipe | None = None):
