@@ -170,6 +170,7 @@ class ServiceController:
         self.held = False
         self._good: list[Launch] = []  # see the good property
         self._lazy = False  # a lazy timer is being applied (see settle)
+        self._next_due: float | None = None  # no lazy deadline before this one (None: none armed)
         self.pinned: str | None = None  # the version `supervise rollback` pinned
         self.pinned_over: str | None = None  # the newest revision then, not deployed while pinned
         self._persist_pending = False
@@ -234,14 +235,19 @@ class ServiceController:
         deadline has passed, oldest deadline first. They change no process, so nothing runs
         at their deadline: whatever reads the replicas (an event for one, a status, a plan,
         the state record, a rollback) settles them first, and an idle supervisor stays idle."""
-        due = [(when, i, replica, timer)
-               for i, replica in enumerate([*self.replicas.values(), *self.candidates.values()])
-               if replica.due for timer, when in replica.due.items()]
-        if due:
-            now = self.clock.monotonic()
-            for when, _, replica, timer in sorted(due, key=lambda d: (d[0], d[1])):
-                if when <= now:
-                    self._settle(replica, now)
+        if self._next_due is None:
+            return  # the common case, at every status of every service: nothing armed
+        now = self.clock.monotonic()
+        if now < self._next_due:
+            return
+        everyone = [*self.replicas.values(), *self.candidates.values()]
+        due = [(when, i, replica) for i, replica in enumerate(everyone) if replica.due for when in replica.due.values()]
+        for when, _, replica in sorted(due, key=lambda d: (d[0], d[1])):
+            if when <= now:
+                self._settle(replica, now)
+        left = [when for replica in [*self.replicas.values(), *self.candidates.values()] if replica.due
+                for when in replica.due.values()]
+        self._next_due = min(left) if left else None
 
     def _settle(self, replica: Replica, now: float | None = None) -> None:
         """Fire ``replica``'s lazy timers that are due (each taken off before it is fed, so
@@ -389,7 +395,8 @@ class ServiceController:
             if effect.timer in lifecycle.LAZY_TIMERS:
                 if replica.due is None:
                     replica.due = {}
-                replica.due[effect.timer] = self.clock.monotonic() + effect.delay
+                when = replica.due[effect.timer] = self.clock.monotonic() + effect.delay
+                self._next_due = when if self._next_due is None else min(self._next_due, when)
             else:
                 replica.timers[effect.timer] = asyncio.get_running_loop().call_later(
                     effect.delay, self._fire, replica, effect.timer)
