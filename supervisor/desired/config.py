@@ -7,7 +7,6 @@ compiler error: ``services.toml:12:5: services.api: unknown key "comand" (did yo
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -235,6 +234,8 @@ def suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
             candidates.append(choice)
             if len(candidates) >= SUGGEST_CANDIDATES:
                 break
+    import difflib  # on the first mistake only: the daemon's start imports no difflib (0.2 MB)
+
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
