@@ -217,12 +217,11 @@ class SelfSource:
             venv = self.venv(revision)
             name = parse_requirement(str(self.spec.requirement)).name
             target = f"{name}=={revision}"
-        if (venv / COMPLETE).exists():
-            return revision, venv
-        if venv.exists():
-            import shutil
+        from .execute.sources.pip import venv_complete, fresh_venv_folder
 
-            shutil.rmtree(venv, ignore_errors=True)
+        if venv_complete(venv):
+            return revision, venv
+        fresh_venv_folder(self.versions, venv)  # checked folders, nothing planted followed
         self._run([self.python, "-m", "venv", "--without-pip", str(venv)], "python -m venv")
         self._layer(venv)
         if target is None:
@@ -235,7 +234,7 @@ class SelfSource:
             what, extra = target, index_args(self.spec)
         self._run([self.python, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
                    "--disable-pip-version-check", "--no-input", *extra, "--", what], "pip install")
-        (venv / COMPLETE).write_text(revision + "\n")
+        safefs.write_atomic(venv, COMPLETE, (revision + "\n").encode())
         return revision, venv
 
     def venv(self, ident: str) -> Path:

@@ -140,12 +140,18 @@ class GitSource:
 
     def checkout(self, commit: str) -> Path:
         """A worktree of ``commit`` at ``versions/COMMIT12`` (reused when it exists)."""
+        if not _SHA.match(commit):  # names are checked before they become paths
+            raise SourceError(f"bad commit id {commit[:40]!r}")
         path = self.versions / commit[:12]
-        if (path / ".git").exists():
+        # the folders first (real folders of ours, 0700), then what is in them: a symlink
+        # planted as versions/ or as the version's folder is never followed
+        safefs.ensure_dir(safefs.ensure_dir(self.root) / "versions")
+        if path.is_dir() and not path.is_symlink() and (path / ".git").exists():
             return path
-        if path.exists():
+        if path.is_symlink() or not path.is_dir():
+            safefs.unlink_in(self.versions, path.name)
+        else:
             shutil.rmtree(path, ignore_errors=True)
-        safefs.ensure_dir(self.versions)
         with self._repo() as repo:
             try:
                 repo.git.worktree("prune")
