@@ -128,6 +128,28 @@ def test_resolve_picks_the_newest_satisfying_version_with_pip(index, tmp_path):
     assert "\n" not in str(failure.value) and "sv-absent" in str(failure.value)
 
 
+def test_pip_keeps_its_report_cache_and_temp_files_in_the_state_dir(index, tmp_path, monkeypatch):
+    """Security rule "nothing written outside STATE_DIR": a resolve and an install write no
+    report, cache or temp file in TMPDIR or the home folder, only in the source's folder."""
+    folder, url = index
+    make_wheel(folder, "1.0")
+    outside = tmp_path / "outside-tmp"
+    outside.mkdir()
+    monkeypatch.setenv("TMPDIR", str(outside))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("PIP_CACHE_DIR", raising=False)
+    root = tmp_path / "state" / "sources" / "hello"
+    source = PipSource(SourceSpec(kind="pip", requirement=NAME, index=url), root)
+    assert source.latest() == "1.0"
+    for argv in source.install_steps("1.0"):  # as the Preparer runs them, with the source's pip env
+        subprocess.run(argv, env={**os.environ, **source.pip_env()}, check=True, capture_output=True, timeout=300)
+    source.mark_installed("1.0")
+    assert source.installed("1.0") and (source.venv("1.0") / "bin" / "python").exists()
+    assert list(outside.iterdir()) == [] and not (tmp_path / "home" / ".cache").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["cache", "tmp", "versions"]
+
+
 def test_two_versions_one_install_each_start_first_replace_and_a_bad_release_rolls_back(index, tmp_path):
     folder, url = index
     make_wheel(folder, "1.0")

@@ -106,8 +106,12 @@ class PipSource:
                 "--disable-pip-version-check", "--no-input", "--report", "-",
                 *index_args(self.spec), "--", str(self.spec.requirement)]
         try:
+            env = {**os.environ, "PIP_NO_INPUT": "1", **self.pip_env()}
+        except OSError as exc:  # safefs.UnsafeStateDir: the source's folder is not ours
+            raise SourceError(str(exc)) from None
+        try:
             result = subprocess.run(argv, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT,
-                                    stdin=subprocess.DEVNULL, env={**os.environ, "PIP_NO_INPUT": "1"})
+                                    stdin=subprocess.DEVNULL, env=env)
         except subprocess.TimeoutExpired:
             raise SourceError(f"pip: no answer for {self.spec.requirement!r} in {RESOLVE_TIMEOUT:g}s") from None
         if result.returncode != 0:
@@ -127,6 +131,13 @@ class PipSource:
                     raise SourceError(f"pip resolved {wanted} to an unusable version {version!r}")
                 return version
         raise SourceError(f"pip resolved {self.spec.requirement!r} but did not list {wanted}")
+
+    def pip_env(self) -> dict[str, str]:
+        """``PIP_CACHE_DIR`` and ``TMPDIR`` for pip's runs: ``cache`` and ``tmp`` in the
+        source's folder (made and checked through safefs), as ``[supervise] self`` does, so
+        pip's cache and temporary files stay in STATE_DIR. Raises ``safefs.UnsafeStateDir``."""
+        root = safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name)
+        return {"PIP_CACHE_DIR": str(safefs.ensure_dir(root / "cache")), "TMPDIR": str(safefs.ensure_dir(root / "tmp"))}
 
     def venv(self, version: str) -> Path:
         """The folder of ``version``'s virtual environment."""
