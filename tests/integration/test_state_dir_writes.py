@@ -19,6 +19,7 @@ import pytest
 from supervisor.desired.model import SourceSpec
 from supervisor.execute.sources import prune_versions
 from supervisor.execute.sources.git import GitSource
+from supervisor.execute.sources.path import FolderSource
 from supervisor.execute.sources.pip import COMPLETE, PipSource, SourceError
 from supervisor.observe.safefs import UnsafeStateDir
 
@@ -145,4 +146,18 @@ def test_a_git_worktree_is_never_made_or_reused_through_a_planted_symlink(dirs, 
     source.versions.symlink_to(outside / "folder")
     with pytest.raises(UnsafeStateDir, match="symlink"):
         source.checkout(commit)
+    assert untouched(outside)
+
+
+def test_folder_snapshots_are_never_pruned_through_a_planted_symlink(dirs, tmp_path):
+    state, outside = dirs
+    (outside / "folder" / ".new-x").mkdir()  # looks like an interrupted snapshot's copy
+    live = tmp_path / "live"
+    live.mkdir()
+    source = FolderSource(live, state / "sources" / "app", state)
+    (state / "sources" / "app").mkdir(parents=True, mode=0o700)
+    source.versions.symlink_to(outside / "folder")
+    assert source.prune(0, set()) == []
+    assert sorted(p.name for p in (outside / "folder").iterdir()) == [".new-x", "keep"]
+    (outside / "folder" / ".new-x").rmdir()
     assert untouched(outside)

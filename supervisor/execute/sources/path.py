@@ -148,9 +148,12 @@ class FolderSource:
     def prune(self, keep: int, protect: set[str]) -> list[str]:
         """Remove snapshots beyond the ``keep`` newest, never those in ``protect`` (12-digit
         prefixes), and any copy an interrupted snapshot left. Returns the removed names."""
-        if self.versions.is_dir():
-            for leftover in self.versions.glob(".new-*"):
-                shutil.rmtree(leftover, ignore_errors=True)
+        try:  # only a real folder of ours: a symlink planted as versions/ is never pruned through
+            safefs.check_own_dir(self.versions)
+        except safefs.UnsafeStateDir:
+            return []
+        for leftover in self.versions.glob(".new-*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # a symlink entry: refused by rmtree, left
         return prune_versions(self.versions, keep, protect)
 
 
