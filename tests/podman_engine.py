@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MARK, wait_until
+from conftest import MARK, terminate, wait_until
 
 BASE_IMAGE = "localhost/supervise-test-base:1"
 BUSYBOX = Path("/bin/busybox")
@@ -188,13 +188,7 @@ def podman_engine():
                 client.close()
             except Exception:
                 pass
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, 20)
         log.close()
         # conmon processes of containers that could not be removed: end them by pid (they carry
         # our private root in their argv), then drop the storage (vfs: plain folders). Not
