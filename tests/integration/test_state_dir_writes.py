@@ -161,3 +161,17 @@ def test_folder_snapshots_are_never_pruned_through_a_planted_symlink(dirs, tmp_p
     assert sorted(p.name for p in (outside / "folder").iterdir()) == [".new-x", "keep"]
     (outside / "folder" / ".new-x").rmdir()
     assert untouched(outside)
+
+
+def test_a_planted_repository_symlink_is_never_fetched_into(dirs, tmp_path):
+    state, outside = dirs
+    theirs = git.Repo.init(outside / "folder" / "repo.git", bare=True)
+    theirs.close()
+    before = sorted(str(p.relative_to(outside)) for p in outside.rglob("*"))
+    root = state / "sources" / "app"
+    root.mkdir(parents=True, mode=0o700)
+    (root / "repo.git").symlink_to(outside / "folder" / "repo.git")
+    source = GitSource(SourceSpec(kind="git", url=str(tmp_path / "nowhere"), ref="main"), root)
+    with pytest.raises(SourceError, match="symlink"):
+        source.fetch()
+    assert sorted(str(p.relative_to(outside)) for p in outside.rglob("*")) == before

@@ -72,10 +72,14 @@ class GitSource:
     def _open(self) -> git.Repo:
         path = self.root / "repo.git"
         try:
+            # the source's folder is a real folder of ours (0700), and repo.git in it is not a
+            # symlink: a planted one would make every fetch write into someone else's repository
+            safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name)
+            if path.is_symlink():
+                raise safefs.UnsafeStateDir(f"{path} is a symlink; refusing to follow it (remove it)")
             if path.exists():
                 repo = git.Repo(path)
             else:
-                safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name)
                 repo = git.Repo.init(path, bare=True)
         except (git.GitError, OSError) as exc:
             raise SourceError(f"cannot open {path}: {exc}") from None
