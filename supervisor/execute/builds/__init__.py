@@ -151,7 +151,7 @@ class Preparer:
         if spec.build and not (versioned and marker.exists()):
             await self.build(spec, workdir, version)
             if versioned:
-                safefs.ensure_dir(safefs.ensure_dir(marker.parent.parent) / "built")
+                safefs.ensure_dirs(marker.parent.parent, "built")
                 safefs.write_atomic(marker.parent, marker.name, b"")
         if spec.source.in_place and spec.watch and spec.build:
             # A watched folder's revision is its content *after* the build: the build's own

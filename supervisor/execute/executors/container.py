@@ -663,7 +663,7 @@ class ContainerExecutor:
         0700; raises ``safefs.UnsafeStateDir`` otherwise). Checked once per executor."""
         folder = self.state_dir / "containers"
         if not self.cursor_folder_checked:
-            safefs.ensure_dir(safefs.ensure_dir(self.state_dir) / "containers")
+            safefs.ensure_dirs(self.state_dir, "containers")
             self.cursor_folder_checked = True
         return folder
 

@@ -74,7 +74,7 @@ class GitSource:
         try:
             # the source's folder is a real folder of ours (0700), and repo.git in it is not a
             # symlink: a planted one would make every fetch write into someone else's repository
-            safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name)
+            safefs.ensure_dirs(self.root.parent, self.root.name)
             if path.is_symlink():
                 raise safefs.UnsafeStateDir(f"{path} is a symlink; refusing to follow it (remove it)")
             if path.exists():
@@ -149,7 +149,7 @@ class GitSource:
         path = self.versions / commit[:12]
         # the folders first (real folders of ours, 0700), then what is in them: a symlink
         # planted as versions/ or as the version's folder is never followed
-        safefs.ensure_dir(safefs.ensure_dir(self.root) / "versions")
+        safefs.ensure_dirs(self.root, "versions")
         if path.is_dir() and not path.is_symlink() and (path / ".git").exists():
             return path
         if path.is_symlink() or not path.is_dir():

@@ -115,7 +115,7 @@ class FolderSource:
         not its content. Raises SourceError (a missing folder, a full disk)."""
         if not self.path.is_dir():
             raise SourceError(f"source folder {self.path} does not exist")
-        safefs.ensure_dir(safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name) / "versions")
+        safefs.ensure_dirs(self.root.parent, self.root.name, "versions")
         # Unchanged content (a restart for a config change, a reload) reuses its snapshot
         # without copying: hashing reads the files, a copy also writes them.
         revision = content_hash(self.path, [self.state_dir])

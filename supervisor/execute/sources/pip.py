@@ -136,7 +136,7 @@ class PipSource:
         """``PIP_CACHE_DIR`` and ``TMPDIR`` for pip's runs: ``cache`` and ``tmp`` in the
         source's folder (made and checked through safefs), as ``[supervise] self`` does, so
         pip's cache and temporary files stay in STATE_DIR. Raises ``safefs.UnsafeStateDir``."""
-        root = safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name)
+        root = safefs.ensure_dirs(self.root.parent, self.root.name)
         return {"PIP_CACHE_DIR": str(safefs.ensure_dir(root / "cache")), "TMPDIR": str(safefs.ensure_dir(root / "tmp"))}
 
     def venv(self, version: str) -> Path:
@@ -191,7 +191,7 @@ def fresh_venv_folder(versions: Path, venv: Path) -> Path:
     the entry itself, never what a symlink points to; then ``venv`` is made 0700. Shared by pip
     sources and ``[supervise] self``. Returns ``venv``. Raises ``safefs.UnsafeStateDir``."""
     assert venv.parent == versions
-    safefs.ensure_dir(safefs.ensure_dir(safefs.ensure_dir(versions.parent.parent) / versions.parent.name) / versions.name)
+    safefs.ensure_dirs(versions.parent.parent, versions.parent.name, versions.name)
     try:
         st = os.lstat(venv)
     except FileNotFoundError:
