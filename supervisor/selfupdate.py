@@ -217,12 +217,11 @@ class SelfSource:
             venv = self.venv(revision)
             name = parse_requirement(str(self.spec.requirement)).name
             target = f"{name}=={revision}"
-        if (venv / COMPLETE).exists():
-            return revision, venv
-        if venv.exists():
-            import shutil
+        from .execute.sources.pip import venv_complete, fresh_venv_folder
 
-            shutil.rmtree(venv, ignore_errors=True)
+        if venv_complete(venv):
+            return revision, venv
+        fresh_venv_folder(self.versions, venv)  # checked folders, nothing planted followed
         self._run([self.python, "-m", "venv", "--without-pip", str(venv)], "python -m venv")
         self._layer(venv)
         if target is None:
@@ -235,7 +234,7 @@ class SelfSource:
             what, extra = target, index_args(self.spec)
         self._run([self.python, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
                    "--disable-pip-version-check", "--no-input", *extra, "--", what], "pip install")
-        (venv / COMPLETE).write_text(revision + "\n")
+        safefs.write_atomic(venv, COMPLETE, (revision + "\n").encode())
         return revision, venv
 
     def venv(self, ident: str) -> Path:
@@ -331,7 +330,7 @@ def save_failed(state_dir: Path, revisions: set[str]) -> None:
     """Record the revisions the poll must not try again (``STATE_DIR/self/failed.json``);
     a failure to write is logged, never raised."""
     try:
-        folder = safefs.ensure_dir(safefs.ensure_dir(state_dir) / "self")
+        folder = safefs.ensure_dirs(state_dir, "self")
         safefs.write_atomic(folder, FAILED_FILE, json.dumps(sorted(revisions)[-100:]).encode())
     except (OSError, safefs.UnsafeStateDir) as exc:
         log.warning("cannot record the supervise versions that failed: %s", exc)
@@ -341,7 +340,7 @@ def boot_file(state_dir: Path) -> Path:
     """The guard (:mod:`upgrade_boot`) of *this* version, copied to ``STATE_DIR/self`` (named
     by its hash: each version's own guard stays as it was)."""
     data = Path(__file__).with_name("upgrade_boot.py").read_bytes()  # read, not imported: it runs elsewhere
-    folder = safefs.ensure_dir(safefs.ensure_dir(state_dir) / "self")
+    folder = safefs.ensure_dirs(state_dir, "self")
     name = f"boot-{hashlib.sha256(data).hexdigest()[:12]}.py"
     safefs.write_atomic(folder, name, data)
     return folder / name

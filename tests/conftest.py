@@ -124,3 +124,27 @@ def http_get(url: str, timeout: float = 2.0) -> str | None:
             return response.read().decode()
     except (OSError, http.client.HTTPException):
         return None
+
+
+@pytest.fixture
+def package_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """(folder, URL) of a package index served over loopback for this test: ``python -m
+    http.server`` on a folder in tmp_path (its directory listings are what pip reads as a
+    PEP 503 simple index; put wheels in ``folder/NAME/``). pip's machine-wide configuration is
+    off (``PIP_CONFIG_FILE=/dev/null``), so that only this index is asked."""
+    import subprocess
+
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    folder = tmp_path / "index"
+    folder.mkdir()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
+                               str(folder), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until(lambda: http_get(url) is not None, timeout=10, message="the index server")
+        yield folder, url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

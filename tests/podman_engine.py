@@ -6,6 +6,13 @@ events in a file) and its own storage root, run root, tmpdir and network config 
 tests share no state with other users of the machine. It is stopped by pid at the end, and its
 storage removed.
 
+A test session killed outright (SIGKILL, a CI timeout) runs no fixture teardown, so the service
+cannot outlive it: it is started with ``PR_SET_PDEATHSIG`` (prctl(2): the kernel sends it
+SIGTERM when the session's main thread ends), and the temp dir records the owner (``owner``:
+pytest's pid and start time) and the service's pid; at fixture start, services of temp dirs
+whose owner is gone are ended by that pid (checked against their argv) and their dirs removed,
+never by process name.
+
 The base image is made offline: ``FROM scratch`` + Debian's static busybox (package
 busybox-static), whose ``httpd`` serves the readiness checks.
 
@@ -14,6 +21,7 @@ Where podman cannot run, the tests skip with the reason; under ``CI=true`` they 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -24,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MARK, wait_until
+from conftest import MARK, terminate, wait_until
 
 BASE_IMAGE = "localhost/supervise-test-base:1"
 BUSYBOX = Path("/bin/busybox")
@@ -49,6 +57,64 @@ insecure = true
 """
 
 
+#: prctl(2) option: the signal the child gets when its parent (thread) ends.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """A ``preexec_fn`` for Popen: the child gets SIGTERM when the process that started it
+    ends, however it ends (prctl PR_SET_PDEATHSIG, Linux). libc is loaded here, before the fork;
+    a parent that ended before the prctl took effect is caught by the ppid check."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0 or os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def _alive(pid: int, started: float) -> bool:
+    """True when ``pid`` runs and is the process that started at ``started`` (not a reused pid)."""
+    import psutil
+
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 0.01
+    except psutil.Error:
+        return False
+
+
+def sweep_orphans(tmp: Path) -> list[Path]:
+    """End the podman services of ``tmp/supervise-podman-*`` dirs (ours: owned by our euid) whose
+    owner test session is gone, by the pid each dir recorded (only if that process's argv names
+    the dir), then their conmons, then remove the dirs. A dir without an ``owner`` record is
+    left alone. Returns the dirs removed."""
+    import psutil
+
+    removed = []
+    for root in sorted(tmp.glob("supervise-podman-*")):
+        try:
+            if root.is_symlink() or root.stat().st_uid != os.geteuid():
+                continue
+            owner_pid, owner_start = (root / "owner").read_text().split()
+            if _alive(int(owner_pid), float(owner_start)):
+                continue
+        except (OSError, ValueError):
+            continue
+        try:
+            service = psutil.Process(int((root / "service.pid").read_text()))
+            if any(str(root) in part for part in service.cmdline()):
+                service.kill()
+                service.wait(10)
+        except (OSError, ValueError, psutil.Error):
+            pass
+        _stop_conmons(root)
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
+    return removed
+
+
 def _unavailable(reason: str):
     if os.environ.get("CI") == "true":
         pytest.fail(f"container tests cannot run under CI: {reason}")
@@ -70,7 +136,11 @@ def podman_engine():
         _unavailable("runc is not installed (apt-get install runc)")
     if os.geteuid() != 0:
         _unavailable("the container tests run podman rootful and need root")
+    import psutil
+
+    sweep_orphans(Path(tempfile.gettempdir()))
     root = Path(tempfile.mkdtemp(prefix="supervise-podman-"))
+    (root / "owner").write_text(f"{os.getpid()} {psutil.Process().create_time()}\n")
     conf = root / "containers.conf"
     conf.write_text(CONTAINERS_CONF.format(root=root))
     socket = root / "podman.sock"
@@ -83,7 +153,8 @@ def podman_engine():
             "--network-config-dir", str(root / "net"), "--storage-driver", "vfs", "system", "service", "--time=0", f"unix://{socket}"]
     log = open(root / "service.log", "wb")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=die_with_parent())
+    (root / "service.pid").write_text(f"{proc.pid}\n")
     url = f"unix://{socket}"
     try:
         import docker
@@ -117,13 +188,7 @@ def podman_engine():
                 client.close()
             except Exception:
                 pass
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, 20)
         log.close()
         # conmon processes of containers that could not be removed: end them by pid (they carry
         # our private root in their argv), then drop the storage (vfs: plain folders). Not

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_until
+from conftest import free_port, terminate, wait_until
 
 CONFIG = """\
 version: 0.1
@@ -89,11 +89,5 @@ def registry(tmp_path):
             pytest.fail("docker-registry did not start: " + Path(root / "registry.log").read_text()[-500:])
         yield registry
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, 10)
         log.close()

@@ -78,7 +78,7 @@ class Publisher:
                  on_output: Callable[[str, bytes], None] | None = None):
         from ..observe.safefs import ensure_dir
 
-        self.state_dir = ensure_dir(Path(state_dir))  # 0700, ours (SafetyError otherwise)
+        self.state_dir = ensure_dir(Path(state_dir))  # 0700, ours (safefs.UnsafeStateDir otherwise)
         self.registry = registry
         self.docker_host = docker_host
         self.on_output = on_output

@@ -84,6 +84,17 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
+def ensure_dirs(top: Path, *names: str) -> Path:
+    """:func:`ensure_dir` on ``top``, then on each of ``names`` in turn below it (``top/a``,
+    ``top/a/b``, ...): every folder of the chain is a real folder of ours, 0700, so nothing below
+    ``top`` is reached through a planted symlink. Returns the last folder. Raises
+    :class:`UnsafeStateDir`."""
+    folder = ensure_dir(top)
+    for name in names:
+        folder = ensure_dir(folder / name)
+    return folder
+
+
 def open_dir(path: Path) -> int:
     """An fd on the folder ``path`` (not followed if it is a symlink), checked with
     :func:`check_own_dir`. The caller closes it. Raises :class:`UnsafeStateDir`."""

@@ -74,6 +74,12 @@ class Stack:
         path = self.r.state_dir / "logs" / f"{service}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    async def line(self, service: str, prefix: str, timeout: float = 10.0) -> str:
+        """The first line of the service's log that starts with ``prefix``, awaited (bounded)."""
+        return await self.until(lambda: next((line for line in self.log(service).splitlines()
+                                              if line.startswith(prefix)), None),
+                                timeout=timeout, message=f"a line {prefix!r} in {service}'s log")
+
     def of_type(self, kind: str, service: str | None = None) -> list[Event]:
         return [e for e in self.events if e.type.value == kind and (service is None or e.service == service)]
 

@@ -127,14 +127,7 @@ command = ["{PY}", "-c", "import time; time.sleep(300)"]
         log = out.read_text()
         assert "adopted, but started from another config" in log
     finally:
-        stop(first)
-        if second is not None:
-            stop(second)
-        for pid in pids.values():  # the first supervisor's children, should the test fail early
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        end_all(first, second, pids.values())  # the first supervisor's children, should the test fail early
 
 
 def test_sigquit_leaves_services_running_for_an_in_place_upgrade(tmp_path):

@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
 
-from conftest import wait_until, write
+from conftest import free_port, wait_until, write
 
 PY = sys.executable
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def supervise(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([PY, "-m", "supervisor", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@contextlib.contextmanager
+def supervising(path: Path, *flags: str) -> Iterator[subprocess.Popen]:
+    """``supervise FLAGS --config PATH`` in the foreground, its stdout and stderr in ``out.txt``
+    beside the file; killed at the end if the test left it running."""
+    with open(path.parent / "out.txt", "w") as out:
+        proc = subprocess.Popen([PY, "-m", "supervisor", *flags, "--config", str(path)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_check_reports_every_mistake_located(tmp_path):
@@ -79,9 +89,7 @@ command = ["sh", "-c", "sleep 300 & sleep 300"]
 replicas = 2
 depends_on = {{ web = "ready" }}
 """)
-    out = open(tmp_path / "out.txt", "w")
-    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with supervising(path) as proc:
         wait_until(lambda: "started helper[1]" in (tmp_path / "out.txt").read_text(), timeout=20,
                    message="helper[1] to start")
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5).read()
@@ -94,11 +102,6 @@ depends_on = {{ web = "ready" }}
         text = (tmp_path / "out.txt").read_text()
         assert "web      | " in text  # the service's output, prefixed
         assert "\x1b[" not in text  # not a terminal: no colour
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        out.close()
 
 
 def test_run_with_a_bad_file_exits_2_and_starts_nothing(tmp_path):
@@ -115,9 +118,7 @@ command = "trap '' TERM INT; echo armed; while true; do sleep 0.1; done"
 shell = true
 stop_timeout = "60s"
 """)
-    out = open(tmp_path / "out.txt", "w")
-    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with supervising(path) as proc:
         wait_until(lambda: "armed" in (tmp_path / "out.txt").read_text(), timeout=20)
         proc.send_signal(signal.SIGINT)
         wait_until(lambda: "stopping stubborn[0]" in (tmp_path / "out.txt").read_text())
@@ -127,29 +128,17 @@ stop_timeout = "60s"
         assert proc.wait(timeout=20) == 0
         assert time.monotonic() - started < 10
         assert "second stop signal" in (tmp_path / "out.txt").read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        out.close()
 
 
 def test_quiet_run_keeps_output_in_the_log_only(tmp_path):
     path = write(tmp_path / "services.toml", '[services.talker]\ncommand = ["sh", "-c", "echo said-it; sleep 300"]\n')
-    out = open(tmp_path / "out.txt", "w")
-    proc = subprocess.Popen([PY, "-m", "supervisor", "-q", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with supervising(path, "-q") as proc:
         log = tmp_path / ".supervise" / "logs" / "talker.log"
         wait_until(lambda: log.exists() and "said-it" in log.read_text(), timeout=20)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         text = (tmp_path / "out.txt").read_text()
         assert "started talker[0]" in text and "said-it" not in text
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        out.close()
 
 
 def test_a_stopped_run_has_said_and_recorded_everything_when_it_exits(tmp_path):
@@ -217,15 +206,10 @@ build = "true"
 watch = ["**/*"]
 command = ["{PY}", "main.py"]
 """)
-    out = open(tmp_path / "out.txt", "w")
-    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "a        | up" in (tmp_path / "out.txt").read_text(), timeout=20, message="a to start")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        with supervising(path) as proc:
+            wait_until(lambda: "a        | up" in (tmp_path / "out.txt").read_text(), timeout=20, message="a to start")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=20) == 0
     finally:
         listener.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        out.close()

@@ -385,3 +385,36 @@ def test_a_cancelled_image_build_stops_reading_at_once(podman_api, base_image, t
         for process in sleepers():
             process.kill()
         executor.close()
+
+
+@pytest.mark.parametrize("plant", ["symlinked folder", "symlinked file"])
+def test_log_cursors_are_never_written_outside_the_state_dir(podman_engine, tmp_path, plant):
+    """Security rule "nothing written outside STATE_DIR": a symlink planted as
+    ``STATE_DIR/containers`` or as a cursor file, or a container id that is not an engine's
+    hex id (``..``, ``/``), never makes the cursor of a container's logs land elsewhere."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_text("theirs")
+    cid = "ab" * 32
+    if plant == "symlinked folder":
+        (state / "containers").symlink_to(outside)
+    else:
+        (state / "containers").mkdir(mode=0o700)
+        (state / "containers" / f"{cid}.json").symlink_to(victim)
+    executor = ContainerExecutor(state, docker_host=podman_engine)
+    try:
+        for bad in (f"../../outside/{cid}", f"/{cid}", "..", "AB" * 32, cid):
+            executor.cursors[bad] = {"stdout": 7}
+            executor._save_cursor(bad)
+            assert executor._load_cursor(bad) in ({}, {"stdout": 7})
+        assert sorted(p.name for p in outside.iterdir()) == ["victim"] and victim.read_text() == "theirs"
+        assert not (tmp_path / f"{cid}.json").exists() and not Path(f"/{cid}.json").exists()
+        if plant == "symlinked file":  # the planted link was replaced by our own file, not written through
+            entry = state / "containers" / f"{cid}.json"
+            assert not entry.is_symlink() and json.loads(entry.read_text()) == {"stdout": 7}
+            assert executor._load_cursor(cid) == {"stdout": 7}
+    finally:
+        executor.close()

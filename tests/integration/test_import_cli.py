@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 from conftest import write
 from harness import Stack, run
@@ -15,6 +16,21 @@ PY = sys.executable
 
 def supervise(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([PY, "-m", "supervisor", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def imported(tmp_path: Path, source: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``supervise import SOURCE``: it exits 0 and what it prints, saved as
+    ``tmp_path/services.toml``, passes ``supervise check``."""
+    result = supervise("import", source, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    path = write(tmp_path / "services.toml", result.stdout)
+    assert supervise("check", "--config", str(path)).returncode == 0
+    return result
+
+
+def ready_on(text: str, port: int) -> str:
+    """The imported file with a tcp readiness check on ``port`` for its web service."""
+    return text.replace("[services.web]", f'[services.web]\nready = {{ tcp = "127.0.0.1:{port}", interval = "50ms" }}')
 
 
 def free_port() -> int:
@@ -28,16 +44,12 @@ def test_imported_procfile_passes_check_and_serves_on_the_port_from_dotenv(tmp_p
     write(tmp_path / "public" / "index.html", "imported\n")
     write(tmp_path / "Procfile", f"# the app\nweb: {PY} -m http.server --bind 127.0.0.1 --directory public $PORT\n")
     write(tmp_path / ".env", f"PORT={port}\n")  # found beside the Procfile, as foreman does
-    result = supervise("import", "Procfile", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    result = imported(tmp_path, "Procfile", cwd=tmp_path)
     assert 'env_file = ".env"' in result.stdout
-    path = write(tmp_path / "services.toml", result.stdout)
-    assert supervise("check", "--config", str(path)).returncode == 0
 
     async def scenario():
         async with Stack(tmp_path) as stack:
-            text = result.stdout.replace("[services.web]", f'[services.web]\nready = {{ tcp = "127.0.0.1:{port}", interval = "50ms" }}')
-            await stack.apply(text)
+            await stack.apply(ready_on(result.stdout, port))
             await stack.until(lambda: stack.r.controllers["web"].phase.value == "ready", timeout=10,
                               message="the imported web service to answer")
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5).read()
@@ -82,16 +94,13 @@ def test_import_refuses_what_the_source_tool_refuses_with_exit_2_and_a_line(tmp_
 def test_import_warns_on_stderr_and_its_output_passes_check(tmp_path):
     conf = write(tmp_path / "supervisord.conf", "[supervisord]\nlogfile=/tmp/x.log\n[program:a]\n"
                  "command=/bin/sleep 60\n[include]\nfiles=conf.d/*.conf\n")
-    result = supervise("import", str(conf))
-    assert result.returncode == 0, result.stderr
+    result = imported(tmp_path, str(conf))
     assert result.stderr.splitlines() == [
         f"supervise: warning: {conf}:2: [supervisord] logfile: logfile = /tmp/x.log: supervise logs to stderr; "
         "services log to STATE_DIR/logs",
         f'supervise: warning: {conf}:6: [include] files: no file matches "{tmp_path}/conf.d/*.conf" '
         "(supervisord logs the same warning and goes on)"]
     assert f"# NOT CARRIED OVER: {conf}:2: [supervisord] logfile" in result.stdout
-    path = write(tmp_path / "services.toml", result.stdout)
-    assert supervise("check", "--config", str(path)).returncode == 0
 
 
 def test_bom_and_crlf_procfile_with_release_runs_release_first(tmp_path):
@@ -101,15 +110,12 @@ def test_bom_and_crlf_procfile_with_release_runs_release_first(tmp_path):
         b"\xef\xbb\xbfweb: " + PY.encode() + b" -m http.server --bind 127.0.0.1 $PORT\r\n"
         b"release: " + PY.encode() + b" -c \"open('migrated', 'w').write('yes')\"\r\n")
     write(tmp_path / ".env", f"PORT={port}\n")
-    result = supervise("import", "Procfile", cwd=tmp_path)
-    assert result.returncode == 0 and result.stderr == ""
-    path = write(tmp_path / "services.toml", result.stdout)
-    assert supervise("check", "--config", str(path)).returncode == 0
+    result = imported(tmp_path, "Procfile", cwd=tmp_path)
+    assert result.stderr == ""
 
     async def scenario():
         async with Stack(tmp_path) as stack:
-            text = result.stdout.replace("[services.web]", f'[services.web]\nready = {{ tcp = "127.0.0.1:{port}", interval = "50ms" }}')
-            await stack.apply(text)
+            await stack.apply(ready_on(result.stdout, port))
             await stack.until(lambda: stack.r.controllers["web"].phase.value == "ready", timeout=10,
                               message="web to answer after release completed")
             assert (tmp_path / "migrated").read_text() == "yes"

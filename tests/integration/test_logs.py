@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from harness import PY, Stack, run
+from supervisor.desired.model import Phase
 from supervisor.execute.logs import ConsoleTail
 from conftest import wait_until
 
@@ -21,7 +22,7 @@ restart = "never"
     async def body():
         async with Stack(tmp_path) as stack:
             await stack.apply(text)
-            await stack.until(lambda: stack.replica("fast") and stack.replica("fast").phase.value == "exited", timeout=30)
+            await stack.until(lambda: stack.phase("fast") == Phase.EXITED, timeout=30)
             got = [l for l in stack.log("fast").splitlines() if l.startswith("line ")]
             assert got == [f"line {i}" for i in range(lines)]
 
@@ -40,7 +41,7 @@ restart = "never"
     async def body():
         async with Stack(tmp_path) as stack:
             await stack.apply(text)
-            await stack.until(lambda: stack.replica("odd") and stack.replica("odd").phase.value == "exited")
+            await stack.until(lambda: stack.phase("odd") == Phase.EXITED)
             data = (stack.r.state_dir / "logs" / "odd.log").read_bytes()
             assert b"\xff\xfeA\n" + b"x" * 3_000_000 + b"\n" in data
 
@@ -80,7 +81,7 @@ log = {{ max_size = "64KiB", backups = 200 }}
     async def body():
         async with Stack(tmp_path) as stack:
             await stack.apply(text)
-            await stack.until(lambda: stack.replica("rot") and stack.replica("rot").phase.value == "exited", timeout=30)
+            await stack.until(lambda: stack.phase("rot") == Phase.EXITED, timeout=30)
             folder = stack.r.state_dir / "logs"
             rotated = sorted(folder.glob("rot.log.*"), key=lambda p: int(p.suffix[1:]), reverse=True)
             assert len(rotated) >= 5
@@ -180,7 +181,7 @@ restart = "never"
     async def body():
         async with Stack(tmp_path) as stack:
             await stack.apply(text)
-            await stack.until(lambda: all(stack.replica(n) and stack.replica(n).phase.value == "exited" for n in names),
+            await stack.until(lambda: all(stack.phase(n) == Phase.EXITED for n in names),
                               timeout=60)
             executor = stack.r.local
             assert executor.copy_pipe.fds is not None  # one pipe, made once, for all of them

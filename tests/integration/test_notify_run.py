@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import wait_until, write
+from conftest import terminate, wait_until, write
 
 PY = sys.executable
 
@@ -90,18 +90,6 @@ def start(path: Path, listener: NotifyListener, tmp_path: Path, **env: str) -> s
     return proc
 
 
-def finish(proc: subprocess.Popen) -> None:
-    """Stop a supervisor left running by a failed test: SIGTERM (it stops its services), then
-    SIGKILL if it does not exit in time."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def test_ready_after_convergence_status_reload_watchdog_and_stopping(tmp_path, listener):
     port = free_port()
     slow_server = ("import socket, time; time.sleep(0.5); s = socket.socket(); "
@@ -145,7 +133,7 @@ depends_on = {{ web = "ready" }}
         listener.until("STOPPING", "1")
         assert proc.wait(timeout=20) == 0
     finally:
-        finish(proc)
+        terminate(proc, 20)
 
 
 def test_ready_is_sent_at_the_timeout_naming_what_is_not_up(tmp_path, listener):
@@ -164,7 +152,7 @@ ready = {{ tcp = "127.0.0.1:{port}", interval = "50ms" }}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
-        finish(proc)
+        terminate(proc, 20)
 
 
 def test_status_updates_are_rate_limited_while_a_service_crash_loops(tmp_path, listener):
@@ -191,7 +179,7 @@ start_limit = { burst = 100000, interval = "1m" }
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
-        finish(proc)
+        terminate(proc, 20)
 
 
 def test_ready_at_once_when_a_service_cannot_get_up_now(tmp_path, listener):
@@ -213,4 +201,4 @@ command = ["{PY}", "-c", "import time; time.sleep(300)"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
-        finish(proc)
+        terminate(proc, 20)

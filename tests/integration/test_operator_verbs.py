@@ -24,6 +24,46 @@ def supervise(*args: str, cwd: Path | None = None, **kw) -> subprocess.Completed
     return subprocess.run([PY, "-m", "supervisor", *args], capture_output=True, text=True, timeout=60, cwd=cwd, **kw)
 
 
+def need(*tools: str) -> list[str]:
+    """The paths of ``tools``; without one of them the test skips here, and fails under CI
+    (``.ci/run`` installs them)."""
+    found = [shutil.which(tool) for tool in tools]
+    missing = " and ".join(tool for tool, path in zip(tools, found) if path is None)
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} missing; .ci/run installs it")
+        pytest.skip(f"{missing} not installed here (CI installs it)")
+    return [path for path in found if path is not None]
+
+
+class Terminal:
+    """An interactive ``shell`` (its argv as one string) in a detached 200x10 tmux session on a
+    tmux server of its own (``-L``), with only our PATH, HOME=``home``, TERM and the test's
+    mark in its environment. Use as a context manager: the server is killed at the end."""
+
+    def __init__(self, tmux: str, name: str, home: Path, shell: str):
+        self.tmux, self.socket = tmux, f"supervise-test-{name}-{os.getpid()}-{home.name}"
+        self.shell = (f"env -i PATH={BIN}:/usr/bin:/bin HOME={home} TERM=xterm "
+                      f"SUPERVISE_TEST_MARK={os.environ['SUPERVISE_TEST_MARK']} {shell}")
+
+    def __enter__(self) -> "Terminal":
+        subprocess.run([self.tmux, "-L", self.socket, "-f", "/dev/null", "new-session", "-d", "-x", "200", "-y", "10",
+                        self.shell], check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run([self.tmux, "-L", self.socket, "kill-server"], capture_output=True)
+
+    def screen(self) -> str:
+        return subprocess.run([self.tmux, "-L", self.socket, "capture-pane", "-p"], capture_output=True, text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run([self.tmux, "-L", self.socket, "send-keys", *keys], check=True)
+
+    def expect(self, text: str, message: str) -> None:
+        wait_until(lambda: text in self.screen(), timeout=20, message=message)
+
+
 def test_init_writes_a_starter_that_checks_and_never_overwrites(tmp_path):
     result = supervise("init", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -146,36 +186,19 @@ def test_bash_completion_names_work_when_supervise_is_not_on_path(tmp_path):
 def test_bash_completion_after_option_equals_value(tmp_path, typed, expect):
     """In a real interactive bash (tmux), where readline splits ``--config=FILE`` into three
     words at "=": the names still come from FILE, and FILE itself completes."""
-    tmux = shutil.which("tmux")
-    if tmux is None:
-        if os.environ.get("CI"):
-            pytest.fail("tmux is missing; .ci/run installs it")
-        pytest.skip("tmux is not installed here (CI installs it)")
+    [tmux] = need("tmux")
     folder = tmp_path / "project"
     config = write(folder / "services.toml", '[services.web-a]\ncommand = ["sleep", "300"]\n'
                                               '[services.web-b]\ncommand = ["sleep", "300"]\n')
     (tmp_path / "elsewhere").mkdir()
     script = write(tmp_path / "supervise.bash", supervise("completion", "bash").stdout)
-    socket = f"supervise-test-{os.getpid()}-{tmp_path.name}"
-    shell = (f"env -i PATH={BIN}:/usr/bin:/bin HOME={tmp_path} TERM=xterm "
-             f"SUPERVISE_TEST_MARK={os.environ['SUPERVISE_TEST_MARK']} bash --norc --noprofile -i")
-
-    def screen() -> str:
-        return subprocess.run([tmux, "-L", socket, "capture-pane", "-p"], capture_output=True, text=True).stdout
-
-    try:
-        subprocess.run([tmux, "-L", socket, "-f", "/dev/null", "new-session", "-d", "-x", "200", "-y", "10", shell],
-                       check=True)
-        subprocess.run([tmux, "-L", socket, "send-keys", f"source {script}; cd {tmp_path / 'elsewhere'}; echo READY",
-                        "Enter"], check=True)
-        wait_until(lambda: "\nREADY" in screen(), timeout=20, message="bash to source the script")
-        line = typed.format(config=config, folder=folder)
+    with Terminal(tmux, "bash", tmp_path, "bash --norc --noprofile -i") as terminal:
+        terminal.keys(f"source {script}; cd {tmp_path / 'elsewhere'}; echo READY", "Enter")
+        terminal.expect("\nREADY", "bash to source the script")
         # readline finishes the Tab before it reads the Q: Q shows where completion left the cursor
-        subprocess.run([tmux, "-L", socket, "send-keys", line, "Tab", "Q"], check=True)
+        terminal.keys(typed.format(config=config, folder=folder), "Tab", "Q")
         completed = expect.format(config=config)
-        wait_until(lambda: completed in screen(), timeout=20, message=f"{completed!r} on screen")
-    finally:
-        subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
+        terminal.expect(completed, f"{completed!r} on screen")
 
 
 def test_zsh_and_fish_scripts(tmp_path):
@@ -195,34 +218,19 @@ def test_zsh_and_fish_scripts(tmp_path):
 def test_zsh_completion_in_a_real_terminal(tmp_path):
     """The zsh script (bash's, through bashcompinit) in an interactive zsh (tmux): verbs, and
     service names from the file given with --config, not from the current folder."""
-    tmux, zsh = shutil.which("tmux"), shutil.which("zsh")
-    if tmux is None or zsh is None:
-        if os.environ.get("CI"):
-            pytest.fail("tmux or zsh is missing; .ci/run installs them")
-        pytest.skip("tmux or zsh is not installed here (CI installs them)")
+    tmux, zsh = need("tmux", "zsh")
     config = write(tmp_path / "project" / "services.toml", '[services.web-a]\ncommand = ["sleep", "300"]\n'
                                                            '[services.web-b]\ncommand = ["sleep", "300"]\n')
     write(tmp_path / "elsewhere" / "services.toml", '[services.other]\ncommand = ["sleep", "300"]\n')
     script = write(tmp_path / "supervise.zsh", supervise("completion", "zsh").stdout)
-    socket = f"supervise-test-zsh-{os.getpid()}-{tmp_path.name}"
-    shell = (f"env -i PATH={BIN}:/usr/bin:/bin HOME={tmp_path} TERM=xterm "
-             f"SUPERVISE_TEST_MARK={os.environ['SUPERVISE_TEST_MARK']} {zsh} -f -i")
-
-    def screen() -> str:
-        return subprocess.run([tmux, "-L", socket, "capture-pane", "-p"], capture_output=True, text=True).stdout
-
-    try:
-        subprocess.run([tmux, "-L", socket, "-f", "/dev/null", "new-session", "-d", "-x", "200", "-y", "10", shell],
-                       check=True)
-        subprocess.run([tmux, "-L", socket, "send-keys", f"autoload -U +X compinit && compinit -u; source {script}; "
-                        f"cd {tmp_path / 'elsewhere'}; echo READY", "Enter"], check=True)
-        wait_until(lambda: "\nREADY" in screen(), timeout=20, message="zsh to source the script")
-        subprocess.run([tmux, "-L", socket, "send-keys", f"supervise stop --config {config} we", "Tab", "Q"], check=True)
-        wait_until(lambda: f"supervise stop --config {config} web-Q" in screen(), timeout=20, message="the names")
-        subprocess.run([tmux, "-L", socket, "send-keys", "C-u", "supervise rest", "Tab", "Q"], check=True)
-        wait_until(lambda: "supervise restart Q" in screen(), timeout=20, message="the verb")
-    finally:
-        subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
+    with Terminal(tmux, "zsh", tmp_path, f"{zsh} -f -i") as terminal:
+        terminal.keys(f"autoload -U +X compinit && compinit -u; source {script}; cd {tmp_path / 'elsewhere'}; echo READY",
+                      "Enter")
+        terminal.expect("\nREADY", "zsh to source the script")
+        terminal.keys(f"supervise stop --config {config} we", "Tab", "Q")
+        terminal.expect(f"supervise stop --config {config} web-Q", "the names")
+        terminal.keys("C-u", "supervise rest", "Tab", "Q")
+        terminal.expect("supervise restart Q", "the verb")
 
 
 def fish_complete(script: Path, line: str, cwd: Path) -> list[str]:
@@ -235,10 +243,7 @@ def fish_complete(script: Path, line: str, cwd: Path) -> list[str]:
 
 
 def test_fish_completion_takes_names_from_the_supervisor_of_the_given_config(tmp_path):
-    if shutil.which("fish") is None:
-        if os.environ.get("CI"):
-            pytest.fail("fish is missing; .ci/run installs it")
-        pytest.skip("fish is not installed here (CI installs it)")
+    need("fish")
     write(tmp_path / "services.toml", '[services.here]\ncommand = ["sleep", "300"]\n')
     other = write(tmp_path / "other" / "services.toml", '[services.there-a]\ncommand = ["sleep", "300"]\n'
                                                         '[services.there-b]\ncommand = ["sleep", "300"]\n')

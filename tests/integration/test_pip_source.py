@@ -14,7 +14,6 @@ import base64
 import hashlib
 import os
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -97,27 +96,8 @@ def make_wheel(index: Path, version: str, crash: bool = False) -> Path:
 
 
 
-@pytest.fixture
-def index(tmp_path, monkeypatch):
-    """(folder, URL) of a package index served over loopback for this test."""
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    folder = tmp_path / "index"
-    folder.mkdir()
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
-                               str(folder), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        wait_until(lambda: get(url) is not None, timeout=10, message="the index server")
-        yield folder, url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def test_resolve_picks_the_newest_satisfying_version_with_pip(index, tmp_path):
-    folder, url = index
+def test_resolve_picks_the_newest_satisfying_version_with_pip(package_index, tmp_path):
+    folder, url = package_index
     for version in ("1.0", "1.1", "2.0"):
         make_wheel(folder, version)
     source = PipSource(SourceSpec(kind="pip", requirement=f"{NAME}<2", index=url), tmp_path / "src")
@@ -128,8 +108,30 @@ def test_resolve_picks_the_newest_satisfying_version_with_pip(index, tmp_path):
     assert "\n" not in str(failure.value) and "sv-absent" in str(failure.value)
 
 
-def test_two_versions_one_install_each_start_first_replace_and_a_bad_release_rolls_back(index, tmp_path):
-    folder, url = index
+def test_pip_keeps_its_report_cache_and_temp_files_in_the_state_dir(package_index, tmp_path, monkeypatch):
+    """Security rule "nothing written outside STATE_DIR": a resolve and an install write no
+    report, cache or temp file in TMPDIR or the home folder, only in the source's folder."""
+    folder, url = package_index
+    make_wheel(folder, "1.0")
+    outside = tmp_path / "outside-tmp"
+    outside.mkdir()
+    monkeypatch.setenv("TMPDIR", str(outside))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("PIP_CACHE_DIR", raising=False)
+    root = tmp_path / "state" / "sources" / "hello"
+    source = PipSource(SourceSpec(kind="pip", requirement=NAME, index=url), root)
+    assert source.latest() == "1.0"
+    for argv in source.install_steps("1.0"):  # as the Preparer runs them, with the source's pip env
+        subprocess.run(argv, env={**os.environ, **source.pip_env()}, check=True, capture_output=True, timeout=300)
+    source.mark_installed("1.0")
+    assert source.installed("1.0") and (source.venv("1.0") / "bin" / "python").exists()
+    assert list(outside.iterdir()) == [] and not (tmp_path / "home" / ".cache").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["cache", "tmp", "versions"]
+
+
+def test_two_versions_one_install_each_start_first_replace_and_a_bad_release_rolls_back(package_index, tmp_path):
+    folder, url = package_index
     make_wheel(folder, "1.0")
     port = free_port()
     config = tmp_path / "services.toml"
@@ -186,10 +188,10 @@ backoff = {{ initial = "50ms", max = "200ms" }}
     run(body())
 
 
-def test_the_library_runs_a_pip_source_and_updates_it(index, tmp_path):
+def test_the_library_runs_a_pip_source_and_updates_it(package_index, tmp_path):
     from supervisor import LocalRuntime, RuntimeError_, Service
 
-    folder, url = index
+    folder, url = package_index
     make_wheel(folder, "1.0")
     port = free_port()
     with LocalRuntime(state_dir=tmp_path / "state") as runtime:

@@ -114,7 +114,7 @@ user = "nobody"
             await stack.apply(text)
             await stack.until(lambda: stack.phase("ghost") is Phase.FAILED)
             assert "unknown user 'no-such-user-here'" in stack.of_type("start-failed", "ghost")[0].data["error"]
-            line = await stack.until(lambda: next((l for l in stack.log("who").splitlines() if l.startswith("ids ")), None))
+            line = await stack.line("who", "ids ")
             assert line == f"ids {nobody.pw_uid} {nobody.pw_gid}"
             assert stack.pid("who")
 

@@ -26,6 +26,16 @@ def log(path: Path, name: str) -> str:
     return (path.parent / ".supervise" / "logs" / f"{name}.log").read_text()
 
 
+def ends(path: Path, *flags: str, code: int, says: str, stopped: tuple[str, ...] = ()) -> None:
+    """``supervise run -q FLAGS`` on ``path`` exits with ``code``, its stderr says ``says``, and
+    each service in ``stopped`` was stopped by it (its log says so: nothing left running)."""
+    result = run_once(path, *flags, "-q")
+    assert result.returncode == code, result.stderr
+    assert says in result.stderr, result.stderr
+    for name in stopped:
+        assert f"stopped {name}[0]" in log(path, name)
+
+
 def test_every_job_succeeds_exit_0_and_the_server_is_stopped(tmp_path):
     path = write(tmp_path / "services.toml", f"""
 [services.db]
@@ -42,11 +52,8 @@ restart = "on-failure"
 replicas = 2
 depends_on = {{ migrate = "completed" }}
 """)
-    result = run_once(path, "--exit-when-done", "-q")
-    assert result.returncode == 0, result.stderr
-    assert "run once: every job has finished (exit 0)" in result.stderr
+    ends(path, "--exit-when-done", code=0, says="run once: every job has finished (exit 0)", stopped=("db",))
     assert "tested" in log(path, "test") and "migrated" in log(path, "migrate")
-    assert "stopped db[0]" in log(path, "db")  # the server was stopped, not left running
 
 
 def test_a_failing_job_gives_its_code_and_the_others_are_stopped(tmp_path):
@@ -63,10 +70,8 @@ command = ["sh", "-c", "echo checking; exit 3"]
 restart = "never"
 depends_on = {{ server = "started" }}
 """)
-    result = run_once(path, "--exit-when-done", "-q")
-    assert result.returncode == 3, result.stderr
-    assert "run once: check[0] exited: exit 3: stopping the rest, exit status 3" in result.stderr
-    assert "stopped slow[0]" in log(path, "slow") and "stopped server[0]" in log(path, "server")
+    ends(path, "--exit-when-done", code=3, says="run once: check[0] exited: exit 3: stopping the rest, exit status 3",
+         stopped=("slow", "server"))
 
 
 def test_a_job_killed_by_a_signal_exits_128_plus_n(tmp_path):
@@ -103,10 +108,7 @@ depends_on = {{ server = "started" }}
 command = ["sleep", "300"]
 restart = "never"
 """)
-    result = run_once(path, "--exit-when", "smoke", "-q")
-    assert result.returncode == 0, result.stderr
-    assert "run once: smoke finished (exit 0)" in result.stderr
-    assert "stopped server[0]" in log(path, "server") and "stopped other[0]" in log(path, "other")
+    ends(path, "--exit-when", "smoke", code=0, says="run once: smoke finished (exit 0)", stopped=("server", "other"))
 
 
 def test_run_once_refuses_what_could_never_end(tmp_path):

@@ -86,6 +86,16 @@ def numbers(state: Path, name: str) -> list[int]:
     return [int(line) for line in (state / "logs" / f"{name}.log").read_text().splitlines() if line.isdigit()]
 
 
+def counted_on(state: Path, *names: str) -> None:
+    """The counter went on through an exec (or a failed upgrade): wait for 20 more of its lines,
+    then check that each of ``names`` (default: the counter) lost and repeated none."""
+    seen = len(numbers(state, "counter"))
+    wait_until(lambda: len(numbers(state, "counter")) > seen + 20, message="more lines")
+    for name in names or ("counter",):
+        got = numbers(state, name)
+        assert got == list(range(len(got))), f"{name}: lines lost or repeated"
+
+
 def config(tmp_path: Path, repo: Path) -> Path:
     return write(tmp_path / "services.toml", f"""
 [supervise]
@@ -157,12 +167,7 @@ def test_upgrade_execs_the_new_version_in_place_adopting_every_service(tmp_path,
         text = out.read_text()
         assert "supervise upgraded from 0.1.0 to 0.1.1" in text
         assert "started counter" not in text.split("handing over", 1)[1]
-        # the counter went on through the exec: wait for lines written after it, then look
-        seen = len(numbers(tmp_path / ".supervise", "counter"))
-        wait_until(lambda: len(numbers(tmp_path / ".supervise", "counter")) > seen + 20, message="more lines")
-        for name in ("counter", "other"):
-            got = numbers(tmp_path / ".supervise", name)
-            assert got == list(range(len(got))), f"{name}: lines lost or repeated"
+        counted_on(tmp_path / ".supervise", "counter", "other")  # on through the exec
         # a second upgrade finds nothing new
         again = supervise(path, "upgrade")
         assert again.returncode == 0 and "newest version" in again.stdout, again.stderr
@@ -249,10 +254,7 @@ def test_a_new_version_that_does_not_start_gives_way_to_the_old_one(tmp_path, pr
         assert info["pid"] == proc.pid
         assert replicas(path) == before
         assert psutil.Process(proc.pid).cmdline()[:3] == [PY, "-m", "supervisor"]  # the old one again
-        seen = len(numbers(tmp_path / ".supervise", "counter"))
-        wait_until(lambda: len(numbers(tmp_path / ".supervise", "counter")) > seen + 20, message="more lines")
-        got = numbers(tmp_path / ".supervise", "counter")
-        assert got == list(range(len(got))), "lines lost or repeated"
+        counted_on(tmp_path / ".supervise")
     finally:
         terminate(proc)
 
@@ -294,32 +296,11 @@ def supervise_wheel(index: Path, version: str) -> Path:
     return wheel
 
 
-@pytest.fixture
-def index(tmp_path, monkeypatch):
-    """(folder, URL) of a package index served over loopback; pip's machine-wide configuration
-    off, so that only this index is asked."""
-    from conftest import free_port, http_get
-
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    folder = tmp_path / "index"
-    folder.mkdir()
-    port = free_port()
-    server = subprocess.Popen([PY, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(folder), str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        wait_until(lambda: http_get(url) is not None, timeout=10, message="the index server")
-        yield folder, url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def test_a_polled_pip_source_upgrades_at_start_and_then_stays(tmp_path, index):
+def test_a_polled_pip_source_upgrades_at_start_and_then_stays(tmp_path, package_index):
     """``self = { pip = ..., poll = ... }``: checked once the first pass is done; the new
     release is installed (offline: its dependencies are the running install's) and exec'd;
     the new supervise's own first check finds nothing newer."""
-    folder, url = index
+    folder, url = package_index
     supervise_wheel(folder, "0.2.0")
     path = write(tmp_path / "services.toml", f"""
 [supervise]
@@ -347,10 +328,7 @@ command = ["{PY}", "-c", "{COUNTER}"]
         assert (venv / "bin" / "supervise").exists()
         site = next((venv / "lib").glob("python*/site-packages"))
         assert (site / "supervisor").is_dir() and not (site / "watchdog").exists()  # deps: the running install's
-        seen = len(numbers(tmp_path / ".supervise", "counter"))
-        wait_until(lambda: len(numbers(tmp_path / ".supervise", "counter")) > seen + 20, message="more lines")
-        got = numbers(tmp_path / ".supervise", "counter")
-        assert got == list(range(len(got))), "lines lost or repeated"
+        counted_on(tmp_path / ".supervise")
     finally:
         terminate(proc)
 
@@ -401,8 +379,8 @@ def test_a_failing_step_is_one_line_without_the_credentials_of_a_url(tmp_path):
     assert str(failure.value) == "pip install failed: ERROR: cannot reach https://***@index.example/simple"
 
 
-def test_without_a_self_source_upgrade_says_so_and_a_reload_that_adds_one_polls_it(tmp_path, index):
-    folder, url = index
+def test_without_a_self_source_upgrade_says_so_and_a_reload_that_adds_one_polls_it(tmp_path, package_index):
+    folder, url = package_index
     supervise_wheel(folder, "0.3.0")
     body = f'[services.counter]\ncommand = ["{PY}", "-c", "{COUNTER}"]\n'
     path = write(tmp_path / "services.toml", body)

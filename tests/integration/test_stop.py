@@ -7,6 +7,7 @@ import time
 import psutil
 
 from harness import PY, Stack, run
+from supervisor.desired.model import Phase
 
 SERVICE = """
 [services.svc]
@@ -160,9 +161,9 @@ stop_timeout = "2s"
     async def body():
         async with Stack(tmp_path) as stack:
             await stack.apply(text)
-            line = await stack.until(lambda: next((l for l in stack.log("svc").splitlines() if l.startswith("daemon ")), None))
+            line = await stack.line("svc", "daemon ")
             daemon = int(line.split()[1])
-            await stack.until(lambda: stack.phase("svc") and stack.phase("svc").value == "exited")
+            await stack.until(lambda: stack.phase("svc") == Phase.EXITED)
             await stack.until(lambda: not alive([daemon]), message="the daemonised orphan to be stopped")
 
     run(body())
@@ -174,7 +175,7 @@ def test_stop_reaches_a_setsid_orphan_of_a_running_service(tmp_path):
     async def body():
         async with Stack(tmp_path) as stack:
             await stack.apply(config(f'"{code}"', shell=True, timeout="5s"))
-            line = await stack.until(lambda: next((l for l in stack.log("svc").splitlines() if l.startswith("daemon ")), None))
+            line = await stack.line("svc", "daemon ")
             daemon = int(line.split()[1])
             import time
             started = time.monotonic()

@@ -4,6 +4,7 @@ cluster (none can run here); ``KUBECONFIG`` names it, as it would name a real on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Iterator
 
 import kubernetes_validate
 import pytest
@@ -106,22 +108,30 @@ def test_an_unreachable_cluster_is_one_line(tmp_path, monkeypatch, capsys):
     assert err.startswith("supervise: status: cannot reach the API server at http://127.0.0.1:") and err.count("\n") == 1
 
 
-def test_run_converges_the_cluster_until_sigterm(double, tmp_path):
+@contextlib.contextmanager
+def running(tmp_path: Path, interval: str) -> Iterator[tuple[Path, Path]]:
+    """``supervise run`` on the example file with ``[kubernetes] interval``: yields (the file,
+    the run's log); at the end SIGTERM, which must end it at once with status 0."""
     path = write(tmp_path)
-    path.write_text(path.read_text().replace('namespace = "default"', 'namespace = "default", interval = "100ms"'))
+    path.write_text(path.read_text().replace('namespace = "default"', f'namespace = "default", interval = "{interval}"'))
     log = tmp_path / "run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--config", str(path)],
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
+        yield path, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+def test_run_converges_the_cluster_until_sigterm(double, tmp_path):
+    with running(tmp_path, "100ms") as (path, log):
         wait_until(lambda: "ready web 1" in log.read_text(), timeout=20, message="the rollout to be reported ready")
         assert double.names("deployments") == ["web"] and double.names("services") == ["web"]
         path.write_text(path.read_text().replace("replicas = 2", "replicas = 3"))  # a save applies next pass
         wait_until(lambda: double.get("deployments", "web")["spec"]["replicas"] == 3, timeout=20,
                    message="the edited file to be applied")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
     text = log.read_text()
     assert "create web 1: missing" in text and "update web 1: spec changed" in text
     assert double.names("deployments") == ["web"]  # the cluster's objects outlive the loop
@@ -129,19 +139,11 @@ def test_run_converges_the_cluster_until_sigterm(double, tmp_path):
 
 def test_run_sees_a_rollout_end_through_a_watch_not_at_the_next_interval(double, tmp_path):
     """With an interval of an hour only the watch of our Deployments (watch=true, streamed by
-    the double) can wake the loop to see the rollout complete."""
-    path = write(tmp_path)
-    path.write_text(path.read_text().replace('namespace = "default"', 'namespace = "default", interval = "1h"'))
-    log = tmp_path / "run.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--config", str(path)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
+    the double) can wake the loop to see the rollout complete; the SIGTERM at the end must
+    end it at once, not after the hour (it wakes the loop)."""
+    with running(tmp_path, "1h") as (path, log):
         wait_until(lambda: "ready web 1" in log.read_text(), timeout=20, message="the rollout to be reported ready")
         assert any(m == "GET" and "/deployments?" in p and "watch=" in p for m, p in double.requests)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0  # at once, not after the hour: SIGTERM wakes the loop
 
 
 def test_events_prints_the_clusters_events_as_json_lines(double, tmp_path):

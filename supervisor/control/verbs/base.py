@@ -117,6 +117,20 @@ class ServiceCommand(Command):
         services = choose_services(client, self.name, args.services, args.all)
         return client.call(self.name, services=services)
 
+    async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
+        """The controllers of the request's services (an unknown name: the ``unknown-service``
+        error, nothing done), :meth:`act` on them, then their status rows."""
+        try:
+            controllers = self.controllers(daemon, request)
+        except KeyError as exc:
+            return {"ok": False, "error": exc.args[0], "code": errors.Code.UNKNOWN_SERVICE}
+        await self.act(daemon, controllers)
+        return {"services": daemon.status_rows([c.name for c in controllers])}
+
+    async def act(self, daemon: Daemon, controllers: list[ServiceController]) -> None:
+        """What the verb does to ``controllers`` (each verb's own); returns once it is done."""
+        raise NotImplementedError
+
     @staticmethod
     def controllers(daemon: Daemon, request: dict[str, Any]) -> list[ServiceController]:
         """The controllers of the request's ``services``. Raises KeyError("unknown service: ...")."""

@@ -3,15 +3,13 @@ dependents whose ``depends_on`` says ``restart = true`` restart with them, in co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ...decide.errors import Code
 from .base import ServiceCommand
 
 if TYPE_CHECKING:
-    import asyncio
-
     from ...daemon import Daemon
+    from ...execute.service import ServiceController
 
 
 class Restart(ServiceCommand):
@@ -22,15 +20,11 @@ class Restart(ServiceCommand):
     name = "restart"
     help = "restart services (not counted towards the start limit)"
 
-    async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
+    async def act(self, daemon: Daemon, controllers: list[ServiceController]) -> None:
         import asyncio
 
         from ...reconciler import dependency_levels
 
-        try:
-            controllers = self.controllers(daemon, request)
-        except KeyError as exc:
-            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
         reconciler = daemon.reconciler
         # dependents that asked for it (depends_on ... restart = true) restart too, after
         names = {c.name for c in controllers}
@@ -48,4 +42,3 @@ class Restart(ServiceCommand):
         for level in dependency_levels(specs):
             await asyncio.gather(*(reconciler.controllers[n].user_restart() for n in level if n in roots))
         await reconciler.apply(daemon.desired)
-        return {"services": daemon.status_rows([c.name for c in controllers])}

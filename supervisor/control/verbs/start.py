@@ -3,15 +3,13 @@ is released and the start limit forgotten, as ``systemctl start`` after ``reset-
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ...decide.errors import Code
 from .base import ServiceCommand
 
 if TYPE_CHECKING:
-    import asyncio
-
     from ...daemon import Daemon
+    from ...execute.service import ServiceController
 
 
 class Start(ServiceCommand):
@@ -20,12 +18,7 @@ class Start(ServiceCommand):
     name = "start"
     help = "start services a user stopped, or failed ones"
 
-    async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
-        try:
-            controllers = self.controllers(daemon, request)
-        except KeyError as exc:
-            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
+    async def act(self, daemon: Daemon, controllers: list[ServiceController]) -> None:
         for controller in controllers:
             controller.release()
         await daemon.reconciler.apply(daemon.desired)
-        return {"services": daemon.status_rows([c.name for c in controllers])}

@@ -3,15 +3,13 @@ reload or a new version does not start them again)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ...decide.errors import Code
 from .base import ServiceCommand
 
 if TYPE_CHECKING:
-    import asyncio
-
     from ...daemon import Daemon
+    from ...execute.service import ServiceController
 
 
 class Stop(ServiceCommand):
@@ -21,12 +19,7 @@ class Stop(ServiceCommand):
     name = "stop"
     help = "stop services and hold them stopped until a start"
 
-    async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
+    async def act(self, daemon: Daemon, controllers: list[ServiceController]) -> None:
         import asyncio
 
-        try:
-            controllers = self.controllers(daemon, request)
-        except KeyError as exc:
-            return {"ok": False, "error": exc.args[0], "code": Code.UNKNOWN_SERVICE}
         await asyncio.gather(*(c.hold("stopped by user") for c in controllers))
-        return {"services": daemon.status_rows([c.name for c in controllers])}

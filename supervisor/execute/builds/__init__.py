@@ -22,6 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from .. import logs, procs
 from ...observe import safefs, state
@@ -150,7 +151,7 @@ class Preparer:
         if spec.build and not (versioned and marker.exists()):
             await self.build(spec, workdir, version)
             if versioned:
-                safefs.ensure_dir(safefs.ensure_dir(marker.parent.parent) / "built")
+                safefs.ensure_dirs(marker.parent.parent, "built")
                 safefs.write_atomic(marker.parent, marker.name, b"")
         if spec.source.in_place and spec.watch and spec.build:
             # A watched folder's revision is its content *after* the build: the build's own
@@ -189,13 +190,21 @@ class Preparer:
         pip = PipSource(spec.source, source_root(self.state_dir, spec.name))
         if pip.installed(package_version):
             return
-        for argv in pip.install_steps(package_version):
-            await self.build(spec, self.state_dir, version, argv=argv, stage="fetch", what="install")
-        pip.mark_installed(package_version)
+        try:  # the venv's folder, pip's cache and temp: made and checked in STATE_DIR (safefs)
+            steps, env = pip.install_steps(package_version), pip.pip_env()
+        except OSError as exc:
+            raise PrepareError("fetch", str(exc)) from None
+        for argv in steps:
+            await self.build(spec, self.state_dir, version, argv=argv, stage="fetch", what="install", extra_env=env)
+        try:
+            pip.mark_installed(package_version)
+        except OSError as exc:
+            raise PrepareError("fetch", f"cannot mark {package_version} installed: {exc}") from None
 
     async def build(self, spec: ServiceSpec, workdir: Path, version: str, argv: list[str] | None = None,
-                    stage: str = "build", what: str = "build") -> None:
-        """Run the build argv (or ``argv``) in ``workdir``, output appended to the service log.
+                    stage: str = "build", what: str = "build", extra_env: Mapping[str, str] | None = None) -> None:
+        """Run the build argv (or ``argv``) in ``workdir``, output appended to the service log;
+        ``extra_env`` is added to its environment (pip's cache and temp folders for an install).
         A failure raises PrepareError(``stage``) with the last output lines."""
         argv = argv or list(spec.build or ())
         assert argv
@@ -205,6 +214,7 @@ class Preparer:
         env.pop("REPLICA", None)
         if spec.source.kind == "pip" and stage == "build":  # a build step sees the version's venv
             env.update(venv_env(workdir, env))
+        env.update(extra_env or {})
         cwd = workdir  # builds run at the top of the checkout (or the local folder)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         tail = _Tail(sink)

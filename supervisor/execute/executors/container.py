@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -51,6 +52,8 @@ import docker
 import docker.errors
 from docker.types.daemon import CancellableStream
 
+from ...observe import safefs
+
 log = logging.getLogger("supervise")
 
 LABEL = "io.supervise"
@@ -66,6 +69,8 @@ API_TIMEOUT = 60
 TAIL_LINES = 10
 #: Seconds an exit report waits for the container's last log lines to be read.
 DRAIN_TIMEOUT = 5.0
+#: What an engine's container id looks like (Docker and podman: 64 hex digits; 12 at least).
+_CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
 
 
 class EngineError(Exception):
@@ -332,6 +337,8 @@ class ContainerExecutor:
         self.closing = False
         self.followers: dict[str, list[_Follower]] = {}
         self.cursors: dict[str, dict[str, int]] = {}
+        self.cursor_failed: set[str] = set()  # containers whose cursor could not be saved (said once)
+        self.cursor_folder_checked = False
         self.reported: set[str] = set()
         self.deliver_lock = threading.Lock()
         self.events_stream = None
@@ -522,8 +529,10 @@ class ContainerExecutor:
         except docker.errors.DockerException as exc:
             raise EngineError(f"cannot remove container {container_id[:12]}: {_short(exc)}") from None
         self.cursors.pop(container_id, None)
-        with contextlib.suppress(FileNotFoundError):
-            self._cursor_path(container_id).unlink()
+        self.cursor_failed.discard(container_id)
+        name = self._cursor_name(container_id)
+        if name is not None:
+            safefs.unlink_in(self.state_dir / "containers", name)
 
     def _own(self, container_id: str) -> None:
         try:
@@ -643,22 +652,44 @@ class ContainerExecutor:
             if not follower.done.wait(DRAIN_TIMEOUT):
                 follower.close()
 
-    def _cursor_path(self, container_id: str) -> Path:
-        return self.state_dir / "containers" / f"{container_id[:64]}.json"
+    def _cursor_name(self, container_id: str) -> str | None:
+        """``ID.json``, the cursor file's name in ``STATE_DIR/containers``, or None for an id
+        that is not an engine's hex id (names are checked before they become paths: an id with
+        ``/`` or ``..`` from a strange engine never becomes one)."""
+        return f"{container_id}.json" if _CONTAINER_ID.match(container_id) else None
+
+    def _cursor_folder(self) -> Path:
+        """``STATE_DIR/containers``, made or checked through safefs (a real folder of ours,
+        0700; raises ``safefs.UnsafeStateDir`` otherwise). Checked once per executor."""
+        folder = self.state_dir / "containers"
+        if not self.cursor_folder_checked:
+            safefs.ensure_dirs(self.state_dir, "containers")
+            self.cursor_folder_checked = True
+        return folder
 
     def _load_cursor(self, container_id: str) -> dict[str, int]:
+        name = self._cursor_name(container_id)
+        if name is None:
+            return {}
         try:
-            data = json.loads(self._cursor_path(container_id).read_text())
+            data = json.loads(safefs.read_regular(self.state_dir / "containers", name))
             return {k: int(v) for k, v in data.items() if k in ("stdout", "stderr")}
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, TypeError):
             return {}
 
     def _save_cursor(self, container_id: str) -> None:
-        path = self._cursor_path(container_id)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps(self.cursors.get(container_id, {})))
-        os.replace(temp, path)
+        """Write the container's cursor (safefs.write_atomic: a new file renamed into place, no
+        symlink followed). A cursor that cannot be written is kept in memory and said once in
+        the log: the lines still flow, a restart may repeat some of them."""
+        name = self._cursor_name(container_id)
+        try:
+            if name is None:
+                raise OSError(errno.EINVAL, "not an engine's container id")
+            safefs.write_atomic(self._cursor_folder(), name, json.dumps(self.cursors.get(container_id, {})).encode())
+        except OSError as exc:
+            if container_id not in self.cursor_failed:
+                self.cursor_failed.add(container_id)
+                log.warning("container %s: cannot save its log cursor: %s", container_id[:12], exc)
 
     # -- the end --------------------------------------------------------------------------
 

@@ -72,10 +72,14 @@ class GitSource:
     def _open(self) -> git.Repo:
         path = self.root / "repo.git"
         try:
+            # the source's folder is a real folder of ours (0700), and repo.git in it is not a
+            # symlink: a planted one would make every fetch write into someone else's repository
+            safefs.ensure_dirs(self.root.parent, self.root.name)
+            if path.is_symlink():
+                raise safefs.UnsafeStateDir(f"{path} is a symlink; refusing to follow it (remove it)")
             if path.exists():
                 repo = git.Repo(path)
             else:
-                safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name)
                 repo = git.Repo.init(path, bare=True)
         except (git.GitError, OSError) as exc:
             raise SourceError(f"cannot open {path}: {exc}") from None
@@ -140,12 +144,18 @@ class GitSource:
 
     def checkout(self, commit: str) -> Path:
         """A worktree of ``commit`` at ``versions/COMMIT12`` (reused when it exists)."""
+        if not _SHA.match(commit):  # names are checked before they become paths
+            raise SourceError(f"bad commit id {commit[:40]!r}")
         path = self.versions / commit[:12]
-        if (path / ".git").exists():
+        # the folders first (real folders of ours, 0700), then what is in them: a symlink
+        # planted as versions/ or as the version's folder is never followed
+        safefs.ensure_dirs(self.root, "versions")
+        if path.is_dir() and not path.is_symlink() and (path / ".git").exists():
             return path
-        if path.exists():
+        if path.is_symlink() or not path.is_dir():
+            safefs.unlink_in(self.versions, path.name)
+        else:
             shutil.rmtree(path, ignore_errors=True)
-        safefs.ensure_dir(self.versions)
         with self._repo() as repo:
             try:
                 repo.git.worktree("prune")

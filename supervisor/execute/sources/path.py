@@ -115,7 +115,7 @@ class FolderSource:
         not its content. Raises SourceError (a missing folder, a full disk)."""
         if not self.path.is_dir():
             raise SourceError(f"source folder {self.path} does not exist")
-        safefs.ensure_dir(safefs.ensure_dir(safefs.ensure_dir(self.root.parent) / self.root.name) / "versions")
+        safefs.ensure_dirs(self.root.parent, self.root.name, "versions")
         # Unchanged content (a restart for a config change, a reload) reuses its snapshot
         # without copying: hashing reads the files, a copy also writes them.
         revision = content_hash(self.path, [self.state_dir])
@@ -148,9 +148,12 @@ class FolderSource:
     def prune(self, keep: int, protect: set[str]) -> list[str]:
         """Remove snapshots beyond the ``keep`` newest, never those in ``protect`` (12-digit
         prefixes), and any copy an interrupted snapshot left. Returns the removed names."""
-        if self.versions.is_dir():
-            for leftover in self.versions.glob(".new-*"):
-                shutil.rmtree(leftover, ignore_errors=True)
+        try:  # only a real folder of ours: a symlink planted as versions/ is never pruned through
+            safefs.check_own_dir(self.versions)
+        except safefs.UnsafeStateDir:
+            return []
+        for leftover in self.versions.glob(".new-*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # a symlink entry: refused by rmtree, left
         return prune_versions(self.versions, keep, protect)
 
 

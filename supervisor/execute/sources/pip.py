@@ -16,9 +16,9 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # file has no pip source never needs it, and every module it loads stays in its memory.
 
 from . import SourceError, prune_versions
+from ...observe import safefs
 from ...desired.model import SourceSpec
 
 #: Seconds for resolving a requirement against the index.
@@ -98,23 +99,27 @@ class PipSource:
         return self._resolve(deps=False)
 
     def _resolve(self, deps: bool) -> str:
-        with tempfile.TemporaryDirectory(prefix="supervise-pip-") as temp:
-            report = Path(temp) / "report.json"
-            argv = [self.python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                    *([] if deps else ["--no-deps"]),
-                    "--disable-pip-version-check", "--no-input", "--report", str(report),
-                    *index_args(self.spec), "--", str(self.spec.requirement)]
-            try:
-                result = subprocess.run(argv, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT,
-                                        stdin=subprocess.DEVNULL, env={**os.environ, "PIP_NO_INPUT": "1"})
-            except subprocess.TimeoutExpired:
-                raise SourceError(f"pip: no answer for {self.spec.requirement!r} in {RESOLVE_TIMEOUT:g}s") from None
-            if result.returncode != 0:
-                raise SourceError(f"pip cannot resolve {self.spec.requirement!r}: {_last_error(result.stderr)}")
-            try:
-                data = json.loads(report.read_text())
-            except (OSError, ValueError) as exc:
-                raise SourceError(f"pip gave no report for {self.spec.requirement!r}: {exc}") from None
+        # pip's report goes to its stdout (``--report -`` with ``--quiet``): no file is written
+        # anywhere for a resolve, so nothing lands outside STATE_DIR.
+        argv = [self.python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                *([] if deps else ["--no-deps"]),
+                "--disable-pip-version-check", "--no-input", "--report", "-",
+                *index_args(self.spec), "--", str(self.spec.requirement)]
+        try:
+            env = {**os.environ, "PIP_NO_INPUT": "1", **self.pip_env()}
+        except OSError as exc:  # safefs.UnsafeStateDir: the source's folder is not ours
+            raise SourceError(str(exc)) from None
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT,
+                                    stdin=subprocess.DEVNULL, env=env)
+        except subprocess.TimeoutExpired:
+            raise SourceError(f"pip: no answer for {self.spec.requirement!r} in {RESOLVE_TIMEOUT:g}s") from None
+        if result.returncode != 0:
+            raise SourceError(f"pip cannot resolve {self.spec.requirement!r}: {_last_error(result.stderr)}")
+        try:
+            data = json.loads(result.stdout)
+        except ValueError as exc:
+            raise SourceError(f"pip gave no report for {self.spec.requirement!r}: {exc}") from None
         from packaging.utils import canonicalize_name
 
         wanted = canonicalize_name(self.requirement.name)
@@ -127,6 +132,13 @@ class PipSource:
                 return version
         raise SourceError(f"pip resolved {self.spec.requirement!r} but did not list {wanted}")
 
+    def pip_env(self) -> dict[str, str]:
+        """``PIP_CACHE_DIR`` and ``TMPDIR`` for pip's runs: ``cache`` and ``tmp`` in the
+        source's folder (made and checked through safefs), as ``[supervise] self`` does, so
+        pip's cache and temporary files stay in STATE_DIR. Raises ``safefs.UnsafeStateDir``."""
+        root = safefs.ensure_dirs(self.root.parent, self.root.name)
+        return {"PIP_CACHE_DIR": str(safefs.ensure_dir(root / "cache")), "TMPDIR": str(safefs.ensure_dir(root / "tmp"))}
+
     def venv(self, version: str) -> Path:
         """The folder of ``version``'s virtual environment."""
         if not _SAFE_VERSION.match(version):
@@ -134,17 +146,18 @@ class PipSource:
         return self.versions / version
 
     def installed(self, version: str) -> bool:
-        """True when ``version``'s venv is complete."""
-        return (self.venv(version) / COMPLETE).exists()
+        """True when ``version``'s venv is complete: a real folder (not a symlink) holding the
+        :data:`COMPLETE` marker as a regular file."""
+        return venv_complete(self.venv(version))
 
     def install_steps(self, version: str) -> list[list[str]]:
         """The argv lists that make ``version``'s venv: a venv (no pip of its own: the
         supervisor's pip installs into it with ``--python``, pip >= 22.3), then the package
-        pinned to ``version``. Any incomplete venv left there is removed first."""
-        venv = self.venv(version)
-        if venv.exists() and not self.installed(version):
-            shutil.rmtree(venv, ignore_errors=True)
-        self.versions.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pinned to ``version``. Any incomplete venv left there is removed first, and the venv's
+        folder is made here, empty, through safefs (``sources``, ``NAME``, ``versions`` and the
+        venv itself: real folders of ours, 0700), so ``python -m venv`` never writes through a
+        symlink planted in STATE_DIR. Raises ``safefs.UnsafeStateDir`` (an OSError)."""
+        venv = fresh_venv_folder(self.versions, self.venv(version))
         name = self.requirement.name + (f"[{','.join(sorted(self.requirement.extras))}]" if self.requirement.extras else "")
         return [
             [self.python, "-m", "venv", "--without-pip", str(venv)],
@@ -153,12 +166,42 @@ class PipSource:
         ]
 
     def mark_installed(self, version: str) -> None:
-        (self.venv(version) / COMPLETE).touch()
+        """Say ``version``'s venv is complete (safefs.write_atomic: never through a symlink)."""
+        safefs.write_atomic(self.venv(version), COMPLETE, b"")
 
     def prune(self, keep: int, protect: set[str]) -> list[str]:
         """Remove venvs beyond the ``keep`` newest (by install time), never those whose
         version is in ``protect``. Returns the removed versions."""
         return prune_versions(self.versions, keep, protect)
+
+
+def venv_complete(venv: Path) -> bool:
+    """True when ``venv`` is a real folder (not a symlink) with :data:`COMPLETE` in it as a
+    regular file."""
+    try:
+        return stat.S_ISDIR(os.lstat(venv).st_mode) and stat.S_ISREG(os.lstat(venv / COMPLETE).st_mode)
+    except OSError:
+        return False
+
+
+def fresh_venv_folder(versions: Path, venv: Path) -> Path:
+    """Make ``venv`` (a folder directly in ``versions``) empty and ready for ``python -m venv``:
+    ``versions`` and its two parents are made or checked with safefs (real folders of ours,
+    0700); whatever stands at ``venv`` (an incomplete venv, a file, a planted symlink) is removed,
+    the entry itself, never what a symlink points to; then ``venv`` is made 0700. Shared by pip
+    sources and ``[supervise] self``. Returns ``venv``. Raises ``safefs.UnsafeStateDir``."""
+    assert venv.parent == versions
+    safefs.ensure_dirs(versions.parent.parent, versions.parent.name, versions.name)
+    try:
+        st = os.lstat(venv)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(venv, ignore_errors=True)  # rmtree never follows a symlink inside
+        else:
+            safefs.unlink_in(versions, venv.name)
+    return safefs.ensure_dir(venv)
 
 
 def _last_error(stderr: str) -> str:
