@@ -257,7 +257,7 @@ class Reconciler:
                                source=SourceSpec(kind="path", path=alive[0][1].workdir, mode="in-place"),
                                stop_signal=record.stop_signal, stop_timeout=record.stop_timeout, replicas=0,
                                runtime=None if runtime == "local" else runtime)
-        if spec is None or (not alive and not record.held):
+        if spec is None or (not alive and not record.held and not record.failed):
             return 0
         controller = self.controllers.get(name) or self._controller(spec)
         self.controllers[name] = controller
@@ -274,6 +274,8 @@ class Reconciler:
             controller.restore_good(record)
             stale = wanted is None or item.fingerprint != current
             controller.adopt(index, handle, spec, artifact, item.started_at, item.restarts, stale)
+        if wanted is not None and record.failed:
+            controller.restore_failed(record)
         return len(alive)
 
     def spawn_stop(self, executor: Executor, handle: Running, record: state.ServiceRecord) -> None:

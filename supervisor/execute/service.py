@@ -169,6 +169,9 @@ class ServiceController:
         self.good: list[Launch] = []
         self.pinned: str | None = None  # the version `supervise rollback` pinned
         self.pinned_over: str | None = None  # the newest revision then, not deployed while pinned
+        #: Replicas that hit their start limit (by index), kept in the state record so they
+        #: stay failed across a supervisor restart (until the spec changes or a user start).
+        self.failed_marks: dict[int, state.FailedReplica] = {}
         self._persist_pending = False
         self._persisted: state.ServiceRecord | None = None  # the record last written
         self._persist_error = ""
@@ -311,6 +314,11 @@ class ServiceController:
             else:
                 self._run(replica, effect)
         if replica.state.phase is not before:
+            if replica.state.phase is Phase.FAILED and self.replicas.get(replica.index) is replica:
+                artifact = replica.launch.artifact
+                self.failed_marks[replica.index] = state.FailedReplica(
+                    state.failed_key(replica.launch.fingerprint, self.spec), artifact.version, artifact.revision, str(artifact.workdir),
+                    replica.state.message)
             self._phase_changed()
         if spawn is not None:
             # The executor's start may wait on an engine (a container is created): it runs as
@@ -411,6 +419,8 @@ class ServiceController:
         if self.pinned is None:
             self.deploy_message = ""
         self.sink.policy = spec.log
+        if self.failed_marks.pop(index, None) is not None:
+            self.persist()
         old = self.replicas.get(index)
         if old is not None and (old.handle is not None or old.tasks or old.watcher):
             await self.stop_replica(index, reason)
@@ -643,6 +653,7 @@ class ServiceController:
         failed), so the next plan starts them afresh with a clean start limit."""
         self.held = False
         self.build_failed = self.pinned is not None  # a pin outlives a user start or restart
+        self.failed_marks.clear()  # systemd's reset-failed: a start begins a fresh start limit
         self.persist()
         for index, replica in list(self.replicas.items()):
             if replica.handle is None:  # stopped, exited, failed, in backoff or pending
@@ -746,6 +757,25 @@ class ServiceController:
         self._feed(replica, Adopted(handle.pid, started_at, restarts, stale))
         self._watch_checks(replica, handle, replica_env(self.name, spec.environment, index, user=spec.user))
 
+    def restore_failed(self, record: state.ServiceRecord) -> None:
+        """Replicas that hit their start limit under a previous supervisor, with the spec the
+        file still has, stay ``failed`` (no start) until the spec changes or a user start
+        (:meth:`ServiceRecord.still_failed <supervisor.observe.state.ServiceRecord.still_failed>`)."""
+        for index, mark in sorted(record.still_failed(state.failed_key(state.fingerprint(self.spec), self.spec), self.spec.slots).items()):
+            if index in self.replicas:
+                continue
+            artifact = Artifact(workdir=Path(mark.workdir or "."), version=mark.version, revision=mark.revision)
+            message = mark.message or "start limit hit"
+            replica = Replica(index=index, launch=Launch(self.spec, artifact),
+                              state=ReplicaState(index=index, phase=Phase.FAILED, message=message))
+            self.replicas[index] = replica
+            self.failed_marks[index] = mark
+            if self.artifact is None and mark.version:
+                self.artifact = artifact
+            self.sink.note(f"{self._label(index)} still failed from before the supervisor restarted "
+                           f"({message}); `supervise start {self.name}` tries again")
+        self.changed()
+
     def _label(self, index: int) -> str:
         return replica_label(self.name, self.spec.replicas, index)
 
@@ -832,14 +862,15 @@ class ServiceController:
                 fingerprint=replica.launch.fingerprint, runtime=self.executor.name,
                 handle=self.executor.record(handle))
         good = tuple((g.artifact.version, g.artifact.revision, str(g.artifact.workdir)) for g in self.good)
+        failed = {i: f for i, f in self.failed_marks.items() if i < self.spec.slots}
         record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
                                      command=tuple(self.spec.command), stop_signal=self.spec.stop_signal,
                                      stop_timeout=self.spec.stop_timeout, good=good, pinned=self.pinned or "",
-                                     pinned_over=(self.pinned_over or "") if self.pinned else "")
+                                     pinned_over=(self.pinned_over or "") if self.pinned else "", failed=failed)
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
         try:
-            if not replicas and not self.held:
+            if not replicas and not self.held and not failed:
                 # Nothing to adopt and no hold: no file, which every reader takes for exactly
                 # that (an unlink costs a tenth of a new file: a stop of 2,000 wrote 2,000 files)
                 state.remove(self.state_dir, self.name)

@@ -1,0 +1,65 @@
+"""A service that hit its start limit stays failed across a supervisor restart while its spec
+is unchanged (systemd keeps a unit failed until reset-failed or a changed unit); a user start
+or a changed spec starts it again. Real supervisors (in-process, one after the other on one
+state dir), real crashing processes, the real control socket."""
+
+from __future__ import annotations
+
+import asyncio
+
+from harness import PY, DaemonRun, run
+
+from supervisor.control.client import Client
+from supervisor.desired.model import Phase
+from supervisor.observe import state
+
+
+def crashing(code: int = 3) -> str:
+    return f"""
+[services.crash]
+command = ["{PY}", "-c", "import sys; sys.exit({code})"]
+backoff = {{ initial = "10ms", max = "50ms" }}
+start_limit = {{ burst = 2, interval = "1m" }}
+"""
+
+
+def phase(d: DaemonRun) -> Phase | None:
+    controller = d.controllers.get("crash")
+    replica = controller.replicas.get(0) if controller else None
+    return replica.phase if replica else None
+
+
+def user_start(state_dir) -> dict:
+    with Client(state_dir, timeout=10) as client:
+        return client.call("start", services=["crash"])
+
+
+def test_a_start_limit_failure_outlives_a_supervisor_restart(tmp_path):
+    path = tmp_path / "services.toml"
+    path.write_text(crashing())
+    state_dir = tmp_path / ".supervise"
+
+    async def body():
+        async with DaemonRun(path) as d:
+            await d.until(lambda: phase(d) is Phase.FAILED, message="the start limit hit")
+        assert state.load_all(state_dir)["crash"].failed  # kept in the record after a full stop
+        async with DaemonRun(path) as d:  # same file: still failed, nothing started
+            await d.until(lambda: d.daemon.reconciler.applied > 0, message="the first pass")
+            assert phase(d) is Phase.FAILED and not d.of_type("started")
+            assert "start limit hit" in d.daemon.status_rows([])[0]["message"]
+            reply = await asyncio.to_thread(user_start, state_dir)  # a user start clears it
+            assert reply["ok"], reply
+            await d.until(lambda: len(d.of_type("started")) == 2 and phase(d) is Phase.FAILED,
+                          message="started again, up to its limit")
+        async with DaemonRun(path) as d:
+            await d.until(lambda: d.daemon.reconciler.applied > 0, message="the first pass")
+            assert phase(d) is Phase.FAILED and not d.of_type("started")
+        path.write_text(crashing(code=4))  # a changed spec starts it again
+        async with DaemonRun(path) as d:
+            await d.until(lambda: d.of_type("started"), message="a changed spec starts it")
+            await d.until(lambda: phase(d) is Phase.FAILED, message="the start limit again")
+        path.write_text(crashing(code=4).replace("burst = 2", "burst = 3"))  # so does a new limit
+        async with DaemonRun(path) as d:
+            await d.until(lambda: len(d.of_type("started")) == 3, message="a new start limit starts it")
+
+    run(body())
