@@ -274,6 +274,8 @@ class Reconciler:
             controller.restore_good(record)
             stale = wanted is None or item.fingerprint != current
             controller.adopt(index, handle, spec, artifact, item.started_at, item.restarts, stale)
+        if wanted is not None and record.rolled_back is not None:
+            controller.restore_rolled_back(record)
         if wanted is not None and record.failed:
             controller.restore_failed(record)
         return len(alive)

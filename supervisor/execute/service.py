@@ -171,7 +171,10 @@ class ServiceController:
         self.pinned_over: str | None = None  # the newest revision then, not deployed while pinned
         #: Replicas that hit their start limit (by index), kept in the state record so they
         #: stay failed across a supervisor restart (until the spec changes or a user start).
-        self.failed_marks: dict[int, state.FailedReplica] = {}
+        self.failed_marks: dict[int, state.Failure] = {}
+        #: The version (or config) the last automatic rollback took back, kept in the state
+        #: record while it holds (build_failed with its revision) so a restart does not retry it.
+        self.rolled_back: state.Failure | None = None
         self._persist_pending = False
         self._persisted: state.ServiceRecord | None = None  # the record last written
         self._persist_error = ""
@@ -316,7 +319,7 @@ class ServiceController:
         if replica.state.phase is not before:
             if replica.state.phase is Phase.FAILED and self.replicas.get(replica.index) is replica:
                 artifact = replica.launch.artifact
-                self.failed_marks[replica.index] = state.FailedReplica(
+                self.failed_marks[replica.index] = state.Failure(
                     state.failed_key(replica.launch.fingerprint, self.spec), artifact.version, artifact.revision, str(artifact.workdir),
                     replica.state.message)
             self._phase_changed()
@@ -561,7 +564,7 @@ class ServiceController:
             return
         if not ok:
             await self._stop_process(candidate, f"new version {why}")
-            self._mark_rolled_back(index, artifact, old.launch.artifact, why)
+            self._mark_rolled_back(index, artifact, old.launch.artifact, why, spec)
             return
         self.replicas[index] = candidate
         self.spec, self.artifact = spec, artifact
@@ -575,7 +578,7 @@ class ServiceController:
         if target is None:
             return
         replica.previous = None
-        self._mark_rolled_back(replica.index, replica.launch.artifact, target.artifact, why)
+        self._mark_rolled_back(replica.index, replica.launch.artifact, target.artifact, why, replica.launch.spec)
 
         async def put_back() -> None:
             await self._stop_process(replica, f"rolling back: {why}")
@@ -589,7 +592,9 @@ class ServiceController:
 
         self._background(put_back())
 
-    def _mark_rolled_back(self, index: int, bad: Artifact, good: Artifact, why: str) -> None:
+    def _mark_rolled_back(self, index: int, bad: Artifact, good: Artifact, why: str, spec: ServiceSpec) -> None:
+        """``bad`` (started from ``spec``) was rolled back to ``good``: not deployed again
+        until the file or the source changes, across a supervisor restart too (the record)."""
         self.build_failed = True  # "the newest version could not be deployed": not retried
         self.failed_revision = bad.revision
         if bad.version != good.version:
@@ -597,6 +602,8 @@ class ServiceController:
         else:
             message = f"rolled back to the previous config (same version {good.version}): {why}"
         self.deploy_message = message
+        self.rolled_back = state.Failure(state.fingerprint(spec), bad.version, bad.revision, str(bad.workdir), message)
+        self.persist()
         self.sink.note(f"{self.name}[{index}] {message}")
         self.notifier.emit(EventType.ROLLED_BACK, self.name, good.version, replica=index, reason=why,
                            bad_version=bad.version)
@@ -757,6 +764,21 @@ class ServiceController:
         self._feed(replica, Adopted(handle.pid, started_at, restarts, stale))
         self._watch_checks(replica, handle, replica_env(self.name, spec.environment, index, user=spec.user))
 
+    def restore_rolled_back(self, record: state.ServiceRecord) -> None:
+        """The version (or config) an automatic rollback under a previous supervisor took back
+        is not deployed again while the service is unchanged in the file: the plan leaves the
+        adopted good replicas alone until the file or the source changes (README, "Safe updates")."""
+        mark = record.still_rolled_back(state.fingerprint(self.spec))
+        if mark is None or self.build_failed or not self.replicas:
+            return
+        self.build_failed = True
+        self.failed_revision = mark.revision
+        self.deploy_message = mark.message
+        self.rolled_back = mark
+        self.sink.note(f"{self.name}: {mark.message} (before the supervisor restarted): not deployed again "
+                       "until the file or the source changes")
+        self.changed()
+
     def restore_failed(self, record: state.ServiceRecord) -> None:
         """Replicas that hit their start limit under a previous supervisor, with the spec the
         file still has, stay ``failed`` (no start) until the spec changes or a user start
@@ -863,10 +885,14 @@ class ServiceController:
                 handle=self.executor.record(handle))
         good = tuple((g.artifact.version, g.artifact.revision, str(g.artifact.workdir)) for g in self.good)
         failed = {i: f for i, f in self.failed_marks.items() if i < self.spec.slots}
+        rolled_back = self.rolled_back
+        if rolled_back is not None and not (self.build_failed and self.failed_revision == rolled_back.revision):
+            rolled_back = self.rolled_back = None  # deployed since, or a user start: it holds no more
         record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
                                      command=tuple(self.spec.command), stop_signal=self.spec.stop_signal,
                                      stop_timeout=self.spec.stop_timeout, good=good, pinned=self.pinned or "",
-                                     pinned_over=(self.pinned_over or "") if self.pinned else "", failed=failed)
+                                     pinned_over=(self.pinned_over or "") if self.pinned else "", failed=failed,
+                                     rolled_back=rolled_back)
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
         try:

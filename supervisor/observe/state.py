@@ -109,11 +109,12 @@ class ReplicaRecord:
 
 
 @dataclass(frozen=True)
-class FailedReplica:
-    """A replica that hit its start limit (phase ``failed``): what a later supervisor needs to
-    keep it failed. ``fingerprint`` is :func:`failed_key` of the spec it failed with (a changed
-    spec starts it again, as a changed unit clears systemd's ``failed``), ``version``,
-    ``revision`` and ``workdir`` what it ran, ``message`` why it failed."""
+class Failure:
+    """What failed, kept so that a later supervisor does not try it again: a replica that hit
+    its start limit (phase ``failed``), or a new version (or config) rolled back. ``fingerprint``
+    is the key of the spec it failed with (:func:`failed_key` for a start limit,
+    :func:`fingerprint` for a rollback; a changed spec tries again, as a changed unit clears
+    systemd's ``failed``), ``version``, ``revision`` and ``workdir`` what it ran, ``message`` why."""
 
     fingerprint: str
     version: str = ""
@@ -122,7 +123,7 @@ class FailedReplica:
     message: str = ""
 
     @classmethod
-    def from_dict(cls, data: object) -> "FailedReplica":
+    def from_dict(cls, data: object) -> "Failure":
         """Parse one entry of a record's ``failed``. Raises :class:`RecordError`."""
         if not isinstance(data, dict):
             raise RecordError(f"a failed entry must be a JSON object, got {type(data).__name__}")
@@ -147,7 +148,9 @@ class ServiceRecord:
     ``pinned`` the version ``supervise rollback`` pinned ("" when none) and ``pinned_over`` the
     newest revision the source showed then (not deployed again while the pin holds);
     ``failed`` the replicas (by index) that hit their start limit, so that they stay failed
-    across a supervisor restart while the spec is unchanged (:meth:`still_failed`)."""
+    across a supervisor restart while the spec is unchanged (:meth:`still_failed`);
+    ``rolled_back`` the version an automatic rollback took back (not deployed again until the
+    file or the source changes: :meth:`still_rolled_back`)."""
 
     service: str
     held: bool = False
@@ -159,9 +162,16 @@ class ServiceRecord:
     good: tuple[tuple[str, str, str], ...] = ()
     pinned: str = ""
     pinned_over: str = ""
-    failed: Mapping[int, FailedReplica] = field(default_factory=dict)
+    failed: Mapping[int, Failure] = field(default_factory=dict)
+    rolled_back: Failure | None = None
 
-    def still_failed(self, fingerprint: str, slots: int) -> dict[int, FailedReplica]:
+    def still_rolled_back(self, fingerprint: str) -> Failure | None:
+        """The rolled-back version, if the service's spec (:func:`fingerprint`) is still the
+        one it failed with: a changed service in the file deploys again, as while running."""
+        mark = self.rolled_back
+        return mark if mark is not None and mark.fingerprint == fingerprint else None
+
+    def still_failed(self, fingerprint: str, slots: int) -> dict[int, Failure]:
         """The replicas that stay failed for a service whose spec now has ``fingerprint``
         (:func:`failed_key`) and
         ``slots`` replicas: those that failed with that very spec (systemd keeps a unit
@@ -209,16 +219,22 @@ class ServiceRecord:
                 good.append((item[0], item[1], item[2]))
         pinned = data.get("pinned") or ""
         pinned_over = data.get("pinned_over") or ""
-        failed: dict[int, FailedReplica] = {}
+        failed: dict[int, Failure] = {}
         raw_failed = data.get("failed") or {}
         for key, item in raw_failed.items() if isinstance(raw_failed, dict) else ():  # older records have none
             try:
                 if isinstance(key, str) and key.isdigit() and len(key) < 7:
-                    failed[int(key)] = FailedReplica.from_dict(item)
+                    failed[int(key)] = Failure.from_dict(item)
             except RecordError:
                 continue  # (a bad entry: that replica starts, as before failures were recorded)
+        rolled_back: Failure | None = None
+        if data.get("rolled_back") is not None:
+            try:
+                rolled_back = Failure.from_dict(data["rolled_back"])
+            except RecordError:
+                pass  # (a bad entry: the newest version may be tried again, as before it was recorded)
         return cls(service=service, held=held, replicas=replicas, command=tuple(command), stop_signal=stop_signal,
-                   stop_timeout=stop_timeout, invalid=invalid, good=tuple(good), failed=failed,
+                   stop_timeout=stop_timeout, invalid=invalid, good=tuple(good), failed=failed, rolled_back=rolled_back,
                    pinned=pinned if isinstance(pinned, str) else "",
                    pinned_over=pinned_over if isinstance(pinned_over, str) and isinstance(pinned, str) else "")
 
@@ -229,7 +245,8 @@ class ServiceRecord:
                 "command": list(self.command), "stop_signal": self.stop_signal, "stop_timeout": self.stop_timeout,
                 **({"good": [list(g) for g in self.good]} if self.good else {}),
                 **({"pinned": self.pinned, "pinned_over": self.pinned_over} if self.pinned else {}),
-                **({"failed": {str(i): f.to_dict() for i, f in sorted(self.failed.items())}} if self.failed else {})}
+                **({"failed": {str(i): f.to_dict() for i, f in sorted(self.failed.items())}} if self.failed else {}),
+                **({"rolled_back": self.rolled_back.to_dict()} if self.rolled_back is not None else {})}
 
 
 #: Fingerprinted only when set (they came after the format; see :func:`fingerprint`).

@@ -101,7 +101,7 @@ def failed_key_of(spec) -> str:
 def test_a_start_limit_failure_is_kept_for_the_same_spec_only(now, slots, kept):
     """systemd: a unit stays failed until reset-failed or a changed unit (a user start clears it
     in the driver). The record keeps it across a supervisor restart; ``still_failed`` decides."""
-    mark = state.FailedReplica(failed_key_of(failed_spec()), "v1", "r1", "/s/v1", "start limit hit: 3 starts in 60s")
+    mark = state.Failure(failed_key_of(failed_spec()), "v1", "r1", "/s/v1", "start limit hit: 3 starts in 60s")
     record = state.ServiceRecord(service="api", failed={0: mark, 5: mark})
     again = state.ServiceRecord.from_dict(json.loads(json.dumps(record.to_dict())))
     assert again == record  # written and read back as is
@@ -112,3 +112,17 @@ def test_bad_failed_entries_are_dropped_and_older_records_have_none():
     assert state.ServiceRecord.from_dict(OLDER).failed == {}
     record = state.ServiceRecord.from_dict({"service": "api", "failed": {"0": {"version": "v"}, "x": {}, "1": 3}})
     assert record.failed == {}
+
+
+@pytest.mark.parametrize("now, kept", [
+    ({}, True),                                  # the file still has the spec the version failed with
+    ({"command": ("app", "-v")}, False),         # the service changed in the file: deployed again
+    ({"start_limit": StartLimit(burst=4, interval=60.0)}, True),  # settings applied in place: no redeploy
+])
+def test_a_rollback_is_kept_for_the_same_spec_only(now, kept):
+    mark = state.Failure(state.fingerprint(failed_spec()), "r2-b", "r2", "/s/r2", "rolled back r2-b -> r1-b: crashed")
+    record = state.ServiceRecord(service="api", rolled_back=mark)
+    again = state.ServiceRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert again == record
+    assert (again.still_rolled_back(state.fingerprint(failed_spec(**now))) is not None) is kept
+    assert state.ServiceRecord.from_dict({"service": "api", "rolled_back": {"version": "v"}}).rolled_back is None

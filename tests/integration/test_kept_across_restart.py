@@ -1,7 +1,9 @@
-"""A service that hit its start limit stays failed across a supervisor restart while its spec
-is unchanged (systemd keeps a unit failed until reset-failed or a changed unit); a user start
-or a changed spec starts it again. Real supervisors (in-process, one after the other on one
-state dir), real crashing processes, the real control socket."""
+"""What a supervisor restart must not forget: a service that hit its start limit stays failed
+while its spec is unchanged (systemd keeps a unit failed until reset-failed or a changed unit;
+a user start or a changed spec starts it again), and a version or config an automatic rollback
+took back is not deployed again until the file or the source changes. Real supervisors
+(in-process, one after the other on one state dir), real crashing processes, the real control
+socket."""
 
 from __future__ import annotations
 
@@ -61,5 +63,40 @@ def test_a_start_limit_failure_outlives_a_supervisor_restart(tmp_path):
         path.write_text(crashing(code=4).replace("burst = 2", "burst = 3"))  # so does a new limit
         async with DaemonRun(path) as d:
             await d.until(lambda: len(d.of_type("started")) == 3, message="a new start limit starts it")
+
+    run(body())
+
+
+SLEEP = f'"{PY}", "-c", "import time; time.sleep(300)"'
+CRASH = f'"{PY}", "-c", "import sys; sys.exit(1)"'
+
+
+def app(command: str) -> str:
+    return f"""
+[services.app]
+command = [{command}]
+backoff = {{ initial = "20ms", max = "100ms" }}
+ready = {{ exec = ["true"], interval = "50ms" }}
+"""
+
+
+def test_a_rolled_back_config_is_not_retried_after_a_supervisor_restart(tmp_path):
+    path = tmp_path / "services.toml"
+    path.write_text(app(SLEEP))
+
+    async def body():
+        async with DaemonRun(path) as d:
+            await d.until(lambda: d.controllers["app"].good, message="the first config proven good")
+            path.write_text(app(CRASH))  # a real save of a bad config: crashes, rolled back
+            await d.until(lambda: d.of_type("rolled-back", "app"), message="the rollback")
+            pid = await d.until(lambda: d.pid("app") and d.controllers["app"].replicas[0].ready and d.pid("app"),
+                                message="the good config back")
+            d.daemon.detaching = True  # SIGQUIT: leave the services running for the next supervise
+        async with DaemonRun(path) as d:  # the same (bad) file: the good replica is adopted and kept
+            await d.until(lambda: d.daemon.reconciler.applied > 0, message="the first pass")
+            assert d.pid("app") == pid and not d.of_type("started") and not d.of_type("restarting")
+            assert "rolled back to the previous config" in d.controllers["app"].deploy_message
+            path.write_text(app(SLEEP) + 'env = { V = "2" }\n')  # the next change deploys as usual
+            await d.until(lambda: d.of_type("started", "app"), message="a changed file deploys")
 
     run(body())
