@@ -417,6 +417,7 @@ class ReplicaObserved:
     message: str = ""  # why it is in its phase (waiting for, restart in, start limit hit, ...)
     running: bool = False  # a process (or container) of it is held, even while it is stopped
     good: bool = False  # its version proved itself (ready for good_after s without a crash)
+    unknown: str = ""  # why its state cannot be observed now (a cluster out of reach); "" when it can
 
 
 @dataclass(frozen=True)

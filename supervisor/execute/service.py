@@ -191,14 +191,17 @@ class ServiceController:
         good = self.good_versions()
         replicas = {}
         failed = False
+        remote = self.executor.remote
         for i, r in self.replicas.items():
             state_, handle = r.state, r.handle
             failed = failed or state_.phase is Phase.FAILED
             version = r.launch.artifact.version
+            live = handle if handle is not None and handle.running else None
             replicas[i] = ReplicaObserved(  # positional, in field order
-                i, state_.phase, handle.pid if handle is not None and handle.running else None,
+                i, state_.phase, (live.pid or None) if live is not None else None,  # (0: a Deployment, no process here)
                 version, state_.restarts, state_.last_exit, state_.started_at, state_.stale,
-                state_.ready, state_.message, handle is not None, version in good)
+                state_.ready, state_.message, handle is not None, version in good,
+                self.executor.unobservable(live) if remote and live is not None else "")
         policy = Policy.of(self.spec)
         target = self.rollback_target(self.artifact)
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
