@@ -96,3 +96,14 @@ def test_a_service_the_engine_has_not_taken_up_yet_is_pending():
         ("worker", "pending", "not started yet"), ("api", "running", "")]
     assert views.status_rows(observed, ["api"], now=0.0, listed=["api", "worker"])[0]["service"] == "api"
     assert [r["service"] for r in views.status_rows(Observed({}), ["worker"], 0.0, ["api", "worker"])] == ["worker"]
+
+
+@pytest.mark.parametrize("exit, text", [
+    (Exit(code=3), "exit 3"),
+    (Exit(signal=9), "signal 9 (SIGKILL)"),
+    (Exit(), "unknown"),                                       # adopted, died by itself: nothing known
+    (Exit(stopped_by=15), "stopped by supervise (SIGTERM)"),   # adopted, stopped by us: what we sent
+    (Exit(stopped_by=9), "stopped by supervise (SIGKILL)"),
+])
+def test_an_exit_says_what_is_known_of_it(exit, text):
+    assert str(exit) == text
