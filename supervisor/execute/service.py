@@ -77,7 +77,6 @@ class Replica:
     timers: dict[Timer, asyncio.TimerHandle] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
     previous: Launch | None = None  # the last good launch, while this new one is on probation
-    proven: bool = False  # stopped ahead of its restart (a dependency restarts) while proven good
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
     stop: asyncio.Future[Exit | None] | None = None  # the stop under way (or done): one per process
     spawning: asyncio.Task[None] | None = None  # the executor's start under way (a container is created)
@@ -480,13 +479,8 @@ class ServiceController:
     async def stop_for_dependency(self, indices: list[int], reason: str) -> None:
         """Stop replicas ``indices`` ahead of their restart, because a dependency of theirs is
         about to go down (``depends_on`` ... ``restart = true``); the plan's restart of each
-        starts it again. Whether each was proven good is kept, so the restart can still roll
-        back to it."""
-        now = self.clock.monotonic()
-        for index in indices:
-            replica = self.replicas.get(index)
-            if replica is not None:
-                replica.proven = lifecycle.proven(self.policy(replica), replica.state, now)
+        starts it again. A replica that proved good is in :attr:`good` already (the ``Good``
+        effect), so the restart can still roll back to it."""
         await asyncio.gather(*(self.stop_replica(i, reason) for i in indices))
 
     async def stop_replica(self, index: int, reason: str, remove: bool = False) -> Exit | None:
