@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,12 @@ def check_state_dir(state_dir: Path, desired: Desired) -> None:
     local = desired.settings.runtime == "local"  # user= of a Kubernetes service is its runAsUser
     for user in sorted({s.user for s in desired.services.values() if s.user and local}):
         safefs.check_not_writable_by(state_dir, user)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same folder (``../x/.supervise`` and ``.supervise``
+    through a symlink): the real paths, as the state lock's name is made of."""
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 class Daemon:
@@ -170,9 +177,11 @@ class Daemon:
                 self.notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[str(d) for d in exc.diagnostics])
             self.last_error = text
             return None
-        if new.settings.state_dir != self.state_dir:
+        if new.settings.state_dir != self.state_dir and not _same_folder(new.settings.state_dir, self.state_dir):
             self._refuse_state_dir(new.settings.state_dir, report)
             return None
+        if new.settings.state_dir != self.state_dir:  # another name of the same folder: ours stays
+            new = replace(new, settings=replace(new.settings, state_dir=self.state_dir))
         self.moved_to = None
         self._release_moved()
         if self.last_error:

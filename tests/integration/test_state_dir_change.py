@@ -63,5 +63,10 @@ def test_state_dir_change_is_refused_and_the_new_folder_answers(tmp_path):
             await d.until(lambda: not socket_path(new).exists(), message="the new folder let go")
             assert d.pid("api") == pid
             assert (await asyncio.to_thread(status, old))["services"][0]["pid"] == pid
+            (tmp_path / "alias").symlink_to(".supervise")  # another name of the same folder: no change
+            errors = len(d.of_type("config-error"))
+            path.write_text(f'[supervise]\nstate_dir = "alias"\n{GOOD}'.replace('"2s"', '"5s"'))
+            await d.until(lambda: d.daemon.desired.services["api"].stop_timeout == 5.0)
+            assert len(d.of_type("config-error")) == errors and d.daemon.desired.settings.state_dir == old
 
     run(body())
