@@ -232,8 +232,17 @@ class Daemon:
             return
         server = ControlServer(socket_path(moved), self.handlers())
         self.moved = (lock, server)
-        self.engine.spawn(server.start())
-        log.warning("listening at %s too, until state_dir is put back or supervise restarts", server.path)
+
+        async def listen() -> None:
+            try:
+                await server.start()
+            except (OSError, safefs.UnsafeStateDir) as exc:
+                log.error("cannot listen at %s: %s; clients reading the file will not find this supervise "
+                          "(state in %s)", server.path, exc, self.state_dir)
+                return
+            log.warning("listening at %s too, until state_dir is put back or supervise restarts", server.path)
+
+        self.engine.spawn(listen())
 
     def _release_moved(self) -> None:
         """Let go of the folder held by :meth:`_hold_moved` (the file names ours again, or we stop)."""
