@@ -12,6 +12,9 @@ import asyncio
 from harness import PY, DaemonRun, run
 
 from supervisor.control.client import Client
+from supervisor.daemon import Daemon
+from supervisor.decide.runonce import Until
+from supervisor.desired import config
 from supervisor.desired.model import Phase
 from supervisor.observe import state
 
@@ -62,7 +65,15 @@ def test_a_start_limit_failure_outlives_a_supervisor_restart(tmp_path):
             await d.until(lambda: phase(d) is Phase.FAILED, message="the start limit again")
         path.write_text(crashing(code=4).replace("burst = 2", "burst = 3"))  # so does a new limit
         async with DaemonRun(path) as d:
-            await d.until(lambda: len(d.of_type("started")) == 3, message="a new start limit starts it")
+            await d.until(lambda: len(d.of_type("started")) == 3 and phase(d) is Phase.FAILED,
+                          message="a new start limit starts it, up to that limit")
+        assert state.load_all(state_dir)["crash"].failed
+        # a run once (`run --exit-when crash`) is a fresh run: it starts it again, and fails on it
+        once = Daemon(path, config.load(path), console=False, until=Until(("crash",)))
+        started: list = []
+        once.notifier.add_listener(lambda e: started.append(e) if e.type.value == "started" else None)
+        assert await asyncio.wait_for(once.run(), 30) == 4  # the failure's own exit code
+        assert len(started) == 3
 
     run(body())
 
