@@ -129,10 +129,37 @@ def add_import_verb(sub) -> None:
                       help="the format of FILE (default: guessed from its name and contents)")
 
 
+#: Options whose value may start with "-" (``--since -5m``: five minutes ago).
+DASHED_VALUE_OPTIONS = ("--since",)
+
+
+def join_dashed_values(argv: Sequence[str]) -> list[str]:
+    """``--since -5m`` as ``--since=-5m``: argparse takes a value that starts with "-" (and is
+    not a plain negative number) for the next option and fails with "expected one argument";
+    joined, the option gets its value. Only a value that looks like a negative duration (a
+    minus then a digit or a dot) is joined, and nothing after ``--`` (exec's command)."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item == "--":
+            out.extend(items[i:])
+            break
+        nxt = items[i + 1] if i + 1 < len(items) else ""
+        if item in DASHED_VALUE_OPTIONS and len(nxt) > 1 and nxt[0] == "-" and (nxt[1].isdigit() or nxt[1] == "."):
+            out.append(f"{item}={nxt}")
+            i += 2
+            continue
+        out.append(item)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``supervise`` command: parse ``argv``, run the verb, return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_dashed_values(sys.argv[1:] if argv is None else argv))
     verb = args.verb or "run"
     if verb not in CLIENT_VERBS or getattr(args, "watch", False):
         setup_logging(args.verbose)
@@ -379,10 +406,10 @@ def cmd_logs(path: Path, args: argparse.Namespace) -> int:
 
     from .execute import logs
     from .observe import logview
-    from .desired.durations import parse_duration
+    from .desired.durations import parse_since
 
     try:
-        since = time.time() - parse_duration(args.since) if args.since is not None else None
+        since = time.time() - parse_since(args.since) if args.since is not None else None
     except ValueError as exc:
         raise CliError(f"--since: {exc}", EXIT_USAGE) from None
     try:

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,12 @@ def check_state_dir(state_dir: Path, desired: Desired) -> None:
         safefs.check_not_writable_by(state_dir, user)
 
 
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same folder (``../x/.supervise`` and ``.supervise``
+    through a symlink): the real paths, as the state lock's name is made of."""
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 class Daemon:
     """``supervise --config PATH`` in the foreground. :meth:`run` returns the exit code.
 
@@ -104,6 +111,7 @@ class Daemon:
         self.engine = Engine(desired, bus=self.notifier, on_change=self.changed, console=self.console_out)
         self.reconciler = self.engine.reconciler
         self.reconciler.background_fetches = True  # a slow remote holds its own service only
+        self.reconciler.keep_failed = until is None  # a run once starts everything afresh
         self.unit.attach(self.reconciler)
         self.stop_event: asyncio.Event | None = None
         self.last_error = ""
@@ -113,6 +121,10 @@ class Daemon:
         self.file_watcher: FileWatcher | None = None
         self.control: ControlServer | None = None
         self.state_dir_check: asyncio.TimerHandle | None = None
+        #: The state dir a save named instead of ours (refused): its lock and a control socket
+        #: there, held while the file names it (see :meth:`_refuse_state_dir`).
+        self.moved: tuple[StateLock, ControlServer] | None = None
+        self.moved_to: Path | None = None  # the state_dir the file names, when not ours (refused)
         self.history = History(self.state_dir, desired.settings.event_history)  # opened by run()
         #: Run once (``run --exit-when-done``/``--exit-when NAME``): what ends the run, its
         #: outcome once over, the signal that stopped it first (then 128+N is the status).
@@ -189,12 +201,16 @@ class Daemon:
                 self.notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[str(d) for d in exc.diagnostics])
             self.last_error = text
             return None
+        if new.settings.state_dir != self.state_dir and not _same_folder(new.settings.state_dir, self.state_dir):
+            self._refuse_state_dir(new.settings.state_dir, report)
+            return None
+        if new.settings.state_dir != self.state_dir:  # another name of the same folder: ours stays
+            new = replace(new, settings=replace(new.settings, state_dir=self.state_dir))
+        self.moved_to = None
+        self._release_moved()
         if self.last_error:
             log.info("config is valid again")
         self.last_error = ""
-        if new.settings.state_dir != self.state_dir:
-            log.warning("state_dir changes take effect at the next start; still using %s", self.state_dir)
-            new = Desired(settings=self.desired.settings, services=new.services, path=new.path)
         self.desired = new
         if self.stop_event is not None:  # (running)
             self._follow_self()
@@ -203,6 +219,72 @@ class Daemon:
         except Exception:  # noqa: BLE001 - e.g. out of inotify watches: run without following
             log.exception("cannot follow the files and folders of the new config")
         return new
+
+    def _refuse_state_dir(self, moved: Path, report: bool) -> None:
+        """The file names another ``state_dir`` than the one in use: refuse the whole save (the
+        lock, the socket, the records and the logs are in the old folder; moving them under
+        running services is not done), said once in one line and a ``config-error`` event, and
+        hold the new folder's lock and a second control socket there while the file names it,
+        so that a client reading the file still reaches this supervisor and a second
+        ``supervise`` on the file is refused (it would start every service a second time)."""
+        text = (f"{self.path}: [supervise] state_dir changed from {self.state_dir} to {moved} while "
+                f"supervise runs: state_dir changes need a restart of supervise; not applied, still using {self.state_dir}")
+        if text != self.last_error or report:
+            log.error("%s", text)
+            self.notifier.emit(EventType.CONFIG_ERROR, None, None, errors=[text])
+        self.last_error = text
+        self.moved_to = moved
+        self._hold_moved(moved)
+
+    def _hold_moved(self, moved: Path) -> None:
+        """Hold ``moved`` (the state dir the file names now): its lock and a control socket
+        answering as this supervisor; a folder held by another supervise is left alone (said)."""
+        if self.moved is not None and self.moved[0].state_dir == moved:
+            return
+        self._release_moved()
+        if self.stop_event is None or self.stop_event.is_set():
+            return  # (not running: nothing to answer with)
+        lock = StateLock(moved)
+        try:
+            lock.acquire()
+        except AlreadyRunning as exc:
+            log.error("the file's new state_dir is in use: %s; clients reading the file reach that one", exc)
+            return
+        except (OSError, safefs.UnsafeStateDir) as exc:
+            log.error("cannot hold the file's new state_dir %s: %s; clients reading the file will not find "
+                      "this supervise (state in %s)", moved, exc, self.state_dir)
+            return
+        server = ControlServer(socket_path(moved), self.handlers())
+        self.moved = (lock, server)
+
+        async def listen() -> None:
+            try:
+                await server.start()
+            except (OSError, safefs.UnsafeStateDir) as exc:
+                log.error("cannot listen at %s: %s; clients reading the file will not find this supervise "
+                          "(state in %s)", server.path, exc, self.state_dir)
+                return
+            log.warning("listening at %s too, until state_dir is put back or supervise restarts", server.path)
+
+        self.engine.spawn(listen())
+
+    def _release_moved(self) -> None:
+        """Let go of the folder held by :meth:`_hold_moved` (the file names ours again, or we stop)."""
+        if self.moved is None:
+            return
+        lock, server = self.moved
+        self.moved = None
+
+        async def close() -> None:
+            try:
+                await server.close()
+            finally:
+                lock.release()
+
+        try:
+            asyncio.get_running_loop().create_task(close())
+        except RuntimeError:  # no loop: nothing listens
+            lock.release()
 
     def _watch(self, desired: Desired) -> None:
         if self.file_watcher is not None:
@@ -286,6 +368,9 @@ class Daemon:
         async with self.upgrading:
             if self._stopping():
                 return {"ok": False, "error": "supervise is stopping", "code": Code.UPGRADE_FAILED}
+            if self.moved_to is not None:  # the new version would start afresh there, beside these
+                return {"ok": False, "error": f"{self.path} names state_dir {self.moved_to}, not {self.state_dir}: "
+                        "state_dir changes need a restart of supervise", "code": Code.UPGRADE_FAILED}
             spec = self.desired.settings.self_source
             if spec is None:
                 return {"ok": False, "error": f"{self.path}: no [supervise] self = {{ git = ... }} or "
@@ -508,6 +593,11 @@ class Daemon:
         self.file_watcher.stop()
         await self.engine.close(detach=self.detaching)
         self.notifier.close()  # event streams end after the last event, before their connection
+        if self.moved is not None:
+            lock, server = self.moved
+            self.moved = None
+            await server.close()
+            lock.release()
         if self.exec_plan is not None or self.handover.ready_fd is not None:  # to the next one, or back
             self.control_fd = await self.control.hand_over()
         else:

@@ -83,6 +83,9 @@ class Reconciler:
         #: Git fetches (and the builds after them) run as tasks of their own, not held by a
         #: pass (the daemon, whose run loop picks their results up; see _prepare_in_background).
         self.background_fetches = False
+        #: Replicas that hit their start limit under the previous supervisor stay failed
+        #: (the state record); False for a run once (`run --exit-when-done`): a fresh run.
+        self.keep_failed = True
         self.pending: dict[str, tuple[str, asyncio.Task, str | None]] = {}
 
     async def start(self) -> None:
@@ -257,7 +260,8 @@ class Reconciler:
                                source=SourceSpec(kind="path", path=alive[0][1].workdir, mode="in-place"),
                                stop_signal=record.stop_signal, stop_timeout=record.stop_timeout, replicas=0,
                                runtime=None if runtime == "local" else runtime)
-        if spec is None or (not alive and not record.held):
+        failed = bool(record.failed) and self.keep_failed
+        if spec is None or (not alive and not record.held and not failed):
             return 0
         controller = self.controllers.get(name) or self._controller(spec)
         self.controllers[name] = controller
@@ -274,6 +278,10 @@ class Reconciler:
             controller.restore_good(record)
             stale = wanted is None or item.fingerprint != current
             controller.adopt(index, handle, spec, artifact, item.started_at, item.restarts, stale)
+        if wanted is not None and record.rolled_back is not None:
+            controller.restore_rolled_back(record)
+        if wanted is not None and failed:
+            controller.restore_failed(record)
         return len(alive)
 
     def spawn_stop(self, executor: Executor, handle: Running, record: state.ServiceRecord) -> None:

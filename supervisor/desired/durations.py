@@ -99,3 +99,18 @@ def parse_size(value: object) -> int:
     if not size <= MAX_SIZE:
         raise ValueError(f"size must be at most {MAX_SIZE} bytes (1 PiB), got {_short(value)}")
     return int(size)
+
+
+def parse_since(value: str) -> float:
+    """A ``--since`` value as seconds back from now: a duration, ``"10m"``, or the same with a
+    minus, ``"-10m"``, as ``journalctl --since -10m`` writes "ten minutes ago" (both mean the
+    past; a since in the future means nothing). Raises ValueError (one line) as
+    :func:`parse_duration` does."""
+    text = value.strip()
+    inner = text[1:] if text.startswith("-") and len(text) > 1 else text
+    try:
+        return parse_duration(inner)
+    except ValueError as exc:
+        if inner is text:
+            raise
+        raise ValueError(str(exc).replace(_short(inner), _short(value))) from None

@@ -381,6 +381,10 @@ class Exit:
 
     code: int | None = None
     signal: int | None = None
+    #: Neither is known (a process we adopted is not our child: no wait status reaches us),
+    #: but we stopped it: the last signal we sent (``stop_signal``, or SIGKILL after
+    #: ``stop_timeout``). ``str()`` then says ``"stopped by supervise (SIGTERM)"``.
+    stopped_by: int | None = None
 
     @property
     def success(self) -> bool:
@@ -389,16 +393,21 @@ class Exit:
 
     def __str__(self) -> str:
         if self.signal is not None:
-            import signal as _signal
-
-            try:
-                name = _signal.Signals(self.signal).name
-            except ValueError:
-                name = "?"
-            return f"signal {self.signal} ({name})"
+            return f"signal {self.signal} ({_signal_name(self.signal)})"
         if self.code is None:
+            if self.stopped_by is not None:
+                return f"stopped by supervise ({_signal_name(self.stopped_by)})"
             return "unknown"
         return f"exit {self.code}"
+
+
+def _signal_name(number: int) -> str:
+    import signal as _signal
+
+    try:
+        return _signal.Signals(number).name
+    except ValueError:
+        return "?"
 
 
 @dataclass(frozen=True)
@@ -417,6 +426,7 @@ class ReplicaObserved:
     message: str = ""  # why it is in its phase (waiting for, restart in, start limit hit, ...)
     running: bool = False  # a process (or container) of it is held, even while it is stopped
     good: bool = False  # its version proved itself (ready for good_after s without a crash)
+    unknown: str = ""  # why its state cannot be observed now (a cluster out of reach); "" when it can
 
 
 @dataclass(frozen=True)

@@ -469,7 +469,7 @@ def adopt(loop: asyncio.AbstractEventLoop, pid: int, create_time: float, instanc
     more than 10 ms: the pid was reused), or is not the process we recorded: it must carry
     ``instance`` (see :func:`identity_matches`). pid 0 and 1, our own pid and our own process
     group are never adopted. Its exit status cannot be known (not our child); the Exit then
-    has neither code nor signal.
+    has neither code nor signal (after our stop: :attr:`Exit.stopped_by`, the signal we sent).
     """
     if pid <= 1 or pid == os.getpid():
         return None
@@ -806,13 +806,16 @@ async def stop(handle: ProcessHandle, sig: int, timeout: float, reaper: Reaper |
 
     ``sig`` goes to the process group and to every descendant seen before the stop (some may
     have left the group with ``setsid``). Returns the leader's Exit (a SIGKILL shows as
-    ``signal 9``). Returns once the group, those descendants and the cgroup (if any) are empty;
+    ``signal 9``; for an adopted leader, not our child, whose status cannot be known: the
+    signal we sent last, :attr:`Exit.stopped_by`). Returns once the group, those descendants and the cgroup (if any) are empty;
     processes that survive SIGKILL for 5 s (uninterruptible sleep) are logged and left.
     """
     snapshot = handle.stop_snapshot
     if snapshot is None:
         snapshot = begin_stop(handle, sig, reaper)
+    sent = sig
     if not await _wait_empty(handle, snapshot, reaper, timeout):
+        sent = signal.SIGKILL
         _kill_everything(handle, snapshot)
         if not await _wait_empty(handle, snapshot, reaper, 5.0):
             left = [p.pid for p in snapshot if p.is_running()]
@@ -826,7 +829,10 @@ async def stop(handle: ProcessHandle, sig: int, timeout: float, reaper: Reaper |
         reaper.untrack_group(handle.pgid)
     if handle.cgroup is not None:
         cgroups.remove(handle.cgroup)
-    return handle.exited.result() if handle.exited.done() else Exit(signal=signal.SIGKILL)
+    exit = handle.exited.result() if handle.exited.done() else Exit(signal=signal.SIGKILL)
+    if exit.code is None and exit.signal is None:  # adopted, not our child: its status never reaches us
+        exit = Exit(stopped_by=sent)
+    return exit
 
 
 async def _wait_empty(handle: ProcessHandle, snapshot: list[psutil.Process], reaper: Reaper | None,

@@ -81,7 +81,6 @@ class Replica:
     due: dict[Timer, float] | None = None
     tasks: set[asyncio.Task] | None = None  # its checks' tasks (made by the first)
     previous: Launch | None = None  # the last good launch, while this new one is on probation
-    proven: bool = False  # stopped ahead of its restart (a dependency restarts) while proven good
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
     stop: asyncio.Future[Exit | None] | None = None  # the stop under way (or done): one per process
     spawning: asyncio.Task[None] | None = None  # the executor's start under way (a container is created)
@@ -173,6 +172,12 @@ class ServiceController:
         self._next_due: float | None = None  # no lazy deadline before this one (None: none armed)
         self.pinned: str | None = None  # the version `supervise rollback` pinned
         self.pinned_over: str | None = None  # the newest revision then, not deployed while pinned
+        #: Replicas that hit their start limit (by index), kept in the state record so they
+        #: stay failed across a supervisor restart (until the spec changes or a user start).
+        self.failed_marks: dict[int, state.Failure] = {}
+        #: The version (or config) the last automatic rollback took back, kept in the state
+        #: record while it holds (build_failed with its revision) so a restart does not retry it.
+        self.rolled_back: state.Failure | None = None
         self._persist_pending = False
         self._persisted: state.ServiceRecord | None = None  # the record last written
         self._persist_error = ""
@@ -189,14 +194,17 @@ class ServiceController:
         good = self.good_versions()
         replicas = {}
         failed = False
+        remote = self.executor.remote
         for i, r in self.replicas.items():
             state_, handle = r.state, r.handle
             failed = failed or state_.phase is Phase.FAILED
             version = r.launch.artifact.version
+            live = handle if handle is not None and handle.running else None
             replicas[i] = ReplicaObserved(  # positional, in field order
-                i, state_.phase, handle.pid if handle is not None and handle.running else None,
+                i, state_.phase, (live.pid or None) if live is not None else None,  # (0: a Deployment, no process here)
                 version, state_.restarts, state_.last_exit, state_.started_at, state_.stale,
-                state_.ready, state_.message, handle is not None, version in good)
+                state_.ready, state_.message, handle is not None, version in good,
+                self.executor.unobservable(live) if remote and live is not None else "")
         policy = Policy.of(self.spec)
         target = self.rollback_target(self.artifact)
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
@@ -375,6 +383,11 @@ class ServiceController:
             else:
                 self._run(replica, effect)
         if replica.state.phase is not before:
+            if replica.state.phase is Phase.FAILED and self.replicas.get(replica.index) is replica:
+                artifact = replica.launch.artifact
+                self.failed_marks[replica.index] = state.Failure(
+                    state.failed_key(replica.launch.fingerprint, self.spec), artifact.version, artifact.revision, str(artifact.workdir),
+                    replica.state.message)
             self._phase_changed()
         if spawn is not None:
             # The executor's start may wait on an engine (a container is created): it runs as
@@ -488,6 +501,8 @@ class ServiceController:
         if self.pinned is None:
             self.deploy_message = ""
         self.sink.policy = spec.log
+        if self.failed_marks.pop(index, None) is not None:
+            self.persist()
         old = self.replicas.get(index)
         if old is not None and (old.handle is not None or old.tasks or old.watcher):
             await self.stop_replica(index, reason)
@@ -541,14 +556,10 @@ class ServiceController:
     async def stop_for_dependency(self, indices: list[int], reason: str) -> None:
         """Stop replicas ``indices`` ahead of their restart, because a dependency of theirs is
         about to go down (``depends_on`` ... ``restart = true``); the plan's restart of each
-        starts it again. Whether each was proven good is kept, so the restart can still roll
+        starts it again. A replica that proved good is in :attr:`good` already (the ``Good``
+        effect; :meth:`settle` counts a deadline passed by now), so the restart can still roll
         back to it."""
         self.settle()
-        now = self.clock.monotonic()
-        for index in indices:
-            replica = self.replicas.get(index)
-            if replica is not None:
-                replica.proven = lifecycle.proven(self.policy(replica), replica.state, now)
         await asyncio.gather(*(self.stop_replica(i, reason) for i in indices))
 
     async def stop_replica(self, index: int, reason: str, remove: bool = False) -> Exit | None:
@@ -629,7 +640,7 @@ class ServiceController:
             return
         if not ok:
             await self._stop_process(candidate, f"new version {why}")
-            self._mark_rolled_back(index, artifact, old.launch.artifact, why)
+            self._mark_rolled_back(index, artifact, old.launch.artifact, why, spec)
             return
         self.replicas[index] = candidate
         self.spec, self.artifact = spec, artifact
@@ -643,7 +654,7 @@ class ServiceController:
         if target is None:
             return
         replica.previous = None
-        self._mark_rolled_back(replica.index, replica.launch.artifact, target.artifact, why)
+        self._mark_rolled_back(replica.index, replica.launch.artifact, target.artifact, why, replica.launch.spec)
 
         async def put_back() -> None:
             await self._stop_process(replica, f"rolling back: {why}")
@@ -657,7 +668,9 @@ class ServiceController:
 
         self._background(put_back())
 
-    def _mark_rolled_back(self, index: int, bad: Artifact, good: Artifact, why: str) -> None:
+    def _mark_rolled_back(self, index: int, bad: Artifact, good: Artifact, why: str, spec: ServiceSpec) -> None:
+        """``bad`` (started from ``spec``) was rolled back to ``good``: not deployed again
+        until the file or the source changes, across a supervisor restart too (the record)."""
         self.build_failed = True  # "the newest version could not be deployed": not retried
         self.failed_revision = bad.revision
         if bad.version != good.version:
@@ -665,6 +678,8 @@ class ServiceController:
         else:
             message = f"rolled back to the previous config (same version {good.version}): {why}"
         self.deploy_message = message
+        self.rolled_back = state.Failure(state.fingerprint(spec), bad.version, bad.revision, str(bad.workdir), message)
+        self.persist()
         self.sink.note(f"{self.name}[{index}] {message}")
         self.notifier.emit(EventType.ROLLED_BACK, self.name, good.version, replica=index, reason=why,
                            bad_version=bad.version)
@@ -757,6 +772,7 @@ class ServiceController:
         failed), so the next plan starts them afresh with a clean start limit."""
         self.held = False
         self.build_failed = self.pinned is not None  # a pin outlives a user start or restart
+        self.failed_marks.clear()  # systemd's reset-failed: a start begins a fresh start limit
         self.persist()
         for index, replica in list(self.replicas.items()):
             if replica.handle is None:  # stopped, exited, failed, in backoff or pending
@@ -863,6 +879,40 @@ class ServiceController:
         self._feed(replica, Adopted(handle.pid, started_at, restarts, stale))
         self._watch_checks(replica, handle, replica_env(self.name, spec.environment, index, user=spec.user))
 
+    def restore_rolled_back(self, record: state.ServiceRecord) -> None:
+        """The version (or config) an automatic rollback under a previous supervisor took back
+        is not deployed again while the service is unchanged in the file: the plan leaves the
+        adopted good replicas alone until the file or the source changes (README, "Safe updates")."""
+        mark = record.still_rolled_back(state.fingerprint(self.spec))
+        if mark is None or self.build_failed or not self.replicas:
+            return
+        self.build_failed = True
+        self.failed_revision = mark.revision
+        self.deploy_message = mark.message
+        self.rolled_back = mark
+        self.sink.note(f"{self.name}: {mark.message} (before the supervisor restarted): not deployed again "
+                       "until the file or the source changes")
+        self.changed()
+
+    def restore_failed(self, record: state.ServiceRecord) -> None:
+        """Replicas that hit their start limit under a previous supervisor, with the spec the
+        file still has, stay ``failed`` (no start) until the spec changes or a user start
+        (:meth:`ServiceRecord.still_failed <supervisor.observe.state.ServiceRecord.still_failed>`)."""
+        for index, mark in sorted(record.still_failed(state.failed_key(state.fingerprint(self.spec), self.spec), self.spec.slots).items()):
+            if index in self.replicas:
+                continue
+            artifact = Artifact(workdir=Path(mark.workdir or "."), version=mark.version, revision=mark.revision)
+            message = mark.message or "start limit hit"
+            replica = Replica(index=index, launch=Launch(self.spec, artifact),
+                              state=ReplicaState(index=index, phase=Phase.FAILED, message=message))
+            self.replicas[index] = replica
+            self.failed_marks[index] = mark
+            if self.artifact is None and mark.version:
+                self.artifact = artifact
+            self.sink.note(f"{self._label(index)} still failed from before the supervisor restarted "
+                           f"({message}); `supervise start {self.name}` tries again")
+        self.changed()
+
     def _label(self, index: int) -> str:
         return replica_label(self.name, self.spec.replicas, index)
 
@@ -952,14 +1002,19 @@ class ServiceController:
                 fingerprint=replica.launch.fingerprint, runtime=self.executor.name,
                 handle=self.executor.record(handle))
         good = tuple((g.artifact.version, g.artifact.revision, str(g.artifact.workdir)) for g in self._good)
+        failed = {i: f for i, f in self.failed_marks.items() if i < self.spec.slots}
+        rolled_back = self.rolled_back
+        if rolled_back is not None and not (self.build_failed and self.failed_revision == rolled_back.revision):
+            rolled_back = self.rolled_back = None  # deployed since, or a user start: it holds no more
         record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
                                      command=tuple(self.spec.command), stop_signal=self.spec.stop_signal,
                                      stop_timeout=self.spec.stop_timeout, good=good, pinned=self.pinned or "",
-                                     pinned_over=(self.pinned_over or "") if self.pinned else "")
+                                     pinned_over=(self.pinned_over or "") if self.pinned else "", failed=failed,
+                                     rolled_back=rolled_back)
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
         try:
-            if not replicas and not self.held:
+            if not replicas and not self.held and not failed:
                 # Nothing to adopt and no hold: no file, which every reader takes for exactly
                 # that (an unlink costs a tenth of a new file: a stop of 2,000 wrote 2,000 files)
                 state.remove(self.state_dir, self.name)

@@ -109,6 +109,35 @@ class ReplicaRecord:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """What failed, kept so that a later supervisor does not try it again: a replica that hit
+    its start limit (phase ``failed``), or a new version (or config) rolled back. ``fingerprint``
+    is the key of the spec it failed with (:func:`failed_key` for a start limit,
+    :func:`fingerprint` for a rollback; a changed spec tries again, as a changed unit clears
+    systemd's ``failed``), ``version``, ``revision`` and ``workdir`` what it ran, ``message`` why."""
+
+    fingerprint: str
+    version: str = ""
+    revision: str = ""
+    workdir: str = ""
+    message: str = ""
+
+    @classmethod
+    def from_dict(cls, data: object) -> "Failure":
+        """Parse one entry of a record's ``failed``. Raises :class:`RecordError`."""
+        if not isinstance(data, dict):
+            raise RecordError(f"a failed entry must be a JSON object, got {type(data).__name__}")
+        fields = {key: _text(data, key, "") for key in ("fingerprint", "version", "revision", "workdir", "message")}
+        if not fields["fingerprint"] or "\0" in fields["workdir"]:
+            raise RecordError("failed: no fingerprint, or a NUL in workdir")
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"fingerprint": self.fingerprint, "version": self.version, "revision": self.revision,
+                "workdir": self.workdir, "message": self.message[:500]}
+
+
+@dataclass(frozen=True)
 class ServiceRecord:
     """``STATE_DIR/state/NAME.json``: a service's replicas (by index), whether a user stop
     holds it, and what is needed to stop replicas of a service no longer in the file
@@ -117,7 +146,11 @@ class ServiceRecord:
     never adopted. ``good`` holds the versions that proved good (oldest first), each as
     ``(version, revision, workdir)``, so a later supervisor still knows what to roll back to;
     ``pinned`` the version ``supervise rollback`` pinned ("" when none) and ``pinned_over`` the
-    newest revision the source showed then (not deployed again while the pin holds)."""
+    newest revision the source showed then (not deployed again while the pin holds);
+    ``failed`` the replicas (by index) that hit their start limit, so that they stay failed
+    across a supervisor restart while the spec is unchanged (:meth:`still_failed`);
+    ``rolled_back`` the version an automatic rollback took back (not deployed again until the
+    file or the source changes: :meth:`still_rolled_back`)."""
 
     service: str
     held: bool = False
@@ -129,6 +162,21 @@ class ServiceRecord:
     good: tuple[tuple[str, str, str], ...] = ()
     pinned: str = ""
     pinned_over: str = ""
+    failed: Mapping[int, Failure] = field(default_factory=dict)
+    rolled_back: Failure | None = None
+
+    def still_rolled_back(self, fingerprint: str) -> Failure | None:
+        """The rolled-back version, if the service's spec (:func:`fingerprint`) is still the
+        one it failed with: a changed service in the file deploys again, as while running."""
+        mark = self.rolled_back
+        return mark if mark is not None and mark.fingerprint == fingerprint else None
+
+    def still_failed(self, fingerprint: str, slots: int) -> dict[int, Failure]:
+        """The replicas that stay failed for a service whose spec now has ``fingerprint``
+        (:func:`failed_key`) and
+        ``slots`` replicas: those that failed with that very spec (systemd keeps a unit
+        ``failed`` until ``reset-failed`` or a changed unit), within the replica count."""
+        return {i: f for i, f in self.failed.items() if f.fingerprint == fingerprint and i < slots}
 
     @classmethod
     def from_dict(cls, data: object, name: str = "") -> "ServiceRecord":
@@ -171,8 +219,22 @@ class ServiceRecord:
                 good.append((item[0], item[1], item[2]))
         pinned = data.get("pinned") or ""
         pinned_over = data.get("pinned_over") or ""
+        failed: dict[int, Failure] = {}
+        raw_failed = data.get("failed") or {}
+        for key, item in raw_failed.items() if isinstance(raw_failed, dict) else ():  # older records have none
+            try:
+                if isinstance(key, str) and key.isdigit() and len(key) < 7:
+                    failed[int(key)] = Failure.from_dict(item)
+            except RecordError:
+                continue  # (a bad entry: that replica starts, as before failures were recorded)
+        rolled_back: Failure | None = None
+        if data.get("rolled_back") is not None:
+            try:
+                rolled_back = Failure.from_dict(data["rolled_back"])
+            except RecordError:
+                pass  # (a bad entry: the newest version may be tried again, as before it was recorded)
         return cls(service=service, held=held, replicas=replicas, command=tuple(command), stop_signal=stop_signal,
-                   stop_timeout=stop_timeout, invalid=invalid, good=tuple(good),
+                   stop_timeout=stop_timeout, invalid=invalid, good=tuple(good), failed=failed, rolled_back=rolled_back,
                    pinned=pinned if isinstance(pinned, str) else "",
                    pinned_over=pinned_over if isinstance(pinned_over, str) and isinstance(pinned, str) else "")
 
@@ -182,7 +244,9 @@ class ServiceRecord:
                 "replicas": {str(i): r.to_dict() for i, r in sorted(self.replicas.items())},
                 "command": list(self.command), "stop_signal": self.stop_signal, "stop_timeout": self.stop_timeout,
                 **({"good": [list(g) for g in self.good]} if self.good else {}),
-                **({"pinned": self.pinned, "pinned_over": self.pinned_over} if self.pinned else {})}
+                **({"pinned": self.pinned, "pinned_over": self.pinned_over} if self.pinned else {}),
+                **({"failed": {str(i): f.to_dict() for i, f in sorted(self.failed.items())}} if self.failed else {}),
+                **({"rolled_back": self.rolled_back.to_dict()} if self.rolled_back is not None else {})}
 
 
 #: Fingerprinted only when set (they came after the format; see :func:`fingerprint`).
@@ -210,6 +274,15 @@ def fingerprint(spec: ServiceSpec) -> str:
                      if value.kind == "image" else str(value.path))
         data[name] = value
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def failed_key(launched: str, spec: ServiceSpec) -> str:
+    """What a start-limit failure is kept for: ``launched`` (:func:`fingerprint` of the spec
+    the processes were made of) with the restart policy, backoff and start limit of ``spec``.
+    A change of any of them starts the service again, as it does while the supervisor runs
+    (the plan retries a failed service on any change of its spec)."""
+    pacing = repr((spec.restart.value, spec.backoff, spec.start_limit))
+    return hashlib.sha256(f"{launched} {pacing}".encode()).hexdigest()
 
 
 def folder_of(state_dir: Path) -> Path:

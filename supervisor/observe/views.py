@@ -40,6 +40,11 @@ def reached(obs: ServiceObserved, condition: Condition) -> bool | None:
     return all(r.phase in UP or (r.phase is Phase.EXITED and r.started_at is not None) for r in replicas)
 
 
+#: The phase a status row shows for a replica whose state cannot be observed now (a cluster
+#: out of reach): not a life-cycle phase, what is known of it (Kubernetes' ``Unknown``).
+UNKNOWN = "unknown"
+
+
 def status_rows(observed: Observed, names: Iterable[str], now: float,
                 listed: Iterable[str] = ()) -> list[dict[str, Any]]:
     """One row per replica (one per service with none), for the services in ``names`` (all
@@ -79,6 +84,14 @@ def status_rows(observed: Observed, names: Iterable[str], now: float,
                          "message": "; ".join(filter(None, (progress, obs.message))) or ("replicas = 0" if not desired else "")})
         for index, replica in sorted(obs.replicas.items()):
             up = replica.phase in UP and replica.started_at is not None
+            if replica.unknown:  # what it does cannot be seen now: not "running" (Kubernetes: Unknown)
+                rows.append({
+                    **rule, "good": replica.good, "service": name, "replica": index, "phase": UNKNOWN,
+                    "pid": None, "version": replica.version, "uptime": None, "restarts": replica.restarts,
+                    "last_exit": str(replica.last_exit) if replica.last_exit else None, "ready": False,
+                    "held": obs.held, "desired": desired, "message": replica.unknown,
+                    "log_error": obs.log_error or None})
+                continue
             rows.append({
                 **rule, "good": replica.good,
                 "service": name, "replica": index, "phase": replica.phase.value, "pid": replica.pid,

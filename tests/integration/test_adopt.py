@@ -301,3 +301,35 @@ def test_every_replica_is_reported_stopping_and_stopped_at_a_stop_after_an_adopt
             assert not missing, f"no {word} line for {sorted(missing)}:\n{text}"
     finally:
         end_all(first, second, pids.values())
+
+
+def test_stopping_an_adopted_replica_says_who_stopped_it(tmp_path):
+    """An adopted replica is not our child: its wait status never reaches us (no waitid, no
+    SIGCHLD). Its last exit after a stop is then what we know: stopped by supervise, with the
+    signal we sent (the stop signal, or SIGKILL past stop_timeout), not "unknown"."""
+    stubborn = "import signal, time\\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\\ntime.sleep(300)"
+    path = write(tmp_path / "services.toml", f"""
+[services.calm]
+command = ["{PY}", "-c", "import time; time.sleep(300)"]
+[services.stubborn]
+command = ["{PY}", "-c", "{stubborn}"]
+stop_timeout = "300ms"
+""")
+    out = tmp_path / "out.txt"
+    first = start(path, out)
+    second = None
+    pids: dict[str, int] = {}
+    try:
+        pids = wait_until(lambda: running_pids(path, 2), timeout=30)
+        first.kill()
+        first.wait(timeout=10)
+        second = start(path, out)
+        assert wait_until(lambda: running_pids(path, 2), timeout=30) == pids  # adopted
+        stopped = subprocess.run([PY, "-m", "supervisor", "stop", "calm", "stubborn", "--config", str(path)],
+                                 capture_output=True, text=True, timeout=30)
+        assert stopped.returncode == 0, stopped.stderr
+        rows = {r["service"]: r for r in status(path)}
+        assert rows["calm"]["last_exit"] == "stopped by supervise (SIGTERM)", rows["calm"]
+        assert rows["stubborn"]["last_exit"] == "stopped by supervise (SIGKILL)", rows["stubborn"]
+    finally:
+        end_all(first, second, pids.values())

@@ -167,3 +167,16 @@ def start_loose(path: Path, tmp_path: Path, name: str) -> subprocess.Popen:
 
     wait_until(lambda: cli(path, "status", name).returncode == 0, timeout=30, message=f"{name} running")
     return proc
+
+
+def test_since_takes_a_minus_and_a_bad_value_is_one_line(tmp_path):
+    """``events --since -5m`` (journalctl's way to say five minutes ago) is taken, not an
+    argparse "expected one argument"; a bad value is one line, exit 2. No supervisor runs here:
+    the kept history is printed (none) and the exit status is 1."""
+    path = write(tmp_path / "services.toml", f"[services.a]\ncommand = {SERVER}\n")
+    for args in (["events", "--since", "-5m"], ["logs", "--since", "-5m"]):
+        taken = cli(path, *args)
+        assert "expected one argument" not in taken.stderr and "usage:" not in taken.stderr, taken.stderr
+        assert taken.returncode == (1 if args[0] == "events" else 0), taken.stderr
+    bad = cli(path, "events", "--since", "-5x")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "'-5x'" in bad.stderr, bad.stderr

@@ -16,7 +16,9 @@ from conftest import free_port, http_get, wait_until
 from integration.harness import PY, Stack
 from kube_double import ApiDouble
 
+from supervisor.control.verbs.status import as_asked
 from supervisor.desired import config
+from supervisor.observe import views
 from supervisor.desired.config import ConfigError
 from supervisor.desired.model import Phase
 
@@ -67,11 +69,19 @@ def test_an_unreachable_cluster_is_retried_and_reported_once_while_local_service
             # retried with backoff (1 s, then 2 s): at least two attempts, one report
             await stack.until(lambda: len(double.requests) >= 2, timeout=10, message="a retry")
             assert len(stack.of_type("cluster-unreachable")) == 1
-            assert stack.phase("web") is Phase.RUNNING and stack.phase("local") is Phase.READY
+            assert stack.phase("local") is Phase.READY
             assert stack.pid("local") == pid
+            # what the Deployment does is not known: status says so (not "running", pid 0) and exits 3
+            rows = views.status_rows(stack.r.observe(), [], 0.0)
+            web = [(r["phase"], r["pid"], r["message"]) for r in rows if r["service"] == "web"]
+            assert web == [("unknown", None, "cluster unreachable: state unknown (retrying)")], web
+            assert not as_asked(rows) and as_asked([r for r in rows if r["service"] == "local"])
 
             double.down = False  # the cluster is back: applied, rolled out, reported once
             await stack.until(lambda: stack.phase("web") is Phase.READY, timeout=15, message="web to be ready")
+            rows = views.status_rows(stack.r.observe(), [], 0.0)
+            assert [(r["phase"], r["pid"]) for r in rows if r["service"] == "web"] == [("ready", None)]
+            assert as_asked(rows)
             assert image_of(double) == "registry.example/web:1"
             assert double.get("deployments", "web")["spec"]["replicas"] == 2
             assert double.get("services", "web") is not None

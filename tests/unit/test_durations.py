@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from supervisor.desired.durations import format_duration, parse_duration
+from supervisor.cli import join_dashed_values
+from supervisor.desired.durations import format_duration, parse_duration, parse_since
 
 PARSE = [
     ("500ms", 0.5),
@@ -94,3 +95,28 @@ def test_format(seconds, expected):
 @pytest.mark.parametrize("seconds", [1, 10, 59, 60, 90, 184, 3599])
 def test_format_parses_back(seconds):
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("value, expected", [("5m", 300.0), ("-5m", 300.0), (" -1h30m", 5400.0), ("-0.5s", 0.5)])
+def test_since_takes_a_duration_with_or_without_a_minus(value, expected):
+    """``--since -5m`` means five minutes ago, as journalctl writes it; ``5m`` the same."""
+    assert parse_since(value) == expected
+
+
+@pytest.mark.parametrize("value", ["-", "--5m", "-5x", "5x"])
+def test_a_bad_since_is_one_line_naming_the_value_as_given(value):
+    with pytest.raises(ValueError) as error:
+        parse_since(value)
+    assert "\n" not in str(error.value) and repr(value.strip()) in str(error.value)
+
+
+@pytest.mark.parametrize("argv, joined", [
+    (["events", "--since", "-5m"], ["events", "--since=-5m"]),
+    (["logs", "-f", "--since", "-.5s", "api"], ["logs", "-f", "--since=-.5s", "api"]),
+    (["events", "--since", "5m"], ["events", "--since", "5m"]),            # nothing to join
+    (["events", "--since", "-c", "x.toml"], ["events", "--since", "-c", "x.toml"]),  # an option, left to argparse
+    (["exec", "api", "--", "tool", "--since", "-5m"], ["exec", "api", "--", "tool", "--since", "-5m"]),
+    (["events", "--since"], ["events", "--since"]),
+])
+def test_a_dashed_since_value_is_joined_to_its_option(argv, joined):
+    assert join_dashed_values(argv) == joined

@@ -2,13 +2,14 @@
 format older supervise versions wrote (an upgrade adopts what they left)."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from supervisor.observe import state
 from supervisor.execute.executors.local import ProcessRecord
-from supervisor.desired.model import Check
+from supervisor.desired.model import Backoff, Check, ServiceSpec, SourceSpec, StartLimit
 
 #: A record as supervise wrote it before the typed records (and still writes it).
 OLDER = {"service": "api", "held": False, "replicas": {"0": {
@@ -76,3 +77,52 @@ def test_checks_are_typed_and_keep_their_table():
                 {"kind": "http", "http": "http://a/", "interval": "1s"}):
         with pytest.raises(ValueError):
             Check.of(bad)
+
+
+
+def failed_spec(**changes):
+    spec = ServiceSpec(name="api", command=("app",), source=SourceSpec(kind="path", path=Path("/app")), replicas=2,
+                       start_limit=StartLimit(burst=3, interval=60.0))
+    return replace(spec, **changes)
+
+
+def failed_key_of(spec) -> str:
+    return state.failed_key(state.fingerprint(spec), spec)
+
+
+@pytest.mark.parametrize("now, slots, kept", [
+    ({}, 2, [0]),                                                # the very spec it failed with: still failed
+    ({"command": ("app", "-v")}, 2, []),                        # what the processes are made of changed
+    ({"environment": {"A": "1"}}, 2, []),
+    ({"start_limit": StartLimit(burst=4, interval=60.0)}, 2, []),  # its start limit (as while running)
+    ({"backoff": Backoff(initial=2.0)}, 2, []),
+    ({"replicas": 0}, 0, []),                                    # scaled to zero: nothing to keep failed
+])
+def test_a_start_limit_failure_is_kept_for_the_same_spec_only(now, slots, kept):
+    """systemd: a unit stays failed until reset-failed or a changed unit (a user start clears it
+    in the driver). The record keeps it across a supervisor restart; ``still_failed`` decides."""
+    mark = state.Failure(failed_key_of(failed_spec()), "v1", "r1", "/s/v1", "start limit hit: 3 starts in 60s")
+    record = state.ServiceRecord(service="api", failed={0: mark, 5: mark})
+    again = state.ServiceRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert again == record  # written and read back as is
+    assert sorted(again.still_failed(failed_key_of(failed_spec(**now)), slots)) == kept
+
+
+def test_bad_failed_entries_are_dropped_and_older_records_have_none():
+    assert state.ServiceRecord.from_dict(OLDER).failed == {}
+    record = state.ServiceRecord.from_dict({"service": "api", "failed": {"0": {"version": "v"}, "x": {}, "1": 3}})
+    assert record.failed == {}
+
+
+@pytest.mark.parametrize("now, kept", [
+    ({}, True),                                  # the file still has the spec the version failed with
+    ({"command": ("app", "-v")}, False),         # the service changed in the file: deployed again
+    ({"start_limit": StartLimit(burst=4, interval=60.0)}, True),  # settings applied in place: no redeploy
+])
+def test_a_rollback_is_kept_for_the_same_spec_only(now, kept):
+    mark = state.Failure(state.fingerprint(failed_spec()), "r2-b", "r2", "/s/r2", "rolled back r2-b -> r1-b: crashed")
+    record = state.ServiceRecord(service="api", rolled_back=mark)
+    again = state.ServiceRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert again == record
+    assert (again.still_rolled_back(state.fingerprint(failed_spec(**now))) is not None) is kept
+    assert state.ServiceRecord.from_dict({"service": "api", "rolled_back": {"version": "v"}}).rolled_back is None

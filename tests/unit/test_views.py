@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from supervisor.control.verbs.status import as_asked
 from supervisor.observe import views
 from supervisor.desired.model import (
     Condition, Exit, Observed, Phase, ReplicaObserved, ServiceObserved, ServiceSpec, SourceSpec,
@@ -27,6 +31,23 @@ def test_status_rows_are_computed_from_observed_alone():
     assert [(r["replica"], r["phase"], r["uptime"], r["ready"], r["message"]) for r in rows] == [
         (0, "running", 10.0, True, "rolled back"), (1, "starting", None, False, "rolled back")]
     assert views.status_rows(observed, ["other"], now=0.0) == []
+
+
+@pytest.mark.parametrize("replica, phase, pid, ok", [
+    (up(0), "running", 100, True),
+    (up(0, phase=Phase.READY), "ready", 100, True),
+    (replace(up(0), unknown="cluster unreachable: state unknown (retrying)"), "unknown", None, False),
+    (replace(up(0), phase=Phase.BACKOFF, pid=None), "backoff", None, False),
+    (replace(up(0), phase=Phase.EXITED, pid=None, last_exit=Exit(code=0)), "exited", None, True),
+])
+def test_a_replica_that_cannot_be_observed_is_unknown_and_not_as_asked(replica, phase, pid, ok):
+    """A Deployment whose cluster is out of reach is not "running" (what it last was): its row
+    says unknown and why, with no pid, and ``status`` exits 3 (README's exit codes)."""
+    (row,) = views.status_rows(Observed({"api": service(replica)}), [], now=1010.0)
+    assert (row["phase"], row["pid"]) == (phase, pid)
+    assert as_asked([row]) is ok
+    if phase == "unknown":
+        assert row["message"].startswith("cluster unreachable") and not row["ready"]
 
 
 def test_a_service_without_replicas_is_one_row():
@@ -75,3 +96,14 @@ def test_a_service_the_engine_has_not_taken_up_yet_is_pending():
         ("worker", "pending", "not started yet"), ("api", "running", "")]
     assert views.status_rows(observed, ["api"], now=0.0, listed=["api", "worker"])[0]["service"] == "api"
     assert [r["service"] for r in views.status_rows(Observed({}), ["worker"], 0.0, ["api", "worker"])] == ["worker"]
+
+
+@pytest.mark.parametrize("exit, text", [
+    (Exit(code=3), "exit 3"),
+    (Exit(signal=9), "signal 9 (SIGKILL)"),
+    (Exit(), "unknown"),                                       # adopted, died by itself: nothing known
+    (Exit(stopped_by=15), "stopped by supervise (SIGTERM)"),   # adopted, stopped by us: what we sent
+    (Exit(stopped_by=9), "stopped by supervise (SIGKILL)"),
+])
+def test_an_exit_says_what_is_known_of_it(exit, text):
+    assert str(exit) == text

@@ -28,12 +28,12 @@ def since_of(args: argparse.Namespace) -> float | None:
     """``--since DURATION`` as seconds since the epoch (None without it). Raises CliError (2)."""
     import time
 
-    from ...desired.durations import parse_duration
+    from ...desired.durations import parse_since
 
     if getattr(args, "since", None) is None:
         return None
     try:
-        return time.time() - parse_duration(args.since)
+        return time.time() - parse_since(args.since)
     except ValueError as exc:
         raise CliError(f"--since: {exc}", EXIT_USAGE) from None
 

@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     from ...daemon import Daemon
 
 
+def as_asked(rows: list[dict[str, Any]]) -> bool:
+    """Whether every status row is as the file asks (``status`` exits 0, else 3): running or
+    ready; a service scaled to zero with nothing of it running; a replica that exited 0 and
+    stays exited (restart "never" or "on-failure": a one-shot such as a Procfile's release
+    that completed, what depends_on "completed" waits for). A replica whose state cannot be
+    observed (phase ``unknown``: its cluster is out of reach) is not."""
+    return all(row["phase"] in ("running", "ready") or (row.get("desired") == 0 and row["replica"] is None)
+               or (row["phase"] == "exited" and row.get("last_exit") == "exit 0")
+               for row in rows)
+
+
 class Status(Command):
     """Client: print the rows (or the reply as JSON); exit 0 when every row is up as asked,
     else 3. Server: the status rows of the services asked for (all with none) and the
@@ -45,13 +56,7 @@ class Status(Command):
             print(json.dumps(reply, indent=2))
         else:
             print_status(rows, rules=True)
-        # As asked: running or ready; a service scaled to zero with nothing of it running; a
-        # replica that exited 0 and stays exited (restart "never" or "on-failure": a one-shot
-        # such as a Procfile's release that completed, what depends_on "completed" waits for).
-        up = all(row["phase"] in ("running", "ready") or (row.get("desired") == 0 and row["replica"] is None)
-                 or (row["phase"] == "exited" and row.get("last_exit") == "exit 0")
-                 for row in rows)
-        return EXIT_OK if up else EXIT_NOT_RUNNING
+        return EXIT_OK if as_asked(rows) else EXIT_NOT_RUNNING
 
     async def handle(self, daemon: Daemon, request: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
         from ... import __version__

@@ -71,6 +71,15 @@ class Executor(abc.ABC):
 
     #: The name ``runtime`` keys use for this executor.
     name: str = ""
+    #: True when its replicas are observed through something that may be out of reach (a
+    #: cluster's API): :meth:`unobservable` is asked then, at every observation.
+    remote: bool = False
+
+    def unobservable(self, running: Running) -> str:
+        """Why the state of ``running`` cannot be observed now, in a few words ("" when it
+        can): status then shows the replica as ``unknown``, not as what it last was
+        (Kubernetes shows a node it cannot reach as ``Unknown``). Asked only when :attr:`remote`."""
+        return ""
 
     @abc.abstractmethod
     async def open(self) -> None:

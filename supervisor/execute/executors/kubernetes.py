@@ -78,6 +78,7 @@ class KubeExecutor(Executor):
     events go to ``notifier``; ``clock`` is monotonic seconds (the rollout deadlines)."""
 
     name = "kubernetes"
+    remote = True
 
     def __init__(self, state_dir: Path, logs_: LogRegistry, notifier: Notifier, desired: Callable[[], Desired],
                  clock: Callable[[], float] = time.monotonic):
@@ -297,6 +298,15 @@ class KubeExecutor(Executor):
 
     def alive(self, running: Running) -> bool:
         return _handle(running).running
+
+    def unobservable(self, running: Running) -> str:
+        """While the cluster cannot be reached (or configured), what the Deployment does is
+        not known here: "cluster unreachable" (retried with backoff, see the module doc)."""
+        reach = self._reachability
+        if reach is None or (reach.down_since is None and self.converger is not None):
+            return ""
+        return "cluster unreachable: state unknown (retrying)" if reach.down_since is not None else \
+            "cluster not reached yet: state unknown"
 
     def signal(self, running: Running, sig: int) -> None:
         """Nothing to signal on this machine: the kubelet stops pods."""
