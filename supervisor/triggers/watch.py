@@ -115,8 +115,12 @@ class FileWatcher:
         self.observer.start()
 
     def set_files(self, files: Iterable[Path]) -> None:
-        """Watch exactly ``files`` from now on (the config and its env files)."""
-        self.files = {Path(os.path.abspath(f)) for f in files}
+        """Watch exactly ``files`` from now on (the config and its env files). A symlinked file
+        is watched at both ends: the link (a swap of it is a save) and the file it names (an
+        edit through the link is one too); called again after each reload, which follows a
+        swapped link to its new target."""
+        given = [Path(os.path.abspath(f)) for f in files]
+        self.files = {*given, *(Path(os.path.realpath(f)) for f in given)}
         wanted = {f.parent for f in self.files}
         for folder in set(self.watched_dirs) - wanted:
             self.observer.unschedule(self.watched_dirs.pop(folder))  # type: ignore[arg-type]

@@ -70,6 +70,36 @@ def test_each_kind_of_save_is_one_reload_and_touches_only_what_changed(tmp_path,
     run(body())
 
 
+@pytest.mark.parametrize("how", ["edit-through-the-link", "swap-the-link", "edit-the-new-target"])
+def test_a_symlinked_config_reloads_on_an_edit_through_it_and_on_a_swap(tmp_path, how):
+    """A user's report: ``services.toml -> releases/v2.toml`` edited in place through the link
+    was never noticed (only a swap of the link was). Both ends are watched, and after a swap
+    the new target is."""
+    releases = tmp_path / "releases"
+    releases.mkdir()
+    (releases / "v1.toml").write_text(config())
+    path = tmp_path / "services.toml"
+    path.symlink_to("releases/v1.toml")
+
+    async def body():
+        async with DaemonRun(path) as d:
+            a, b = await started(d)
+            if how == "edit-through-the-link":
+                path.write_text(config(flag="2"))
+            else:
+                (releases / "v2.toml").write_text(config(flag="2"))
+                link = tmp_path / ".services.toml.new"
+                link.symlink_to("releases/v2.toml")
+                os.replace(link, path)
+            a2 = await d.until(lambda: d.pid("a") not in (None, a) and d.pid("a"), message="a restarted")
+            if how == "edit-the-new-target":
+                (releases / "v2.toml").write_text(config(flag="3"))
+                await d.until(lambda: d.pid("a") not in (None, a, a2) and d.pid("a"), message="a restarted again")
+            assert d.pid("b") == b
+
+    run(body())
+
+
 def test_slow_chunked_write_never_applies_the_intermediate_state(tmp_path):
     path = tmp_path / "services.toml"
     path.write_text(config())
