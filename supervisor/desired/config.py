@@ -968,8 +968,9 @@ class _Validator:
         elif isinstance(table.get("build"), dict):
             implied = keys + ("build",)
         found: dict[str, tuple[str, ...]] = {"ports": (), "volumes": ()}
-        if implied is not None and implied[-1] == "build" and runtime == "kubernetes":
-            # on a cluster a Dockerfile build makes the image pushed to kubernetes.registry
+        if implied is not None and runtime == "kubernetes":
+            # on a cluster a Dockerfile build makes the image pushed to kubernetes.registry, and
+            # an image source is the pod's image: both are what Kubernetes runs anyway
             implied = None
         if implied is not None and runtime_key is not None and runtime != "container":
             self.error(runtime_key, f'an image source or a Dockerfile build runs as a container: runtime = "{runtime}" contradicts it')

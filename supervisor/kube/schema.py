@@ -25,7 +25,7 @@ of ``check``'s diagnostics. It never raises for a bad file.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -60,7 +60,8 @@ class Port:
 
 @dataclass(frozen=True)
 class KubeService:
-    """A service's ``kubernetes = { image, ports }`` (both optional)."""
+    """A service's ``kubernetes = { image, ports }`` (both optional); ``image`` defaults to
+    the service's ``source = { image = "..." }``."""
 
     image: str | None = None
     ports: tuple[Port, ...] = ()
@@ -135,6 +136,11 @@ def validate(data: Mapping[str, Any], error: Error) -> KubeConfig:
             continue
         keys = ("services", name)
         options = _service(keys + ("kubernetes",), service.get("kubernetes", {}), error)
+        source = service.get("source")
+        if options.image is None and isinstance(source, dict) and isinstance(source.get("image"), str):
+            # source = { image = "redis:7" }: on a cluster that image is the pod's (as its own
+            # kubernetes.image would say); a user's report had render refuse it
+            options = replace(options, image=source["image"])
         services[name] = options
         if not (on_cluster or service.get("runtime") == "kubernetes"):
             continue

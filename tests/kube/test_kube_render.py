@@ -169,6 +169,22 @@ def test_kubernetes_keys_are_checked_with_locations(tmp_path, body, where, messa
     assert message in text and f"services.toml:{where}" in text, text
 
 
+@pytest.mark.parametrize("head", [HEAD, ""], ids=["cluster-file", "one-service-on-a-cluster"])
+def test_an_image_source_is_the_pods_image(tmp_path, head):
+    """A user's report: ``source = { image = "redis:7" }`` was refused by render ("has no
+    image for Kubernetes"), and with ``runtime = "kubernetes"`` as contradictory."""
+    body = """
+    [services.cache]
+    source = { image = "docker.io/library/redis:7" }
+    command = ["redis-server"]
+    """ + ("" if head else 'runtime = "kubernetes"\n')
+    desired = load(tmp_path, body, head=head)
+    assert desired.kubernetes.image("cache") == "docker.io/library/redis:7"
+    if head:
+        _, cache = container(render(desired, versions={}).manifests, "cache")
+        assert cache["image"] == "docker.io/library/redis:7"
+
+
 def test_render_reports_what_cannot_be_mapped_when_the_file_runs_locally(tmp_path):
     desired = load(tmp_path, '[services.api]\ncommand = "x"\nuser = "www"\n', head="")
     with pytest.raises(RenderError) as error:
