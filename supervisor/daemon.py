@@ -418,7 +418,8 @@ class Daemon:
         self.history.open()
         self.notifier.seq = max(self.notifier.seq, self.history.last_seq)
         self.notifier.add_listener(self.history.write)
-        self.control = ControlServer(socket_path(self.state_dir), self.handlers(), inherited=self.handover.control)
+        self.control = ControlServer(socket_path(self.state_dir), self.handlers(), inherited=self.handover.control,
+                                     settle=self.engine.reconciler.records.flush)
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
         self._watch(self.desired)

@@ -530,7 +530,7 @@ def _marked_pids(needle: bytes) -> list[int]:
     a fifth of psutil's cost (a Process object and a parsed dict each): the start-up sweep
     reads every process on the machine, thousands on a busy one, before the first start.
     Candidates only: the caller checks each with psutil."""
-    pids = []
+    pids: list[int] = []
     inner = b"\0" + needle
     try:
         entries = os.listdir("/proc")
