@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, selfupdate
+from . import selfupdate
 from .desired import config
 from .execute import logs, procs
 from .observe import safefs
@@ -268,12 +268,12 @@ class Daemon:
                 return {"ok": False, "error": f"{self.path}: no [supervise] self = {{ git = ... }} or "
                         "{ pip = ... } to upgrade from", "code": Code.UPGRADE_FAILED}
             source = self.self_source = selfupdate.SelfSource(spec, self.state_dir)
-            current = selfupdate.label(__version__, self.revision)
+            current = selfupdate.label(_version(), self.revision)
             revision: str | None = None
             installed: str | None = None  # once installed, a failure is the version's: not tried again by the poll
             try:
                 revision = await asyncio.to_thread(source.latest)
-                if revision == self.revision or (spec.kind == "pip" and revision == __version__):
+                if revision == self.revision or (spec.kind == "pip" and revision == _version()):
                     return {"ok": True, "exec": False, "message": f"supervise {current} is the newest version"}
                 if revision in self.bad_revisions and not force:
                     return {"ok": True, "exec": False,
@@ -295,7 +295,7 @@ class Daemon:
             except OSError as exc:
                 log.warning("cannot prune old supervise installs: %s", exc)
             ident = os.urandom(8).hex()  # names this upgrade's outcome for the client that waits for it
-            mine = {"version": __version__, "revision": self.revision, "id": ident}
+            mine = {"version": _version(), "revision": self.revision, "id": ident}
             bad = sorted(self.bad_revisions)
             if self._stopping():  # a stop signal came during the install: no exec
                 return {"ok": False, "error": "supervise is stopping", "code": Code.UPGRADE_FAILED}
@@ -311,12 +311,12 @@ class Daemon:
         """Report a failed upgrade; ``revision`` (a version that failed its checks) is not tried
         again by the poll. A failed fetch or install (maybe the network) is retried at the next."""
         log.error("upgrade of supervise failed, %s keeps running: %s",
-                  selfupdate.label(__version__, self.revision), error)
+                  selfupdate.label(_version(), self.revision), error)
         if revision:
             self.bad_revisions.add(revision)
             selfupdate.save_failed(self.state_dir, self.bad_revisions)
         self.last_upgrade = {"ok": False, "error": error, "revision": revision}
-        self.notifier.emit(EventType.UPGRADE_FAILED, None, __version__, error=error)
+        self.notifier.emit(EventType.UPGRADE_FAILED, None, _version(), error=error)
         return {"ok": False, "error": error, "code": Code.UPGRADE_FAILED}
 
     def hand_over(self) -> None:
@@ -328,8 +328,8 @@ class Daemon:
         plan = self.exec_plan = self.pending_plan
         if plan is not None:
             plan.handover["paused_at"] = time.monotonic()
-            self.notifier.emit(EventType.UPGRADING, None, __version__, **{
-                "from": selfupdate.label(__version__, self.revision), "to": plan.label, "pid": os.getpid()})
+            self.notifier.emit(EventType.UPGRADING, None, _version(), **{
+                "from": selfupdate.label(_version(), self.revision), "to": plan.label, "pid": os.getpid()})
         if self.stop_event is not None:
             self.stop_event.set()
 
@@ -361,7 +361,7 @@ class Daemon:
         """After the exec: say from which version to which this supervise was upgraded, or
         (the old one back) why the new one failed."""
         came = self.handover.upgraded_from
-        now = selfupdate.label(__version__, self.revision)
+        now = selfupdate.label(_version(), self.revision)
         if came is not None:
             old = selfupdate.label(str(came.get("version")), came.get("revision"))
             figures = {}
@@ -375,7 +375,7 @@ class Daemon:
             if self.revision in self.bad_revisions:  # tried again by hand, and good this time
                 self.bad_revisions.discard(self.revision)
                 selfupdate.save_failed(self.state_dir, self.bad_revisions)
-            self.notifier.emit(EventType.UPGRADED, None, __version__, **{"from": old, "to": now}, **figures)
+            self.notifier.emit(EventType.UPGRADED, None, _version(), **{"from": old, "to": now}, **figures)
         failed = self.handover.failed
         if failed is not None:
             error = f"supervise {failed.get('to')} did not start: {failed.get('error') or 'unknown'}; {now} runs again"
@@ -384,7 +384,7 @@ class Daemon:
             if isinstance(failed.get("revision"), str):
                 self.bad_revisions.add(failed["revision"])
                 selfupdate.save_failed(self.state_dir, self.bad_revisions)
-            self.notifier.emit(EventType.UPGRADE_FAILED, None, __version__, error=error)
+            self.notifier.emit(EventType.UPGRADE_FAILED, None, _version(), error=error)
 
 
     def status_rows(self, names: list[str]) -> list[dict[str, Any]]:
@@ -432,7 +432,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
         procs.quiet_wakeup_fd()  # each add_signal_handler above turned the warnings back on
 
-        log.info("supervise %s: %d services from %s (state in %s, pid %d)", __version__,
+        log.info("supervise %s: %d services from %s (state in %s, pid %d)", _version(),
                  len(self.desired.services), self.path, self.state_dir, os.getpid())
         adopted = await self.reconciler.adopt(self.desired)
         if adopted:
@@ -549,6 +549,15 @@ class Daemon:
     def on_sighup(self) -> None:
         """SIGHUP: :meth:`reload`, between sd_notify's RELOADING=1 and READY=1."""
         self.unit.reload(lambda: self.reload("SIGHUP"))
+
+
+def _version() -> str:
+    """The installed distribution's version (supervisor.__version__: importlib.metadata, which
+    brings zipfile, shutil, lzma and email, imported on first use: only the upgrade verbs and
+    events need it, never a start)."""
+    from . import __version__
+
+    return __version__
 
 
 def print_event(event: Event) -> None:

@@ -29,7 +29,6 @@ import stat
 import sys
 import threading
 import time
-import uuid
 import zlib
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Protocol
@@ -691,7 +690,7 @@ def make_fifo(state_dir: Path, name: str, index: int) -> tuple[Path, int, int]:
     folder = safefs.ensure_dir(run_dir(state_dir))
     dfd = safefs.open_dir(folder)
     try:
-        return _make_fifo_at(folder, dfd, f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo")
+        return _make_fifo_at(folder, dfd, f"{name}.{index}.{os.urandom(4).hex()}.fifo")
     finally:
         os.close(dfd)
 
@@ -724,7 +723,7 @@ def make_fifos(state_dir: Path, name: str, index: int,
     folder = safefs.ensure_dir(run_dir(state_dir))
     dfd = safefs.open_dir(folder)
     try:
-        entry = f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo"
+        entry = f"{name}.{index}.{os.urandom(4).hex()}.fifo"
         spare = spares.take_fifos(dfd, entry) if spares is not None else False
         path, out_read, out_child = _make_fifo_at(folder, dfd, entry, made=spare)
         err = err_fifo(path)
@@ -811,7 +810,7 @@ class Prefab:
                         return
                     item = self._todo.popleft()
                 if item is None:
-                    stem = f"{self.PREFIX}{uuid.uuid4().hex[:12]}"
+                    stem = f"{self.PREFIX}{os.urandom(6).hex()}"
                     os.mkfifo(stem + ".fifo", 0o600, dir_fd=run_fd)
                     try:
                         os.mkfifo(stem + ".err.fifo", 0o600, dir_fd=run_fd)
