@@ -15,6 +15,7 @@ newest spec, so they apply in place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -183,8 +184,15 @@ class RecordWriter:
             self._timer.cancel()
             self._timer = None
         pending, self.pending = self.pending, {}
-        for controller in pending.values():
-            controller._persist_now()
+        if not pending:
+            return
+        with contextlib.ExitStack() as stack:
+            try:  # the records' folder made and checked once for all of them
+                stack.enter_context(state.batch(next(iter(pending.values())).state_dir))
+            except OSError:  # (UnsafeStateDir is one)
+                pass  # each write then finds (and reports) the trouble itself
+            for controller in pending.values():
+                controller._persist_now()
 
     def discard(self, name: str) -> None:
         """Forget the waiting record of ``name`` (its service is gone: its file is removed)."""
