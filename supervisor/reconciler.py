@@ -302,6 +302,7 @@ class Reconciler:
             for action in the_plan:
                 log.info("plan: %s", action)
             await self._execute(desired, the_plan)
+            self.records.flush()  # the pass was the burst: what it started is recorded as it ends
             self.applied += 1
             self.on_change()
             return the_plan
