@@ -71,11 +71,6 @@ class ProcessRecord:
                 "instance": self.instance}
 
 
-#: fork+execs of replicas under way at once, each in a thread of the loop's default executor
-#: (that pool has min(32, CPUs + 4) threads: more would only wait there, holding fds)
-LAUNCH_CONCURRENCY = 8
-
-
 class LocalExecutor(Executor):
     """Replicas as process groups on this machine, for the state dir ``state_dir``.
 
@@ -95,9 +90,6 @@ class LocalExecutor(Executor):
         self.tag = ""  # the prefix of our instance marks (procs.state_tag: a hash, made once at open)
         self.copy_pipe = logs.CopyPipe()  # shared by every replica's pumps (see logs.CopyPipe)
         self.prefab = logs.Prefab(state_dir)  # FIFOs and log files made ahead of a burst of starts
-        #: starts whose fork+exec is under way in a thread at once (each holds its two FIFO
-        #: child fds until then: a burst of 2,000 must not hold 4,000 more fds)
-        self.launch_slots = asyncio.Semaphore(LAUNCH_CONCURRENCY)
 
     # -- life ------------------------------------------------------------------------------
 
@@ -170,11 +162,6 @@ class LocalExecutor(Executor):
         tracked and its pumps made on the loop."""
         assert self.reaper is not None
         argv = command_argv(spec.command, spec.shell, dict(env))
-        async with self.launch_slots:
-            return await self._start(spec, artifact, index, env, sink, label, argv)
-
-    async def _start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
-                     label: str, argv: Sequence[str]) -> Running:
         try:
             fifo, read_fd, child_fd, err_read, err_child = logs.make_fifos(self.state_dir, spec.name, index,
                                                                            self.prefab)
