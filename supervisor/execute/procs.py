@@ -129,10 +129,6 @@ class Reaper:
         self.groups: dict[int, set[int]] = {}  # pgid -> pids we still wait for there
         self.waiters: dict[int, asyncio.Future[Exit]] = {}
         self.own_pgid = os.getpgid(0)
-        #: launches under way in other threads (:meth:`launching`): a child not known yet may
-        #: be one of them, so unknown children are left unreaped until they are tracked
-        self.launches = 0
-        self._deferred = False
         if use_signals is None:
             use_signals = threading.current_thread() is threading.main_thread()
         self.use_signals = use_signals
@@ -169,20 +165,6 @@ class Reaper:
             self.loop.add_reader(pidfd, readable)
         return future
 
-    @contextlib.contextmanager
-    def launching(self) -> Iterator[None]:
-        """Around a :func:`launch` in another thread, on the loop: until its process is
-        tracked, an exited child we do not know is left alone (it may be that process, whose
-        exit status must not be reaped as a stray's), and looked at again afterwards."""
-        self.launches += 1
-        try:
-            yield
-        finally:
-            self.launches -= 1
-            if self._deferred and not self.launches:
-                self._deferred = False
-                self.reap()
-
     def untrack_group(self, pgid: int) -> None:
         """Stop reaping group ``pgid`` (it is empty)."""
         self.groups.pop(pgid, None)
@@ -209,9 +191,6 @@ class Reaper:
                 if result is None:
                     break
                 self._deliver(result.si_pid, _exit_from_waitid(result))
-        if self.launches:
-            self._deferred = True  # the unknown child may be a launch's: after it is tracked
-            return
         self._reap_strays()
 
     def _reap_ours_first(self) -> bool:
@@ -229,9 +208,6 @@ class Reaper:
                 return True  # children, but none has exited
             pid = peek.si_pid
             if pid not in self.waiters:
-                if self.launches:
-                    self._deferred = True
-                    return False
                 try:
                     pgid = os.getpgid(pid)  # a zombie keeps its process group until reaped
                 except OSError:
@@ -300,16 +276,6 @@ def _children_of(pid: int) -> list[int]:
     return children
 
 
-@dataclass
-class Launched:
-    """A process :func:`launch` started, not yet tracked by a :class:`Reaper`."""
-
-    pid: int
-    create_time: float
-    cgroup: Path | None
-    instance: str
-
-
 def spawn(
     reaper: Reaper,
     argv: Sequence[str],
@@ -329,27 +295,6 @@ def spawn(
     ``argv[0]`` is looked up on ``env["PATH"]``. stdin is /dev/null. Raises SpawnError when the
     executable or ``cwd`` is missing or not permitted.
     """
-    return track(reaper, launch(argv, env=env, cwd=cwd, output=output, errors=errors, user=user,
-                                cgroup_parent=cgroup_parent, cgroup_name=cgroup_name, tag=tag))
-
-
-def launch(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    cwd: str | os.PathLike[str],
-    output: int,
-    errors: int | None = None,
-    user: str | None = None,
-    cgroup_parent: Path | None = None,
-    cgroup_name: str | None = None,
-    tag: str = "",
-) -> Launched:
-    """The part of :func:`spawn` that may run in another thread than the reaper's loop: fork
-    and exec (subprocess's vfork path: the calling thread waits for the child's exec with the
-    GIL released), the child's fd limit, its cgroup. Its exit is not watched until
-    :func:`track`: while a launch is under way the reaper leaves unknown children alone
-    (:meth:`Reaper.launching`). Raises SpawnError."""
     identity: dict[str, Any] = {}
     if user is not None:
         identity = user_identity(user)
@@ -357,14 +302,12 @@ def launch(
     env = {**env, INSTANCE_VAR: instance}
     try:
         proc = subprocess.Popen(
-            list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=output,
+            list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=output,
             stderr=output if errors is None else errors, start_new_session=True, close_fds=True, restore_signals=True, **identity,
         )
     except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
         code = 126 if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.ENOEXEC else 127
         raise SpawnError(_spawn_message(argv, cwd, exc), code) from None
-    # The reaper owns the exit status; keep Popen from ever waiting on the pid.
-    proc.returncode = 0
     if _child_nofile is not None:
         try:
             resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, _child_nofile)
@@ -378,18 +321,15 @@ def launch(
         if group is not None and not cgroups.move(group, proc.pid):
             cgroups.remove(group)
             group = None
+    future = reaper.track(proc.pid, proc.pid)
+    # The reaper owns the exit status from now on; keep Popen from ever waiting on the pid.
+    proc.returncode = 0
     try:
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:
         create_time = 0.0
-    return Launched(pid=proc.pid, create_time=create_time, cgroup=group, instance=instance)
-
-
-def track(reaper: Reaper, launched: Launched) -> ProcessHandle:
-    """The handle of a :func:`launch`\ ed process, its exit watched by ``reaper`` (on its loop)."""
-    future = reaper.track(launched.pid, launched.pid)
-    return ProcessHandle(pid=launched.pid, pgid=launched.pid, create_time=launched.create_time, exited=future,
-                         cgroup=launched.cgroup, instance=launched.instance)
+    return ProcessHandle(pid=proc.pid, pgid=proc.pid, create_time=create_time, exited=future, cgroup=group,
+                         instance=instance)
 
 
 #: Process groups of short-lived helpers (exec checks) whose leader is reaped by its own code:

@@ -156,10 +156,7 @@ class LocalExecutor(Executor):
 
     async def start(self, spec: ServiceSpec, artifact: Artifact, index: int, env: Mapping[str, str], sink: LogSink,
                     label: str) -> Running:
-        """fork+exec in a thread (:func:`procs.launch`): the loop goes on with other starts
-        while the kernel makes the process (the calling thread waits for the child's exec, with
-        the GIL released: most of a start's time on a busy machine); then the process is
-        tracked and its pumps made on the loop."""
+        """fork+exec on the loop's thread (a few ms; the reaper and the pumps are the loop's)."""
         assert self.reaper is not None
         argv = command_argv(spec.command, spec.shell, dict(env))
         try:
@@ -171,16 +168,14 @@ class LocalExecutor(Executor):
         try:
             if spec.user:
                 safefs.check_not_writable_by(self.state_dir, spec.user)
-            handle = await self._launch(argv, env=env, cwd=artifact.workdir / spec.cwd, output=child_fd,
-                                        errors=err_child, user=spec.user, cgroup_parent=self.cgroup_parent,
-                                        cgroup_name=f"{spec.name}.{index}.{os.urandom(4).hex()}",
-                                        tag=self.tag or procs.state_tag(self.state_dir))
-        except (procs.SpawnError, safefs.UnsafeStateDir, asyncio.CancelledError) as exc:
+            handle = procs.spawn(self.reaper, argv, env=dict(env), cwd=artifact.workdir / spec.cwd, output=child_fd,
+                                 errors=err_child, user=spec.user, cgroup_parent=self.cgroup_parent,
+                                 cgroup_name=f"{spec.name}.{index}.{os.urandom(4).hex()}",
+                                 tag=self.tag or procs.state_tag(self.state_dir))
+        except (procs.SpawnError, safefs.UnsafeStateDir) as exc:
             for fd, path in ((read_fd, fifo), (err_read, logs.err_fifo(fifo))):
                 os.close(fd)
                 _unlink(path)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             raise StartFailed(str(exc), getattr(exc, "code", 127)) from None
         finally:
             os.close(child_fd)
@@ -188,25 +183,6 @@ class LocalExecutor(Executor):
         handle.fifo = fifo
         _pumps(handle, sink, label, f"{spec.name}[{index}]", read_fd, err_read, self.copy_pipe)
         return handle
-
-    async def _launch(self, argv: Sequence[str], **options: Any) -> procs.ProcessHandle:
-        """:func:`procs.launch` in a thread, then tracked by the reaper. A cancelled start
-        still waits for its launch, and ends what it started (nothing is left untracked)."""
-        assert self.reaper is not None
-        loop = asyncio.get_running_loop()
-        with self.reaper.launching():
-            future = loop.run_in_executor(None, functools.partial(procs.launch, argv, **options))
-            try:
-                launched = await asyncio.shield(future)
-            except asyncio.CancelledError:
-                try:
-                    launched = await future
-                except procs.SpawnError:
-                    raise asyncio.CancelledError from None
-                handle = procs.track(self.reaper, launched)
-                procs.kill_now(handle, self._known())
-                raise
-            return procs.track(self.reaper, launched)
 
     def expect_starts(self, services: Sequence[str]) -> None:
         """Make the FIFO pairs and log files of these starts ahead, in a thread (logs.Prefab)."""
