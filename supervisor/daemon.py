@@ -41,6 +41,14 @@ from .triggers.watch import FileWatcher
 
 log = logging.getLogger("supervise")
 
+
+def _version() -> str:
+    """This install's version (``supervisor.__version__``), looked up on first use: it imports
+    importlib.metadata (with email, zipfile, csv: 1.4 MB of a supervisor's PSS), which a
+    supervisor needs only for an upgrade and a handover."""
+    from . import __version__
+    return __version__
+
 __all__ = ["AlreadyRunning", "Daemon", "StateLock", "print_event"]
 
 
@@ -57,6 +65,15 @@ def process_started() -> float:
         return psutil.Process(os.getpid()).create_time()
     except psutil.Error:
         return time.time()
+
+
+def check_trust(path: Path, desired: Desired) -> None:
+    """Raise ``safefs.UntrustedConfig`` when we run as root and the config file or an
+    ``env_file`` could be changed by another user (see :func:`safefs.check_trusted_file`):
+    whoever can edit what root runs is root."""
+    safefs.check_trusted_file(path)
+    for env_file in sorted({s.env_file for s in desired.services.values() if s.env_file}):
+        safefs.check_trusted_file(Path(env_file), "env_file")
 
 
 def check_state_dir(state_dir: Path, desired: Desired) -> None:
@@ -145,11 +162,17 @@ class Daemon:
 
     def _read(self) -> Desired | ConfigError:
         """The file's desired state, or the ConfigError saying why not; raises nothing (any
-        failure while loading is a config error naming the file: the last good one stays)."""
+        failure while loading is a config error naming the file: the last good one stays).
+        A file (or env_file) that a user other than root could change is such an error when
+        we run as root (:func:`check_trust`): a save by a service user is never applied."""
         try:
-            return config.load(self.path)
+            desired = config.load(self.path)
+            check_trust(self.path, desired)
+            return desired
         except ConfigError as exc:
             return exc
+        except safefs.UntrustedConfig as exc:
+            return ConfigError([config.Diagnostic(str(self.path), 0, 0, str(exc))])
         except Exception as exc:  # noqa: BLE001 - config.load should not; a bad file never stops us
             return ConfigError([config.Diagnostic(str(self.path), 0, 0, f"cannot load: {exc!r}"[:300])])
 
@@ -361,6 +384,9 @@ class Daemon:
         """After the exec: say from which version to which this supervise was upgraded, or
         (the old one back) why the new one failed."""
         came = self.handover.upgraded_from
+        failed = self.handover.failed
+        if came is None and failed is None:
+            return
         now = selfupdate.label(_version(), self.revision)
         if came is not None:
             old = selfupdate.label(str(came.get("version")), came.get("revision"))
@@ -376,7 +402,6 @@ class Daemon:
                 self.bad_revisions.discard(self.revision)
                 selfupdate.save_failed(self.state_dir, self.bad_revisions)
             self.notifier.emit(EventType.UPGRADED, None, _version(), **{"from": old, "to": now}, **figures)
-        failed = self.handover.failed
         if failed is not None:
             error = f"supervise {failed.get('to')} did not start: {failed.get('error') or 'unknown'}; {now} runs again"
             log.error("upgrade failed: %s", error)
@@ -399,6 +424,7 @@ class Daemon:
         Raises :class:`AlreadyRunning` when another supervisor holds the state dir."""
         loop = asyncio.get_running_loop()
         self.notifier.add_listener(print_event)
+        check_trust(self.path, self.desired)
         check_state_dir(self.state_dir, self.desired)
         try:
             return await self._run(loop)
@@ -418,6 +444,16 @@ class Daemon:
         self.history.open()
         self.notifier.seq = max(self.notifier.seq, self.history.last_seq)
         self.notifier.add_listener(self.history.write)
+        # signals before the control socket answers: whoever sees it answer may send SIGTERM
+        # and must get a clean stop (the default action would kill us and leave the adopted
+        # services running); a SIGHUP this early is applied once the first pass runs
+        self.stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
+        early_hups: list[int] = []
+        loop.add_signal_handler(signal.SIGHUP, early_hups.append, 1)
+        procs.quiet_wakeup_fd()  # each add_signal_handler above turned the warnings back on
         self.control = ControlServer(socket_path(self.state_dir), self.handlers(), inherited=self.handover.control,
                                      settle=self.engine.reconciler.records.flush)
         await self.control.start()
@@ -425,12 +461,6 @@ class Daemon:
         self._watch(self.desired)
         self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
-        self.stop_event = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
-        loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
-        procs.quiet_wakeup_fd()  # each add_signal_handler above turned the warnings back on
 
         log.info("supervise %s: %d services from %s (state in %s, pid %d)", _version(),
                  len(self.desired.services), self.path, self.state_dir, os.getpid())
@@ -447,6 +477,10 @@ class Daemon:
         runner = asyncio.create_task(self.engine.run(self.load_async))
         self.reconciler.request()
         self.unit.start()
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+        procs.quiet_wakeup_fd()
+        if early_hups:
+            self.on_sighup()
         stopper = asyncio.create_task(self.stop_event.wait())
         await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
         failed = runner.done() and not runner.cancelled() and runner.exception() is not None
@@ -549,15 +583,6 @@ class Daemon:
     def on_sighup(self) -> None:
         """SIGHUP: :meth:`reload`, between sd_notify's RELOADING=1 and READY=1."""
         self.unit.reload(lambda: self.reload("SIGHUP"))
-
-
-def _version() -> str:
-    """The installed distribution's version (supervisor.__version__: importlib.metadata, which
-    brings zipfile, shutil, lzma and email, imported on first use: only the upgrade verbs and
-    events need it, never a start)."""
-    from . import __version__
-
-    return __version__
 
 
 def print_event(event: Event) -> None:
