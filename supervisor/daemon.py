@@ -539,7 +539,8 @@ class Daemon:
         early_hups: list[int] = []
         loop.add_signal_handler(signal.SIGHUP, early_hups.append, 1)
         procs.quiet_wakeup_fd()  # each add_signal_handler above turned the warnings back on
-        self.control = ControlServer(socket_path(self.state_dir), self.handlers(), inherited=self.handover.control)
+        self.control = ControlServer(socket_path(self.state_dir), self.handlers(), inherited=self.handover.control,
+                                     settle=self.engine.reconciler.records.flush)
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
         self._watch(self.desired)

@@ -31,7 +31,7 @@ from .desired.model import Backoff, Desired, Observed, Phase, ServiceSpec, Sourc
 from .decide.plan import ActionKind, Plan, _same_revision, plan
 from .execute.executors import Executor, ExecutorUnavailable, Running
 from .execute.executors.local import LocalExecutor
-from .execute.service import ServiceController, replica_label
+from .execute.service import RecordWriter, ServiceController, replica_label
 
 log = logging.getLogger("supervise")
 
@@ -62,6 +62,8 @@ class Reconciler:
         self.notifier = notifier or Notifier()
         self.on_change = on_change or (lambda: None)
         self.controllers: dict[str, ServiceController] = {}
+        #: the controllers' state records, written after each burst of changes
+        self.records = RecordWriter()
         self.logs = logs.LogRegistry(self.state_dir, console)
         self.revisions: dict[str, str] = {}
         # services whose source is unreachable and already reported: one fetch-failed event per
@@ -308,6 +310,7 @@ class Reconciler:
             for action in the_plan:
                 log.info("plan: %s", action)
             await self._execute(desired, the_plan)
+            self.records.flush()  # the pass was the burst: what it started is recorded as it ends
             self.applied += 1
             self.on_change()
             return the_plan
@@ -418,7 +421,8 @@ class Reconciler:
     def _controller(self, spec: ServiceSpec) -> ServiceController:
         return ServiceController(spec, state_dir=self.state_dir, executor=self.executor_for(spec),
                                  notifier=self.notifier, lookup=self.controllers.get, changed=self.on_change,
-                                 sink=self.logs.sink(spec.name, spec.log), clock=self.clock)
+                                 sink=self.logs.sink(spec.name, spec.log), clock=self.clock,
+                                 records=self.records)
 
     async def _prepare_in_background(self, spec: ServiceSpec, protect: set[str]) -> Artifact | None:
         """For a source its executor may wait on for long (a git fetch, an image pull:
@@ -631,6 +635,7 @@ class Reconciler:
         del self.controllers[name]
         self.revisions.pop(name, None)
         await asyncio.sleep(0)  # let a pending state write go first
+        self.records.discard(name)
         state.remove(self.state_dir, name)
         self.notifier.emit(EventType.DELETE, name, controller.artifact.version if controller.artifact else None)
 
@@ -667,6 +672,7 @@ class Reconciler:
                 await asyncio.gather(*(self.controllers[n].stop_all("supervisor stopping") for n in level))
             for controller in self.controllers.values():
                 controller._persist_now()
+            self.records.flush()
             for executor in self.executors.values():
                 left = await executor.sweep()
                 if left:
@@ -696,6 +702,7 @@ class Reconciler:
         async with self.lock:
             for controller in self.controllers.values():
                 controller.detach()
+            self.records.flush()
         self.local.detach_all()
         self.logs.close()
 

@@ -42,9 +42,13 @@ class ControlServer:
     """Serves ``handlers[verb](request, writer)`` on ``path``. A handler returns the reply
     object (``ok`` is added), or None when it wrote its own replies (streams)."""
 
-    def __init__(self, path: Path, handlers: dict[str, Handler], inherited: int | None = None):
+    def __init__(self, path: Path, handlers: dict[str, Handler], inherited: int | None = None,
+                 settle: Callable[[], None] | None = None):
         self.path = path
         self.handlers = handlers
+        #: called before each reply is sent (the daemon writes its waiting state records: what
+        #: a reply says runs is on disk, where a next supervisor would adopt it from)
+        self.settle = settle
         self.server: asyncio.AbstractServer | None = None
         self.allowed = {os.geteuid(), 0}
         self.clients: set[asyncio.Task] = set()
@@ -178,6 +182,8 @@ class ControlServer:
                     reply = {"ok": False, "error": f"{verb} failed: {exc}", "code": "failed"}
                 if reply is None:
                     return
+                if self.settle is not None:
+                    self.settle()
                 await send(writer, {"ok": True, **reply})
         except (ConnectionError, asyncio.IncompleteReadError):
             pass

@@ -125,7 +125,17 @@ def peek(path: Path) -> tuple[bytes, Any]:
 
 def runtime_of(path: str | os.PathLike[str]) -> str:
     """``[supervise] runtime`` of the file, quickly (tomli, no validation; "local" when the
-    file cannot be read that way): which way the client verbs go."""
+    file cannot be read that way): which way the client verbs go.
+
+    A file whose bytes do not hold the word ``runtime`` (nor a ``\\u`` escape, which could
+    spell it in a quoted key) cannot set it: "local" without parsing, which spares
+    ``supervise run`` a whole parse of the file before its own (~40 ms at 2,000 services)."""
+    try:
+        raw = read_regular_file(Path(path))
+    except (OSError, ValueError):
+        return "local"
+    if b"runtime" not in raw and b"\\u" not in raw and b"\\U" not in raw:
+        return "local"
     try:
         _raw, section = peek(Path(path))
     except (OSError, ValueError):

@@ -13,12 +13,13 @@ complete record.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from . import safefs
 from ..desired.model import ServiceSpec
@@ -285,9 +286,29 @@ def failed_key(launched: str, spec: ServiceSpec) -> str:
     return hashlib.sha256(f"{launched} {pacing}".encode()).hexdigest()
 
 
+#: STATE_DIR -> its checked record folder, while :func:`batch` runs
+_checked: dict[Path, Path] = {}
+
+
+@contextlib.contextmanager
+def batch(state_dir: Path) -> Iterator[None]:
+    """Writes of many records in a row (:class:`supervisor.execute.service.RecordWriter`):
+    the folder is made and checked once for all of them, not twice per record (two mkdirs and
+    a stat of every parent each time). For synchronous code only: nothing else runs between
+    the check and the writes. Raises safefs.UnsafeStateDir (from the check) or OSError."""
+    _checked[state_dir] = folder_of(state_dir)
+    try:
+        yield
+    finally:
+        _checked.pop(state_dir, None)
+
+
 def folder_of(state_dir: Path) -> Path:
     """``STATE_DIR/state``, created 0700 and checked (ours, not group/other writable).
     Raises safefs.UnsafeStateDir."""
+    checked = _checked.get(state_dir)
+    if checked is not None:
+        return checked
     folder = state_dir_of(state_dir)
     safefs.ensure_dir(state_dir)
     return safefs.ensure_dir(folder)

@@ -301,6 +301,19 @@ depends_on = ["db"]
         out.close()
 
 
+def test_what_a_reply_says_runs_is_recorded_on_disk_at_once(daemon):
+    """State records are written after a burst of starts (RecordWriter), but every reply of
+    the control socket is sent only once the waiting ones are written: a supervisor killed
+    right after `restart` returned leaves records that name the new pids."""
+    path, proc = daemon
+    assert cli("restart", "web", config=path).returncode == 0
+    record = json.loads((path.parent / ".supervise" / "state" / "web.json").read_text())  # before any other request
+    recorded = {int(i): r["pid"] for i, r in record["replicas"].items()}
+    code, reply = status(path, "web")
+    assert code == 0
+    assert recorded == {r["replica"]: r["pid"] for r in reply["services"]}
+
+
 def test_a_reload_of_a_file_with_two_mistakes_prints_two_lines(daemon):
     """A user's report: both diagnostics came on one line joined by a literal ``\\x0a``."""
     path, proc = daemon

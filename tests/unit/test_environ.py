@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from types import MappingProxyType
 
 import pytest
 
-from supervisor.desired.environ import command_argv, expand, replica_env
+from supervisor.desired.environ import command_argv, expand, own_environment, replica_env
 
 ENV = {"A": "1", "EMPTY": "", "SPACED": "a b", "DOLLAR": "$x"}
 
@@ -90,3 +91,18 @@ ARGV = [
 @pytest.mark.parametrize(("command", "shell", "expected"), ARGV, ids=[" ".join(a[0]) for a in ARGV])
 def test_command_argv(command, shell, expected):
     assert command_argv(command, shell, {"PORT": "8000", "SPACED": "a b"}) == expected
+
+
+def test_own_environment_is_a_fresh_copy_that_follows_changes_to_os_environ(monkeypatch):
+    """The decoded copy of os.environ is reused between replicas, but never handed out
+    itself, and a change to os.environ (set, changed, removed) is in the next copy."""
+    monkeypatch.setenv("SUPERVISE_TEST_OWN", "one")
+    first = own_environment()
+    assert first["SUPERVISE_TEST_OWN"] == "one" and first == dict(os.environ)
+    first["SUPERVISE_TEST_OWN"] = "changed by a caller"
+    assert own_environment()["SUPERVISE_TEST_OWN"] == "one"
+    monkeypatch.setenv("SUPERVISE_TEST_OWN", "two")
+    assert own_environment()["SUPERVISE_TEST_OWN"] == "two"
+    assert replica_env("web", {}, 0)["SUPERVISE_TEST_OWN"] == "two"
+    monkeypatch.delenv("SUPERVISE_TEST_OWN")
+    assert "SUPERVISE_TEST_OWN" not in own_environment()

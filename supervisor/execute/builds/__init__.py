@@ -144,10 +144,10 @@ class Preparer:
             # a checkout or snapshot is ours, in STATE_DIR: hand it to the service's user, as a
             # checkout by that user would be, so its build and replicas may write there
             await asyncio.to_thread(_give_to, workdir, spec.user)
-        marker = source_root(self.state_dir, spec.name) / "built" / version
         versioned = spec.source.kind in ("git", "pip") or (spec.source.kind == "path" and not spec.source.in_place)
         if spec.source.kind == "pip":
             await self.install(spec, revision, version)
+        marker = source_root(self.state_dir, spec.name) / "built" / version if spec.build else Path()
         if spec.build and not (versioned and marker.exists()):
             await self.build(spec, workdir, version)
             if versioned:
@@ -158,7 +158,8 @@ class Preparer:
             # output (a stamp, a bundle) then never looks like an edit to rebuild for.
             revision = await asyncio.to_thread(content_hash, workdir, [self.state_dir])
             version = make_version(revision, spec)
-        await asyncio.to_thread(self.prune, spec, protect | {version})
+        if versioned:  # (a folder run in place keeps no versions: nothing to prune, no thread)
+            await asyncio.to_thread(self.prune, spec, protect | {version})
         return Artifact(workdir=workdir, version=version, revision=revision)
 
     def prune(self, spec: ServiceSpec, protect: set[str]) -> list[str]:
