@@ -320,7 +320,7 @@ def cmd_run(path: Path, quiet: bool = False, until=None) -> int:
             check(until, desired.services)
         except RunOnceError as exc:
             raise CliError(str(exc), exc.code) from None
-    daemon = Daemon(path, desired, console=not quiet, until=until, handover=handover)
+    daemon = Daemon(path, desired, console=not quiet, until=until, handover=handover, freeze_heap=True)
     try:
         code = asyncio.run(daemon.run())
     except (AlreadyRunning, UnsafeStateDir) as exc:
