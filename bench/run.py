@@ -27,6 +27,7 @@ import argparse
 import atexit
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -666,10 +667,35 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
     os.replace(tmp, path)
 
 
+def install_supervise() -> None:
+    """Install this checkout into bench/.venv-supervise as a user does (``pip install .``, as
+    the README says; not editable) whenever it changed since the last install. An editable
+    install's import hook (importlib.util and the finder's path table, imported by ``site``)
+    cost every supervise process, hence every `supervise status`, about 10 ms that an
+    installed package does not (issue 17). The stamp is a hash of pyproject.toml and every
+    file under supervisor/, kept in the venv."""
+    python = SUPERVISE_BIN / "python"
+    if not python.exists():
+        return
+    digest = hashlib.sha256()
+    for path in sorted([ROOT / "pyproject.toml", *(ROOT / "supervisor").rglob("*")]):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    stamp = SUPERVISE_BIN.parent / "checkout.sha256"
+    if stamp.exists() and stamp.read_text().strip() == digest.hexdigest():
+        return
+    note("installing this checkout into bench/.venv-supervise (changed since the last install)")
+    result = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(ROOT)],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise SystemExit(f"bench: installing the checkout failed:\n{result.stderr[-2000:]}")
+    stamp.write_text(digest.hexdigest() + "\n")
+
+
 def compile_supervise(python: str) -> None:
     """Byte-compile this checkout, as installing a package does (pip writes the .pyc files of
-    the peers at install; this checkout is installed editable, and a shell with
-    PYTHONDONTWRITEBYTECODE=1 would make every supervise start and every status command
+    the peers at install; a --supervise-cmd checkout may be installed editable, and a shell
+    with PYTHONDONTWRITEBYTECODE=1 would make every supervise start and every status command
     compile 13,000 lines again). The supervisors run without PYTHONDONTWRITEBYTECODE."""
     run_quiet([python, "-m", "compileall", "-q", str(ROOT / "supervisor")], timeout=300)
 
@@ -1564,6 +1590,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "supervise" in available:
         command = shlex.split(args.supervise_cmd) if args.supervise_cmd else None
+        if command is None:
+            install_supervise()
         compile_supervise(command[0] if command and "python" in os.path.basename(command[0])
                           else str(SUPERVISE_BIN / "python"))
     before = cpu_snapshot()

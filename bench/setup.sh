@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Make the two benchmark venvs (both gitignored):
 #   bench/.venv            the peers (supervisord, circus, honcho), psutil for run.py, profilers
-#   bench/.venv-supervise  this project, installed editable
+#   bench/.venv-supervise  this project, installed as a user does (pip install, not editable: the
+#                          editable import hook costs every supervise process ~10 ms); run.py
+#                          installs the checkout again whenever it changed
 # Two venvs because the PyPI package `supervisor` (supervisord) and this project's package are
 # both imported as `supervisor`: the peers only ever run from their own console scripts.
 set -euo pipefail
@@ -26,7 +28,8 @@ fi
 if [ ! -x .venv-supervise/bin/python ]; then
   "$PY" -m venv .venv-supervise
 fi
-.venv-supervise/bin/pip install -q -e .. "pyinstrument>=4"
+.venv-supervise/bin/pip install -q .. "pyinstrument>=4"
+rm -f .venv-supervise/checkout.sha256  # run.py stamps what it installs
 
 for tool in .venv/bin/supervisord .venv/bin/supervisorctl .venv/bin/circusd .venv/bin/circusctl \
             .venv/bin/honcho .venv-supervise/bin/supervise; do

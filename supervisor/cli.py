@@ -353,7 +353,7 @@ def cmd_run(path: Path, quiet: bool = False, until=None, exit_process: bool = Fa
             check(until, desired.services)
         except RunOnceError as exc:
             raise CliError(str(exc), exc.code) from None
-    daemon = Daemon(path, desired, console=not quiet, until=until, handover=handover)
+    daemon = Daemon(path, desired, console=not quiet, until=until, handover=handover, freeze_heap=True)
     try:
         code = asyncio.run(daemon.run())
     except (AlreadyRunning, UnsafeStateDir, UntrustedConfig) as exc:

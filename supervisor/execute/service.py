@@ -253,6 +253,7 @@ class ServiceController:
         self._persist_error = ""
         self._tasks: set[asyncio.Task] | None = None  # background work (a rollback): made by the first
         self._phase_event: asyncio.Event | None = None
+        self._policy_cache: tuple[ServiceSpec, Policy, str] | None = None  # see _spec_policy
         self.sink = sink
 
     # -- observation -----------------------------------------------------------------------
@@ -275,7 +276,7 @@ class ServiceController:
                 version, state_.restarts, state_.last_exit, state_.started_at, state_.stale,
                 state_.ready, state_.message, handle is not None, version in good,
                 self.executor.unobservable(live) if remote and live is not None else "")
-        policy = Policy.of(self.spec)
+        policy, good_rule = self._spec_policy()
         target = self.rollback_target(self.artifact)
         return ServiceObserved(name=self.name, spec=self.spec, replicas=replicas,
                                version=self.artifact.version if self.artifact else None,
@@ -285,9 +286,19 @@ class ServiceController:
                                preparing=self.preparing.value if self.preparing is not None else "",
                                preparing_since=self.preparing_since if self.preparing is not None else None,
                                build_line=self.sink.last_build_line if self.preparing is Phase.BUILDING else "",
-                               good_rule=policy.describe_good(), good_versions=good,
+                               good_rule=good_rule, good_versions=good,
                                rollback_to=target.artifact.version if target else None,
                                pinned=self.pinned, in_place=self.spec.source.in_place)
+
+    def _spec_policy(self) -> tuple[Policy, str]:
+        """``(Policy.of(self.spec), its good rule in words)``, made again only when the spec
+        is another object (a spec is frozen): every status and every plan observes every
+        service, and building the policy was a tenth of that (issue 17)."""
+        cached = self._policy_cache
+        if cached is None or cached[0] is not self.spec:
+            policy = Policy.of(self.spec)
+            cached = self._policy_cache = (self.spec, policy, policy.describe_good())
+        return cached[1], cached[2]
 
     # -- good versions (the rollback targets) --------------------------------------------------
 
@@ -415,6 +426,10 @@ class ServiceController:
             return Phase.STOPPED
         # A list, not a set: `in` on a list compares identity first, where a set hashes each
         # enum member in Python (Enum.__hash__); status asks this of every service.
+        if len(self.replicas) == 1:  # the least advanced of one (most services have one replica)
+            for only in self.replicas.values():
+                if only.phase in _PHASE_ORDER:
+                    return only.phase
         phases = [r.phase for r in self.replicas.values()]
         return next(p for p in _PHASE_ORDER if p in phases)
 
@@ -429,7 +444,7 @@ class ServiceController:
         """The life-cycle policy of ``replica``: supervision settings from the newest spec,
         checks from the spec it was started with."""
         launch = replica.launch.spec
-        policy = Policy.of(self.spec)
+        policy = self._spec_policy()[0]
         if launch is not self.spec:
             own = Policy.of(launch)
             policy = replace(policy, has_ready=own.has_ready, ready_deadline=own.ready_deadline,
