@@ -873,11 +873,12 @@ def too_many_files() -> str:
             "(LimitNOFILE= in the systemd unit, ulimit -Hn)")
 
 
-def kill_git_children() -> list[int]:
+def kill_git_children(source: str | None = None) -> list[int]:
     """SIGKILL every ``git`` process that is a direct child of ours and runs for a source
-    (``SUPERVISE_GIT=1`` in its environment: sources.git.GIT_MARK),
-    with all its descendants (remote helpers, ssh). Returns the pids. Used at shutdown: git's
-    own timeout would otherwise keep us waiting on a remote that never answers."""
+    (``SUPERVISE_GIT=ROOT`` in its environment, the source's folder: sources.git.GIT_MARK;
+    only those of the folder ``source`` when given), with all its descendants (remote helpers,
+    ssh). Returns the pids. Used at shutdown, and when a service's fetch is cancelled (a stop,
+    a removal): git's own timeout would otherwise keep us waiting on a remote that never answers."""
     killed = []
     for pid in _children_of(os.getpid()):
         try:  # one small read rules out the services (2,000 psutil lookups cost 0.2 s a stop)
@@ -888,8 +889,9 @@ def kill_git_children() -> list[int]:
             continue
         try:
             process = psutil.Process(pid)
+            mark = process.environ().get("SUPERVISE_GIT")
             if os.path.basename(process.cmdline()[0] if process.cmdline() else "") != "git" \
-                    or process.environ().get("SUPERVISE_GIT") != "1":
+                    or not mark or (source is not None and mark != source):
                 continue
             tree = [process, *descendants(pid)]
         except (psutil.Error, OSError, IndexError):

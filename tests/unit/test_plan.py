@@ -352,6 +352,15 @@ def test_removed_service_never_started_has_nothing_to_stop():
     assert plan(desired(BASE), Observed({**running(desired(BASE)).services, **observed.services})).lines() == []
 
 
+def test_removed_service_still_preparing_is_removed_whole():
+    """Nothing runs yet (its first build or fetch is under way, or failed, or it is held): the
+    service still goes, so the reconciler drops it and cancels what it was preparing."""
+    spec = desired('[services.slow]\ncommand = ["/bin/true"]\nbuild = "sleep 100"\n').services["slow"]
+    observed = Observed({"slow": ServiceObserved(name="slow", spec=spec, preparing="building")})
+    assert plan(desired(BASE), Observed({**running(desired(BASE)).services, **observed.services})).lines() == [
+        "stop slow: removed from config"]
+
+
 def test_removed_kinds_are_stops_only():
     result = plan(desired('[env]\nA = "1"\n'), running(desired(BASE + WEB)))
     assert {a.kind for a in result} == {ActionKind.STOP}

@@ -87,10 +87,11 @@ class Executor(abc.ABC):
         keep. Raises :class:`supervisor.execute.builds.PrepareError` (``stage`` "fetch" or "build")."""
 
     def prepares_in_background(self, spec: ServiceSpec) -> bool:
-        """True when preparing ``spec`` may wait on something remote for long (a git fetch,
-        an image pull or build): the daemon then runs it as a task of its own, so one slow
-        remote holds that service alone, never a whole pass. The default: a git source."""
-        return spec.source.kind == "git"
+        """True when preparing ``spec`` may take long (a git fetch, a build step, an image
+        pull or build): the daemon then runs it as a task of its own, so one slow remote or
+        build holds that service alone, never a whole pass (nor the reloads after it). The
+        default: a git source or a ``build``."""
+        return spec.source.kind == "git" or bool(spec.build)
 
     async def fast_forward(self, spec: ServiceSpec, old_revision: str, new_revision: str) -> bool:
         """False when ``new_revision`` does not descend from ``old_revision`` (a force push, to

@@ -43,7 +43,8 @@ else:
 GIT_TIMEOUT = 120.0  # seconds for any one git command
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 #: GIT_MARK marks our git commands, so a stopping supervisor kills those (procs.kill_git_children)
-#: and never a git process a host program (the library's user) runs itself.
+#: and never a git process a host program (the library's user) runs itself. Its value is the
+#: source's folder (``STATE_DIR/sources/NAME``): a stop or a removal kills that service's git only.
 GIT_MARK = "SUPERVISE_GIT"
 _ENV = {GIT_MARK: "1", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20"}
@@ -79,7 +80,7 @@ class GitSource:
                 repo = git.Repo.init(path, bare=True)
         except (git.GitError, OSError) as exc:
             raise SourceError(f"cannot open {path}: {exc}") from None
-        repo.git.update_environment(**_ENV)
+        repo.git.update_environment(**{**_ENV, GIT_MARK: str(self.root)})
         return repo
 
     def remote_revision(self) -> str:
