@@ -117,6 +117,40 @@ def test_changing_a_services_build_mid_build_restarts_only_that_build(tmp_path, 
         terminate(proc)
 
 
+def test_stop_kills_a_build_under_way(tmp_path, leak_check):
+    path, proc = start(tmp_path, SLOW + OTHER)
+    try:
+        wait_until(lambda: with_arg(leak_check, "sleep 100010"), timeout=30, message="the slow build")
+        result = cli(path, "stop", "slow")
+        assert result.returncode == 0, result.stderr
+        assert not with_arg(leak_check, "sleep 100010"), "the build outlived its stop"
+        row = rows(path)["slow"]
+        assert row["phase"] not in ("building", "fetching"), row
+        assert rows(path)["other"]["phase"] == "running"
+    finally:
+        terminate(proc)
+
+
+def test_stop_kills_a_fetch_under_way(tmp_path, silent_remote, leak_check):
+    path, proc = start(tmp_path, f"""
+[services.gitcreds]
+source = {{ git = "http://{silent_remote}/repo.git", ref = "main" }}
+command = ["/bin/sleep", "300"]
+""" + OTHER)
+    try:
+        wait_until(lambda: git_of(leak_check), timeout=30, message="git talking to the silent remote")
+        result = cli(path, "stop", "gitcreds")
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: not git_of(leak_check), timeout=5, message="git killed by the stop")
+        row = rows(path)["gitcreds"]
+        assert row["phase"] not in ("building", "fetching"), row
+        # removing it now (held, nothing runs) drops it from status
+        path.write_text(OTHER)
+        wait_until(lambda: "gitcreds" not in rows(path), timeout=30, message="gitcreds removed")
+    finally:
+        terminate(proc)
+
+
 def test_removing_a_service_mid_fetch_kills_its_git(tmp_path, silent_remote, leak_check):
     path, proc = start(tmp_path, f"""
 [services.hung]
