@@ -260,3 +260,27 @@ def test_the_credential_helper_hands_git_the_urls_user_and_password(tmp_path):
     assert "username=deploy\n" in result.stdout and "password=p@ss:w0rd\n" in result.stdout, result.stdout
     assert split_credentials("ssh://git@example.org/repo.git") == ("ssh://git@example.org/repo.git", {})
     assert split_credentials("https://example.org/repo.git") == ("https://example.org/repo.git", {})
+
+
+def test_failed_fetches_leave_no_zombie_git(tmp_path, leak_check):
+    """git's remote helper outlives a failed ``git fetch`` and comes back to the supervisor (a
+    child subreaper): each retry left one ``[git] <defunct>`` that nothing reaped."""
+    from conftest import free_port
+
+    path = write(tmp_path / "services.toml", f"""
+[services.refused]
+source = {{ git = "https://127.0.0.1:{free_port()}/r.git" }}
+command = ["/bin/sleep", "300"]
+""")
+    out = tmp_path / "out.txt"
+    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=open(out, "w"),
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: out.read_text().count("retrying in") >= 3, timeout=60, message="three failed fetches")
+
+        def zombies() -> list[int]:
+            return [c.pid for c in psutil.Process(proc.pid).children() if c.status() == psutil.STATUS_ZOMBIE]
+
+        wait_until(lambda: not zombies(), timeout=5, message="no zombie child of the supervisor")
+    finally:
+        terminate(proc)

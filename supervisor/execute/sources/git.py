@@ -12,14 +12,16 @@ unreachable remote is an error, not a hang.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from . import SourceError, prune_versions
+from .. import procs
 from ...observe import safefs
 from ...redaction import redact
 from ...desired.model import SourceSpec
@@ -32,8 +34,20 @@ class _LazyGit:
     def __getattr__(self, name: str):
         import git as module
 
+        _register_spawns(module)
         globals()["git"] = module
         return getattr(module, name)
+
+
+def _register_spawns(module: Any) -> None:
+    """Route GitPython's process starts through :func:`procs.popen_git`, so that the daemon's
+    reaper can tell a git command GitPython waits for from an orphaned remote helper it must
+    reap itself (else one ``[git] <defunct>`` per failed fetch piles up)."""
+    cmd = module.cmd
+    if not getattr(cmd.safer_popen, "_supervise", False):
+        wrapped = functools.partial(procs.popen_git, cmd.safer_popen)
+        wrapped._supervise = True  # type: ignore[attr-defined]
+        cmd.safer_popen = wrapped
 
 
 if TYPE_CHECKING:
