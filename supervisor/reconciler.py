@@ -280,7 +280,11 @@ class Reconciler:
             artifact = Artifact(workdir=item.workdir, version=item.version,
                                 revision=item.revision or Version.parse(item.version).revision)
             controller.restore_good(record)
-            stale = wanted is None or item.fingerprint != current
+            stale: bool | str = wanted is None or item.fingerprint != current
+            lost = executor.must_replace(handle)
+            if lost:
+                log.warning("%s[%d]: %s: adopted to be restarted at once", name, index, lost)
+                stale = f"adopted, but {lost}"  # the first plan restarts it, with this reason
             controller.adopt(index, handle, spec, artifact, item.started_at, item.restarts, stale)
         return len(alive)
 

@@ -187,7 +187,8 @@ def _plan_service(
         actions.extend(Action(ActionKind.RESTART, name, i, reason) for i in keep)
         restarting[name] = reason
     elif stale:
-        why = "adopted, but started from another config"
+        why = next((w for i in stale if isinstance(w := obs.replicas[i].stale, str)),
+                   "adopted, but started from another config")
         actions.extend(Action(ActionKind.RESTART, name, i, why) for i in stale)
         restarting[name] = why
     elif changed and changed != ("replicas",):

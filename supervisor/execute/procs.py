@@ -90,6 +90,7 @@ class ProcessHandle:
     instance: str | None = None  # the value of INSTANCE_VAR in its environment
     stop_snapshot: list[psutil.Process] | None = None  # set once begin_stop() has signalled it
     pumps: list[Any] = field(default_factory=list)  # the logs.Pumps reading its stdout and stderr FIFOs
+    output_lost: str = ""  # adopted, but its output FIFO cannot be opened again: why ("" when it can)
 
     @property
     def running(self) -> bool:

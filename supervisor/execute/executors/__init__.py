@@ -150,6 +150,11 @@ class Executor(abc.ABC):
         returned) after a supervisor restart, verifying it is the same one (not a reused pid
         or id); None when it is gone or the record is not one of ours."""
 
+    def must_replace(self, running: Running) -> str:
+        """Why a replica :meth:`adopt` took over (alive, ours) must still be replaced at once
+        (its output can no longer be read: a FIFO gone with a state dir made again), or ""."""
+        return ""
+
     @abc.abstractmethod
     def forget(self, record: ReplicaRecord) -> None:
         """A recorded replica is gone: remove what it left (its output FIFO)."""
