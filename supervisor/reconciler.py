@@ -24,7 +24,7 @@ from .decide import errors, graph
 from .observe import safefs, state
 from .decide.backoff import next_delay
 from .clock import SYSTEM, Clock
-from .execute.builds import Artifact, PrepareError, Preparer
+from .execute.builds import Artifact, PrepareError, Preparer, source_root
 from .observe.events import EventType, Notifier
 from .desired.config import NAME_RE
 from .desired.model import Backoff, Desired, Observed, Phase, ServiceSpec, SourceSpec, Version
@@ -41,6 +41,12 @@ PREPARE_CONCURRENCY = 4
 PREPARE_KINDS = (ActionKind.FETCH, ActionKind.SNAPSHOT, ActionKind.PULL, ActionKind.BUILD)
 #: Seconds a pass waits for a git fetch before it goes on without that service.
 FETCH_WAIT = 2.0
+
+
+def prepare_key(spec: ServiceSpec) -> str:
+    """What a prepare (fetch and build) of ``spec`` is made of: a change of it makes one under
+    way stale."""
+    return repr((spec.source, spec.build, spec.image_build, spec.environment))
 
 
 def dependency_levels(specs: Mapping[str, ServiceSpec]) -> list[list[str]]:
@@ -89,6 +95,8 @@ class Reconciler:
         #: (the state record); False for a run once (`run --exit-when-done`): a fresh run.
         self.keep_failed = True
         self.pending: dict[str, tuple[str, asyncio.Task, str | None]] = {}
+        #: Prepares a pass awaits itself (no background), by service: (prepare key, task).
+        self.inflight: dict[str, tuple[str, asyncio.Task]] = {}
 
     async def start(self) -> None:
         """Make (or check) the state dir, then open every executor (for local processes: the
@@ -278,7 +286,11 @@ class Reconciler:
             artifact = Artifact(workdir=item.workdir, version=item.version,
                                 revision=item.revision or Version.parse(item.version).revision)
             controller.restore_good(record)
-            stale = wanted is None or item.fingerprint != current
+            stale: bool | str = wanted is None or item.fingerprint != current
+            lost = executor.must_replace(handle)
+            if lost:
+                log.warning("%s[%d]: %s: adopted to be restarted at once", name, index, lost)
+                stale = f"adopted, but {lost}"  # the first plan restarts it, with this reason
             controller.adopt(index, handle, spec, artifact, item.started_at, item.restarts, stale)
         if wanted is not None and record.rolled_back is not None:
             controller.restore_rolled_back(record)
@@ -302,6 +314,7 @@ class Reconciler:
 
     async def apply(self, desired: Desired) -> Plan:
         """Apply one plan for ``desired``; returns it. Serialised: one pass at a time."""
+        self.cancel_stale_prepares(desired)  # a pass still building a removed service ends now
         async with self.lock:
             if self.stopping:
                 return Plan()
@@ -432,13 +445,13 @@ class Reconciler:
         (other services' starts, restarts and reloads). When the task ends, another pass is
         asked for, and picks its result up here. Returns None while it runs."""
         name = spec.name
-        key = repr((spec.source, spec.build, spec.image_build, spec.environment))
+        key = prepare_key(spec)
         revision = self.revisions.get(name)
         pending = self.pending.get(name)
         # A fetch started with no revision known resolves the ref itself: the first revision a
         # poller reports meanwhile does not make it stale (restarting it would build twice).
         if pending is not None and (pending[0] != key or (pending[2] is not None and pending[2] != revision)):
-            pending[1].cancel()
+            self.cancel_prepare(name)
             pending = None
         waited = pending is not None
         if pending is None:
@@ -450,10 +463,12 @@ class Reconciler:
             await asyncio.wait([task], timeout=FETCH_WAIT)
         if not task.done():
             controller = self.controllers[name]
-            controller.deploy_message = f"waiting for {spec.source.describe()} (the remote is slow to answer)"
+            building = self.preparer is not None and name in self.preparer.builds
+            controller.deploy_message = (f"waiting for its build of {spec.source.describe()}" if building else
+                                         f"waiting for {spec.source.describe()} (the remote is slow to answer)")
             return None
-        del self.pending[name]
-        return task.result()  # raises PrepareError as the plain call would
+        self.pending.pop(name, None)
+        return task.result()  # raises PrepareError as the plain call would (CancelledError: cancel_prepare)
 
     async def _prepare(self, spec: ServiceSpec) -> Artifact | None:
         controller = self.controllers[spec.name]
@@ -472,9 +487,18 @@ class Reconciler:
                     return None
                 controller.deploy_message = ""
             else:
-                artifact = await controller.executor.prepare(spec, protect)
+                task = asyncio.get_running_loop().create_task(controller.executor.prepare(spec, protect))
+                self.inflight[spec.name] = (prepare_key(spec), task)
+                try:
+                    artifact = await task
+                finally:
+                    if self.inflight.get(spec.name, (None, None))[1] is task:
+                        del self.inflight[spec.name]
         except asyncio.CancelledError:
             controller.preparing = None
+            current = asyncio.current_task()
+            if current is not None and not current.cancelling():
+                return None  # not this pass, its prepare was cancelled: the service was removed or changed
             raise
         except PrepareError as exc:
             controller.preparing = None
@@ -631,6 +655,7 @@ class Reconciler:
 
     async def _remove(self, name: str) -> None:
         controller = self.controllers[name]
+        self.cancel_prepare(name)
         await controller.stop_all("removed from config")
         del self.controllers[name]
         self.revisions.pop(name, None)
@@ -639,6 +664,40 @@ class Reconciler:
         state.remove(self.state_dir, name)
         self.notifier.emit(EventType.DELETE, name, controller.artifact.version if controller.artifact else None)
 
+    def cancel_stale_prepares(self, desired: Desired) -> None:
+        """Cancel the prepares (fetch, build) of services ``desired`` removes or whose source,
+        build or environment it changes: a pass awaiting such a build must not hold the lock
+        (every later reload) until a build nobody wants any more ends."""
+        for name in [*self.inflight, *self.pending]:
+            spec = desired.services.get(name)
+            key = (self.inflight.get(name) or self.pending.get(name) or ("",))[0]
+            if spec is None or prepare_key(spec) != key:
+                self.cancel_prepare(name)
+
+    def cancel_prepare(self, name: str) -> list[asyncio.Task]:
+        """Cancel ``name``'s fetch or build under way, if any: its task is cancelled (a build's
+        process group gets its stop signal, then SIGKILL after 5 s: Preparer.build) and its git
+        processes are killed now (a thread cannot be cancelled, its git can). Returns the
+        cancelled tasks, for a caller that waits until nothing is left (a user stop); a
+        reload does not wait for them."""
+        tasks = []
+        building = self.preparer is not None and name in self.preparer.builds
+        for entry in (self.pending.pop(name, None), self.inflight.pop(name, None)):
+            if entry is not None and not entry[1].done():
+                entry[1].cancel()
+                tasks.append(entry[1])
+        controller = self.controllers.get(name)
+        if controller is not None:
+            killed = (procs.kill_git_children(str(source_root(self.state_dir, name)))
+                      if controller.spec.source.kind == "git" else [])
+            if tasks:
+                log.info("%s: cancelled its %s", name, "build" if building else "fetch")
+            if tasks or killed:
+                controller.preparing = None
+                controller.deploy_message = ""
+                controller.changed()
+        return tasks
+
     def cancel_fetches(self) -> None:
         """Cancel fetches in flight and kill the git processes behind them (a remote that never
         answers must not hold a stopping supervisor for git's own timeout)."""
@@ -646,7 +705,7 @@ class Reconciler:
             task.cancel()
         self.pending.clear()
         reaper = self.reaper
-        killed = procs.kill_git_children(reaper.waiters if reaper is not None else ())
+        killed = procs.kill_git_children(known=reaper.waiters if reaper is not None else ())
         if killed:
             log.info("stopped %d git process%s still waiting for a remote", len(killed), "es" if len(killed) != 1 else "")
 

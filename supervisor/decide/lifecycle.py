@@ -130,7 +130,7 @@ class ReplicaState:
     start_error: str = ""  # why the last start failed (unknown user, missing command, ...)
     last_exit: Exit | None = None
     stopping: bool = False
-    stale: bool = False  # adopted, started from another config: the next plan replaces it
+    stale: bool | str = False  # adopted, started from another config (or a string: why else): the next plan replaces it
     probation: bool = False  # a new version with a last good one to roll back to
     good: bool = False  # ready for good_after seconds without a crash (Policy.good_delay)
     probation_crashes: int = 0
@@ -188,7 +188,7 @@ class Adopted:
     pid: int
     started_at: float | None
     restarts: int
-    stale: bool
+    stale: bool | str  # True: started from another config; a string: another reason to replace it
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,10 @@ def plan(desired: Desired, observed: Observed, revisions: Mapping[str, str] | No
     for name in reversed(dependency_order(removed)):
         for index in sorted(observed.services[name].replicas, reverse=True):
             actions.append(Action(ActionKind.STOP, name, index, "removed from config"))
+        if not observed.services[name].replicas:
+            # nothing runs (still fetching or building, held, failed to build): the service
+            # still goes, with whatever it was preparing
+            actions.append(Action(ActionKind.STOP, name, None, "removed from config"))
 
     restarting: dict[str, str] = {}
     for name in dependency_order(specs):
@@ -183,7 +187,8 @@ def _plan_service(
         actions.extend(Action(ActionKind.RESTART, name, i, reason) for i in keep)
         restarting[name] = reason
     elif stale:
-        why = "adopted, but started from another config"
+        why = next((w for i in stale if isinstance(w := obs.replicas[i].stale, str)),
+                   "adopted, but started from another config")
         actions.extend(Action(ActionKind.RESTART, name, i, why) for i in stale)
         restarting[name] = why
     elif changed and changed != ("replicas",):

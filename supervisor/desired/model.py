@@ -421,7 +421,7 @@ class ReplicaObserved:
     restarts: int = 0
     last_exit: Exit | None = None
     started_at: float | None = None  # wall clock seconds since the epoch
-    stale: bool = False  # adopted after a supervisor restart, started from another config
+    stale: bool | str = False  # adopted after a supervisor restart, started from another config (a string: why else to replace it)
     ready: bool = False  # its ready check passed (or it has none) while it runs
     message: str = ""  # why it is in its phase (waiting for, restart in, start limit hit, ...)
     running: bool = False  # a process (or container) of it is held, even while it is stopped

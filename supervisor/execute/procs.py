@@ -28,6 +28,7 @@ import signal
 import subprocess
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterator, Mapping, Sequence
@@ -89,6 +90,7 @@ class ProcessHandle:
     instance: str | None = None  # the value of INSTANCE_VAR in its environment
     stop_snapshot: list[psutil.Process] | None = None  # set once begin_stop() has signalled it
     pumps: list[Any] = field(default_factory=list)  # the logs.Pumps reading its stdout and stderr FIFOs
+    output_lost: str = ""  # adopted, but its output FIFO cannot be opened again: why ("" when it can)
 
     @property
     def running(self) -> bool:
@@ -214,7 +216,7 @@ class Reaper:
                     return False
                 if pgid in private_groups:
                     return False  # an exec check's leader: its owner reaps it for the status
-                stray = self.subreaper and pgid != self.own_pgid
+                stray = self.subreaper and (pgid != self.own_pgid or orphaned_git(pid))
                 if pgid not in self.groups and not stray:
                     return False
             try:
@@ -232,7 +234,8 @@ class Reaper:
             future.set_result(exit)
 
     def _reap_strays(self) -> None:
-        """Reap zombies re-parented to us that left their group (setsid) — not git's children."""
+        """Reap zombies re-parented to us that left their group (setsid), and git's orphaned
+        remote helpers (:func:`orphaned_git`) — never a git command GitPython waits for."""
         if not self.subreaper:
             return
         for pid in _children_of(os.getpid()):
@@ -244,7 +247,10 @@ class Reaper:
             except OSError:
                 continue
             state, pgid = fields_[0], int(fields_[2])
-            if (state == b"Z" and pgid != self.own_pgid and pgid not in self.groups
+            if state == b"Z" and pgid == self.own_pgid and orphaned_git(pid):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            elif (state == b"Z" and pgid != self.own_pgid and pgid not in self.groups
                     and pgid not in private_groups):
                 try:
                     os.waitpid(pid, os.WNOHANG)
@@ -329,6 +335,43 @@ def spawn(
         create_time = 0.0
     return ProcessHandle(pid=proc.pid, pgid=proc.pid, create_time=create_time, exited=future, cgroup=group,
                          instance=instance)
+
+
+#: git commands started by GitPython in our threads, which wait for them themselves: pid -> the
+#: Popen (weakly). :data:`_git_lock` is held from the fork to the registration, so the reaper
+#: never takes a git child whose owner is about to wait for it (its exit status would be lost).
+_git_spawns: dict[int, weakref.ref[subprocess.Popen]] = {}
+_git_lock = threading.Lock()
+
+
+def popen_git(popen: Any, *args: Any, **kwargs: Any) -> subprocess.Popen:
+    """``popen(*args, **kwargs)`` (GitPython's ``safer_popen``), registered as a git command
+    whose owner waits for it (see :func:`orphaned_git`). Raises what ``popen`` raises."""
+    with _git_lock:
+        for pid, ref in list(_git_spawns.items()):
+            proc = ref()
+            if proc is None or proc.returncode is not None:
+                del _git_spawns[pid]
+        proc = popen(*args, **kwargs)
+        _git_spawns[proc.pid] = weakref.ref(proc)
+    return proc
+
+
+def orphaned_git(pid: int) -> bool:
+    """True when child ``pid`` (in our own process group, exited) is a git process no thread of
+    ours waits for: a remote helper (``git remote-https``) whose ``git fetch`` exited first,
+    re-parented to us as child subreaper (PR_SET_CHILD_SUBREAPER); nobody else would ever
+    reap it. A git command GitPython started is not, while its Popen still waits."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as comm:
+            if not comm.read().startswith(b"git"):
+                return False
+    except OSError:
+        return False
+    with _git_lock:
+        ref = _git_spawns.get(pid)
+        proc = ref() if ref is not None else None
+        return proc is None or proc.returncode is not None
 
 
 #: Process groups of short-lived helpers (exec checks) whose leader is reaped by its own code:
@@ -941,13 +984,14 @@ def too_many_files() -> str:
             "(LimitNOFILE= in the systemd unit, ulimit -Hn)")
 
 
-def kill_git_children(known: Collection[int] = ()) -> list[int]:
+def kill_git_children(source: str | None = None, known: Collection[int] = ()) -> list[int]:
     """SIGKILL every ``git`` process that is a direct child of ours and runs for a source
-    (``SUPERVISE_GIT=1`` in its environment: sources.git.GIT_MARK),
-    with all its descendants (remote helpers, ssh). Returns the pids. Used at shutdown: git's
-    own timeout would otherwise keep us waiting on a remote that never answers. ``known``:
-    children that are not git (the replicas' leaders the reaper tracks), not even looked at:
-    reading each one's name cost a stop of 200 services 3 ms of its signal fan-out, twice."""
+    (``SUPERVISE_GIT=ROOT`` in its environment, the source's folder: sources.git.GIT_MARK;
+    only those of the folder ``source`` when given), with all its descendants (remote helpers,
+    ssh). Returns the pids. Used at shutdown, and when a service's fetch is cancelled (a stop,
+    a removal): git's own timeout would otherwise keep us waiting on a remote that never answers.
+    ``known``: children that are not git (the replicas' leaders the reaper tracks), not even
+    looked at: reading each one's name cost a stop of 200 services 3 ms of its signal fan-out, twice."""
     killed = []
     for pid in _children_of(os.getpid()):
         if pid in known:
@@ -960,8 +1004,9 @@ def kill_git_children(known: Collection[int] = ()) -> list[int]:
             continue
         try:
             process = psutil.Process(pid)
+            mark = process.environ().get("SUPERVISE_GIT")
             if os.path.basename(process.cmdline()[0] if process.cmdline() else "") != "git" \
-                    or process.environ().get("SUPERVISE_GIT") != "1":
+                    or not mark or (source is not None and mark != source):
                 continue
             tree = [process, *descendants(pid)]
         except (psutil.Error, OSError, IndexError):

@@ -125,7 +125,7 @@ class Replica:
         return self.state.ready
 
     @property
-    def stale(self) -> bool:
+    def stale(self) -> bool | str:
         return self.state.stale
 
     @property
@@ -950,10 +950,10 @@ class ServiceController:
             self._task(replica, self._liveness(replica, handle, env))
 
     def adopt(self, index: int, handle: Running, spec: ServiceSpec, artifact: Artifact,
-              started_at: float | None, restarts: int, stale: bool) -> None:
+              started_at: float | None, restarts: int, stale: bool | str) -> None:
         """Take over a replica that survived a supervisor restart (``handle`` from the
-        executor's :meth:`~supervisor.execute.executors.Executor.adopt`). ``stale``: it was started
-        from another config, and the next plan replaces it."""
+        executor's :meth:`~supervisor.execute.executors.Executor.adopt`). ``stale``: the next
+        plan replaces it (True: it was started from another config; a string says why else)."""
         self.spec = spec
         self.artifact = artifact
         replica = Replica(index=index, launch=Launch(spec, artifact), state=ReplicaState(index=index),

@@ -333,3 +333,36 @@ stop_timeout = "300ms"
         assert rows["stubborn"]["last_exit"] == "stopped by supervise (SIGKILL)", rows["stubborn"]
     finally:
         end_all(first, second, pids.values())
+
+
+def test_a_replica_whose_fifo_went_with_a_moved_state_dir_is_restarted_not_adopted_deaf(tmp_path):
+    """The state dir moved away under a running supervisor (which makes it again), then that
+    supervisor is SIGKILLed: the records point at FIFOs in the new run/ that never existed. The
+    replica's output could never be read again (its writes block once the kernel buffer is
+    full), so the next supervisor restarts it, saying why, and its lines reach the log again."""
+    path = write(tmp_path / "services.toml", f'[services.chatty]\ncommand = ["{PY}", "-c", "{COUNTER}"]\n')
+    out = tmp_path / "out.txt"
+    first = start(path, out)
+    second = None
+    pids: dict[str, int] = {}
+    try:
+        pids = wait_until(lambda: running_pids(path, 1), timeout=30, message="chatty running")
+        os.rename(tmp_path / ".supervise", tmp_path / "moved")
+        wait_until(lambda: "recreated" in out.read_text() and running_pids(path, 1), timeout=30,
+                   message="the state dir made again")
+        records = tmp_path / ".supervise" / "state"
+        wait_until(lambda: records.is_dir() and any(records.iterdir()), timeout=10, message="records written again")
+        first.kill()
+        first.wait(timeout=10)
+        second = start(path, out)
+        again = wait_until(lambda: (p := running_pids(path, 1)) and p != pids and p, timeout=30,
+                           message="chatty restarted")
+        text = out.read_text()
+        assert "is gone from" in text and "is not in" not in text, text
+        log = tmp_path / ".supervise" / "logs" / "chatty.log"
+        wait_until(lambda: log.exists() and sum(1 for line in log.read_text().splitlines() if line.isdigit()) > 50,
+                   timeout=15, message="the restarted replica's lines in the log")
+        assert not psutil.pid_exists(pids["chatty"]) or psutil.Process(pids["chatty"]).status() == psutil.STATUS_ZOMBIE
+        pids.update({"again": again["chatty"]})
+    finally:
+        end_all(first, second, pids.values())

@@ -210,3 +210,77 @@ def test_credentials_in_a_git_url_never_leave_the_supervisor(tmp_path):
             if len(got) >= 1:
                 break
         assert got and not any("hunter2" in g for g in got)
+
+
+def test_credentials_in_a_git_url_are_in_no_command_line(tmp_path, silent_remote, leak_check):
+    """``ps`` shows every process's argv to every local user: while git hangs on the remote
+    (the fetch, then its remote helper), no command line of ours holds the secret."""
+    port = silent_remote.rsplit(":", 1)[1].split("/")[0]
+    secret = "tok-GITSECRET"
+    path = write(tmp_path / "services.toml", f"""
+[services.gitcreds]
+source = {{ git = "https://deploy:{secret}@127.0.0.1:{port}/repo.git", ref = "main" }}
+command = ["/bin/sleep", "300"]
+""")
+    proc = subprocess.Popen([PY, "-m", "supervisor", "-q", "--config", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "err.txt", "w"))
+    try:
+        seen: set[str] = set()
+
+        def helper_up() -> bool:
+            for process in psutil.process_iter():
+                try:
+                    argv = process.cmdline()
+                    assert not any(secret in arg for arg in argv), argv
+                    if process.environ().get("SUPERVISE_TEST_MARK") == leak_check:
+                        seen.update(arg for arg in argv[:2] if "git" in arg)
+                except (psutil.Error, OSError):
+                    continue
+            return any("remote-https" in arg for arg in seen)
+
+        wait_until(helper_up, timeout=30, message="git-remote-https talking to the silent remote")
+        for _ in range(20):  # a while longer, as it hangs
+            helper_up()
+        assert secret not in (tmp_path / "err.txt").read_text()
+    finally:
+        terminate(proc)
+
+
+def test_the_credential_helper_hands_git_the_urls_user_and_password(tmp_path):
+    """The URL's credentials reach git through its credential protocol (real git asked with
+    ``git credential fill``), percent-decoded, and the URL git gets has none."""
+    from supervisor.execute.sources.git import split_credentials
+
+    url, env = split_credentials("https://deploy:p%40ss%3Aw0rd@127.0.0.1:9/repo.git")
+    assert url == "https://127.0.0.1:9/repo.git"
+    result = subprocess.run(["git", "credential", "fill"], input="protocol=https\nhost=127.0.0.1:9\n\n",
+                            capture_output=True, text=True, timeout=30,
+                            env={**os.environ, **env, "GIT_TERMINAL_PROMPT": "0", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "username=deploy\n" in result.stdout and "password=p@ss:w0rd\n" in result.stdout, result.stdout
+    assert split_credentials("ssh://git@example.org/repo.git") == ("ssh://git@example.org/repo.git", {})
+    assert split_credentials("https://example.org/repo.git") == ("https://example.org/repo.git", {})
+
+
+def test_failed_fetches_leave_no_zombie_git(tmp_path, leak_check):
+    """git's remote helper outlives a failed ``git fetch`` and comes back to the supervisor (a
+    child subreaper): each retry left one ``[git] <defunct>`` that nothing reaped."""
+    from conftest import free_port
+
+    path = write(tmp_path / "services.toml", f"""
+[services.refused]
+source = {{ git = "https://127.0.0.1:{free_port()}/r.git" }}
+command = ["/bin/sleep", "300"]
+""")
+    out = tmp_path / "out.txt"
+    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=open(out, "w"),
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: out.read_text().count("retrying in") >= 3, timeout=60, message="three failed fetches")
+
+        def zombies() -> list[int]:
+            return [c.pid for c in psutil.Process(proc.pid).children() if c.status() == psutil.STATUS_ZOMBIE]
+
+        wait_until(lambda: not zombies(), timeout=5, message="no zombie child of the supervisor")
+    finally:
+        terminate(proc)

@@ -352,6 +352,28 @@ def test_removed_service_never_started_has_nothing_to_stop():
     assert plan(desired(BASE), Observed({**running(desired(BASE)).services, **observed.services})).lines() == []
 
 
+def test_removed_service_still_preparing_is_removed_whole():
+    """Nothing runs yet (its first build or fetch is under way, or failed, or it is held): the
+    service still goes, so the reconciler drops it and cancels what it was preparing."""
+    spec = desired('[services.slow]\ncommand = ["/bin/true"]\nbuild = "sleep 100"\n').services["slow"]
+    observed = Observed({"slow": ServiceObserved(name="slow", spec=spec, preparing="building")})
+    assert plan(desired(BASE), Observed({**running(desired(BASE)).services, **observed.services})).lines() == [
+        "stop slow: removed from config"]
+
+
+def test_an_adopted_replica_whose_output_is_lost_restarts_with_that_reason():
+    state = desired(BASE)
+    observed = running(state)
+    api = observed.services["api"]
+    lost = "adopted, but its output FIFO api.0.ab.fifo is gone from /s/run"
+    observed = Observed({**observed.services, "api": replace(
+        api, replicas={0: replace(api.replicas[0], stale=lost)})})
+    assert plan(state, observed).lines() == [f"restart api[0]: {lost}"]
+    observed = Observed({**observed.services, "api": replace(
+        api, replicas={0: replace(api.replicas[0], stale=True)})})
+    assert plan(state, observed).lines() == ["restart api[0]: adopted, but started from another config"]
+
+
 def test_removed_kinds_are_stops_only():
     result = plan(desired('[env]\nA = "1"\n'), running(desired(BASE + WEB)))
     assert {a.kind for a in result} == {ActionKind.STOP}

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 
 class Stop(ServiceCommand):
-    """Server: hold each service (its replicas stop: signal, stop_timeout, kill); reply with
-    their status rows once they have stopped."""
+    """Server: cancel each service's fetch or build under way, hold it (its replicas stop:
+    signal, stop_timeout, kill); reply with their status rows once they have stopped."""
 
     name = "stop"
     help = "stop services and hold them stopped until a start"
@@ -22,4 +22,9 @@ class Stop(ServiceCommand):
     async def act(self, daemon: Daemon, controllers: list[ServiceController]) -> None:
         import asyncio
 
+        # a fetch or build under way is part of the service: it ends too (its git processes, its
+        # build's process group: signal, then SIGKILL after 5 s), and the reply waits for it
+        cancelled = [t for c in controllers for t in daemon.reconciler.cancel_prepare(c.name)]
         await asyncio.gather(*(c.hold("stopped by user") for c in controllers))
+        if cancelled:
+            await asyncio.wait(cancelled, timeout=15)

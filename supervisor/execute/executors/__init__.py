@@ -96,10 +96,11 @@ class Executor(abc.ABC):
         keep. Raises :class:`supervisor.execute.builds.PrepareError` (``stage`` "fetch" or "build")."""
 
     def prepares_in_background(self, spec: ServiceSpec) -> bool:
-        """True when preparing ``spec`` may wait on something remote for long (a git fetch,
-        an image pull or build): the daemon then runs it as a task of its own, so one slow
-        remote holds that service alone, never a whole pass. The default: a git source."""
-        return spec.source.kind == "git"
+        """True when preparing ``spec`` may take long (a git fetch, a build step, an image
+        pull or build): the daemon then runs it as a task of its own, so one slow remote or
+        build holds that service alone, never a whole pass (nor the reloads after it). The
+        default: a git source or a ``build``."""
+        return spec.source.kind == "git" or bool(spec.build)
 
     async def fast_forward(self, spec: ServiceSpec, old_revision: str, new_revision: str) -> bool:
         """False when ``new_revision`` does not descend from ``old_revision`` (a force push, to
@@ -163,6 +164,11 @@ class Executor(abc.ABC):
         """Take over a replica from its state record (``record.handle`` is what :meth:`record`
         returned) after a supervisor restart, verifying it is the same one (not a reused pid
         or id); None when it is gone or the record is not one of ours."""
+
+    def must_replace(self, running: Running) -> str:
+        """Why a replica :meth:`adopt` took over (alive, ours) must still be replaced at once
+        (its output can no longer be read: a FIFO gone with a state dir made again), or ""."""
+        return ""
 
     @abc.abstractmethod
     def forget(self, record: ReplicaRecord) -> None:

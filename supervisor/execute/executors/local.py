@@ -233,8 +233,16 @@ class LocalExecutor(Executor):
         except state.RecordError:
             return None
         fifo = ours.fifo
+        lost = ""
         if fifo is not None and not logs.fifo_is_ours(self.state_dir, fifo):
-            log.warning("ignoring a state record whose FIFO %s is not in %s", fifo, logs.run_dir(self.state_dir))
+            if fifo.name.endswith(".fifo") and safefs.is_inside(fifo, logs.run_dir(self.state_dir)):
+                # where it belongs, but not there (the state dir was moved away and made again
+                # under the last supervisor): the replica runs, its output can never be read
+                # again, and once the kernel's buffer is full its writes block
+                lost = f"its output FIFO {fifo.name} is gone from {logs.run_dir(self.state_dir)}"
+            else:
+                log.warning("ignoring a state record whose FIFO %s is not in %s", fifo,
+                            logs.run_dir(self.state_dir))
             fifo = None
         recorded = ours.cgroup
         if recorded is not None and (self.cgroup_parent is None or recorded.parent != self.cgroup_parent):
@@ -247,6 +255,7 @@ class LocalExecutor(Executor):
         if handle is None:
             return None
         handle.fifo = fifo
+        handle.output_lost = lost
         if handle.cgroup is not None and (self.cgroup_parent is None or handle.cgroup.parent != self.cgroup_parent):
             handle.cgroup = None  # only our own cgroups are ever killed or removed
         if handle.fifo is not None:
@@ -254,6 +263,9 @@ class LocalExecutor(Executor):
             _pumps(handle, sink, label, f"{sink.name}[{index}]", logs.reopen_fifo(handle.fifo),
                    logs.reopen_fifo(logs.err_fifo(handle.fifo)), self.copy_pipe)
         return handle
+
+    def must_replace(self, running: Running) -> str:
+        return _handle(running).output_lost
 
     def forget(self, record: ReplicaRecord) -> None:
         try:
