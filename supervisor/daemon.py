@@ -87,6 +87,7 @@ class Daemon:
         self.engine = Engine(desired, bus=self.notifier, on_change=self.changed, console=self.console_out)
         self.reconciler = self.engine.reconciler
         self.reconciler.background_fetches = True  # a slow remote holds its own service only
+        self.reconciler.keep_completed = until is None  # a run once runs every job afresh
         self.unit.attach(self.reconciler)
         self.stop_event: asyncio.Event | None = None
         self.last_error = ""

@@ -83,6 +83,9 @@ class Reconciler:
         #: Git fetches (and the builds after them) run as tasks of their own, not held by a
         #: pass (the daemon, whose run loop picks their results up; see _prepare_in_background).
         self.background_fetches = False
+        #: One-shot jobs that finished under the previous supervisor stay exited (the state
+        #: record's ``completed``); False for a run once (`run --exit-when-done`): a fresh run.
+        self.keep_completed = True
         self.pending: dict[str, tuple[str, asyncio.Task, str | None]] = {}
 
     async def start(self) -> None:
@@ -257,7 +260,8 @@ class Reconciler:
                                source=SourceSpec(kind="path", path=alive[0][1].workdir, mode="in-place"),
                                stop_signal=record.stop_signal, stop_timeout=record.stop_timeout, replicas=0,
                                runtime=None if runtime == "local" else runtime)
-        if spec is None or (not alive and not record.held):
+        completed = bool(record.completed) and self.keep_completed and wanted is not None
+        if spec is None or (not alive and not record.held and not completed):
             return 0
         controller = self.controllers.get(name) or self._controller(spec)
         self.controllers[name] = controller
@@ -274,6 +278,8 @@ class Reconciler:
             controller.restore_good(record)
             stale = wanted is None or item.fingerprint != current
             controller.adopt(index, handle, spec, artifact, item.started_at, item.restarts, stale)
+        if completed:
+            controller.restore_completed(record)
         return len(alive)
 
     def spawn_stop(self, executor: Executor, handle: Running, record: state.ServiceRecord) -> None:

@@ -81,6 +81,7 @@ class Replica:
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
     stop: asyncio.Future[Exit | None] | None = None  # the stop under way (or done): one per process
     spawning: asyncio.Task[None] | None = None  # the executor's start under way (a container is created)
+    exited_at: float | None = None  # when it became ``exited`` (s since the epoch): kept in the state record
     # The callback on the process's exit future (see ServiceController._watch): a callback, not
     # a task per replica, until the exit comes (2,000 idle tasks were 2 MB and a frame each).
     watcher: tuple[asyncio.Future[Exit], Callable[[asyncio.Future[Exit]], None]] | None = None
@@ -311,6 +312,8 @@ class ServiceController:
             else:
                 self._run(replica, effect)
         if replica.state.phase is not before:
+            if replica.state.phase is Phase.EXITED:
+                replica.exited_at = self.clock.time()
             self._phase_changed()
         if spawn is not None:
             # The executor's start may wait on an engine (a container is created): it runs as
@@ -746,6 +749,41 @@ class ServiceController:
         self._feed(replica, Adopted(handle.pid, started_at, restarts, stale))
         self._watch_checks(replica, handle, replica_env(self.name, spec.environment, index, user=spec.user))
 
+    def restore_completed(self, record: state.ServiceRecord) -> None:
+        """Replicas that exited for good under a previous supervisor (a one-shot job: exited,
+        and its restart policy says not to start it again), with the spec the file still has,
+        stay ``exited`` with their last exit: a supervisor restart (kill, SIGQUIT, upgrade) does
+        not run a finished migration again. A changed spec, a user start or restart runs it
+        again, as while the supervisor runs (systemd keeps a finished oneshot unit's result
+        until it is started again)."""
+        key = state.completed_key(state.fingerprint(self.spec), self.spec)
+        for index, mark in sorted(record.still_completed(key, self.spec.slots).items()):
+            if index in self.replicas:
+                continue
+            artifact = Artifact(workdir=Path(mark.workdir or "."), version=mark.version, revision=mark.revision)
+            exit = Exit(code=mark.code, signal=mark.signal)
+            replica = Replica(index=index, launch=Launch(self.spec, artifact), exited_at=mark.at,
+                              state=ReplicaState(index=index, phase=Phase.EXITED, last_exit=exit))
+            self.replicas[index] = replica
+            if self.artifact is None and mark.version:
+                self.artifact = artifact
+            self.sink.note(f"{self._label(index)} exited before the supervisor restarted ({exit}); "
+                           f"not run again until its spec changes or `supervise start {self.name}`")
+        self.changed()
+
+    def _completed(self) -> dict[int, state.CompletedReplica]:
+        """The state record's ``completed``: replicas exited for good (see :meth:`restore_completed`)."""
+        marks = {}
+        for index, replica in self.replicas.items():
+            if (replica.state.phase is not Phase.EXITED or replica.handle is not None
+                    or index >= self.spec.slots):
+                continue
+            exit, artifact = replica.state.last_exit or Exit(), replica.launch.artifact
+            marks[index] = state.CompletedReplica(
+                state.completed_key(replica.launch.fingerprint, self.spec), exit.code, exit.signal,
+                replica.exited_at, artifact.version, artifact.revision, str(artifact.workdir))
+        return marks
+
     def _label(self, index: int) -> str:
         return replica_label(self.name, self.spec.replicas, index)
 
@@ -832,14 +870,16 @@ class ServiceController:
                 fingerprint=replica.launch.fingerprint, runtime=self.executor.name,
                 handle=self.executor.record(handle))
         good = tuple((g.artifact.version, g.artifact.revision, str(g.artifact.workdir)) for g in self.good)
+        completed = self._completed()
         record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
                                      command=tuple(self.spec.command), stop_signal=self.spec.stop_signal,
                                      stop_timeout=self.spec.stop_timeout, good=good, pinned=self.pinned or "",
-                                     pinned_over=(self.pinned_over or "") if self.pinned else "")
+                                     pinned_over=(self.pinned_over or "") if self.pinned else "",
+                                     completed=completed)
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
         try:
-            if not replicas and not self.held:
+            if not replicas and not self.held and not completed:
                 # Nothing to adopt and no hold: no file, which every reader takes for exactly
                 # that (an unlink costs a tenth of a new file: a stop of 2,000 wrote 2,000 files)
                 state.remove(self.state_dir, self.name)
