@@ -496,11 +496,11 @@ def _exited(policy: Policy, out: _Out, exit: Exit, now: float, uptime: float, ji
         seen = f"; {state.message}" if state.message else ""
         out.effects += [Cancel(Timer.TRIAL), Abandon(f"exited during start-up ({exit}{seen})")]
         return
-    # An adopted process is not our child: its exit status cannot be known. For on-failure,
-    # running a one-shot job (a migration) twice is the worse mistake.
-    unknown = exit.code is None and exit.signal is None
-    if policy.restart is RestartPolicy.NEVER or (
-            policy.restart is RestartPolicy.ON_FAILURE and (exit.success or unknown)):
+    # An adopted process is not our child (unless a self-update kept it ours): its exit status
+    # cannot be known. on-failure counts that as a failure, as systemd counts an unclean or
+    # unknown result: a crashed server left exited forever is the worse mistake (a job that
+    # must never run twice wants restart = "never").
+    if policy.restart is RestartPolicy.NEVER or (policy.restart is RestartPolicy.ON_FAILURE and exit.success):
         out.state = replace(state, phase=Phase.EXITED)
         return
     if state.probation:

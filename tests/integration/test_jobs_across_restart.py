@@ -118,3 +118,37 @@ def test_a_run_once_runs_a_finished_job_again(tmp_path):
     finally:
         terminate(first)
         kill_pids([web] if web else [])
+
+
+def test_an_adopted_on_failure_replica_that_is_killed_is_restarted(tmp_path):
+    """After a SIGKILL of the supervisor the replica is not our child: its exit status is
+    unknown, which on-failure counts as a failure (systemd does the same)."""
+    path = write(tmp_path / "services.toml", f"""
+[services.worker]
+command = ["{PY}", "-c", "import time; time.sleep(300)"]
+restart = "on-failure"
+replicas = 2
+""")
+    out = tmp_path / "out.txt"
+    first = start(path, out)
+    second = None
+    pids: list[int] = []
+    try:
+        now = wait_until(lambda: (r := rows(path)) and all(r.get(("worker", i), {}).get("pid") for i in (0, 1)) and r,
+                         timeout=30, message="two workers")
+        pids = [now[("worker", i)]["pid"] for i in (0, 1)]
+        first.kill()
+        first.wait(timeout=10)
+        second = start(path, out)
+        wait_until(lambda: "adopted 2 replicas" in out.read_text(), timeout=30, message="the adoption")
+        os.kill(pids[0], signal.SIGKILL)
+        now = wait_until(lambda: (r := rows(path)) and r[("worker", 0)].get("pid") not in (None, pids[0]) and r,
+                         timeout=30, message="the killed worker restarted")
+        pids.append(now[("worker", 0)]["pid"])
+        assert now[("worker", 0)]["last_exit"] == "unknown" and now[("worker", 0)]["restarts"] == 1
+        assert now[("worker", 1)]["pid"] == pids[1]  # its sibling untouched
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                terminate(proc)
+        kill_pids(pids)
