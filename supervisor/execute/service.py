@@ -81,6 +81,8 @@ class Replica:
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
     stop: asyncio.Future[Exit | None] | None = None  # the stop under way (or done): one per process
     spawning: asyncio.Task[None] | None = None  # the executor's start under way (a container is created)
+    checks: tuple[asyncio.Task, ...] = ()  # its ready and live check loops (see ServiceController._watch_checks)
+    check_env: dict[str, str] | None = None  # the environment its checks run with
     exited_at: float | None = None  # when it became ``exited`` (s since the epoch): kept in the state record
     # The callback on the process's exit future (see ServiceController._watch): a callback, not
     # a task per replica, until the exit comes (2,000 idle tasks were 2 MB and a frame each).
@@ -379,8 +381,11 @@ class ServiceController:
         if spec.start_limit != self.spec.start_limit or spec.backoff != self.spec.backoff:
             for replica in self.replicas.values():
                 replica.state = replace(replica.state, attempt=0, last_delay=0.0, starts=())
+        checks_changed = spec.ready != self.spec.ready or spec.live != self.spec.live
         self.spec = spec
         self.sink.policy = spec.log
+        if checks_changed:
+            self._apply_checks(spec)
         for replica in self.replicas.values():  # still waiting on dependencies: on the new ones
             if replica.phase is Phase.PENDING and replica.handle is None:
                 replica.unwatch()
@@ -727,12 +732,36 @@ class ServiceController:
             await asyncio.wait([spawning])
 
     def _watch_checks(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
-        spec = replica.launch.spec
         self._watch(replica, handle)
-        if spec.ready is not None:
-            self._task(replica, self._readiness(replica, handle, env))
+        replica.check_env = env
+        self._run_checks(replica, handle)
+
+    def _run_checks(self, replica: Replica, handle: Running) -> None:
+        """Start the ready loop (while not ready yet) and the live loop of ``replica``'s launch."""
+        spec, env = replica.launch.spec, replica.check_env or {}
+        checks = []
+        if spec.ready is not None and not replica.state.ready:
+            checks.append(self._task(replica, self._readiness(replica, handle, env)))
         if spec.live is not None:
-            self._task(replica, self._liveness(replica, handle, env))
+            checks.append(self._task(replica, self._liveness(replica, handle, env)))
+        replica.checks = tuple(checks)
+
+    def _apply_checks(self, spec: ServiceSpec) -> None:
+        """``ready``/``live`` changed in the file: the running replicas are probed with the new
+        checks from now on (their check loops start over), in place. A replica not ready yet
+        whose ready check is removed is ready now (as one started without a check)."""
+        for replica in self.replicas.values():
+            launch, handle = replica.launch, replica.handle
+            if launch.spec.ready == spec.ready and launch.spec.live == spec.live:
+                continue
+            replica.launch = Launch(replace(launch.spec, ready=spec.ready, live=spec.live), launch.artifact)
+            if handle is None or not handle.running or replica.state.stopping or replica.check_env is None:
+                continue  # (a process started later runs the new checks from its launch)
+            for task in replica.checks:
+                task.cancel()
+            self._run_checks(replica, handle)
+            if spec.ready is None and not replica.state.ready:
+                self._feed(replica, Ready(alive=True))
 
     def adopt(self, index: int, handle: Running, spec: ServiceSpec, artifact: Artifact,
               started_at: float | None, restarts: int, stale: bool) -> None:
@@ -787,10 +816,11 @@ class ServiceController:
     def _label(self, index: int) -> str:
         return replica_label(self.name, self.spec.replicas, index)
 
-    def _task(self, replica: Replica, coro: Coroutine[Any, Any, None]) -> None:
+    def _task(self, replica: Replica, coro: Coroutine[Any, Any, None]) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         replica.tasks.add(task)
         task.add_done_callback(replica.tasks.discard)
+        return task
 
     def _watch(self, replica: Replica, handle: Running) -> None:
         """Handle the exit of ``handle``'s process when it comes (:meth:`_exited`, as a task
