@@ -565,6 +565,10 @@ class Reconciler:
             elif action.kind is ActionKind.STOP and action.replica is not None:
                 await controller.stop_replica(action.replica, action.reason, remove=True)
         starts = [a for a in actions if a.kind in (ActionKind.START, ActionKind.RESTART)]
+        if not starts and controller.spec != spec and controller.spec.changed_fields(spec) == ("replicas",):
+            # scaled down (to 0 too), nothing else changed: the stops above were the whole change,
+            # and the controller must know the new count (status: `replicas = 0` is as asked)
+            controller.spec = spec
         if starts and artifact is None:
             artifact = await self._prepare(spec)
             if artifact is None:
