@@ -86,6 +86,9 @@ class Reconciler:
         #: One-shot jobs that finished under the previous supervisor stay exited (the state
         #: record's ``completed``); False for a run once (`run --exit-when-done`): a fresh run.
         self.keep_completed = True
+        #: Asked before a replica starts by itself (its dependencies are met, its backoff is
+        #: over): False once the supervisor is ending (a run once decided, a shutdown).
+        self.ending: Callable[[], bool] = lambda: False
         self.pending: dict[str, tuple[str, asyncio.Task, str | None]] = {}
 
     async def start(self) -> None:
@@ -413,10 +416,15 @@ class Reconciler:
         for level in reversed(dependency_levels({n: specs[n] for n in going})):
             await asyncio.gather(*(self.controllers[n].stop_for_dependency(going[n], reason) for n in level))
 
+    def may_start(self) -> bool:
+        """Whether a replica may still start by itself: not once the supervisor is ending."""
+        return not self.stopping and not self.ending()
+
     def _controller(self, spec: ServiceSpec) -> ServiceController:
         return ServiceController(spec, state_dir=self.state_dir, executor=self.executor_for(spec),
                                  notifier=self.notifier, lookup=self.controllers.get, changed=self.on_change,
-                                 sink=self.logs.sink(spec.name, spec.log), clock=self.clock)
+                                 sink=self.logs.sink(spec.name, spec.log), clock=self.clock,
+                                 may_start=self.may_start)
 
     async def _prepare_in_background(self, spec: ServiceSpec, protect: set[str]) -> Artifact | None:
         """For a source its executor may wait on for long (a git fetch, an image pull:

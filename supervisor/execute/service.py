@@ -142,12 +142,15 @@ class ServiceController:
     ``lookup`` finds another service's controller (for ``depends_on``); ``changed`` is called
     after every phase change (the reconciler uses it to re-check dependents). Replicas are
     reached only through ``executor`` (the seam: local processes, containers, ...). ``clock``
-    is the one clock read here; ``rng`` draws the backoff jitter in [0, 1).
+    is the one clock read here; ``rng`` draws the backoff jitter in [0, 1). ``may_start`` is
+    asked before a replica starts by itself (dependencies met, backoff over): False once the
+    supervisor is ending (a run once decided): nothing new starts then.
     """
 
     def __init__(self, spec: ServiceSpec, *, state_dir: Path, executor: Executor, notifier: Notifier,
                  lookup: Callable[[str], "ServiceController | None"], changed: Callable[[], None],
-                 sink: logs.LogSink, clock: Clock = SYSTEM, rng: Callable[[], float] = random.random):
+                 sink: logs.LogSink, clock: Clock = SYSTEM, rng: Callable[[], float] = random.random,
+                 may_start: Callable[[], bool] = lambda: True):
         self.spec = spec
         self.name = spec.name
         self.state_dir = state_dir
@@ -157,6 +160,7 @@ class ServiceController:
         self.changed = changed
         self.clock = clock
         self.rng = rng
+        self.may_start = may_start
         self.replicas: dict[int, Replica] = {}
         self.candidates: dict[int, Replica] = {}  # start-first replacements on trial
         self.artifact: Artifact | None = None
@@ -347,6 +351,8 @@ class ServiceController:
 
     def _fire(self, replica: Replica, timer: Timer) -> None:
         replica.timers.pop(timer, None)
+        if timer is Timer.BACKOFF and not self.may_start():
+            return  # the supervisor is ending: no restart now
         if self._owns(replica):
             self._feed(replica, Fired(timer))
 
@@ -429,6 +435,8 @@ class ServiceController:
             self._cancel(old)
         self.replicas[index] = replica
         waiting = self._waiting(replica) if spec.depends_on else ""
+        if not self.may_start():
+            return  # the supervisor is ending (a run once decided): it stays pending until stopped
         self._feed(replica, Start(reason, waiting=waiting, probation=previous is not None))
         if waiting:
             self._task(replica, self._start_after_dependencies(replica))
@@ -687,6 +695,8 @@ class ServiceController:
         """Wait (woken by the dependencies' phase changes, no polling) and then start."""
         while self.replicas.get(replica.index) is replica and replica.phase is Phase.PENDING:
             waiting = self._waiting(replica)
+            if not waiting and not self.may_start():
+                return  # the supervisor is ending: it stays pending until stopped
             self._feed(replica, DependenciesChanged(waiting))
             if not waiting:
                 return
