@@ -473,7 +473,7 @@ def _spawn(policy: Policy, out: _Out, reason: str, now: float, count: bool) -> N
     if count:
         _, starts = allow_start(policy.start_limit, state.starts, now)
         state = replace(state, starts=starts)
-    out.state = replace(state, phase=Phase.STARTING)
+    out.state = replace(state, phase=Phase.STARTING, reason=reason)  # what the start's note says
     out.effects.append(Spawn(reason))
 
 
@@ -526,6 +526,17 @@ def _exited(policy: Policy, out: _Out, exit: Exit, now: float, uptime: float, ji
     out.effects += [emit(EventType.BACKOFF, delay=round(delay, 3), exit=str(exit)), Arm(Timer.BACKOFF, delay)]
 
 
+def crash_reason(policy: Policy, exit: Exit | None, delay: float) -> str:
+    """Why an automatic restart starts a replica again, for its ``started`` note and event:
+    ``"exited (status 1): restart = on-failure, backoff 2s"`` (``signal 9 (SIGKILL)``,
+    ``unknown`` for an adopted process; the backoff in seconds)."""
+    if exit is None or exit.code is None:
+        status = str(exit or Exit())
+    else:
+        status = f"status {exit.code}"
+    return f"exited ({status}): restart = {policy.restart.value}, backoff {delay:.3g}s"
+
+
 def _live(policy: Policy, out: _Out, event: LiveProbe, who: str) -> None:
     state = out.state
     if state.pid is None or state.stopping:
@@ -547,7 +558,7 @@ def _fired(policy: Policy, out: _Out, timer: Timer, now: float) -> None:
     state = out.state
     if timer is Timer.BACKOFF:
         if state.phase is Phase.BACKOFF:
-            _spawn(policy, out, f"restart {state.restarts} after {state.last_exit}", now, count=False)
+            _spawn(policy, out, crash_reason(policy, state.last_exit, state.last_delay), now, count=False)
     elif timer is Timer.PROBATION:
         if not state.probation:
             return

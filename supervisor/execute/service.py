@@ -473,8 +473,7 @@ class ServiceController:
                 await self._start_first(old, spec, artifact, reason)
                 return
             self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index, reason=reason)
-            await self.stop_replica(index, reason, remove=False)
-            old.state = replace(old.state, restarts=old.state.restarts + 1)
+            await self.stop_replica(index, reason, remove=False)  # (RESTARTS counts only restarts after exits)
         await self.start_replica(index, spec, artifact, reason, previous=previous)
 
     async def stop_for_dependency(self, indices: list[int], reason: str) -> None:
@@ -550,7 +549,7 @@ class ServiceController:
     async def _start_first(self, old: Replica, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
         index = old.index
         candidate = Replica(index=index, launch=Launch(spec, artifact),
-                            state=ReplicaState(index=index, restarts=old.restarts + 1),
+                            state=ReplicaState(index=index, restarts=old.restarts),
                             trial=asyncio.get_running_loop().create_future())
         assert candidate.trial is not None
         self.candidates[index] = candidate
@@ -588,7 +587,7 @@ class ServiceController:
             if self.replicas.get(replica.index) is not replica:
                 return
             back = Replica(index=replica.index, launch=target,
-                           state=ReplicaState(index=replica.index, restarts=replica.restarts + 1))
+                           state=ReplicaState(index=replica.index, restarts=replica.restarts))
             self.replicas[replica.index] = back
             self.artifact = target.artifact
             self._feed(back, Start(f"rolled back to {target.artifact.version}"))

@@ -152,3 +152,40 @@ replicas = 2
             if proc is not None:
                 terminate(proc)
         kill_pids(pids)
+
+
+def test_a_crash_restart_says_so_and_only_restarts_after_exits_count(tmp_path):
+    """The start note of a crash restart gives the exit and the rule; RESTARTS counts it, and
+    not a restart for a change of the file or a user's restart (systemd's NRestarts)."""
+    path = write(tmp_path / "services.toml", f"""
+[services.worker]
+command = ["{PY}", "-c", "import os, sys, time; time.sleep(300 if os.path.exists('up') else 0); sys.exit(1)"]
+restart = "on-failure"
+backoff = {{ initial = "10ms", max = "20ms" }}
+""")
+    out = tmp_path / "out.txt"
+    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=open(out, "a"),
+                            stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_until(lambda: "started worker[0]" in out.read_text().split("exited (status 1)", 1)[-1]
+                   and "exited (status 1): restart = on-failure, backoff" in out.read_text(), timeout=30,
+                   message="a crash restart")
+        (tmp_path / "up").write_text("")  # from now on it stays up
+        row = wait_until(lambda: (r := rows(path).get(("worker", 0))) and r["phase"] == "running" and r,
+                         timeout=30, message="up")
+        crashes = row["restarts"]
+        assert crashes >= 1
+        path.write_text(path.read_text().replace('max = "20ms"', 'max = "20ms" }\nenv = { V = "2"'))
+        subprocess.run([PY, "-m", "supervisor", "--config", str(path), "reload"], capture_output=True, timeout=30)
+        subprocess.run([PY, "-m", "supervisor", "--config", str(path), "restart", "worker"], capture_output=True,
+                       timeout=30)
+        wait_until(lambda: "restarted by user" in out.read_text(), timeout=30, message="the user restart")
+        row = wait_until(lambda: (r := rows(path).get(("worker", 0))) and r["phase"] == "running" and r,
+                         timeout=30, message="up again")
+        assert row["restarts"] == crashes
+        starts = [line for line in out.read_text().splitlines() if "started worker[0]" in line]
+        assert any("env (V) changed" in line for line in starts) and "restarted by user" in starts[-1]
+        assert not any("exited (" in line and ("restarted by user" in line or "new service" in line)
+                       for line in starts)
+    finally:
+        terminate(proc)

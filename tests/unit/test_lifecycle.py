@@ -11,7 +11,7 @@ import pytest
 from supervisor.decide.lifecycle import (
     Abandon, Adopted, Arm, Cancel, DependenciesChanged, Emit, Exited, Fired, LiveProbe, Policy, Promote, Ready,
     ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer, proven, step,
-    Good, PROBATION,
+    Good, Note, PROBATION, crash_reason,
 )
 from supervisor.desired.model import Backoff, Exit, Phase, RestartPolicy, StartLimit
 
@@ -104,9 +104,27 @@ def test_first_crash_restarts_at_once_then_backs_off():
               (0.6, Exited(CRASH))]
     state, history = run(script)
     assert Arm(Timer.BACKOFF, 0.0) in history[2]
-    assert history[3] == [Spawn("restart 1 after exit 1")]
+    assert history[3] == [Spawn("exited (status 1): restart = always, backoff 0s")]
+    assert Note("started api[0] pid 101: exited (status 1): restart = always, backoff 0s") in history[4]
     assert Arm(Timer.BACKOFF, 1.0) in history[5]
     assert state.phase is Phase.BACKOFF and state.restarts == 2 and state.message == "restart in 1.00s after exit 1"
+
+
+@pytest.mark.parametrize(("restart", "exit", "delay", "reason"), [
+    (RestartPolicy.ON_FAILURE, Exit(code=1), 2.0, "exited (status 1): restart = on-failure, backoff 2s"),
+    (RestartPolicy.ALWAYS, Exit(signal=9), 0.25, "exited (signal 9 (SIGKILL)): restart = always, backoff 0.25s"),
+    (RestartPolicy.ON_FAILURE, Exit(), 0.0, "exited (unknown): restart = on-failure, backoff 0s"),
+])
+def test_a_crash_restart_says_why(restart, exit, delay, reason):
+    assert crash_reason(Policy(name="api", restart=restart), exit, delay) == reason
+
+
+def test_only_restarts_after_an_exit_count():
+    """RESTARTS is systemd's NRestarts: automatic restarts after an exit, not the plan's starts."""
+    state, _ = run([*up(), (0.5, Start("new revision a -> b")), (0.5, Spawned(101, at=0))])
+    assert state.restarts == 0
+    state, _ = run([*up(), (0.5, Exited(CRASH)), (0.5, Fired(Timer.BACKOFF)), (0.5, Spawned(101, at=0))])
+    assert state.restarts == 1 and state.reason.startswith("exited (status 1)")
 
 
 def test_jitter_comes_from_the_event():
