@@ -116,6 +116,7 @@ class ReplicaState:
     started: float | None = None
     started_at: float | None = None
     ready: bool = False
+    ready_since: float | None = None  # monotonic time it became ready (s); None while not ready
     message: str = ""
     start_error: str = ""  # why the last start failed (unknown user, missing command, ...)
     last_exit: Exit | None = None
@@ -366,7 +367,8 @@ def _on_spawn_failed(policy: Policy, out: _Out, event: Any, now: float, who: str
 
 def _on_adopted(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
     out.state = replace(out.state, phase=Phase.RUNNING, pid=event.pid, started=now, started_at=event.started_at,
-                        restarts=event.restarts, stale=event.stale, ready=not policy.has_ready)
+                        restarts=event.restarts, stale=event.stale, ready=not policy.has_ready,
+                        ready_since=None if policy.has_ready else now)
     if out.state.ready:
         _became_ready(policy, out)
 
@@ -396,7 +398,8 @@ def _on_ready(policy: Policy, out: _Out, event: Any, now: float, who: str) -> No
         return
     if state.up and state.pid is not None and not state.stopping:
         # a new version's probation still runs its course: ready, then crashing, is bad
-        out.state = replace(state, ready=True, phase=Phase.READY, message="")
+        out.state = replace(state, ready=True, phase=Phase.READY, message="",
+                            ready_since=state.ready_since if state.ready else now)
         out.effects.append(emit(EventType.READY, pid=state.pid))
         if state.trial:
             out.state = replace(out.state, trial=False)
@@ -449,6 +452,17 @@ _HANDLERS: dict[type, Callable[[Policy, _Out, Any, float, str], None]] = {
 }
 
 
+def served_well(policy: Policy, state: ReplicaState, now: float) -> bool:
+    """A new version still on probation that a newer one replaces now is good if it has been
+    ready (without a check: up) for ``good_delay`` seconds and has not crashed since its update:
+    it served fine, so it is what the newer one rolls back to (a version ready and serving for
+    11 s of a 20 s ready deadline is not skipped for an older one). Its deadline would have
+    judged it the same way had nothing replaced it (README, "Rollback has a written rule")."""
+    return (state.probation and state.up and state.ready and state.pid is not None and not state.stopping
+            and not state.trial and state.probation_crashes == 0 and state.ready_since is not None
+            and now - state.ready_since >= policy.good_delay)
+
+
 def proven(policy: Policy, state: ReplicaState, now: float) -> bool:
     """Up now and good (:attr:`Policy.good_delay`): a launch worth going back to."""
     return state.pid is not None and state.up and state.good and not state.trial
@@ -480,7 +494,8 @@ def _spawn(policy: Policy, out: _Out, reason: str, now: float, count: bool) -> N
 def _spawned(policy: Policy, out: _Out, event: Spawned, now: float, who: str) -> None:
     state = out.state
     out.state = replace(state, phase=Phase.RUNNING, pid=event.pid, started=now, started_at=event.at,
-                        ready=not policy.has_ready, message="", start_error="", live_failures=0, good=False)
+                        ready=not policy.has_ready, ready_since=None if policy.has_ready else now,
+                        message="", start_error="", live_failures=0, good=False)
     out.effects += [Note(f"started {who} pid {event.pid}: {state.reason}"),
                     emit(EventType.STARTED, pid=event.pid, reason=state.reason)]
     if state.trial:

@@ -456,6 +456,8 @@ class ServiceController:
         """
         old = self.replicas.get(index)
         previous = None
+        if old is not None and lifecycle.served_well(self.policy(old), old.state, self.clock.monotonic()):
+            self.mark_good(old.launch)  # replaced while on probation, after serving well: good
         if old is not None:
             new_launch = (old.launch.artifact.version != artifact.version
                           or old.launch.fingerprint != state.fingerprint(spec))

@@ -11,7 +11,7 @@ import pytest
 from supervisor.decide.lifecycle import (
     Abandon, Adopted, Arm, Cancel, DependenciesChanged, Emit, Exited, Fired, LiveProbe, Policy, Promote, Ready,
     ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer, proven, step,
-    Good, Note, PROBATION, crash_reason,
+    Good, Note, PROBATION, crash_reason, served_well,
 )
 from supervisor.desired.model import Backoff, Exit, Phase, RestartPolicy, StartLimit
 
@@ -407,3 +407,24 @@ def test_a_new_version_must_be_good_by_its_deadline_one_crash_is_enough_to_roll_
     state, history = run(script)
     assert history[-1] == [Rollback("crashed 1 time within 10s of the update (exit 1)")]
     assert not state.good and not state.probation
+
+
+SERVED_CASES = [
+    # (name, script after a probation start and spawn, now, good_after, served well)
+    ("ready 11 s of a 20 s deadline", [(1.0, Ready())], 12.0, None, True),
+    ("ready, good_after not reached yet", [(1.0, Ready())], 3.0, 5.0, False),
+    ("ready for good_after", [(1.0, Ready())], 6.0, 5.0, True),
+    ("never ready", [], 12.0, None, False),
+    ("crashed once since the update", [(1.0, Exited(CRASH)), (1.0, Fired(Timer.BACKOFF)),
+                                        (1.0, Spawned(101, at=0)), (2.0, Ready())], 12.0, None, False),
+]
+
+
+@pytest.mark.parametrize(("script", "now", "good_after", "expected"), [c[1:] for c in SERVED_CASES],
+                         ids=[c[0] for c in SERVED_CASES])
+def test_a_version_on_probation_that_served_well_is_good_when_replaced(script, now, good_after, expected):
+    """The rule of a good version (good once ready for good_after without a crash) holds for a
+    version on probation too when a newer one replaces it before its deadline."""
+    policy = Policy(name="api", has_ready=True, ready_deadline=20.0, good_after=good_after)
+    state, _ = run([(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)), *script], policy)
+    assert served_well(policy, state, now) is expected
