@@ -59,6 +59,15 @@ def process_started() -> float:
         return time.time()
 
 
+def check_trust(path: Path, desired: Desired) -> None:
+    """Raise ``safefs.UntrustedConfig`` when we run as root and the config file or an
+    ``env_file`` could be changed by another user (see :func:`safefs.check_trusted_file`):
+    whoever can edit what root runs is root."""
+    safefs.check_trusted_file(path)
+    for env_file in sorted({s.env_file for s in desired.services.values() if s.env_file}):
+        safefs.check_trusted_file(Path(env_file), "env_file")
+
+
 def check_state_dir(state_dir: Path, desired: Desired) -> None:
     """Refuse (``safefs.UnsafeStateDir``) a STATE_DIR that is not ours, or that lies inside a
     folder one of the ``user =`` services could write (it could swap the folder for its own)."""
@@ -147,11 +156,17 @@ class Daemon:
 
     def _read(self) -> Desired | ConfigError:
         """The file's desired state, or the ConfigError saying why not; raises nothing (any
-        failure while loading is a config error naming the file: the last good one stays)."""
+        failure while loading is a config error naming the file: the last good one stays).
+        A file (or env_file) that a user other than root could change is such an error when
+        we run as root (:func:`check_trust`): a save by a service user is never applied."""
         try:
-            return config.load(self.path)
+            desired = config.load(self.path)
+            check_trust(self.path, desired)
+            return desired
         except ConfigError as exc:
             return exc
+        except safefs.UntrustedConfig as exc:
+            return ConfigError([config.Diagnostic(str(self.path), 0, 0, str(exc))])
         except Exception as exc:  # noqa: BLE001 - config.load should not; a bad file never stops us
             return ConfigError([config.Diagnostic(str(self.path), 0, 0, f"cannot load: {exc!r}"[:300])])
 
@@ -411,6 +426,7 @@ class Daemon:
         Raises :class:`AlreadyRunning` when another supervisor holds the state dir."""
         loop = asyncio.get_running_loop()
         self.notifier.add_listener(print_event)
+        check_trust(self.path, self.desired)
         check_state_dir(self.state_dir, self.desired)
         try:
             return await self._run(loop)

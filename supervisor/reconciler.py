@@ -650,7 +650,8 @@ class Reconciler:
         for _key, task, _revision in self.pending.values():
             task.cancel()
         self.pending.clear()
-        killed = procs.kill_git_children()
+        reaper = self.reaper
+        killed = procs.kill_git_children(reaper.waiters if reaper is not None else ())
         if killed:
             log.info("stopped %d git process%s still waiting for a remote", len(killed), "es" if len(killed) != 1 else "")
 
@@ -663,9 +664,16 @@ class Reconciler:
         async with self.lock:
             specs = {n: c.spec for n, c in self.controllers.items()}
             for level in reversed(dependency_levels(specs)):
-                with procs.one_look_at_children():  # the whole level's signals first, then the waits
-                    for name in level:
-                        self.controllers[name].signal_all()
+                by_executor: dict[int, tuple[Executor, list[tuple[Running, int]]]] = {}
+                for name in level:
+                    controller = self.controllers[name]
+                    by_executor.setdefault(id(controller.executor), (controller.executor, []))[1].extend(
+                        controller.stop_signals())
+                with procs.one_look_at_children():  # the whole level's signals first, then the rest
+                    for executor, stops in by_executor.values():
+                        executor.signal_many(stops)
+                for name in level:
+                    self.controllers[name].begin_stops()
                 await asyncio.gather(*(self.controllers[n].stop_all("supervisor stopping") for n in level))
             for controller in self.controllers.values():
                 controller._persist_now()

@@ -800,8 +800,19 @@ class _Validator:
         if not _exists(path):
             self.error(keys, f'env_file "{_cut(value)}" does not exist ({_cut(str(path))})')
             return {}
+        from dotenv.parser import parse_stream
+
         try:
             text = read_regular_file(path).decode("utf-8")
+            # a line python-dotenv cannot parse would be skipped with a warning on stderr and
+            # its variable (and those after an unclosed quote) silently missing: an error here,
+            # naming the line but never its text (it may hold a secret)
+            bad = [b.original.line for b in parse_stream(io.StringIO(text)) if b.error]
+            if bad:
+                lines = ", ".join(str(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                self.error(keys, f'env_file "{_cut(value)}": cannot parse line{"s" if len(bad) > 1 else ""} {lines} '
+                                 "(dotenv syntax: NAME=value, quotes closed on the same line or a later one)")
+                return {}
             values = dotenv_values(stream=io.StringIO(text), interpolate=True)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             self.error(keys, f"cannot read env_file: {exc}")

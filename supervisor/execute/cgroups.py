@@ -91,15 +91,31 @@ def kill(group: Path) -> bool:
         return False
 
 
+def read_small(path: str | os.PathLike[str]) -> bytes:
+    """The whole of a small kernel file (/proc, /sys/fs/cgroup) with open, read and close
+    alone: Python's ``open`` adds fstat, ioctl and two lseeks, and a stop of 2,000 replicas
+    reads a few such files for each. Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
 def populated(group: Path) -> bool:
     """True while any process is in ``group`` (or its children)."""
     try:
-        with open(group / "cgroup.events") as f:
-            for line in f:
-                if line.startswith("populated "):
-                    return line.split()[1] == "1"
+        text = read_small(os.path.join(group, "cgroup.events"))
     except OSError:
         return False
+    for line in text.splitlines():
+        if line.startswith(b"populated "):
+            return line.split()[1] == b"1"
     return False
 
 
@@ -130,8 +146,7 @@ def of_pid(pid: int) -> Path | None:
 def pids(group: Path) -> list[int]:
     """The processes in ``group`` (``cgroup.procs``); empty when it cannot be read."""
     try:
-        with open(group / "cgroup.procs") as f:
-            return [int(line) for line in f if line.strip()]
+        return [int(pid) for pid in read_small(os.path.join(group, "cgroup.procs")).split()]
     except (OSError, ValueError):
         return []
 

@@ -269,8 +269,7 @@ def _children_of(pid: int) -> list[int]:
         return children
     for tid in tasks:
         try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children.extend(int(p) for p in f.read().split())
+            children.extend(map(int, cgroups.read_small(f"/proc/{pid}/task/{tid}/children").split()))
         except OSError:
             continue
     return children
@@ -636,26 +635,39 @@ def members(handle: ProcessHandle, known: Collection[int] = ()) -> list[psutil.P
 
 
 _own_children: list[int] | None = None  # set inside one_look_at_children()
+#: inside one_look_at_children(): (the ``known`` it was for, its size, the strays found)
+_own_strays: tuple[Collection[int], int, list[psutil.Process]] | None = None
 
 
 @contextlib.contextmanager
 def one_look_at_children() -> Iterator[None]:
     """Within this block, :func:`stray_children` reads our children list once, not once per
-    call: a shutdown signals 2,000 replicas in one synchronous sweep, and reading 2,000
-    children for each made it quadratic (10 s). Not reentrant; synchronous code only."""
-    global _own_children
+    call, and looks for strays in it once per ``known``: a shutdown signals 2,000 replicas
+    in one synchronous sweep, and reading 2,000 children for each made it quadratic (10 s),
+    as did checking each of them against ``known`` for each replica (4 million look-ups).
+    Not reentrant; synchronous code only."""
+    global _own_children, _own_strays
     _own_children = _children_of(os.getpid())
     try:
         yield
     finally:
-        _own_children = None
+        _own_children = _own_strays = None
 
 
 def stray_children(known: Collection[int] = ()) -> list[psutil.Process]:
     """Our direct children, other than those in ``known``, that came from a service (they
     carry :data:`INSTANCE_VAR`): orphans re-parented to us (we are a subreaper), builds."""
+    global _own_strays
+    if _own_children is None:
+        return _strays(_children_of(os.getpid()), known)
+    if _own_strays is None or _own_strays[0] is not known or _own_strays[1] != len(known):
+        _own_strays = (known, len(known), _strays(_own_children, known))
+    return list(_own_strays[2])
+
+
+def _strays(children: list[int], known: Collection[int]) -> list[psutil.Process]:
     out = []
-    for pid in _own_children if _own_children is not None else _children_of(os.getpid()):
+    for pid in children:
         if pid in known:
             continue
         try:
@@ -741,25 +753,49 @@ def signal_group(handle: ProcessHandle, sig: int) -> None:
         log.warning("cannot signal process group %d: %s", handle.pgid, exc)
 
 
-def begin_stop(handle: ProcessHandle, sig: int, reaper: Reaper | None) -> list[psutil.Process]:
+def begin_stop(handle: ProcessHandle, sig: int, reaper: Reaper | None,
+               group_signalled: bool = False) -> list[psutil.Process]:
     """The first, synchronous half of :func:`stop`: snapshot the members and send ``sig``.
 
-    Called for every replica in one go when many stop together (shutdown), so that the
-    signals all leave at once instead of one per event-loop turn. The snapshot is kept on the
-    handle for the :func:`stop` that follows.
+    Called for every replica in one go when many stop together (shutdown, see
+    :func:`begin_stops`), so that the signals all leave at once instead of one per
+    event-loop turn. The snapshot is kept on the handle for the :func:`stop` that follows.
+    ``group_signalled``: the process group had ``sig`` (and SIGCONT) already; only the
+    members outside it get it now.
     """
     snapshot = members(handle, reaper.waiters if reaper is not None else ())
-    signal_group(handle, sig)
+    if not group_signalled:
+        signal_group(handle, sig)
     for process in snapshot:
         try:
             if os.getpgid(process.pid) != handle.pgid:
                 process.send_signal(sig)
         except (psutil.Error, OSError):
             pass
-    if sig not in (signal.SIGKILL, signal.SIGCONT):
+    if sig not in (signal.SIGKILL, signal.SIGCONT) and not group_signalled:
         signal_group(handle, signal.SIGCONT)  # a stopped (SIGSTOP'ed) group cannot act on it
     handle.stop_snapshot = snapshot
     return snapshot
+
+
+def begin_stops(stops: Sequence[tuple[ProcessHandle, int]], reaper: Reaper | None) -> None:
+    """:func:`begin_stop` of many replicas (a shutdown's dependency level): the process groups
+    of those in a cgroup get their signal first, all of them in one sweep of ``kill(2)``
+    calls, then each replica's snapshot is taken and its members outside the group are
+    signalled. A snapshot (/proc and cgroup reads) costs about 0.1 ms, and taken first it
+    held the last of 200 signals 20-60 ms behind the first. Safe for a replica in a cgroup
+    only: a member whose parent exits meanwhile is still listed in its cgroup; one without
+    a cgroup has its snapshot taken before its signal, as :func:`begin_stop` alone does."""
+    early = set()
+    for handle, sig in stops:
+        if handle.cgroup is not None and handle.stop_snapshot is None:
+            signal_group(handle, sig)
+            if sig not in (signal.SIGKILL, signal.SIGCONT):
+                signal_group(handle, signal.SIGCONT)
+            early.add(id(handle))
+    for handle, sig in stops:
+        if handle.stop_snapshot is None:
+            begin_stop(handle, sig, reaper, group_signalled=id(handle) in early)
 
 
 async def stop(handle: ProcessHandle, sig: int, timeout: float, reaper: Reaper | None) -> Exit:
@@ -873,13 +909,17 @@ def too_many_files() -> str:
             "(LimitNOFILE= in the systemd unit, ulimit -Hn)")
 
 
-def kill_git_children() -> list[int]:
+def kill_git_children(known: Collection[int] = ()) -> list[int]:
     """SIGKILL every ``git`` process that is a direct child of ours and runs for a source
     (``SUPERVISE_GIT=1`` in its environment: sources.git.GIT_MARK),
     with all its descendants (remote helpers, ssh). Returns the pids. Used at shutdown: git's
-    own timeout would otherwise keep us waiting on a remote that never answers."""
+    own timeout would otherwise keep us waiting on a remote that never answers. ``known``:
+    children that are not git (the replicas' leaders the reaper tracks), not even looked at:
+    reading each one's name cost a stop of 200 services 3 ms of its signal fan-out, twice."""
     killed = []
     for pid in _children_of(os.getpid()):
+        if pid in known:
+            continue
         try:  # one small read rules out the services (2,000 psutil lookups cost 0.2 s a stop)
             with open(f"/proc/{pid}/comm", "rb") as comm:
                 if comm.read().strip() != b"git":

@@ -152,6 +152,68 @@ def check_not_writable_by(state_dir: Path, user: str) -> None:
                 f"{_describe_owner(os.geteuid())} can write (e.g. /var/lib/supervise/NAME)")
 
 
+class UntrustedConfig(OSError):
+    """A file that says what root runs (services.toml, an ``env_file``) could be changed by a
+    user other than root; the message says who and how to fix it."""
+
+
+def _others_can_change(st: os.stat_result, is_dir: bool) -> str:
+    """Why a user other than root and us could change (a file) or swap entries in (a folder)
+    what ``st`` describes; "" when nobody else can. A sticky folder (``/tmp``) lets others
+    remove only their own entries, so root's entries in it are safe (the kernel's rule, as
+    OpenSSH's ``StrictModes`` and sudo's sudoers check take it)."""
+    if st.st_uid not in (0, os.geteuid()):
+        return f"belongs to {_describe_owner(st.st_uid)}"
+    if is_dir and st.st_mode & stat.S_ISVTX:
+        return ""
+    if st.st_mode & 0o002:
+        return f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if st.st_mode & 0o020 and st.st_gid != 0:
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        return f"is writable by group {group} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return ""
+
+
+def check_trusted_file(path: Path, what: str = "config file") -> None:
+    """Raise :class:`UntrustedConfig` when a supervisor running as root reads ``path`` (a file
+    that says what root runs) although a user other than root could change it: the file, or any
+    folder from ``/`` down to it (both the path as given and the one its symlinks resolve to),
+    belongs to another user or is writable by a group or others (a sticky folder such as
+    ``/tmp`` is fine for root's own entries). Any user who could edit it could run anything as
+    root: a service running as ``user = "nobody"`` in that folder could add a service of its
+    own. Does nothing when we are not root (we can only run things as ourselves) or when
+    ``path`` does not exist (the caller reports that)."""
+    if os.geteuid() != 0:
+        return
+    given = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(path))
+    try:
+        st = os.stat(real)
+    except OSError:
+        return
+    why = _others_can_change(st, is_dir=False)
+    if why:
+        raise UntrustedConfig(f"{what} {real} {why}: any user who can change it could run anything as root. "
+                              f"Make it root's only (chown root {real}; chmod go-w {real})")
+    seen: set[Path] = set()
+    for folder in [*given.parents, *real.parents]:
+        if folder in seen:
+            continue
+        seen.add(folder)
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        why = _others_can_change(st, is_dir=True)
+        if why:
+            raise UntrustedConfig(f"{what} {given} is inside {folder}, which {why}: a user who can write "
+                                  f"there could replace the file and run anything as root. Keep it in a "
+                                  f"folder only root can write (e.g. /etc/supervise/)")
+
+
 def write_atomic(folder: Path, name: str, data: bytes, mode: int = 0o600) -> None:
     """Write ``folder/name`` atomically: a new file with a random name (``O_EXCL``, never a
     symlink followed), then a rename over ``name`` inside the same folder fd."""

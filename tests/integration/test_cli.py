@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -149,6 +150,37 @@ def test_quiet_run_keeps_output_in_the_log_only(tmp_path):
             proc.kill()
             proc.wait()
         out.close()
+
+
+def test_a_stopped_run_has_said_and_recorded_everything_when_it_exits(tmp_path):
+    """The command ends its process once stopped (cli.exit_now, no interpreter teardown):
+    every line already on its way (service output on stdout, its own on stderr), every
+    event in the history and the state records are out by then, and the status is 0."""
+    names = [f"s{i}" for i in range(5)]
+    path = write(tmp_path / "services.toml", "".join(
+        f'[services.{name}]\ncommand = ["sh", "-c", "echo hello-{name}; exec sleep 300"]\n\n' for name in names))
+    out, err = open(tmp_path / "out.txt", "w"), open(tmp_path / "err.txt", "w")
+    proc = subprocess.Popen([PY, "-m", "supervisor", "--config", str(path)], stdout=out, stderr=err)
+    try:
+        wait_until(lambda: all(f"started {n}[0]" in (tmp_path / "err.txt").read_text() for n in names), timeout=20)
+        wait_until(lambda: all(f"hello-{n}" in (tmp_path / "out.txt").read_text() for n in names), timeout=20)
+        records = tmp_path / ".supervise" / "state"
+        wait_until(lambda: {p.stem for p in records.glob("*.json")} == set(names))  # each running replica's
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        said = (tmp_path / "err.txt").read_text().splitlines()
+        assert said[-1] == "supervise | stopped"
+        assert all(any(line.startswith(f"supervise | stopped {n}[0]") for line in said) for n in names)
+        history = (tmp_path / ".supervise" / "events" / "events.jsonl").read_text().splitlines()
+        stopped = {json.loads(line)["service"] for line in history if json.loads(line)["type"] == "stopped"}
+        assert stopped == set(names)
+        assert list(records.glob("*.json")) == []  # stopped, nothing held: no record left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+        err.close()
 
 
 @pytest.mark.parametrize("verb", [["status"], ["status", "--json"], ["plan"], ["logs"], ["events"], ["stop", "a"],

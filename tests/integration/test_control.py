@@ -299,3 +299,15 @@ depends_on = ["db"]
     finally:
         terminate(proc, timeout=20)
         out.close()
+
+
+def test_a_reload_of_a_file_with_two_mistakes_prints_two_lines(daemon):
+    """A user's report: both diagnostics came on one line joined by a literal ``\\x0a``."""
+    path, proc = daemon
+    good = path.read_text()
+    path.write_text(good + '[services.x]\nreplicas = "two"\n[services.y]\nrestart = "sometimes"\ncommand = "y"\n')
+    broken = cli("reload", config=path)
+    lines = broken.stderr.strip().splitlines()
+    assert broken.returncode == 2 and "\\x0a" not in broken.stderr, broken.stderr
+    assert len(lines) >= 2 and all(line.startswith("supervise: ") for line in lines), lines
+    path.write_text(good)

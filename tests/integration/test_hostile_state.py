@@ -109,8 +109,9 @@ def test_a_state_dir_we_do_not_own_alone_is_refused(tmp_path, plant, expected):
 ])
 @pytest.mark.parametrize("depth", [0, 2])
 def test_a_state_dir_inside_a_tree_a_user_service_can_write_is_refused(tmp_path, make_writable, depth):
-    """The default STATE_DIR sits beside services.toml: a config folder (or any folder above
-    it) that the ``user =`` service can write lets it swap the state dir for its own."""
+    """A STATE_DIR in a folder (or below one) that the ``user =`` service can write lets it
+    swap the state dir for its own. (The config file itself stays in a folder only root can
+    write: one the user could write is refused before, see test_untrusted_config.py.)"""
     top = tmp_path / "site"
     folder = top
     for i in range(depth):
@@ -118,7 +119,8 @@ def test_a_state_dir_inside_a_tree_a_user_service_can_write_is_refused(tmp_path,
     folder.mkdir(parents=True)
     os.chmod(tmp_path, 0o755)
     make_writable(top)
-    path = write(folder / "services.toml", f'[services.a]\ncommand = {USER_SLEEP}\nuser = "nobody"\n')
+    path = write(tmp_path / "services.toml", f'[supervise]\nstate_dir = "{folder}/.supervise"\n'
+                 f'[services.a]\ncommand = {USER_SLEEP}\nuser = "nobody"\n')
     result = run_cli(path)
     assert result.returncode == 1, result.stderr
     assert "which user 'nobody' can write" in result.stderr and "state_dir" in result.stderr, result.stderr

@@ -94,6 +94,34 @@ log = {{ max_size = "64KiB", backups = 200 }}
     run(body())
 
 
+def test_output_with_no_newline_still_rotates(tmp_path):
+    """A user's report: 200 MB of ``y`` with no newline made a 142 MB log beside a 10 MiB
+    ``max_size``: rotation waited for a line's end. A line going past max_size + LONG_LINE is
+    split (as journald splits lines over LineMax) and the file rotated; nothing else is lost."""
+    from supervisor.execute.logs import LONG_LINE
+
+    code = "import sys; o=sys.stdout.buffer; [o.write(bytes([0x79])*100000) for _ in range(50)]; o.flush()"
+    text = f"""
+[services.noeol]
+command = ["{PY}", "-c", "{code}"]
+restart = "never"
+log = {{ max_size = "256KiB", backups = 100 }}
+"""
+
+    async def body():
+        async with Stack(tmp_path) as stack:
+            await stack.apply(text)
+            await stack.until(lambda: stack.replica("noeol") and stack.replica("noeol").phase.value == "exited", timeout=30)
+            folder = stack.r.state_dir / "logs"
+            files = [folder / "noeol.log", *folder.glob("noeol.log.*")]
+            assert len(files) >= 10
+            assert max(f.stat().st_size for f in files) <= 256 * 1024 + LONG_LINE + 200
+            ys = sum(line.count("y") for f in files for line in f.read_text().splitlines() if not line.startswith("[supervise"))
+            assert ys == 5_000_000  # split, never lost
+
+    run(body())
+
+
 def test_log_file_deleted_or_moved_by_hand_is_recreated(tmp_path):
     code = "import sys,time\\nfor i in range(100000):\\n    print(i, flush=True); time.sleep(0.002)"
     text = f"""
@@ -164,3 +192,39 @@ restart = "never"
                 assert not [line for line in log if line.split(" ")[0] in names and not line.startswith(name)]
 
     run(body())
+
+
+def test_a_streaming_fifo_is_read_in_batches_and_nothing_waits_or_is_lost(tmp_path):
+    """After a look that moved a little (under logs.BATCH_BYTES), the pump stops watching the
+    FIFO for logs.BATCH_WAIT s instead of waking at the writer's next write; then it reads what
+    came meanwhile, all of it, in order. A real FIFO and log file; the loop's own timer."""
+    import asyncio
+    import os
+
+    from supervisor.execute import logs
+
+    async def body():
+        loop = asyncio.get_running_loop()
+        path, read_fd, child_fd = logs.make_fifo(tmp_path, "w", 0)
+        sink = logs.LogSink("w", tmp_path / "w.log")
+        pump = logs.Pump(loop, read_fd, sink, keep_until_written=True, copy_pipe=logs.CopyPipe())
+        try:
+            os.write(child_fd, b"".join(b"first %d\n" % i for i in range(1000)))
+            pump._readable()  # the look the loop makes when the FIFO turns readable
+            assert pump.paused  # moved a little: not watching for the next write
+            assert sink.path.read_bytes().count(b"first ") == 1000
+            os.write(child_fd, b"".join(b"second %d\n" % i for i in range(1000)))
+            deadline = loop.time() + 10
+            while sink.path.read_bytes().count(b"second ") < 1000:
+                assert loop.time() < deadline, "the batch after the pause never came"
+                await asyncio.sleep(logs.BATCH_WAIT)  # the loop runs the pump's resume timer
+            lines = sink.path.read_bytes().splitlines()
+            assert lines == [b"first %d" % i for i in range(1000)] + [b"second %d" % i for i in range(1000)]
+        finally:
+            pump.close()
+            os.close(child_fd)
+            sink.close()
+            pump.copy.close()
+            os.unlink(path)
+
+    asyncio.run(body())

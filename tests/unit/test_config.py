@@ -327,6 +327,20 @@ def test_env_file_is_dotenv(tmp_path, monkeypatch, text, expected):
     assert {k: env[k] for k in spec.environment} == expected
 
 
+@pytest.mark.parametrize("text, lines", [
+    ("GOOD=1\nBAD LINE hunter2-ENVFILE\n", "line 2"),
+    ('GOOD=1\nAPI_KEY="unterminated-SECRET\n', "line 2"),
+])
+def test_an_env_file_line_dotenv_cannot_parse_is_an_error_that_never_shows_the_line(tmp_path, text, lines):
+    """python-dotenv skips such a line with a warning on stderr, and the variable is missing
+    from the service's environment: a user's report. An error naming the line, not its text."""
+    write(tmp_path, text, "app.env")
+    path = write(tmp_path, '[services.api]\ncommand = "app"\nenv_file = "app.env"\n')
+    found = errors(path)
+    assert len(found) == 1 and f"cannot parse {lines}" in found[0].message, found
+    assert "SECRET" not in str(found[0]) and "hunter2" not in str(found[0])
+
+
 # -- depends_on ----------------------------------------------------------------------------
 
 DEPENDS = [

@@ -197,6 +197,9 @@ class LocalExecutor(Executor):
         if handle.running and handle.stop_snapshot is None:
             procs.begin_stop(handle, sig, self.reaper)
 
+    def signal_many(self, stops: Sequence[tuple[Running, int]]) -> None:
+        procs.begin_stops([(_handle(r), sig) for r, sig in stops if _handle(r).running], self.reaper)
+
     async def stop(self, running: Running, sig: int, timeout: float) -> Exit:
         handle = _handle(running)
         exit = await procs.stop(handle, sig, timeout, self.reaper)
@@ -305,7 +308,7 @@ def _handle(running: Running) -> procs.ProcessHandle:
 
 async def _drain(handle: procs.ProcessHandle, timeout: float = 2.0) -> None:
     """Wait until the output of a stopped process is all in its log (the pump's end of file)."""
-    if not handle.pumps:
+    if all(pump.done.done() for pump in handle.pumps):  # (none, or at their end of file already)
         return
     try:
         await asyncio.wait_for(asyncio.shield(asyncio.gather(*(pump.done for pump in handle.pumps))), timeout)
