@@ -10,6 +10,9 @@ def _installed_version() -> str:
     """The version of the installed ``supervise`` distribution (importlib.metadata: what pip
     installed, so each install beside another, e.g. a self-update, knows its own), or
     ``"0+unknown"`` when run from a folder that was never installed."""
+    found = _metadata_version()
+    if found is not None:
+        return found
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -18,6 +21,42 @@ def _installed_version() -> str:
         return "0+unknown"
 
 
+def _metadata_version() -> str | None:
+    """The ``Version:`` field of the distribution importlib.metadata would find first (the first
+    ``sys.path`` folder holding a ``supervise`` ``.dist-info`` or ``.egg-info``), read without
+    importing importlib.metadata: it brings email, zipfile and csv, 1.4 MB of a supervisor's
+    memory for one line of its start-up log. None when that finds nothing plain (a zip, an
+    odd file): importlib.metadata then answers."""
+    import os
+    import re
+    import sys
+
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        found = []
+        for name in names:
+            base, dot, suffix = name.rpartition(".")
+            if dot and suffix.lower() in ("dist-info", "egg-info") and \
+                    re.sub(r"[-_.]+", "_", base.partition("-")[0]).lower() == "supervise":
+                found.append((suffix.lower() != "dist-info", name, suffix.lower()))
+        for _, name, suffix in sorted(found)[:1]:  # a .dist-info first, as importlib.metadata
+            folder = os.path.join(entry or ".", name)
+            meta = os.path.join(folder, "METADATA" if suffix == "dist-info" else "PKG-INFO")
+            try:
+                with open(meta if os.path.isdir(folder) else folder, encoding="utf-8") as f:
+                    for line in f:
+                        if not line.strip():
+                            break  # the headers end at the first empty line
+                        key, _, value = line.partition(":")
+                        if key.strip().lower() == "version" and value.strip():
+                            return value.strip()
+            except (OSError, UnicodeDecodeError):
+                pass
+            return None
+    return None
 
 
 def __getattr__(name: str):

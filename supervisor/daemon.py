@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, selfupdate
+from . import selfupdate
 from .desired import config
 from .execute import logs, procs
 from .observe import safefs
@@ -40,6 +40,14 @@ from .decide.plan import Plan
 from .triggers.watch import FileWatcher
 
 log = logging.getLogger("supervise")
+
+
+def _version() -> str:
+    """This install's version (``supervisor.__version__``), looked up on first use: it imports
+    importlib.metadata (with email, zipfile, csv: 1.4 MB of a supervisor's PSS), which a
+    supervisor needs only for an upgrade and a handover."""
+    from . import __version__
+    return __version__
 
 __all__ = ["AlreadyRunning", "Daemon", "StateLock", "print_event"]
 
@@ -295,12 +303,12 @@ class Daemon:
                 return {"ok": False, "error": f"{self.path}: no [supervise] self = {{ git = ... }} or "
                         "{ pip = ... } to upgrade from", "code": Code.UPGRADE_FAILED}
             source = self.self_source = selfupdate.SelfSource(spec, self.state_dir)
-            current = selfupdate.label(__version__, self.revision)
+            current = selfupdate.label(_version(), self.revision)
             revision: str | None = None
             installed: str | None = None  # once installed, a failure is the version's: not tried again by the poll
             try:
                 revision = await asyncio.to_thread(source.latest)
-                if revision == self.revision or (spec.kind == "pip" and revision == __version__):
+                if revision == self.revision or (spec.kind == "pip" and revision == _version()):
                     return {"ok": True, "exec": False, "message": f"supervise {current} is the newest version"}
                 if revision in self.bad_revisions and not force:
                     return {"ok": True, "exec": False,
@@ -322,7 +330,7 @@ class Daemon:
             except OSError as exc:
                 log.warning("cannot prune old supervise installs: %s", exc)
             ident = os.urandom(8).hex()  # names this upgrade's outcome for the client that waits for it
-            mine = {"version": __version__, "revision": self.revision, "id": ident}
+            mine = {"version": _version(), "revision": self.revision, "id": ident}
             bad = sorted(self.bad_revisions)
             if self._stopping():  # a stop signal came during the install: no exec
                 return {"ok": False, "error": "supervise is stopping", "code": Code.UPGRADE_FAILED}
@@ -338,12 +346,12 @@ class Daemon:
         """Report a failed upgrade; ``revision`` (a version that failed its checks) is not tried
         again by the poll. A failed fetch or install (maybe the network) is retried at the next."""
         log.error("upgrade of supervise failed, %s keeps running: %s",
-                  selfupdate.label(__version__, self.revision), error)
+                  selfupdate.label(_version(), self.revision), error)
         if revision:
             self.bad_revisions.add(revision)
             selfupdate.save_failed(self.state_dir, self.bad_revisions)
         self.last_upgrade = {"ok": False, "error": error, "revision": revision}
-        self.notifier.emit(EventType.UPGRADE_FAILED, None, __version__, error=error)
+        self.notifier.emit(EventType.UPGRADE_FAILED, None, _version(), error=error)
         return {"ok": False, "error": error, "code": Code.UPGRADE_FAILED}
 
     def hand_over(self) -> None:
@@ -355,8 +363,8 @@ class Daemon:
         plan = self.exec_plan = self.pending_plan
         if plan is not None:
             plan.handover["paused_at"] = time.monotonic()
-            self.notifier.emit(EventType.UPGRADING, None, __version__, **{
-                "from": selfupdate.label(__version__, self.revision), "to": plan.label, "pid": os.getpid()})
+            self.notifier.emit(EventType.UPGRADING, None, _version(), **{
+                "from": selfupdate.label(_version(), self.revision), "to": plan.label, "pid": os.getpid()})
         if self.stop_event is not None:
             self.stop_event.set()
 
@@ -388,7 +396,10 @@ class Daemon:
         """After the exec: say from which version to which this supervise was upgraded, or
         (the old one back) why the new one failed."""
         came = self.handover.upgraded_from
-        now = selfupdate.label(__version__, self.revision)
+        failed = self.handover.failed
+        if came is None and failed is None:
+            return
+        now = selfupdate.label(_version(), self.revision)
         if came is not None:
             old = selfupdate.label(str(came.get("version")), came.get("revision"))
             figures = {}
@@ -402,8 +413,7 @@ class Daemon:
             if self.revision in self.bad_revisions:  # tried again by hand, and good this time
                 self.bad_revisions.discard(self.revision)
                 selfupdate.save_failed(self.state_dir, self.bad_revisions)
-            self.notifier.emit(EventType.UPGRADED, None, __version__, **{"from": old, "to": now}, **figures)
-        failed = self.handover.failed
+            self.notifier.emit(EventType.UPGRADED, None, _version(), **{"from": old, "to": now}, **figures)
         if failed is not None:
             error = f"supervise {failed.get('to')} did not start: {failed.get('error') or 'unknown'}; {now} runs again"
             log.error("upgrade failed: %s", error)
@@ -411,7 +421,7 @@ class Daemon:
             if isinstance(failed.get("revision"), str):
                 self.bad_revisions.add(failed["revision"])
                 selfupdate.save_failed(self.state_dir, self.bad_revisions)
-            self.notifier.emit(EventType.UPGRADE_FAILED, None, __version__, error=error)
+            self.notifier.emit(EventType.UPGRADE_FAILED, None, _version(), error=error)
 
 
     def status_rows(self, names: list[str]) -> list[dict[str, Any]]:
@@ -446,20 +456,24 @@ class Daemon:
         self.history.open()
         self.notifier.seq = max(self.notifier.seq, self.history.last_seq)
         self.notifier.add_listener(self.history.write)
+        # signals before the control socket answers: whoever sees it answer may send SIGTERM
+        # and must get a clean stop (the default action would kill us and leave the adopted
+        # services running); a SIGHUP this early is applied once the first pass runs
+        self.stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
+        early_hups: list[int] = []
+        loop.add_signal_handler(signal.SIGHUP, early_hups.append, 1)
+        procs.quiet_wakeup_fd()  # each add_signal_handler above turned the warnings back on
         self.control = ControlServer(socket_path(self.state_dir), self.handlers(), inherited=self.handover.control)
         await self.control.start()
         self.file_watcher = FileWatcher(loop, self.on_file_saved)
         self._watch(self.desired)
         self.state_dir_check = loop.call_later(STATE_DIR_CHECK, self._check_state_dir)
 
-        self.stop_event = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
-        loop.add_signal_handler(signal.SIGQUIT, self.on_sigquit)
-        procs.quiet_wakeup_fd()  # each add_signal_handler above turned the warnings back on
 
-        log.info("supervise %s: %d services from %s (state in %s, pid %d)", __version__,
+        log.info("supervise %s: %d services from %s (state in %s, pid %d)", _version(),
                  len(self.desired.services), self.path, self.state_dir, os.getpid())
         adopted = await self.reconciler.adopt(self.desired)
         if adopted:
@@ -474,6 +488,10 @@ class Daemon:
         runner = asyncio.create_task(self.engine.run(self.load_async))
         self.reconciler.request()
         self.unit.start()
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+        procs.quiet_wakeup_fd()
+        if early_hups:
+            self.on_sighup()
         stopper = asyncio.create_task(self.stop_event.wait())
         await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
         failed = runner.done() and not runner.cancelled() and runner.exception() is not None

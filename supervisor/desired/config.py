@@ -7,7 +7,6 @@ compiler error: ``services.toml:12:5: services.api: unknown key "comand" (did yo
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -235,6 +234,8 @@ def suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
             candidates.append(choice)
             if len(candidates) >= SUGGEST_CANDIDATES:
                 break
+    import difflib  # on the first mistake only: the daemon's start imports no difflib (0.2 MB)
+
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
@@ -648,6 +649,9 @@ class _Validator:
         errors_before = len(self.diagnostics)
         if not NAME_RE.match(name) or name in (".", ".."):
             self.error(keys, f'bad service name "{name}": use letters, digits, "_", "." and "-" (at most 100, not starting with "." or "-")')
+        elif name.lower() == "supervise":
+            self.error(keys, 'the service name "supervise" is reserved: the console and the logs label the '
+                       "supervisor's own lines with it, so a service's output could pass for the supervisor's")
         if not isinstance(table, dict):
             self.error(keys, f'"services.{name}" must be a table')
             return None

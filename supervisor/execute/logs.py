@@ -29,7 +29,6 @@ import stat
 import sys
 import threading
 import time
-import uuid
 import zlib
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Protocol
@@ -544,6 +543,10 @@ class Pump:
     the same stdout) has closed it. A last line without a newline is written with one.
     """
 
+    # two per replica: slots, not an instance dict each
+    __slots__ = ("loop", "fd", "sink", "label", "origin", "force", "on_eof", "partial", "unfinished_since",
+                 "paused", "done", "copy", "_own_copy")
+
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: Sink,
                  on_eof: Callable[[], None] | None = None, keep_until_written: bool = False,
                  label: str | None = None, origin: str | None = None, copy_pipe: CopyPipe | None = None):
@@ -743,7 +746,7 @@ def make_fifo(state_dir: Path, name: str, index: int) -> tuple[Path, int, int]:
     folder = safefs.ensure_dir(run_dir(state_dir))
     dfd = safefs.open_dir(folder)
     try:
-        return _make_fifo_at(folder, dfd, f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo")
+        return _make_fifo_at(folder, dfd, f"{name}.{index}.{os.urandom(4).hex()}.fifo")
     finally:
         os.close(dfd)
 
@@ -776,7 +779,7 @@ def make_fifos(state_dir: Path, name: str, index: int,
     folder = safefs.ensure_dir(run_dir(state_dir))
     dfd = safefs.open_dir(folder)
     try:
-        entry = f"{name}.{index}.{uuid.uuid4().hex[:8]}.fifo"
+        entry = f"{name}.{index}.{os.urandom(4).hex()}.fifo"
         spare = spares.take_fifos(dfd, entry) if spares is not None else False
         path, out_read, out_child = _make_fifo_at(folder, dfd, entry, made=spare)
         err = err_fifo(path)
@@ -863,7 +866,7 @@ class Prefab:
                         return
                     item = self._todo.popleft()
                 if item is None:
-                    stem = f"{self.PREFIX}{uuid.uuid4().hex[:12]}"
+                    stem = f"{self.PREFIX}{os.urandom(6).hex()}"
                     os.mkfifo(stem + ".fifo", 0o600, dir_fd=run_fd)
                     try:
                         os.mkfifo(stem + ".err.fifo", 0o600, dir_fd=run_fd)

@@ -510,10 +510,13 @@ def unowned(tag: str, known: Collection[str]) -> list[psutil.Process]:
     prefix = f"{tag}-"
     me = os.getpid()
     found = []
-    for process in psutil.process_iter():
-        if process.pid == me:
+    # psutil.pids(), not process_iter(): process_iter keeps a Process object of every process on
+    # the machine in a module cache for the supervisor's whole life (0.7 MB among 2,100 processes)
+    for pid in psutil.pids():
+        if pid == me:
             continue
         try:
+            process = psutil.Process(pid)
             mark = process.environ().get(INSTANCE_VAR, "")
             if mark.startswith(prefix) and mark not in known and process.status() != psutil.STATUS_ZOMBIE:
                 found.append(process)

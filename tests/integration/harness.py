@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from supervisor.clock import SYSTEM, Clock
 from supervisor.desired import config
 from supervisor.observe.events import Event, Notifier
 from supervisor.desired.model import Phase
@@ -25,8 +26,9 @@ PY = sys.executable
 
 
 class Stack:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, clock: Clock = SYSTEM):
         self.folder = folder
+        self.clock = clock
         self.path = folder / "services.toml"
         self.notifier = Notifier()
         self.events: list[Event] = []
@@ -47,7 +49,7 @@ class Stack:
     async def apply(self, text: str):
         desired = self.load(text)
         if self.reconciler is None:
-            self.reconciler = Reconciler(desired, self.notifier)
+            self.reconciler = Reconciler(desired, self.notifier, clock=self.clock)
             await self.reconciler.start()
         return await self.reconciler.apply(desired)
 

@@ -311,3 +311,21 @@ def test_a_reload_of_a_file_with_two_mistakes_prints_two_lines(daemon):
     assert broken.returncode == 2 and "\\x0a" not in broken.stderr, broken.stderr
     assert len(lines) >= 2 and all(line.startswith("supervise: ") for line in lines), lines
     path.write_text(good)
+
+
+def test_a_sigterm_as_soon_as_the_socket_answers_is_a_clean_stop(tmp_path):
+    """The control socket used to answer before SIGTERM had its handler: a SIGTERM sent by
+    whoever saw it answer killed the supervisor outright (exit -15) and left its services."""
+    from supervisor.control import socket_path
+
+    path = write(tmp_path / "services.toml", f"[services.web]\ncommand = {SLEEP}\n")
+    proc = subprocess.Popen([PY, "-m", "supervisor", "-q", "--config", str(path)], stderr=subprocess.PIPE, text=True)
+    sock = socket_path(tmp_path / ".supervise")
+    try:
+        wait_until(lambda: sock.exists() or proc.poll() is not None, timeout=20, interval=0.001, message="the socket")
+        proc.send_signal(15)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            terminate(proc)
+    # (a service left running fails the test: conftest's leak check)

@@ -234,3 +234,38 @@ depends_on = ["db"]
             assert not [e for e in stack.events[mark:] if e.service == "other" and e.type.value == "stopping"]
 
     run(body())
+
+
+def test_good_after_is_judged_when_looked_at_not_on_a_timer_of_its_own(tmp_path):
+    """A replica turning good after ``good_after`` changes no process, so it is a lazy timer
+    (lifecycle.LAZY_TIMERS): no loop timer per replica and no state record written at its
+    deadline (2,000 of them woke an idle supervisor 10 s after its start burst). Whatever
+    reads the service after the deadline (status, versions, a plan, an event of the replica)
+    sees it good; the record takes it at its next write (a detach writes it too)."""
+    from supervisor.clock import FakeClock
+    from supervisor.decide.lifecycle import Timer
+    from supervisor.observe import state
+
+    clock = FakeClock()
+
+    async def body():
+        async with Stack(tmp_path, clock=clock) as stack:
+            await stack.apply(two_services(extra='good_after = "5s"'))
+            await stack.until(lambda: stack.pid("api"))
+            api = stack.r.controllers["api"]
+            replica = api.replicas[0]
+            assert Timer.GOOD not in replica.timers and replica.due is not None and Timer.GOOD in replica.due
+            written = state.load_all(stack.r.state_dir)["api"]
+            clock.advance(4.9)
+            assert not api.observe().replicas[0].good and api.good_versions() == ()
+            clock.advance(0.2)
+            observed = api.observe()
+            assert observed.replicas[0].good and api.good_versions() == (replica.launch.artifact.version,)
+            assert replica.due is None and replica.state.good
+            await asyncio.sleep(0.05)  # a persist would have run by now: none was asked for
+            assert state.load_all(stack.r.state_dir)["api"] == written and written.good == ()
+            api.persist()  # the record's next write (a restart, a stop, a deploy ...) takes it
+            await stack.until(lambda: state.load_all(stack.r.state_dir)["api"].good, message="good written")
+            assert [g[0] for g in state.load_all(stack.r.state_dir)["api"].good] == [replica.launch.artifact.version]
+
+    run(body())

@@ -707,3 +707,10 @@ def test_a_service_runtime_chooses_its_executor(tmp_path):
     desired = config.load(write(tmp_path, '[services.a]\ncommand = ["true"]\nruntime = "local"\n'
                                           '[services.b]\ncommand = ["true"]\n'))
     assert desired.services["a"].runtime == "local" and desired.services["b"].runtime is None
+
+
+def test_the_name_supervise_is_reserved(tmp_path):
+    """A user's report: a service named ``supervise`` printed ``supervise | ready x[0]: all
+    good`` on the console, indistinguishable from the supervisor's own lines."""
+    path = write(tmp_path, '[services.Supervise]\ncommand = "app"\n')
+    assert any("reserved" in d.message for d in errors(path))

@@ -428,3 +428,36 @@ def test_a_version_on_probation_that_served_well_is_good_when_replaced(script, n
     policy = Policy(name="api", has_ready=True, ready_deadline=20.0, good_after=good_after)
     state, _ = run([(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)), *script], policy)
     assert served_well(policy, state, now) is expected
+
+
+# -- lazy timers: applied when next looked at, not on the loop -------------------------------
+
+#: A state of every shape a timer can find: running, ready, stopping, in backoff, on trial, on
+#: probation, gone; with and without a ready check.
+_TIMER_STATES = [
+    ReplicaState(index=0, phase=phase, pid=pid, ready=ready, stopping=stopping, trial=trial,
+                 probation=probation, good=good, probation_crashes=crashes)
+    for phase, pid in [(Phase.RUNNING, 100), (Phase.READY, 100), (Phase.STOPPING, 100), (Phase.BACKOFF, None),
+                       (Phase.EXITED, None), (Phase.STARTING, None)]
+    for ready in (False, True) for stopping in (False, True) for trial in (False, True)
+    for probation in (False, True) for good in (False, True) for crashes in (0, 1)
+]
+_PROCESS_EFFECTS = (Spawn, StopProcess, Rollback, Promote, Abandon, Arm, Emit)
+
+
+@pytest.mark.parametrize("timer", list(Timer))
+def test_a_timer_is_lazy_exactly_when_its_firing_touches_no_process(timer):
+    """A lazy timer (LAZY_TIMERS) is applied by the driver when it next looks at the replica,
+    not at its deadline, so an idle supervisor is not woken by one per replica (2,000 good
+    timers 10 s after a start burst). That is right only while its firing has no effect but
+    :class:`Good` (no spawn, stop, rollback, verdict, event or new timer) in any state; every
+    other timer must keep a real deadline because some state gives it one of those."""
+    from supervisor.decide.lifecycle import LAZY_TIMERS
+    effects = [e for policy in (POLICY, Policy(name="api", has_ready=True, ready_deadline=5))
+               for state in _TIMER_STATES for e in step(policy, state, Fired(timer), 50.0)[1]]
+    touches = [e for e in effects if isinstance(e, _PROCESS_EFFECTS)]
+    if timer in LAZY_TIMERS:
+        assert touches == [] and all(isinstance(e, Good) for e in effects), touches[:3]
+    else:
+        assert touches, f"{timer} never touches a process: it could be lazy"
+
