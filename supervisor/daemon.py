@@ -137,6 +137,8 @@ class Daemon:
         self.reconciler = self.engine.reconciler
         self.reconciler.background_fetches = True  # a slow remote holds its own service only
         self.reconciler.keep_failed = until is None  # a run once starts everything afresh
+        self.reconciler.keep_completed = until is None  # a run once runs every job afresh
+        self.reconciler.ending = self._run_is_over
         self.unit.attach(self.reconciler)
         self.stop_event: asyncio.Event | None = None
         self.last_error = ""
@@ -359,12 +361,22 @@ class Daemon:
             self._judging = True
             asyncio.get_running_loop().call_soon(self._judge)
 
-    def _judge(self) -> None:
-        """Run once: stop every service when :func:`runonce.outcome` says the run is over."""
+    def _run_is_over(self) -> bool:
+        """Run once: whether the run has ended (judged now when a judgement is due), so that
+        nothing starts between the verdict and the stop (a dependent of the job that ended it)."""
+        if self.until is None:
+            return False
+        if self.outcome is None:
+            self._judge(now=True)  # (also inside the first pass: a job may end before it is over)
+        return self.outcome is not None
+
+    def _judge(self, now: bool = False) -> None:
+        """Run once: stop every service when :func:`runonce.outcome` says the run is over.
+        ``now``: asked before a start, also while the first plan applies."""
         self._judging = False
         if self.until is None or self.outcome is not None or self.stop_event is None or self.stop_event.is_set():
             return
-        if self.reconciler.applied == 0:  # the first plan has not run: nothing is known yet
+        if self.reconciler.applied == 0 and not now:  # the first plan has not run: nothing is known yet
             return
         outcome = runonce.outcome(self.until, self.reconciler.desired.services, self.reconciler.observe())
         if outcome is None:

@@ -94,6 +94,12 @@ class Reconciler:
         #: Replicas that hit their start limit under the previous supervisor stay failed
         #: (the state record); False for a run once (`run --exit-when-done`): a fresh run.
         self.keep_failed = True
+        #: One-shot jobs that finished under the previous supervisor stay exited (the state
+        #: record's ``completed``); False for a run once (`run --exit-when-done`): a fresh run.
+        self.keep_completed = True
+        #: Asked before a replica starts by itself (its dependencies are met, its backoff is
+        #: over): False once the supervisor is ending (a run once decided, a shutdown).
+        self.ending: Callable[[], bool] = lambda: False
         self.pending: dict[str, tuple[str, asyncio.Task, str | None]] = {}
         #: Prepares a pass awaits itself (no background), by service: (prepare key, task).
         self.inflight: dict[str, tuple[str, asyncio.Task]] = {}
@@ -271,7 +277,8 @@ class Reconciler:
                                stop_signal=record.stop_signal, stop_timeout=record.stop_timeout, replicas=0,
                                runtime=None if runtime == "local" else runtime)
         failed = bool(record.failed) and self.keep_failed
-        if spec is None or (not alive and not record.held and not failed):
+        completed = bool(record.completed) and self.keep_completed and wanted is not None
+        if spec is None or (not alive and not record.held and not failed and not completed):
             return 0
         controller = self.controllers.get(name) or self._controller(spec)
         self.controllers[name] = controller
@@ -296,6 +303,8 @@ class Reconciler:
             controller.restore_rolled_back(record)
         if wanted is not None and failed:
             controller.restore_failed(record)
+        if completed:
+            controller.restore_completed(record)
         return len(alive)
 
     def spawn_stop(self, executor: Executor, handle: Running, record: state.ServiceRecord) -> None:
@@ -431,11 +440,15 @@ class Reconciler:
         for level in reversed(dependency_levels({n: specs[n] for n in going})):
             await asyncio.gather(*(self.controllers[n].stop_for_dependency(going[n], reason) for n in level))
 
+    def may_start(self) -> bool:
+        """Whether a replica may still start by itself: not once the supervisor is ending."""
+        return not self.stopping and not self.ending()
+
     def _controller(self, spec: ServiceSpec) -> ServiceController:
         return ServiceController(spec, state_dir=self.state_dir, executor=self.executor_for(spec),
                                  notifier=self.notifier, lookup=self.controllers.get, changed=self.on_change,
                                  sink=self.logs.sink(spec.name, spec.log), clock=self.clock,
-                                 records=self.records)
+                                 records=self.records, may_start=self.may_start)
 
     async def _prepare_in_background(self, spec: ServiceSpec, protect: set[str]) -> Artifact | None:
         """For a source its executor may wait on for long (a git fetch, an image pull:
@@ -595,6 +608,10 @@ class Reconciler:
             elif action.kind is ActionKind.STOP and action.replica is not None:
                 await controller.stop_replica(action.replica, action.reason, remove=True)
         starts = [a for a in actions if a.kind in (ActionKind.START, ActionKind.RESTART)]
+        if not starts and controller.spec != spec and controller.spec.changed_fields(spec) == ("replicas",):
+            # scaled down (to 0 too), nothing else changed: the stops above were the whole change,
+            # and the controller must know the new count (status: `replicas = 0` is as asked)
+            controller.spec = spec
         if starts and artifact is None:
             artifact = await self._prepare(spec)
             if artifact is None:

@@ -126,6 +126,7 @@ class ReplicaState:
     started: float | None = None
     started_at: float | None = None
     ready: bool = False
+    ready_since: float | None = None  # monotonic time it became ready (s); None while not ready
     message: str = ""
     start_error: str = ""  # why the last start failed (unknown user, missing command, ...)
     last_exit: Exit | None = None
@@ -376,7 +377,8 @@ def _on_spawn_failed(policy: Policy, out: _Out, event: Any, now: float, who: str
 
 def _on_adopted(policy: Policy, out: _Out, event: Any, now: float, who: str) -> None:
     out.state = replace(out.state, phase=Phase.RUNNING, pid=event.pid, started=now, started_at=event.started_at,
-                        restarts=event.restarts, stale=event.stale, ready=not policy.has_ready)
+                        restarts=event.restarts, stale=event.stale, ready=not policy.has_ready,
+                        ready_since=None if policy.has_ready else now)
     if out.state.ready:
         _became_ready(policy, out)
 
@@ -406,7 +408,8 @@ def _on_ready(policy: Policy, out: _Out, event: Any, now: float, who: str) -> No
         return
     if state.up and state.pid is not None and not state.stopping:
         # a new version's probation still runs its course: ready, then crashing, is bad
-        out.state = replace(state, ready=True, phase=Phase.READY, message="")
+        out.state = replace(state, ready=True, phase=Phase.READY, message="",
+                            ready_since=state.ready_since if state.ready else now)
         out.effects.append(emit(EventType.READY, pid=state.pid))
         if state.trial:
             out.state = replace(out.state, trial=False)
@@ -459,6 +462,17 @@ _HANDLERS: dict[type, Callable[[Policy, _Out, Any, float, str], None]] = {
 }
 
 
+def served_well(policy: Policy, state: ReplicaState, now: float) -> bool:
+    """A new version still on probation that a newer one replaces now is good if it has been
+    ready (without a check: up) for ``good_delay`` seconds and has not crashed since its update:
+    it served fine, so it is what the newer one rolls back to (a version ready and serving for
+    11 s of a 20 s ready deadline is not skipped for an older one). Its deadline would have
+    judged it the same way had nothing replaced it (README, "Rollback has a written rule")."""
+    return (state.probation and state.up and state.ready and state.pid is not None and not state.stopping
+            and not state.trial and state.probation_crashes == 0 and state.ready_since is not None
+            and now - state.ready_since >= policy.good_delay)
+
+
 def proven(policy: Policy, state: ReplicaState, now: float) -> bool:
     """Up now and good (:attr:`Policy.good_delay`): a launch worth going back to."""
     return state.pid is not None and state.up and state.good and not state.trial
@@ -483,14 +497,15 @@ def _spawn(policy: Policy, out: _Out, reason: str, now: float, count: bool) -> N
     if count:
         _, starts = allow_start(policy.start_limit, state.starts, now)
         state = replace(state, starts=starts)
-    out.state = replace(state, phase=Phase.STARTING)
+    out.state = replace(state, phase=Phase.STARTING, reason=reason)  # what the start's note says
     out.effects.append(Spawn(reason))
 
 
 def _spawned(policy: Policy, out: _Out, event: Spawned, now: float, who: str) -> None:
     state = out.state
     out.state = replace(state, phase=Phase.RUNNING, pid=event.pid, started=now, started_at=event.at,
-                        ready=not policy.has_ready, message="", start_error="", live_failures=0, good=False)
+                        ready=not policy.has_ready, ready_since=None if policy.has_ready else now,
+                        message="", start_error="", live_failures=0, good=False)
     out.effects += [Note(f"started {who} pid {event.pid}: {state.reason}"),
                     emit(EventType.STARTED, pid=event.pid, reason=state.reason)]
     if state.trial:
@@ -506,11 +521,11 @@ def _exited(policy: Policy, out: _Out, exit: Exit, now: float, uptime: float, ji
         seen = f"; {state.message}" if state.message else ""
         out.effects += [Cancel(Timer.TRIAL), Abandon(f"exited during start-up ({exit}{seen})")]
         return
-    # An adopted process is not our child: its exit status cannot be known. For on-failure,
-    # running a one-shot job (a migration) twice is the worse mistake.
-    unknown = exit.code is None and exit.signal is None
-    if policy.restart is RestartPolicy.NEVER or (
-            policy.restart is RestartPolicy.ON_FAILURE and (exit.success or unknown)):
+    # An adopted process is not our child (unless a self-update kept it ours): its exit status
+    # cannot be known. on-failure counts that as a failure, as systemd counts an unclean or
+    # unknown result: a crashed server left exited forever is the worse mistake (a job that
+    # must never run twice wants restart = "never").
+    if policy.restart is RestartPolicy.NEVER or (policy.restart is RestartPolicy.ON_FAILURE and exit.success):
         out.state = replace(state, phase=Phase.EXITED)
         return
     if state.probation:
@@ -536,6 +551,17 @@ def _exited(policy: Policy, out: _Out, exit: Exit, now: float, uptime: float, ji
     out.effects += [emit(EventType.BACKOFF, delay=round(delay, 3), exit=str(exit)), Arm(Timer.BACKOFF, delay)]
 
 
+def crash_reason(policy: Policy, exit: Exit | None, delay: float) -> str:
+    """Why an automatic restart starts a replica again, for its ``started`` note and event:
+    ``"exited (status 1): restart = on-failure, backoff 2s"`` (``signal 9 (SIGKILL)``,
+    ``unknown`` for an adopted process; the backoff in seconds)."""
+    if exit is None or exit.code is None:
+        status = str(exit or Exit())
+    else:
+        status = f"status {exit.code}"
+    return f"exited ({status}): restart = {policy.restart.value}, backoff {delay:.3g}s"
+
+
 def _live(policy: Policy, out: _Out, event: LiveProbe, who: str) -> None:
     state = out.state
     if state.pid is None or state.stopping:
@@ -557,7 +583,7 @@ def _fired(policy: Policy, out: _Out, timer: Timer, now: float) -> None:
     state = out.state
     if timer is Timer.BACKOFF:
         if state.phase is Phase.BACKOFF:
-            _spawn(policy, out, f"restart {state.restarts} after {state.last_exit}", now, count=False)
+            _spawn(policy, out, crash_reason(policy, state.last_exit, state.last_delay), now, count=False)
     elif timer is Timer.PROBATION:
         if not state.probation:
             return

@@ -85,6 +85,9 @@ class Replica:
     trial: asyncio.Future[tuple[bool, str]] | None = None  # a start-first candidate's verdict
     stop: asyncio.Future[Exit | None] | None = None  # the stop under way (or done): one per process
     spawning: asyncio.Task[None] | None = None  # the executor's start under way (a container is created)
+    checks: tuple[asyncio.Task, ...] = ()  # its ready and live check loops (see ServiceController._watch_checks)
+    check_env: dict[str, str] | None = None  # the environment its checks run with
+    exited_at: float | None = None  # when it became ``exited`` (s since the epoch): kept in the state record
     # The callback on the process's exit future (see ServiceController._watch): a callback, not
     # a task per replica, until the exit comes (2,000 idle tasks were 2 MB and a frame each).
     watcher: tuple[asyncio.Future[Exit], Callable[[asyncio.Future[Exit]], None]] | None = None
@@ -208,13 +211,15 @@ class ServiceController:
     ``lookup`` finds another service's controller (for ``depends_on``); ``changed`` is called
     after every phase change (the reconciler uses it to re-check dependents). Replicas are
     reached only through ``executor`` (the seam: local processes, containers, ...). ``clock``
-    is the one clock read here; ``rng`` draws the backoff jitter in [0, 1).
+    is the one clock read here; ``rng`` draws the backoff jitter in [0, 1). ``may_start`` is
+    asked before a replica starts by itself (dependencies met, backoff over): False once the
+    supervisor is ending (a run once decided): nothing new starts then.
     """
 
     def __init__(self, spec: ServiceSpec, *, state_dir: Path, executor: Executor, notifier: Notifier,
                  lookup: Callable[[str], "ServiceController | None"], changed: Callable[[], None],
                  sink: logs.LogSink, clock: Clock = SYSTEM, rng: Callable[[], float] = random.random,
-                 records: RecordWriter | None = None):
+                 records: RecordWriter | None = None, may_start: Callable[[], bool] = lambda: True):
         self.spec = spec
         #: writes this service's state record with the others' after a burst (None: on its own,
         #: at the next loop iteration)
@@ -227,6 +232,7 @@ class ServiceController:
         self.changed = changed
         self.clock = clock
         self.rng = rng
+        self.may_start = may_start
         self.replicas: dict[int, Replica] = {}
         self.candidates: dict[int, Replica] = {}  # start-first replacements on trial
         self.artifact: Artifact | None = None
@@ -473,6 +479,8 @@ class ServiceController:
                 self.failed_marks[replica.index] = state.Failure(
                     state.failed_key(replica.launch.fingerprint, self.spec), artifact.version, artifact.revision, str(artifact.workdir),
                     replica.state.message)
+            if replica.state.phase is Phase.EXITED:
+                replica.exited_at = self.clock.time()
             self._phase_changed()
         if spawn is not None:
             # The executor's start may wait on an engine (a container is created): it runs as
@@ -510,6 +518,8 @@ class ServiceController:
 
     def _fire(self, replica: Replica, timer: Timer) -> None:
         replica.timers.pop(timer, None)
+        if timer is Timer.BACKOFF and not self.may_start():
+            return  # the supervisor is ending: no restart now
         if self._owns(replica):
             self._feed(replica, Fired(timer))
 
@@ -551,8 +561,11 @@ class ServiceController:
         if spec.start_limit != self.spec.start_limit or spec.backoff != self.spec.backoff:
             for replica in self.replicas.values():
                 replica.state = replace(replica.state, attempt=0, last_delay=0.0, starts=())
+        checks_changed = spec.ready != self.spec.ready or spec.live != self.spec.live
         self.spec = spec
         self.sink.policy = spec.log
+        if checks_changed:
+            self._apply_checks(spec)
         for replica in self.replicas.values():  # still waiting on dependencies: on the new ones
             if replica.phase is Phase.PENDING and replica.handle is None:
                 replica.unwatch()
@@ -598,6 +611,8 @@ class ServiceController:
             self._cancel(old)
         self.replicas[index] = replica
         waiting = self._waiting(replica) if spec.depends_on else ""
+        if not self.may_start():
+            return  # the supervisor is ending (a run once decided): it stays pending until stopped
         self._feed(replica, Start(reason, waiting=waiting, probation=previous is not None))
         if waiting:
             self._task(replica, self._start_after_dependencies(replica))
@@ -617,6 +632,8 @@ class ServiceController:
         """
         old = self.replicas.get(index)
         previous = None
+        if old is not None and lifecycle.served_well(self.policy(old), old.state, self.clock.monotonic()):
+            self.mark_good(old.launch)  # replaced while on probation, after serving well: good
         if old is not None:
             new_launch = (old.launch.artifact.version != artifact.version
                           or old.launch.fingerprint != state.fingerprint(spec))
@@ -634,8 +651,7 @@ class ServiceController:
                 await self._start_first(old, spec, artifact, reason)
                 return
             self.notifier.emit(EventType.RESTARTING, self.name, artifact.version, replica=index, reason=reason)
-            await self.stop_replica(index, reason, remove=False)
-            old.state = replace(old.state, restarts=old.state.restarts + 1)
+            await self.stop_replica(index, reason, remove=False)  # (RESTARTS counts only restarts after exits)
         await self.start_replica(index, spec, artifact, reason, previous=previous)
 
     async def stop_for_dependency(self, indices: list[int], reason: str) -> None:
@@ -708,7 +724,7 @@ class ServiceController:
     async def _start_first(self, old: Replica, spec: ServiceSpec, artifact: Artifact, reason: str) -> None:
         index = old.index
         candidate = Replica(index=index, launch=Launch(spec, artifact),
-                            state=ReplicaState(index=index, restarts=old.restarts + 1),
+                            state=ReplicaState(index=index, restarts=old.restarts),
                             trial=asyncio.get_running_loop().create_future())
         assert candidate.trial is not None
         self.candidates[index] = candidate
@@ -746,7 +762,7 @@ class ServiceController:
             if self.replicas.get(replica.index) is not replica:
                 return
             back = Replica(index=replica.index, launch=target,
-                           state=ReplicaState(index=replica.index, restarts=replica.restarts + 1))
+                           state=ReplicaState(index=replica.index, restarts=replica.restarts))
             self.replicas[replica.index] = back
             self.artifact = target.artifact
             self._feed(back, Start(f"rolled back to {target.artifact.version}"))
@@ -894,6 +910,8 @@ class ServiceController:
         """Wait (woken by the dependencies' phase changes, no polling) and then start."""
         while self.replicas.get(replica.index) is replica and replica.phase is Phase.PENDING:
             waiting = self._waiting(replica)
+            if not waiting and not self.may_start():
+                return  # the supervisor is ending: it stays pending until stopped
             self._feed(replica, DependenciesChanged(waiting))
             if not waiting:
                 return
@@ -942,12 +960,36 @@ class ServiceController:
             await asyncio.wait([spawning])
 
     def _watch_checks(self, replica: Replica, handle: Running, env: dict[str, str]) -> None:
-        spec = replica.launch.spec
         self._watch(replica, handle)
-        if spec.ready is not None:
-            self._task(replica, self._readiness(replica, handle, env))
+        replica.check_env = env
+        self._run_checks(replica, handle)
+
+    def _run_checks(self, replica: Replica, handle: Running) -> None:
+        """Start the ready loop (while not ready yet) and the live loop of ``replica``'s launch."""
+        spec, env = replica.launch.spec, replica.check_env or {}
+        checks = []
+        if spec.ready is not None and not replica.state.ready:
+            checks.append(self._task(replica, self._readiness(replica, handle, env)))
         if spec.live is not None:
-            self._task(replica, self._liveness(replica, handle, env))
+            checks.append(self._task(replica, self._liveness(replica, handle, env)))
+        replica.checks = tuple(checks)
+
+    def _apply_checks(self, spec: ServiceSpec) -> None:
+        """``ready``/``live`` changed in the file: the running replicas are probed with the new
+        checks from now on (their check loops start over), in place. A replica not ready yet
+        whose ready check is removed is ready now (as one started without a check)."""
+        for replica in self.replicas.values():
+            launch, handle = replica.launch, replica.handle
+            if launch.spec.ready == spec.ready and launch.spec.live == spec.live:
+                continue
+            replica.launch = Launch(replace(launch.spec, ready=spec.ready, live=spec.live), launch.artifact)
+            if handle is None or not handle.running or replica.state.stopping or replica.check_env is None:
+                continue  # (a process started later runs the new checks from its launch)
+            for task in replica.checks:
+                task.cancel()
+            self._run_checks(replica, handle)
+            if spec.ready is None and not replica.state.ready:
+                self._feed(replica, Ready(alive=True))
 
     def adopt(self, index: int, handle: Running, spec: ServiceSpec, artifact: Artifact,
               started_at: float | None, restarts: int, stale: bool | str) -> None:
@@ -998,15 +1040,51 @@ class ServiceController:
                            f"({message}); `supervise start {self.name}` tries again")
         self.changed()
 
+    def restore_completed(self, record: state.ServiceRecord) -> None:
+        """Replicas that exited for good under a previous supervisor (a one-shot job: exited,
+        and its restart policy says not to start it again), with the spec the file still has,
+        stay ``exited`` with their last exit: a supervisor restart (kill, SIGQUIT, upgrade) does
+        not run a finished migration again. A changed spec, a user start or restart runs it
+        again, as while the supervisor runs (systemd keeps a finished oneshot unit's result
+        until it is started again)."""
+        key = state.completed_key(state.fingerprint(self.spec), self.spec)
+        for index, mark in sorted(record.still_completed(key, self.spec.slots).items()):
+            if index in self.replicas:
+                continue
+            artifact = Artifact(workdir=Path(mark.workdir or "."), version=mark.version, revision=mark.revision)
+            exit = Exit(code=mark.code, signal=mark.signal)
+            replica = Replica(index=index, launch=Launch(self.spec, artifact), exited_at=mark.at,
+                              state=ReplicaState(index=index, phase=Phase.EXITED, last_exit=exit))
+            self.replicas[index] = replica
+            if self.artifact is None and mark.version:
+                self.artifact = artifact
+            self.sink.note(f"{self._label(index)} exited before the supervisor restarted ({exit}); "
+                           f"not run again until its spec changes or `supervise start {self.name}`")
+        self.changed()
+
+    def _completed(self) -> dict[int, state.CompletedReplica]:
+        """The state record's ``completed``: replicas exited for good (see :meth:`restore_completed`)."""
+        marks = {}
+        for index, replica in self.replicas.items():
+            if (replica.state.phase is not Phase.EXITED or replica.handle is not None
+                    or index >= self.spec.slots):
+                continue
+            exit, artifact = replica.state.last_exit or Exit(), replica.launch.artifact
+            marks[index] = state.CompletedReplica(
+                state.completed_key(replica.launch.fingerprint, self.spec), exit.code, exit.signal,
+                replica.exited_at, artifact.version, artifact.revision, str(artifact.workdir))
+        return marks
+
     def _label(self, index: int) -> str:
         return replica_label(self.name, self.spec.replicas, index)
 
-    def _task(self, replica: Replica, coro: Coroutine[Any, Any, None]) -> None:
+    def _task(self, replica: Replica, coro: Coroutine[Any, Any, None]) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         if replica.tasks is None:
             replica.tasks = set()
         replica.tasks.add(task)
         task.add_done_callback(replica.tasks.discard)
+        return task
 
     def _watch(self, replica: Replica, handle: Running) -> None:
         """Handle the exit of ``handle``'s process when it comes (:meth:`_exited`, as a task
@@ -1095,15 +1173,16 @@ class ServiceController:
         rolled_back = self.rolled_back
         if rolled_back is not None and not (self.build_failed and self.failed_revision == rolled_back.revision):
             rolled_back = self.rolled_back = None  # deployed since, or a user start: it holds no more
+        completed = self._completed()
         record = state.ServiceRecord(service=self.name, held=self.held, replicas=replicas,
                                      command=tuple(self.spec.command), stop_signal=self.spec.stop_signal,
                                      stop_timeout=self.spec.stop_timeout, good=good, pinned=self.pinned or "",
                                      pinned_over=(self.pinned_over or "") if self.pinned else "", failed=failed,
-                                     rolled_back=rolled_back)
+                                     rolled_back=rolled_back, completed=completed)
         if record == self._persisted:  # most phase changes (starting -> running) change nothing here
             return
         try:
-            if not replicas and not self.held and not failed:
+            if not replicas and not self.held and not failed and not completed:
                 # Nothing to adopt and no hold: no file, which every reader takes for exactly
                 # that (an unlink costs a tenth of a new file: a stop of 2,000 wrote 2,000 files)
                 state.remove(self.state_dir, self.name)

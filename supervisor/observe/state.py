@@ -139,6 +139,47 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class CompletedReplica:
+    """A replica whose process exited and whose restart policy says not to start it again
+    (phase ``exited``: a one-shot job such as a migration), as a later supervisor needs it to
+    keep it exited instead of running the job again. ``key`` is :func:`completed_key` of the
+    spec it ran with (a changed spec runs it again, as while the supervisor runs), ``code`` /
+    ``signal`` its exit status (both None: unknown), ``at`` when it exited (seconds since the
+    epoch), ``version``/``revision``/``workdir`` what it ran."""
+
+    key: str
+    code: int | None = None
+    signal: int | None = None
+    at: float | None = None
+    version: str = ""
+    revision: str = ""
+    workdir: str = ""
+
+    @classmethod
+    def from_dict(cls, data: object) -> "CompletedReplica":
+        """Parse one entry of a record's ``completed``. Raises :class:`RecordError`."""
+        if not isinstance(data, dict):
+            raise RecordError(f"a completed entry must be a JSON object, got {type(data).__name__}")
+        texts = {key: _text(data, key, "") for key in ("key", "version", "revision", "workdir")}
+        if not texts["key"] or "\0" in texts["workdir"]:
+            raise RecordError("completed: no key, or a NUL in workdir")
+        status: dict[str, int | None] = {}
+        for name in ("code", "signal"):
+            value = data.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise RecordError(f"completed: {name}: expected a number")
+            status[name] = value
+        at = data.get("at")
+        return cls(key=texts["key"], code=status["code"], signal=status["signal"],
+                   at=_number(data, "at", 0.0) if at is not None else None,
+                   version=texts["version"], revision=texts["revision"], workdir=texts["workdir"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "code": self.code, "signal": self.signal, "at": self.at,
+                "version": self.version, "revision": self.revision, "workdir": self.workdir}
+
+
+@dataclass(frozen=True)
 class ServiceRecord:
     """``STATE_DIR/state/NAME.json``: a service's replicas (by index), whether a user stop
     holds it, and what is needed to stop replicas of a service no longer in the file
@@ -151,7 +192,9 @@ class ServiceRecord:
     ``failed`` the replicas (by index) that hit their start limit, so that they stay failed
     across a supervisor restart while the spec is unchanged (:meth:`still_failed`);
     ``rolled_back`` the version an automatic rollback took back (not deployed again until the
-    file or the source changes: :meth:`still_rolled_back`)."""
+    file or the source changes: :meth:`still_rolled_back`);
+    ``completed`` the replicas (by index) that exited for good (:class:`CompletedReplica`), so
+    that a one-shot job is not run again by the next supervisor while its spec is unchanged."""
 
     service: str
     held: bool = False
@@ -178,6 +221,12 @@ class ServiceRecord:
         ``slots`` replicas: those that failed with that very spec (systemd keeps a unit
         ``failed`` until ``reset-failed`` or a changed unit), within the replica count."""
         return {i: f for i, f in self.failed.items() if f.fingerprint == fingerprint and i < slots}
+    completed: Mapping[int, CompletedReplica] = field(default_factory=dict)
+
+    def still_completed(self, key: str, slots: int) -> dict[int, CompletedReplica]:
+        """The replicas that stay exited for a service whose spec now has ``key``
+        (:func:`completed_key`) and ``slots`` replicas: those that exited with that very spec."""
+        return {i: c for i, c in self.completed.items() if c.key == key and i < slots}
 
     @classmethod
     def from_dict(cls, data: object, name: str = "") -> "ServiceRecord":
@@ -234,8 +283,17 @@ class ServiceRecord:
                 rolled_back = Failure.from_dict(data["rolled_back"])
             except RecordError:
                 pass  # (a bad entry: the newest version may be tried again, as before it was recorded)
+        completed: dict[int, CompletedReplica] = {}
+        raw_completed = data.get("completed") or {}
+        for key, item in raw_completed.items() if isinstance(raw_completed, dict) else ():  # older records have none
+            try:
+                if isinstance(key, str) and key.isdigit() and len(key) < 7:
+                    completed[int(key)] = CompletedReplica.from_dict(item)
+            except RecordError:
+                continue  # (a bad entry: that job runs again, as before exits were recorded)
         return cls(service=service, held=held, replicas=replicas, command=tuple(command), stop_signal=stop_signal,
                    stop_timeout=stop_timeout, invalid=invalid, good=tuple(good), failed=failed, rolled_back=rolled_back,
+                   completed=completed,
                    pinned=pinned if isinstance(pinned, str) else "",
                    pinned_over=pinned_over if isinstance(pinned_over, str) and isinstance(pinned, str) else "")
 
@@ -247,7 +305,9 @@ class ServiceRecord:
                 **({"good": [list(g) for g in self.good]} if self.good else {}),
                 **({"pinned": self.pinned, "pinned_over": self.pinned_over} if self.pinned else {}),
                 **({"failed": {str(i): f.to_dict() for i, f in sorted(self.failed.items())}} if self.failed else {}),
-                **({"rolled_back": self.rolled_back.to_dict()} if self.rolled_back is not None else {})}
+                **({"rolled_back": self.rolled_back.to_dict()} if self.rolled_back is not None else {}),
+                **({"completed": {str(i): c.to_dict() for i, c in sorted(self.completed.items())}}
+                   if self.completed else {})}
 
 
 #: Fingerprinted only when set (they came after the format; see :func:`fingerprint`).
@@ -301,6 +361,11 @@ def batch(state_dir: Path) -> Iterator[None]:
         yield
     finally:
         _checked.pop(state_dir, None)
+def completed_key(launched: str, spec: ServiceSpec) -> str:
+    """What a finished job is kept exited for: ``launched`` (:func:`fingerprint` of the spec its
+    process was made of) with the restart policy of ``spec`` (a job changed to ``restart =
+    "always"`` starts again, as a changed unit does under systemd)."""
+    return hashlib.sha256(f"{launched} {spec.restart.value}".encode()).hexdigest()
 
 
 def folder_of(state_dir: Path) -> Path:

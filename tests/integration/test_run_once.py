@@ -151,3 +151,22 @@ restart = "never"
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert "stopping every service" in stderr
     assert not [p for p in running if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_exit_when_starts_nothing_once_the_run_is_ending(tmp_path):
+    """`--exit-when migrate`: migrate's exit ends the run; its dependent (waiting on migrate
+    "completed") must not start in the moment between the verdict and the stop."""
+    path = write(tmp_path / "services.toml", """
+[services.migrate]
+command = ["sh", "-c", "echo migrated"]
+restart = "never"
+
+[services.tests]
+command = ["sh", "-c", "echo tested; sleep 300"]
+depends_on = { migrate = "completed" }
+""")
+    for _ in range(3):  # a race: give it a few chances
+        result = run_once(path, "--exit-when", "migrate")
+        assert result.returncode == 0, result.stderr
+        assert "migrate finished (exit 0): stopping the rest" in result.stderr
+        assert "started tests" not in result.stdout + result.stderr

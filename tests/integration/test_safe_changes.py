@@ -126,11 +126,12 @@ cwd = "{tmp_path}"
 backoff = {{ initial = "300ms", max = "300ms" }}
 start_limit = {{ burst = 100, interval = "10s" }}
 ''')
-            await stack.until(lambda: stack.log("crash").count("exited") >= 4, timeout=20, message="four runs")
+            # (" exited: " is the exit note; a restart's start note says "exited (status 1): ...")
+            await stack.until(lambda: stack.log("crash").count(" exited: ") >= 4, timeout=20, message="four runs")
             lines = stack.log("crash").splitlines()
             for n in (1, 2, 3):
                 words = lines.index(f"fatal error in run {n}")
-                exited = next(i for i, line in enumerate(lines) if "exited" in line and i > words)
+                exited = next(i for i, line in enumerate(lines) if " exited: " in line and i > words)
                 started = lines.index(f"run {n + 1} starting")
                 assert lines.index(f"run {n} starting") < words < exited < started, lines
             assert not [line for line in lines if line.count("fatal error") > 1]

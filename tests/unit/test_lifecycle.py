@@ -11,7 +11,7 @@ import pytest
 from supervisor.decide.lifecycle import (
     Abandon, Adopted, Arm, Cancel, DependenciesChanged, Emit, Exited, Fired, LiveProbe, Policy, Promote, Ready,
     ReplicaState, Rollback, Spawn, SpawnFailed, Spawned, Start, Stop, StopProcess, Stopped, Timer, proven, step,
-    Good, PROBATION,
+    Good, Note, PROBATION, crash_reason, served_well,
 )
 from supervisor.desired.model import Backoff, Exit, Phase, RestartPolicy, StartLimit
 
@@ -85,7 +85,10 @@ CRASH_CASES = [
     ("always restarts a crash", RestartPolicy.ALWAYS, CRASH, Phase.BACKOFF),
     ("on-failure leaves a clean exit", RestartPolicy.ON_FAILURE, OK, Phase.EXITED),
     ("on-failure restarts a crash", RestartPolicy.ON_FAILURE, CRASH, Phase.BACKOFF),
-    ("on-failure leaves an unknown exit (adopted)", RestartPolicy.ON_FAILURE, Exit(), Phase.EXITED),
+    # systemd counts an unclean or unknown result as a failure: an adopted replica's exit
+    # status cannot be known (not our child), and one that crashed must come back
+    ("on-failure restarts an unknown exit (adopted)", RestartPolicy.ON_FAILURE, Exit(), Phase.BACKOFF),
+    ("never leaves an unknown exit", RestartPolicy.NEVER, Exit(), Phase.EXITED),
     ("never leaves a crash", RestartPolicy.NEVER, CRASH, Phase.EXITED),
 ]
 
@@ -101,9 +104,27 @@ def test_first_crash_restarts_at_once_then_backs_off():
               (0.6, Exited(CRASH))]
     state, history = run(script)
     assert Arm(Timer.BACKOFF, 0.0) in history[2]
-    assert history[3] == [Spawn("restart 1 after exit 1")]
+    assert history[3] == [Spawn("exited (status 1): restart = always, backoff 0s")]
+    assert Note("started api[0] pid 101: exited (status 1): restart = always, backoff 0s") in history[4]
     assert Arm(Timer.BACKOFF, 1.0) in history[5]
     assert state.phase is Phase.BACKOFF and state.restarts == 2 and state.message == "restart in 1.00s after exit 1"
+
+
+@pytest.mark.parametrize(("restart", "exit", "delay", "reason"), [
+    (RestartPolicy.ON_FAILURE, Exit(code=1), 2.0, "exited (status 1): restart = on-failure, backoff 2s"),
+    (RestartPolicy.ALWAYS, Exit(signal=9), 0.25, "exited (signal 9 (SIGKILL)): restart = always, backoff 0.25s"),
+    (RestartPolicy.ON_FAILURE, Exit(), 0.0, "exited (unknown): restart = on-failure, backoff 0s"),
+])
+def test_a_crash_restart_says_why(restart, exit, delay, reason):
+    assert crash_reason(Policy(name="api", restart=restart), exit, delay) == reason
+
+
+def test_only_restarts_after_an_exit_count():
+    """RESTARTS is systemd's NRestarts: automatic restarts after an exit, not the plan's starts."""
+    state, _ = run([*up(), (0.5, Start("new revision a -> b")), (0.5, Spawned(101, at=0))])
+    assert state.restarts == 0
+    state, _ = run([*up(), (0.5, Exited(CRASH)), (0.5, Fired(Timer.BACKOFF)), (0.5, Spawned(101, at=0))])
+    assert state.restarts == 1 and state.reason.startswith("exited (status 1)")
 
 
 def test_jitter_comes_from_the_event():
@@ -386,6 +407,27 @@ def test_a_new_version_must_be_good_by_its_deadline_one_crash_is_enough_to_roll_
     state, history = run(script)
     assert history[-1] == [Rollback("crashed 1 time within 10s of the update (exit 1)")]
     assert not state.good and not state.probation
+
+
+SERVED_CASES = [
+    # (name, script after a probation start and spawn, now, good_after, served well)
+    ("ready 11 s of a 20 s deadline", [(1.0, Ready())], 12.0, None, True),
+    ("ready, good_after not reached yet", [(1.0, Ready())], 3.0, 5.0, False),
+    ("ready for good_after", [(1.0, Ready())], 6.0, 5.0, True),
+    ("never ready", [], 12.0, None, False),
+    ("crashed once since the update", [(1.0, Exited(CRASH)), (1.0, Fired(Timer.BACKOFF)),
+                                        (1.0, Spawned(101, at=0)), (2.0, Ready())], 12.0, None, False),
+]
+
+
+@pytest.mark.parametrize(("script", "now", "good_after", "expected"), [c[1:] for c in SERVED_CASES],
+                         ids=[c[0] for c in SERVED_CASES])
+def test_a_version_on_probation_that_served_well_is_good_when_replaced(script, now, good_after, expected):
+    """The rule of a good version (good once ready for good_after without a crash) holds for a
+    version on probation too when a newer one replaces it before its deadline."""
+    policy = Policy(name="api", has_ready=True, ready_deadline=20.0, good_after=good_after)
+    state, _ = run([(0.0, Start("update", probation=True)), (0.0, Spawned(100, at=0)), *script], policy)
+    assert served_well(policy, state, now) is expected
 
 
 # -- lazy timers: applied when next looked at, not on the loop -------------------------------

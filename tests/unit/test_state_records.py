@@ -126,3 +126,19 @@ def test_a_rollback_is_kept_for_the_same_spec_only(now, kept):
     assert again == record
     assert (again.still_rolled_back(state.fingerprint(failed_spec(**now))) is not None) is kept
     assert state.ServiceRecord.from_dict({"service": "api", "rolled_back": {"version": "v"}}).rolled_back is None
+
+
+def test_a_finished_job_is_kept_by_its_key_and_a_bad_entry_is_dropped():
+    from supervisor.observe.state import CompletedReplica, ServiceRecord
+
+    mark = CompletedReplica("k1", code=0, at=1.5, version="v1", revision="r", workdir="/w")
+    record = ServiceRecord("migrate", completed={0: mark, 2: CompletedReplica("k1", signal=9)})
+    again = ServiceRecord.from_dict(record.to_dict())
+    assert again.completed == record.completed
+    assert again.still_completed("k1", slots=1) == {0: mark}  # index 2 is past the replica count
+    assert again.still_completed("k2", slots=3) == {}  # another spec: the job runs again
+    data = record.to_dict()
+    data["completed"]["1"] = {"key": "", "code": "x"}
+    data["completed"]["x"] = {"key": "k1"}
+    assert set(ServiceRecord.from_dict(data).completed) == {0, 2}
+    assert "completed" not in ServiceRecord("idle").to_dict()  # the older format when there is none
