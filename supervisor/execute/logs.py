@@ -255,16 +255,8 @@ class LogSink:
                 elif allowed > 0:
                     piece, rest = rest[:allowed], rest[allowed:]
                 else:
-                    try:
-                        self._append(memoryview(b"\n"))
-                        self.mid_line = False
-                        self._rotate()
-                    except OSError as exc:
-                        self._failed(exc)
-                        self._drop(rest, source)
+                    if not self._rotate_for(rest, source, origin, end_line=True):
                         break
-                    if origin is not None:
-                        self._switch(origin)
                     fresh = True
                     continue
             elif self.size + len(rest) <= limit:
@@ -274,14 +266,8 @@ class LogSink:
                 room = limit - self.size
                 cut = bytes(rest[:room]).rfind(b"\n") + 1 if room > 0 else 0
                 if cut == 0 and not fresh:
-                    try:
-                        self._rotate()
-                    except OSError as exc:
-                        self._failed(exc)
-                        self._drop(rest, source)
+                    if not self._rotate_for(rest, source, origin):
                         break
-                    if origin is not None:
-                        self._switch(origin)
                     fresh = True
                     continue
                 if cut == 0:  # a fresh file, and its first line alone is over max_bytes
@@ -301,6 +287,23 @@ class LogSink:
                 tee.flush()
             except (OSError, ValueError, TypeError):
                 pass
+
+    def _rotate_for(self, rest: memoryview, source: int | None, origin: str | None, end_line: bool = False) -> bool:
+        """Rotate before writing ``rest`` (first ending the file's unfinished line with
+        ``end_line``), then name ``origin`` at the top of the new file. When the file cannot be
+        rotated, ``rest`` is dropped and counted; returns False then."""
+        try:
+            if end_line:
+                self._append(memoryview(b"\n"))
+                self.mid_line = False
+            self._rotate()
+        except OSError as exc:
+            self._failed(exc)
+            self._drop(rest, source)
+            return False
+        if origin is not None:
+            self._switch(origin)
+        return True
 
     def _switch(self, origin: str) -> None:
         """Write the origin line of ``origin`` (after ending an unfinished line of another)."""

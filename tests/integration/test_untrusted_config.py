@@ -14,28 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import terminate, write
-
-PY = sys.executable
-USER_SLEEP = '["/bin/sleep", "300"]'  # our Python may live where nobody cannot read it
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root and a second uid (nobody)")
-
-
-def nobody() -> pwd.struct_passwd:
-    return pwd.getpwnam("nobody")
-
-
-def run_cli(path: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "supervisor", *args, "--config", str(path)], capture_output=True,
-                          text=True, timeout=timeout)
+from test_hostile_state import PY, USER_SLEEP, nobody, pytestmark, run_cli  # noqa: F401 - the same root-and-nobody setup
 
 
 def _folder_owned_by_the_user(folder: Path, config: Path) -> None:
