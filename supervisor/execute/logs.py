@@ -1021,6 +1021,7 @@ class ConsoleTail:
             self.observer = None
         for path in list(self.files):
             self.poll(path)
+            self.files[path].close()
 
     def add(self, name: str, path: Path) -> None:
         with self.lock:
@@ -1035,22 +1036,29 @@ class ConsoleTail:
             self.files[path] = _Followed(name, offset, colour)
 
     def poll(self, path: Path) -> None:
-        """Read and print whatever was appended to ``path`` since the last call."""
+        """Read and print whatever was appended to ``path`` since the last call. The file is
+        kept open: when it is rotated (renamed to ``NAME.log.1``, a new ``NAME.log`` made),
+        the lines written to the old file since the last call are read from the open file
+        first, then the new one from its start (``tail -F`` does the same); none is lost."""
         with self.lock:
             followed = self.files.get(path)
             if followed is None:
                 return
+            chunks = []
             try:
-                with open(path, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    if size < followed.offset:
-                        followed.offset = 0
-                    f.seek(followed.offset)
-                    data = f.read()
+                if followed.file is None:
+                    followed.open(path)
+                chunks.append(followed.read_rest())
+                try:
+                    replaced = os.stat(path).st_ino != followed.inode
+                except OSError:
+                    replaced = False  # moved away, the new one not made yet: the next event
+                if replaced:
+                    followed.open(path, offset=0)
+                    chunks.append(followed.read_rest())
             except OSError:
-                return
-            followed.offset += len(data)
-            lines = followed.feed(data)
+                pass
+            lines = followed.feed(b"".join(chunks))
             if lines:
                 self._print(followed, lines)
 
@@ -1071,6 +1079,32 @@ class _Followed:
         self.offset = offset
         self.colour = colour
         self.partial = b""
+        self.file: IO[bytes] | None = None
+        self.inode: int | None = None
+
+    def open(self, path: Path, offset: int | None = None) -> None:
+        """Follow the file now at ``path`` (from ``offset``; None: where we were). Raises OSError."""
+        new = open(path, "rb")
+        if self.file is not None:
+            self.file.close()
+        self.file, self.inode = new, os.fstat(new.fileno()).st_ino
+        if offset is not None:
+            self.offset = offset
+
+    def read_rest(self) -> bytes:
+        """What the open file holds past our offset (from 0 when it was truncated in place)."""
+        assert self.file is not None
+        if os.fstat(self.file.fileno()).st_size < self.offset:
+            self.offset = 0
+        self.file.seek(self.offset)
+        data = self.file.read()
+        self.offset += len(data)
+        return data
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
     def feed(self, data: bytes) -> list[bytes]:
         data = self.partial + data

@@ -229,3 +229,27 @@ def test_a_streaming_fifo_is_read_in_batches_and_nothing_waits_or_is_lost(tmp_pa
             os.unlink(path)
 
     asyncio.run(body())
+
+
+def test_console_tail_loses_no_line_when_the_file_is_rotated_between_two_reads(tmp_path):
+    """A user's report: ``supervise logs -f`` dropped the last lines of a file rotated before
+    the follower read them (it reopened the path: the new, shorter file). The open file is read
+    to its end first, then the new one from its start."""
+    out = io.StringIO()
+    tail = ConsoleTail(tmp_path, stream=out, colour=False)
+    path = tmp_path / "api.log"
+    path.write_bytes(b"")
+    tail.add("api", path)
+    with open(path, "ab") as f:
+        f.write(b"a1\na2\n")
+    tail.poll(path)
+    with open(path, "ab") as f:
+        f.write(b"a3\n")  # written to the old file after the last read...
+    path.rename(tmp_path / "api.log.1")  # ...which is then rotated
+    path.write_bytes(b"b1\n")
+    tail.poll(path)
+    with open(path, "ab") as f:
+        f.write(b"b2\n")
+    tail.poll(path)
+    tail.stop()
+    assert [line.split("| ")[1] for line in out.getvalue().splitlines()] == ["a1", "a2", "a3", "b1", "b2"]
