@@ -1028,17 +1028,22 @@ class ServiceController:
         for index, mark in sorted(record.still_failed(state.failed_key(state.fingerprint(self.spec), self.spec), self.spec.slots).items()):
             if index in self.replicas:
                 continue
-            artifact = Artifact(workdir=Path(mark.workdir or "."), version=mark.version, revision=mark.revision)
             message = mark.message or "start limit hit"
-            replica = Replica(index=index, launch=Launch(self.spec, artifact),
-                              state=ReplicaState(index=index, phase=Phase.FAILED, message=message))
-            self.replicas[index] = replica
+            self._restore(index, mark, ReplicaState(index=index, phase=Phase.FAILED, message=message))
             self.failed_marks[index] = mark
-            if self.artifact is None and mark.version:
-                self.artifact = artifact
             self.sink.note(f"{self._label(index)} still failed from before the supervisor restarted "
                            f"({message}); `supervise start {self.name}` tries again")
         self.changed()
+
+    def _restore(self, index: int, mark: state.Failure | state.CompletedReplica, replica_state: ReplicaState) -> Replica:
+        """A replica with no process, in ``replica_state``, of what ``mark`` (a state record's
+        kept failure or finished job) says it ran; the service's artifact when it has none."""
+        artifact = Artifact(workdir=Path(mark.workdir or "."), version=mark.version, revision=mark.revision)
+        replica = Replica(index=index, launch=Launch(self.spec, artifact), state=replica_state)
+        self.replicas[index] = replica
+        if self.artifact is None and mark.version:
+            self.artifact = artifact
+        return replica
 
     def restore_completed(self, record: state.ServiceRecord) -> None:
         """Replicas that exited for good under a previous supervisor (a one-shot job: exited,
@@ -1051,13 +1056,9 @@ class ServiceController:
         for index, mark in sorted(record.still_completed(key, self.spec.slots).items()):
             if index in self.replicas:
                 continue
-            artifact = Artifact(workdir=Path(mark.workdir or "."), version=mark.version, revision=mark.revision)
             exit = Exit(code=mark.code, signal=mark.signal)
-            replica = Replica(index=index, launch=Launch(self.spec, artifact), exited_at=mark.at,
-                              state=ReplicaState(index=index, phase=Phase.EXITED, last_exit=exit))
-            self.replicas[index] = replica
-            if self.artifact is None and mark.version:
-                self.artifact = artifact
+            replica = self._restore(index, mark, ReplicaState(index=index, phase=Phase.EXITED, last_exit=exit))
+            replica.exited_at = mark.at
             self.sink.note(f"{self._label(index)} exited before the supervisor restarted ({exit}); "
                            f"not run again until its spec changes or `supervise start {self.name}`")
         self.changed()

@@ -209,11 +209,7 @@ def check_trusted_file(path: Path, what: str = "config file") -> None:
     if why:
         raise UntrustedConfig(f"{what} {real} {why}: any user who can change it could run anything as root. "
                               f"Make it root's only (chown root {real}; chmod go-w {real})")
-    seen: set[Path] = set()
-    for folder in [*given.parents, *real.parents]:
-        if folder in seen:
-            continue
-        seen.add(folder)
+    for folder in dict.fromkeys([*given.parents, *real.parents]):  # each folder once, in order
         try:
             st = os.stat(folder)
         except OSError:
